@@ -1,0 +1,227 @@
+package agentd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+	"github.com/rs/zerolog"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/quic"
+)
+
+// Agent keeps connections to kasd and serves the streams kasd opens on them. Create it with New
+// and run it with Run.
+type Agent struct {
+	cfg      Config
+	log      zerolog.Logger
+	services map[string]*service
+	names    []string // sorted service names, sent in Hello
+	m        *metrics
+
+	nextAddr atomic.Uint64
+
+	mu    sync.Mutex        // guards the fields below
+	slots map[int]*agentConn // live connection per slot
+}
+
+// New checks cfg and builds an Agent. It opens no connection until Run.
+func New(cfg Config) (*Agent, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agentd: %w", err)
+	}
+	if cfg.Replica == "" {
+		cfg.Replica, _ = os.Hostname()
+	}
+	a := &Agent{
+		cfg:      cfg,
+		log:      *cfg.Log,
+		services: map[string]*service{},
+		m:        newMetrics(cfg.Registerer),
+		slots:    map[int]*agentConn{},
+	}
+	for name, u := range cfg.Services {
+		a.services[name] = newService(name, u, cfg, a.m)
+		a.names = append(a.names, name)
+	}
+	sort.Strings(a.names)
+	return a, nil
+}
+
+// Run keeps Config.Connections connections to kasd until ctx ends, then drains them and returns
+// nil once every goroutine it started has returned.
+func (a *Agent) Run(ctx context.Context) error {
+	tlsConf := a.cfg.TLS.Clone()
+	tlsConf.NextProtos = []string{api.ALPNAgent}
+	dialer, err := quic.NewDialer(tlsConf, a.cfg.QUIC)
+	if err != nil {
+		return fmt.Errorf("agentd: %w", err)
+	}
+	defer dialer.Close()
+
+	var wg sync.WaitGroup // slots and drainers
+	for slot := range a.cfg.Connections {
+		wg.Go(func() { a.runSlot(ctx, slot, dialer, &wg) })
+	}
+	wg.Wait()
+	for _, s := range a.services {
+		s.transport.CloseIdleConnections()
+	}
+	return nil
+}
+
+// Connected reports how many connections to kasd are established.
+func (a *Agent) Connected() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.slots)
+}
+
+// Instances returns the kasd instance ids the agent is connected to, by slot.
+func (a *Agent) Instances() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for _, c := range a.slots {
+		out = append(out, c.welcome.InstanceID)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// runSlot dials, serves until the connection ends or kasd asks the agent to go away, and
+// reconnects with backoff until ctx ends. A connection that got GoAway is drained in a goroutine
+// added to wg, so the replacement connection is dialled at once.
+func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *sync.WaitGroup) {
+	attempt := 0
+	for ctx.Err() == nil {
+		addr := a.cfg.KasAddresses[int(a.nextAddr.Add(1)-1)%len(a.cfg.KasAddresses)]
+		c, err := a.connect(ctx, dialer, addr)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			result := "error"
+			if code := api.CodeOf(err); code != api.CodeInternal {
+				result = code.String()
+			}
+			a.m.connectAttempts.WithLabelValues(result).Inc()
+			a.log.Warn().Err(err).Str("kas_address", addr).Int("attempt", attempt).Msg("connecting to kasd failed")
+			if permanent(err) {
+				// A refused token will not become valid by retrying quickly.
+				attempt = max(attempt, 6)
+			}
+			if a.cfg.Backoff.Sleep(ctx, attempt) != nil {
+				return
+			}
+			attempt++
+			continue
+		}
+		attempt = 0
+		a.m.connectAttempts.WithLabelValues("ok").Inc()
+		a.setSlot(slot, c)
+		reason := c.wait(ctx)
+		a.setSlot(slot, nil)
+		c.log.Info().Str("reason", reason).Msg("connection to kasd ended")
+		if reason == "goaway" && ctx.Err() == nil {
+			wg.Go(func() { c.drain() })
+			continue
+		}
+		c.drain()
+		if ctx.Err() == nil && a.cfg.Backoff.Sleep(ctx, 0) != nil {
+			return
+		}
+	}
+}
+
+func (a *Agent) setSlot(slot int, c *agentConn) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c == nil {
+		delete(a.slots, slot)
+	} else {
+		a.slots[slot] = c
+	}
+	a.m.connections.Set(float64(len(a.slots)))
+}
+
+// connect dials addr and performs the Hello/Welcome exchange on the control stream.
+func (a *Agent) connect(ctx context.Context, dialer *quic.Dialer, addr string) (*agentConn, error) {
+	qc, err := dialer.Dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	welcome, control, err := a.handshake(ctx, qc)
+	if err != nil {
+		_ = qc.CloseWithError(quic.ConnCodeRefused, "handshake failed")
+		return nil, err
+	}
+	return a.startConn(qc, control, welcome), nil
+}
+
+func (a *Agent) handshake(ctx context.Context, qc *quicgo.Conn) (*api.Welcome, *quicgo.Stream, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.QUIC.HandshakeTimeout)
+	defer cancel()
+	control, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	deadline, _ := ctx.Deadline()
+	_ = control.SetDeadline(deadline)
+	hello := &api.Hello{
+		Version:      api.ProtocolVersion,
+		Token:        a.cfg.Token,
+		AgentVersion: a.cfg.Version,
+		Replica:      a.cfg.Replica,
+		Services:     a.names,
+	}
+	if err := api.WriteFrame(control, hello); err != nil {
+		return nil, nil, refusalFromClose(err)
+	}
+	m, err := api.ReadExpect(control, api.TypeWelcome)
+	if err != nil {
+		return nil, nil, refusalFromClose(err)
+	}
+	_ = control.SetDeadline(time.Time{})
+	return m.(*api.Welcome), control, nil
+}
+
+// refusalFromClose turns kasd's connection close reason ("<code>: <message>") back into a typed
+// error when the connection was closed before the Error frame could be read.
+func refusalFromClose(err error) error {
+	var appErr *quicgo.ApplicationError
+	if errors.As(err, &appErr) && appErr.Remote {
+		code, msg, _ := strings.Cut(appErr.ErrorMessage, ": ")
+		if c, ok := api.ParseCode(code); ok {
+			return &api.Error{Code: c, Message: msg, Err: err}
+		}
+	}
+	return err
+}
+
+// permanent reports refusals that retrying soon will not fix.
+func permanent(err error) bool {
+	switch api.CodeOf(err) {
+	case api.CodeUnauthenticated, api.CodeForbidden, api.CodeUnsupportedVersion:
+		return true
+	}
+	return false
+}
+
+// serviceURL returns the URL configured for name, for tests and status pages.
+func (a *Agent) serviceURL(name string) *url.URL {
+	if s := a.services[name]; s != nil {
+		return s.url
+	}
+	return nil
+}

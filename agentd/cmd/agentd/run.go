@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/qkas/qkas/agentd"
+	"github.com/qkas/qkas/internal/cliconfig"
+	"github.com/qkas/qkas/quic"
+)
+
+var version = "dev"
+
+type options struct {
+	config              string
+	kasAddresses        cliconfig.StringList
+	tokenFile           string
+	caFile              string
+	serverName          string
+	services            cliconfig.StringList
+	observabilityListen string
+	replica             string
+	connections         int
+	maxIdlePerService   int
+	drainTimeout        time.Duration
+	logLevel            string
+	logFormat           string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("agentd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names (services: {NAME: URL}); flags given on the command line win")
+	fs.Var(&o.kasAddresses, "kas-address", "kasd agent address host:port (repeatable, comma-separated)")
+	fs.StringVar(&o.tokenFile, "token-file", "", "file holding this agent's token")
+	fs.StringVar(&o.caFile, "ca-file", "", "CA certificate(s) to verify kasd (default: system roots)")
+	fs.StringVar(&o.serverName, "server-name", "", "TLS server name to verify (default: the host of --kas-address)")
+	fs.Var(&o.services, "service", "NAME=URL of a service this agent exposes (repeatable)")
+	fs.StringVar(&o.observabilityListen, "observability-listen", ":8154", "TCP address for /metrics, /healthz, /readyz; empty disables")
+	fs.StringVar(&o.replica, "replica", os.Getenv("POD_NAME"), "name of this agent replica (default: $POD_NAME, else the host name)")
+	fs.IntVar(&o.connections, "kas-connections", 1, "connections to keep to kasd")
+	fs.IntVar(&o.maxIdlePerService, "max-idle-conns-per-service", 256, "idle connections kept to each service; size it for the concurrency served")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "how long in-flight requests may finish on a connection being replaced or at shutdown")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.config != "" {
+		if err := cliconfig.Apply(fs, o.config); err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+func parseServices(list []string) (map[string]*url.URL, error) {
+	out := map[string]*url.URL{}
+	for _, s := range list {
+		name, raw, ok := strings.Cut(s, "=")
+		if !ok || name == "" || raw == "" {
+			return nil, fmt.Errorf("--service %q: want NAME=URL", s)
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("--service %s: %w", name, err)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("--service %s given twice", name)
+		}
+		out[name] = u
+	}
+	return out, nil
+}
+
+func newLogger(level, format string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return zerolog.Logger{}, fmt.Errorf("--log-level: %w", err)
+	}
+	var w io.Writer = os.Stderr
+	switch format {
+	case "console":
+		w = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly}
+	case "auto":
+		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			w = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly}
+		}
+	case "json":
+	default:
+		return zerolog.Logger{}, fmt.Errorf("--log-format must be json, console or auto")
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+func run(ctx context.Context, args []string) error {
+	o, err := parseFlags(args, os.Stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	log, err := newLogger(o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	if o.tokenFile == "" {
+		return errors.New("--token-file is required")
+	}
+	tok, err := os.ReadFile(o.tokenFile)
+	if err != nil {
+		return fmt.Errorf("--token-file: %w", err)
+	}
+	services, err := parseServices(o.services)
+	if err != nil {
+		return err
+	}
+	tlsConf, err := quic.ClientTLSConfig(o.caFile, o.serverName)
+	if err != nil {
+		return fmt.Errorf("--ca-file: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	agent, err := agentd.New(agentd.Config{
+		KasAddresses:           o.kasAddresses,
+		Token:                  strings.TrimSpace(string(tok)),
+		TLS:                    tlsConf,
+		Services:               services,
+		Connections:            o.connections,
+		Replica:                o.replica,
+		Version:                version,
+		MaxIdleConnsPerService: o.maxIdlePerService,
+		DrainTimeout:           o.drainTimeout,
+		Log:                    &log,
+		Registerer:             reg,
+	})
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return agent.Run(gctx) })
+	if o.observabilityListen != "" {
+		ln, err := net.Listen("tcp", o.observabilityListen)
+		if err != nil {
+			return fmt.Errorf("--observability-listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if agent.Connected() == 0 {
+				http.Error(w, "not connected to kasd", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		})
+	}
+	log.Info().Strs("kas_addresses", o.kasAddresses).Int("services", len(services)).Msg("agentd started")
+	err = g.Wait()
+	log.Info().Msg("agentd stopped")
+	return err
+}

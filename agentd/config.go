@@ -1,0 +1,123 @@
+package agentd
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/qkas/qkas/quic"
+)
+
+// Config configures an Agent. Defaults are applied by WithDefaults; Validate checks the result.
+type Config struct {
+	// KasAddresses are the kasd agent endpoints ("host:port"). Required. Connection slots are
+	// spread over them.
+	KasAddresses []string
+	// Token is the agent token sent in Hello. Required.
+	Token string
+	// TLS is the client TLS configuration (CA, server name). Required; its NextProtos are set to
+	// api.ALPNAgent by the agent.
+	TLS *tls.Config
+	// QUIC tunes the transport. Zero values take quic.Config's defaults.
+	QUIC quic.Config
+	// Services maps a service name to its base URL (http or https). Required, at least one.
+	Services map[string]*url.URL
+	// Connections is how many connections the agent keeps to kasd. Default 1.
+	Connections int
+	// Replica names this agent process (its pod name). Default: the host name.
+	Replica string
+	// Version is reported to kasd. Default "dev".
+	Version string
+	// MaxIdleConnsPerService sizes the pool of idle connections kept to each service. It should
+	// be at least the concurrency the agent serves, or busy agents re-dial their services.
+	// Default 256.
+	MaxIdleConnsPerService int
+	// ServiceDialTimeout bounds dialling a service. Default 5s.
+	ServiceDialTimeout time.Duration
+	// RequestHeaderTimeout bounds reading a stream's Request frame and HTTP request header.
+	// Default 30s.
+	RequestHeaderTimeout time.Duration
+	// DrainTimeout bounds how long in-flight requests may continue on a connection after kasd
+	// sent GoAway or after Run's context ended. Default 30s.
+	DrainTimeout time.Duration
+	// Backoff paces reconnects. Zero value: quic.Backoff defaults (100ms doubling to 10s, ±20%).
+	Backoff quic.Backoff
+	// Log receives structured logs. Default: zerolog.Nop().
+	Log *zerolog.Logger
+	// Registerer receives the agent's metrics. Default: a private registry (metrics unexported).
+	Registerer prometheus.Registerer
+}
+
+var serviceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
+
+// WithDefaults returns c with defaults filled in.
+func (c Config) WithDefaults() Config {
+	if c.Connections == 0 {
+		c.Connections = 1
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if c.MaxIdleConnsPerService == 0 {
+		c.MaxIdleConnsPerService = 256
+	}
+	if c.ServiceDialTimeout == 0 {
+		c.ServiceDialTimeout = 5 * time.Second
+	}
+	if c.RequestHeaderTimeout == 0 {
+		c.RequestHeaderTimeout = 30 * time.Second
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.Log == nil {
+		l := zerolog.Nop()
+		c.Log = &l
+	}
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
+	c.QUIC = c.QUIC.WithDefaults()
+	return c
+}
+
+// Validate reports the first problem with c (after WithDefaults).
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.KasAddresses) == 0 {
+		errs = append(errs, errors.New("at least one kas address is required"))
+	}
+	if c.Token == "" {
+		errs = append(errs, errors.New("an agent token is required"))
+	}
+	if c.TLS == nil {
+		errs = append(errs, errors.New("a TLS configuration is required"))
+	}
+	if len(c.Services) == 0 {
+		errs = append(errs, errors.New("at least one service is required"))
+	}
+	for name, u := range c.Services {
+		if !serviceNameRE.MatchString(name) {
+			errs = append(errs, fmt.Errorf("service name %q: must match %s", name, serviceNameRE))
+		}
+		if u == nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("service %q: URL must be http(s)://host[:port][/path]", name))
+		}
+	}
+	if c.Connections < 1 || c.Connections > 16 {
+		errs = append(errs, fmt.Errorf("connections must be 1..16, got %d", c.Connections))
+	}
+	if c.MaxIdleConnsPerService < 1 {
+		errs = append(errs, errors.New("max idle connections per service must be positive"))
+	}
+	if err := c.QUIC.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

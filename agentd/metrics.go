@@ -1,0 +1,57 @@
+package agentd
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	connections     prometheus.Gauge
+	connectAttempts *prometheus.CounterVec
+	goAways         prometheus.Counter
+	openStreams     prometheus.Gauge
+	rejections      *prometheus.CounterVec
+	requests        *prometheus.CounterVec
+	duration        *prometheus.HistogramVec
+	serviceErrors   *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "agentd_connections", Help: "Established connections to kasd.",
+		}),
+		connectAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentd_connect_attempts_total", Help: "Attempts to connect to kasd by result (ok, or the error code).",
+		}, []string{"result"}),
+		goAways: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "agentd_goaways_total", Help: "GoAway messages received from kasd (kasd draining).",
+		}),
+		openStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "agentd_open_streams", Help: "Request streams currently open.",
+		}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentd_stream_rejections_total", Help: "Request streams refused before proxying, by reason.",
+		}, []string{"reason"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentd_requests_total", Help: "Proxied requests by service and HTTP status code.",
+		}, []string{"service", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "agentd_request_duration_seconds", Help: "Time to serve a proxied request, until the response ends.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"service"}),
+		serviceErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentd_service_errors_total", Help: "Requests whose service could not be reached or failed, by service.",
+		}, []string{"service"}),
+	}
+	reg.MustRegister(m.connections, m.connectAttempts, m.goAways, m.openStreams, m.rejections,
+		m.requests, m.duration, m.serviceErrors)
+	return m
+}
+
+func (m *metrics) observe(service string, status int, d time.Duration) {
+	m.requests.WithLabelValues(service, strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(service).Observe(d.Seconds())
+}

@@ -1,0 +1,189 @@
+package api
+
+import "strconv"
+
+// decoder reads fields from a payload that has already been bounded by its
+// header. It works on a string so that every string field is a substring of
+// the one payload copy: parsing allocates the payload once, plus one slice
+// header per list item, and a list count is checked against the bytes left
+// before its slice is allocated (each item takes at least one byte).
+//
+// The first error sticks; later reads return zero values.
+type decoder struct {
+	t   FrameType
+	s   string
+	off int
+	err *Error
+}
+
+func (d *decoder) fail(sentinel error, field, what string) {
+	if d.err == nil {
+		d.err = protocolError(sentinel, "%s frame: %s: %s", d.t, field, what)
+	}
+}
+
+func (d *decoder) remaining() int { return len(d.s) - d.off }
+
+// uvarint decodes a base-128 varint (the encoding/binary format). Non-minimal
+// encodings are accepted; more than 64 bits is ErrMalformed.
+func (d *decoder) uvarint(field string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	var x uint64
+	var shift uint
+	for i := 0; ; i++ {
+		if d.off >= len(d.s) {
+			d.fail(ErrTruncated, field, "varint runs past end of payload")
+			return 0
+		}
+		c := d.s[d.off]
+		d.off++
+		if i == 9 && c > 1 || i > 9 {
+			d.fail(ErrMalformed, field, "varint overflows 64 bits")
+			return 0
+		}
+		if c < 0x80 {
+			return x | uint64(c)<<shift
+		}
+		x |= uint64(c&0x7f) << shift
+		shift += 7
+	}
+}
+
+func (d *decoder) varint(field string) int64 {
+	u := d.uvarint(field)
+	x := int64(u >> 1)
+	if u&1 != 0 {
+		x = ^x
+	}
+	return x
+}
+
+func (d *decoder) string(field string) string {
+	n := d.uvarint(field)
+	if d.err != nil {
+		return ""
+	}
+	if n > uint64(d.remaining()) {
+		d.fail(ErrTruncated, field, "length exceeds payload")
+		return ""
+	}
+	s := d.s[d.off : d.off+int(n)]
+	d.off += int(n)
+	return s
+}
+
+func (d *decoder) bytes(field string) []byte {
+	s := d.string(field)
+	if s == "" {
+		return nil
+	}
+	return []byte(s)
+}
+
+// count reads a list length and checks that count items of at least
+// minItem bytes each fit in the rest of the payload, so the caller may
+// allocate count items.
+func (d *decoder) count(field string, minItem int) int {
+	n := d.uvarint(field)
+	if d.err != nil {
+		return 0
+	}
+	if n > uint64(d.remaining()/minItem) {
+		d.fail(ErrTruncated, field, "list count exceeds payload")
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) code(field string) Code {
+	v := d.uvarint(field)
+	if v > 0xffff {
+		d.fail(ErrMalformed, field, "code out of range")
+		return 0
+	}
+	return Code(v)
+}
+
+// parsePayload decodes the payload of a frame of known type t. Fields are
+// read in order; bytes after the last known field are ignored (later
+// protocol versions append fields).
+func parsePayload(t FrameType, p string) (Message, error) {
+	d := &decoder{t: t, s: p}
+	var m Message
+	switch t {
+	case TypeHello:
+		h := &Hello{
+			Version:      d.uvarint("version"),
+			Token:        d.string("token"),
+			AgentVersion: d.string("agent_version"),
+			Replica:      d.string("replica"),
+		}
+		if n := d.count("services", 1); n > 0 {
+			h.Services = make([]string, n)
+			for i := range h.Services {
+				h.Services[i] = d.string("services")
+			}
+		}
+		m = h
+	case TypeWelcome:
+		m = &Welcome{
+			Version:      d.uvarint("version"),
+			AgentID:      d.string("agent_id"),
+			ConnectionID: d.string("connection_id"),
+			InstanceID:   d.string("instance_id"),
+		}
+	case TypeError:
+		m = &Error{
+			Code:       d.code("code"),
+			Message:    d.string("message"),
+			RetryAfter: millisToDuration(d.uvarint("retry_after_ms")),
+		}
+	case TypeGoAway:
+		m = &GoAway{Reason: d.string("reason")}
+	case TypePeerHello:
+		m = &PeerHello{
+			Version:    d.uvarint("version"),
+			InstanceID: d.string("instance_id"),
+			Proof:      d.bytes("proof"),
+		}
+	case TypeRequest:
+		r := &Request{}
+		switch k := d.uvarint("kind"); {
+		case d.err != nil:
+		case k == uint64(KindHTTP) || k == uint64(KindGitLab):
+			r.Kind = Kind(k)
+		default:
+			d.fail(ErrMalformed, "kind", "unknown value "+strconv.FormatUint(k, 10))
+		}
+		r.Service = d.string("service")
+		r.RequestID = d.string("request_id")
+		r.Deadline = nanosToDeadline(d.varint("deadline"))
+		if n := d.count("meta", 2); n > 0 {
+			r.Meta = make([]KV, n)
+			for i := range r.Meta {
+				r.Meta[i] = KV{Key: d.string("meta key"), Value: d.string("meta value")}
+			}
+		}
+		if d.err == nil && r.Kind == KindHTTP && r.Service == "" {
+			d.fail(ErrMalformed, "service", "empty in http request")
+		}
+		m = r
+	case TypeResult:
+		m = &Result{Code: d.code("code"), Message: d.string("message")}
+	case TypeForward:
+		f := &Forward{AgentID: d.string("agent_id"), Origin: d.string("origin")}
+		if d.err == nil && f.AgentID == "" {
+			d.fail(ErrMalformed, "agent_id", "empty")
+		}
+		m = f
+	default:
+		// Unreachable: callers check the type first.
+		return nil, protocolError(ErrUnknownFrameType, "unknown frame %s", t)
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return m, nil
+}

@@ -1,0 +1,246 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+)
+
+const (
+	ALPNAgent = "qkas-agent/1" // agent <-> kasd connections
+	ALPNPeer  = "qkas-peer/1"  // kasd <-> kasd connections
+
+	ProtocolVersion uint64 = 1
+
+	// FrameHeaderSize is the size of a frame header: type u8 | length u24.
+	FrameHeaderSize = 4
+	// MaxFrameSize is the absolute cap on any payload, whatever its type.
+	// Every FrameType.MaxSize is at most this.
+	MaxFrameSize = 64 << 10
+)
+
+// FrameType is the first byte of a frame.
+type FrameType uint8
+
+const (
+	TypeHello     FrameType = 1
+	TypeWelcome   FrameType = 2
+	TypeError     FrameType = 3
+	TypeGoAway    FrameType = 4
+	TypePeerHello FrameType = 5
+	TypeRequest   FrameType = 8
+	TypeResult    FrameType = 9
+	TypeForward   FrameType = 10
+)
+
+var frameInfo = [...]struct {
+	name    string
+	maxSize int
+}{
+	TypeHello:     {"hello", 16 << 10},
+	TypeWelcome:   {"welcome", 4 << 10},
+	TypeError:     {"error", 4 << 10},
+	TypeGoAway:    {"goaway", 1 << 10},
+	TypePeerHello: {"peer_hello", 4 << 10},
+	TypeRequest:   {"request", 16 << 10},
+	TypeResult:    {"result", 4 << 10},
+	TypeForward:   {"forward", 4 << 10},
+}
+
+func (t FrameType) known() bool { return int(t) < len(frameInfo) && frameInfo[t].name != "" }
+
+// String returns "hello", "welcome", "error", "goaway", "peer_hello",
+// "request", "result", "forward", or "type_N" for an unknown type.
+func (t FrameType) String() string {
+	if t.known() {
+		return frameInfo[t].name
+	}
+	return "type_" + strconv.Itoa(int(t))
+}
+
+// MaxSize returns the largest payload a frame of type t may declare; 0 for
+// an unknown type.
+func (t FrameType) MaxSize() int {
+	if t.known() {
+		return min(frameInfo[t].maxSize, MaxFrameSize)
+	}
+	return 0
+}
+
+// maxLength is the largest value the u24 length field can hold.
+const maxLength = 1<<24 - 1
+
+// AppendFrame appends the frame (header + payload) for m to b.
+//
+// AppendFrame cannot fail. Error.Message, Result.Message and GoAway.Reason
+// are cut to fit; if another message is larger than its type's MaxSize the
+// frame is still appended, and the receiver rejects it with ErrFrameTooLarge
+// before reading its payload. Use EncodeFrame or WriteFrame to get an error
+// instead.
+func AppendFrame(b []byte, m Message) []byte {
+	start := len(b)
+	b = append(b, byte(m.Type()), 0, 0, 0)
+	b = m.AppendPayload(b)
+	n := min(len(b)-start-FrameHeaderSize, maxLength)
+	b[start+1] = byte(n >> 16)
+	b[start+2] = byte(n >> 8)
+	b[start+3] = byte(n)
+	return b
+}
+
+// EncodeFrame is AppendFrame that refuses frames the receiver would reject:
+// an unknown type (CodeInternal, ErrUnknownFrameType) or a payload larger
+// than the type's MaxSize (CodeTooLarge, ErrFrameTooLarge). On error b is
+// returned unchanged in length.
+func EncodeFrame(b []byte, m Message) ([]byte, error) {
+	start := len(b)
+	b = AppendFrame(b, m)
+	if err := checkEncoded(m.Type(), len(b)-start-FrameHeaderSize); err != nil {
+		return b[:start], err
+	}
+	return b, nil
+}
+
+func checkEncoded(t FrameType, n int) error {
+	if !t.known() {
+		return &Error{Code: CodeInternal, Message: "cannot encode frame of unknown " + t.String(), Err: ErrUnknownFrameType}
+	}
+	if n > t.MaxSize() {
+		return &Error{Code: CodeTooLarge, Message: fmt.Sprintf("%s frame payload is %d bytes, max %d", t, n, t.MaxSize()), Err: ErrFrameTooLarge}
+	}
+	return nil
+}
+
+// writeBufs recycles WriteFrame buffers; buffers that grew beyond the
+// largest frame type are dropped rather than kept.
+var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// WriteFrame writes the frame for m with exactly one w.Write call, so a
+// frame is never interleaved with other writes to w. It returns the errors
+// of EncodeFrame without writing anything.
+func WriteFrame(w io.Writer, m Message) error {
+	bp := writeBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= FrameHeaderSize+16<<10 {
+			writeBufs.Put(bp)
+		}
+	}()
+	b, err := EncodeFrame((*bp)[:0], m)
+	*bp = b
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+// protocolError builds the *Error returned by parsers.
+func protocolError(sentinel error, format string, args ...any) *Error {
+	return &Error{Code: CodeProtocol, Message: fmt.Sprintf(format, args...), Err: sentinel}
+}
+
+// checkHeader validates a header before anything is allocated or read.
+func checkHeader(h []byte) (FrameType, int, error) {
+	t := FrameType(h[0])
+	n := int(h[1])<<16 | int(h[2])<<8 | int(h[3])
+	if !t.known() {
+		return t, n, protocolError(ErrUnknownFrameType, "unknown frame %s (length %d)", t, n)
+	}
+	if n > t.MaxSize() || n > MaxFrameSize {
+		return t, n, protocolError(ErrFrameTooLarge, "%s frame declares %d bytes, max %d", t, n, t.MaxSize())
+	}
+	return t, n, nil
+}
+
+// ReadFrame reads exactly one frame from r: io.ReadFull of the 4-byte header,
+// then, once the type and length are checked, io.ReadFull of the payload. It
+// never reads past the frame (the HTTP bytes that follow on the stream stay
+// in r), so r should not be buffered by the caller unless the caller keeps
+// using the same buffer.
+//
+// io.EOF before the first header byte is returned as is (clean end of
+// stream). EOF inside the frame is an *Error wrapping ErrTruncated and
+// io.ErrUnexpectedEOF. Other read errors are returned wrapped with %w, so
+// CodeOf sees deadlines. Parse failures are *Error with CodeProtocol.
+func ReadFrame(r io.Reader) (Message, error) {
+	var hdr [FrameHeaderSize]byte
+	hb := hdr[:]
+	if _, err := io.ReadFull(r, hb); err != nil {
+		if err == io.EOF {
+			return nil, io.EOF
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, truncatedRead("frame header")
+		}
+		return nil, fmt.Errorf("api: reading frame header: %w", err)
+	}
+	t, n, err := checkHeader(hb)
+	if err != nil {
+		return nil, err
+	}
+	var payload string
+	if n > 0 {
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil, truncatedRead(t.String() + " frame payload")
+			}
+			return nil, fmt.Errorf("api: reading %s frame payload: %w", t, err)
+		}
+		// One copy into an immutable string; every string field of the
+		// message is a substring of it.
+		payload = string(buf)
+	}
+	return parsePayload(t, payload)
+}
+
+func truncatedRead(what string) *Error {
+	return &Error{
+		Code:    CodeProtocol,
+		Message: what + " cut short by end of stream",
+		Err:     fmt.Errorf("%w: %w", ErrTruncated, io.ErrUnexpectedEOF),
+	}
+}
+
+// ParseFrame parses one frame from the start of b and returns it with the
+// number of bytes it occupies (header + declared payload). Bytes after the
+// frame are not looked at. An incomplete frame is ErrTruncated, so a caller
+// accumulating bytes can retry with more; oversize or unknown frames are
+// reported from the header alone. On error the count is 0.
+func ParseFrame(b []byte) (Message, int, error) {
+	if len(b) < FrameHeaderSize {
+		return nil, 0, protocolError(ErrTruncated, "frame header: have %d of %d bytes", len(b), FrameHeaderSize)
+	}
+	t, n, err := checkHeader(b[:FrameHeaderSize])
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(b)-FrameHeaderSize < n {
+		return nil, 0, protocolError(ErrTruncated, "%s frame: have %d of %d payload bytes", t, len(b)-FrameHeaderSize, n)
+	}
+	m, err := parsePayload(t, string(b[FrameHeaderSize:FrameHeaderSize+n]))
+	if err != nil {
+		return nil, 0, err
+	}
+	return m, FrameHeaderSize + n, nil
+}
+
+// ReadExpect reads one frame and returns it if its type is want. A TypeError
+// frame (when want is not TypeError) is returned as (nil, *Error): the peer's
+// typed refusal. Any other type is an *Error with CodeProtocol wrapping
+// ErrUnexpectedFrame.
+func ReadExpect(r io.Reader, want FrameType) (Message, error) {
+	m, err := ReadFrame(r)
+	if err != nil {
+		return nil, err
+	}
+	if m.Type() == want {
+		return m, nil
+	}
+	if e, ok := m.(*Error); ok {
+		return nil, e
+	}
+	return nil, protocolError(ErrUnexpectedFrame, "got %s frame, want %s", m.Type(), want)
+}

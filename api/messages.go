@@ -1,0 +1,371 @@
+package api
+
+import (
+	"fmt"
+	"log/slog"
+	"math"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// Message is a frame payload. All implementations in this package use
+// pointer receivers, and ReadFrame returns pointers: *Hello, *Welcome,
+// *Error, *GoAway, *PeerHello, *Request, *Result, *Forward.
+type Message interface {
+	Type() FrameType
+	// AppendPayload appends the payload encoding (no header) to b.
+	AppendPayload(b []byte) []byte
+}
+
+var (
+	_ Message = (*Hello)(nil)
+	_ Message = (*Welcome)(nil)
+	_ Message = (*Error)(nil)
+	_ Message = (*GoAway)(nil)
+	_ Message = (*PeerHello)(nil)
+	_ Message = (*Request)(nil)
+	_ Message = (*Result)(nil)
+	_ Message = (*Forward)(nil)
+)
+
+// Hello is the first frame of an agent connection's control stream
+// (agentd -> kasd).
+type Hello struct {
+	Version      uint64 // ProtocolVersion of the sender; see CheckVersion
+	Token        string // agent token; secret: String and LogValue redact it
+	AgentVersion string // build version of agentd, informational
+	Replica      string // pod name or other replica identity
+	Services     []string
+}
+
+func (*Hello) Type() FrameType { return TypeHello }
+
+func (m *Hello) AppendPayload(b []byte) []byte {
+	b = appendUvarint(b, m.Version)
+	b = appendString(b, m.Token)
+	b = appendString(b, m.AgentVersion)
+	b = appendString(b, m.Replica)
+	b = appendUvarint(b, uint64(len(m.Services)))
+	for _, s := range m.Services {
+		b = appendString(b, s)
+	}
+	return b
+}
+
+// String redacts the token so that logging a Hello never leaks it.
+func (m *Hello) String() string {
+	return fmt.Sprintf("Hello{Version:%d Token:%s AgentVersion:%q Replica:%q Services:%q}",
+		m.Version, redact(m.Token), m.AgentVersion, m.Replica, m.Services)
+}
+
+// GoString redacts the token too (%#v).
+func (m *Hello) GoString() string { return "&api." + m.String() }
+
+// LogValue redacts the token for log/slog.
+func (m *Hello) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.Uint64("version", m.Version),
+		slog.String("token", redact(m.Token)),
+		slog.String("agent_version", m.AgentVersion),
+		slog.String("replica", m.Replica),
+		slog.Any("services", m.Services),
+	)
+}
+
+func redact(secret string) string {
+	if secret == "" {
+		return `""`
+	}
+	return "<redacted>"
+}
+
+// Welcome is kasd's answer to Hello.
+type Welcome struct {
+	Version      uint64
+	AgentID      string
+	ConnectionID string
+	InstanceID   string // kasd instance that holds the connection
+}
+
+func (*Welcome) Type() FrameType { return TypeWelcome }
+
+func (m *Welcome) AppendPayload(b []byte) []byte {
+	b = appendUvarint(b, m.Version)
+	b = appendString(b, m.AgentID)
+	b = appendString(b, m.ConnectionID)
+	b = appendString(b, m.InstanceID)
+	return b
+}
+
+// Type makes *Error the TypeError message: code uvarint, message string,
+// retry_after_ms uvarint.
+func (*Error) Type() FrameType { return TypeError }
+
+// AppendPayload encodes Code, Message and RetryAfter (Err is not encoded).
+// Message is cut at a UTF-8 boundary if needed so the frame always fits.
+func (e *Error) AppendPayload(b []byte) []byte {
+	ms := durationToMillis(e.RetryAfter)
+	room := TypeError.MaxSize() - uvarintLen(uint64(e.Code)) - uvarintLen(ms)
+	b = appendUvarint(b, uint64(e.Code))
+	b = appendString(b, fitString(e.Message, room))
+	b = appendUvarint(b, ms)
+	return b
+}
+
+// GoAway tells the peer to open no new streams on this connection and to
+// reconnect; streams in flight finish.
+type GoAway struct {
+	Reason string // cut at a UTF-8 boundary if it does not fit
+}
+
+func (*GoAway) Type() FrameType { return TypeGoAway }
+
+func (m *GoAway) AppendPayload(b []byte) []byte {
+	return appendString(b, fitString(m.Reason, TypeGoAway.MaxSize()))
+}
+
+// PeerHello opens a kasd <-> kasd connection.
+type PeerHello struct {
+	Version    uint64
+	InstanceID string
+	Proof      []byte // secret-derived: String and LogValue redact it
+}
+
+func (*PeerHello) Type() FrameType { return TypePeerHello }
+
+func (m *PeerHello) AppendPayload(b []byte) []byte {
+	b = appendUvarint(b, m.Version)
+	b = appendString(b, m.InstanceID)
+	b = appendUvarint(b, uint64(len(m.Proof)))
+	b = append(b, m.Proof...)
+	return b
+}
+
+// String redacts the proof.
+func (m *PeerHello) String() string {
+	return fmt.Sprintf("PeerHello{Version:%d InstanceID:%q Proof:<%d bytes>}", m.Version, m.InstanceID, len(m.Proof))
+}
+
+// GoString redacts the proof too (%#v).
+func (m *PeerHello) GoString() string { return "&api." + m.String() }
+
+// LogValue redacts the proof for log/slog.
+func (m *PeerHello) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.Uint64("version", m.Version),
+		slog.String("instance_id", m.InstanceID),
+		slog.Int("proof_bytes", len(m.Proof)),
+	)
+}
+
+// Kind says what a Request stream carries.
+type Kind uint8
+
+const (
+	KindHTTP   Kind = 1 // kasd -> agent: proxy HTTP to Service
+	KindGitLab Kind = 2 // agent -> kasd: GitLab modules request
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindHTTP:
+		return "http"
+	case KindGitLab:
+		return "gitlab"
+	}
+	return "kind_" + strconv.Itoa(int(k))
+}
+
+// KV is one Request metadata entry. Keys may repeat.
+type KV struct{ Key, Value string }
+
+// Request is the first frame on a request stream; the HTTP/1.1 request
+// follows on the same stream.
+type Request struct {
+	Kind      Kind
+	Service   string // required (non-empty) for KindHTTP
+	RequestID string
+	// Deadline of the whole request; zero = none. Encoded as varint unix
+	// nanoseconds with 0 = none, so times are clamped to the int64
+	// nanosecond range (years 1678..2262) and the Unix epoch itself is sent
+	// as 1ns before it (still in the past, never "no deadline").
+	Deadline time.Time
+	Meta     []KV
+}
+
+func (*Request) Type() FrameType { return TypeRequest }
+
+func (m *Request) AppendPayload(b []byte) []byte {
+	b = appendUvarint(b, uint64(m.Kind))
+	b = appendString(b, m.Service)
+	b = appendString(b, m.RequestID)
+	b = appendVarint(b, deadlineToNanos(m.Deadline))
+	b = appendUvarint(b, uint64(len(m.Meta)))
+	for _, kv := range m.Meta {
+		b = appendString(b, kv.Key)
+		b = appendString(b, kv.Value)
+	}
+	return b
+}
+
+// MetaValue returns the first value of key.
+func (m *Request) MetaValue(key string) (string, bool) {
+	for _, kv := range m.Meta {
+		if kv.Key == key {
+			return kv.Value, true
+		}
+	}
+	return "", false
+}
+
+// MetaValues returns all values of key, in order (nil if none).
+func (m *Request) MetaValues(key string) []string {
+	var vs []string
+	for _, kv := range m.Meta {
+		if kv.Key == key {
+			vs = append(vs, kv.Value)
+		}
+	}
+	return vs
+}
+
+// Result answers a Request (or a Forward): CodeOK means the HTTP response
+// follows on the stream; anything else is a typed refusal and the stream
+// ends.
+type Result struct {
+	Code    Code
+	Message string // cut at a UTF-8 boundary if it does not fit
+}
+
+func (*Result) Type() FrameType { return TypeResult }
+
+func (m *Result) AppendPayload(b []byte) []byte {
+	room := TypeResult.MaxSize() - uvarintLen(uint64(m.Code))
+	b = appendUvarint(b, uint64(m.Code))
+	b = appendString(b, fitString(m.Message, room))
+	return b
+}
+
+// Err returns nil if Code is CodeOK, else an *Error with Code and Message.
+func (m *Result) Err() error {
+	if m.Code == CodeOK {
+		return nil
+	}
+	return &Error{Code: m.Code, Message: m.Message}
+}
+
+// ResultOf returns the Result that reports err: {CodeOK} for nil, else
+// {CodeOf(err), message}, where message is the *Error's Message if there is
+// one in the chain, else err.Error().
+func ResultOf(err error) *Result {
+	return &Result{Code: CodeOf(err), Message: messageOf(err)}
+}
+
+// Forward is the first frame on a kasd -> kasd peer stream; the bytes of a
+// Request frame and its HTTP request follow.
+type Forward struct {
+	AgentID string // required (non-empty)
+	Origin  string // instance id of the sending kasd
+}
+
+func (*Forward) Type() FrameType { return TypeForward }
+
+func (m *Forward) AppendPayload(b []byte) []byte {
+	b = appendString(b, m.AgentID)
+	b = appendString(b, m.Origin)
+	return b
+}
+
+// --- encoding helpers ---
+
+func appendUvarint(b []byte, v uint64) []byte {
+	for v >= 0x80 {
+		b = append(b, byte(v)|0x80)
+		v >>= 7
+	}
+	return append(b, byte(v))
+}
+
+func appendVarint(b []byte, v int64) []byte {
+	u := uint64(v) << 1
+	if v < 0 {
+		u = ^u
+	}
+	return appendUvarint(b, u)
+}
+
+func appendString(b []byte, s string) []byte {
+	b = appendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
+}
+
+// fitString returns s, or its longest prefix ending on a UTF-8 boundary
+// whose encoding (length prefix + bytes) fits in room bytes.
+func fitString(s string, room int) string {
+	if uvarintLen(uint64(len(s)))+len(s) <= room {
+		return s
+	}
+	if room <= 1 {
+		return ""
+	}
+	n := min(room-uvarintLen(uint64(room)), len(s))
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+var (
+	minDeadline = time.Unix(0, math.MinInt64)
+	maxDeadline = time.Unix(0, math.MaxInt64)
+)
+
+func deadlineToNanos(t time.Time) int64 {
+	switch {
+	case t.IsZero():
+		return 0
+	case t.Before(minDeadline):
+		return math.MinInt64
+	case t.After(maxDeadline):
+		return math.MaxInt64
+	}
+	n := t.UnixNano()
+	if n == 0 {
+		n = -1 // 0 means "no deadline"; keep an epoch deadline in the past
+	}
+	return n
+}
+
+func nanosToDeadline(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+const maxRetryMillis = uint64(math.MaxInt64 / int64(time.Millisecond))
+
+func durationToMillis(d time.Duration) uint64 {
+	if d <= 0 {
+		return 0
+	}
+	ms := d / time.Millisecond
+	if d%time.Millisecond != 0 {
+		ms++ // round up: a hint of 1ns is not "none"
+	}
+	return uint64(ms)
+}
+
+func millisToDuration(ms uint64) time.Duration {
+	return time.Duration(min(ms, maxRetryMillis)) * time.Millisecond
+}

@@ -1,0 +1,59 @@
+package cliconfig
+
+import (
+	"flag"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestApply(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	listen := fs.String("listen", ":1", "")
+	grace := fs.Duration("grace", 0, "")
+	debug := fs.Bool("debug", false, "")
+	var addrs, svcs StringList
+	fs.Var(&addrs, "addr", "")
+	fs.Var(&svcs, "service", "")
+	if err := fs.Parse([]string{"--listen", ":9"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := "listen: ':5'\ngrace: 3s\ndebug: true\naddr: [a:1, 'b:2,c:3']\nservice: {web: 'http://x', api: 'http://y'}\n"
+	if err := ApplyBytes(fs, "c.yaml", []byte(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	if *listen != ":9" {
+		t.Errorf("command line must win: listen = %q", *listen)
+	}
+	if grace.String() != "3s" || !*debug {
+		t.Errorf("grace=%v debug=%v", *grace, *debug)
+	}
+	if want := (StringList{"a:1", "b:2", "c:3"}); !reflect.DeepEqual(addrs, want) {
+		t.Errorf("addr = %v", addrs)
+	}
+	if want := (StringList{"api=http://y", "web=http://x"}); !reflect.DeepEqual(svcs, want) {
+		t.Errorf("service = %v", svcs)
+	}
+}
+
+func TestApplyErrors(t *testing.T) {
+	for name, cfg := range map[string]string{
+		"unknown key": "nope: 1\n",
+		"bad value":   "grace: soon\n",
+		"not yaml":    "{{{",
+		"config key":  "config: x\n",
+		"nested list": "listen: [[1]]\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			fs := flag.NewFlagSet("t", flag.ContinueOnError)
+			fs.String("listen", "", "")
+			fs.Duration("grace", 0, "")
+			fs.String("config", "", "")
+			_ = fs.Parse(nil)
+			err := ApplyBytes(fs, "c.yaml", []byte(cfg))
+			if err == nil || !strings.Contains(err.Error(), "c.yaml") {
+				t.Fatalf("err = %v, want an error naming the file", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/qkas/qkas/auth"
+)
+
+// now is the clock used for iat and exp; tests replace it.
+var now = time.Now
+
+func runJWT(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("jwt", "--secret-file FILE [flags]",
+		`Prints a client JWT for kasd's HTTP API (HS256, aud, iat, exp = now + ttl):
+  curl -H "Authorization: Bearer $(kasctl jwt --secret-file F)" ...`, stderr)
+	secretFile := fs.String("secret-file", "", "the secret `FILE` kasd verifies client JWTs with (required)")
+	agents := fs.String("agents", "", "comma-separated agent `ids` the token may reach; \"*\" or empty: any agent")
+	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid (kasd refuses tokens valid for longer than its maximum, 1h unless configured)")
+	audience := fs.String("audience", auth.DefaultAudience, "the token's aud")
+	subject := fs.String("subject", "", "the token's sub (who it is for, for kasd's logs)")
+	issuer := fs.String("issuer", "", "the token's iss")
+	user := fs.String("impersonate-user", "", "ask agents to act as Kubernetes `user`")
+	var groups []string
+	fs.Func("impersonate-group", "with --impersonate-user, a Kubernetes `group` to act as (repeatable)", func(g string) error {
+		if g == "" {
+			return errors.New("empty group")
+		}
+		groups = append(groups, g)
+		return nil
+	})
+	if _, err := parseArgs(fs, args, 0); err != nil {
+		return err
+	}
+
+	var claims auth.ClientClaims
+	switch {
+	case *secretFile == "":
+		return flagError(fs, "--secret-file is required")
+	case *ttl <= 0:
+		return flagError(fs, "--ttl must be positive")
+	case *audience == "":
+		return flagError(fs, "--audience must not be empty")
+	case len(groups) > 0 && *user == "":
+		return flagError(fs, "--impersonate-group needs --impersonate-user")
+	}
+	for _, id := range splitList(*agents) {
+		if id != auth.AnyAgent {
+			if err := auth.ValidateAgentID(id); err != nil {
+				return fmt.Errorf("--agents: %w", err)
+			}
+		}
+		claims.Agents = append(claims.Agents, id)
+	}
+	if *user != "" {
+		claims.Impersonate = &auth.Impersonation{User: *user, Groups: groups}
+	}
+	if *ttl > auth.DefaultMaxValidity {
+		fmt.Fprintf(stderr, "kasctl: warning: --ttl %v is longer than %v, which kasd refuses unless configured otherwise\n", *ttl, auth.DefaultMaxValidity)
+	}
+	key, err := auth.ReadSecretFile(*secretFile)
+	if err != nil {
+		return err
+	}
+	t := now().Truncate(time.Second) // NumericDate has second precision
+	claims.RegisteredClaims = jwt.RegisteredClaims{
+		Issuer:    *issuer,
+		Subject:   *subject,
+		Audience:  jwt.ClaimStrings{*audience},
+		IssuedAt:  jwt.NewNumericDate(t),
+		ExpiresAt: jwt.NewNumericDate(t.Add(*ttl)),
+	}
+	token, err := auth.Mint(key, claims)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, token)
+	return nil
+}
+
+// flagError reports a bad combination of flags like a parse error: message,
+// usage, exit status 2.
+func flagError(fs *flag.FlagSet, msg string) error {
+	fmt.Fprintf(fs.Output(), "%s: %s\n", fs.Name(), msg)
+	fs.Usage()
+	return &usageError{msg}
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+
+	"github.com/qkas/qkas/auth"
+)
+
+// version is set at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+const usage = `usage: kasctl <command> [flags] [args]
+
+commands:
+  agent-token NAME  make a token for agent NAME (standalone mode) and the entry
+                    for kasd's --agent-tokens-file
+  jwt               mint a client JWT for kasd's HTTP API
+  secret            make a secret for a secret file (base64 of 32 random bytes)
+  version           print kasctl's version
+
+Run "kasctl <command> -h" for a command's flags.
+`
+
+// usageError is a mistake in the command line: exit status 2, and the
+// usage has already been printed.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+// run runs kasctl with args (without the program name). Results go to
+// stdout, usage and warnings to stderr.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return &usageError{"no command"}
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "agent-token":
+		return runAgentToken(ctx, args, stdout, stderr)
+	case "jwt":
+		return runJWT(ctx, args, stdout, stderr)
+	case "secret":
+		return runSecret(ctx, args, stdout, stderr)
+	case "version":
+		return runVersion(args, stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stderr, usage)
+		return flag.ErrHelp
+	}
+	msg := fmt.Sprintf("unknown command %q", cmd)
+	fmt.Fprintf(stderr, "kasctl: %s\n\n%s", msg, usage)
+	return &usageError{msg}
+}
+
+// exitCode reports err on stderr unless run already did (usage) and returns
+// the process's exit status: 0 ok, 2 usage, 1 any other error.
+func exitCode(err error, stderr io.Writer) int {
+	var ue *usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp), errors.As(err, &ue):
+		return 2
+	}
+	fmt.Fprintf(stderr, "kasctl: %v\n", err)
+	return 1
+}
+
+// newFlagSet returns a flag set for a subcommand whose usage line is synopsis.
+func newFlagSet(name, synopsis, about string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("kasctl "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: kasctl %s %s\n\n%s\n", name, synopsis, about)
+		if hasFlags(fs) {
+			fmt.Fprintln(stderr, "\nflags:")
+			fs.PrintDefaults()
+		}
+	}
+	return fs
+}
+
+func hasFlags(fs *flag.FlagSet) (any bool) {
+	fs.VisitAll(func(*flag.Flag) { any = true })
+	return any
+}
+
+// parseArgs parses flags placed before, between or after the positional
+// arguments (kasctl agent-token NAME --token-out F), and checks there are
+// exactly want positionals.
+func parseArgs(fs *flag.FlagSet, args []string, want int) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, &usageError{err.Error()} // flag already printed it and the usage
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		if args[0] == "--" {
+			pos = append(pos, args[1:]...)
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if len(pos) != want {
+		msg := fmt.Sprintf("want %d argument(s), got %d", want, len(pos))
+		if len(pos) > want {
+			msg = fmt.Sprintf("unexpected argument %q", pos[want])
+		}
+		fmt.Fprintf(fs.Output(), "%s: %s\n", fs.Name(), msg)
+		fs.Usage()
+		return nil, &usageError{msg}
+	}
+	return pos, nil
+}
+
+func runSecret(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("secret", "[--out FILE]",
+		"Prints a new secret: base64 of 32 random bytes, the format of GitLab's\n.gitlab_kas_secret and of kasd's secret files.", stderr)
+	out := fs.String("out", "", "write the secret to `FILE` (mode 0600, must not exist) instead of printing it")
+	if _, err := parseArgs(fs, args, 0); err != nil {
+		return err
+	}
+	secret := auth.NewSecret()
+	if *out != "" {
+		if err := writeNewFile(*out, secret+"\n"); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "# secret written to %s\n", *out)
+		return nil
+	}
+	fmt.Fprintln(stdout, secret)
+	return nil
+}
+
+func runVersion(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("version", "", "Prints kasctl's version.", stderr)
+	if _, err := parseArgs(fs, args, 0); err != nil {
+		return err
+	}
+	v := version
+	if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	fmt.Fprintf(stdout, "kasctl %s %s %s/%s\n", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return nil
+}
+
+// writeNewFile writes content to a new file readable only by its owner; it
+// refuses to replace an existing file, which may hold a secret still in use.
+func writeNewFile(path, content string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%s already exists; not replacing it", path)
+		}
+		return err
+	}
+	_, err = io.WriteString(f, content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// splitList splits a comma-separated flag value; "" is an empty list.
+func splitList(s string) []string {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	parts := strings.Split(s, ",")
+	for i := range parts {
+		parts[i] = strings.TrimSpace(parts[i])
+	}
+	return parts
+}

@@ -1,0 +1,236 @@
+package kasd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/qkas/qkas/api"
+)
+
+// agentConn is one live, authenticated agent connection.
+type agentConn struct {
+	id       string // connection id, unique within this kasd
+	agentID  string
+	replica  string
+	version  string
+	services []string // sorted
+	since    time.Time
+	qc       *quicgo.Conn
+	entry    *agentEntry // set by agentTable.add
+
+	ctrlMu  sync.Mutex // guards writes to control
+	control *quicgo.Stream
+}
+
+func (c *agentConn) offers(service string) bool {
+	_, ok := slices.BinarySearch(c.services, service)
+	return ok
+}
+
+// sendGoAway asks the agent to reconnect elsewhere; the connection stays usable for in-flight
+// requests.
+func (c *agentConn) sendGoAway(reason string) {
+	c.ctrlMu.Lock()
+	defer c.ctrlMu.Unlock()
+	_ = c.control.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = api.WriteFrame(c.control, &api.GoAway{Reason: reason})
+}
+
+// agentEntry holds an agent's connections.
+type agentEntry struct {
+	conns    []*agentConn // copy-on-write; replaced under agentTable.mu, read under its read lock
+	rr       atomic.Uint64
+	inflight atomic.Int64
+}
+
+// agentTable maps agent ids to their live connections.
+type agentTable struct {
+	maxTotal, maxPerAgent int
+	onChange              func(agentID string, conns int) // called under mu; must not block
+
+	mu      sync.RWMutex // guards the fields below
+	agents  map[string]*agentEntry
+	total   int
+	changed chan struct{} // closed and replaced on every change
+}
+
+func newAgentTable(maxTotal, maxPerAgent int) *agentTable {
+	return &agentTable{
+		maxTotal:    maxTotal,
+		maxPerAgent: maxPerAgent,
+		agents:      map[string]*agentEntry{},
+		changed:     make(chan struct{}),
+	}
+}
+
+// reserve checks the total limit before a handshake is even read.
+func (t *agentTable) full() bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.total >= t.maxTotal
+}
+
+// add registers c or returns a limit error.
+func (t *agentTable) add(c *agentConn) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.total >= t.maxTotal {
+		return api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", t.maxTotal)
+	}
+	e := t.agents[c.agentID]
+	if e == nil {
+		e = &agentEntry{}
+		t.agents[c.agentID] = e
+	}
+	if len(e.conns) >= t.maxPerAgent {
+		return api.Errorf(api.CodeOverloaded, "agent %s already holds the maximum of %d connections", c.agentID, t.maxPerAgent)
+	}
+	e.conns = append(slices.Clip(e.conns), c)
+	c.entry = e
+	t.total++
+	t.notifyLocked(c.agentID, len(e.conns))
+	return nil
+}
+
+func (t *agentTable) remove(c *agentConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.agents[c.agentID]
+	if e == nil {
+		return
+	}
+	i := slices.Index(e.conns, c)
+	if i < 0 {
+		return
+	}
+	e.conns = slices.Delete(slices.Clone(e.conns), i, i+1)
+	t.total--
+	if len(e.conns) == 0 {
+		delete(t.agents, c.agentID)
+	}
+	t.notifyLocked(c.agentID, len(e.conns))
+}
+
+func (t *agentTable) notifyLocked(agentID string, n int) {
+	close(t.changed)
+	t.changed = make(chan struct{})
+	if t.onChange != nil {
+		t.onChange(agentID, n)
+	}
+}
+
+// pick returns a connection of agentID that offers service, round-robin across replicas.
+// ok is false if the agent has no connection here; a non-nil error means it has connections but
+// none offers service.
+func (t *agentTable) pick(agentID, service string) (c *agentConn, ok bool, err error) {
+	t.mu.RLock()
+	e := t.agents[agentID]
+	var conns []*agentConn
+	if e != nil {
+		conns = e.conns
+	}
+	t.mu.RUnlock()
+	if len(conns) == 0 {
+		return nil, false, nil
+	}
+	start := e.rr.Add(1)
+	for i := range conns {
+		c := conns[(start+uint64(i))%uint64(len(conns))]
+		if c.offers(service) {
+			return c, true, nil
+		}
+	}
+	return nil, true, api.Errorf(api.CodeServiceUnknown, "agent %s does not offer service %q", agentID, service)
+}
+
+// waitChange returns a channel closed at the next change of the table.
+func (t *agentTable) waitChange() <-chan struct{} {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.changed
+}
+
+// waitFor waits until agentID has a connection or ctx ends.
+func (t *agentTable) waitFor(ctx context.Context, agentID string) bool {
+	for {
+		t.mu.RLock()
+		_, ok := t.agents[agentID]
+		ch := t.changed
+		t.mu.RUnlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// all returns every connection, for shutdown.
+func (t *agentTable) all() []*agentConn {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var out []*agentConn
+	for _, e := range t.agents {
+		out = append(out, e.conns...)
+	}
+	return out
+}
+
+// counts returns the number of agents and connections.
+func (t *agentTable) counts() (agents, conns int) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.agents), t.total
+}
+
+// AgentInfo describes a connected agent in GET /api/v1/agents.
+type AgentInfo struct {
+	ID          string           `json:"id"`
+	Connections []ConnectionInfo `json:"connections"`
+}
+
+// ConnectionInfo describes one agent connection.
+type ConnectionInfo struct {
+	ID             string    `json:"id"`
+	Instance       string    `json:"instance"`
+	Replica        string    `json:"replica"`
+	AgentVersion   string    `json:"agent_version"`
+	ConnectedSince time.Time `json:"connected_since"`
+	Services       []string  `json:"services"`
+	Remote         string    `json:"remote_addr,omitempty"`
+}
+
+func (t *agentTable) list(instance string) []AgentInfo {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := make([]AgentInfo, 0, len(t.agents))
+	for id, e := range t.agents {
+		info := AgentInfo{ID: id}
+		for _, c := range e.conns {
+			info.Connections = append(info.Connections, ConnectionInfo{
+				ID: c.id, Instance: instance, Replica: c.replica, AgentVersion: c.version,
+				ConnectedSince: c.since, Services: c.services, Remote: c.qc.RemoteAddr().String(),
+			})
+		}
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func randomID(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

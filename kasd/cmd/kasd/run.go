@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/internal/cliconfig"
+	"github.com/qkas/qkas/kasd"
+	"github.com/qkas/qkas/quic"
+)
+
+var version = "dev"
+
+type options struct {
+	config              string
+	agentListen         string
+	apiListen           string
+	observabilityListen string
+	dataDir             string
+	instanceID          string
+	agentTokensFile     string
+	apiJWTSecretFile    string
+	apiJWTMaxValidity   time.Duration
+	tlsCertFile         string
+	tlsKeyFile          string
+	tlsHosts            cliconfig.StringList
+	routeTimeout        time.Duration
+	responseHdrTimeout  time.Duration
+	handshakeTimeout    time.Duration
+	maxAgentConns       int
+	maxConnsPerAgent    int
+	maxInflightPerAgent int
+	maxIncomingStreams  int64
+	shutdownGrace       time.Duration
+	logLevel            string
+	logFormat           string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("kasd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names; flags given on the command line win")
+	fs.StringVar(&o.agentListen, "agent-listen", ":8150", "UDP address for agent QUIC connections")
+	fs.StringVar(&o.apiListen, "api-listen", ":8151", "TCP address for the client HTTP API")
+	fs.StringVar(&o.observabilityListen, "observability-listen", ":8153", "TCP address for /metrics, /healthz, /readyz and /debug/pprof/")
+	fs.StringVar(&o.dataDir, "data-dir", "./kasd-data", "directory for generated state: development CA and certificate, stateless reset key")
+	fs.StringVar(&o.instanceID, "instance-id", "", "this kasd's instance id (default: host name plus a random suffix)")
+	fs.StringVar(&o.agentTokensFile, "agent-tokens-file", "", "YAML file 'agents: [{id, token_sha256}]' of accepted agent tokens (standalone mode)")
+	fs.StringVar(&o.apiJWTSecretFile, "api-jwt-secret-file", "", "base64 secret (>= 32 bytes decoded) that signs client JWTs (HS256, aud gitlab-kas)")
+	fs.DurationVar(&o.apiJWTMaxValidity, "api-jwt-max-validity", time.Hour, "refuse client JWTs valid for longer than this")
+	fs.StringVar(&o.tlsCertFile, "tls-cert-file", "", "TLS certificate for agents (default: a development certificate in --data-dir)")
+	fs.StringVar(&o.tlsKeyFile, "tls-key-file", "", "TLS key for --tls-cert-file")
+	fs.Var(&o.tlsHosts, "tls-hosts", "extra host names or IPs for the development certificate (repeatable, comma-separated)")
+	fs.DurationVar(&o.routeTimeout, "route-timeout", 5*time.Second, "how long a request waits for its agent to connect before 503")
+	fs.DurationVar(&o.responseHdrTimeout, "response-header-timeout", 60*time.Second, "how long to wait for a response header from the agent before 504")
+	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "how long an agent may take to send Hello")
+	fs.IntVar(&o.maxAgentConns, "max-agent-connections", 100000, "maximum agent connections to this kasd")
+	fs.IntVar(&o.maxConnsPerAgent, "max-connections-per-agent", 64, "maximum connections (replicas) per agent id")
+	fs.IntVar(&o.maxInflightPerAgent, "max-inflight-per-agent", 10000, "maximum concurrent proxied requests per agent")
+	fs.Int64Var(&o.maxIncomingStreams, "max-incoming-streams", quic.DefaultMaxIncomingStreams, "maximum concurrent streams an agent may open")
+	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.config != "" {
+		if err := cliconfig.Apply(fs, o.config); err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+func newLogger(level, format string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return zerolog.Logger{}, fmt.Errorf("--log-level: %w", err)
+	}
+	var w io.Writer = os.Stderr
+	switch format {
+	case "console":
+		w = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly}
+	case "auto":
+		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			w = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly}
+		}
+	case "json":
+	default:
+		return zerolog.Logger{}, fmt.Errorf("--log-format must be json, console or auto")
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+func run(ctx context.Context, args []string) error {
+	o, err := parseFlags(args, os.Stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	log, err := newLogger(o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	if o.agentTokensFile == "" {
+		return errors.New("--agent-tokens-file is required (create entries with 'kasctl agent-token NAME')")
+	}
+	if o.apiJWTSecretFile == "" {
+		return errors.New("--api-jwt-secret-file is required (create one with 'kasctl secret > FILE')")
+	}
+	tokens, err := auth.LoadTokenStore(o.agentTokensFile)
+	if err != nil {
+		return err
+	}
+	jwtKey, err := auth.ReadSecretFile(o.apiJWTSecretFile)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	cert, caFile, err := serverCertificate(o)
+	if err != nil {
+		return err
+	}
+	resetKey, err := quic.LoadOrCreateStatelessResetKey(filepath.Join(o.dataDir, "stateless-reset.key"))
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := kasd.New(kasd.Config{
+		InstanceID:             o.instanceID,
+		Version:                version,
+		AgentAuth:              kasd.TokenFileAuth{Store: tokens},
+		ClientAuth:             &auth.Verifier{Key: jwtKey, MaxValidity: o.apiJWTMaxValidity},
+		HandshakeTimeout:       o.handshakeTimeout,
+		RouteTimeout:           o.routeTimeout,
+		ResponseHeaderTimeout:  o.responseHdrTimeout,
+		MaxAgentConnections:    o.maxAgentConns,
+		MaxConnectionsPerAgent: o.maxConnsPerAgent,
+		MaxInflightPerAgent:    o.maxInflightPerAgent,
+		ShutdownGrace:          o.shutdownGrace,
+		Log:                    &log,
+		Registerer:             reg,
+	})
+	if err != nil {
+		return err
+	}
+
+	agentLn, err := quic.Listen(o.agentListen, quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{
+		StatelessResetKey:  resetKey,
+		MaxIncomingStreams: o.maxIncomingStreams,
+	})
+	if err != nil {
+		return fmt.Errorf("--agent-listen: %w", err)
+	}
+	apiLn, err := net.Listen("tcp", o.apiListen)
+	if err != nil {
+		agentLn.Close()
+		return fmt.Errorf("--api-listen: %w", err)
+	}
+	obsLn, err := net.Listen("tcp", o.observabilityListen)
+	if err != nil {
+		agentLn.Close()
+		apiLn.Close()
+		return fmt.Errorf("--observability-listen: %w", err)
+	}
+	apiSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20}
+	obsSrv := &http.Server{Handler: srv.ObservabilityHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+	log.Info().Str("instance", srv.InstanceID()).Str("agent_listen", agentLn.Addr().String()).
+		Str("api_listen", apiLn.Addr().String()).Str("observability_listen", obsLn.Addr().String()).
+		Str("ca_file", caFile).Str("version", version).Msg("kasd started")
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.ServeAgents(gctx, agentLn) })
+	g.Go(func() error { return serveHTTP(apiSrv, apiLn) })
+	g.Go(func() error { return serveHTTP(obsSrv, obsLn) })
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info().Msg("draining")
+		sctx, cancel := context.WithTimeout(context.Background(), o.shutdownGrace+5*time.Second)
+		defer cancel()
+		// Stop taking new client requests, drain agents and in-flight requests, then close.
+		err := srv.Shutdown(sctx)
+		_ = apiSrv.Shutdown(sctx)
+		_ = agentLn.Close()
+		_ = obsSrv.Shutdown(sctx)
+		if err != nil {
+			log.Warn().Err(err).Msg("drain incomplete")
+		}
+		return nil
+	})
+	err = g.Wait()
+	log.Info().Msg("kasd stopped")
+	return err
+}
+
+func serveHTTP(s *http.Server, ln net.Listener) error {
+	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// serverCertificate loads --tls-cert-file/--tls-key-file, or creates (once) a development CA and
+// certificate in --data-dir whose CA agents trust with --ca-file.
+func serverCertificate(o *options) (cert tls.Certificate, caFile string, err error) {
+	if o.tlsCertFile != "" || o.tlsKeyFile != "" {
+		if o.tlsCertFile == "" || o.tlsKeyFile == "" {
+			return cert, "", errors.New("--tls-cert-file and --tls-key-file go together")
+		}
+		cert, err = quic.LoadKeyPair(o.tlsCertFile, o.tlsKeyFile)
+		return cert, "", err
+	}
+	hosts := append([]string(nil), o.tlsHosts...)
+	if h, _, err := net.SplitHostPort(o.agentListen); err == nil && h != "" && !strings.Contains(h, "*") {
+		hosts = append(hosts, h)
+	}
+	return quic.DevCertificate(o.dataDir, hosts)
+}

@@ -1,0 +1,130 @@
+package kasd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/qkas/qkas/auth"
+)
+
+// AgentAuthenticator maps an agent token to an agent id. Implementations return an *api.Error:
+// unauthenticated for a bad token, auth_unavailable when the answer cannot be had right now.
+type AgentAuthenticator interface {
+	Authenticate(ctx context.Context, token string) (agentID string, err error)
+}
+
+// Config configures a Server. WithDefaults fills in defaults; Validate checks the result.
+type Config struct {
+	// InstanceID names this kasd in Welcome messages, logs and the fleet registry.
+	// Default: host name plus a random suffix.
+	InstanceID string
+	// Version is reported in Welcome and the registry. Default "dev".
+	Version string
+	// AgentAuth checks agent tokens. Required.
+	AgentAuth AgentAuthenticator
+	// ClientAuth verifies client JWTs on the HTTP API. Required.
+	ClientAuth *auth.Verifier
+
+	// HandshakeTimeout bounds an agent's Hello after its QUIC handshake. Default 10s.
+	HandshakeTimeout time.Duration
+	// RouteTimeout is how long a request waits for its agent to connect. Default 5s.
+	RouteTimeout time.Duration
+	// ResponseHeaderTimeout bounds the time from sending a request to the agent until its
+	// response header arrives; the body may then stream for as long as it needs (watches, logs).
+	// Default 60s.
+	ResponseHeaderTimeout time.Duration
+	// MaxRequestTimeout caps the per-request timeout a client may ask for with the
+	// Qkas-Timeout header. Default 1h.
+	MaxRequestTimeout time.Duration
+	// MaxAgentConnections limits agent connections to this kasd. Default 100000.
+	MaxAgentConnections int
+	// MaxConnectionsPerAgent limits connections (replicas) one agent id may hold. Default 64.
+	MaxConnectionsPerAgent int
+	// MaxInflightPerAgent limits concurrent proxied requests to one agent. Default 10000.
+	MaxInflightPerAgent int
+	// ShutdownGrace bounds how long Shutdown waits for in-flight requests. Default 30s.
+	ShutdownGrace time.Duration
+
+	// Log receives structured logs. Default: zerolog.Nop().
+	Log *zerolog.Logger
+	// Registerer receives metrics. Default: a private registry.
+	Registerer prometheus.Registerer
+}
+
+// WithDefaults returns c with defaults filled in.
+func (c Config) WithDefaults() Config {
+	if c.InstanceID == "" {
+		host, _ := os.Hostname()
+		c.InstanceID = fmt.Sprintf("%s-%s", host, randomID(4))
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.RouteTimeout == 0 {
+		c.RouteTimeout = 5 * time.Second
+	}
+	if c.ResponseHeaderTimeout == 0 {
+		c.ResponseHeaderTimeout = 60 * time.Second
+	}
+	if c.MaxRequestTimeout == 0 {
+		c.MaxRequestTimeout = time.Hour
+	}
+	if c.MaxAgentConnections == 0 {
+		c.MaxAgentConnections = 100000
+	}
+	if c.MaxConnectionsPerAgent == 0 {
+		c.MaxConnectionsPerAgent = 64
+	}
+	if c.MaxInflightPerAgent == 0 {
+		c.MaxInflightPerAgent = 10000
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 30 * time.Second
+	}
+	if c.Log == nil {
+		l := zerolog.Nop()
+		c.Log = &l
+	}
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
+	return c
+}
+
+// Validate reports every problem with c (after WithDefaults).
+func (c Config) Validate() error {
+	var errs []error
+	if c.AgentAuth == nil {
+		errs = append(errs, errors.New("an agent authenticator (tokens file or GitLab) is required"))
+	}
+	if c.ClientAuth == nil || len(c.ClientAuth.Key) < 32 {
+		errs = append(errs, errors.New("a client JWT verifier with a key of at least 32 bytes is required"))
+	}
+	for name, d := range map[string]time.Duration{
+		"handshake timeout": c.HandshakeTimeout, "route timeout": c.RouteTimeout,
+		"response header timeout": c.ResponseHeaderTimeout, "max request timeout": c.MaxRequestTimeout,
+		"shutdown grace": c.ShutdownGrace,
+	} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative", name))
+		}
+	}
+	for name, n := range map[string]int{
+		"max agent connections": c.MaxAgentConnections, "max connections per agent": c.MaxConnectionsPerAgent,
+		"max inflight per agent": c.MaxInflightPerAgent,
+	} {
+		if n < 1 {
+			errs = append(errs, fmt.Errorf("%s must be positive", name))
+		}
+	}
+	return errors.Join(errs...)
+}

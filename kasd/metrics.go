@@ -1,0 +1,74 @@
+package kasd
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	agentConnections *prometheus.CounterVec
+	limitRejections  *prometheus.CounterVec
+	apiErrors        *prometheus.CounterVec
+	requests         *prometheus.CounterVec
+	duration         *prometheus.HistogramVec
+	bytes            *prometheus.CounterVec
+	openStreams      prometheus.Gauge
+	routeWait        prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
+	m := &metrics{
+		agentConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kasd_agent_connections_total",
+			Help: "Agent connection attempts by result: accepted, or the refusal code (unauthenticated, overloaded, ...).",
+		}, []string{"result"}),
+		limitRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kasd_limit_rejections_total",
+			Help: "Requests or connections refused because a named limit was hit, by limit.",
+		}, []string{"reason"}),
+		apiErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kasd_api_errors_total",
+			Help: "Client API requests answered with an error produced by kasd, by error code.",
+		}, []string{"code"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kasd_requests_total",
+			Help: "Proxied requests by route (local, forwarded, none) and HTTP status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kasd_request_duration_seconds",
+			Help:    "Time to serve a proxied request until its response ended, by route.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"route"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kasd_proxied_bytes_total",
+			Help: "Body bytes proxied, by direction (request: client to agent, response: agent to client).",
+		}, []string{"direction"}),
+		openStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kasd_open_streams", Help: "Request streams to agents currently open.",
+		}),
+		routeWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kasd_route_wait_seconds",
+			Help:    "Time requests waited for their agent to connect (only requests that had to wait).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+		}),
+	}
+	agents := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kasd_connected_agents", Help: "Agents with at least one connection to this kasd.",
+	}, func() float64 { a, _ := s.table.counts(); return float64(a) })
+	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kasd_agent_connections", Help: "Live agent connections to this kasd.",
+	}, func() float64 { _, c := s.table.counts(); return float64(c) })
+	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kasd_inflight_requests", Help: "Proxied requests in progress.",
+	}, func() float64 { return float64(s.inflight.Load()) })
+	reg.MustRegister(m.agentConnections, m.limitRejections, m.apiErrors, m.requests, m.duration,
+		m.bytes, m.openStreams, m.routeWait, agents, conns, inflight)
+	return m
+}
+
+func (m *metrics) observe(route string, status int, d time.Duration) {
+	m.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(route).Observe(d.Seconds())
+}

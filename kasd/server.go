@@ -1,0 +1,282 @@
+package kasd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+	"github.com/rs/zerolog"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/quic"
+)
+
+// Server is one kasd instance. Create it with New; hand it agent listeners with ServeAgents and
+// mount Handler on an HTTP server for clients.
+type Server struct {
+	cfg     Config
+	log     zerolog.Logger
+	m       *metrics
+	table   *agentTable
+	proxy   http.Handler
+	connSeq atomic.Uint64
+	reqSeq  atomic.Uint64
+
+	inflight atomic.Int64 // proxied requests in progress, for Shutdown
+	draining atomic.Bool  // set by Shutdown: refuse new agents, fail /readyz
+
+	mu     sync.Mutex // guards the fields below
+	closed bool
+	conns  map[*quicgo.Conn]struct{} // every agent QUIC connection, authenticated or not
+	wg     sync.WaitGroup            // agent connection handlers and request-body writers
+}
+
+// New checks cfg and builds a Server.
+func New(cfg Config) (*Server, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("kasd: %w", err)
+	}
+	s := &Server{
+		cfg:   cfg,
+		log:   cfg.Log.With().Str("instance", cfg.InstanceID).Logger(),
+		table: newAgentTable(cfg.MaxAgentConnections, cfg.MaxConnectionsPerAgent),
+		conns: map[*quicgo.Conn]struct{}{},
+	}
+	s.m = newMetrics(cfg.Registerer, s)
+	s.proxy = s.newProxy()
+	return s, nil
+}
+
+// InstanceID returns this kasd's instance id.
+func (s *Server) InstanceID() string { return s.cfg.InstanceID }
+
+// ServeAgents accepts agent connections from ln until ctx ends or ln is closed. It returns nil
+// in those cases. Connections it accepted stay owned by the Server (see Close).
+func (s *Server) ServeAgents(ctx context.Context, ln *quic.Listener) error {
+	for {
+		qc, err := ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, quicgo.ErrServerClosed) || isClosed(err) {
+				return nil
+			}
+			return fmt.Errorf("kasd: accepting agent connections: %w", err)
+		}
+		if !s.track(qc) {
+			_ = qc.CloseWithError(quic.ConnCodeShutdown, "shutting_down: kasd is closing")
+			continue
+		}
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(qc)
+			s.serveAgentConn(qc)
+		}()
+	}
+}
+
+// track registers qc and adds a handler to wg; false if the server is closed.
+func (s *Server) track(qc *quicgo.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[qc] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(qc *quicgo.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, qc)
+}
+
+// goOwned runs f in a goroutine that Close waits for; false if the server is closed.
+func (s *Server) goOwned(f func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Go(f)
+	return true
+}
+
+var serviceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
+
+const maxServicesPerAgent = 256
+
+// serveAgentConn runs one agent connection: Hello, authentication, Welcome, then the control
+// stream until the connection ends.
+func (s *Server) serveAgentConn(qc *quicgo.Conn) {
+	log := s.log.With().Str("remote", qc.RemoteAddr().String()).Logger()
+	if s.draining.Load() {
+		s.refuse(qc, nil, api.Errorf(api.CodeShuttingDown, "kasd is draining; connect to another instance"), log)
+		return
+	}
+	if s.table.full() {
+		s.m.limitRejections.WithLabelValues("max_agent_connections").Inc()
+		s.refuse(qc, nil, api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", s.cfg.MaxAgentConnections), log)
+		return
+	}
+	ctx, cancel := context.WithTimeout(qc.Context(), s.cfg.HandshakeTimeout)
+	defer cancel()
+	control, err := qc.AcceptStream(ctx)
+	if err != nil {
+		s.m.limitRejections.WithLabelValues("handshake_timeout").Inc()
+		s.refuse(qc, nil, api.Errorf(api.CodeProtocol, "no control stream within %s", s.cfg.HandshakeTimeout), log)
+		return
+	}
+	deadline, _ := ctx.Deadline()
+	_ = control.SetDeadline(deadline)
+	m, err := api.ReadExpect(control, api.TypeHello)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+			s.m.limitRejections.WithLabelValues("handshake_timeout").Inc()
+		}
+		s.refuse(qc, control, asAPIError(err, api.CodeProtocol), log)
+		return
+	}
+	hello := m.(*api.Hello)
+	if err := s.checkHello(hello); err != nil {
+		s.refuse(qc, control, asAPIError(err, api.CodeBadRequest), log)
+		return
+	}
+	agentID, err := s.cfg.AgentAuth.Authenticate(ctx, hello.Token)
+	if err != nil {
+		s.refuse(qc, control, asAPIError(err, api.CodeUnauthenticated), log)
+		return
+	}
+	c := &agentConn{
+		id:       fmt.Sprintf("%s-%d", s.cfg.InstanceID, s.connSeq.Add(1)),
+		agentID:  agentID,
+		replica:  hello.Replica,
+		version:  hello.AgentVersion,
+		services: sortedCopy(hello.Services),
+		since:    time.Now(),
+		qc:       qc,
+		control:  control,
+	}
+	log = log.With().Str("agent_id", agentID).Str("connection_id", c.id).Str("replica", c.replica).Logger()
+	if err := s.table.add(c); err != nil {
+		s.m.limitRejections.WithLabelValues("max_connections_per_agent").Inc()
+		s.refuse(qc, control, asAPIError(err, api.CodeOverloaded), log)
+		return
+	}
+	defer s.table.remove(c)
+	welcome := &api.Welcome{Version: api.ProtocolVersion, AgentID: agentID, ConnectionID: c.id, InstanceID: s.cfg.InstanceID}
+	c.ctrlMu.Lock()
+	err = api.WriteFrame(control, welcome)
+	c.ctrlMu.Unlock()
+	if err != nil {
+		log.Debug().Err(err).Msg("writing welcome failed")
+		return
+	}
+	_ = control.SetDeadline(time.Time{})
+	s.m.agentConnections.WithLabelValues("accepted").Inc()
+	log.Info().Strs("services", c.services).Msg("agent connected")
+
+	// The control stream carries connection-level messages. Agents send none today; unknown
+	// frames are skipped so that newer agents can talk to this kasd. The read ends when the
+	// connection ends.
+	for {
+		if _, err := api.ReadFrame(control); err != nil {
+			if !errors.Is(err, api.ErrUnknownFrameType) {
+				break
+			}
+		}
+	}
+	_ = qc.CloseWithError(quic.ConnCodeNoError, "")
+	log.Info().Str("reason", errString(context.Cause(qc.Context()))).Msg("agent disconnected")
+}
+
+func (s *Server) checkHello(h *api.Hello) error {
+	if err := api.CheckVersion(h.Version); err != nil {
+		return err
+	}
+	if len(h.Services) > maxServicesPerAgent {
+		s.m.limitRejections.WithLabelValues("max_services").Inc()
+		return api.Errorf(api.CodeBadRequest, "an agent may offer at most %d services", maxServicesPerAgent)
+	}
+	for _, name := range h.Services {
+		if !serviceNameRE.MatchString(name) {
+			return api.Errorf(api.CodeBadRequest, "invalid service name %q", name)
+		}
+	}
+	if len(h.Replica) > 253 {
+		return api.Errorf(api.CodeBadRequest, "replica name longer than 253 bytes")
+	}
+	return nil
+}
+
+// refuse tells the agent why it is refused, counts it, and closes the connection. The reason is
+// sent both as an Error frame and in the close reason, in case the frame is lost with the close.
+func (s *Server) refuse(qc *quicgo.Conn, control *quicgo.Stream, e *api.Error, log zerolog.Logger) {
+	s.m.agentConnections.WithLabelValues(e.Code.String()).Inc()
+	log.Warn().Str("code", e.Code.String()).Str("reason", e.Message).Msg("agent connection refused")
+	if control != nil {
+		_ = control.SetWriteDeadline(time.Now().Add(time.Second))
+		if api.WriteFrame(control, e) == nil {
+			_ = control.Close()
+			// Give the agent a moment to read the frame and close first.
+			t := time.NewTimer(500 * time.Millisecond)
+			select {
+			case <-qc.Context().Done():
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
+	_ = qc.CloseWithError(quic.ConnCodeRefused, e.Code.String()+": "+e.Message)
+}
+
+// Ready reports whether the server accepts agents and requests.
+func (s *Server) Ready() bool { return !s.draining.Load() }
+
+// Shutdown drains: it refuses new agents, sends GoAway on every agent connection so agents
+// reconnect elsewhere, waits for in-flight requests until ctx ends (or Config.ShutdownGrace),
+// then closes everything.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	for _, c := range s.table.all() {
+		c.sendGoAway("kasd is shutting down")
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownGrace)
+	defer cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	var err error
+	for s.inflight.Load() > 0 && err == nil {
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("kasd: %d requests still in flight at the end of the grace period", s.inflight.Load())
+		case <-t.C:
+		}
+	}
+	return errors.Join(err, s.Close())
+}
+
+// Close closes every agent connection at once and waits for the server's goroutines.
+// It is idempotent.
+func (s *Server) Close() error {
+	s.draining.Store(true)
+	s.mu.Lock()
+	s.closed = true
+	conns := make([]*quicgo.Conn, 0, len(s.conns))
+	for qc := range s.conns {
+		conns = append(conns, qc)
+	}
+	s.mu.Unlock()
+	for _, qc := range conns {
+		_ = qc.CloseWithError(quic.ConnCodeShutdown, "shutting_down: kasd closed")
+	}
+	s.wg.Wait()
+	return nil
+}

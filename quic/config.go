@@ -1,0 +1,171 @@
+package quic
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+)
+
+// Defaults for Config. A zero field in Config means its default.
+const (
+	DefaultHandshakeTimeout               = 5 * time.Second
+	DefaultKeepAlivePeriod                = 2 * time.Second
+	DefaultMaxIdleTimeout                 = 6 * time.Second
+	DefaultMaxIncomingStreams             = 10000
+	DefaultInitialStreamReceiveWindow     = 1 << 20  // 1 MiB
+	DefaultMaxStreamReceiveWindow         = 16 << 20 // 16 MiB
+	DefaultInitialConnectionReceiveWindow = 2 << 20  // 2 MiB
+	DefaultMaxConnectionReceiveWindow     = 64 << 20 // 64 MiB
+)
+
+// Config configures QUIC for a Listener or a Dialer. The zero value is valid: every zero
+// field takes its default. It is used by value and never modified by this package.
+type Config struct {
+	// HandshakeTimeout bounds a Dial (QUIC and TLS handshake) and, on both sides, the time the
+	// handshake may go without receiving a packet (twice this for the whole handshake).
+	// Default 5s.
+	HandshakeTimeout time.Duration
+	// KeepAlivePeriod is how often a PING is sent on an otherwise idle connection, so that a
+	// live peer is never declared dead and NAT bindings stay open. Must be less than
+	// MaxIdleTimeout (quic-go also caps it at half the negotiated idle timeout). Default 2s,
+	// or MaxIdleTimeout/3 if that is smaller.
+	KeepAlivePeriod time.Duration
+	// MaxIdleTimeout: a silent peer is declared dead after this long without receiving any
+	// packet, and the connection's Context ends with a *quicgo.IdleTimeoutError. The effective
+	// value is the minimum of both peers'. Default 6s.
+	MaxIdleTimeout time.Duration
+	// MaxIncomingStreams is how many concurrent bidirectional streams the peer may open; the
+	// peer's OpenStreamSync blocks beyond it until one of its streams completes. Default 10000.
+	// Unidirectional streams are not used by qkas: the peer may open none.
+	MaxIncomingStreams int64
+	// InitialStreamReceiveWindow is the initial per-stream flow-control window; quic-go grows
+	// it up to MaxStreamReceiveWindow when the application reads fast enough. Default 1 MiB.
+	InitialStreamReceiveWindow uint64
+	// MaxStreamReceiveWindow bounds the memory one stream's unread data can take. Default 16 MiB.
+	MaxStreamReceiveWindow uint64
+	// InitialConnectionReceiveWindow is the initial connection-wide flow-control window.
+	// Default 2 MiB.
+	InitialConnectionReceiveWindow uint64
+	// MaxConnectionReceiveWindow bounds the memory all unread data of one connection can take.
+	// Default 64 MiB.
+	MaxConnectionReceiveWindow uint64
+	// StatelessResetKey derives the stateless reset tokens of the connections served by the
+	// Listener (or Dialer) using this Config. Keep it stable across restarts (see
+	// LoadOrCreateStatelessResetKey) so peers of a restarted process learn at their next
+	// packet that their connection is gone, instead of waiting for MaxIdleTimeout.
+	// Default nil: no stateless resets are sent (they are still received and honoured).
+	StatelessResetKey *quicgo.StatelessResetKey
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.MaxIdleTimeout == 0 {
+		c.MaxIdleTimeout = DefaultMaxIdleTimeout
+	}
+	if c.KeepAlivePeriod == 0 {
+		c.KeepAlivePeriod = min(DefaultKeepAlivePeriod, c.MaxIdleTimeout/3)
+	}
+	if c.MaxIncomingStreams == 0 {
+		c.MaxIncomingStreams = DefaultMaxIncomingStreams
+	}
+	if c.InitialStreamReceiveWindow == 0 {
+		c.InitialStreamReceiveWindow = DefaultInitialStreamReceiveWindow
+	}
+	if c.MaxStreamReceiveWindow == 0 {
+		c.MaxStreamReceiveWindow = DefaultMaxStreamReceiveWindow
+	}
+	if c.InitialConnectionReceiveWindow == 0 {
+		c.InitialConnectionReceiveWindow = DefaultInitialConnectionReceiveWindow
+	}
+	if c.MaxConnectionReceiveWindow == 0 {
+		c.MaxConnectionReceiveWindow = DefaultMaxConnectionReceiveWindow
+	}
+	return c
+}
+
+// Validate reports whether c, with defaults applied, is usable: durations and the stream
+// limit are positive, KeepAlivePeriod < MaxIdleTimeout, and each initial window is at most
+// its maximum.
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	var errs []error
+	if c.HandshakeTimeout < 0 {
+		errs = append(errs, fmt.Errorf("HandshakeTimeout %v must be positive", c.HandshakeTimeout))
+	}
+	if c.KeepAlivePeriod < 0 {
+		errs = append(errs, fmt.Errorf("KeepAlivePeriod %v must be positive", c.KeepAlivePeriod))
+	}
+	if c.MaxIdleTimeout < 0 {
+		errs = append(errs, fmt.Errorf("MaxIdleTimeout %v must be positive", c.MaxIdleTimeout))
+	}
+	if c.KeepAlivePeriod >= c.MaxIdleTimeout {
+		errs = append(errs, fmt.Errorf("KeepAlivePeriod %v must be less than MaxIdleTimeout %v", c.KeepAlivePeriod, c.MaxIdleTimeout))
+	}
+	if c.MaxIncomingStreams < 0 {
+		errs = append(errs, fmt.Errorf("MaxIncomingStreams %d must be positive", c.MaxIncomingStreams))
+	}
+	if c.InitialStreamReceiveWindow > c.MaxStreamReceiveWindow {
+		errs = append(errs, fmt.Errorf("InitialStreamReceiveWindow %d exceeds MaxStreamReceiveWindow %d", c.InitialStreamReceiveWindow, c.MaxStreamReceiveWindow))
+	}
+	if c.InitialConnectionReceiveWindow > c.MaxConnectionReceiveWindow {
+		errs = append(errs, fmt.Errorf("InitialConnectionReceiveWindow %d exceeds MaxConnectionReceiveWindow %d", c.InitialConnectionReceiveWindow, c.MaxConnectionReceiveWindow))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("quic config: %w", err)
+	}
+	return nil
+}
+
+// QUICConfig returns the quic-go configuration for c with defaults applied. It does not
+// validate c; Listen and NewDialer do.
+func (c Config) QUICConfig() *quicgo.Config {
+	c = c.WithDefaults()
+	return &quicgo.Config{
+		HandshakeIdleTimeout:           c.HandshakeTimeout,
+		MaxIdleTimeout:                 c.MaxIdleTimeout,
+		KeepAlivePeriod:                c.KeepAlivePeriod,
+		MaxIncomingStreams:             c.MaxIncomingStreams,
+		MaxIncomingUniStreams:          -1, // qkas uses bidirectional streams only
+		InitialStreamReceiveWindow:     c.InitialStreamReceiveWindow,
+		MaxStreamReceiveWindow:         c.MaxStreamReceiveWindow,
+		InitialConnectionReceiveWindow: c.InitialConnectionReceiveWindow,
+		MaxConnectionReceiveWindow:     c.MaxConnectionReceiveWindow,
+	}
+}
+
+// Stream error codes, sent with RESET_STREAM / STOP_SENDING. They end one stream only.
+const (
+	StreamCodeNoError  quicgo.StreamErrorCode = 0
+	StreamCodeCanceled quicgo.StreamErrorCode = 0x10 // request canceled by the client
+	StreamCodeRefused  quicgo.StreamErrorCode = 0x11 // refused before processing
+	StreamCodeInternal quicgo.StreamErrorCode = 0x12
+)
+
+// Connection close codes, sent with CONNECTION_CLOSE. They end the whole connection.
+const (
+	ConnCodeNoError  quicgo.ApplicationErrorCode = 0
+	ConnCodeShutdown quicgo.ApplicationErrorCode = 0x1 // the peer is shutting down / draining
+	ConnCodeRefused  quicgo.ApplicationErrorCode = 0x2 // authentication/handshake refused
+	ConnCodeProtocol quicgo.ApplicationErrorCode = 0x3
+)
+
+// checkTLS validates a caller's tls.Config and returns a clone with TLS 1.3 as minimum.
+func checkTLS(tlsConf *tls.Config) (*tls.Config, error) {
+	if tlsConf == nil {
+		return nil, errors.New("quic: tls.Config is nil")
+	}
+	if len(tlsConf.NextProtos) == 0 {
+		return nil, errors.New("quic: tls.Config.NextProtos is empty: QUIC requires an ALPN protocol")
+	}
+	tlsConf = tlsConf.Clone()
+	if tlsConf.MinVersion < tls.VersionTLS13 {
+		tlsConf.MinVersion = tls.VersionTLS13
+	}
+	return tlsConf, nil
+}

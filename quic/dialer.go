@@ -1,0 +1,144 @@
+package quic
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	quicgo "github.com/quic-go/quic-go"
+)
+
+// Dialer dials QUIC connections from ONE UDP socket (one quicgo.Transport) shared by all of
+// them, so that one process can hold thousands of connections without thousands of sockets.
+// The zero value is not usable; use NewDialer. Safe for concurrent use.
+type Dialer struct {
+	tlsConf *tls.Config // cloned, TLS 1.3 minimum; never modified
+	cfg     Config      // defaults applied
+	pc      net.PacketConn
+	tr      *quicgo.Transport
+
+	closeOnce sync.Once
+	closeErr  error // set by closeOnce
+}
+
+// NewDialer opens the Dialer's UDP socket (all interfaces, IPv4 and IPv6, random port).
+// tlsConf.NextProtos must be non-empty; tlsConf is cloned and its MinVersion raised to TLS 1.3.
+func NewDialer(tlsConf *tls.Config, cfg Config) (*Dialer, error) {
+	tlsConf, err := checkTLS(tlsConf)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{})
+	if err != nil {
+		return nil, fmt.Errorf("quic: dialer socket: %w", err)
+	}
+	return &Dialer{
+		tlsConf: tlsConf,
+		cfg:     cfg.WithDefaults(),
+		pc:      pc,
+		tr:      &quicgo.Transport{Conn: pc, StatelessResetKey: cfg.StatelessResetKey},
+	}, nil
+}
+
+// Dial resolves addr ("host:port", UDP) and dials it, bounded by ctx and
+// Config.HandshakeTimeout. If the tls.Config has no ServerName, the host part of addr is used
+// (on a clone). ctx bounds the dial only: the connection outlives it. The caller owns the
+// connection and closes it with CloseWithError.
+func (d *Dialer) Dial(ctx context.Context, addr string) (*quicgo.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
+	defer cancel()
+	udpAddr, tlsConf, err := resolve(ctx, addr, d.tlsConf)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := d.tr.Dial(ctx, udpAddr, tlsConf, d.cfg.QUICConfig())
+	if err != nil {
+		return nil, fmt.Errorf("quic: dial %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// LocalAddr is the address of the Dialer's shared socket.
+func (d *Dialer) LocalAddr() net.Addr { return d.pc.LocalAddr() }
+
+// Close closes the shared transport and socket. Like Listener.Close, it destroys every
+// connection still open on this Dialer without notifying the peers, and returns when their
+// goroutines are gone. Idempotent: later calls return the first call's result.
+func (d *Dialer) Close() error {
+	d.closeOnce.Do(func() {
+		errTr := d.tr.Close()
+		errPc := d.pc.Close()
+		d.closeErr = errors.Join(ignoreClosed(errTr), ignoreClosed(errPc))
+	})
+	return d.closeErr
+}
+
+// Dial is a one-shot dial on a socket of its own. quic-go closes the transport when the
+// connection ends, and a function registered with context.AfterFunc on conn.Context() then
+// closes the socket: the caller must close the connection to release it. Prefer a Dialer
+// when dialing more than once.
+func Dial(ctx context.Context, addr string, tlsConf *tls.Config, cfg Config) (*quicgo.Conn, error) {
+	tlsConf, err := checkTLS(tlsConf)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.WithDefaults()
+	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer cancel()
+	udpAddr, tlsConf, err := resolve(ctx, addr, tlsConf)
+	if err != nil {
+		return nil, err
+	}
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{})
+	if err != nil {
+		return nil, fmt.Errorf("quic: dial socket: %w", err)
+	}
+	// quicgo.Dial makes a single-use transport: it is closed when the connection ends (or on a
+	// failed dial), but it does not close a socket it did not create.
+	conn, err := quicgo.Dial(ctx, pc, udpAddr, tlsConf, cfg.QUICConfig())
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("quic: dial %s: %w", addr, err)
+	}
+	context.AfterFunc(conn.Context(), func() { pc.Close() })
+	return conn, nil
+}
+
+// resolve turns "host:port" into a UDP address and returns tlsConf, cloned with ServerName
+// set to host when it was empty.
+func resolve(ctx context.Context, addr string, tlsConf *tls.Config) (*net.UDPAddr, *tls.Config, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("quic: dial %s: %w", addr, err)
+	}
+	port, err := net.DefaultResolver.LookupPort(ctx, "udp", portStr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("quic: dial %s: %w", addr, err)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		ips, lerr := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		if lerr != nil {
+			return nil, nil, fmt.Errorf("quic: dial %s: %w", addr, lerr)
+		}
+		if len(ips) == 0 {
+			return nil, nil, fmt.Errorf("quic: dial %s: no address for %q", addr, host)
+		}
+		ip = ips[0]
+	}
+	if tlsConf.ServerName == "" {
+		tlsConf = tlsConf.Clone()
+		tlsConf.ServerName = host
+	}
+	return net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip.Unmap(), uint16(port))), tlsConf, nil
+}

@@ -1,0 +1,50 @@
+// Package quic is qkas's transport over quic-go: one place for QUIC and TLS defaults, a
+// Listener and a Dialer that each own exactly one UDP socket, the development CA, the
+// stateless reset key, reconnect backoff, and a net.Conn view of a bidirectional stream.
+//
+// Import quic-go alongside this package as quicgo:
+//
+//	import (
+//		quicgo "github.com/quic-go/quic-go"
+//		"github.com/qkas/qkas/quic"
+//	)
+//
+// # Ownership and goroutines
+//
+// This package starts no goroutine of its own that outlives a call, with one documented
+// exception (the one-shot [Dial]). All long-lived goroutines belong to quic-go:
+//
+//   - A [Listener] owns one net.PacketConn and one quicgo.Transport. The transport runs a read
+//     loop on the socket and one run loop per connection. [Listener.Close] closes the listener,
+//     then the transport, then the socket; it returns after the transport's read loop has
+//     returned and every connection's run loop has ended (quicgo.Transport.Close destroys the
+//     connections it serves and waits for them). Connections closed this way are destroyed
+//     WITHOUT a CONNECTION_CLOSE frame: peers notice only through a stateless reset (if the
+//     restarted listener has the same [Config.StatelessResetKey]) or their idle timeout. To
+//     shut down politely, call CloseWithError([ConnCodeShutdown]) on each connection first.
+//   - A [Dialer] owns one net.PacketConn and one quicgo.Transport shared by every connection it
+//     dials. [Dialer.Close] has the same semantics as [Listener.Close]: it abruptly destroys
+//     every connection still open on it and returns when their goroutines are gone.
+//   - [Dial] (one-shot) owns its own socket; quic-go closes its transport when the connection
+//     ends, and a function registered with context.AfterFunc on conn.Context() closes the
+//     socket. That function runs once, briefly, after the connection ends; the caller owns the
+//     connection and must close it (CloseWithError) to release the socket.
+//
+// A *quicgo.Conn returned by Accept or Dial is owned by the caller, who must close it with
+// CloseWithError. Its Context ends when the connection ends, for any reason: a local or remote
+// close, an idle timeout (a silent peer is dead after [Config.MaxIdleTimeout]), a stateless
+// reset, or the owning Listener/Dialer closing.
+//
+// # Streams
+//
+// One request is one bidirectional stream. [StreamConn] adapts a stream to net.Conn: Close sends
+// FIN and stops reading, CloseWrite only sends FIN, Abort resets both directions with an error
+// code. An error on one stream resets that stream only (Stream* codes); a protocol violation
+// closes the whole connection (ConnCode* codes).
+//
+// # Limits
+//
+// Every limit a peer controls is in [Config]: concurrent streams it may open
+// (MaxIncomingStreams; unidirectional streams are refused), flow-control windows (memory per
+// stream and per connection), handshake time and idle time.
+package quic
