@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -28,7 +27,8 @@ type Agent struct {
 	names    []string // sorted service names, sent in Hello
 	m        *metrics
 
-	nextAddr atomic.Uint64
+	nextAddr  atomic.Uint64
+	closeIdle func() // closes idle service connections
 
 	mu    sync.Mutex        // guards the fields below
 	slots map[int]*agentConn // live connection per slot
@@ -50,9 +50,21 @@ func New(cfg Config) (*Agent, error) {
 		m:        newMetrics(cfg.Registerer),
 		slots:    map[int]*agentConn{},
 	}
+	var urlServices []*urlService
 	for name, u := range cfg.Services {
-		a.services[name] = newService(name, u, cfg, a.m)
+		us := newURLService(name, u, cfg, a.m)
+		urlServices = append(urlServices, us)
+		a.services[name] = &service{name: name, handler: us, url: u}
 		a.names = append(a.names, name)
+	}
+	for name, h := range cfg.Handlers {
+		a.services[name] = &service{name: name, handler: h}
+		a.names = append(a.names, name)
+	}
+	a.closeIdle = func() {
+		for _, us := range urlServices {
+			us.transport.CloseIdleConnections()
+		}
 	}
 	sort.Strings(a.names)
 	return a, nil
@@ -74,9 +86,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.runSlot(ctx, slot, dialer, &wg) })
 	}
 	wg.Wait()
-	for _, s := range a.services {
-		s.transport.CloseIdleConnections()
-	}
+	a.closeIdle()
 	return nil
 }
 
@@ -216,12 +226,4 @@ func permanent(err error) bool {
 		return true
 	}
 	return false
-}
-
-// serviceURL returns the URL configured for name, for tests and status pages.
-func (a *Agent) serviceURL(name string) *url.URL {
-	if s := a.services[name]; s != nil {
-		return s.url
-	}
-	return nil
 }

@@ -26,8 +26,11 @@ type Config struct {
 	TLS *tls.Config
 	// QUIC tunes the transport. Zero values take quic.Config's defaults.
 	QUIC quic.Config
-	// Services maps a service name to its base URL (http or https). Required, at least one.
+	// Services maps a service name to its base URL (http or https).
 	Services map[string]*url.URL
+	// Handlers maps a service name to an in-process handler (the Kubernetes API proxy, say).
+	// Services and Handlers together must offer at least one service; names must not repeat.
+	Handlers map[string]ServiceHandler
 	// Connections is how many connections the agent keeps to kasd. Default 1.
 	Connections int
 	// Replica names this agent process (its pod name). Default: the host name.
@@ -99,8 +102,16 @@ func (c Config) Validate() error {
 	if c.TLS == nil {
 		errs = append(errs, errors.New("a TLS configuration is required"))
 	}
-	if len(c.Services) == 0 {
+	if len(c.Services)+len(c.Handlers) == 0 {
 		errs = append(errs, errors.New("at least one service is required"))
+	}
+	for name := range c.Handlers {
+		if _, dup := c.Services[name]; dup {
+			errs = append(errs, fmt.Errorf("service %q is both a URL and a handler", name))
+		}
+		if !serviceNameRE.MatchString(name) {
+			errs = append(errs, fmt.Errorf("service name %q: must match %s", name, serviceNameRE))
+		}
 	}
 	for name, u := range c.Services {
 		if !serviceNameRE.MatchString(name) {

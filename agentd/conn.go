@@ -2,7 +2,6 @@ package agentd
 
 import (
 	"context"
-	"io"
 	"log"
 	"net"
 	"net/http"
@@ -12,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/httpstream"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -24,7 +24,7 @@ type agentConn struct {
 	log     zerolog.Logger
 
 	srv       *http.Server
-	ln        *streamListener
+	ln        *httpstream.Listener
 	serveDone chan struct{} // closed when srv.Serve has returned
 	ctrlDone  chan struct{} // closed when the control reader has returned
 	goAway    chan struct{} // closed when kasd sent GoAway
@@ -43,16 +43,13 @@ func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcom
 		ctrlDone:  make(chan struct{}),
 		goAway:    make(chan struct{}),
 	}
-	lnCtx, cancel := context.WithCancel(qc.Context())
-	c.ln = &streamListener{c: c, ctx: lnCtx, cancel: cancel}
+	c.ln = httpstream.NewListener(qc, a.checkRequest, c)
 	c.srv = &http.Server{
 		Handler:           http.HandlerFunc(a.serveStream),
 		ReadHeaderTimeout: a.cfg.RequestHeaderTimeout,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          log.New(logWriter{c.log}, "", 0),
-		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
-			return context.WithValue(ctx, streamKey{}, nc.(*stream))
-		},
+		ConnContext:       httpstream.ConnContext,
 		ConnState: func(nc net.Conn, state http.ConnState) {
 			switch state {
 			case http.StateNew:
@@ -118,104 +115,45 @@ func (c *agentConn) drain() {
 	<-c.ctrlDone
 }
 
-// streamListener yields the connection's accepted streams to the http.Server.
-type streamListener struct {
-	c      *agentConn
-	ctx    context.Context
-	cancel context.CancelFunc
-}
-
-func (l *streamListener) Accept() (net.Conn, error) {
-	st, err := l.c.qc.AcceptStream(l.ctx)
-	if err != nil {
-		return nil, net.ErrClosed
-	}
-	return &stream{StreamConn: quic.NewStreamConn(l.c.qc, st), c: l.c}, nil
-}
-
-func (l *streamListener) Close() error   { l.cancel(); return nil }
-func (l *streamListener) Addr() net.Addr { return l.c.qc.LocalAddr() }
-
-type streamKey struct{}
-
-// stream is one accepted request stream. Its first Read consumes and checks the Request frame and
-// answers the Result before the http.Server sees any HTTP bytes.
-type stream struct {
-	*quic.StreamConn
-	c *agentConn
-
-	// Set by the first Read, which is made by the http.Server's goroutine for this stream before
-	// the handler runs; read only by that handler afterwards.
-	started bool
-	req     *api.Request
-	svc     *service
-}
-
-func (s *stream) Read(p []byte) (int, error) {
-	if !s.started {
-		s.started = true
-		if err := s.accept(); err != nil {
-			return 0, io.EOF
-		}
-	}
-	return s.StreamConn.Read(p)
-}
-
-// accept reads the Request frame (bounded by the read deadline the http.Server set from
-// ReadHeaderTimeout) and answers OK or a typed refusal.
-func (s *stream) accept() error {
-	a := s.c.a
-	m, err := api.ReadExpect(s.StreamConn, api.TypeRequest)
-	if err != nil {
-		a.m.rejections.WithLabelValues("bad_preamble").Inc()
-		s.c.log.Debug().Err(err).Msg("bad request preamble")
-		s.refuse(api.CodeOf(err), err.Error())
-		return err
-	}
-	req := m.(*api.Request)
+// checkRequest vets a stream's Request frame before any HTTP is read.
+func (a *Agent) checkRequest(req *api.Request) *api.Error {
 	var refusal *api.Error
-	switch svc := a.services[req.Service]; {
+	switch {
 	case req.Kind != api.KindHTTP:
-		refusal = api.Errorf(api.CodeProtocol, "request kind %d is not served by agents", req.Kind)
-	case svc == nil:
+		refusal = api.Errorf(api.CodeProtocol, "request kind %s is not served by agents", req.Kind)
+	case a.services[req.Service] == nil:
 		refusal = api.Errorf(api.CodeServiceUnknown, "service %q is not offered by this agent", req.Service)
 	case !req.Deadline.IsZero() && !time.Now().Before(req.Deadline):
 		refusal = api.Errorf(api.CodeDeadlineExceeded, "deadline passed before the agent received the request")
-	default:
-		s.req, s.svc = req, svc
 	}
 	if refusal != nil {
 		a.m.rejections.WithLabelValues(refusal.Code.String()).Inc()
-		s.refuse(refusal.Code, refusal.Message)
-		return refusal
 	}
-	return api.WriteFrame(s.StreamConn, &api.Result{Code: api.CodeOK})
-}
-
-func (s *stream) refuse(code api.Code, msg string) {
-	if code == api.CodeInternal {
-		code = api.CodeProtocol
-	}
-	_ = api.WriteFrame(s.StreamConn, &api.Result{Code: code, Message: msg})
-	_ = s.StreamConn.Close()
+	return refusal
 }
 
 // serveStream is the http.Server handler: one proxied request.
 func (a *Agent) serveStream(w http.ResponseWriter, r *http.Request) {
-	s, _ := r.Context().Value(streamKey{}).(*stream)
-	if s == nil || s.svc == nil {
+	sc := httpstream.FromContext(r.Context())
+	var req *api.Request
+	if sc != nil {
+		req = sc.Request()
+	}
+	if req == nil {
 		api.WriteHTTPError(w, api.Errorf(api.CodeInternal, "stream without an accepted request"))
 		return
 	}
+	svc := a.services[req.Service]
 	start := time.Now()
-	if !s.req.Deadline.IsZero() {
-		ctx, cancel := context.WithDeadline(r.Context(), s.req.Deadline)
+	if !req.Deadline.IsZero() {
+		ctx, cancel := context.WithDeadline(r.Context(), req.Deadline)
 		defer cancel()
 		r = r.WithContext(ctx)
 	}
 	rec := &statusRecorder{ResponseWriter: w}
-	s.svc.serve(rec, r, s.req)
-	a.m.observe(s.svc.name, rec.status(), time.Since(start))
+	stripCredentials(r.Header)
+	svc.handler.ServeService(rec, r, req)
+	a.m.observe(req.Service, rec.status(), time.Since(start))
 }
 
 // statusRecorder remembers the response status. Unwrap keeps Flush and Hijack reachable through

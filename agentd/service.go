@@ -14,16 +14,33 @@ import (
 	"github.com/qkas/qkas/api"
 )
 
-// service proxies requests to one configured in-cluster service.
+// ServiceHandler serves requests for a service implemented in the agent process (such as the
+// Kubernetes API proxy) instead of a URL. req is the stream's accepted Request frame: its
+// metadata carries what kasd authenticated about the caller (impersonation). Authorization and
+// Impersonate-* headers from the caller have already been removed from r.
+type ServiceHandler interface {
+	ServeService(w http.ResponseWriter, r *http.Request, req *api.Request)
+}
+
+// service is one service the agent offers.
 type service struct {
-	name      string
-	url       *url.URL
+	name    string
+	handler ServiceHandler
+	url     *url.URL // nil for in-process handlers
+}
+
+// urlService proxies requests to a URL with a pooled transport.
+type urlService struct {
 	transport *http.Transport
 	proxy     *httputil.ReverseProxy
 }
 
-func newService(name string, u *url.URL, cfg Config, m *metrics) *service {
-	s := &service{name: name, url: u}
+func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api.Request) {
+	s.proxy.ServeHTTP(w, r)
+}
+
+func newURLService(name string, u *url.URL, cfg Config, m *metrics) *urlService {
+	s := &urlService{}
 	s.transport = &http.Transport{
 		Proxy: nil, // in-cluster services are reached directly, never through an HTTP proxy
 		DialContext: (&net.Dialer{
@@ -63,13 +80,6 @@ func newService(name string, u *url.URL, cfg Config, m *metrics) *service {
 		},
 	}
 	return s
-}
-
-// serve proxies one request. req is the accepted Request frame (its metadata is used by services
-// that act on the caller's identity, such as the Kubernetes API).
-func (s *service) serve(w http.ResponseWriter, r *http.Request, req *api.Request) {
-	_ = req
-	s.proxy.ServeHTTP(w, r)
 }
 
 // stripCredentials removes headers only the agent may set: a caller's credentials never reach

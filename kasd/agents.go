@@ -19,6 +19,7 @@ import (
 type agentConn struct {
 	id       string // connection id, unique within this kasd
 	agentID  string
+	token    string // the agent token this connection authenticated with, for GitLab requests
 	replica  string
 	version  string
 	services []string // sorted

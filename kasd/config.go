@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"time"
 
@@ -30,6 +31,10 @@ type Config struct {
 	AgentAuth AgentAuthenticator
 	// ClientAuth verifies client JWTs on the HTTP API. Required.
 	ClientAuth *auth.Verifier
+	// Modules serves agent-to-GitLab requests (/modules/{module}/{path}) that agents open as
+	// streams of kind gitlab; the agent token of the connection is in the request context
+	// (gitlab.AgentTokenFrom). nil: agents may not open streams.
+	Modules http.Handler
 
 	// HandshakeTimeout bounds an agent's Hello after its QUIC handshake. Default 10s.
 	HandshakeTimeout time.Duration

@@ -3,11 +3,8 @@ package kasd
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"slices"
-
-	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/qkas/qkas/api"
 )
@@ -22,22 +19,6 @@ func asAPIError(err error, def api.Code) *api.Error {
 		return &api.Error{Code: api.CodeDeadlineExceeded, Message: "timed out", Err: err}
 	}
 	return &api.Error{Code: def, Message: err.Error(), Err: err}
-}
-
-// streamError classifies an error seen on an agent stream.
-func streamError(err error) *api.Error {
-	var e *api.Error
-	switch {
-	case errors.As(err, &e):
-		return e
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return &api.Error{Code: api.CodeAgentFailed, Message: "the agent closed the stream early", Err: err}
-	}
-	var se *quicgo.StreamError
-	if errors.As(err, &se) {
-		return &api.Error{Code: api.CodeAgentFailed, Message: "the agent reset the stream", Err: err}
-	}
-	return &api.Error{Code: api.CodeAgentFailed, Message: "agent connection failed: " + err.Error(), Err: err}
 }
 
 func isTimeout(err error) bool {

@@ -68,6 +68,13 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	return m
 }
 
+// streamDone accounts for a finished request stream.
+func (m *metrics) streamDone(sent, recv int64) {
+	m.openStreams.Dec()
+	m.bytes.WithLabelValues("request").Add(float64(sent))
+	m.bytes.WithLabelValues("response").Add(float64(recv))
+}
+
 func (m *metrics) observe(route string, status int, d time.Duration) {
 	m.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
 	m.duration.WithLabelValues(route).Observe(d.Seconds())

@@ -157,6 +157,7 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 	c := &agentConn{
 		id:       fmt.Sprintf("%s-%d", s.cfg.InstanceID, s.connSeq.Add(1)),
 		agentID:  agentID,
+		token:    hello.Token,
 		replica:  hello.Replica,
 		version:  hello.AgentVersion,
 		services: sortedCopy(hello.Services),
@@ -180,6 +181,10 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		return
 	}
 	_ = control.SetDeadline(time.Time{})
+	if s.cfg.Modules != nil {
+		stop := s.serveAgentStreams(c)
+		defer stop()
+	}
 	s.m.agentConnections.WithLabelValues("accepted").Inc()
 	log.Info().Strs("services", c.services).Msg("agent connected")
 

@@ -1,0 +1,137 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+const (
+	// DefaultPrefix is the etcd key prefix used when Config.Prefix is empty.
+	DefaultPrefix = "/qkas/"
+	// DefaultTTL is the lease TTL used when Config.TTL is zero.
+	DefaultTTL = 10 * time.Second
+	// MinTTL is the smallest accepted lease TTL. etcd itself refuses TTLs below about 1.5 s
+	// (1.5 election timeouts) and rounds them up; below 2 s a single slow keep-alive round trip
+	// would already lose the lease.
+	MinTTL = 2 * time.Second
+)
+
+// Config configures a Registry. The zero value is valid and means every default.
+type Config struct {
+	// Prefix is the etcd key prefix under which everything is published and watched.
+	// Default "/qkas/". Must start and end with "/".
+	Prefix string
+	// TTL is the lease TTL: how long this instance's keys outlive it after a crash or after
+	// losing etcd. Default 10s, minimum 2s. etcd leases have whole-second granularity, so the
+	// TTL is rounded up to whole seconds.
+	TTL time.Duration
+	// Now is the clock used to measure the watch lag metric. Default time.Now.
+	Now func() time.Time
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.TTL == 0 {
+		c.TTL = DefaultTTL
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Validate reports whether c (after WithDefaults: zero fields mean "default") is usable.
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	var errs []error
+	if !strings.HasPrefix(c.Prefix, "/") || !strings.HasSuffix(c.Prefix, "/") {
+		errs = append(errs, fmt.Errorf("registry: prefix %q must start and end with \"/\"", c.Prefix))
+	}
+	if c.TTL < MinTTL {
+		errs = append(errs, fmt.Errorf("registry: TTL %v is below the minimum %v", c.TTL, MinTTL))
+	}
+	return errors.Join(errs...)
+}
+
+// ttlSeconds is the lease TTL as etcd wants it: whole seconds, rounded up.
+func (c Config) ttlSeconds() int64 {
+	return int64((c.TTL + time.Second - 1) / time.Second)
+}
+
+// opTimeout bounds every single etcd call the registry's goroutines make, so that an
+// unreachable etcd never holds a goroutine for longer than a fraction of the TTL and lease
+// loss is noticed in time.
+func (c Config) opTimeout() time.Duration {
+	return min(max(c.TTL/3, 500*time.Millisecond), 5*time.Second)
+}
+
+// Instance is what a kasd instance publishes about itself under <prefix>instances/<id>.
+type Instance struct {
+	ID       string `json:"id"`
+	PeerAddr string `json:"peer_addr"`
+	APIAddr  string `json:"api_addr"`
+	Version  string `json:"version"`
+}
+
+func (i Instance) validate() error {
+	if i.ID == "" {
+		return errors.New("registry: instance ID is empty")
+	}
+	if strings.Contains(i.ID, "/") {
+		// The instance ID is the last element of agent keys: it must not contain the separator.
+		return fmt.Errorf("registry: instance ID %q contains \"/\"", i.ID)
+	}
+	return nil
+}
+
+// agentValue is the JSON value of <prefix>agents/<agent>/<instance>.
+type agentValue struct {
+	Connections int `json:"connections"`
+}
+
+const (
+	instancesDir = "instances/"
+	agentsDir    = "agents/"
+)
+
+func (c Config) instanceKey(id string) string { return c.Prefix + instancesDir + id }
+
+func (c Config) agentKey(agentID, instanceID string) string {
+	return c.Prefix + agentsDir + agentID + "/" + instanceID
+}
+
+type keyKind int
+
+const (
+	keyUnknown keyKind = iota
+	keyInstance
+	keyAgent
+)
+
+// parseKey splits a key under the prefix. Agent IDs may contain "/" (the instance ID, which
+// may not, is everything after the last "/").
+func (c Config) parseKey(key string) (kind keyKind, agentID, instanceID string) {
+	rest, ok := strings.CutPrefix(key, c.Prefix)
+	if !ok {
+		return keyUnknown, "", ""
+	}
+	if id, ok := strings.CutPrefix(rest, instancesDir); ok {
+		if id == "" || strings.Contains(id, "/") {
+			return keyUnknown, "", ""
+		}
+		return keyInstance, "", id
+	}
+	if rest, ok := strings.CutPrefix(rest, agentsDir); ok {
+		i := strings.LastIndexByte(rest, '/')
+		if i <= 0 || i == len(rest)-1 {
+			return keyUnknown, "", ""
+		}
+		return keyAgent, rest[:i], rest[i+1:]
+	}
+	return keyUnknown, "", ""
+}

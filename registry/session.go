@@ -1,0 +1,227 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// maxTxnOps is how many puts/deletes one publishing transaction carries. etcd refuses
+// transactions with more than --max-txn-ops (default 128) operations.
+const maxTxnOps = 64
+
+// runSession is the session goroutine: it owns the lease (grant, keep-alive, re-grant after
+// loss) and the publisher that reconciles etcd to the local desired state under that lease.
+func (r *Registry) runSession() {
+	bo := r.newBackoff()
+	for r.ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(r.ctx, r.opTimeout)
+		lease, err := r.client.Grant(ctx, r.cfg.ttlSeconds())
+		cancel()
+		if err != nil {
+			if r.ctx.Err() == nil {
+				r.log.Debug().Err(err).Msg("granting lease failed; retrying")
+			}
+			r.sleep(bo.next())
+			continue
+		}
+		bo.reset()
+		r.m.leasesGranted.Inc()
+		r.leaseID.Store(int64(lease.ID))
+		r.setLeaseHeld(true)
+		r.log.Info().Str("lease", leaseString(lease.ID)).Msg("lease granted")
+
+		r.holdLease(lease.ID)
+
+		r.setLeaseHeld(false)
+		if r.ctx.Err() != nil {
+			return // keep leaseID: Shutdown revokes it
+		}
+		r.leaseID.Store(0)
+		r.staleLease = lease.ID
+		r.log.Warn().Str("lease", leaseString(lease.ID)).Msg("lease lost; serving local agents and re-acquiring")
+	}
+}
+
+// holdLease keeps the lease alive and publishes under it. It returns when the lease is lost
+// (keep-alive channel closed by the client once the TTL passed without an answer, or etcd says
+// the lease is gone) or the registry is closed.
+func (r *Registry) holdLease(id clientv3.LeaseID) {
+	kaCtx, kaCancel := context.WithCancel(r.ctx)
+	defer kaCancel()
+	ka, err := r.client.KeepAlive(kaCtx, id)
+	if err != nil {
+		r.log.Warn().Err(err).Msg("starting lease keep-alive failed")
+		return
+	}
+
+	p := publisher{r: r, lease: id, published: make(map[string]int)}
+	bo := r.newBackoff()
+	retry := newStoppedTimer()
+	defer retry.Stop()
+	reconcile := func() (lost bool) {
+		retry.Stop()
+		err := p.reconcile()
+		switch {
+		case err == nil:
+			bo.reset()
+			r.revokeStale()
+			return false
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			r.m.publishErrors.Inc()
+			return true
+		case r.ctx.Err() != nil:
+			return false
+		default:
+			r.m.publishErrors.Inc()
+			d := bo.next()
+			r.log.Debug().Err(err).Dur("retry_in", d).Msg("publishing failed")
+			retry.Reset(d)
+			return false
+		}
+	}
+
+	if reconcile() { // a new lease holds nothing yet: publish everything
+		return
+	}
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case _, ok := <-ka:
+			if !ok {
+				return
+			}
+		case <-r.kick:
+			if reconcile() {
+				return
+			}
+		case <-retry.C:
+			if reconcile() {
+				return
+			}
+		}
+	}
+}
+
+// revokeStale revokes the lease lost before the current one, once everything is published
+// under the new one: when the loss was only seen by this side (etcd kept the lease), its keys
+// would otherwise linger until it expires. Keys re-put under the new lease are not affected.
+func (r *Registry) revokeStale() {
+	if r.staleLease == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.opTimeout)
+	_, err := r.client.Revoke(ctx, r.staleLease)
+	cancel()
+	if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		r.log.Debug().Err(err).Msg("revoking the previous lease failed; it expires on its own")
+	}
+	r.staleLease = 0
+}
+
+// publisher is the session goroutine's record of what it has written under one lease.
+type publisher struct {
+	r            *Registry
+	lease        clientv3.LeaseID
+	instanceDone bool
+	published    map[string]int // agent ID -> connections written under lease
+}
+
+// reconcile writes the difference between the desired state and what is published, in
+// transactions of at most maxTxnOps operations; each bounded by the op timeout.
+func (p *publisher) reconcile() error {
+	r := p.r
+	r.mu.Lock()
+	desired := maps.Clone(r.agents)
+	r.mu.Unlock()
+
+	type change struct {
+		key   string
+		agent string // "" for the instance key
+		n     int    // 0: delete
+		op    clientv3.Op
+	}
+	var changes []change
+	if !p.instanceDone {
+		k := r.cfg.instanceKey(r.self.ID)
+		changes = append(changes, change{key: k, op: clientv3.OpPut(k, string(r.selfJSON), clientv3.WithLease(p.lease))})
+	}
+	for _, a := range slices.Sorted(maps.Keys(desired)) {
+		n := desired[a]
+		if old, ok := p.published[a]; ok && old == n {
+			continue
+		}
+		v, _ := json.Marshal(agentValue{Connections: n})
+		k := r.cfg.agentKey(a, r.self.ID)
+		changes = append(changes, change{key: k, agent: a, n: n, op: clientv3.OpPut(k, string(v), clientv3.WithLease(p.lease))})
+	}
+	for _, a := range slices.Sorted(maps.Keys(p.published)) {
+		if _, ok := desired[a]; ok {
+			continue
+		}
+		k := r.cfg.agentKey(a, r.self.ID)
+		changes = append(changes, change{key: k, agent: a, op: clientv3.OpDelete(k)})
+	}
+
+	for batch := range slices.Chunk(changes, maxTxnOps) {
+		ops := make([]clientv3.Op, len(batch))
+		keys := make([]string, len(batch))
+		for i, c := range batch {
+			ops[i], keys[i] = c.op, c.key
+		}
+		r.notePending(keys)
+		ctx, cancel := context.WithTimeout(r.ctx, r.opTimeout)
+		_, err := r.client.Txn(ctx).Then(ops...).Commit()
+		cancel()
+		if err != nil {
+			r.forgetPending(keys)
+			return err
+		}
+		for _, c := range batch {
+			switch {
+			case c.agent == "":
+				p.instanceDone = true
+			case c.n == 0:
+				delete(p.published, c.agent)
+			default:
+				p.published[c.agent] = c.n
+			}
+		}
+	}
+	return nil
+}
+
+// notePending records when our own writes were sent, for the watch lag metric.
+func (r *Registry) notePending(keys []string) {
+	now := r.cfg.Now()
+	r.lagMu.Lock()
+	for _, k := range keys {
+		r.pendingLag[k] = now
+	}
+	r.lagMu.Unlock()
+}
+
+func (r *Registry) forgetPending(keys []string) {
+	r.lagMu.Lock()
+	for _, k := range keys {
+		delete(r.pendingLag, k)
+	}
+	r.lagMu.Unlock()
+}
+
+func leaseString(id clientv3.LeaseID) string { return fmt.Sprintf("%x", int64(id)) }
+
+// newStoppedTimer returns a timer that fires only after a Reset.
+func newStoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}
