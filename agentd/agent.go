@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strings"
@@ -30,7 +31,7 @@ type Agent struct {
 	nextAddr  atomic.Uint64
 	closeIdle func() // closes idle service connections
 
-	mu    sync.Mutex        // guards the fields below
+	mu    sync.Mutex         // guards the fields below
 	slots map[int]*agentConn // live connection per slot
 }
 
@@ -111,12 +112,16 @@ func (a *Agent) Instances() []string {
 
 // runSlot dials, serves until the connection ends or kasd asks the agent to go away, and
 // reconnects with backoff until ctx ends. A connection that got GoAway is drained in a goroutine
-// added to wg, so the replacement connection is dialled at once.
+// added to wg, so the replacement connection is dialled at once. Slots prefer kasd addresses and
+// instances that other slots do not hold, so that one kasd dying leaves the agent reachable.
 func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *sync.WaitGroup) {
-	attempt := 0
+	attempt, dupes := 0, 0
 	for ctx.Err() == nil {
-		addr := a.cfg.KasAddresses[int(a.nextAddr.Add(1)-1)%len(a.cfg.KasAddresses)]
-		c, err := a.connect(ctx, dialer, addr)
+		tgt, ntargets, err := a.nextTarget(ctx, slot)
+		var c *agentConn
+		if err == nil {
+			c, err = a.connect(ctx, dialer, tgt)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -126,7 +131,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 				result = code.String()
 			}
 			a.m.connectAttempts.WithLabelValues(result).Inc()
-			a.log.Warn().Err(err).Str("kas_address", addr).Int("attempt", attempt).Msg("connecting to kasd failed")
+			a.log.Warn().Err(err).Str("kas_address", tgt.String()).Int("attempt", attempt).Msg("connecting to kasd failed")
 			if permanent(err) {
 				// A refused token will not become valid by retrying quickly.
 				attempt = max(attempt, 6)
@@ -139,6 +144,15 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 		}
 		attempt = 0
 		a.m.connectAttempts.WithLabelValues("ok").Inc()
+		if a.heldByOtherSlot(slot, c.welcome.InstanceID) && dupes < ntargets {
+			// Another slot already holds this kasd instance: try the next address, a bounded
+			// number of times, before settling for a second connection to the same instance.
+			dupes++
+			c.log.Info().Msg("kasd instance already held by another connection; trying another address")
+			c.drain()
+			continue
+		}
+		dupes = 0
 		a.setSlot(slot, c)
 		reason := c.wait(ctx)
 		a.setSlot(slot, nil)
@@ -154,6 +168,76 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 	}
 }
 
+// target is one resolved kasd address.
+type target struct {
+	addr       *net.UDPAddr
+	serverName string
+}
+
+func (t target) String() string {
+	if t.addr == nil {
+		return ""
+	}
+	return t.addr.String()
+}
+
+// nextTarget resolves every configured address (a DNS name with several addresses counts as
+// several) and returns the next one, round-robin, skipping addresses other slots are connected
+// to while there is an alternative.
+func (a *Agent) nextTarget(ctx context.Context, slot int) (target, int, error) {
+	var all []target
+	var errs []error
+	for _, addr := range a.cfg.KasAddresses {
+		host, addrs, err := quic.ResolveAll(ctx, addr)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		name := host
+		if a.cfg.TLS.ServerName != "" {
+			name = a.cfg.TLS.ServerName
+		}
+		for _, ua := range addrs {
+			all = append(all, target{addr: ua, serverName: name})
+		}
+	}
+	if len(all) == 0 {
+		return target{}, 0, errors.Join(errs...)
+	}
+	held := a.remoteAddrsOfOtherSlots(slot)
+	start := int(a.nextAddr.Add(1) - 1)
+	for i := range all {
+		t := all[(start+i)%len(all)]
+		if !held[t.addr.String()] {
+			return t, len(all), nil
+		}
+	}
+	return all[start%len(all)], len(all), nil
+}
+
+func (a *Agent) remoteAddrsOfOtherSlots(slot int) map[string]bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]bool{}
+	for s, c := range a.slots {
+		if s != slot {
+			out[c.qc.RemoteAddr().String()] = true
+		}
+	}
+	return out
+}
+
+func (a *Agent) heldByOtherSlot(slot int, instance string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for s, c := range a.slots {
+		if s != slot && c.welcome.InstanceID == instance {
+			return true
+		}
+	}
+	return false
+}
+
 func (a *Agent) setSlot(slot int, c *agentConn) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -165,9 +249,9 @@ func (a *Agent) setSlot(slot int, c *agentConn) {
 	a.m.connections.Set(float64(len(a.slots)))
 }
 
-// connect dials addr and performs the Hello/Welcome exchange on the control stream.
-func (a *Agent) connect(ctx context.Context, dialer *quic.Dialer, addr string) (*agentConn, error) {
-	qc, err := dialer.Dial(ctx, addr)
+// connect dials t and performs the Hello/Welcome exchange on the control stream.
+func (a *Agent) connect(ctx context.Context, dialer *quic.Dialer, t target) (*agentConn, error) {
+	qc, err := dialer.DialUDP(ctx, t.addr, t.serverName)
 	if err != nil {
 		return nil, err
 	}

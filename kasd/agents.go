@@ -196,9 +196,19 @@ func (t *agentTable) counts() (agents, conns int) {
 }
 
 // AgentInfo describes a connected agent in GET /api/v1/agents.
+// Connections lists this kasd's own connections of the agent; Instances lists every kasd of
+// the fleet that holds it (from the registry), with how many connections each.
 type AgentInfo struct {
 	ID          string           `json:"id"`
+	Instances   []InstanceInfo   `json:"instances"`
 	Connections []ConnectionInfo `json:"connections"`
+}
+
+// InstanceInfo is one kasd holding an agent.
+type InstanceInfo struct {
+	ID          string `json:"id"`
+	APIAddr     string `json:"api_addr,omitempty"`
+	Connections int    `json:"connections"`
 }
 
 // ConnectionInfo describes one agent connection.

@@ -31,6 +31,8 @@ type Config struct {
 	AgentAuth AgentAuthenticator
 	// ClientAuth verifies client JWTs on the HTTP API. Required.
 	ClientAuth *auth.Verifier
+	// Fleet joins this server to other kasd replicas through the etcd registry. nil: single kasd.
+	Fleet *FleetConfig
 	// Modules serves agent-to-GitLab requests (/modules/{module}/{path}) that agents open as
 	// streams of kind gitlab; the agent token of the connection is in the request context
 	// (gitlab.AgentTokenFrom). nil: agents may not open streams.
@@ -64,9 +66,11 @@ type Config struct {
 
 // WithDefaults returns c with defaults filled in.
 func (c Config) WithDefaults() Config {
+	if c.InstanceID == "" && c.Fleet != nil && c.Fleet.Registry != nil {
+		c.InstanceID = c.Fleet.Registry.Self().ID
+	}
 	if c.InstanceID == "" {
-		host, _ := os.Hostname()
-		c.InstanceID = fmt.Sprintf("%s-%s", host, randomID(4))
+		c.InstanceID = NewInstanceID()
 	}
 	if c.Version == "" {
 		c.Version = "dev"
@@ -102,6 +106,9 @@ func (c Config) WithDefaults() Config {
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
 	}
+	if c.Fleet != nil {
+		c.Fleet = c.Fleet.withDefaults()
+	}
 	return c
 }
 
@@ -131,5 +138,19 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
 	}
+	if c.Fleet != nil {
+		if err := c.Fleet.validate(c.InstanceID); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// NewInstanceID returns a fresh instance id: the host name and a random suffix.
+func NewInstanceID() string {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "kasd"
+	}
+	return fmt.Sprintf("%s-%s", host, randomID(4))
 }

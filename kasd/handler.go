@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -94,7 +95,7 @@ func (s *Server) serveAgents(w http.ResponseWriter, r *http.Request) {
 		api.WriteHTTPError(w, err)
 		return
 	}
-	all := s.table.list(s.cfg.InstanceID)
+	all := s.listAgents()
 	agents := all[:0]
 	for _, a := range all {
 		if claims.AllowsAgent(a.ID) {
@@ -105,6 +106,37 @@ func (s *Server) serveAgents(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(struct {
 		Agents []AgentInfo `json:"agents"`
 	}{agents})
+}
+
+// listAgents merges the local table with the fleet's view.
+func (s *Server) listAgents() []AgentInfo {
+	local := s.table.list(s.cfg.InstanceID)
+	byID := map[string]*AgentInfo{}
+	for i := range local {
+		a := &local[i]
+		a.Instances = []InstanceInfo{{ID: s.cfg.InstanceID, Connections: len(a.Connections)}}
+		byID[a.ID] = a
+	}
+	if s.fleet == nil {
+		return local
+	}
+	out := local
+	for id, holders := range s.fleet.reg.Agents() {
+		var inst []InstanceInfo
+		for _, h := range holders {
+			if h.Instance.ID == s.cfg.InstanceID {
+				continue // the local table is fresher than the registry for this instance
+			}
+			inst = append(inst, InstanceInfo{ID: h.Instance.ID, APIAddr: h.Instance.APIAddr, Connections: h.Connections})
+		}
+		if a := byID[id]; a != nil {
+			a.Instances = append(a.Instances, inst...)
+		} else if len(inst) > 0 {
+			out = append(out, AgentInfo{ID: id, Instances: inst, Connections: []ConnectionInfo{}})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }
 
 // target is what the API handler resolved for one proxied request; the transport reads it from

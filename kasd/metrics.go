@@ -16,6 +16,10 @@ type metrics struct {
 	bytes            *prometheus.CounterVec
 	openStreams      prometheus.Gauge
 	routeWait        prometheus.Histogram
+	forwarded        *prometheus.CounterVec
+	forwardedIn      *prometheus.CounterVec
+	peerDials        *prometheus.CounterVec
+	peerConns        *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
@@ -54,6 +58,24 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
 		}),
 	}
+	m.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kasd_forwarded_requests_total",
+		Help: "Requests this kasd forwarded to a peer, by peer instance and result (ok, or the error code).",
+	}, []string{"peer", "result"})
+	m.forwardedIn = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kasd_forwarded_in_total",
+		Help: "Forwarded requests received from peers, by result (ok, not_holder, ...).",
+	}, []string{"result"})
+	m.peerDials = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kasd_peer_dials_total", Help: "Connections dialled to peers, by result.",
+	}, []string{"result"})
+	m.peerConns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kasd_peer_connections_total", Help: "Connections accepted from peers, by result.",
+	}, []string{"result"})
+	peerLinks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kasd_peer_links", Help: "Live connections this kasd dialled to peers.",
+	}, func() float64 { return float64(s.livePeerLinks()) })
+	reg.MustRegister(m.forwarded, m.forwardedIn, m.peerDials, m.peerConns, peerLinks)
 	agents := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_connected_agents", Help: "Agents with at least one connection to this kasd.",
 	}, func() float64 { a, _ := s.table.counts(); return float64(a) })

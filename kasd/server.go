@@ -24,6 +24,7 @@ type Server struct {
 	log     zerolog.Logger
 	m       *metrics
 	table   *agentTable
+	fleet   *fleet // nil for a single kasd
 	proxy   http.Handler
 	connSeq atomic.Uint64
 	reqSeq  atomic.Uint64
@@ -51,6 +52,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.m = newMetrics(cfg.Registerer, s)
 	s.proxy = s.newProxy()
+	if cfg.Fleet != nil {
+		f, err := newFleet(s, cfg.Fleet)
+		if err != nil {
+			return nil, fmt.Errorf("kasd: %w", err)
+		}
+		s.fleet = f
+		reg := cfg.Fleet.Registry
+		// Publishing never blocks: the registry reconciles etcd with this desired state.
+		s.table.onChange = reg.SetAgentConnections
+	}
 	return s, nil
 }
 
@@ -281,6 +292,9 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	for _, qc := range conns {
 		_ = qc.CloseWithError(quic.ConnCodeShutdown, "shutting_down: kasd closed")
+	}
+	if s.fleet != nil {
+		s.fleet.close()
 	}
 	s.wg.Wait()
 	return nil

@@ -65,6 +65,54 @@ func (d *Dialer) Dial(ctx context.Context, addr string) (*quicgo.Conn, error) {
 	return conn, nil
 }
 
+// DialUDP dials an already resolved address. serverName, if not empty, is the TLS server name to
+// verify (the DNS name the address was resolved from); otherwise the tls.Config's ServerName or
+// the IP is used.
+func (d *Dialer) DialUDP(ctx context.Context, addr *net.UDPAddr, serverName string) (*quicgo.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
+	defer cancel()
+	tlsConf := d.tlsConf
+	if serverName != "" || tlsConf.ServerName == "" {
+		tlsConf = tlsConf.Clone()
+		if serverName == "" {
+			serverName = addr.IP.String()
+		}
+		tlsConf.ServerName = serverName
+	}
+	conn, err := d.tr.Dial(ctx, addr, tlsConf, d.cfg.QUICConfig())
+	if err != nil {
+		return nil, fmt.Errorf("quic: dial %s (%s): %w", addr, serverName, err)
+	}
+	return conn, nil
+}
+
+// ResolveAll returns every UDP address that addr ("host:port") resolves to, and the host, so
+// that a DNS name with several addresses can be dialed as several peers.
+func ResolveAll(ctx context.Context, addr string) (host string, addrs []*net.UDPAddr, err error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("quic: resolve %s: %w", addr, err)
+	}
+	port, err := net.DefaultResolver.LookupPort(ctx, "udp", portStr)
+	if err != nil {
+		return "", nil, fmt.Errorf("quic: resolve %s: %w", addr, err)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return host, []*net.UDPAddr{net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port)))}, nil
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return "", nil, fmt.Errorf("quic: resolve %s: %w", addr, err)
+	}
+	for _, ip := range ips {
+		addrs = append(addrs, net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip.Unmap(), uint16(port))))
+	}
+	if len(addrs) == 0 {
+		return "", nil, fmt.Errorf("quic: resolve %s: no address for %q", addr, host)
+	}
+	return host, addrs, nil
+}
+
 // LocalAddr is the address of the Dialer's shared socket.
 func (d *Dialer) LocalAddr() net.Addr { return d.pc.LocalAddr() }
 

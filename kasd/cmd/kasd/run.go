@@ -51,6 +51,8 @@ type options struct {
 	shutdownGrace       time.Duration
 	logLevel            string
 	logFormat           string
+	gitlab              gitlabOptions // --gitlab-* flags, see gitlab.go
+	fleet               fleetOptions  // --peer-*, --etcd-*, --registry-* flags, see fleet.go
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -79,6 +81,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+	o.fleet.register(fs)
+	o.gitlab.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -125,15 +129,8 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if o.agentTokensFile == "" {
-		return errors.New("--agent-tokens-file is required (create entries with 'kasctl agent-token NAME')")
-	}
 	if o.apiJWTSecretFile == "" {
 		return errors.New("--api-jwt-secret-file is required (create one with 'kasctl secret > FILE')")
-	}
-	tokens, err := auth.LoadTokenStore(o.agentTokensFile)
-	if err != nil {
-		return err
 	}
 	jwtKey, err := auth.ReadSecretFile(o.apiJWTSecretFile)
 	if err != nil {
@@ -153,10 +150,53 @@ func run(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	agentAuthenticator, modules, gitlabClient, err := agentAuth(o, reg)
+	if err != nil {
+		return err
+	}
+	if gitlabClient != nil {
+		defer gitlabClient.Close()
+	}
+	// Listeners first: the fleet registry publishes the addresses actually bound.
+	agentLn, err := quic.Listen(o.agentListen, quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{
+		StatelessResetKey:  resetKey,
+		MaxIncomingStreams: o.maxIncomingStreams,
+	})
+	if err != nil {
+		return fmt.Errorf("--agent-listen: %w", err)
+	}
+	defer agentLn.Close()
+	apiLn, err := net.Listen("tcp", o.apiListen)
+	if err != nil {
+		return fmt.Errorf("--api-listen: %w", err)
+	}
+	defer apiLn.Close()
+	obsLn, err := net.Listen("tcp", o.observabilityListen)
+	if err != nil {
+		return fmt.Errorf("--observability-listen: %w", err)
+	}
+	defer obsLn.Close()
+
+	instanceID := o.instanceID
+	if instanceID == "" {
+		instanceID = kasd.NewInstanceID()
+	}
+	var fleet *fleetParts
+	if o.fleet.enabled {
+		if fleet, err = startFleet(o, &o.fleet, instanceID, cert, apiLn.Addr().String(), log, reg); err != nil {
+			return err
+		}
+	}
+	var fleetCfg *kasd.FleetConfig
+	if fleet != nil {
+		fleetCfg = fleet.cfg
+	}
 	srv, err := kasd.New(kasd.Config{
-		InstanceID:             o.instanceID,
+		InstanceID:             instanceID,
 		Version:                version,
-		AgentAuth:              kasd.TokenFileAuth{Store: tokens},
+		AgentAuth:              agentAuthenticator,
+		Modules:                modules,
+		Fleet:                  fleetCfg,
 		ClientAuth:             &auth.Verifier{Key: jwtKey, MaxValidity: o.apiJWTMaxValidity},
 		HandshakeTimeout:       o.handshakeTimeout,
 		RouteTimeout:           o.routeTimeout,
@@ -169,26 +209,10 @@ func run(ctx context.Context, args []string) error {
 		Registerer:             reg,
 	})
 	if err != nil {
+		if fleet != nil {
+			fleet.close(context.Background(), true)
+		}
 		return err
-	}
-
-	agentLn, err := quic.Listen(o.agentListen, quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{
-		StatelessResetKey:  resetKey,
-		MaxIncomingStreams: o.maxIncomingStreams,
-	})
-	if err != nil {
-		return fmt.Errorf("--agent-listen: %w", err)
-	}
-	apiLn, err := net.Listen("tcp", o.apiListen)
-	if err != nil {
-		agentLn.Close()
-		return fmt.Errorf("--api-listen: %w", err)
-	}
-	obsLn, err := net.Listen("tcp", o.observabilityListen)
-	if err != nil {
-		agentLn.Close()
-		apiLn.Close()
-		return fmt.Errorf("--observability-listen: %w", err)
 	}
 	apiSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20}
 	obsSrv := &http.Server{Handler: srv.ObservabilityHandler(reg), ReadHeaderTimeout: 10 * time.Second}
@@ -198,6 +222,9 @@ func run(ctx context.Context, args []string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.ServeAgents(gctx, agentLn) })
+	if fleet != nil {
+		g.Go(func() error { return srv.ServePeers(gctx, fleet.peerLn) })
+	}
 	g.Go(func() error { return serveHTTP(apiSrv, apiLn) })
 	g.Go(func() error { return serveHTTP(obsSrv, obsLn) })
 	g.Go(func() error {
@@ -209,6 +236,11 @@ func run(ctx context.Context, args []string) error {
 		err := srv.Shutdown(sctx)
 		_ = apiSrv.Shutdown(sctx)
 		_ = agentLn.Close()
+		if fleet != nil {
+			// Delete this instance's keys and revoke its lease, so peers stop routing here now
+			// rather than when the lease expires.
+			fleet.close(sctx, true)
+		}
 		_ = obsSrv.Shutdown(sctx)
 		if err != nil {
 			log.Warn().Err(err).Msg("drain incomplete")

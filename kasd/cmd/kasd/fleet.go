@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/internal/cliconfig"
+	"github.com/qkas/qkas/kasd"
+	"github.com/qkas/qkas/quic"
+	"github.com/qkas/qkas/registry"
+)
+
+// fleetOptions are the flags of the fleet: etcd, the registry and peer forwarding.
+type fleetOptions struct {
+	enabled            bool
+	peerListen         string
+	peerAdvertise      string
+	peerSecretFile     string
+	peerCAFile         string
+	etcdEndpoints      cliconfig.StringList
+	etcdCAFile         string
+	etcdCertFile       string
+	etcdKeyFile        string
+	etcdUsername       string
+	etcdPasswordFile   string
+	etcdPrefix         string
+	registryTTL        time.Duration
+	embeddedListen     string
+	embeddedPeerListen string
+}
+
+func (o *fleetOptions) register(fs *flag.FlagSet) {
+	fs.BoolVar(&o.enabled, "fleet", true, "join a fleet through etcd (false: a standalone kasd with no etcd and no peers)")
+	fs.StringVar(&o.peerListen, "peer-listen", ":8152", "UDP address for connections from other kasd replicas")
+	fs.StringVar(&o.peerAdvertise, "peer-advertise-address", "", "host:port other replicas dial to reach this one (default: the --peer-listen host, else $POD_IP, else 127.0.0.1, with the --peer-listen port)")
+	fs.StringVar(&o.peerSecretFile, "peer-secret-file", "", "base64 secret (>= 32 bytes decoded) shared by all replicas; default: generated once in --data-dir (then every replica must be given that file)")
+	fs.StringVar(&o.peerCAFile, "peer-ca-file", "", "CA to verify peers' certificates (default: not verified; replicas authenticate each other with the peer secret bound to the TLS session)")
+	fs.Var(&o.etcdEndpoints, "etcd-endpoints", "etcd client URLs (repeatable, comma-separated); empty: run an embedded etcd in --data-dir")
+	fs.StringVar(&o.etcdCAFile, "etcd-ca-file", "", "CA for etcd's TLS")
+	fs.StringVar(&o.etcdCertFile, "etcd-cert-file", "", "client certificate for etcd")
+	fs.StringVar(&o.etcdKeyFile, "etcd-key-file", "", "client key for etcd")
+	fs.StringVar(&o.etcdUsername, "etcd-username", "", "etcd user name")
+	fs.StringVar(&o.etcdPasswordFile, "etcd-password-file", "", "file holding the etcd password")
+	fs.StringVar(&o.etcdPrefix, "etcd-prefix", registry.DefaultPrefix, "key prefix for the registry in etcd")
+	fs.DurationVar(&o.registryTTL, "registry-ttl", registry.DefaultTTL, "lease TTL: how long a dead kasd's entries outlive it")
+	fs.StringVar(&o.embeddedListen, "embedded-etcd-listen", registry.DefaultEmbeddedClientAddr, "client address of the embedded etcd; other local kasd processes share it (if taken by an etcd, join it)")
+	fs.StringVar(&o.embeddedPeerListen, "embedded-etcd-peer-listen", registry.DefaultEmbeddedPeerAddr, "peer address of the embedded etcd")
+}
+
+// fleetParts are the running pieces of the fleet; close stops them in order.
+type fleetParts struct {
+	cfg      *kasd.FleetConfig
+	peerLn   *quic.Listener
+	reg      *registry.Registry
+	client   *clientv3.Client
+	embedded *registry.Embedded
+}
+
+// startFleet starts (or joins) etcd, the registry and the peer listener.
+func startFleet(o *options, f *fleetOptions, instanceID string, cert tls.Certificate, apiAddr string, log zerolog.Logger, reg prometheus.Registerer) (_ *fleetParts, err error) {
+	p := &fleetParts{}
+	defer func() {
+		if err != nil {
+			p.close(context.Background(), false)
+		}
+	}()
+	secret, err := peerSecret(o.dataDir, f.peerSecretFile, log)
+	if err != nil {
+		return nil, err
+	}
+	var peerTLS *tls.Config
+	if f.peerCAFile != "" {
+		if peerTLS, err = quic.ClientTLSConfig(f.peerCAFile, ""); err != nil {
+			return nil, fmt.Errorf("--peer-ca-file: %w", err)
+		}
+	}
+	p.peerLn, err = quic.Listen(f.peerListen, quic.ServerTLSConfig(cert, api.ALPNPeer), quic.Config{})
+	if err != nil {
+		return nil, fmt.Errorf("--peer-listen: %w", err)
+	}
+	endpoints := []string(f.etcdEndpoints)
+	if len(endpoints) == 0 {
+		p.embedded, err = registry.StartEmbedded(registry.EmbeddedConfig{
+			Dir:        filepath.Join(o.dataDir, "etcd"),
+			ClientAddr: f.embeddedListen,
+			PeerAddr:   f.embeddedPeerListen,
+			Log:        log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("embedded etcd: %w", err)
+		}
+		endpoints = p.embedded.Endpoints()
+		log.Info().Strs("endpoints", endpoints).Bool("joined", p.embedded.Joined()).Msg("embedded etcd")
+	}
+	password := ""
+	if f.etcdPasswordFile != "" {
+		b, err := os.ReadFile(f.etcdPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-password-file: %w", err)
+		}
+		password = strings.TrimSpace(string(b))
+	}
+	p.client, err = registry.NewClient(registry.ClientConfig{
+		Endpoints: endpoints, CAFile: f.etcdCAFile, CertFile: f.etcdCertFile, KeyFile: f.etcdKeyFile,
+		Username: f.etcdUsername, Password: password, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	self := registry.Instance{
+		ID:       instanceID,
+		PeerAddr: advertise(f.peerAdvertise, p.peerLn.Addr().String(), f.peerListen),
+		APIAddr:  advertise("", apiAddr, o.apiListen),
+		Version:  version,
+	}
+	p.reg, err = registry.New(p.client, registry.Config{Prefix: f.etcdPrefix, TTL: f.registryTTL}, self, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	log.Info().Str("peer_addr", self.PeerAddr).Str("peer_listen", p.peerLn.Addr().String()).Msg("fleet registry started")
+	p.cfg = &kasd.FleetConfig{Registry: p.reg, PeerSecret: secret, PeerTLS: peerTLS}
+	return p, nil
+}
+
+// close stops the fleet pieces. graceful deletes this instance's keys and revokes its lease
+// (a drain); otherwise the lease is left to expire.
+func (p *fleetParts) close(ctx context.Context, graceful bool) {
+	if p.reg != nil {
+		if graceful {
+			_ = p.reg.Shutdown(ctx)
+		} else {
+			_ = p.reg.Close()
+		}
+	}
+	if p.peerLn != nil {
+		_ = p.peerLn.Close()
+	}
+	if p.client != nil {
+		_ = p.client.Close()
+	}
+	if p.embedded != nil {
+		_ = p.embedded.Close()
+	}
+}
+
+// peerSecret reads --peer-secret-file or, without one, creates a secret once in the data dir.
+func peerSecret(dataDir, file string, log zerolog.Logger) ([]byte, error) {
+	if file == "" {
+		file = filepath.Join(dataDir, "peer.secret")
+		if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
+			if err := os.WriteFile(file, []byte(auth.NewSecret()+"\n"), 0o600); err != nil {
+				return nil, fmt.Errorf("creating %s: %w", file, err)
+			}
+			log.Warn().Str("file", file).Msg("generated a peer secret; give this file to every replica with --peer-secret-file")
+		}
+	}
+	return auth.ReadSecretFile(file)
+}
+
+// advertise picks the address other replicas use: explicit, else the listen host if it is a
+// specific address, else $POD_IP, else 127.0.0.1; with the port actually bound.
+func advertise(explicit, bound, listen string) string {
+	if explicit != "" {
+		return explicit
+	}
+	_, port, _ := net.SplitHostPort(bound)
+	host, _, _ := net.SplitHostPort(listen)
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = os.Getenv("POD_IP")
+		if host == "" {
+			host = "127.0.0.1"
+		}
+	}
+	return net.JoinHostPort(host, port)
+}

@@ -1,0 +1,449 @@
+package kasd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/quic"
+	"github.com/qkas/qkas/registry"
+)
+
+// FleetConfig joins a Server to a fleet of kasd replicas. A nil *FleetConfig means a single kasd.
+type FleetConfig struct {
+	// Registry publishes this instance's agents and holds the view of everyone else's. Its
+	// instance id must equal Config.InstanceID. Required.
+	Registry *registry.Registry
+	// PeerSecret authenticates replicas to each other (at least 32 bytes). Required.
+	PeerSecret []byte
+	// PeerTLS is the client TLS configuration used to dial peers. nil: the peer's certificate is
+	// not verified; both sides then prove knowledge of PeerSecret bound to the TLS session
+	// (an exported key), which a machine in the middle cannot relay. This is what lets replicas
+	// that each generated their own development certificate talk to each other.
+	PeerTLS *tls.Config
+	// PeerQUIC tunes peer connections. Default: 2s handshake, 500ms keep-alive and a 2s idle
+	// timeout, so that a dead peer is noticed within about 2s.
+	PeerQUIC quic.Config
+	// PeerRetryDelay is how long a peer that could not be dialled is skipped. Default 1s.
+	PeerRetryDelay time.Duration
+}
+
+func (c *FleetConfig) withDefaults() *FleetConfig {
+	out := *c
+	if out.PeerQUIC.HandshakeTimeout == 0 {
+		out.PeerQUIC.HandshakeTimeout = 2 * time.Second
+	}
+	if out.PeerQUIC.MaxIdleTimeout == 0 {
+		out.PeerQUIC.MaxIdleTimeout = 2 * time.Second
+	}
+	if out.PeerQUIC.KeepAlivePeriod == 0 {
+		out.PeerQUIC.KeepAlivePeriod = 500 * time.Millisecond
+	}
+	if out.PeerRetryDelay == 0 {
+		out.PeerRetryDelay = time.Second
+	}
+	return &out
+}
+
+func (c *FleetConfig) validate(instanceID string) error {
+	var errs []error
+	if c.Registry == nil {
+		errs = append(errs, errors.New("fleet: a registry is required"))
+	} else if c.Registry.Self().ID != instanceID {
+		errs = append(errs, fmt.Errorf("fleet: registry instance %q is not this server's %q", c.Registry.Self().ID, instanceID))
+	}
+	if len(c.PeerSecret) < 32 {
+		errs = append(errs, errors.New("fleet: the peer secret must be at least 32 bytes"))
+	}
+	if err := c.PeerQUIC.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("fleet: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// errPeerUnavailable marks a failure to reach a peer: nothing was sent, the next holder may be
+// tried.
+var errPeerUnavailable = errors.New("peer unavailable")
+
+// fleet is the peer side of a Server: lazily dialled, reused peer connections, and forwarding.
+type fleet struct {
+	s      *Server
+	cfg    *FleetConfig
+	reg    *registry.Registry
+	dialer *quic.Dialer
+
+	mu    sync.Mutex // guards links
+	links map[string]*peerLink
+}
+
+// peerLink is the one connection to a peer instance; dialled once, shared by every request.
+type peerLink struct {
+	addr     string
+	ready    chan struct{} // closed when the dial finished; then qc or err is set
+	qc       *quicgo.Conn
+	err      error
+	failedAt time.Time
+}
+
+func newFleet(s *Server, cfg *FleetConfig) (*fleet, error) {
+	tlsConf := cfg.PeerTLS
+	if tlsConf == nil {
+		// Authentication is the channel-bound proof in the peer handshake, see FleetConfig.
+		tlsConf = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // see above
+	}
+	tlsConf = tlsConf.Clone()
+	tlsConf.NextProtos = []string{api.ALPNPeer}
+	d, err := quic.NewDialer(tlsConf, cfg.PeerQUIC)
+	if err != nil {
+		return nil, err
+	}
+	return &fleet{s: s, cfg: cfg, reg: cfg.Registry, dialer: d, links: map[string]*peerLink{}}, nil
+}
+
+func (f *fleet) close() {
+	f.mu.Lock()
+	links := f.links
+	f.links = map[string]*peerLink{}
+	f.mu.Unlock()
+	for _, l := range links {
+		<-l.ready
+		if l.qc != nil {
+			_ = l.qc.CloseWithError(quic.ConnCodeShutdown, "kasd closing")
+		}
+	}
+	_ = f.dialer.Close()
+}
+
+// conn returns the live connection to inst, dialling it if needed. Concurrent callers share one
+// dial; a peer that could not be dialled is skipped for PeerRetryDelay.
+func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn, error) {
+	f.mu.Lock()
+	l := f.links[inst.ID]
+	if l != nil && l.addr == inst.PeerAddr {
+		f.mu.Unlock()
+		select {
+		case <-l.ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		switch {
+		case l.qc != nil && l.qc.Context().Err() == nil:
+			return l.qc, nil
+		case l.qc == nil && time.Since(l.failedAt) < f.cfg.PeerRetryDelay:
+			return nil, l.err
+		}
+		f.mu.Lock()
+		if f.links[inst.ID] != l { // someone else replaced it meanwhile
+			f.mu.Unlock()
+			return f.conn(ctx, inst)
+		}
+	}
+	l = &peerLink{addr: inst.PeerAddr, ready: make(chan struct{})}
+	f.links[inst.ID] = l
+	f.mu.Unlock()
+
+	// The dial serves every waiter, so it must not end with this request.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.PeerQUIC.HandshakeTimeout)
+	defer cancel()
+	l.qc, l.err = f.dial(dctx, inst)
+	result := "ok"
+	if l.err != nil {
+		l.failedAt = time.Now()
+		result = "error"
+		f.s.log.Warn().Err(l.err).Str("peer", inst.ID).Str("peer_addr", inst.PeerAddr).Msg("dialling peer failed")
+	}
+	f.s.m.peerDials.WithLabelValues(result).Inc()
+	close(l.ready)
+	return l.qc, l.err
+}
+
+// dial connects to a peer and runs the mutual, channel-bound handshake.
+func (f *fleet) dial(ctx context.Context, inst registry.Instance) (*quicgo.Conn, error) {
+	if inst.PeerAddr == "" {
+		return nil, api.Errorf(api.CodeAgentFailed, "peer %s has no peer address", inst.ID)
+	}
+	qc, err := f.dialer.Dial(ctx, inst.PeerAddr)
+	if err != nil {
+		return nil, &api.Error{Code: api.CodeAgentFailed, Message: "peer " + inst.ID + " unreachable", Err: fmt.Errorf("%w: %w", errPeerUnavailable, err)}
+	}
+	fail := func(err error) (*quicgo.Conn, error) {
+		_ = qc.CloseWithError(quic.ConnCodeRefused, "peer handshake failed")
+		return nil, &api.Error{Code: api.CodeAgentFailed, Message: "peer " + inst.ID + " handshake: " + err.Error(), Err: fmt.Errorf("%w: %w", errPeerUnavailable, err)}
+	}
+	exporter, err := peerExporter(qc)
+	if err != nil {
+		return fail(err)
+	}
+	ctrl, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	deadline, _ := ctx.Deadline()
+	_ = ctrl.SetDeadline(deadline)
+	self := f.s.cfg.InstanceID
+	if err := api.WriteFrame(ctrl, &api.PeerHello{Version: api.ProtocolVersion, InstanceID: self, Proof: auth.PeerProof(f.cfg.PeerSecret, self, exporter)}); err != nil {
+		return fail(err)
+	}
+	m, err := api.ReadExpect(ctrl, api.TypePeerHello)
+	if err != nil {
+		return fail(err)
+	}
+	ph := m.(*api.PeerHello)
+	if ph.InstanceID != inst.ID {
+		return fail(fmt.Errorf("answered as %q", ph.InstanceID))
+	}
+	if !auth.VerifyPeerProof(f.cfg.PeerSecret, ph.InstanceID, exporter, ph.Proof) {
+		return fail(errors.New("bad peer proof (different --peer-secret-file?)"))
+	}
+	_ = ctrl.SetDeadline(time.Time{})
+	f.s.log.Info().Str("peer", inst.ID).Str("peer_addr", inst.PeerAddr).Msg("peer connected")
+	return qc, nil
+}
+
+func peerExporter(qc *quicgo.Conn) ([]byte, error) {
+	st := qc.ConnectionState().TLS
+	return st.ExportKeyingMaterial(auth.PeerExporterLabel, nil, auth.PeerExporterLength)
+}
+
+// holders returns the instances other than this one that hold agentID, minus those in skip.
+// The list is rotated by rr so that load spreads over holders.
+func (f *fleet) holders(agentID string, skip map[string]bool, rr uint64) []registry.Instance {
+	hs := f.reg.Holders(agentID)
+	out := make([]registry.Instance, 0, len(hs))
+	for _, h := range hs {
+		if h.Instance.ID != f.s.cfg.InstanceID && !skip[h.Instance.ID] {
+			out = append(out, h.Instance)
+		}
+	}
+	if len(out) > 1 {
+		k := int(rr % uint64(len(out)))
+		out = append(out[k:], out[:k]...)
+	}
+	return out
+}
+
+// forward sends the request to inst over the peer connection: a Forward frame, then exactly
+// what the agent would receive.
+func (f *fleet) forward(ctx context.Context, inst registry.Instance, frame *api.Request, req *http.Request, tgt *target) (*http.Response, error) {
+	s := f.s
+	qc, err := f.conn(ctx, inst)
+	if err != nil {
+		return nil, err
+	}
+	st, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		e := httpstream.StreamError(err)
+		return nil, &api.Error{Code: e.Code, Message: e.Message, Err: fmt.Errorf("%w: %w", errPeerUnavailable, err)}
+	}
+	prefix := api.AppendFrame(nil, &api.Forward{AgentID: tgt.agentID, Origin: s.cfg.InstanceID})
+	s.m.openStreams.Inc()
+	return httpstream.RoundTrip(ctx, quic.NewStreamConn(qc, st), frame, req, &httpstream.Options{
+		Prefix:                prefix,
+		ResponseHeaderTimeout: s.cfg.ResponseHeaderTimeout,
+		HoldBody:              true,
+		Go:                    s.goOwned,
+		Done: func(clean bool, sent, recv int64) {
+			s.m.streamDone(sent, recv)
+		},
+	})
+}
+
+// ServePeers accepts connections from other kasd replicas on ln until ctx ends or ln is closed.
+func (s *Server) ServePeers(ctx context.Context, ln *quic.Listener) error {
+	if s.fleet == nil {
+		return errors.New("kasd: ServePeers without a fleet configuration")
+	}
+	for {
+		qc, err := ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, quicgo.ErrServerClosed) || isClosed(err) {
+				return nil
+			}
+			return fmt.Errorf("kasd: accepting peer connections: %w", err)
+		}
+		if !s.track(qc) {
+			_ = qc.CloseWithError(quic.ConnCodeShutdown, "shutting_down: kasd is closing")
+			continue
+		}
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(qc)
+			s.servePeerConn(qc)
+		}()
+	}
+}
+
+// servePeerConn authenticates a peer and serves the Forward streams it opens.
+func (s *Server) servePeerConn(qc *quicgo.Conn) {
+	f := s.fleet
+	log := s.log.With().Str("peer_remote", qc.RemoteAddr().String()).Logger()
+	ctx, cancel := context.WithTimeout(qc.Context(), f.cfg.PeerQUIC.HandshakeTimeout+time.Second)
+	ctrl, err := qc.AcceptStream(ctx)
+	cancel()
+	if err != nil {
+		_ = qc.CloseWithError(quic.ConnCodeRefused, "no peer handshake")
+		return
+	}
+	deadline := time.Now().Add(f.cfg.PeerQUIC.HandshakeTimeout + time.Second)
+	_ = ctrl.SetDeadline(deadline)
+	exporter, err := peerExporter(qc)
+	var ph *api.PeerHello
+	if err == nil {
+		var m api.Message
+		if m, err = api.ReadExpect(ctrl, api.TypePeerHello); err == nil {
+			ph = m.(*api.PeerHello)
+			if !auth.VerifyPeerProof(f.cfg.PeerSecret, ph.InstanceID, exporter, ph.Proof) {
+				err = api.Errorf(api.CodeUnauthenticated, "bad peer proof")
+			}
+		}
+	}
+	if err != nil {
+		s.m.peerConns.WithLabelValues("refused").Inc()
+		log.Warn().Err(err).Msg("peer refused")
+		_ = api.WriteFrame(ctrl, asAPIError(err, api.CodeUnauthenticated))
+		_ = qc.CloseWithError(quic.ConnCodeRefused, "unauthenticated: peer refused")
+		return
+	}
+	self := s.cfg.InstanceID
+	if err := api.WriteFrame(ctrl, &api.PeerHello{Version: api.ProtocolVersion, InstanceID: self, Proof: auth.PeerProof(f.cfg.PeerSecret, self, exporter)}); err != nil {
+		return
+	}
+	_ = ctrl.SetDeadline(time.Time{})
+	s.m.peerConns.WithLabelValues("accepted").Inc()
+	log = log.With().Str("peer", ph.InstanceID).Logger()
+	log.Info().Msg("peer accepted")
+	for {
+		st, err := qc.AcceptStream(qc.Context())
+		if err != nil {
+			break
+		}
+		sc := quic.NewStreamConn(qc, st)
+		if !s.goOwned(func() { s.serveForward(sc, ph.InstanceID) }) {
+			sc.Abort(quic.StreamCodeRefused)
+			break
+		}
+	}
+	_ = qc.CloseWithError(quic.ConnCodeNoError, "")
+}
+
+// serveForward serves one forwarded request: it checks that this kasd holds the agent, opens a
+// stream to it, passes the Request frame on and splices bytes both ways without parsing HTTP.
+func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
+	_ = sc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	m, err := api.ReadExpect(sc, api.TypeForward)
+	if err != nil {
+		s.m.forwardedIn.WithLabelValues(api.CodeProtocol.String()).Inc()
+		sc.Abort(quic.StreamCodeRefused)
+		return
+	}
+	fw := m.(*api.Forward)
+	if m, err = api.ReadExpect(sc, api.TypeRequest); err != nil {
+		s.m.forwardedIn.WithLabelValues(api.CodeProtocol.String()).Inc()
+		sc.Abort(quic.StreamCodeRefused)
+		return
+	}
+	req := m.(*api.Request)
+	_ = sc.SetReadDeadline(time.Time{})
+	refuse := func(e *api.Error) {
+		s.m.forwardedIn.WithLabelValues(e.Code.String()).Inc()
+		_ = api.WriteFrame(sc, &api.Result{Code: e.Code, Message: e.Message})
+		_ = sc.Close()
+	}
+	if s.draining.Load() {
+		// The origin retries the next holder: nothing of the request was consumed.
+		refuse(api.Errorf(api.CodeShuttingDown, "instance %s is draining", s.cfg.InstanceID))
+		return
+	}
+	c, ok, perr := s.table.pick(fw.AgentID, req.Service)
+	switch {
+	case !ok:
+		refuse(api.Errorf(api.CodeNotHolder, "instance %s does not hold agent %s", s.cfg.InstanceID, fw.AgentID))
+		return
+	case perr != nil:
+		refuse(asAPIError(perr, api.CodeServiceUnknown))
+		return
+	}
+	e := c.entry
+	if e.inflight.Add(1) > int64(s.cfg.MaxInflightPerAgent) {
+		e.inflight.Add(-1)
+		s.m.limitRejections.WithLabelValues("max_inflight_per_agent").Inc()
+		refuse(api.Errorf(api.CodeOverloaded, "too many requests in flight to agent %s", fw.AgentID))
+		return
+	}
+	defer e.inflight.Add(-1)
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	octx, cancel := context.WithTimeout(sc.Context(), s.cfg.ResponseHeaderTimeout)
+	st, err := c.qc.OpenStreamSync(octx)
+	cancel()
+	if err != nil {
+		refuse(api.Errorf(api.CodeAgentFailed, "opening a stream to agent %s: %v", fw.AgentID, err))
+		return
+	}
+	asc := quic.NewStreamConn(c.qc, st)
+	if err := api.WriteFrame(asc, req); err != nil {
+		asc.Abort(quic.StreamCodeCanceled)
+		refuse(api.Errorf(api.CodeAgentFailed, "writing to agent %s: %v", fw.AgentID, err))
+		return
+	}
+	s.m.forwardedIn.WithLabelValues("ok").Inc()
+	s.m.openStreams.Inc()
+	sent, recv := splice(sc, asc)
+	s.m.streamDone(sent, recv)
+}
+
+// splice copies a→b and b→a until both directions end. A clean end (EOF) is passed on as a
+// clean end (FIN); an error resets both streams.
+func splice(a, b *quic.StreamConn) (ab, ba int64) {
+	var wg sync.WaitGroup
+	wg.Go(func() { ab = pipe(b, a) })
+	ba = pipe(a, b)
+	wg.Wait()
+	_ = a.Close()
+	_ = b.Close()
+	return ab, ba
+}
+
+func pipe(dst, src *quic.StreamConn) int64 {
+	buf := copyBuffers.Get()
+	defer copyBuffers.Put(buf)
+	n, err := io.CopyBuffer(dst, src, buf)
+	if err != nil {
+		dst.Abort(quic.StreamCodeCanceled)
+		src.Abort(quic.StreamCodeCanceled)
+		return n
+	}
+	_ = dst.CloseWrite()
+	return n
+}
+
+// livePeerLinks counts live dialled peer connections, for metrics.
+func (s *Server) livePeerLinks() int {
+	if s.fleet == nil {
+		return 0
+	}
+	f := s.fleet
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, l := range f.links {
+		select {
+		case <-l.ready:
+			if l.qc != nil && l.qc.Context().Err() == nil {
+				n++
+			}
+		default:
+		}
+	}
+	return n
+}

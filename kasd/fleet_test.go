@@ -1,0 +1,436 @@
+package kasd_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/qkas/qkas/agentd"
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/kasd"
+	"github.com/qkas/qkas/quic"
+	"github.com/qkas/qkas/registry"
+)
+
+// fleetEnv is several kasd on one real embedded etcd, each with its own registry, agent and
+// peer listeners and API server. Agents verify every kasd with one shared development CA.
+type fleetEnv struct {
+	t       *testing.T
+	dir     string
+	ttl     time.Duration
+	etcd    *registry.Embedded
+	secret  []byte // client JWT key
+	peerKey []byte
+	tokens  map[string]string
+	store   *auth.TokenStore
+	caFile  string
+	nodes   []*node
+	client  *http.Client
+}
+
+type node struct {
+	id      string
+	srv     *kasd.Server
+	reg     *registry.Registry
+	promReg *prometheus.Registry
+	etcd    *clientv3.Client
+	agentLn *quic.Listener
+	peerLn  *quic.Listener
+	api     *httptest.Server
+	wg      sync.WaitGroup
+	stopped bool
+}
+
+func newFleetEnv(t *testing.T, n int) *fleetEnv {
+	t.Helper()
+	f := &fleetEnv{
+		t: t, dir: t.TempDir(), ttl: 2 * time.Second,
+		secret:  []byte("0123456789abcdef0123456789abcdef-fleet"),
+		peerKey: []byte("peer-secret-peer-secret-peer-secret!"),
+		tokens:  map[string]string{},
+		client:  &http.Client{Timeout: 30 * time.Second},
+	}
+	var entries string
+	for _, id := range []string{"alpha", "beta", "gamma"} {
+		tok := auth.NewAgentToken()
+		f.tokens[id] = tok
+		entries += "- id: " + id + "\n  token_sha256: " + auth.TokenSHA256(tok) + "\n"
+	}
+	var err error
+	if f.store, err = auth.ParseTokens([]byte("agents:\n" + entries)); err != nil {
+		t.Fatal(err)
+	}
+	if _, f.caFile, err = quic.DevCertificate(f.dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.etcd, err = registry.StartEmbedded(registry.EmbeddedConfig{Dir: f.dir + "/etcd", ClientAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		f.client.CloseIdleConnections()
+		for _, nd := range f.nodes {
+			f.kill(nd)
+		}
+		f.etcd.Close()
+	})
+	for i := range n {
+		f.nodes = append(f.nodes, f.startNode(fmt.Sprintf("kas-%d", i)))
+	}
+	return f
+}
+
+func (f *fleetEnv) startNode(id string) *node {
+	t := f.t
+	cert, _, err := quic.DevCertificate(f.dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd := &node{id: id, promReg: prometheus.NewRegistry()}
+	if nd.agentLn, err = quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if nd.peerLn, err = quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(cert, api.ALPNPeer), quic.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if nd.etcd, err = registry.NewClient(registry.ClientConfig{Endpoints: f.etcd.Endpoints()}); err != nil {
+		t.Fatal(err)
+	}
+	log := zerolog.Nop()
+	if testing.Verbose() {
+		log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Str("node", id).Logger()
+	}
+	nd.reg, err = registry.New(nd.etcd, registry.Config{TTL: f.ttl}, registry.Instance{ID: id, PeerAddr: nd.peerLn.Addr().String()}, log, nd.promReg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd.srv, err = kasd.New(kasd.Config{
+		InstanceID:   id,
+		AgentAuth:    kasd.TokenFileAuth{Store: f.store},
+		ClientAuth:   &auth.Verifier{Key: f.secret},
+		RouteTimeout: 3 * time.Second,
+		Fleet:        &kasd.FleetConfig{Registry: nd.reg, PeerSecret: f.peerKey},
+		Log:          &log,
+		Registerer:   nd.promReg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd.wg.Go(func() { _ = nd.srv.ServeAgents(context.Background(), nd.agentLn) })
+	nd.wg.Go(func() { _ = nd.srv.ServePeers(context.Background(), nd.peerLn) })
+	nd.api = httptest.NewServer(nd.srv.Handler())
+	return nd
+}
+
+// kill stops a node abruptly, as a crash would: no GoAway, no drain, its lease left to expire.
+func (f *fleetEnv) kill(nd *node) {
+	if nd.stopped {
+		return
+	}
+	nd.stopped = true
+	nd.api.CloseClientConnections()
+	nd.api.Close()
+	nd.agentLn.Close()
+	nd.peerLn.Close()
+	nd.srv.Close()
+	nd.wg.Wait()
+	nd.reg.Close()
+	nd.etcd.Close()
+}
+
+// drain stops a node the way SIGTERM does: GoAway, in-flight requests finish, keys deleted.
+func (f *fleetEnv) drain(nd *node) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nd.stopped = true
+	_ = nd.srv.Shutdown(ctx)
+	nd.agentLn.Close()
+	nd.peerLn.Close()
+	nd.wg.Wait()
+	_ = nd.reg.Shutdown(ctx)
+	nd.api.Close()
+	nd.etcd.Close()
+}
+
+func (f *fleetEnv) startAgent(id, replica string, svcURL string, nodes []*node, conns int) *agentd.Agent {
+	t := f.t
+	tlsConf, err := quic.ClientTLSConfig(f.caFile, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(svcURL)
+	var addrs []string
+	for _, nd := range nodes {
+		addrs = append(addrs, nd.agentLn.Addr().String())
+	}
+	a, err := agentd.New(agentd.Config{
+		KasAddresses: addrs, Token: f.tokens[id], TLS: tlsConf, Replica: replica,
+		Services: map[string]*url.URL{"web": u}, Connections: conns,
+		QUIC:         quic.Config{KeepAlivePeriod: 200 * time.Millisecond, MaxIdleTimeout: time.Second},
+		Backoff:      quic.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond},
+		DrainTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return a
+}
+
+func (f *fleetEnv) get(nd *node, agent, path string) (int, string) {
+	req, _ := http.NewRequest("GET", nd.api.URL+"/api/v1/agents/"+agent+"/proxy/web"+path, nil)
+	c := auth.ClientClaims{}
+	c.Audience = []string{"gitlab-kas"}
+	c.ExpiresAt = jwtTime(time.Now().Add(time.Minute))
+	tok, _ := auth.Mint(f.secret, c)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// waitHolders waits until every live node's registry view agrees that agent is held by
+// exactly the given instances.
+func (f *fleetEnv) waitHolders(agent string, want ...string) {
+	f.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ok := true
+		for _, nd := range f.nodes {
+			if nd.stopped {
+				continue
+			}
+			var got []string
+			for _, h := range nd.reg.Holders(agent) {
+				got = append(got, h.Instance.ID)
+			}
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("registry views did not converge on holders %v of %s", want, agent)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func namedService(t *testing.T, name string) *httptest.Server {
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d := r.URL.Query().Get("sleep"); d != "" {
+			dur, _ := time.ParseDuration(d)
+			select {
+			case <-time.After(dur):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		fmt.Fprintf(w, "%s %s", name, r.URL.Path)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestFleetEveryKasdReachesEveryAgent(t *testing.T) {
+	f := newFleetEnv(t, 3)
+	for i, id := range []string{"alpha", "beta", "gamma"} {
+		svc := namedService(t, id)
+		f.startAgent(id, id+"-pod", svc.URL, f.nodes[i:i+1], 1)
+		f.waitHolders(id, f.nodes[i].id)
+	}
+	for _, nd := range f.nodes {
+		for _, id := range []string{"alpha", "beta", "gamma"} {
+			code, body := f.get(nd, id, "/x")
+			if code != 200 || body != id+" /x" {
+				t.Errorf("via %s to %s: %d %q", nd.id, id, code, body)
+			}
+		}
+	}
+	// Each node served its own agent locally and forwarded to the other two.
+	for i, nd := range f.nodes {
+		local := counter(t, nd.promReg, "kasd_requests_total", map[string]string{"route": "local", "code": "200"})
+		fwd := counter(t, nd.promReg, "kasd_requests_total", map[string]string{"route": "forwarded", "code": "200"})
+		in := counter(t, nd.promReg, "kasd_forwarded_in_total", map[string]string{"result": "ok"})
+		if local != 1 || fwd != 2 || in != 2 {
+			t.Errorf("node %d: local=%v forwarded=%v forwarded_in=%v, want 1, 2, 2", i, local, fwd, in)
+		}
+	}
+	// The agent list on any kasd shows the whole fleet.
+	req, _ := http.NewRequest("GET", f.nodes[0].api.URL+"/api/v1/agents", nil)
+	c := auth.ClientClaims{}
+	c.Audience = []string{"gitlab-kas"}
+	c.ExpiresAt = jwtTime(time.Now().Add(time.Minute))
+	tok, _ := auth.Mint(f.secret, c)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := f.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp)
+	for _, want := range []string{`"id":"beta","instances":[{"id":"kas-1"`, `"id":"gamma","instances":[{"id":"kas-2"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("fleet list lacks %s: %s", want, body)
+		}
+	}
+}
+
+func TestFleetStaleEntryTriesNextHolder(t *testing.T) {
+	f := newFleetEnv(t, 3)
+	svc := namedService(t, "alpha")
+	f.startAgent("alpha", "pod", svc.URL, f.nodes[2:3], 1)
+	// kas-1 claims alpha without holding it: a stale entry.
+	f.nodes[1].reg.SetAgentConnections("alpha", 1)
+	f.waitHolders("alpha", "kas-1", "kas-2")
+	for range 4 {
+		if code, body := f.get(f.nodes[0], "alpha", "/"); code != 200 {
+			t.Fatalf("%d %s", code, body)
+		}
+	}
+	if n := counter(t, f.nodes[1].promReg, "kasd_forwarded_in_total", map[string]string{"result": "not_holder"}); n < 1 {
+		t.Errorf("the stale holder refused %v requests, want >= 1 (rotation should have tried it)", n)
+	}
+}
+
+func TestFleetKillKasd(t *testing.T) {
+	f := newFleetEnv(t, 3)
+	svc := namedService(t, "alpha")
+	// The agent may connect to kas-0 or kas-1, one connection: kill whichever it holds.
+	a := f.startAgent("alpha", "pod", svc.URL, f.nodes[0:2], 1)
+	waitConnected(t, a, 1)
+	holder := a.Instances()[0]
+	var victim *node
+	for _, nd := range f.nodes[:2] {
+		if nd.id == holder {
+			victim = nd
+		}
+	}
+	f.waitHolders("alpha", victim.id)
+
+	// A request in flight through kas-2 -> victim when the victim dies fails with a clear 502,
+	// not a hang.
+	result := make(chan string, 1)
+	go func() {
+		code, body := f.get(f.nodes[2], "alpha", "/slow?sleep=10s")
+		result <- fmt.Sprintf("%d %s", code, body)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	killed := time.Now()
+	f.kill(victim)
+	select {
+	case r := <-result:
+		if !strings.HasPrefix(r, "502 ") || !strings.Contains(r, "agent_failed") {
+			t.Errorf("in-flight request through the dead kasd: %s", r)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("in-flight request hung after its kasd died")
+	}
+	// The agent reconnects to the other kasd; requests through kas-2 succeed again.
+	for {
+		code, _ := f.get(f.nodes[2], "alpha", "/again")
+		if code == 200 {
+			break
+		}
+		if time.Since(killed) > 15*time.Second {
+			t.Fatalf("no recovery after kill: %d", code)
+		}
+	}
+	t.Logf("recovered %v after kill -9", time.Since(killed).Round(time.Millisecond))
+	// The dead kasd's entries expire with its lease.
+	var survivor string
+	for _, nd := range f.nodes[:2] {
+		if nd != victim {
+			survivor = nd.id
+		}
+	}
+	f.waitHolders("alpha", survivor)
+}
+
+func TestFleetDrainLosesNoRequest(t *testing.T) {
+	f := newFleetEnv(t, 3)
+	svc := namedService(t, "alpha")
+	a := f.startAgent("alpha", "pod", svc.URL, f.nodes[0:2], 2)
+	waitConnected(t, a, 2)
+	f.waitHolders("alpha", "kas-0", "kas-1")
+
+	var ok, failed atomic.Int64
+	var lastFail atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if code, body := f.get(f.nodes[2], "alpha", "/"); code == 200 {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+					lastFail.Store(fmt.Sprintf("%d %s", code, body))
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	f.drain(f.nodes[0])
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed during a drain; last: %v", failed.Load(), ok.Load()+failed.Load(), lastFail.Load())
+	}
+	if ok.Load() < 10 {
+		t.Errorf("only %d requests made", ok.Load())
+	}
+	f.waitHolders("alpha", "kas-1")
+}
+
+func TestFleetPeerAuthRequired(t *testing.T) {
+	f := newFleetEnv(t, 2)
+	svc := namedService(t, "alpha")
+	f.startAgent("alpha", "pod", svc.URL, f.nodes[1:2], 1)
+	f.waitHolders("alpha", "kas-1")
+	// A replica with another peer secret is refused by kas-1, so it cannot forward.
+	f.peerKey = []byte("another-peer-secret-another-peer-secret")
+	intruder := f.startNode("kas-x")
+	f.nodes = append(f.nodes, intruder)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(intruder.reg.Holders("alpha")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("intruder's registry view never saw alpha")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	code, body := f.get(intruder, "alpha", "/")
+	if code == 200 {
+		t.Fatalf("a kasd with the wrong peer secret reached the agent: %s", body)
+	}
+	if n := counter(t, f.nodes[1].promReg, "kasd_peer_connections_total", map[string]string{"result": "refused"}); n < 1 {
+		t.Errorf("kas-1 refused %v peer connections, want >= 1", n)
+	}
+}
