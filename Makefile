@@ -37,5 +37,21 @@ fuzz:
 	  done; \
 	done
 
+# One container image with kasd, agentd and kasctl (Dockerfile; the manifests choose the binary
+# with `command`). Push it yourself: $(DOCKER) push $(IMAGE_REPO):$(VERSION)
+IMAGE_REPO ?= registry.example.com/qkas
+DOCKER     ?= docker
+images:
+	@$(DOCKER) info >/dev/null 2>&1 || { \
+	  echo "make images: no container engine ('$(DOCKER) info' failed). Build where one runs:"; \
+	  echo "  $(DOCKER) build --build-arg VERSION=$(VERSION) -t $(IMAGE_REPO):$(VERSION) ."; \
+	  exit 1; }
+	$(DOCKER) build --build-arg VERSION=$(VERSION) -t $(IMAGE_REPO):$(VERSION) .
+
+# A local fleet from one command: embedded etcd, two kasd, one agentd and a sample service;
+# requests through the local and the forwarded route. DEMO_KEEP=1 keeps it running.
+demo: build
+	$(GO) run ./e2e/demo -bin $(BIN)
+
 clean:
 	rm -rf $(BIN) kasd-data demo-data

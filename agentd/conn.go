@@ -193,4 +193,3 @@ func (w logWriter) Write(p []byte) (int, error) {
 	w.log.Debug().Msg(string(p))
 	return len(p), nil
 }
-

@@ -16,6 +16,7 @@ type metrics struct {
 	requests        *prometheus.CounterVec
 	duration        *prometheus.HistogramVec
 	serviceErrors   *prometheus.CounterVec
+	gitlabRequests  *prometheus.CounterVec // module, code
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -46,8 +47,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "agentd_service_errors_total", Help: "Requests whose service could not be reached or failed, by service.",
 		}, []string{"service"}),
 	}
+	m.gitlabRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "agentd_gitlab_requests_total", Help: "Requests to GitLab's modules endpoint through kasd, by module and HTTP status code.",
+	}, []string{"module", "code"})
 	reg.MustRegister(m.connections, m.connectAttempts, m.goAways, m.openStreams, m.rejections,
-		m.requests, m.duration, m.serviceErrors)
+		m.requests, m.duration, m.serviceErrors, m.gitlabRequests)
 	return m
 }
 

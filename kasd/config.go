@@ -35,7 +35,7 @@ type Config struct {
 	Fleet *FleetConfig
 	// Modules serves agent-to-GitLab requests (/modules/{module}/{path}) that agents open as
 	// streams of kind gitlab; the agent token of the connection is in the request context
-	// (gitlab.AgentTokenFrom). nil: agents may not open streams.
+	// (gitlab.AgentTokenFrom). nil: such requests are refused with not_found.
 	Modules http.Handler
 
 	// HandshakeTimeout bounds an agent's Hello after its QUIC handshake. Default 10s.

@@ -11,12 +11,17 @@ import (
 )
 
 // serveAgentStreams serves the streams an agent opens on its connection: GitLab module requests
-// (kind gitlab), each proxied by Config.Modules with that connection's agent token. It returns a
+// (kind gitlab), each proxied by Config.Modules with that connection's agent token; without
+// Config.Modules they are refused at once with not_found, never left unanswered. It returns a
 // function that stops serving and waits for the server goroutine.
 func (s *Server) serveAgentStreams(c *agentConn) (stop func()) {
 	ln := httpstream.NewListener(c.qc, func(req *api.Request) *api.Error {
 		if req.Kind != api.KindGitLab {
 			return api.Errorf(api.CodeProtocol, "agents may only open streams of kind gitlab, not %s", req.Kind)
+		}
+		if s.cfg.Modules == nil {
+			s.m.apiErrors.WithLabelValues("gitlab_not_configured").Inc()
+			return api.Errorf(api.CodeNotFound, "this kasd has no GitLab configured (--gitlab-url)")
 		}
 		if err := gitlab.ValidateModule(req.Service); err != nil {
 			return api.Errorf(api.CodeBadRequest, "module %q: %v", req.Service, err)

@@ -192,10 +192,8 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		return
 	}
 	_ = control.SetDeadline(time.Time{})
-	if s.cfg.Modules != nil {
-		stop := s.serveAgentStreams(c)
-		defer stop()
-	}
+	stop := s.serveAgentStreams(c)
+	defer stop()
 	s.m.agentConnections.WithLabelValues("accepted").Inc()
 	log.Info().Strs("services", c.services).Msg("agent connected")
 

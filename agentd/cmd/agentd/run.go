@@ -40,6 +40,8 @@ type options struct {
 	drainTimeout        time.Duration
 	logLevel            string
 	logFormat           string
+	kubernetes          kubernetesOptions
+	gitlabProxyListen   string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -59,6 +61,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "how long in-flight requests may finish on a connection being replaced or at shutdown")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+	o.kubernetes.register(fs)
+	fs.StringVar(&o.gitlabProxyListen, "gitlab-proxy-listen", "127.0.0.1:8155", "TCP address where in-cluster components reach GitLab through kasd at /modules/{module}/{path}; empty disables")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -141,11 +145,17 @@ func run(ctx context.Context, args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	handlers, closeHandlers, err := o.kubernetes.handlers(reg, &log)
+	if err != nil {
+		return err
+	}
+	defer closeHandlers()
 	agent, err := agentd.New(agentd.Config{
 		KasAddresses:           o.kasAddresses,
 		Token:                  strings.TrimSpace(string(tok)),
 		TLS:                    tlsConf,
 		Services:               services,
+		Handlers:               handlers,
 		Connections:            o.connections,
 		Replica:                o.replica,
 		Version:                version,
@@ -157,8 +167,33 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	var gitlabLn net.Listener
+	if o.gitlabProxyListen != "" {
+		if gitlabLn, err = net.Listen("tcp", o.gitlabProxyListen); err != nil {
+			return fmt.Errorf("--gitlab-proxy-listen: %w", err)
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return agent.Run(gctx) })
+	if gitlabLn != nil {
+		// GitLab's modules endpoint, through kasd (agentd/gitlab.go).
+		srv := &http.Server{Handler: agent.GitLabHandler(), ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20}
+		g.Go(func() error {
+			if err := srv.Serve(gitlabLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("--gitlab-proxy-listen: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
+			defer cancel()
+			if srv.Shutdown(sctx) != nil {
+				_ = srv.Close()
+			}
+			return nil
+		})
+	}
 	if o.observabilityListen != "" {
 		ln, err := net.Listen("tcp", o.observabilityListen)
 		if err != nil {

@@ -1,0 +1,270 @@
+package agentd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/http/httputil"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/quic"
+)
+
+// The agent side of GitLab's modules endpoint: in-cluster components send
+// /modules/{module}/{path}?{query} to the agent, and the agent sends each request on a new
+// stream of kind gitlab to kasd, which forwards it to
+// {gitlab}/api/v4/internal/kubernetes/modules/{module}/{path}?{query} with this agent's token.
+// kasd is the authority on what reaches GitLab (it cleans the path and sets Authorization, the
+// JWT and Host); the agent checks only what it needs to open the stream: the module name.
+
+// Defaults of GitLabRoundTripper.
+const (
+	// DefaultGitLabConnectWait is how long a request waits for a connection to kasd when the
+	// agent has none (starting up, reconnecting) before it fails with agent_not_connected.
+	DefaultGitLabConnectWait = 5 * time.Second
+	// DefaultGitLabResponseHeaderTimeout bounds the wait for kasd's answer (Result frame and
+	// GitLab's response header). It also bounds a kasd that never accepts the stream (one
+	// without GitLab configured). Bodies then stream for as long as the request's context allows.
+	DefaultGitLabResponseHeaderTimeout = 60 * time.Second
+
+	// gitlabConnectPoll is how often a waiting request looks for a live connection again.
+	gitlabConnectPoll = 20 * time.Millisecond
+	// gitlabOpenAttempts bounds retries when a picked connection dies before anything was sent.
+	gitlabOpenAttempts = 3
+	// maxGitLabModuleLen and maxGitLabModuleLabels bound the module name and the number of
+	// distinct module label values in agentd_gitlab_requests_total (callers choose modules);
+	// further modules are counted as "other".
+	maxGitLabModuleLen    = 64
+	maxGitLabModuleLabels = 32
+)
+
+// GitLabRoundTripper is an http.RoundTripper that sends each request to kasd's modules endpoint
+// on a new stream of one of the agent's live connections to kasd (round-robin). The request's
+// URL path must be /modules/{module}/{path...} with module made of [a-z0-9_-]; scheme and host
+// are ignored. The zero value of each optional field means its default. Errors are *api.Error:
+// bad_request for a path that is not a module path, agent_not_connected when the agent has had
+// no connection to kasd for ConnectWait, kasd's typed refusal otherwise.
+//
+// A request body is written by a goroutine that ends when the body or the stream ends (see
+// httpstream.Options.Go); the stream ends with the response, the request's context, or the
+// connection.
+type GitLabRoundTripper struct {
+	// Agent is the agent whose connections carry the requests. Required.
+	Agent *Agent
+	// ConnectWait: see DefaultGitLabConnectWait.
+	ConnectWait time.Duration
+	// ResponseHeaderTimeout: see DefaultGitLabResponseHeaderTimeout.
+	ResponseHeaderTimeout time.Duration
+
+	next atomic.Uint64 // round-robin position
+}
+
+// GitLabTransport returns a GitLabRoundTripper for a with default settings.
+func (a *Agent) GitLabTransport() http.RoundTripper {
+	return &GitLabRoundTripper{Agent: a}
+}
+
+// GitLabHandler serves /modules/{module}/{path}?{query} for in-cluster components by proxying
+// each request through kasd to GitLab (a ReverseProxy over GitLabTransport). Both bodies stream;
+// redirects and every other GitLab answer pass back as they are; hop-by-hop headers are dropped;
+// the caller's Authorization, Cookie and Impersonate-* headers never leave the agent (kasd
+// presents this agent's token to GitLab). Errors are qkas JSON errors (api.WriteHTTPError).
+func (a *Agent) GitLabHandler() http.Handler {
+	rt := a.GitLabTransport()
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			// The host is a placeholder: the stream goes to kasd whatever it says, and kasd
+			// sets GitLab's. The path and query are kept byte for byte (RawPath) for kasd
+			// to check.
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = "kasd"
+			pr.Out.Host = ""
+			h := pr.Out.Header
+			stripCredentials(h)
+			h.Del("Cookie")
+			// No protocol upgrades to GitLab: kasd would drop them anyway, and an upgrade
+			// would keep the stream open after the response.
+			h.Del("Connection")
+			h.Del("Upgrade")
+		},
+		Transport:     rt,
+		FlushInterval: -1,
+		BufferPool:    copyBuffers,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if r.Context().Err() != nil && api.CodeOf(err) == api.CodeInternal {
+				err = &api.Error{Code: api.CodeAgentFailed, Message: "request canceled", Err: err}
+			}
+			api.WriteHTTPError(w, err)
+		},
+	}
+	labels := &moduleLabels{seen: map[string]bool{}}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w}
+		module, _, err := splitGitLabPath(r.URL.EscapedPath())
+		if err != nil {
+			api.WriteHTTPError(rec, err)
+		} else {
+			proxy.ServeHTTP(rec, r)
+		}
+		a.m.gitlabRequests.WithLabelValues(labels.label(module), strconv.Itoa(rec.status())).Inc()
+	})
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *GitLabRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.roundTrip(req)
+	if err != nil && req.Body != nil {
+		req.Body.Close()
+	}
+	return resp, err
+}
+
+func (t *GitLabRoundTripper) roundTrip(req *http.Request) (*http.Response, error) {
+	module, _, err := splitGitLabPath(req.URL.EscapedPath())
+	if err != nil {
+		return nil, err
+	}
+	ctx := req.Context()
+	frame := &api.Request{Kind: api.KindGitLab, Service: module, RequestID: newRequestID()}
+	headerTimeout := t.ResponseHeaderTimeout
+	if headerTimeout == 0 {
+		headerTimeout = DefaultGitLabResponseHeaderTimeout
+	}
+	for attempt := 0; ; attempt++ {
+		c, err := t.pick(ctx)
+		if err != nil {
+			return nil, err
+		}
+		st, err := c.qc.OpenStreamSync(ctx)
+		if err != nil {
+			if ctx.Err() == nil && attempt+1 < gitlabOpenAttempts {
+				continue // the connection died after it was picked; nothing was sent yet
+			}
+			return nil, httpstream.StreamError(err)
+		}
+		return httpstream.RoundTrip(ctx, quic.NewStreamConn(c.qc, st), frame, req, &httpstream.Options{
+			ResponseHeaderTimeout: headerTimeout,
+		})
+	}
+}
+
+// pick returns a live connection, round-robin over slots, waiting up to ConnectWait for one.
+func (t *GitLabRoundTripper) pick(ctx context.Context) (*agentConn, error) {
+	wait := t.ConnectWait
+	if wait == 0 {
+		wait = DefaultGitLabConnectWait
+	}
+	if c := t.live(); c != nil {
+		return c, nil
+	}
+	// The agent has no event for "a slot connected"; polling at a short interval costs
+	// nothing measurable and only happens while the agent is disconnected.
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	tick := time.NewTicker(gitlabConnectPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, api.Errorf(api.CodeDeadlineExceeded, "deadline passed while waiting for a connection to kasd")
+			}
+			return nil, &api.Error{Code: api.CodeAgentFailed, Message: "request canceled", Err: ctx.Err()}
+		case <-deadline.C:
+			return nil, &api.Error{Code: api.CodeAgentNotConnected, Message: "the agent is not connected to kasd", RetryAfter: time.Second}
+		case <-tick.C:
+			if c := t.live(); c != nil {
+				return c, nil
+			}
+		}
+	}
+}
+
+// live returns the next live connection in slot order, or nil. Connections that got GoAway or
+// whose QUIC connection ended are skipped.
+func (t *GitLabRoundTripper) live() *agentConn {
+	a := t.Agent
+	a.mu.Lock()
+	conns := make([]*agentConn, 0, len(a.slots))
+	slots := make([]int, 0, len(a.slots))
+	for slot := range a.slots {
+		slots = append(slots, slot)
+	}
+	sort.Ints(slots)
+	for _, slot := range slots {
+		c := a.slots[slot]
+		select {
+		case <-c.goAway:
+			continue
+		case <-c.qc.Context().Done():
+			continue
+		default:
+		}
+		conns = append(conns, c)
+	}
+	a.mu.Unlock()
+	if len(conns) == 0 {
+		return nil
+	}
+	return conns[int((t.next.Add(1)-1)%uint64(len(conns)))]
+}
+
+// splitGitLabPath splits an escaped /modules/{module}/{rest} and checks the module name.
+// The rest is kasd's to check.
+func splitGitLabPath(p string) (module, rest string, err error) {
+	p, ok := strings.CutPrefix(p, "/modules/")
+	if !ok {
+		return "", "", api.Errorf(api.CodeBadRequest, "path must be /modules/{module}/{path}")
+	}
+	module, rest, ok = strings.Cut(p, "/")
+	if !ok {
+		return "", "", api.Errorf(api.CodeBadRequest, "path must be /modules/{module}/{path}")
+	}
+	if module == "" || len(module) > maxGitLabModuleLen {
+		return "", "", api.Errorf(api.CodeBadRequest, "module name must be 1 to %d bytes", maxGitLabModuleLen)
+	}
+	for i := 0; i < len(module); i++ {
+		b := module[i]
+		if !('a' <= b && b <= 'z' || '0' <= b && b <= '9' || b == '_' || b == '-') {
+			return "", "", api.Errorf(api.CodeBadRequest, "module name may only contain [a-z0-9_-]")
+		}
+	}
+	return module, rest, nil
+}
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// moduleLabels bounds the module label values of agentd_gitlab_requests_total.
+type moduleLabels struct {
+	mu   sync.Mutex // guards seen
+	seen map[string]bool
+}
+
+func (l *moduleLabels) label(module string) string {
+	if module == "" {
+		return "invalid"
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.seen[module] {
+		return module
+	}
+	if len(l.seen) >= maxGitLabModuleLabels {
+		return "other"
+	}
+	l.seen[module] = true
+	return module
+}

@@ -1,0 +1,64 @@
+// Package kubernetes is agentd's built-in "kubernetes" service: it proxies requests that reach
+// the agent as /api/v1/agents/{agent}/proxy/kubernetes/{path...} to the cluster's API server,
+// with the agent's own credentials (its ServiceAccount token or the kubeconfig's user) and the
+// API server's CA, as configured by a client-go rest.Config.
+//
+// A *Service is an agentd.ServiceHandler; agentd hands it each request after accepting the
+// stream. The Service owns no goroutines of its own: the proxying runs on the calling request's
+// goroutine (net/http's, owned by agentd's per-connection http.Server), and an upgraded
+// connection's copy goroutines are owned by httputil.ReverseProxy and end with the connection.
+// Close closes idle connections to the API server; it does not cut requests in flight.
+//
+// # Invariants
+//
+//   - Credentials: the caller's Authorization header never reaches the API server. agentd
+//     removes it before ServeService, and the Rewrite removes it again, with every Impersonate-*
+//     header and the default request-header authentication headers (X-Remote-User,
+//     X-Remote-Group, X-Remote-Extra-*). Authentication is added by client-go's round trippers
+//     from the rest.Config only; they leave a request alone that already carries Authorization,
+//     which is why the removal must happen first.
+//   - Impersonation: Impersonate-User and one Impersonate-Group per value are set exactly when
+//     the stream's api.Request has the "impersonate-user" metadata key (set by kasd from the
+//     client JWT's impersonate claim), and never otherwise. A rest.Config that impersonates by
+//     itself is refused by New, so the JWT is the only source of impersonation.
+//   - Policy: with a Policy, a request is served only if one of its rules allows the request's
+//     path and Kubernetes verb; otherwise it is answered 403 with api.CodeForbidden and a reason
+//     and never reaches the API server. Paths are matched on the decoded path, which is what the
+//     API server authorizes; a path with "." or ".." segments or empty segments is denied, so a
+//     prefix rule cannot be escaped. Without a Policy everything the agent's identity may do (by
+//     the cluster's RBAC) is allowed.
+//   - Transports: ordinary requests use rest.TransportFor (HTTP/2 where the API server offers
+//     it). Requests that ask for a protocol upgrade (exec, attach, port-forward over SPDY/3.1 or
+//     WebSocket) use a second transport built from rest.TLSConfigFor and
+//     rest.HTTPWrappersForConfig that only speaks HTTP/1.1, because an upgrade is not possible
+//     over HTTP/2; the same credentials and CA apply.
+//
+// # Long-lived requests and idle limits
+//
+// Watches, logs -f, exec and port-forward are streamed (FlushInterval -1) and upgrades are
+// passed through by httputil.ReverseProxy. Nothing in this package times a request out: there is
+// no write timeout, rest.Config.Timeout is not applied (the transport is used directly, not a
+// rest.Client), and no idle timer runs on a stream. What does end long-lived requests:
+//
+//   - the API server: a watch ends after its --min-request-timeout (default 1800s, randomised
+//     up to twice that) or the request's timeoutSeconds; clients such as kubectl and informers
+//     re-establish it. The kubelet closes an exec/attach/port-forward stream that has been idle
+//     for --streaming-connection-idle-timeout (default 4h).
+//   - the tunnel: the QUIC connection between agentd and kasd sends keep-alive PINGs
+//     (quic.Config.KeepAlivePeriod, default 2s) and is declared dead after MaxIdleTimeout
+//     (default 6s) without any packet; an idle but healthy stream is therefore never cut.
+//     When agentd or kasd drains a connection, in-flight requests, watches included, get
+//     agentd's DrainTimeout (default 30s) to finish before the connection is closed.
+//   - the client: a Qkas-Timeout header sets a deadline for the whole request, enforced by kasd
+//     and by agentd (the request's context ends at the deadline, also for upgrades).
+//   - kasd waits ResponseHeaderTimeout (default 60s) for the response header only; the API
+//     server sends headers of a watch or a log stream at once.
+//
+// # Metrics
+//
+//   - agentd_kubernetes_requests_total{verb,code}: requests by Kubernetes verb (get, list, watch,
+//     create, update, patch, delete, deletecollection; lower-case method for non-resource paths;
+//     "other" for methods outside HTTP's usual set) and HTTP status (101 for upgrades).
+//   - agentd_kubernetes_policy_denied_total{reason}: requests refused by the Policy; reason is
+//     "path", "verb" or "path_not_canonical".
+package kubernetes

@@ -1,0 +1,293 @@
+package kubernetes
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/httpstream"
+)
+
+// Metadata keys of api.Request that this service reads (set by kasd from the client JWT).
+const (
+	MetaImpersonateUser  = "impersonate-user"
+	MetaImpersonateGroup = "impersonate-group"
+)
+
+// Config configures a Service.
+type Config struct {
+	// REST says how to reach and authenticate to the API server (LoadRESTConfig). Required.
+	// It must not impersonate by itself: impersonation comes from the client JWT only.
+	REST *rest.Config
+	// Policy limits the requests passed on. Default nil: everything the agent's identity may do.
+	Policy *Policy
+	// Registerer receives the service's metrics. Default: a private registry.
+	Registerer prometheus.Registerer
+	// Log receives debug logs of proxy errors. Default: zerolog.Nop().
+	Log *zerolog.Logger
+}
+
+// LoadRESTConfig returns the in-cluster configuration (the pod's ServiceAccount token, CA and
+// the KUBERNETES_SERVICE_HOST/PORT address) when kubeconfig is "", else the current context of
+// the kubeconfig file.
+func LoadRESTConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		return rest.InClusterConfig()
+	}
+	return clientcmd.BuildConfigFromFlags("", kubeconfig)
+}
+
+// Service proxies requests to the Kubernetes API server. It implements agentd.ServiceHandler.
+type Service struct {
+	policy    *Policy
+	transport http.RoundTripper // rest.TransportFor: ordinary requests
+	upgrade   http.RoundTripper // HTTP/1.1 only: protocol upgrades
+	upgradeT  *http.Transport   // upgrade's base, for Close; nil if REST.Transport was given
+	proxy     *httputil.ReverseProxy
+	m         *metrics
+	log       zerolog.Logger
+}
+
+// New builds a Service from cfg.
+func New(cfg Config) (*Service, error) {
+	if cfg.REST == nil {
+		return nil, errors.New("kubernetes: a REST config is required")
+	}
+	if imp := cfg.REST.Impersonate; imp.UserName != "" || imp.UID != "" || len(imp.Groups) > 0 || len(imp.Extra) > 0 {
+		return nil, errors.New("kubernetes: the REST config must not impersonate; impersonation comes from the client's token")
+	}
+	if cfg.Policy != nil {
+		if err := cfg.Policy.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	s := &Service{policy: cfg.Policy, log: zerolog.Nop()}
+	if cfg.Log != nil {
+		s.log = *cfg.Log
+	}
+	base, _, err := rest.DefaultServerUrlFor(cfg.REST)
+	if err != nil {
+		return nil, err
+	}
+	if s.transport, err = rest.TransportFor(cfg.REST); err != nil {
+		return nil, err
+	}
+	if s.upgrade, s.upgradeT, err = upgradeTransport(cfg.REST); err != nil {
+		return nil, err
+	}
+	if s.upgrade == nil {
+		s.upgrade = s.transport
+	}
+	if s.m, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, err
+	}
+	s.proxy = &httputil.ReverseProxy{
+		Rewrite:       func(pr *httputil.ProxyRequest) { rewrite(pr, base) },
+		Transport:     roundTripperFunc(s.roundTrip),
+		FlushInterval: -1, // watches and logs -f: every chunk as it comes
+		ErrorLog:      log.New(logWriter{s.log}, "", 0),
+		ErrorHandler:  s.proxyError,
+	}
+	return s, nil
+}
+
+// upgradeTransport builds the HTTP/1.1 transport for upgrade requests, with the TLS
+// configuration (CA, client certificate) and the authentication wrappers of cfg. It returns a
+// nil RoundTripper when cfg supplies its own Transport: that one is used for everything.
+func upgradeTransport(cfg *rest.Config) (http.RoundTripper, *http.Transport, error) {
+	if cfg.Transport != nil {
+		return nil, nil, nil
+	}
+	tlsConf, err := rest.TLSConfigFor(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if tlsConf != nil {
+		tlsConf = tlsConf.Clone()
+		tlsConf.NextProtos = []string{"http/1.1"} // an upgrade needs HTTP/1.1
+	}
+	proxy := http.ProxyFromEnvironment // what client-go's transport does by default
+	if cfg.Proxy != nil {
+		proxy = cfg.Proxy
+	}
+	dial := (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	if cfg.Dial != nil {
+		dial = cfg.Dial
+	}
+	t := &http.Transport{
+		Proxy:               proxy,
+		DialContext:         dial,
+		TLSClientConfig:     tlsConf,
+		TLSHandshakeTimeout: 10 * time.Second,
+		ForceAttemptHTTP2:   false,
+		MaxIdleConnsPerHost: 2, // only refused upgrades leave a connection to reuse
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+	rt, err := rest.HTTPWrappersForConfig(cfg, t)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rt, t, nil
+}
+
+// rewrite points the request at the API server (scheme, host and path prefix of base) and
+// leaves only the agent's authentication and the JWT's impersonation on it.
+func rewrite(pr *httputil.ProxyRequest, base *url.URL) {
+	pr.SetURL(base)
+	// kasd set X-Forwarded-For from the real client; the API server records it in audit logs.
+	if v := pr.In.Header.Values("X-Forwarded-For"); len(v) > 0 {
+		pr.Out.Header["X-Forwarded-For"] = v
+	}
+	// agentd already removed these; removing again keeps the invariant local to this file. The
+	// bearer-token round tripper does not replace an Authorization header that is present.
+	h := pr.Out.Header
+	h.Del("Authorization")
+	for k := range h {
+		if strings.HasPrefix(k, "Impersonate-") || k == "X-Remote-User" || k == "X-Remote-Group" || strings.HasPrefix(k, "X-Remote-Extra-") {
+			delete(h, k)
+		}
+	}
+	req, _ := pr.In.Context().Value(requestKey{}).(*api.Request)
+	if req == nil {
+		return
+	}
+	if user, ok := req.MetaValue(MetaImpersonateUser); ok && user != "" {
+		h.Set("Impersonate-User", user)
+		for _, g := range req.MetaValues(MetaImpersonateGroup) {
+			h.Add("Impersonate-Group", g)
+		}
+	}
+}
+
+type requestKey struct{}
+
+// ServeService proxies one request. req is the stream's accepted Request frame.
+func (s *Service) ServeService(w http.ResponseWriter, r *http.Request, req *api.Request) {
+	verb := requestVerb(r.Method, r.URL.Path, r.URL.Query())
+	if d := s.policy.decide(r.URL.Path, verb); d != allowed {
+		s.m.denied.WithLabelValues(string(d)).Inc()
+		s.m.requests.WithLabelValues(verb, strconv.Itoa(api.CodeForbidden.HTTPStatus())).Inc()
+		api.WriteHTTPError(w, api.Errorf(api.CodeForbidden, "the agent's kubernetes policy does not allow %s %s (%s)", verb, r.URL.Path, denialReason(d)))
+		return
+	}
+	if req == nil {
+		req = &api.Request{}
+	}
+	r = r.WithContext(context.WithValue(r.Context(), requestKey{}, req))
+	rec := &statusRecorder{ResponseWriter: w}
+	s.proxy.ServeHTTP(rec, r)
+	s.m.requests.WithLabelValues(verb, strconv.Itoa(rec.status())).Inc()
+}
+
+func denialReason(d denial) string {
+	switch d {
+	case deniedVerb:
+		return "verb not allowed for this path"
+	case deniedPathNotCanonic:
+		return "path has empty, . or .. segments"
+	default:
+		return "path not allowed"
+	}
+}
+
+// Close closes idle connections to the API server. Requests in flight are not affected.
+func (s *Service) Close() {
+	if s.upgradeT != nil {
+		s.upgradeT.CloseIdleConnections()
+	}
+	if c, ok := s.transport.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+func (s *Service) roundTrip(r *http.Request) (*http.Response, error) {
+	if httpstream.IsUpgrade(r) {
+		return s.upgrade.RoundTrip(r)
+	}
+	return s.transport.RoundTrip(r)
+}
+
+func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	var e *api.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(r.Context().Err(), context.DeadlineExceeded):
+		e = api.Errorf(api.CodeDeadlineExceeded, "the Kubernetes API server did not answer before the deadline")
+	case errors.Is(err, context.Canceled):
+		e = api.Errorf(api.CodeAgentFailed, "request canceled")
+	default:
+		e = &api.Error{Code: api.CodeServiceUnavailable, Message: "kubernetes API server: " + err.Error(), Err: err}
+	}
+	s.log.Debug().Err(err).Str("path", r.URL.Path).Msg("kubernetes proxy error")
+	api.WriteHTTPError(w, e)
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// statusRecorder remembers the response status. Unwrap keeps Flush and Hijack reachable through
+// http.ResponseController, which ReverseProxy uses for streaming and upgrades.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.code == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
+		r.code = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Hijack records an upgrade: ReverseProxy hijacks the connection and writes the 101 response
+// on it directly, never through WriteHeader.
+func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err == nil && r.code == 0 {
+		r.code = http.StatusSwitchingProtocols
+	}
+	return conn, brw, err
+}
+
+func (r *statusRecorder) status() int {
+	if r.code == 0 {
+		return http.StatusOK
+	}
+	return r.code
+}
+
+// logWriter sends ReverseProxy's log lines (such as copy errors of upgraded connections) to
+// zerolog at debug level.
+type logWriter struct{ log zerolog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.log.Debug().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

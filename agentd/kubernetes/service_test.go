@@ -1,0 +1,347 @@
+package kubernetes_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+	"k8s.io/client-go/rest"
+
+	"github.com/qkas/qkas/agentd/kubernetes"
+	"github.com/qkas/qkas/agentd/kubernetes/kubetest"
+	"github.com/qkas/qkas/api"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// klog (imported by client-go) starts its flush daemon in init.
+		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
+		// Idle HTTP/2 and HTTP/1 client connections unwind after CloseIdleConnections.
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
+
+const saToken = "sa-token-of-the-agent"
+
+// front serves the Service as agentd would, with req as every stream's Request frame.
+type front struct {
+	*httptest.Server
+	svc *kubernetes.Service
+	reg *prometheus.Registry
+}
+
+func newFront(t *testing.T, rc *rest.Config, policy *kubernetes.Policy, req *api.Request) *front {
+	t.Helper()
+	f := &front{reg: prometheus.NewRegistry()}
+	var err error
+	f.svc, err = kubernetes.New(kubernetes.Config{REST: rc, Policy: policy, Registerer: f.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.svc.ServeService(w, r, req)
+	}))
+	t.Cleanup(func() { f.Server.Close(); f.svc.Close() })
+	return f
+}
+
+func newStandin(t *testing.T) *kubetest.Server {
+	st := kubetest.NewServer(saToken)
+	t.Cleanup(st.Close)
+	return st
+}
+
+func do(t *testing.T, method, url string, hdr ...string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Add(hdr[i], hdr[i+1])
+	}
+	// No Client.Timeout: it would hide a 101 response's ReadWriter body behind a wrapper.
+	c := &http.Client{}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close(); c.CloseIdleConnections() })
+	return resp
+}
+
+// callerHeaders are what a hostile caller might send; none may reach the API server.
+var callerHeaders = []string{
+	"Authorization", "Bearer the-callers-jwt",
+	"Impersonate-User", "system:admin",
+	"Impersonate-Group", "system:masters",
+	"Impersonate-Uid", "0",
+	"Impersonate-Extra-Scopes", "all",
+	"X-Remote-User", "system:admin",
+}
+
+func TestCredentialsAndImpersonation(t *testing.T) {
+	st := newStandin(t)
+	for _, tc := range []struct {
+		name       string
+		meta       []api.KV
+		wantUser   string
+		wantGroups []string
+	}{
+		{name: "no claim"},
+		{name: "user", meta: []api.KV{{Key: "impersonate-user", Value: "alice"}}, wantUser: "alice"},
+		{name: "user and groups", meta: []api.KV{{Key: "impersonate-user", Value: "alice"}, {Key: "impersonate-group", Value: "dev"}, {Key: "impersonate-group", Value: "ops"}},
+			wantUser: "alice", wantGroups: []string{"dev", "ops"}},
+		{name: "groups without user", meta: []api.KV{{Key: "impersonate-group", Value: "dev"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFront(t, st.RESTConfig(), nil, &api.Request{Service: "kubernetes", Meta: tc.meta})
+			resp := do(t, "GET", f.URL+"/api/v1/namespaces/default/pods", callerHeaders...)
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			seen, _ := st.Last("/api/v1/namespaces/default/pods")
+			if seen.Authorization != "Bearer "+saToken {
+				t.Errorf("API server saw Authorization %q, want the ServiceAccount token", seen.Authorization)
+			}
+			if seen.ImpersonateUser != tc.wantUser || !slices.Equal(seen.ImpersonateGroups, tc.wantGroups) || len(seen.ImpersonateOther) > 0 {
+				t.Errorf("API server saw impersonation user=%q groups=%q other=%q, want user=%q groups=%q",
+					seen.ImpersonateUser, seen.ImpersonateGroups, seen.ImpersonateOther, tc.wantUser, tc.wantGroups)
+			}
+			// rest.TransportFor speaks HTTP/2 to an API server that offers it.
+			if seen.Proto != "HTTP/2.0" {
+				t.Errorf("proto %s, want HTTP/2.0 from rest.TransportFor", seen.Proto)
+			}
+			// Counted when ServeService returns, which may be just after the client has the body.
+			waitFor(t, func() bool {
+				return value(t, f.reg, "agentd_kubernetes_requests_total", map[string]string{"verb": "list", "code": "200"}) == 1
+			}, "requests_total{list,200} == 1")
+		})
+	}
+}
+
+func TestWrongCAFails(t *testing.T) {
+	st := newStandin(t)
+	rc := st.RESTConfig()
+	rc.CAData = kubetest.WrongCA()
+	f := newFront(t, rc, nil, &api.Request{})
+	resp := do(t, "GET", f.URL+"/api/v1/namespaces/default/pods")
+	e := api.ReadHTTPError(resp)
+	if resp.StatusCode != http.StatusBadGateway || api.CodeOf(e) != api.CodeServiceUnavailable {
+		t.Fatalf("status %d, error %v; want 502 service_unavailable", resp.StatusCode, e)
+	}
+	if !strings.Contains(e.Error(), "certificate") {
+		t.Errorf("error %q does not mention the certificate", e)
+	}
+	if n := len(st.Requests()); n != 0 {
+		t.Errorf("API server served %d requests over an unverified connection", n)
+	}
+}
+
+func TestUpgradeUsesHTTP1(t *testing.T) {
+	st := newStandin(t)
+	f := newFront(t, st.RESTConfig(), nil, &api.Request{Meta: []api.KV{{Key: "impersonate-user", Value: "alice"}}})
+	hdr := append([]string{"Connection", "Upgrade", "Upgrade", "SPDY/3.1", "X-Stream-Protocol-Version", "v4.channel.k8s.io"}, callerHeaders...)
+	resp := do(t, "POST", f.URL+"/api/v1/namespaces/default/pods/p1/exec?command=cat&stdin=true&stdout=true", hdr...)
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	if got := resp.Header.Get("X-Stream-Protocol-Version"); got != "v4.channel.k8s.io" {
+		t.Errorf("negotiated protocol %q", got)
+	}
+	rw, ok := resp.Body.(io.ReadWriter)
+	if !ok {
+		t.Fatalf("101 body is a %T, not a ReadWriter", resp.Body)
+	}
+	for _, msg := range []string{"hello", "second message"} {
+		if _, err := rw.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(rw, got); err != nil || string(got) != msg {
+			t.Fatalf("echo %q, %v; want %q", got, err, msg)
+		}
+	}
+	seen, _ := st.Last("/api/v1/namespaces/default/pods/p1/exec")
+	if seen.Proto != "HTTP/1.1" || seen.Upgrade != "SPDY/3.1" || seen.Authorization != "Bearer "+saToken ||
+		seen.ImpersonateUser != "alice" || len(seen.ImpersonateGroups)+len(seen.ImpersonateOther) != 0 {
+		t.Errorf("API server saw %+v", seen)
+	}
+	resp.Body.Close()
+	waitFor(t, func() bool {
+		return value(t, f.reg, "agentd_kubernetes_requests_total", map[string]string{"verb": "create", "code": "101"}) == 1
+	}, "requests_total{create,101} == 1")
+}
+
+func TestWatchStreams(t *testing.T) {
+	st := newStandin(t)
+	f := newFront(t, st.RESTConfig(), nil, &api.Request{})
+	resp := do(t, "GET", f.URL+"/api/v1/namespaces/default/pods?watch=true")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	br := bufio.NewReader(resp.Body)
+	readEvent := func() string {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ev struct{ Type string }
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatal(err)
+		}
+		return ev.Type
+	}
+	// The first event arrives while the API server still holds the watch open.
+	if got := readEvent(); got != "ADDED" {
+		t.Fatalf("first event %s", got)
+	}
+	st.NextEvent <- struct{}{}
+	if got := readEvent(); got != "MODIFIED" {
+		t.Fatalf("second event %s", got)
+	}
+	if _, err := br.ReadString('\n'); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the watch ended: %v", err)
+	}
+}
+
+func TestPolicy(t *testing.T) {
+	st := newStandin(t)
+	policy := &kubernetes.Policy{Rules: []kubernetes.Rule{
+		{Paths: []string{"/api", "/apis"}, Verbs: []string{"get", "list", "watch"}},
+		{Paths: []string{"/api/v1/namespaces/team-a"}},
+	}}
+	f := newFront(t, st.RESTConfig(), policy, &api.Request{})
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		reason       string // denial reason label
+	}{
+		{"GET", "/api/v1/namespaces/default/pods", 200, ""},
+		{"DELETE", "/api/v1/namespaces/default/pods/p1", 403, "verb"},
+		{"POST", "/api/v1/namespaces/default/pods/p1/exec", 403, "verb"},
+		{"GET", "/api/v1/namespaces/default/pods/p1/exec", 403, "verb"}, // WebSocket exec is "create" too
+		{"POST", "/api/v1/namespaces/team-a/pods/p1/exec", 400, ""},     // allowed; not an upgrade, so the stand-in refuses
+		{"GET", "/version", 403, "path"},
+		{"GET", "/api/v1/namespaces/team-a/../kube-system/secrets", 403, "path_not_canonical"},
+	} {
+		before := st.Requests()
+		resp := do(t, tc.method, f.URL+tc.path)
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s %s: status %d, want %d: %s", tc.method, tc.path, resp.StatusCode, tc.status, body)
+			continue
+		}
+		if tc.reason == "" {
+			continue
+		}
+		if resp.Header.Get(api.HeaderError) != "forbidden" || !strings.Contains(string(body), "policy") {
+			t.Errorf("%s %s: denial %q %s", tc.method, tc.path, resp.Header.Get(api.HeaderError), body)
+		}
+		if len(st.Requests()) != len(before) {
+			t.Errorf("%s %s: a denied request reached the API server", tc.method, tc.path)
+		}
+	}
+	for reason, want := range map[string]float64{"verb": 3, "path": 1, "path_not_canonical": 1} {
+		if got := value(t, f.reg, "agentd_kubernetes_policy_denied_total", map[string]string{"reason": reason}); got != want {
+			t.Errorf("policy_denied_total{%s} = %v, want %v", reason, got, want)
+		}
+	}
+}
+
+func TestNewRefusesImpersonatingConfig(t *testing.T) {
+	rc := &rest.Config{Host: "https://127.0.0.1:1", Impersonate: rest.ImpersonationConfig{UserName: "admin"}}
+	if _, err := kubernetes.New(kubernetes.Config{REST: rc}); err == nil {
+		t.Fatal("New accepted a REST config that impersonates by itself")
+	}
+	if _, err := kubernetes.New(kubernetes.Config{}); err == nil {
+		t.Fatal("New accepted a nil REST config")
+	}
+}
+
+func TestLoadRESTConfigKubeconfig(t *testing.T) {
+	st := newStandin(t)
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, st.CAData(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kc := filepath.Join(dir, "kubeconfig")
+	err := os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "`+st.URL+`", certificate-authority: "`+caFile+`"}
+users:
+- name: u
+  user: {token: "`+saToken+`"}
+contexts:
+- name: x
+  context: {cluster: c, user: u}
+current-context: x
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := kubernetes.LoadRESTConfig(kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFront(t, rc, nil, &api.Request{})
+	if resp := do(t, "GET", f.URL+"/api"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		if _, err := kubernetes.LoadRESTConfig(""); !errors.Is(err, rest.ErrNotInCluster) {
+			t.Errorf("in-cluster config outside a cluster: %v", err)
+		}
+	}
+}
+
+// value returns the counter name with exactly labels, or 0.
+func value(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if labels[lp.GetName()] != lp.GetValue() {
+					continue metric
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,497 @@
+package kasd_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qkas/qkas/agentd"
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/gitlab"
+	"github.com/qkas/qkas/gitlab/gitlabtest"
+	"github.com/qkas/qkas/kasd"
+	"github.com/qkas/qkas/quic"
+)
+
+// glSecret is the secret shared by kasd and the stand-in GitLab (GitLab's .gitlab_kas_secret).
+var glSecret = []byte("gitlab-kas-shared-secret-32bytes")
+
+// glEnv is an env whose kasd authenticates agents through a stand-in GitLab and serves the
+// modules endpoint with the gitlab client.
+type glEnv struct {
+	*env
+	gl    *gitlabtest.Server
+	glReg *prometheus.Registry
+}
+
+func newGitLabEnv(t *testing.T) *glEnv {
+	t.Helper()
+	// Cleanups run last-in first-out: agents, then kasd, then the client, then GitLab.
+	gl := gitlabtest.New(t, glSecret)
+	reg := prometheus.NewRegistry()
+	client, err := gitlab.New(gitlab.Config{URL: gl.URL, AuthSecret: glSecret, Version: "test"}, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	e := newEnv(t, func(c *kasd.Config) {
+		c.AgentAuth = kasd.GitLabAuth{Client: client}
+		c.Modules = client.ModuleHandler()
+	})
+	return &glEnv{env: e, gl: gl, glReg: reg}
+}
+
+// glAgent is an agent started with a GitLab agent token, its metrics, and its GitLab handler
+// served the way --gitlab-proxy-listen serves it.
+type glAgent struct {
+	*agentd.Agent
+	reg   *prometheus.Registry
+	proxy *httptest.Server
+}
+
+// startGitLabAgent starts an agent whose token is tok. backoff zero: the env's quick backoff.
+func (e *glEnv) startGitLabAgent(tok, replica string, backoff quic.Backoff) *glAgent {
+	e.t.Helper()
+	reg := prometheus.NewRegistry()
+	a := e.startAgent(tok, replica, map[string]string{"web": echoService(e.t, replica).URL}, func(c *agentd.Config) {
+		c.Registerer = reg
+		if backoff.Initial != 0 {
+			c.Backoff = backoff
+		}
+	})
+	proxy := httptest.NewServer(a.GitLabHandler())
+	e.t.Cleanup(proxy.Close)
+	return &glAgent{Agent: a, reg: reg, proxy: proxy}
+}
+
+// waitCounter waits until a counter reaches at least n.
+func waitCounter(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string, n float64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for counter(t, g, name, labels) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s%v = %v, want >= %v", name, labels, counter(t, g, name, labels), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// moduleRequests returns what GitLab received on the modules endpoint.
+func (e *glEnv) moduleRequests() []gitlabtest.Recorded {
+	var out []gitlabtest.Recorded
+	for _, r := range e.gl.Requests() {
+		if strings.HasPrefix(r.Path, gitlab.ModulesPathPrefix) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+var noFollow = &http.Client{
+	Timeout:       60 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+func TestGitLabAgentAdmitted(t *testing.T) {
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-admitted", gitlab.AgentInfo{AgentID: 101, ProjectID: 5, AgentName: "prod"})
+	a := e.startGitLabAgent("tok-admitted", "pod-1", quic.Backoff{})
+	waitConnected(t, a.Agent, 1)
+
+	// The agent is routed by GitLab's agent id.
+	resp := e.do("GET", "/api/v1/agents/101/proxy/web/x", nil)
+	if body := readAll(t, resp); resp.StatusCode != http.StatusOK {
+		t.Fatalf("request to agent 101: %d %s", resp.StatusCode, body)
+	}
+	reqs := e.gl.Requests()
+	if len(reqs) != 1 || reqs[0].Path != gitlab.AgentInfoPath || reqs[0].AgentID != 101 || reqs[0].Rejected != "" {
+		t.Fatalf("GitLab received %+v, want one accepted agent_info for agent 101", reqs)
+	}
+	if got := reqs[0].Header.Get("Authorization"); got != "Bearer tok-admitted" {
+		t.Errorf("agent_info Authorization %q", got)
+	}
+	if n := counter(t, e.glReg, "kasd_gitlab_requests_total", map[string]string{"endpoint": "agent_info", "code": "200"}); n != 1 {
+		t.Errorf("kasd_gitlab_requests_total{agent_info,200} = %v", n)
+	}
+}
+
+// A token GitLab rejects is refused with a typed, permanent error: the agent backs off long
+// (Backoff attempt 6 and up) instead of hammering kasd and GitLab.
+func TestGitLabRevokedTokenRefused(t *testing.T) {
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-revoked", gitlab.AgentInfo{AgentID: 102})
+	e.gl.RevokeAgent("tok-revoked")
+	// Quick retries would be 50ms, 100ms, 200ms...; a permanent refusal waits 50ms*2^6 = 3.2s.
+	a := e.startGitLabAgent("tok-revoked", "pod-1", quic.Backoff{Initial: 50 * time.Millisecond, Max: 10 * time.Second, Jitter: -1})
+	refused := map[string]string{"result": "unauthenticated"}
+	waitCounter(t, a.reg, "agentd_connect_attempts_total", refused, 1)
+	time.Sleep(time.Second)
+	if n := counter(t, a.reg, "agentd_connect_attempts_total", refused); n != 1 {
+		t.Errorf("agent retried a revoked token %v times within 1s; want one attempt, then a long backoff", n)
+	}
+	if n := counter(t, a.reg, "agentd_connect_attempts_total", nil); n != 1 {
+		t.Errorf("connect attempts = %v, want 1", n)
+	}
+	if a.Connected() != 0 {
+		t.Error("agent with a revoked token is connected")
+	}
+	if n := counter(t, e.reg, "kasd_agent_connections_total", refused); n != 1 {
+		t.Errorf("kasd_agent_connections_total{unauthenticated} = %v", n)
+	}
+
+	// The agent cannot reach GitLab either: its module requests fail as not connected.
+	rt := &agentd.GitLabRoundTripper{Agent: a.Agent, ConnectWait: 200 * time.Millisecond}
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://kasd/modules/foo/x", nil)
+	start := time.Now()
+	_, err := rt.RoundTrip(req)
+	if api.CodeOf(err) != api.CodeAgentNotConnected || time.Since(start) < 200*time.Millisecond {
+		t.Errorf("module request of a disconnected agent: %v after %s", err, time.Since(start))
+	}
+	if len(e.moduleRequests()) != 0 {
+		t.Error("a module request reached GitLab")
+	}
+}
+
+// GitLab down: a new token is refused with the retryable auth_unavailable (the agent retries
+// quickly), a token GitLab admitted before is still admitted from the cache, and the new agent
+// gets in once GitLab is back.
+func TestGitLabDown(t *testing.T) {
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-cached", gitlab.AgentInfo{AgentID: 201})
+	e.gl.AddAgent("tok-new", gitlab.AgentInfo{AgentID: 202})
+	cached := e.startGitLabAgent("tok-cached", "pod-1", quic.Backoff{})
+	waitConnected(t, cached.Agent, 1)
+
+	e.gl.SetDown(true)
+	fresh := e.startGitLabAgent("tok-new", "pod-2", quic.Backoff{Initial: 50 * time.Millisecond, Max: 10 * time.Second, Jitter: -1})
+	unavailable := map[string]string{"result": "auth_unavailable"}
+	// Three attempts within 50ms+100ms+(handshakes): a retryable error is retried quickly,
+	// unlike the revoked token above, which gets a second attempt only after 3.2s.
+	waitCounter(t, fresh.reg, "agentd_connect_attempts_total", unavailable, 3)
+	if n := counter(t, fresh.reg, "agentd_connect_attempts_total", map[string]string{"result": "unauthenticated"}); n != 0 {
+		t.Errorf("GitLab down was reported to the agent as a bad token (%v times)", n)
+	}
+	if fresh.Connected() != 0 {
+		t.Fatal("agent admitted while GitLab is down and its token was never checked")
+	}
+
+	// A new connection with the cached token (a second replica) is admitted.
+	replica := e.startGitLabAgent("tok-cached", "pod-3", quic.Backoff{})
+	waitConnected(t, replica.Agent, 1)
+	if n := counter(t, e.glReg, "kasd_gitlab_agent_info_cache_total", map[string]string{"result": "hit"}); n < 1 {
+		t.Errorf("cache hits = %v", n)
+	}
+
+	e.gl.SetDown(false)
+	waitConnected(t, fresh.Agent, 1)
+}
+
+// blob is deterministic content of any length, generated on the fly.
+type blob struct{ off, n int64 }
+
+func (b *blob) Read(p []byte) (int, error) {
+	if b.off >= b.n {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), b.n-b.off)]
+	for i := range p {
+		x := b.off + int64(i)
+		p[i] = byte(x*7 + x>>11 + x>>23)
+	}
+	b.off += int64(len(p))
+	return len(p), nil
+}
+
+func blobSHA(n int64) string {
+	h := sha256.New()
+	io.Copy(h, &blob{n: n})
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// gatedReader yields first, then waits for gate before yielding rest: if anything on the way
+// buffered the whole body before sending it on, the gate would never open.
+type gatedReader struct {
+	first, rest io.Reader
+	gate        <-chan struct{}
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	if g.first != nil {
+		n, err := g.first.Read(p)
+		if err == io.EOF {
+			g.first = nil
+			err = nil
+		}
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+	if g.gate != nil {
+		select {
+		case <-g.gate:
+			g.gate = nil
+		case <-time.After(20 * time.Second):
+			return 0, errors.New("the start of the body did not reach GitLab: buffered somewhere")
+		}
+	}
+	return g.rest.Read(p)
+}
+
+func TestGitLabModuleGetAndPost(t *testing.T) {
+	const size = 32 << 20
+	const head = 1 << 20
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-m", gitlab.AgentInfo{AgentID: 301})
+	a := e.startGitLabAgent("tok-m", "pod-1", quic.Backoff{})
+	waitConnected(t, a.Agent, 1)
+
+	headArrived := make(chan struct{}) // POST: GitLab has read the first MiB
+	headRead := make(chan struct{})    // GET: the caller has read the first chunk
+	e.gl.SetModuleHandler("blob", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet:
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Write([]byte("first\n"))
+			http.NewResponseController(w).Flush()
+			select {
+			case <-headRead:
+			case <-time.After(20 * time.Second):
+				return // the caller fails on the short body
+			}
+			io.Copy(w, &blob{n: size})
+		case http.MethodPost:
+			h := sha256.New()
+			n, _ := io.CopyN(h, r.Body, head)
+			if n == head {
+				close(headArrived)
+			}
+			m, _ := io.Copy(h, r.Body)
+			json.NewEncoder(w).Encode(map[string]any{"length": n + m, "sha256": hex.EncodeToString(h.Sum(nil))})
+		}
+	}))
+
+	t.Run("echo", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", a.proxy.URL+"/modules/echo/a/b%20c?x=1&y=%2F", nil)
+		req.Header.Set("Authorization", "Bearer caller-credential")
+		req.Header.Set("Cookie", "session=caller")
+		req.Header.Set("Connection", "X-Hop")
+		req.Header.Set("X-Hop", "1")
+		req.Header.Set("X-Kept", "yes")
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var echo gitlabtest.Echo
+		json.Unmarshal([]byte(readAll(t, resp)), &echo)
+		if resp.StatusCode != http.StatusOK || echo.Method != "GET" || echo.AgentID != 301 ||
+			echo.Path != gitlab.ModulesPathPrefix+"echo/a/b%20c" || echo.Query != "x=1&y=%2F" {
+			t.Errorf("%d %+v", resp.StatusCode, echo)
+		}
+		rec := e.moduleRequests()[0]
+		if rec.Header.Get("Authorization") != "Bearer tok-m" || rec.Header.Get("Cookie") != "" ||
+			rec.Header.Get("X-Hop") != "" || rec.Header.Get("X-Kept") != "yes" || rec.Rejected != "" {
+			t.Errorf("GitLab got headers %v (rejected %q)", rec.Header, rec.Rejected)
+		}
+	})
+
+	t.Run("GET", func(t *testing.T) {
+		resp, err := noFollow.Get(a.proxy.URL + "/modules/blob/download")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		first := make([]byte, len("first\n"))
+		if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "first\n" {
+			t.Fatalf("first chunk %q: %v", first, err)
+		}
+		close(headRead) // only now does GitLab send the rest: the response streams
+		h := sha256.New()
+		n, err := io.Copy(h, resp.Body)
+		if err != nil || n != size || hex.EncodeToString(h.Sum(nil)) != blobSHA(size) {
+			t.Errorf("downloaded %d bytes (%v), want %d with the right content", n, err, size)
+		}
+	})
+
+	t.Run("POST", func(t *testing.T) {
+		body := &gatedReader{first: &blob{n: head}, rest: &blob{off: head, n: size}, gate: headArrived}
+		resp, err := noFollow.Post(a.proxy.URL+"/modules/blob/upload?part=1", "application/octet-stream", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			Length int64
+			SHA256 string
+		}
+		if err := json.Unmarshal([]byte(readAll(t, resp)), &got); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%d: %v", resp.StatusCode, err)
+		}
+		if got.Length != size || got.SHA256 != blobSHA(size) {
+			t.Errorf("GitLab received %d bytes (sha256 %s), want %d", got.Length, got.SHA256, size)
+		}
+	})
+
+	if n := counter(t, a.reg, "agentd_gitlab_requests_total", map[string]string{"module": "blob", "code": "200"}); n != 2 {
+		t.Errorf("agentd_gitlab_requests_total{blob,200} = %v", n)
+	}
+	if n := counter(t, e.glReg, "kasd_gitlab_module_requests_total", map[string]string{"module": "blob", "code": "200"}); n != 2 {
+		t.Errorf("kasd_gitlab_module_requests_total{blob,200} = %v", n)
+	}
+}
+
+func TestGitLabModuleTraversalRejected(t *testing.T) {
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-t", gitlab.AgentInfo{AgentID: 401})
+	a := e.startGitLabAgent("tok-t", "pod-1", quic.Backoff{})
+	waitConnected(t, a.Agent, 1)
+	paths := []string{
+		// Refused by kasd (valid module, the agent sends them on).
+		"/modules/foo/../agent_info",
+		"/modules/foo/../../agent_info",
+		"/modules/foo/a/../../../agent_info",
+		"/modules/foo/./x",
+		"/modules/foo/%2e%2e/agent_info",
+		"/modules/foo/%2E%2e/%2e%2E/agent_info",
+		"/modules/foo/%252e%252e/agent_info",
+		"/modules/foo/a%2Fb",
+		"/modules/foo/..%2F..%2Fagent_info",
+		"/modules/foo/a%5Cb",
+		"/modules/foo//agent_info",
+		"/modules/foo/http:%2F%2Fevil.example%2Fx",
+		"/modules/foo/https:/evil.example/x",
+		"/modules/foo/x%00y",
+		// Refused by the agent (no module).
+		"/modules/../agent_info",
+		"/modules/%2e%2e/agent_info",
+		"/modules/FOO/x",
+		"/modules/foo",
+		"/modules//x",
+		"/agent_info",
+	}
+	for _, p := range paths {
+		req, err := http.NewRequest("GET", a.proxy.URL+p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if req.URL.EscapedPath() != p {
+			t.Fatalf("the test client would send %q, not %q", req.URL.EscapedPath(), p)
+		}
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(t, resp)
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(api.HeaderError) != "bad_request" {
+			t.Errorf("%s: %d %s, want 400 bad_request", p, resp.StatusCode, body)
+		}
+	}
+	for _, r := range e.gl.Requests() {
+		if r.Path != gitlab.AgentInfoPath {
+			t.Errorf("GitLab received %s", r.EscapedPath)
+		}
+	}
+	if n := counter(t, a.reg, "agentd_gitlab_requests_total", map[string]string{"code": "400"}); n != float64(len(paths)) {
+		t.Errorf("agentd_gitlab_requests_total{code=400} = %v, want %d", n, len(paths))
+	}
+}
+
+// Two agents with different tokens make concurrent module requests; GitLab must see each
+// request with the token of the connection it came on, never the other agent's.
+func TestGitLabModuleTokenIsolation(t *testing.T) {
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-a", gitlab.AgentInfo{AgentID: 501})
+	e.gl.AddAgent("tok-b", gitlab.AgentInfo{AgentID: 502})
+	agents := map[int64]*glAgent{
+		501: e.startGitLabAgent("tok-a", "pod-a", quic.Backoff{}),
+		502: e.startGitLabAgent("tok-b", "pod-b", quic.Backoff{}),
+	}
+	for _, a := range agents {
+		waitConnected(t, a.Agent, 1)
+	}
+	// Every request waits inside GitLab until requests of both agents are there, so the two
+	// agents' requests are in kasd at the same time.
+	var once [2]sync.Once
+	arrived := [2]chan struct{}{make(chan struct{}), make(chan struct{})}
+	e.gl.SetModuleHandler("who", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := gitlabtest.AgentIDFrom(r)
+		if id == 501 || id == 502 {
+			once[id-501].Do(func() { close(arrived[id-501]) })
+		}
+		for _, ch := range arrived {
+			select {
+			case <-ch:
+			case <-time.After(10 * time.Second):
+			}
+		}
+		json.NewEncoder(w).Encode(gitlabtest.Echo{AgentID: id, Query: r.URL.RawQuery})
+	}))
+
+	const perAgent = 20
+	var wg sync.WaitGroup
+	for id, a := range agents {
+		for i := range perAgent {
+			wg.Go(func() {
+				resp, err := noFollow.Get(a.proxy.URL + "/modules/who/x?caller=" + a.proxy.URL + "&i=" + strconv.Itoa(i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer resp.Body.Close()
+				var echo gitlabtest.Echo
+				if err := json.NewDecoder(resp.Body).Decode(&echo); err != nil || resp.StatusCode != http.StatusOK {
+					t.Errorf("%d: %v", resp.StatusCode, err)
+					return
+				}
+				if echo.AgentID != id {
+					t.Errorf("request through agent %d reached GitLab as agent %d", id, echo.AgentID)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	reqs := e.moduleRequests()
+	if len(reqs) != 2*perAgent {
+		t.Fatalf("GitLab received %d module requests, want %d", len(reqs), 2*perAgent)
+	}
+	for _, r := range reqs {
+		want := map[int64]string{501: "Bearer tok-a", 502: "Bearer tok-b"}[r.AgentID]
+		if want == "" || r.Header.Get("Authorization") != want || !strings.Contains(r.RawQuery, agents[r.AgentID].proxy.URL) {
+			t.Errorf("GitLab got agent %d with %q for %s", r.AgentID, r.Header.Get("Authorization"), r.RawQuery)
+		}
+	}
+}
+
+func TestGitLabModuleRedirectNotFollowed(t *testing.T) {
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-r", gitlab.AgentInfo{AgentID: 601})
+	a := e.startGitLabAgent("tok-r", "pod-1", quic.Backoff{})
+	waitConnected(t, a.Agent, 1)
+	e.gl.SetModuleHandler("redir", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, gitlab.AgentInfoPath+"?from=redirect", http.StatusFound)
+	}))
+	before := e.gl.AgentInfoCalls()
+	resp, err := noFollow.Get(a.proxy.URL + "/modules/redir/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != gitlab.AgentInfoPath+"?from=redirect" {
+		t.Errorf("%d Location %q, want GitLab's 302 as it is", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if n := e.gl.AgentInfoCalls(); n != before {
+		t.Errorf("the redirect was followed: agent_info called %d more times", n-before)
+	}
+	if n := len(e.moduleRequests()); n != 1 {
+		t.Errorf("GitLab received %d module requests, want 1", n)
+	}
+}
