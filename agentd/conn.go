@@ -1,6 +1,7 @@
 package agentd
 
 import (
+	"bufio"
 	"context"
 	"log"
 	"net"
@@ -178,6 +179,16 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 }
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Hijack records an upgrade: ReverseProxy writes the 101 on the hijacked connection itself,
+// without WriteHeader.
+func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err == nil && r.code == 0 {
+		r.code = http.StatusSwitchingProtocols
+	}
+	return c, rw, err
+}
 
 func (r *statusRecorder) status() int {
 	if r.code == 0 {

@@ -425,6 +425,14 @@ func TestWebSocketEcho(t *testing.T) {
 		}
 	}
 	c.Close(websocket.StatusNormalClosure, "")
+	// The upgrade is counted as what it was, 101, once the tunnel closes.
+	deadline := time.Now().Add(5 * time.Second)
+	for counter(t, e.reg, "kasd_requests_total", map[string]string{"route": "local", "code": "101"}) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("kasd_requests_total{code=101} not counted for the WebSocket upgrade")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func TestAgentReconnectsAfterKasdRestart(t *testing.T) {
