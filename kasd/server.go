@@ -251,6 +251,10 @@ func (s *Server) refuse(qc *quicgo.Conn, control *quicgo.Stream, e *api.Error, l
 	_ = qc.CloseWithError(quic.ConnCodeRefused, e.Code.String()+": "+e.Message)
 }
 
+// goAwayWait bounds how long Shutdown waits for agents to leave after GoAway when no request is
+// in flight.
+const goAwayWait = 2 * time.Second
+
 // Ready reports whether the server accepts agents and requests.
 func (s *Server) Ready() bool { return !s.draining.Load() }
 
@@ -266,8 +270,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer cancel()
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
+	// Wait for in-flight requests, and give agents a moment to act on GoAway and leave by
+	// themselves (closing at once would discard the GoAway still in the send buffer).
+	agentsLeave := time.Now().Add(goAwayWait)
+	pending := func() bool {
+		_, conns := s.table.counts()
+		return s.inflight.Load() > 0 || (conns > 0 && time.Now().Before(agentsLeave))
+	}
 	var err error
-	for s.inflight.Load() > 0 && err == nil {
+	for pending() && err == nil {
 		select {
 		case <-ctx.Done():
 			err = fmt.Errorf("kasd: %d requests still in flight at the end of the grace period", s.inflight.Load())

@@ -48,12 +48,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("agentd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names (services: {NAME: URL}); flags given on the command line win")
+	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names (services: {NAME: URL} or service: ...); flags given on the command line win")
 	fs.Var(&o.kasAddresses, "kas-address", "kasd agent address host:port (repeatable, comma-separated)")
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding this agent's token")
 	fs.StringVar(&o.caFile, "ca-file", "", "CA certificate(s) to verify kasd (default: system roots)")
 	fs.StringVar(&o.serverName, "server-name", "", "TLS server name to verify (default: the host of --kas-address)")
 	fs.Var(&o.services, "service", "NAME=URL of a service this agent exposes (repeatable)")
+	// Config files say "services: {NAME: URL}"; the flag is singular. Same list.
+	fs.Var(&o.services, "services", "alias of --service, for config files (services: {NAME: URL})")
 	fs.StringVar(&o.observabilityListen, "observability-listen", ":8154", "TCP address for /metrics, /healthz, /readyz; empty disables")
 	fs.StringVar(&o.replica, "replica", os.Getenv("POD_NAME"), "name of this agent replica (default: $POD_NAME, else the host name)")
 	fs.IntVar(&o.connections, "kas-connections", 1, "connections to keep to kasd")
