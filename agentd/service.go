@@ -70,8 +70,10 @@ func newURLService(name string, u *url.URL, cfg Config, m *metrics) *urlService 
 			}
 			stripCredentials(pr.Out.Header)
 		},
-		Transport:     s.transport,
-		FlushInterval: -1, // stream: Server-Sent Events, watches, chunked bodies
+		Transport: s.transport,
+		// 0: ReverseProxy flushes at once for Server-Sent Events and bodies of unknown length
+		// (chunked streams, watches); fixed-length bodies leave in one write.
+		FlushInterval: 0,
 		BufferPool:    copyBuffers,
 		ErrorLog:      nil,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {

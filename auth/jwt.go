@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -79,6 +80,9 @@ type Verifier struct {
 	Leeway time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// Cache, if set, remembers verified tokens (see VerifiedCache). Claims returned from the
+	// cache are shared: callers must not modify them.
+	Cache *VerifiedCache
 }
 
 func (v *Verifier) audience() string {
@@ -123,6 +127,19 @@ func unauthenticated(msg string, err error) *api.Error {
 // *api.Error with code api.CodeUnauthenticated, a short reason as Message and
 // the jwt error, if any, as Err; none of them contains the token.
 func (v *Verifier) Verify(token string) (*ClientClaims, error) {
+	if v.Cache != nil {
+		if c := v.Cache.get(token, v.now(), v.leeway()); c != nil {
+			return c, nil
+		}
+	}
+	claims, err := v.verify(token)
+	if err == nil && v.Cache != nil {
+		v.Cache.put(token, claims)
+	}
+	return claims, err
+}
+
+func (v *Verifier) verify(token string) (*ClientClaims, error) {
 	if len(v.Key) == 0 {
 		return nil, unauthenticated("verifier has no key", nil)
 	}
@@ -236,4 +253,52 @@ func BearerToken(r *http.Request) (string, error) {
 		return "", unauthenticated("malformed bearer token", nil)
 	}
 	return token, nil
+}
+
+// VerifiedCache remembers tokens that verified, so that a client sending the same JWT with every
+// request (GitLab does) costs a map lookup instead of a JSON decode and an HMAC. Only successful
+// verifications are kept; a hit still checks exp and nbf against the clock, so a cached token
+// expires exactly when it would have. It holds at most Size tokens (a bound on what clients
+// control); when full, an arbitrary entry is dropped. Use one cache per Verifier (per key).
+type VerifiedCache struct {
+	Size int // default 4096
+
+	mu      sync.Mutex // guards entries
+	entries map[string]*ClientClaims
+}
+
+func (c *VerifiedCache) get(token string, now time.Time, leeway time.Duration) *ClientClaims {
+	c.mu.Lock()
+	claims := c.entries[token]
+	c.mu.Unlock()
+	if claims == nil {
+		return nil
+	}
+	if !now.Before(claims.ExpiresAt.Time.Add(leeway)) ||
+		(claims.NotBefore != nil && now.Add(leeway).Before(claims.NotBefore.Time)) {
+		c.mu.Lock()
+		delete(c.entries, token)
+		c.mu.Unlock()
+		return nil
+	}
+	return claims
+}
+
+func (c *VerifiedCache) put(token string, claims *ClientClaims) {
+	size := c.Size
+	if size <= 0 {
+		size = 4096
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries == nil {
+		c.entries = map[string]*ClientClaims{}
+	}
+	if len(c.entries) >= size {
+		for k := range c.entries {
+			delete(c.entries, k)
+			break
+		}
+	}
+	c.entries[token] = claims
 }

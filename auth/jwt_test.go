@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -333,5 +334,48 @@ func TestBearerToken(t *testing.T) {
 				t.Fatalf("err = %v, want unauthenticated %q", err, tt.wantMsg)
 			}
 		})
+	}
+}
+
+func TestVerifiedCache(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
+	now := time.Now()
+	v := &Verifier{Key: key, Cache: &VerifiedCache{Size: 2}, Now: func() time.Time { return now }}
+	mint := func(exp time.Duration, sub string) string {
+		c := ClientClaims{}
+		c.Audience = jwt.ClaimStrings{DefaultAudience}
+		c.ExpiresAt = jwt.NewNumericDate(now.Add(exp))
+		c.Subject = sub
+		tok, err := Mint(key, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	tok := mint(time.Minute, "a")
+	first, err := v.Verify(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := v.Verify(tok)
+	if err != nil || again != first {
+		t.Fatalf("second verification did not come from the cache: %v", err)
+	}
+	// A cached token still expires on time.
+	now = now.Add(2 * time.Minute)
+	if _, err := v.Verify(tok); err == nil {
+		t.Fatal("expired token accepted from the cache")
+	}
+	// Failures are never cached, and the cache stays bounded.
+	if _, err := v.Verify(tok + "x"); err == nil {
+		t.Fatal("tampered token accepted")
+	}
+	for i := range 5 {
+		if _, err := v.Verify(mint(time.Minute, fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(v.Cache.entries); n > 2 {
+		t.Fatalf("cache holds %d entries, limit 2", n)
 	}
 }

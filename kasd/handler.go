@@ -255,8 +255,10 @@ func (s *Server) newProxy() http.Handler {
 				}
 			}
 		},
-		Transport:     &streamTransport{s: s},
-		FlushInterval: -1,
+		Transport: &streamTransport{s: s},
+		// 0: ReverseProxy flushes at once for Server-Sent Events and for bodies of unknown
+		// length (chunked streams, watches), and lets fixed-length bodies leave in one write.
+		FlushInterval: 0,
 		BufferPool:    copyBuffers,
 		ErrorHandler:  s.proxyError,
 	}

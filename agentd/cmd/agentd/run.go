@@ -58,7 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Var(&o.services, "services", "alias of --service, for config files (services: {NAME: URL})")
 	fs.StringVar(&o.observabilityListen, "observability-listen", ":8154", "TCP address for /metrics, /healthz, /readyz; empty disables")
 	fs.StringVar(&o.replica, "replica", os.Getenv("POD_NAME"), "name of this agent replica (default: $POD_NAME, else the host name)")
-	fs.IntVar(&o.connections, "kas-connections", 1, "connections to keep to kasd")
+	fs.IntVar(&o.connections, "kas-connections", 2, "connections to keep to kasd, preferring distinct kasd instances so that one dying leaves the agent reachable")
 	fs.IntVar(&o.maxIdlePerService, "max-idle-conns-per-service", 256, "idle connections kept to each service; size it for the concurrency served")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "how long in-flight requests may finish on a connection being replaced or at shutdown")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")

@@ -197,7 +197,7 @@ func run(ctx context.Context, args []string) error {
 		AgentAuth:              agentAuthenticator,
 		Modules:                modules,
 		Fleet:                  fleetCfg,
-		ClientAuth:             &auth.Verifier{Key: jwtKey, MaxValidity: o.apiJWTMaxValidity},
+		ClientAuth:             &auth.Verifier{Key: jwtKey, MaxValidity: o.apiJWTMaxValidity, Cache: &auth.VerifiedCache{}},
 		HandshakeTimeout:       o.handshakeTimeout,
 		RouteTimeout:           o.routeTimeout,
 		ResponseHeaderTimeout:  o.responseHdrTimeout,
