@@ -53,5 +53,17 @@ images:
 demo: build
 	$(GO) run ./e2e/demo -bin $(BIN)
 
+# Benchmarks (see benchmarks/README.md): real kasd/agentd processes against their baselines; results in
+# benchmarks/results/<timestamp>/. Head-of-line needs root and nftables (installed when missing).
+BENCH_NFT = command -v nft >/dev/null 2>&1 || { test "$$(id -u)" = 0 && (apt-get install -y nftables >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y nftables >/dev/null)); } || echo 'nft missing: head-of-line will be skipped'
+
+bench: build
+	@$(BENCH_NFT)
+	$(GO) run ./benchmarks/cmd/qkasbench --preset full --bin $(BIN)
+
+bench-quick: build
+	@$(BENCH_NFT)
+	$(GO) run ./benchmarks/cmd/qkasbench --preset quick --bin $(BIN) --latest benchmarks/results/latest --readme benchmarks/README.md
+
 clean:
 	rm -rf $(BIN) kasd-data demo-data

@@ -1,0 +1,147 @@
+package runner
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"time"
+)
+
+// Scenario names, in the order they run.
+const (
+	ScenarioLatency    = "latency"
+	ScenarioThroughput = "throughput"
+	ScenarioHOL        = "hol"
+	ScenarioScale      = "scale"
+	ScenarioFailover   = "failover"
+)
+
+// AllScenarios lists every scenario in run order.
+var AllScenarios = []string{ScenarioLatency, ScenarioThroughput, ScenarioHOL, ScenarioScale, ScenarioFailover}
+
+// Sizes says how much each scenario does. Presets: "quick" (make bench-quick, under 3 minutes
+// on 2 cores), "full" (make bench) and "tiny" (the runner's own test).
+type Sizes struct {
+	// LatencyConcurrency and LatencyRequests (same length): requests per route at each
+	// concurrency, split over LatencyRounds alternating rounds.
+	LatencyConcurrency []int `json:"latency_concurrency"`
+	LatencyRequests    []int `json:"latency_requests"`
+	LatencyRounds      int   `json:"latency_rounds"`
+	// BodyBytes is the response size of the small GET (1 KiB).
+	BodyBytes int `json:"body_bytes"`
+	// ProfileSeconds: length of the kasd CPU profile taken under c=64 load on the local route
+	// (after the measured rounds, so profiling does not disturb them). 0 disables it.
+	ProfileSeconds int `json:"profile_seconds"`
+
+	// ThroughputBytes is the size of each download and upload; ThroughputRounds alternate routes.
+	ThroughputBytes  int64 `json:"throughput_bytes"`
+	ThroughputRounds int   `json:"throughput_rounds"`
+
+	// HOLLossPercent: loss levels (each direction of the veth pair). HOLDuration: how long the
+	// small requests run per system and level, HOLConcurrency of them, while one bulk download
+	// read at HOLBulkRate bytes/s shares the connection.
+	HOLLossPercent []float64     `json:"hol_loss_percent"`
+	HOLDuration    time.Duration `json:"hol_duration"`
+	HOLConcurrency int           `json:"hol_concurrency"`
+	HOLBulkRate    int64         `json:"hol_bulk_rate"`
+
+	// ScaleAgents: simulated agent counts, each measured on a fresh kasd. ScaleIdle: how long
+	// idle CPU is measured. ScaleLatencyRequests: c=1 requests to the one real agent, with
+	// and without the simulated agents connected. ScaleDialConcurrency: parallel handshakes.
+	ScaleAgents          []int         `json:"scale_agents"`
+	ScaleIdle            time.Duration `json:"scale_idle"`
+	ScaleLatencyRequests int           `json:"scale_latency_requests"`
+	ScaleDialConcurrency int           `json:"scale_dial_concurrency"`
+
+	// FailoverInterval paces the steady request stream; FailoverAfter is how long the stream
+	// runs after the kill.
+	FailoverInterval time.Duration `json:"failover_interval"`
+	FailoverAfter    time.Duration `json:"failover_after"`
+}
+
+// Preset returns the sizes of a named preset.
+func Preset(name string) (Sizes, error) {
+	switch name {
+	case "quick":
+		return Sizes{
+			LatencyConcurrency: []int{1, 64}, LatencyRequests: []int{3000, 20000}, LatencyRounds: 3,
+			BodyBytes: 1024, ProfileSeconds: 5,
+			ThroughputBytes: 64 << 20, ThroughputRounds: 2,
+			HOLLossPercent: []float64{0, 1, 3}, HOLDuration: 4 * time.Second, HOLConcurrency: 4, HOLBulkRate: 20 << 20,
+			ScaleAgents: []int{1000}, ScaleIdle: 5 * time.Second, ScaleLatencyRequests: 1000, ScaleDialConcurrency: 64,
+			FailoverInterval: 10 * time.Millisecond, FailoverAfter: 10 * time.Second,
+		}, nil
+	case "full":
+		return Sizes{
+			LatencyConcurrency: []int{1, 64}, LatencyRequests: []int{20000, 100000}, LatencyRounds: 5,
+			BodyBytes: 1024, ProfileSeconds: 15,
+			ThroughputBytes: 256 << 20, ThroughputRounds: 3,
+			HOLLossPercent: []float64{0, 1, 3}, HOLDuration: 15 * time.Second, HOLConcurrency: 4, HOLBulkRate: 20 << 20,
+			ScaleAgents: []int{1000, 10000, 20000}, ScaleIdle: 10 * time.Second, ScaleLatencyRequests: 3000, ScaleDialConcurrency: 128,
+			FailoverInterval: 5 * time.Millisecond, FailoverAfter: 15 * time.Second,
+		}, nil
+	case "tiny":
+		return Sizes{
+			LatencyConcurrency: []int{1, 4}, LatencyRequests: []int{150, 300}, LatencyRounds: 2,
+			BodyBytes: 1024, ProfileSeconds: 1,
+			ThroughputBytes: 1 << 20, ThroughputRounds: 1,
+			HOLLossPercent: []float64{0, 3}, HOLDuration: time.Second, HOLConcurrency: 2, HOLBulkRate: 4 << 20,
+			ScaleAgents: []int{20}, ScaleIdle: time.Second, ScaleLatencyRequests: 100, ScaleDialConcurrency: 8,
+			FailoverInterval: 20 * time.Millisecond, FailoverAfter: 5 * time.Second,
+		}, nil
+	}
+	return Sizes{}, fmt.Errorf("unknown preset %q (quick, full, tiny)", name)
+}
+
+// Config configures a run. Zero fields take the documented defaults.
+type Config struct {
+	// Preset names the Sizes ("quick", "full", "tiny"); recorded in the results. Default "quick".
+	Preset string
+	// Sizes overrides the preset when non-nil.
+	Sizes *Sizes
+	// Scenarios to run, in AllScenarios order. Default: all.
+	Scenarios []string
+	// ResultsDir receives <timestamp>/ with the results. Default "benchmarks/results" under
+	// ModuleDir.
+	ResultsDir string
+	// BinDir holds kasd, agentd and kasctl. Default: build them into the work directory.
+	BinDir string
+	// ModuleDir is the qkas module root (for go build and git). Default: from `go env GOMOD`.
+	ModuleDir string
+	// KeepWork keeps the work directory (process logs, secrets) instead of removing it.
+	KeepWork bool
+	// Log receives progress lines. Default: io.Discard.
+	Log io.Writer
+}
+
+func (c Config) withDefaults() (Config, Sizes, error) {
+	if c.Preset == "" {
+		c.Preset = "quick"
+	}
+	var s Sizes
+	if c.Sizes != nil {
+		s = *c.Sizes
+	} else {
+		var err error
+		if s, err = Preset(c.Preset); err != nil {
+			return c, s, err
+		}
+	}
+	if len(c.Scenarios) == 0 {
+		c.Scenarios = AllScenarios
+	}
+	for _, sc := range c.Scenarios {
+		if !slices.Contains(AllScenarios, sc) {
+			return c, s, fmt.Errorf("unknown scenario %q (have %v)", sc, AllScenarios)
+		}
+	}
+	if len(s.LatencyConcurrency) != len(s.LatencyRequests) {
+		return c, s, fmt.Errorf("LatencyConcurrency and LatencyRequests differ in length")
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	return c, s, nil
+}
+
+func (c Config) wants(scenario string) bool { return slices.Contains(c.Scenarios, scenario) }

@@ -1,0 +1,256 @@
+package runner
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+func findLatency(l *LatencyResults, route string, c int) *LatencyRun {
+	if l == nil {
+		return nil
+	}
+	for i := range l.Runs {
+		if l.Runs[i].Route == route && l.Runs[i].Concurrency == c {
+			return &l.Runs[i]
+		}
+	}
+	return nil
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+func us(v float64) string { return fmt.Sprintf("%.0f µs", v) }
+
+// headline picks the figures the project's targets are stated in.
+func headline(r *Results) []HeadlineRow {
+	var rows []HeadlineRow
+	if l := r.Latency; l != nil {
+		for _, c := range r.Sizes.LatencyConcurrency {
+			d := findLatency(l, "direct", c)
+			for _, route := range []string{"local", "forwarded"} {
+				q := findLatency(l, route, c)
+				if d == nil || q == nil {
+					continue
+				}
+				row := HeadlineRow{Scenario: "latency", Metric: fmt.Sprintf("p50, 1 KiB GET, c=%d, %s route", c, route),
+					Qkas: us(q.P50us), Baseline: us(d.P50us) + " direct", Ratio: ratio(q.P50us, d.P50us)}
+				if c == 1 {
+					row.Metric += fmt.Sprintf(" (added %s)", us(q.AddedP50us))
+					row.Target = map[string]string{"local": "added ≤ 100 µs", "forwarded": "added ≤ 200 µs"}[route]
+				}
+				rows = append(rows, row)
+				rows = append(rows, HeadlineRow{Scenario: "latency", Metric: fmt.Sprintf("p99, c=%d, %s route", c, route),
+					Qkas: us(q.P99us), Baseline: us(d.P99us) + " direct", Ratio: ratio(q.P99us, d.P99us)})
+				if c >= 64 {
+					rows = append(rows, HeadlineRow{Scenario: "latency", Metric: fmt.Sprintf("req/s, c=%d, %s route", c, route),
+						Qkas: fmt.Sprintf("%.0f", q.RPS), Baseline: fmt.Sprintf("%.0f direct", d.RPS), Ratio: ratio(q.RPS, d.RPS)})
+					rows = append(rows, HeadlineRow{Scenario: "latency", Metric: fmt.Sprintf("tunnel CPU per request, c=%d, %s route", c, route),
+						Qkas: fmt.Sprintf("%.1f µs", q.TunnelCPUus), Baseline: fmt.Sprintf("%.1f µs (direct, same processes)", d.TunnelCPUus), Ratio: "–", Target: "≤ 50 µs"})
+				}
+			}
+		}
+	}
+	if t := r.Throughput; t != nil {
+		for _, dir := range []string{"download", "upload"} {
+			raw := t.find("raw-quic", dir)
+			direct := t.find("direct", dir)
+			for _, route := range []string{"local", "forwarded"} {
+				q := t.find(route, dir)
+				if q == nil || raw == nil {
+					continue
+				}
+				row := HeadlineRow{Scenario: "throughput", Metric: fmt.Sprintf("%s MB/s, %s route", dir, route),
+					Qkas: fmt.Sprintf("%.0f", q.MBps), Baseline: fmt.Sprintf("%.0f raw quic-go", raw.MBps), Ratio: ratio(q.MBps, raw.MBps), Target: "≥ 0.80× raw quic-go"}
+				if direct != nil {
+					row.Baseline += fmt.Sprintf(" (direct %.0f)", direct.MBps)
+				}
+				rows = append(rows, row)
+			}
+		}
+	}
+	if h := r.HOL; h != nil {
+		for _, loss := range r.Sizes.HOLLossPercent {
+			q, b := h.find("qkas", loss), h.find("h2-tcp", loss)
+			if q == nil || b == nil {
+				continue
+			}
+			rows = append(rows, HeadlineRow{Scenario: "head-of-line", Metric: fmt.Sprintf("small-request p99 at %g%% loss, with bulk", loss),
+				Qkas: us(q.P99us), Baseline: us(b.P99us) + " HTTP/2 over 1 TCP", Ratio: ratio(q.P99us, b.P99us)})
+			rows = append(rows, HeadlineRow{Scenario: "head-of-line", Metric: fmt.Sprintf("small-request p99.9 at %g%% loss, with bulk", loss),
+				Qkas: us(q.P999us), Baseline: us(b.P999us) + " HTTP/2 over 1 TCP", Ratio: ratio(q.P999us, b.P999us)})
+		}
+	}
+	if s := r.Scale; s != nil {
+		for _, p := range s.Points {
+			if p.Err != "" {
+				rows = append(rows, HeadlineRow{Scenario: "scale", Metric: fmt.Sprintf("%d agents", p.Agents), Qkas: "failed: " + p.Err, Baseline: "–", Ratio: "–"})
+				continue
+			}
+			rows = append(rows, HeadlineRow{Scenario: "scale", Metric: fmt.Sprintf("kasd RSS per idle agent, %d agents", p.Agents),
+				Qkas: fmt.Sprintf("%.1f KiB", p.RSSPerAgentKiB), Baseline: "–", Ratio: "–"})
+			rows = append(rows, HeadlineRow{Scenario: "scale", Metric: fmt.Sprintf("kasd idle CPU, %d agents", p.Agents),
+				Qkas: fmt.Sprintf("%.1f%% of a core", p.IdleCPUPercent), Baseline: "–", Ratio: "–"})
+			rows = append(rows, HeadlineRow{Scenario: "scale", Metric: fmt.Sprintf("reconnect storm, %d agents", p.Agents),
+				Qkas: fmt.Sprintf("%.0f conn/s", p.ReconnectPerSec), Baseline: "–", Ratio: "–"})
+			rows = append(rows, HeadlineRow{Scenario: "scale", Metric: fmt.Sprintf("p50 to one agent, %d others connected", p.Agents),
+				Qkas: us(p.LatencyLoaded.P50us), Baseline: us(p.LatencyAlone.P50us) + " alone", Ratio: ratio(p.LatencyLoaded.P50us, p.LatencyAlone.P50us)})
+		}
+	}
+	if f := r.Failover; f != nil {
+		rows = append(rows, HeadlineRow{Scenario: "failover", Metric: "time to first success after kill -9 of the holding kasd",
+			Qkas: recovery(f, r.Sizes), Baseline: "–", Ratio: "–", Target: "≤ 2 s"})
+	}
+	return rows
+}
+
+func report(r *Results) string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("# qkas benchmark report\n\n")
+	w("Run %s (%s preset, %.0f s) · commit `%s`\n\n", r.Started.UTC().Format("2006-01-02 15:04:05 UTC"), r.Preset, r.Seconds, r.Commit)
+	m := r.Machine
+	w("Machine: %d cores, %s, kernel %s, %s, memory %s, load average at start %s\n\n", m.Cores, m.CPUModel, m.Kernel, m.GoVersion, m.MemTotal, m.LoadAvg)
+	w("Every qkas figure was measured in the same run as its baseline, alternating rounds where it helps; ratios are what to compare across machines.\n\n")
+	w("## Headline\n\n| scenario | metric | qkas | baseline | ratio | target |\n|---|---|---|---|---|---|\n")
+	for _, h := range r.Headline {
+		w("| %s | %s | %s | %s | %s | %s |\n", h.Scenario, h.Metric, h.Qkas, h.Baseline, h.Ratio, h.Target)
+	}
+	if len(r.Skipped) > 0 {
+		w("\nNot measured:\n\n")
+		keys := make([]string, 0, len(r.Skipped))
+		for k := range r.Skipped {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			w("- **%s**: %s\n", k, r.Skipped[k])
+		}
+	}
+	if l := r.Latency; l != nil {
+		for _, miss := range l.Missing {
+			w("- %s\n", miss)
+		}
+	}
+
+	if l := r.Latency; l != nil {
+		w("\n## 1. Latency (1 KiB GET)\n\n%d alternating rounds per concurrency. Added = route − direct. Tunnel CPU = utime+stime of kasd and agentd during the route's rounds / requests (for direct it shows the idle cost of the same processes).\n\n", l.Rounds)
+		w("| c | route | requests | failed | p50 | p90 | p99 | p99.9 | req/s | added p50 | added p99 | tunnel CPU/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, x := range l.Runs {
+			w("| %d | %s | %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %s | %s | %.1f µs |\n", x.Concurrency, x.Route, x.Requests, x.Failed, x.P50us, x.P90us, x.P99us, x.P999us, x.RPS,
+				optUs(x.Route != "direct", x.AddedP50us), optUs(x.Route != "direct", x.AddedP99us), x.TunnelCPUus)
+		}
+		w("\nLatencies in µs.\n\n")
+		for _, p := range l.Plots {
+			w("![%s](%s)\n", p, p)
+		}
+		if p := l.Profile; p != nil {
+			w("\n### kasd CPU profile, local route, c=64 (%d s)\n\n", p.Seconds)
+			if p.Err != "" {
+				w("Profile failed: %s\n", p.Err)
+			}
+			if p.Top != "" {
+				w("[%s](%s) — `go tool pprof -top`: flat, cumulative, and the callers of system calls:\n\n```\n%s```\n", p.File, p.File, p.Top)
+			}
+		}
+	}
+	if t := r.Throughput; t != nil {
+		w("\n## 2. Throughput\n\n%d MiB per transfer, %d alternating rounds; MB = 10⁶ bytes. raw-quic is one quic-go stream between two endpoints of the runner process, with qkas's QUIC configuration.\n\n", t.Bytes>>20, t.Rounds)
+		w("| direction | route | MB/s | vs raw quic-go | vs direct | tunnel CPU per MiB |\n|---|---|---|---|---|---|\n")
+		for _, x := range t.Runs {
+			w("| %s | %s | %.0f | %s | %s | %s |\n", x.Direction, x.Route, x.MBps, ratioOpt(x.RatioToRaw), ratioOpt(x.RatioToDirect), cpuOpt(x.TunnelCPUmsPerMiB))
+		}
+		for _, miss := range t.Missing {
+			w("\n- %s\n", miss)
+		}
+		w("\n")
+		for _, p := range t.Plots {
+			w("![%s](%s)\n", p, p)
+		}
+	}
+	if h := r.HOL; h != nil {
+		w("\n## 3. Head-of-line isolation\n\nkasd and agentd in two network namespaces joined by a veth pair; nftables drops the given share of packets arriving on each side. %d concurrent 1 KiB GETs for %.0f s per system and loss level, while one download (read at %.0f MiB/s) shares the agent connection. Baseline: the same path with one HTTP/2 (h2c) connection over TCP between a front proxy and an agent-side proxy.\n\n",
+			h.Concurrency, h.DurationS, float64(h.BulkRate)/(1<<20))
+		w("The HTTP/2 baseline dialled %d TCP connection(s) in all.\n\n", h.H2TCPConnections)
+		w("| loss | system | requests | failed | p50 | p90 | p99 | p99.9 | bulk MB/s |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, x := range h.Points {
+			w("| %g%% | %s | %d | %d | %.0f | %.0f | %.0f | %.0f | %.1f |\n", x.LossPercent, x.System, x.Requests, x.Failed, x.P50us, x.P90us, x.P99us, x.P999us, x.BulkMBps)
+		}
+		w("\n")
+		for _, p := range h.Plots {
+			w("![%s](%s)\n", p, p)
+		}
+	}
+	if s := r.Scale; s != nil {
+		w("\n## 4. Scale\n\nSimulated agents (Hello/Welcome over their own QUIC connection, all from one UDP socket of the runner) on one kasd; one real agentd for routing latency.\n\n")
+		w("| agents | failed / held by kasd | connect | connect/s | RSS before → after | RSS per agent | idle CPU | idle CPU per agent | reconnect storm | p50 alone | p50 loaded | p99 alone | p99 loaded |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, p := range s.Points {
+			if p.Err != "" {
+				w("| %d | failed: %s |||||||||||\n", p.Agents, p.Err)
+				continue
+			}
+			w("| %d | %d / %d | %.2f s | %.0f | %.0f → %.0f MiB | %.1f KiB | %.2f%% core | %.2f µs/s | %.2f s (%.0f/s) | %.0f | %.0f | %.0f | %.0f |\n", p.Agents, p.ConnectFailures, p.KasdConnections, p.ConnectSeconds, p.ConnectPerSec,
+				p.RSSBeforeMiB, p.RSSAfterMiB, p.RSSPerAgentKiB, p.IdleCPUPercent, p.IdleCPUusPerAgentPerSec, p.ReconnectSeconds, p.ReconnectPerSec,
+				p.LatencyAlone.P50us, p.LatencyLoaded.P50us, p.LatencyAlone.P99us, p.LatencyLoaded.P99us)
+		}
+		w("\n")
+		for _, p := range s.Plots {
+			w("![%s](%s)\n", p, p)
+		}
+	}
+	if f := r.Failover; f != nil {
+		w("\n## 5. Failover\n\n%s\n\n", f.Setup)
+		w("- time from kill -9 to the first success: **%s**; last failure ended %.2f s after the kill\n", recovery(f, r.Sizes), f.SteadySeconds)
+		w("- requests: %d, failed: %d\n", f.Requests, f.Failed)
+		for _, k := range sortedKeys(f.Errors) {
+			w("  - %s: %d\n", k, f.Errors[k])
+		}
+		for _, p := range f.Plots {
+			w("\n![%s](%s)\n", p, p)
+		}
+	}
+	w("\n## Caveats\n\nThe load generator, the target service, the raw quic-go pair and the HTTP/2 baseline run inside the runner process, on the same cores as kasd and agentd; on a small or shared machine absolute figures are noisy, ratios less so. CPU times come from /proc in 10 ms ticks.\n")
+	return b.String()
+}
+
+func recovery(f *FailoverResults, s Sizes) string {
+	if f.RecoverySeconds < 0 {
+		return fmt.Sprintf("no success within %v", s.FailoverAfter)
+	}
+	return fmt.Sprintf("%.2f s", f.RecoverySeconds)
+}
+
+func optUs(ok bool, v float64) string {
+	if !ok {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+func ratioOpt(v float64) string {
+	if v == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", v)
+}
+
+func cpuOpt(v float64) string {
+	if v == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f ms", v)
+}
+
+func sortedKeys(m map[string]int) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}

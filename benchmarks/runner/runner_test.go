@@ -1,0 +1,79 @@
+package runner
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRunTiny runs the whole runner on the tiny preset (a few hundred requests per scenario,
+// real kasd/agentd processes built from this tree) and checks that it writes a complete report.
+// It asserts that the runner works, never how fast anything is.
+func TestRunTiny(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes; skipped with -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var log strings.Builder
+	out, err := Run(ctx, Config{
+		Preset:     "tiny",
+		Scenarios:  []string{ScenarioLatency, ScenarioThroughput, ScenarioScale},
+		ResultsDir: t.TempDir(),
+		Log:        &log,
+	})
+	if err != nil {
+		t.Fatalf("Run: %v\nlog:\n%s", err, log.String())
+	}
+	b, err := os.ReadFile(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Skipped) > 0 {
+		t.Fatalf("scenarios did not run: %v\nlog:\n%s", res.Skipped, log.String())
+	}
+	if res.Machine.Cores == 0 || res.Machine.Kernel == "" || res.Commit == "" {
+		t.Errorf("machine or commit not recorded: %+v %q", res.Machine, res.Commit)
+	}
+	if res.Latency == nil || res.Throughput == nil || res.Scale == nil {
+		t.Fatalf("missing scenario results: %s", b)
+	}
+	for _, run := range res.Latency.Runs {
+		if run.Requests == 0 || run.Failed > 0 || run.P50us <= 0 {
+			t.Errorf("latency %s c=%d: %+v", run.Route, run.Concurrency, run.Summary)
+		}
+	}
+	for _, run := range res.Throughput.Runs {
+		if run.MBps <= 0 {
+			t.Errorf("throughput %s %s: %+v", run.Route, run.Direction, run)
+		}
+	}
+	if p := res.Scale.Points; len(p) != 1 || p[0].ConnectFailures > 0 || p[0].Agents != 20 {
+		t.Errorf("scale: %+v", p)
+	}
+	if len(res.Headline) == 0 {
+		t.Error("no headline rows")
+	}
+	report, err := os.ReadFile(filepath.Join(out, "REPORT.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"## Headline", "latency-cdf-c1.png", "throughput.png", "scale.png"} {
+		if !strings.Contains(string(report), want) {
+			t.Errorf("REPORT.md lacks %q", want)
+		}
+	}
+	for _, f := range append(append(res.Latency.Plots, res.Throughput.Plots...), res.Scale.Plots...) {
+		if fi, err := os.Stat(filepath.Join(out, f)); err != nil || fi.Size() == 0 {
+			t.Errorf("plot %s: %v", f, err)
+		}
+	}
+}
