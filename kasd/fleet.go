@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	quicgo "github.com/quic-go/quic-go"
@@ -31,23 +32,25 @@ type FleetConfig struct {
 	// (an exported key), which a machine in the middle cannot relay. This is what lets replicas
 	// that each generated their own development certificate talk to each other.
 	PeerTLS *tls.Config
-	// PeerQUIC tunes peer connections. Default: 2s handshake, 500ms keep-alive and a 2s idle
-	// timeout, so that a dead peer is noticed within about 2s.
+	// PeerQUIC tunes peer connections. Default: 1s handshake, 300ms keep-alive and a 1.5s
+	// idle timeout, so that a dead peer is noticed within 1.5s (peers are few, keep-alives
+	// between them are cheap).
 	PeerQUIC quic.Config
-	// PeerRetryDelay is how long a peer that could not be dialled is skipped. Default 1s.
+	// PeerRetryDelay is how long a peer whose connection died or could not be dialled is
+	// skipped: requests go to other holders instead of waiting on a dial. Default 1s.
 	PeerRetryDelay time.Duration
 }
 
 func (c *FleetConfig) withDefaults() *FleetConfig {
 	out := *c
 	if out.PeerQUIC.HandshakeTimeout == 0 {
-		out.PeerQUIC.HandshakeTimeout = 2 * time.Second
+		out.PeerQUIC.HandshakeTimeout = time.Second
 	}
 	if out.PeerQUIC.MaxIdleTimeout == 0 {
-		out.PeerQUIC.MaxIdleTimeout = 2 * time.Second
+		out.PeerQUIC.MaxIdleTimeout = 1500 * time.Millisecond
 	}
 	if out.PeerQUIC.KeepAlivePeriod == 0 {
-		out.PeerQUIC.KeepAlivePeriod = 500 * time.Millisecond
+		out.PeerQUIC.KeepAlivePeriod = 300 * time.Millisecond
 	}
 	if out.PeerRetryDelay == 0 {
 		out.PeerRetryDelay = time.Second
@@ -88,11 +91,20 @@ type fleet struct {
 
 // peerLink is the one connection to a peer instance; dialled once, shared by every request.
 type peerLink struct {
-	addr     string
-	ready    chan struct{} // closed when the dial finished; then qc or err is set
-	qc       *quicgo.Conn
-	err      error
-	failedAt time.Time
+	addr  string
+	ready chan struct{} // closed when the dial finished; then qc or err is set
+	qc    *quicgo.Conn
+	err   error
+
+	// failedAt is when the dial failed or the connection died (unix nanoseconds; 0 while
+	// healthy). Set by the dial or by a context.AfterFunc on the connection.
+	failedAt atomic.Int64
+}
+
+// down reports whether the link failed less than d ago.
+func (l *peerLink) down(d time.Duration) bool {
+	at := l.failedAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < d
 }
 
 func newFleet(s *Server, cfg *FleetConfig) (*fleet, error) {
@@ -139,8 +151,13 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 		switch {
 		case l.qc != nil && l.qc.Context().Err() == nil:
 			return l.qc, nil
-		case l.qc == nil && time.Since(l.failedAt) < f.cfg.PeerRetryDelay:
-			return nil, l.err
+		case l.down(f.cfg.PeerRetryDelay):
+			// Skip it for now: the caller tries another holder instead of waiting on a dial
+			// to a peer that was just lost.
+			if l.err != nil {
+				return nil, l.err
+			}
+			return nil, &api.Error{Code: api.CodeAgentFailed, Message: "peer " + inst.ID + " connection lost", Err: errPeerUnavailable}
 		}
 		f.mu.Lock()
 		if f.links[inst.ID] != l { // someone else replaced it meanwhile
@@ -157,8 +174,11 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 	defer cancel()
 	l.qc, l.err = f.dial(dctx, inst)
 	result := "ok"
+	if l.qc != nil {
+		context.AfterFunc(l.qc.Context(), func() { l.failedAt.Store(time.Now().UnixNano()) })
+	}
 	if l.err != nil {
-		l.failedAt = time.Now()
+		l.failedAt.Store(time.Now().UnixNano())
 		result = "error"
 		f.s.log.Warn().Err(l.err).Str("peer", inst.ID).Str("peer_addr", inst.PeerAddr).Msg("dialling peer failed")
 	}

@@ -434,3 +434,42 @@ func TestFleetPeerAuthRequired(t *testing.T) {
 		t.Errorf("kas-1 refused %v peer connections, want >= 1", n)
 	}
 }
+
+// TestFleetFailoverTwoConnections is the deployed configuration: the agent holds connections to
+// two kasd, requests come through a third, and one holder dies. Requests through the third kasd
+// must keep succeeding after at most a peer idle timeout; the requests that fail fail with a
+// clean 502, never a hang.
+func TestFleetFailoverTwoConnections(t *testing.T) {
+	f := newFleetEnv(t, 3)
+	svc := namedService(t, "alpha")
+	a := f.startAgent("alpha", "pod", svc.URL, f.nodes[0:2], 2)
+	waitConnected(t, a, 2)
+	f.waitHolders("alpha", "kas-0", "kas-1")
+	for range 4 { // warm both peer links
+		if code, body := f.get(f.nodes[2], "alpha", "/"); code != 200 {
+			t.Fatalf("%d %s", code, body)
+		}
+	}
+	killed := time.Now()
+	f.kill(f.nodes[0])
+	var lastFailure time.Duration
+	var failures []string
+	for time.Since(killed) < 4*time.Second {
+		start := time.Now()
+		code, body := f.get(f.nodes[2], "alpha", "/")
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("a request took %v", took)
+		}
+		if code != 200 {
+			lastFailure = time.Since(killed)
+			failures = append(failures, fmt.Sprintf("%d %s", code, body))
+			if code != http.StatusBadGateway {
+				t.Errorf("failure during failover is not a 502: %d %s", code, body)
+			}
+		}
+	}
+	t.Logf("%d failed requests, the last ending %v after the kill", len(failures), lastFailure.Round(time.Millisecond))
+	if lastFailure > 3*time.Second {
+		t.Errorf("requests still failing %v after the kill: %v", lastFailure, failures)
+	}
+}

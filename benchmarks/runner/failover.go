@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/qkas/qkas/benchmarks/load"
@@ -12,10 +11,10 @@ import (
 )
 
 // runFailover: a fleet of kasd-etcd (runs the embedded etcd, holds no agent), kasd-a and kasd-b;
-// agentd keeps ONE connection, to a or b. A steady request stream goes through the kasd that
-// does not hold the agent (forwarded route), so the connection serving the route dies when the
-// holder is killed with SIGKILL. The agent must notice, reconnect to the survivor, and the
-// survivor must route locally. Recovery = kill → first success of a request started after it.
+// agentd keeps two connections (its default), to a and b. A steady request stream goes through
+// kasd-etcd (forwarded route); kasd-a is killed with SIGKILL. kasd-etcd must stop routing to the
+// dead peer and use the survivor. Recovery = kill → first success of a request started after
+// it; steady = kill → end of the last failed request.
 func (e *env) runFailover(ctx context.Context) (*FailoverResults, error) {
 	if !e.fleet {
 		return nil, skipError{"failover: not measured (" + e.fleetWhy + ")"}
@@ -54,23 +53,21 @@ func (e *env) runFailover(ctx context.Context) (*FailoverResults, error) {
 	}
 	st.svc = serveHTTP(ln, serviceHandler(e.sizes.BodyBytes))
 	defer st.svc.close()
+	// The deployed configuration: agentd keeps two connections (its default), one to each of
+	// kasd-a and kasd-b; requests go through kasd-etcd, which holds no agent connection, so
+	// every request is forwarded to a holder. kasd-a is killed.
 	agent, err := e.startAgent(agentOpts{id: benchAgent, kas: []string{ks[1].opts.agentListen, ks[2].opts.agentListen},
-		tokenFile: tokenFile, services: []string{"svc=http://" + st.svc.addr()}, conns: 1})
+		tokenFile: tokenFile, services: []string{"svc=http://" + st.svc.addr()}, conns: 2})
 	if err != nil {
 		return nil, err
 	}
 	defer agent.stop(3 * time.Second)
-	if err := e.waitAgent(ctx, ks[1], benchAgent, 1, agent); err != nil {
-		return nil, err
+	for _, k := range ks[1:] {
+		if err := e.waitAgent(ctx, k, benchAgent, 1, agent); err != nil {
+			return nil, err
+		}
 	}
-	holders, err := e.agentConnections(ks[1], benchAgent)
-	if err != nil {
-		return nil, err
-	}
-	holder, through := ks[1], ks[2]
-	if slices.Contains(holders, "kasd-b") {
-		holder, through = ks[2], ks[1]
-	}
+	holder, through := ks[1], ks[0]
 	r := route{name: "failover", base: through.apiURL("/api/v1/agents/" + benchAgent + "/proxy/svc"),
 		header: map[string][]string{"Authorization": {"Bearer " + e.jwt}}}
 	client := load.NewClient(1, nil)
@@ -79,8 +76,8 @@ func (e *env) runFailover(ctx context.Context) (*FailoverResults, error) {
 		return nil, err
 	}
 	get := load.Get(client, r.base+"/small", r.header)
-	res := &FailoverResults{Setup: fmt.Sprintf("kasd-etcd runs the embedded etcd; agentd --kas-address kasd-a,kasd-b --kas-connections 1 connected to %s; one request every %v (c=1, 10 s timeout each) through %s (forwarded route); `kill -9` of %s 1 s into the stream.",
-		holder.opts.id, e.sizes.FailoverInterval, through.opts.id, holder.opts.id)}
+	res := &FailoverResults{Setup: fmt.Sprintf("kasd-etcd runs the embedded etcd and holds no agent; agentd --kas-address kasd-a,kasd-b --kas-connections 2 (the default) holds both; one request every %v (c=1, 10 s timeout each) through %s (forwarded route); `kill -9` of %s 1 s into the stream. (An agent with a single connection to the killed kasd notices only at its QUIC idle timeout, 6 s.)",
+		e.sizes.FailoverInterval, through.opts.id, holder.opts.id)}
 
 	var killAt time.Time
 	killed := make(chan struct{})
