@@ -96,7 +96,10 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, req
 				err = w.Flush()
 			}
 			if err != nil {
-				sc.Abort(quic.StreamCodeCanceled)
+				// Reset only what we send: the peer may have stopped reading because it
+				// answered already (a refusal before the body, an early response), and that
+				// answer must still be read. The reader ends the rest.
+				sc.CancelWrite(quic.StreamCodeCanceled)
 			}
 		}
 		start := opts.Go
@@ -330,7 +333,15 @@ func (b *flushingBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *flushingBody) Close() error { return b.rc.Close() }
+// Close closes the caller's body only if this attempt was allowed to read it: a refused attempt
+// (the gate never opened) leaves the body untouched for the retry on the next holder, and the
+// caller closes it in the end. Close is called by the writer goroutine only, after its last Read.
+func (b *flushingBody) Close() error {
+	if b.gate != nil {
+		return nil
+	}
+	return b.rc.Close()
+}
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 

@@ -473,3 +473,36 @@ func TestFleetFailoverTwoConnections(t *testing.T) {
 		t.Errorf("requests still failing %v after the kill: %v", lastFailure, failures)
 	}
 }
+
+// A request with a body that first meets a stale holder is retried on the next one with its
+// body intact: the stale holder refuses before the body is read.
+func TestFleetStaleEntryRetriesPOSTWithBody(t *testing.T) {
+	f := newFleetEnv(t, 3)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "%d", n)
+	}))
+	t.Cleanup(svc.Close)
+	f.startAgent("alpha", "pod", svc.URL, f.nodes[2:3], 1)
+	f.nodes[1].reg.SetAgentConnections("alpha", 1) // kas-1 claims alpha without holding it
+	f.waitHolders("alpha", "kas-1", "kas-2")
+	c := auth.ClientClaims{}
+	c.Audience = []string{"gitlab-kas"}
+	c.ExpiresAt = jwtTime(time.Now().Add(time.Minute))
+	tok, _ := auth.Mint(f.secret, c)
+	const size = 100 << 10
+	for i := range 6 {
+		req, _ := http.NewRequest("POST", f.nodes[0].api.URL+"/api/v1/agents/alpha/proxy/web/up", strings.NewReader(strings.Repeat("x", size)))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := f.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body := readAll(t, resp); resp.StatusCode != 200 || body != fmt.Sprint(size) {
+			t.Fatalf("POST %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if n := counter(t, f.nodes[1].promReg, "kasd_forwarded_in_total", map[string]string{"result": "not_holder"}); n < 1 {
+		t.Errorf("the stale holder refused %v requests, want >= 1", n)
+	}
+}

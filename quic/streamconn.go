@@ -150,6 +150,19 @@ func (c *StreamConn) Abort(code quicgo.StreamErrorCode) {
 	c.str.CancelWrite(code)
 }
 
+// CancelWrite resets the send side only (RESET_STREAM with code): reading goes on, so an answer
+// the peer already sent (a refusal, say) can still be read. For a writer that failed while the
+// reader still waits. A no-op after Close, Abort or CancelWrite.
+func (c *StreamConn) CancelWrite(code quicgo.StreamErrorCode) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended || c.canceled {
+		return
+	}
+	c.canceled = true
+	c.str.CancelWrite(code)
+}
+
 // LocalAddr is the connection's local address.
 func (c *StreamConn) LocalAddr() net.Addr { return c.conn.LocalAddr() }
 
