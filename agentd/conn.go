@@ -3,6 +3,7 @@ package agentd
 import (
 	"bufio"
 	"context"
+	"errors"
 	"log"
 	"net"
 	"net/http"
@@ -76,6 +77,9 @@ func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcom
 func (c *agentConn) readControl() {
 	for {
 		m, err := api.ReadFrame(c.control)
+		if errors.Is(err, api.ErrUnknownFrameType) {
+			continue // a newer kasd's message; ReadFrame consumed it
+		}
 		if err != nil {
 			return
 		}

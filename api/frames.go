@@ -160,6 +160,10 @@ func checkHeader(h []byte) (FrameType, int, error) {
 // in r), so r should not be buffered by the caller unless the caller keeps
 // using the same buffer.
 //
+// A frame of an unknown type is read in full (up to MaxFrameSize) and
+// reported as ErrUnknownFrameType, so a caller may skip it and read on; a
+// longer one is not consumed and the stream is then out of step.
+//
 // io.EOF before the first header byte is returned as is (clean end of
 // stream). EOF inside the frame is an *Error wrapping ErrTruncated and
 // io.ErrUnexpectedEOF. Other read errors are returned wrapped with %w, so
@@ -178,6 +182,17 @@ func ReadFrame(r io.Reader) (Message, error) {
 	}
 	t, n, err := checkHeader(hb)
 	if err != nil {
+		if errors.Is(err, ErrUnknownFrameType) && n > MaxFrameSize {
+			// Too long to skip: the stream cannot stay in step, so this is fatal.
+			return nil, protocolError(ErrFrameTooLarge, "unknown frame %s declares %d bytes, max %d", t, n, MaxFrameSize)
+		}
+		if errors.Is(err, ErrUnknownFrameType) {
+			// Consume the payload so that the stream stays in step: a caller may skip
+			// frame types it does not know (a newer peer's connection-level messages).
+			if _, derr := io.CopyN(io.Discard, r, int64(n)); derr != nil {
+				return nil, truncatedRead(t.String() + " frame payload")
+			}
+		}
 		return nil, err
 	}
 	var payload string

@@ -424,10 +424,24 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
-// TestReadFrameChecksHeaderFirst: an oversize or unknown frame is rejected
-// from its header, without reading (or waiting for) the payload.
+// TestReadFrameSkipsUnknown: a frame of an unknown type is consumed whole, so
+// that the reader can go on with the next frame (a newer peer's message).
+func TestReadFrameSkipsUnknown(t *testing.T) {
+	in := append(append(header(77, 5), "hello"...), AppendFrame(nil, &GoAway{Reason: "drain"})...)
+	r := bytes.NewReader(in)
+	if _, err := ReadFrame(r); !errors.Is(err, ErrUnknownFrameType) {
+		t.Fatalf("unknown frame: err = %v", err)
+	}
+	m, err := ReadFrame(r)
+	if err != nil || m.(*GoAway).Reason != "drain" {
+		t.Fatalf("frame after the unknown one: %v %v", m, err)
+	}
+}
+
+// TestReadFrameChecksHeaderFirst: an oversize frame is rejected from its
+// header, without reading (or waiting for) the payload.
 func TestReadFrameChecksHeaderFirst(t *testing.T) {
-	for _, h := range [][]byte{header(TypeGoAway, 2000), header(77, 3), header(TypeRequest, maxLength)} {
+	for _, h := range [][]byte{header(TypeGoAway, 2000), header(TypeRequest, maxLength)} {
 		r := io.MultiReader(bytes.NewReader(h), iotest.ErrReader(errors.New("payload must not be read")))
 		if _, err := ReadFrame(r); CodeOf(err) != CodeProtocol {
 			t.Errorf("header % x: err = %v", h, err)
