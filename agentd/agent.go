@@ -287,7 +287,11 @@ func (a *Agent) handshake(ctx context.Context, qc *quicgo.Conn) (*api.Welcome, *
 		return nil, nil, refusalFromClose(err)
 	}
 	_ = control.SetDeadline(time.Time{})
-	return m.(*api.Welcome), control, nil
+	w := m.(*api.Welcome)
+	if err := api.CheckVersion(w.Version); err != nil {
+		return nil, nil, err
+	}
+	return w, control, nil
 }
 
 // refusalFromClose turns kasd's connection close reason ("<code>: <message>") back into a typed

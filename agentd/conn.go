@@ -169,7 +169,7 @@ type statusRecorder struct {
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
-	if r.code == 0 {
+	if r.code == 0 && code >= 200 {
 		r.code = code
 	}
 	r.ResponseWriter.WriteHeader(code)

@@ -71,6 +71,11 @@ func newURLService(name string, u *url.URL, cfg Config, m *metrics) *urlService 
 			stripCredentials(pr.Out.Header)
 		},
 		Transport: s.transport,
+		// Qkas-Error marks errors made by qkas itself; a service may not forge one.
+		ModifyResponse: func(resp *http.Response) error {
+			resp.Header.Del(api.HeaderError)
+			return nil
+		},
 		// 0: ReverseProxy flushes at once for Server-Sent Events and bodies of unknown length
 		// (chunked streams, watches); fixed-length bodies leave in one write.
 		FlushInterval: 0,

@@ -31,6 +31,7 @@ const (
 	CodeAgentFailed        Code = 15 // "agent_failed"        502 (stream/connection to the agent broke)
 	CodeNotFound           Code = 16 // "not_found"           404 (unknown API path)
 	CodeTooLarge           Code = 17 // "too_large"           413
+	CodeMethodNotAllowed   Code = 18 // "method_not_allowed"  405
 )
 
 // codeInfo is THE code -> name/HTTP status table of the project. Nothing else
@@ -58,6 +59,7 @@ var codeInfo = [...]struct {
 	CodeAgentFailed:        {"agent_failed", http.StatusBadGateway, false},
 	CodeNotFound:           {"not_found", http.StatusNotFound, false},
 	CodeTooLarge:           {"too_large", http.StatusRequestEntityTooLarge, false},
+	CodeMethodNotAllowed:   {"method_not_allowed", http.StatusMethodNotAllowed, false},
 }
 
 func (c Code) known() bool { return int(c) < len(codeInfo) }

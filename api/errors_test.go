@@ -38,6 +38,7 @@ func TestCodeTable(t *testing.T) {
 		{CodeAgentFailed, "agent_failed", 502, false},
 		{CodeNotFound, "not_found", 404, false},
 		{CodeTooLarge, "too_large", 413, false},
+		{CodeMethodNotAllowed, "method_not_allowed", 405, false},
 	}
 	if len(want) != len(codeInfo) {
 		t.Fatalf("test covers %d codes, table has %d", len(want), len(codeInfo))

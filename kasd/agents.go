@@ -143,11 +143,20 @@ func (t *agentTable) pick(agentID, service string) (c *agentConn, ok bool, err e
 		return nil, false, nil
 	}
 	start := e.rr.Add(1)
+	dead := 0
 	for i := range conns {
 		c := conns[(start+uint64(i))%uint64(len(conns))]
+		if c.qc.Context().Err() != nil {
+			dead++ // closing; about to leave the table
+			continue
+		}
 		if c.offers(service) {
 			return c, true, nil
 		}
+	}
+	if dead == len(conns) {
+		// Every connection is dying: wait for the agent to reconnect.
+		return nil, false, nil
 	}
 	return nil, true, api.Errorf(api.CodeServiceUnknown, "agent %s does not offer service %q", agentID, service)
 }

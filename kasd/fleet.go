@@ -85,8 +85,9 @@ type fleet struct {
 	reg    *registry.Registry
 	dialer *quic.Dialer
 
-	mu    sync.Mutex // guards links
-	links map[string]*peerLink
+	mu     sync.Mutex // guards the fields below
+	links  map[string]*peerLink
+	closed bool
 }
 
 // peerLink is the one connection to a peer instance; dialled once, shared by every request.
@@ -126,6 +127,7 @@ func (f *fleet) close() {
 	f.mu.Lock()
 	links := f.links
 	f.links = map[string]*peerLink{}
+	f.closed = true
 	f.mu.Unlock()
 	for _, l := range links {
 		<-l.ready
@@ -165,6 +167,20 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 			return f.conn(ctx, inst)
 		}
 	}
+	if f.closed {
+		f.mu.Unlock()
+		return nil, api.Errorf(api.CodeShuttingDown, "kasd is closing")
+	}
+	if old := f.links[inst.ID]; old != nil {
+		select {
+		case <-old.ready:
+			// The peer moved (a new address) or its link died: make sure the old one is gone.
+			if old.qc != nil {
+				_ = old.qc.CloseWithError(quic.ConnCodeNoError, "replaced")
+			}
+		default: // still dialling: its dialler owns it, and it is replaced below
+		}
+	}
 	l = &peerLink{addr: inst.PeerAddr, ready: make(chan struct{})}
 	f.links[inst.ID] = l
 	f.mu.Unlock()
@@ -173,6 +189,13 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.PeerQUIC.HandshakeTimeout)
 	defer cancel()
 	l.qc, l.err = f.dial(dctx, inst)
+	f.mu.Lock()
+	replaced := f.links[inst.ID] != l
+	f.mu.Unlock()
+	if replaced && l.qc != nil {
+		// Replaced while dialling (the peer moved, or the fleet closed): nobody will reuse it.
+		_ = l.qc.CloseWithError(quic.ConnCodeNoError, "replaced")
+	}
 	result := "ok"
 	if l.qc != nil {
 		context.AfterFunc(l.qc.Context(), func() { l.failedAt.Store(time.Now().UnixNano()) })
@@ -219,6 +242,9 @@ func (f *fleet) dial(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 		return fail(err)
 	}
 	ph := m.(*api.PeerHello)
+	if err := api.CheckVersion(ph.Version); err != nil {
+		return fail(err)
+	}
 	if ph.InstanceID != inst.ID {
 		return fail(fmt.Errorf("answered as %q", ph.InstanceID))
 	}
@@ -322,7 +348,9 @@ func (s *Server) servePeerConn(qc *quicgo.Conn) {
 		var m api.Message
 		if m, err = api.ReadExpect(ctrl, api.TypePeerHello); err == nil {
 			ph = m.(*api.PeerHello)
-			if !auth.VerifyPeerProof(f.cfg.PeerSecret, ph.InstanceID, exporter, ph.Proof) {
+			if verr := api.CheckVersion(ph.Version); verr != nil {
+				err = verr
+			} else if !auth.VerifyPeerProof(f.cfg.PeerSecret, ph.InstanceID, exporter, ph.Proof) {
 				err = api.Errorf(api.CodeUnauthenticated, "bad peer proof")
 			}
 		}

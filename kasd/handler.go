@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -43,11 +45,15 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	case p == agentsPath || p == agentsPath+"/":
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
-			api.WriteHTTPError(w, &api.Error{Code: api.CodeBadRequest, Message: "method not allowed"})
+			api.WriteHTTPError(w, &api.Error{Code: api.CodeMethodNotAllowed, Message: r.Method + " is not allowed on " + agentsPath})
 			return
 		}
 		s.serveAgents(w, r)
 	case strings.HasPrefix(p, agentsPath+"/"):
+		if hasDotSegment(p) {
+			api.WriteHTTPError(w, api.Errorf(api.CodeBadRequest, "path may not contain . or .. segments"))
+			return
+		}
 		agentID, service, rest, ok := parseProxyPath(p[len(agentsPath)+1:])
 		if !ok {
 			api.WriteHTTPError(w, api.Errorf(api.CodeNotFound, "unknown API path; use %s/{agent}/proxy/{service}/{path}", agentsPath))
@@ -69,6 +75,9 @@ func parseProxyPath(p string) (agentID, service, rest string, ok bool) {
 	after = after[len(proxyInfix)-1:]
 	serviceEsc, rest, _ := strings.Cut(after, "/")
 	rest = "/" + rest
+	if hasDotSegment(rest) {
+		return "", "", "", false
+	}
 	var err error
 	if agentID, err = url.PathUnescape(agentEsc); err != nil || !agentIDRE.MatchString(agentID) {
 		return "", "", "", false
@@ -80,6 +89,27 @@ func parseProxyPath(p string) (agentID, service, rest string, ok bool) {
 }
 
 var agentIDRE = serviceNameRE
+
+// hasDotSegment reports a "." or ".." path element in the escaped path, also when it is
+// percent-encoded or hidden behind an encoded slash or backslash: the path below {service} must
+// never climb out of the service's base URL on a backend that normalises paths.
+func hasDotSegment(escaped string) bool {
+	for _, seg := range strings.Split(escaped, "/") {
+		dec, err := url.PathUnescape(seg)
+		if err != nil {
+			return true
+		}
+		for _, part := range strings.FieldsFunc(dec, func(r rune) bool { return r == '/' || r == '\\' }) {
+			if part == "." || part == ".." {
+				return true
+			}
+		}
+		if dec == "." || dec == ".." {
+			return true
+		}
+	}
+	return false
+}
 
 // authenticate verifies the client's JWT.
 func (s *Server) authenticate(r *http.Request) (*auth.ClientClaims, error) {
@@ -211,8 +241,16 @@ func mustUnescape(p string) string {
 	return u
 }
 
+// parseTimeout reads a Qkas-Timeout value: seconds ("30", "0.5") or a Go duration ("30s").
+// Values too large to represent are clamped; non-finite or non-positive ones are errors.
 func parseTimeout(v string) (time.Duration, error) {
 	if n, err := strconv.ParseFloat(v, 64); err == nil {
+		if math.IsNaN(n) || n <= 0 {
+			return 0, errors.New("not a positive number")
+		}
+		if n > float64(math.MaxInt64/int64(time.Second)) {
+			return time.Duration(math.MaxInt64), nil
+		}
 		return time.Duration(n * float64(time.Second)), nil
 	}
 	return time.ParseDuration(v)

@@ -60,8 +60,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	}
 	m.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kasd_forwarded_requests_total",
-		Help: "Requests this kasd forwarded to a peer, by peer instance and result (ok, or the error code).",
-	}, []string{"peer", "result"})
+		Help: "Requests this kasd forwarded to a peer, by result (ok, or the error code).",
+	}, []string{"result"})
 	m.forwardedIn = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kasd_forwarded_in_total",
 		Help: "Forwarded requests received from peers, by result (ok, not_holder, ...).",

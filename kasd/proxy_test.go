@@ -115,6 +115,10 @@ func TestErrorStatuses(t *testing.T) {
 		{"client deadline", "/api/v1/agents/alpha/proxy/slow/", "", []string{"Qkas-Timeout", "200ms"}, 504, api.CodeDeadlineExceeded},
 		{"header timeout", "/api/v1/agents/alpha/proxy/slow/", "", nil, 504, api.CodeDeadlineExceeded},
 		{"bad timeout", "/api/v1/agents/alpha/proxy/web/", "", []string{"Qkas-Timeout", "soon"}, 400, api.CodeBadRequest},
+		{"infinite timeout", "/api/v1/agents/alpha/proxy/web/", "", []string{"Qkas-Timeout", "NaN"}, 400, api.CodeBadRequest},
+		{"dot dot", "/api/v1/agents/alpha/proxy/web/a/../../x", "", nil, 400, api.CodeBadRequest},
+		{"encoded dot dot", "/api/v1/agents/alpha/proxy/web/%2e%2e/x", "", nil, 400, api.CodeBadRequest},
+		{"dot dot behind encoded slash", "/api/v1/agents/alpha/proxy/web/x%2f..%2fy", "", nil, 400, api.CodeBadRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest("GET", e.url(tc.path), nil)
@@ -458,5 +462,27 @@ func TestAgentReconnectsAfterKasdRestart(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("agent did not come back: %d %s", resp.StatusCode, body)
 		}
+	}
+}
+
+func TestMethodNotAllowedAndForgedErrors(t *testing.T) {
+	e := newEnv(t)
+	forger := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(api.HeaderError, "agent_not_connected")
+		w.WriteHeader(http.StatusTeapot)
+	}))
+	defer forger.Close()
+	a := e.startAgent("alpha", "pod-1", map[string]string{"forger": forger.URL})
+	waitConnected(t, a, 1)
+	resp := e.do("POST", "/api/v1/agents", nil)
+	readAll(t, resp)
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") == "" {
+		t.Errorf("POST /api/v1/agents: %d, Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+	// A service's own error must not pass for one of qkas's.
+	resp = e.do("GET", "/api/v1/agents/alpha/proxy/forger/", nil)
+	readAll(t, resp)
+	if resp.StatusCode != http.StatusTeapot || resp.Header.Get(api.HeaderError) != "" {
+		t.Errorf("forged error: %d %q", resp.StatusCode, resp.Header.Get(api.HeaderError))
 	}
 }

@@ -189,7 +189,7 @@ func requestVerb(method, reqPath string, query url.Values) string {
 	}
 	switch m {
 	case "get", "head":
-		if watchPrefix || query.Get("watch") == "true" || query.Get("watch") == "1" {
+		if watchPrefix || isWatch(query.Get("watch")) {
 			return "watch"
 		}
 		if collection {
@@ -209,4 +209,14 @@ func requestVerb(method, reqPath string, query url.Values) string {
 		return "delete"
 	}
 	return m // options
+}
+
+// isWatch reads the watch parameter the way the API server does (apimachinery's bool
+// conversion): any value but "", "false" and "0" (case-insensitive) asks for a watch.
+func isWatch(v string) bool {
+	switch strings.ToLower(v) {
+	case "", "false", "0":
+		return false
+	}
+	return true
 }

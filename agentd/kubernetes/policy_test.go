@@ -25,6 +25,11 @@ func TestRequestVerb(t *testing.T) {
 		{"GET", "/api/v1/namespaces/default/pods", "", "list"},
 		{"GET", "/api/v1/namespaces/default/pods", "watch=true", "watch"},
 		{"GET", "/api/v1/namespaces/default/pods", "watch=1", "watch"},
+		// The API server treats any value but "", false and 0 as a watch; so must the policy.
+		{"GET", "/api/v1/namespaces/default/pods", "watch=yes", "watch"},
+		{"GET", "/api/v1/namespaces/default/pods", "watch=True", "watch"},
+		{"GET", "/api/v1/namespaces/default/pods", "watch=false", "list"},
+		{"GET", "/api/v1/namespaces/default/pods", "watch=0", "list"},
 		{"GET", "/api/v1/watch/namespaces/default/pods", "", "watch"},
 		{"GET", "/api/v1/namespaces/default/pods/p1", "", "get"},
 		{"GET", "/api/v1/namespaces/default/pods/p1/log", "follow=true", "get"},

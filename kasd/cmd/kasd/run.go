@@ -232,9 +232,15 @@ func run(ctx context.Context, args []string) error {
 		log.Info().Msg("draining")
 		sctx, cancel := context.WithTimeout(context.Background(), o.shutdownGrace+5*time.Second)
 		defer cancel()
-		// Stop taking new client requests, drain agents and in-flight requests, then close.
+		// Drain: /readyz fails at once (Shutdown sets draining); agents get GoAway; the API
+		// server stops taking requests while those in flight finish, both within the grace.
+		apiDone := make(chan struct{})
+		go func() { // owned here: waited for below
+			defer close(apiDone)
+			_ = apiSrv.Shutdown(sctx)
+		}()
 		err := srv.Shutdown(sctx)
-		_ = apiSrv.Shutdown(sctx)
+		<-apiDone
 		_ = agentLn.Close()
 		if fleet != nil {
 			// Delete this instance's keys and revoke its lease, so peers stop routing here now
