@@ -33,6 +33,10 @@ type Agent struct {
 
 	mu    sync.Mutex         // guards the fields below
 	slots map[int]*agentConn // live connection per slot
+	// closed is set when Run ends: no request goroutine starts afterwards.
+	closed bool
+	// reqs are request-scoped goroutines (GitLab request-body writers), waited for by Run.
+	reqs sync.WaitGroup
 }
 
 // New checks cfg and builds an Agent. It opens no connection until Run.
@@ -72,7 +76,8 @@ func New(cfg Config) (*Agent, error) {
 }
 
 // Run keeps Config.Connections connections to kasd until ctx ends, then drains them and returns
-// nil once every goroutine it started has returned.
+// nil once every goroutine it started has returned, including the request-body writers of
+// GitLab requests (see GitLabRoundTripper). An Agent runs once.
 func (a *Agent) Run(ctx context.Context) error {
 	tlsConf := a.cfg.TLS.Clone()
 	tlsConf.NextProtos = []string{api.ALPNAgent}
@@ -87,8 +92,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.runSlot(ctx, slot, dialer, &wg) })
 	}
 	wg.Wait()
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	a.reqs.Wait()
 	a.closeIdle()
 	return nil
+}
+
+// goOwned runs f in a goroutine that Run waits for; false once Run is ending.
+func (a *Agent) goOwned(f func()) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return false
+	}
+	a.reqs.Go(f)
+	return true
 }
 
 // Connected reports how many connections to kasd are established.

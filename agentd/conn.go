@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	quicgo "github.com/quic-go/quic-go"
@@ -27,9 +28,18 @@ type agentConn struct {
 
 	srv       *http.Server
 	ln        *httpstream.Listener
+	ctrlMu    sync.Mutex    // serialises writes on control (heartbeats)
+	hbStop    chan struct{} // closed by drain to stop the heartbeat
+	hbDone    chan struct{} // closed when the heartbeat has returned
 	serveDone chan struct{} // closed when srv.Serve has returned
 	ctrlDone  chan struct{} // closed when the control reader has returned
 	goAway    chan struct{} // closed when kasd sent GoAway
+
+	// Handlers are tracked because http.Server.Shutdown does not wait for upgraded (hijacked)
+	// streams; drain does.
+	hmu      sync.Mutex     // guards hclosed
+	hclosed  bool           // set by drain: no handler starts afterwards
+	handlers sync.WaitGroup // running serveStream calls
 }
 
 // startConn starts the connection's http.Server and control reader. Both goroutines are owned by
@@ -47,7 +57,7 @@ func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcom
 	}
 	c.ln = httpstream.NewListener(qc, a.checkRequest, c)
 	c.srv = &http.Server{
-		Handler:           http.HandlerFunc(a.serveStream),
+		Handler:           http.HandlerFunc(c.serveTracked),
 		ReadHeaderTimeout: a.cfg.RequestHeaderTimeout,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          log.New(logWriter{c.log}, "", 0),
@@ -68,6 +78,11 @@ func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcom
 	go func() {
 		defer close(c.ctrlDone)
 		c.readControl()
+	}()
+	c.hbStop, c.hbDone = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(c.hbDone)
+		c.heartbeat(c.hbStop)
 	}()
 	c.log.Info().Msg("connected to kasd")
 	return c
@@ -112,12 +127,51 @@ func (c *agentConn) wait(ctx context.Context) string {
 func (c *agentConn) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.a.cfg.DrainTimeout)
 	defer cancel()
+	c.announceLeaving()
 	if err := c.srv.Shutdown(ctx); err != nil {
 		_ = c.srv.Close()
 	}
+	// Shutdown does not wait for upgraded streams: they get the rest of DrainTimeout, then
+	// closing the connection ends them, and their handlers are waited for.
+	handlersDone := c.stopHandlers()
+	select {
+	case <-handlersDone:
+	case <-ctx.Done():
+	}
 	_ = c.qc.CloseWithError(quic.ConnCodeNoError, "agent closing")
+	<-handlersDone
+	close(c.hbStop)
+	<-c.hbDone
 	<-c.serveDone
 	<-c.ctrlDone
+}
+
+// serveTracked runs serveStream as a handler that drain waits for.
+func (c *agentConn) serveTracked(w http.ResponseWriter, r *http.Request) {
+	c.hmu.Lock()
+	if c.hclosed {
+		c.hmu.Unlock()
+		api.WriteHTTPError(w, api.Errorf(api.CodeShuttingDown, "the agent is closing this connection"))
+		return
+	}
+	c.handlers.Add(1)
+	c.hmu.Unlock()
+	defer c.handlers.Done()
+	c.a.serveStream(w, r)
+}
+
+// stopHandlers stops new handlers and returns a channel closed once the running ones have
+// returned. The goroutine that closes it is drain's, which waits for the channel.
+func (c *agentConn) stopHandlers() <-chan struct{} {
+	c.hmu.Lock()
+	c.hclosed = true
+	c.hmu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.handlers.Wait()
+	}()
+	return done
 }
 
 // checkRequest vets a stream's Request frame before any HTTP is read.

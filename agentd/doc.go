@@ -11,7 +11,13 @@
 //     streams; the http.Server owns one goroutine per stream (one request). A connection that got
 //     GoAway is drained by its slot (in-flight requests finish, bounded by Config.DrainTimeout)
 //     while a new connection is already being dialled.
-//   - Run returns only after every goroutine above has returned.
+//   - http.Server.Shutdown does not wait for upgraded (hijacked) streams, so the connection
+//     tracks its handlers itself: drain lets upgraded streams run for the rest of
+//     Config.DrainTimeout, then closes the connection under them and waits for their handlers.
+//   - The request-body writer of each GitLab request (GitLabRoundTripper) is owned by the Agent;
+//     once Run is ending no new one starts (the request fails with shutting_down). A writer
+//     ends when its body ends or fails, or a write to its stream fails.
+//   - Run returns only after every goroutine above has returned, request-body writers included.
 //
 // # Streams
 //

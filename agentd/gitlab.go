@@ -54,9 +54,11 @@ const (
 // bad_request for a path that is not a module path, agent_not_connected when the agent has had
 // no connection to kasd for ConnectWait, kasd's typed refusal otherwise.
 //
-// A request body is written by a goroutine that ends when the body or the stream ends (see
-// httpstream.Options.Go); the stream ends with the response, the request's context, or the
-// connection.
+// A request body is written by a goroutine owned by the Agent: Agent.Run waits for it before it
+// returns, and once Run is ending a request with a body fails with shutting_down. The goroutine
+// ends when the body ends or fails, or when a write to the stream fails; the stream ends with
+// the response, the request's context, or the connection. A body that blocks in Read therefore
+// holds Run until the caller ends it (GitLabHandler's bodies end when its http.Server shuts down).
 type GitLabRoundTripper struct {
 	// Agent is the agent whose connections carry the requests. Required.
 	Agent *Agent
@@ -153,6 +155,7 @@ func (t *GitLabRoundTripper) roundTrip(req *http.Request) (*http.Response, error
 		}
 		return httpstream.RoundTrip(ctx, quic.NewStreamConn(c.qc, st), frame, req, &httpstream.Options{
 			ResponseHeaderTimeout: headerTimeout,
+			Go:                    t.Agent.goOwned,
 		})
 	}
 }

@@ -142,6 +142,8 @@ func parsePayload(t FrameType, p string) (Message, error) {
 		}
 	case TypeGoAway:
 		m = &GoAway{Reason: d.string("reason")}
+	case TypePing:
+		m = &Ping{Padding: d.bytes("padding")}
 	case TypePeerHello:
 		m = &PeerHello{
 			Version:    d.uvarint("version"),

@@ -30,6 +30,7 @@ const (
 	TypeError     FrameType = 3
 	TypeGoAway    FrameType = 4
 	TypePeerHello FrameType = 5
+	TypePing      FrameType = 6
 	TypeRequest   FrameType = 8
 	TypeResult    FrameType = 9
 	TypeForward   FrameType = 10
@@ -44,6 +45,7 @@ var frameInfo = [...]struct {
 	TypeError:     {"error", 4 << 10},
 	TypeGoAway:    {"goaway", 1 << 10},
 	TypePeerHello: {"peer_hello", 4 << 10},
+	TypePing:      {"ping", 1 << 10},
 	TypeRequest:   {"request", 16 << 10},
 	TypeResult:    {"result", 4 << 10},
 	TypeForward:   {"forward", 4 << 10},
@@ -51,7 +53,7 @@ var frameInfo = [...]struct {
 
 func (t FrameType) known() bool { return int(t) < len(frameInfo) && frameInfo[t].name != "" }
 
-// String returns "hello", "welcome", "error", "goaway", "peer_hello",
+// String returns "hello", "welcome", "error", "goaway", "peer_hello", "ping",
 // "request", "result", "forward", or "type_N" for an unknown type.
 func (t FrameType) String() string {
 	if t.known() {

@@ -28,6 +28,7 @@ func sampleMessages() []Message {
 		&Error{Code: Code(999), Message: "from the future ✓"},
 		&GoAway{},
 		&GoAway{Reason: "shutting down ✓"},
+		&Ping{Padding: make([]byte, 48)},
 		&PeerHello{},
 		&PeerHello{Version: 1, InstanceID: "kasd-b", Proof: []byte{0, 1, 2, 0xff}},
 		&Request{Kind: KindHTTP, Service: "kubernetes"},
@@ -543,7 +544,7 @@ func TestFrameTypeNames(t *testing.T) {
 	}{
 		TypeHello: {"hello", 16 << 10}, TypeWelcome: {"welcome", 4 << 10}, TypeError: {"error", 4 << 10},
 		TypeGoAway: {"goaway", 1 << 10}, TypePeerHello: {"peer_hello", 4 << 10}, TypeRequest: {"request", 16 << 10},
-		TypeResult: {"result", 4 << 10}, TypeForward: {"forward", 4 << 10},
+		TypeResult: {"result", 4 << 10}, TypeForward: {"forward", 4 << 10}, TypePing: {"ping", 1 << 10},
 	}
 	for i := 0; i < 256; i++ {
 		typ := FrameType(i)

@@ -125,6 +125,24 @@ func (m *GoAway) AppendPayload(b []byte) []byte {
 	return appendString(b, fitString(m.Reason, TypeGoAway.MaxSize()))
 }
 
+// Ping is a heartbeat on a control stream; the receiver ignores it. Its padding makes the
+// packet that carries it large enough (over 42 bytes) for a restarted peer to answer with a
+// QUIC stateless reset, which QUIC's own tiny keep-alive PINGs are not.
+type Ping struct {
+	Padding []byte
+}
+
+func (*Ping) Type() FrameType { return TypePing }
+
+func (m *Ping) AppendPayload(b []byte) []byte {
+	p := m.Padding
+	if len(p) > TypePing.MaxSize()-4 {
+		p = p[:TypePing.MaxSize()-4]
+	}
+	b = appendUvarint(b, uint64(len(p)))
+	return append(b, p...)
+}
+
 // PeerHello opens a kasd <-> kasd connection.
 type PeerHello struct {
 	Version    uint64
@@ -179,6 +197,20 @@ func (k Kind) String() string {
 
 // KV is one Request metadata entry. Keys may repeat.
 type KV struct{ Key, Value string }
+
+// Request.Meta keys about the stream itself, set and read by package httpstream. A receiver that
+// does not know them ignores them, and then behaves as the sender expects anyway.
+const (
+	// MetaLateResult ("1"): the sender reads the Result only after it has sent the whole request,
+	// so the receiver may send an OK Result together with the first bytes of its response (one
+	// packet instead of two). Not set when the sender holds the request body until the Result.
+	MetaLateResult = "late-result"
+	// MetaRequestFIN ("1"): the sender finishes its send side right after the HTTP request (no
+	// body, no upgrade). The receiver does not pass that end of stream on to its HTTP server,
+	// which would take it for a client gone away, but keeps the request alive until its
+	// response is written.
+	MetaRequestFIN = "request-fin"
+)
 
 // Request is the first frame on a request stream; the HTTP/1.1 request
 // follows on the same stream.

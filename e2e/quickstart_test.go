@@ -144,8 +144,8 @@ func TestQuickstart(t *testing.T) {
 	// connection ended: "goaway", or "lost: ..." when kasd closed it before the GoAway arrived.
 	if line := agent.WaitLog(t, "connection to kasd ended"); !strings.Contains(line, `"reason":"goaway"`) {
 		t.Errorf("kasd drained without the agent receiving a GoAway: %s", line)
-	} else if v, _ := metric(t, agent.ObsURL(), "agentd_goaways_total"); v != 1 {
-		t.Errorf("agentd_goaways_total = %v, want 1", v)
+	} else if v, _ := metric(t, agent.ObsURL(), "agentd_goaways_total"); v < 1 {
+		t.Errorf("agentd_goaways_total = %v, want one per connection (>= 1)", v)
 	}
 	agent.WaitLog(t, "connecting to kasd failed") // it keeps trying
 
@@ -175,11 +175,10 @@ func TestQuickstart(t *testing.T) {
 		}
 		return false
 	})
-	// quic-go answers only packets larger than 42 bytes with a stateless reset, and an idle
-	// connection's keep-alive PINGs are smaller: whether the reset or the idle timeout ends the
-	// old connection depends on what the agent sends next. Either way it must come back.
+	// quic-go answers only packets larger than 42 bytes with a stateless reset; agentd's padded
+	// heartbeat (api.Ping, every keep-alive period) is such a packet, QUIC's own PING is not.
 	if !strings.Contains(line, "stateless reset") {
-		t.Logf("the old connection ended without a stateless reset (known, see the fleet issue notes): %s", line)
+		t.Errorf("agentd did not get a stateless reset from the restarted kasd: %s", line)
 	}
 	agent.WaitConnected(t) // the slot is cleared before that line is logged
 	t.Logf("agent reconnected %v after SIGKILL of kasd (%s)", time.Since(killed).Round(time.Millisecond), line)

@@ -68,29 +68,48 @@ func (c *Client) AgentInfo(ctx context.Context, agentToken string) (*AgentInfo, 
 	c.metrics.cache.WithLabelValues(cacheMiss).Inc()
 
 	// The shared lookup does not end when the first caller gives up: other callers may be
-	// waiting for it. It is bounded by Timeout instead, and its goroutine (owned by the
-	// singleflight group) ends by then at the latest.
+	// waiting for it. It is bounded by Timeout (and Close) instead. Each caller waits for it
+	// in a goroutine that the Client owns, so Close can wait for every lookup to end.
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, api.Errorf(api.CodeShuttingDown, "GitLab client closed")
+	}
+	c.lookups.Add(1)
+	c.mu.Unlock()
 	flightCtx := context.WithoutCancel(ctx)
-	ch := c.flights.DoChan(string(key[:]), func() (any, error) {
-		// A flight that finished between our cache miss and DoChan has filled the cache.
-		if e, ok := c.cacheLookup(key); ok {
-			return e.info, e.err
-		}
-		fctx, cancel := context.WithTimeout(flightCtx, c.cfg.Timeout)
-		defer cancel()
-		info, err := c.fetchAgentInfo(fctx, agentToken)
-		c.cacheStore(key, info, err)
-		return info, err
-	})
+	ch := make(chan lookupResult, 1)
+	go func() {
+		defer c.lookups.Done()
+		v, err, _ := c.flights.Do(string(key[:]), func() (any, error) {
+			// A flight that finished between our cache miss and Do has filled the cache.
+			if e, ok := c.cacheLookup(key); ok {
+				return e.info, e.err
+			}
+			fctx, cancel := context.WithTimeout(flightCtx, c.cfg.Timeout)
+			defer cancel()
+			defer context.AfterFunc(c.closing, cancel)()
+			info, err := c.fetchAgentInfo(fctx, agentToken)
+			c.cacheStore(key, info, err)
+			return info, err
+		})
+		ch <- lookupResult{v, err}
+	}()
 	select {
 	case res := <-ch:
-		if res.Err != nil {
-			return nil, res.Err
+		if res.err != nil {
+			return nil, res.err
 		}
-		return res.Val.(*AgentInfo).clone(), nil
+		return res.val.(*AgentInfo).clone(), nil
 	case <-ctx.Done():
 		return nil, ctxError(ctx)
 	}
+}
+
+// lookupResult is a shared lookup's answer as one caller receives it.
+type lookupResult struct {
+	val any
+	err error
 }
 
 // cacheGet looks key up, counts the result and returns a copy of a cached admission.

@@ -3,6 +3,7 @@ package gitlab_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -339,4 +340,41 @@ func TestRateLimit(t *testing.T) {
 	if n := e.gl.AgentInfoCalls(); n != 1 {
 		t.Errorf("AgentInfoCalls = %d", n)
 	}
+}
+
+// TestCloseWaitsForLookups: a lookup outlives the caller that gave up on it, but not Close:
+// Close ends it and returns only once it is over; AgentInfo fails with shutting_down after.
+func TestCloseWaitsForLookups(t *testing.T) {
+	e := newEnv(t, func(c *gitlab.Config) { c.Timeout = 30 * time.Second })
+	e.gl.AddAgent("slow", agent1)
+	entered := make(chan struct{})
+	release := make(chan struct{}) // unblocks GitLab if the client never cancels its request
+	t.Cleanup(func() { close(release) })
+	e.gl.SetAgentInfoHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() { <-entered; cancel() }()
+	_, err := e.client.AgentInfo(ctx, "slow")
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("AgentInfo with a canceled context: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); e.client.Close() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the lookup in flight")
+	}
+	// The lookup counted its failed request before its goroutine ended.
+	errored := map[string]string{"endpoint": "agent_info", "code": "error"}
+	if n := e.counter(t, "kasd_gitlab_requests_total", errored); n != 1 {
+		t.Fatalf("Close returned with the lookup still in flight (agent_info errors = %v, want 1)", n)
+	}
+	_, err = e.client.AgentInfo(t.Context(), "slow")
+	wantCode(t, err, api.CodeShuttingDown)
 }

@@ -43,8 +43,9 @@ const (
 	jwtSkew     = 5 * time.Second
 )
 
-// Client is kasd's client to GitLab. It is safe for concurrent use. Close releases idle
-// connections; it owns no goroutines of its own.
+// Client is kasd's client to GitLab. It is safe for concurrent use. It owns one goroutine per
+// caller of AgentInfo that is waiting for a GitLab lookup (each ends with the lookup, within
+// Config.Timeout); Close cancels those lookups and waits for the goroutines.
 type Client struct {
 	cfg       Config
 	base      *url.URL
@@ -56,8 +57,14 @@ type Client struct {
 	proxy     *httputil.ReverseProxy
 	flights   singleflight.Group // keyed by sha256(token)
 
-	mu    sync.Mutex // guards the fields below
-	cache map[tokenKey]cacheEntry
+	// closing ends with Close; it cancels in-flight agent_info lookups.
+	closing     context.Context
+	cancelFetch context.CancelFunc
+
+	mu      sync.Mutex // guards the fields below
+	cache   map[tokenKey]cacheEntry
+	closed  bool           // set by Close: no lookup starts afterwards
+	lookups sync.WaitGroup // AgentInfo goroutines waiting for a shared lookup
 }
 
 // New builds a Client from cfg (defaults applied, then validated) and registers its metrics
@@ -120,13 +127,20 @@ func New(cfg Config, reg prometheus.Registerer) (*Client, error) {
 		metrics: m,
 		cache:   make(map[tokenKey]cacheEntry),
 	}
+	c.closing, c.cancelFetch = context.WithCancel(context.Background())
 	c.proxy = c.newModuleProxy()
 	return c, nil
 }
 
-// Close closes idle connections to GitLab. Requests in flight are not interrupted; they are
-// bounded by their contexts. Close is idempotent.
+// Close cancels in-flight agent_info lookups, waits for their goroutines, and closes idle
+// connections to GitLab. AgentInfo fails with shutting_down afterwards. Module requests in
+// flight are not interrupted; they are bounded by their contexts. Close is idempotent.
 func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.cancelFetch()
+	c.lookups.Wait()
 	c.transport.CloseIdleConnections()
 	return nil
 }

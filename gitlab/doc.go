@@ -30,9 +30,9 @@
 //     A cached admission keeps being served while GitLab is down, until it expires.
 //   - At most Config.MaxCacheEntries entries; tokens are peer-controlled.
 //   - Concurrent lookups of one token share one request (singleflight). That request is bounded
-//     by Config.Timeout, not by the first caller's context: each caller stops waiting when its
-//     own context ends, and the shared request's goroutine (owned by the singleflight group)
-//     ends within Config.Timeout.
+//     by Config.Timeout and by Close, not by the first caller's context: each caller stops
+//     waiting when its own context ends, while the goroutine that waits for the shared request
+//     on its behalf (owned by the Client) ends with the request.
 //
 // # Modules
 //
@@ -50,6 +50,7 @@
 //     package, or taken from the incoming Authorization header, which is replaced.
 //   - No agent token, JWT or secret is ever logged or put into an error message. Errors carry
 //     the GitLab URL and status at most.
-//   - Client owns no goroutines besides singleflight's, which end within Config.Timeout.
-//     Close only closes idle connections.
+//   - Client owns one goroutine per AgentInfo caller waiting for a GitLab lookup; each ends
+//     within Config.Timeout. Close cancels the lookups, waits for those goroutines, and closes
+//     idle connections; AgentInfo fails with api.CodeShuttingDown afterwards.
 package gitlab

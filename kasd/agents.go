@@ -79,12 +79,12 @@ func (t *agentTable) full() bool {
 	return t.total >= t.maxTotal
 }
 
-// add registers c or returns a limit error.
-func (t *agentTable) add(c *agentConn) error {
+// add registers c, or returns the limit it hit (its metric reason) and an overloaded error.
+func (t *agentTable) add(c *agentConn) (limit string, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.total >= t.maxTotal {
-		return api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", t.maxTotal)
+		return "max_agent_connections", api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", t.maxTotal)
 	}
 	e := t.agents[c.agentID]
 	if e == nil {
@@ -92,13 +92,13 @@ func (t *agentTable) add(c *agentConn) error {
 		t.agents[c.agentID] = e
 	}
 	if len(e.conns) >= t.maxPerAgent {
-		return api.Errorf(api.CodeOverloaded, "agent %s already holds the maximum of %d connections", c.agentID, t.maxPerAgent)
+		return "max_connections_per_agent", api.Errorf(api.CodeOverloaded, "agent %s already holds the maximum of %d connections", c.agentID, t.maxPerAgent)
 	}
 	e.conns = append(slices.Clip(e.conns), c)
 	c.entry = e
 	t.total++
 	t.notifyLocked(c.agentID, len(e.conns))
-	return nil
+	return "", nil
 }
 
 func (t *agentTable) remove(c *agentConn) {

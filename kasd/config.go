@@ -49,6 +49,12 @@ type Config struct {
 	// MaxRequestTimeout caps the per-request timeout a client may ask for with the
 	// Qkas-Timeout header. Default 1h.
 	MaxRequestTimeout time.Duration
+	// MaxPendingHandshakes limits agent connections that have not yet authenticated (waiting
+	// for their control stream, Hello, or the authenticator's answer). Beyond it a new
+	// connection is refused at once with overloaded, so unauthenticated peers cannot hold
+	// unbounded connections and goroutines for HandshakeTimeout, nor spend the GitLab rate
+	// limit with made-up tokens. Default 1000.
+	MaxPendingHandshakes int
 	// MaxAgentConnections limits agent connections to this kasd. Default 100000.
 	MaxAgentConnections int
 	// MaxConnectionsPerAgent limits connections (replicas) one agent id may hold. Default 64.
@@ -86,6 +92,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxRequestTimeout == 0 {
 		c.MaxRequestTimeout = time.Hour
+	}
+	if c.MaxPendingHandshakes == 0 {
+		c.MaxPendingHandshakes = 1000
 	}
 	if c.MaxAgentConnections == 0 {
 		c.MaxAgentConnections = 100000
@@ -132,7 +141,7 @@ func (c Config) Validate() error {
 	}
 	for name, n := range map[string]int{
 		"max agent connections": c.MaxAgentConnections, "max connections per agent": c.MaxConnectionsPerAgent,
-		"max inflight per agent": c.MaxInflightPerAgent,
+		"max inflight per agent": c.MaxInflightPerAgent, "max pending handshakes": c.MaxPendingHandshakes,
 	} {
 		if n < 1 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))

@@ -32,6 +32,10 @@ type Server struct {
 	inflight atomic.Int64 // proxied requests in progress, for Shutdown
 	draining atomic.Bool  // set by Shutdown: refuse new agents, fail /readyz
 
+	// handshakes is a semaphore of Config.MaxPendingHandshakes slots, one held by each agent
+	// connection from its arrival until its token has been checked.
+	handshakes chan struct{}
+
 	mu     sync.Mutex // guards the fields below
 	closed bool
 	conns  map[*quicgo.Conn]struct{} // every agent QUIC connection, authenticated or not
@@ -49,6 +53,8 @@ func New(cfg Config) (*Server, error) {
 		log:   cfg.Log.With().Str("instance", cfg.InstanceID).Logger(),
 		table: newAgentTable(cfg.MaxAgentConnections, cfg.MaxConnectionsPerAgent),
 		conns: map[*quicgo.Conn]struct{}{},
+
+		handshakes: make(chan struct{}, cfg.MaxPendingHandshakes),
 	}
 	s.m = newMetrics(cfg.Registerer, s)
 	s.proxy = s.newProxy()
@@ -137,6 +143,23 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		s.refuse(qc, nil, api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", s.cfg.MaxAgentConnections), log)
 		return
 	}
+	// Hold a handshake slot until the token is checked: an unauthenticated peer may keep a
+	// connection (and this goroutine) for HandshakeTimeout, so their number is bounded.
+	select {
+	case s.handshakes <- struct{}{}:
+	default:
+		s.m.limitRejections.WithLabelValues("max_pending_handshakes").Inc()
+		s.refuse(qc, nil, api.Errorf(api.CodeOverloaded, "kasd is handling its maximum of %d agent handshakes", s.cfg.MaxPendingHandshakes), log)
+		return
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			<-s.handshakes
+		}
+	}
+	defer release()
 	ctx, cancel := context.WithTimeout(qc.Context(), s.cfg.HandshakeTimeout)
 	defer cancel()
 	control, err := qc.AcceptStream(ctx)
@@ -161,6 +184,7 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		return
 	}
 	agentID, err := s.cfg.AgentAuth.Authenticate(ctx, hello.Token)
+	release()
 	if err != nil {
 		s.refuse(qc, control, asAPIError(err, api.CodeUnauthenticated), log)
 		return
@@ -177,8 +201,8 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		control:  control,
 	}
 	log = log.With().Str("agent_id", agentID).Str("connection_id", c.id).Str("replica", c.replica).Logger()
-	if err := s.table.add(c); err != nil {
-		s.m.limitRejections.WithLabelValues("max_connections_per_agent").Inc()
+	if limit, err := s.table.add(c); err != nil {
+		s.m.limitRejections.WithLabelValues(limit).Inc()
 		s.refuse(qc, control, asAPIError(err, api.CodeOverloaded), log)
 		return
 	}
@@ -201,10 +225,17 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 	// frames are skipped so that newer agents can talk to this kasd. The read ends when the
 	// connection ends.
 	for {
-		if _, err := api.ReadFrame(control); err != nil {
+		m, err := api.ReadFrame(control)
+		if err != nil {
 			if !errors.Is(err, api.ErrUnknownFrameType) {
 				break
 			}
+			continue
+		}
+		if _, ok := m.(*api.GoAway); ok {
+			// The agent leaves this connection: route no new request to it. Requests in
+			// flight finish; the agent closes the connection when they are done.
+			s.table.remove(c)
 		}
 	}
 	_ = qc.CloseWithError(quic.ConnCodeNoError, "")

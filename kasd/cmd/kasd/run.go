@@ -44,6 +44,7 @@ type options struct {
 	routeTimeout        time.Duration
 	responseHdrTimeout  time.Duration
 	handshakeTimeout    time.Duration
+	maxPendingHandshake int
 	maxAgentConns       int
 	maxConnsPerAgent    int
 	maxInflightPerAgent int
@@ -74,6 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.routeTimeout, "route-timeout", 5*time.Second, "how long a request waits for its agent to connect before 503")
 	fs.DurationVar(&o.responseHdrTimeout, "response-header-timeout", 60*time.Second, "how long to wait for a response header from the agent before 504")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "how long an agent may take to send Hello")
+	fs.IntVar(&o.maxPendingHandshake, "max-pending-handshakes", 1000, "maximum agent connections not yet authenticated; more are refused at once (overloaded)")
 	fs.IntVar(&o.maxAgentConns, "max-agent-connections", 100000, "maximum agent connections to this kasd")
 	fs.IntVar(&o.maxConnsPerAgent, "max-connections-per-agent", 64, "maximum connections (replicas) per agent id")
 	fs.IntVar(&o.maxInflightPerAgent, "max-inflight-per-agent", 10000, "maximum concurrent proxied requests per agent")
@@ -201,6 +203,7 @@ func run(ctx context.Context, args []string) error {
 		HandshakeTimeout:       o.handshakeTimeout,
 		RouteTimeout:           o.routeTimeout,
 		ResponseHeaderTimeout:  o.responseHdrTimeout,
+		MaxPendingHandshakes:   o.maxPendingHandshake,
 		MaxAgentConnections:    o.maxAgentConns,
 		MaxConnectionsPerAgent: o.maxConnsPerAgent,
 		MaxInflightPerAgent:    o.maxInflightPerAgent,
