@@ -33,7 +33,37 @@ type Options struct {
 	// Done is called once when the exchange ends: clean says the response was read to its end;
 	// sent and recv count body bytes.
 	Done func(clean bool, sent, recv int64)
+	// KeepSendOpen keeps the send side open after a request without a body until the response
+	// has been read, for a peer that does not know api.MetaRequestFIN. By default such a
+	// request is followed at once by FIN, in the same packet, so that the stream needs no
+	// STOP_SENDING and no second FIN/RESET_STREAM packet at its end.
+	KeepSendOpen bool
 }
+
+// streamMeta returns meta with the keys that describe this stream. It never modifies meta.
+func streamMeta(meta []api.KV, late, fin bool) []api.KV {
+	var add []api.KV
+	switch {
+	case late && fin:
+		add = metaLateFIN
+	case late:
+		add = metaLate
+	case fin:
+		add = metaFIN
+	default:
+		return meta
+	}
+	if len(meta) == 0 {
+		return add // shared, read-only
+	}
+	return append(meta[:len(meta):len(meta)], add...)
+}
+
+var (
+	metaLateFIN = []api.KV{{Key: api.MetaLateResult, Value: "1"}, {Key: api.MetaRequestFIN, Value: "1"}}
+	metaLate    = metaLateFIN[:1:1]
+	metaFIN     = metaLateFIN[1:2:2]
+)
 
 // RefusedError is returned when the peer answered the Request frame with a refusal. BodyUnread
 // is true when no byte of the request body was consumed, so the request may be retried.
@@ -69,14 +99,24 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, req
 	// One request per stream: the server closes the stream after the response. An upgrade keeps
 	// the stream for the upgraded protocol instead.
 	out.Close = !upgrade
+	// The Result may ride with the response unless we wait for it before sending the body.
+	late := !(hasBody && opts.HoldBody)
+	fin := !hasBody && !upgrade && !opts.KeepSendOpen
+	f := *frame // the caller's frame is reused for retries: never modify it
+	f.Meta = streamMeta(frame.Meta, late, fin)
 	w := &streamWriter{sc: sc}
-	w.buf = api.AppendFrame(append(getBuf(), opts.Prefix...), frame)
+	w.buf = api.AppendFrame(append(getBuf(), opts.Prefix...), &f)
 	var gate chan struct{}
 	if !hasBody {
 		out.Body = nil
 		err := out.Write(w)
 		if err == nil {
 			err = w.Flush()
+		}
+		if err == nil && fin {
+			// An error here means the peer has stopped reading already (it answered, or
+			// refused): what it sent back is still to be read, so it is not ours to report.
+			_ = sc.CloseWrite()
 		}
 		putBuf(w.buf)
 		if err != nil {

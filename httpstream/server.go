@@ -4,6 +4,10 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	quicgo "github.com/quic-go/quic-go"
 
@@ -60,6 +64,20 @@ type Conn struct {
 	started bool
 	req     *api.Request
 	refusal *api.Error
+
+	// lateResult: the OK Result has not been written yet; it goes with the first Write (or
+	// before the end of the stream). rmu orders that first Write before any other.
+	lateResult atomic.Bool
+	rmu        sync.Mutex
+
+	// hideEOF (api.MetaRequestFIN): the peer's FIN follows the request at once. net/http's
+	// server would take an EOF for the client gone away and cancel the request, so Read holds
+	// it back (eof) until the read deadline, Close, or the stream's end. Reader-only fields.
+	hideEOF, eof bool
+	dmu          sync.Mutex // guards the fields below
+	readDeadline time.Time
+	wake         chan struct{} // closed when the read deadline changes or Close runs; nil if no waiter
+	closed       bool
 }
 
 // NewConn wraps an accepted stream.
@@ -83,7 +101,130 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 	}
-	return c.StreamConn.Read(p)
+	if c.eof {
+		return 0, c.waitEOF()
+	}
+	n, err := c.StreamConn.Read(p)
+	if err == io.EOF && c.hideEOF {
+		c.eof = true
+		if n > 0 {
+			return n, nil
+		}
+		return 0, c.waitEOF()
+	}
+	return n, err
+}
+
+// waitEOF blocks a Read after the peer's FIN until the read deadline passes (what net/http
+// does to end its background read: the timeout error is expected), Close, or the stream's
+// context ends (our own FIN, the peer's STOP_SENDING, the connection's end).
+func (c *Conn) waitEOF() error {
+	done := c.StreamConn.Context().Done()
+	for {
+		c.dmu.Lock()
+		if c.closed {
+			c.dmu.Unlock()
+			return net.ErrClosed
+		}
+		d := c.readDeadline
+		if c.wake == nil {
+			c.wake = make(chan struct{})
+		}
+		wake := c.wake
+		c.dmu.Unlock()
+		var expired <-chan time.Time
+		if !d.IsZero() {
+			dur := time.Until(d)
+			if dur <= 0 {
+				return os.ErrDeadlineExceeded
+			}
+			t := time.NewTimer(dur)
+			defer t.Stop()
+			expired = t.C
+		}
+		select {
+		case <-wake:
+		case <-expired:
+			return os.ErrDeadlineExceeded
+		case <-done:
+			return io.EOF
+		}
+	}
+}
+
+func (c *Conn) wakeReader(closing bool) {
+	c.dmu.Lock()
+	if closing {
+		c.closed = true
+	}
+	if c.wake != nil {
+		close(c.wake)
+		c.wake = nil
+	}
+	c.dmu.Unlock()
+}
+
+// SetReadDeadline sets the stream's read deadline, which also bounds a held-back EOF.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.setReadDeadline(t)
+	return c.StreamConn.SetReadDeadline(t)
+}
+
+// SetDeadline sets the stream's read and write deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.setReadDeadline(t)
+	return c.StreamConn.SetDeadline(t)
+}
+
+func (c *Conn) setReadDeadline(t time.Time) {
+	c.dmu.Lock()
+	c.readDeadline = t
+	if c.wake != nil {
+		close(c.wake)
+		c.wake = nil
+	}
+	c.dmu.Unlock()
+}
+
+// Write writes to the stream; the first Write carries the pending OK Result, if any, in front of
+// p in the same stream write.
+func (c *Conn) Write(p []byte) (int, error) {
+	if c.lateResult.Load() {
+		return c.writeResult(p)
+	}
+	return c.StreamConn.Write(p)
+}
+
+var okResult = api.AppendFrame(nil, &api.Result{Code: api.CodeOK})
+
+func (c *Conn) writeResult(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if !c.lateResult.Load() {
+		return c.StreamConn.Write(p)
+	}
+	buf := append(append(getBuf(), okResult...), p...)
+	n, err := c.StreamConn.Write(buf)
+	putBuf(buf)
+	c.lateResult.Store(false)
+	return max(n-len(okResult), 0), err
+}
+
+// CloseWrite sends FIN after the data written so far (and the pending Result, if any).
+func (c *Conn) CloseWrite() error {
+	if c.lateResult.Load() {
+		_, _ = c.writeResult(nil)
+	}
+	return c.StreamConn.CloseWrite()
+}
+
+// Close ends the stream (see quic.StreamConn.Close), after sending the pending Result, if any.
+func (c *Conn) Close() error {
+	if c.lateResult.Load() {
+		_, _ = c.writeResult(nil)
+	}
+	c.wakeReader(true)
+	return c.StreamConn.Close()
 }
 
 // accept reads the Request frame (bounded by whatever read deadline the http.Server has set from
@@ -103,7 +244,18 @@ func (c *Conn) accept() error {
 		}
 	}
 	c.req = req
-	return api.WriteFrame(c.StreamConn, &api.Result{Code: api.CodeOK})
+	c.hideEOF = metaSet(req, api.MetaRequestFIN)
+	if metaSet(req, api.MetaLateResult) {
+		c.lateResult.Store(true)
+		return nil
+	}
+	_, err = c.StreamConn.Write(okResult)
+	return err
+}
+
+func metaSet(req *api.Request, key string) bool {
+	v, ok := req.MetaValue(key)
+	return ok && v == "1"
 }
 
 // Refuse answers the stream with a refusal and closes it.

@@ -2,6 +2,7 @@ package kasd
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +21,9 @@ type metrics struct {
 	forwardedIn      *prometheus.CounterVec
 	peerDials        *prometheus.CounterVec
 	peerConns        *prometheus.CounterVec
+
+	childrenOnce sync.Once
+	children     *metricChildren
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
@@ -93,11 +97,51 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 // streamDone accounts for a finished request stream.
 func (m *metrics) streamDone(sent, recv int64) {
 	m.openStreams.Dec()
-	m.bytes.WithLabelValues("request").Add(float64(sent))
-	m.bytes.WithLabelValues("response").Add(float64(recv))
+	c := m.cached()
+	c.bytesRequest.Add(float64(sent))
+	c.bytesResponse.Add(float64(recv))
 }
 
 func (m *metrics) observe(route string, status int, d time.Duration) {
-	m.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
-	m.duration.WithLabelValues(route).Observe(d.Seconds())
+	c := m.cached()
+	k := requestKey{route, status}
+	c.mu.RLock()
+	rc, dur := c.requests[k], c.duration[route]
+	c.mu.RUnlock()
+	if rc == nil || dur == nil {
+		rc = m.requests.WithLabelValues(route, strconv.Itoa(status))
+		dur = m.duration.WithLabelValues(route)
+		c.mu.Lock()
+		c.requests[k], c.duration[route] = rc, dur
+		c.mu.Unlock()
+	}
+	rc.Inc()
+	dur.Observe(d.Seconds())
+}
+
+// metricChildren caches the per-request metric children, so that a request does not hash its
+// label values (WithLabelValues) every time. Label sets are few: routes × status codes.
+type metricChildren struct {
+	bytesRequest, bytesResponse prometheus.Counter
+
+	mu       sync.RWMutex
+	requests map[requestKey]prometheus.Counter
+	duration map[string]prometheus.Observer
+}
+
+type requestKey struct {
+	route  string
+	status int
+}
+
+func (m *metrics) cached() *metricChildren {
+	m.childrenOnce.Do(func() {
+		m.children = &metricChildren{
+			bytesRequest:  m.bytes.WithLabelValues("request"),
+			bytesResponse: m.bytes.WithLabelValues("response"),
+			requests:      map[requestKey]prometheus.Counter{},
+			duration:      map[string]prometheus.Observer{},
+		}
+	})
+	return m.children
 }
