@@ -85,6 +85,8 @@ type fleet struct {
 	reg    *registry.Registry
 	dialer *quic.Dialer
 
+	wg sync.WaitGroup // watchPeer goroutines; they end with their connection
+
 	mu     sync.Mutex // guards the fields below
 	links  map[string]*peerLink
 	closed bool
@@ -100,6 +102,8 @@ type peerLink struct {
 	// failedAt is when the dial failed or the connection died (unix nanoseconds; 0 while
 	// healthy). Set by the dial or by a context.AfterFunc on the connection.
 	failedAt atomic.Int64
+	// draining is set when the peer sent GoAway on the control stream.
+	draining atomic.Bool
 }
 
 // down reports whether the link failed less than d ago.
@@ -136,6 +140,7 @@ func (f *fleet) close() {
 		}
 	}
 	_ = f.dialer.Close()
+	f.wg.Wait()
 }
 
 // conn returns the live connection to inst, dialling it if needed. Concurrent callers share one
@@ -151,6 +156,10 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 			return nil, ctx.Err()
 		}
 		switch {
+		case l.draining.Load() && l.qc.Context().Err() == nil:
+			// The peer is shutting down: it takes no new request, and it does not hold the
+			// agent much longer. Another holder, or the agent's next connection, serves it.
+			return nil, &api.Error{Code: api.CodeShuttingDown, Message: "peer " + inst.ID + " is draining", Err: errPeerUnavailable}
 		case l.qc != nil && l.qc.Context().Err() == nil:
 			return l.qc, nil
 		case l.down(f.cfg.PeerRetryDelay):
@@ -188,7 +197,8 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 	// The dial serves every waiter, so it must not end with this request.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.PeerQUIC.HandshakeTimeout)
 	defer cancel()
-	l.qc, l.err = f.dial(dctx, inst)
+	var ctrl *quicgo.Stream
+	l.qc, ctrl, l.err = f.dial(dctx, inst)
 	f.mu.Lock()
 	replaced := f.links[inst.ID] != l
 	f.mu.Unlock()
@@ -199,6 +209,7 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 	result := "ok"
 	if l.qc != nil {
 		context.AfterFunc(l.qc.Context(), func() { l.failedAt.Store(time.Now().UnixNano()) })
+		f.wg.Go(func() { f.watchPeer(l, ctrl) })
 	}
 	if l.err != nil {
 		l.failedAt.Store(time.Now().UnixNano())
@@ -211,17 +222,17 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 }
 
 // dial connects to a peer and runs the mutual, channel-bound handshake.
-func (f *fleet) dial(ctx context.Context, inst registry.Instance) (*quicgo.Conn, error) {
+func (f *fleet) dial(ctx context.Context, inst registry.Instance) (*quicgo.Conn, *quicgo.Stream, error) {
 	if inst.PeerAddr == "" {
-		return nil, api.Errorf(api.CodeAgentFailed, "peer %s has no peer address", inst.ID)
+		return nil, nil, api.Errorf(api.CodeAgentFailed, "peer %s has no peer address", inst.ID)
 	}
 	qc, err := f.dialer.Dial(ctx, inst.PeerAddr)
 	if err != nil {
-		return nil, &api.Error{Code: api.CodeAgentFailed, Message: "peer " + inst.ID + " unreachable", Err: fmt.Errorf("%w: %w", errPeerUnavailable, err)}
+		return nil, nil, &api.Error{Code: api.CodeAgentFailed, Message: "peer " + inst.ID + " unreachable", Err: fmt.Errorf("%w: %w", errPeerUnavailable, err)}
 	}
-	fail := func(err error) (*quicgo.Conn, error) {
+	fail := func(err error) (*quicgo.Conn, *quicgo.Stream, error) {
 		_ = qc.CloseWithError(quic.ConnCodeRefused, "peer handshake failed")
-		return nil, &api.Error{Code: api.CodeAgentFailed, Message: "peer " + inst.ID + " handshake: " + err.Error(), Err: fmt.Errorf("%w: %w", errPeerUnavailable, err)}
+		return nil, nil, &api.Error{Code: api.CodeAgentFailed, Message: "peer " + inst.ID + " handshake: " + err.Error(), Err: fmt.Errorf("%w: %w", errPeerUnavailable, err)}
 	}
 	exporter, err := peerExporter(qc)
 	if err != nil {
@@ -253,7 +264,25 @@ func (f *fleet) dial(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 	}
 	_ = ctrl.SetDeadline(time.Time{})
 	f.s.log.Info().Str("peer", inst.ID).Str("peer_addr", inst.PeerAddr).Msg("peer connected")
-	return qc, nil
+	return qc, ctrl, nil
+}
+
+// watchPeer reads the peer's control stream until the connection ends. A GoAway means the peer
+// drains: no new request is forwarded over this link (requests go to other holders, or wait
+// for the agent to move).
+func (f *fleet) watchPeer(l *peerLink, ctrl *quicgo.Stream) {
+	for {
+		m, err := api.ReadFrame(ctrl)
+		if errors.Is(err, api.ErrUnknownFrameType) {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		if _, ok := m.(*api.GoAway); ok {
+			l.draining.Store(true)
+		}
+	}
 }
 
 func peerExporter(qc *quicgo.Conn) ([]byte, error) {
@@ -370,6 +399,19 @@ func (s *Server) servePeerConn(qc *quicgo.Conn) {
 	s.m.peerConns.WithLabelValues("accepted").Inc()
 	log = log.With().Str("peer", ph.InstanceID).Logger()
 	log.Info().Msg("peer accepted")
+	pc := &peerCtrl{stream: ctrl}
+	s.mu.Lock()
+	s.peerCtrls[pc] = struct{}{}
+	draining := s.draining.Load()
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.peerCtrls, pc)
+		s.mu.Unlock()
+	}()
+	if draining {
+		pc.sendGoAway()
+	}
 	for {
 		st, err := qc.AcceptStream(qc.Context())
 		if err != nil {
@@ -494,4 +536,18 @@ func (s *Server) livePeerLinks() int {
 		}
 	}
 	return n
+}
+
+// peerCtrl is the control stream of an accepted peer connection, on which Shutdown sends
+// GoAway.
+type peerCtrl struct {
+	mu     sync.Mutex // serialises writes
+	stream *quicgo.Stream
+}
+
+func (p *peerCtrl) sendGoAway() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_ = p.stream.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = api.WriteFrame(p.stream, &api.GoAway{Reason: "kasd is shutting down"})
 }

@@ -39,7 +39,9 @@ type Server struct {
 	mu     sync.Mutex // guards the fields below
 	closed bool
 	conns  map[*quicgo.Conn]struct{} // every agent QUIC connection, authenticated or not
-	wg     sync.WaitGroup            // agent connection handlers and request-body writers
+	// peerCtrls are the control streams of accepted peer connections (GoAway on Shutdown).
+	peerCtrls map[*peerCtrl]struct{}
+	wg        sync.WaitGroup // agent connection handlers and request-body writers
 }
 
 // New checks cfg and builds a Server.
@@ -49,10 +51,11 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("kasd: %w", err)
 	}
 	s := &Server{
-		cfg:   cfg,
-		log:   cfg.Log.With().Str("instance", cfg.InstanceID).Logger(),
-		table: newAgentTable(cfg.MaxAgentConnections, cfg.MaxConnectionsPerAgent),
-		conns: map[*quicgo.Conn]struct{}{},
+		cfg:       cfg,
+		log:       cfg.Log.With().Str("instance", cfg.InstanceID).Logger(),
+		table:     newAgentTable(cfg.MaxAgentConnections, cfg.MaxConnectionsPerAgent),
+		conns:     map[*quicgo.Conn]struct{}{},
+		peerCtrls: map[*peerCtrl]struct{}{},
 
 		handshakes: make(chan struct{}, cfg.MaxPendingHandshakes),
 	}
@@ -282,6 +285,11 @@ func (s *Server) refuse(qc *quicgo.Conn, control *quicgo.Stream, e *api.Error, l
 	_ = qc.CloseWithError(quic.ConnCodeRefused, e.Code.String()+": "+e.Message)
 }
 
+// peerGoAwayLinger is how long Shutdown keeps peer connections open after GoAway, so that a
+// forward already on its way is answered (refused as shutting_down, which the origin retries
+// elsewhere) instead of cut.
+const peerGoAwayLinger = 500 * time.Millisecond
+
 // goAwayWait bounds how long Shutdown waits for agents to leave after GoAway when no request is
 // in flight.
 const goAwayWait = 2 * time.Second
@@ -293,10 +301,21 @@ func (s *Server) Ready() bool { return !s.draining.Load() }
 // reconnect elsewhere, waits for in-flight requests until ctx ends (or Config.ShutdownGrace),
 // then closes everything.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.draining.Store(true)
+	s.mu.Lock()
+	s.draining.Store(true) // under mu: a peer accepted from now on is told at once
+	ctrls := make([]*peerCtrl, 0, len(s.peerCtrls))
+	for pc := range s.peerCtrls {
+		ctrls = append(ctrls, pc)
+	}
+	s.mu.Unlock()
+	// Peers stop forwarding here, agents move to other instances.
+	for _, pc := range ctrls {
+		pc.sendGoAway()
+	}
 	for _, c := range s.table.all() {
 		c.sendGoAway("kasd is shutting down")
 	}
+	peersLeave := time.Now().Add(peerGoAwayLinger)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownGrace)
 	defer cancel()
 	t := time.NewTicker(20 * time.Millisecond)
@@ -306,7 +325,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	agentsLeave := time.Now().Add(goAwayWait)
 	pending := func() bool {
 		_, conns := s.table.counts()
-		return s.inflight.Load() > 0 || (conns > 0 && time.Now().Before(agentsLeave))
+		return s.inflight.Load() > 0 || (conns > 0 && time.Now().Before(agentsLeave)) ||
+			(len(ctrls) > 0 && time.Now().Before(peersLeave))
 	}
 	var err error
 	for pending() && err == nil {
