@@ -278,6 +278,9 @@ func TestFleetEveryKasdReachesEveryAgent(t *testing.T) {
 			t.Errorf("node %d: local=%v forwarded=%v forwarded_in=%v, want 1, 2, 2", i, local, fwd, in)
 		}
 	}
+	if n := counter(t, f.nodes[0].promReg, "kasd_forwarded_requests_total", map[string]string{"peer": "kas-1", "result": "ok"}); n != 1 {
+		t.Errorf("kas-0 forwarded %v requests to kas-1, want 1 (by peer and result)", n)
+	}
 	// The agent list on any kasd shows the whole fleet.
 	req, _ := http.NewRequest("GET", f.nodes[0].api.URL+"/api/v1/agents", nil)
 	c := auth.ClientClaims{}

@@ -18,6 +18,8 @@ type metrics struct {
 	openStreams      prometheus.Gauge
 	routeWait        prometheus.Histogram
 	forwarded        *prometheus.CounterVec
+	peerMu           sync.Mutex      // guards peers
+	peers            map[string]bool // peer label values in use
 	forwardedIn      *prometheus.CounterVec
 	peerDials        *prometheus.CounterVec
 	peerConns        *prometheus.CounterVec
@@ -64,8 +66,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	}
 	m.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kasd_forwarded_requests_total",
-		Help: "Requests this kasd forwarded to a peer, by result (ok, or the error code).",
-	}, []string{"result"})
+		Help: "Requests this kasd forwarded to a peer, by peer instance (the first 64 seen; later ones count as other) and result (ok, or the error code).",
+	}, []string{"peer", "result"})
 	m.forwardedIn = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kasd_forwarded_in_total",
 		Help: "Forwarded requests received from peers, by result (ok, not_holder, ...).",
@@ -144,4 +146,26 @@ func (m *metrics) cached() *metricChildren {
 		}
 	})
 	return m.children
+}
+
+// maxPeerLabels bounds the peer label of kasd_forwarded_requests_total: instance ids change
+// with every restart of a replica, so the label set is capped to keep the series bounded.
+const maxPeerLabels = 64
+
+// peerLabel returns the label value for peer: its id while fewer than maxPeerLabels peers have
+// been seen, else "other".
+func (m *metrics) peerLabel(peer string) string {
+	m.peerMu.Lock()
+	defer m.peerMu.Unlock()
+	if m.peers == nil {
+		m.peers = map[string]bool{}
+	}
+	if m.peers[peer] {
+		return peer
+	}
+	if len(m.peers) >= maxPeerLabels {
+		return "other"
+	}
+	m.peers[peer] = true
+	return peer
 }

@@ -82,7 +82,7 @@ func (t *streamTransport) roundTrip(ctx context.Context, req *http.Request, tgt 
 				h := hs[0]
 				tgt.route = "forwarded"
 				resp, err := s.fleet.forward(ctx, h, frame, req, tgt)
-				s.m.forwarded.WithLabelValues(resultLabel(err)).Inc()
+				s.m.forwarded.WithLabelValues(s.m.peerLabel(h.ID), resultLabel(err)).Inc()
 				if err != nil && retryForward(ctx, err, req) {
 					if tried == nil {
 						tried = map[string]bool{}
