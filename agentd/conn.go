@@ -1,7 +1,6 @@
 package agentd
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"log"
@@ -209,50 +208,10 @@ func (a *Agent) serveStream(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		r = r.WithContext(ctx)
 	}
-	rec := &statusRecorder{ResponseWriter: w}
+	rec := &httpstream.StatusRecorder{ResponseWriter: w}
 	stripCredentials(r.Header)
 	svc.handler.ServeService(rec, r, req)
-	a.m.observe(req.Service, rec.status(), time.Since(start))
-}
-
-// statusRecorder remembers the response status. Unwrap keeps Flush and Hijack reachable through
-// http.ResponseController, which ReverseProxy uses.
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if r.code == 0 && code >= 200 {
-		r.code = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.code == 0 {
-		r.code = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-// Hijack records an upgrade: ReverseProxy writes the 101 on the hijacked connection itself,
-// without WriteHeader.
-func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, rw, err := http.NewResponseController(r.ResponseWriter).Hijack()
-	if err == nil && r.code == 0 {
-		r.code = http.StatusSwitchingProtocols
-	}
-	return c, rw, err
-}
-
-func (r *statusRecorder) status() int {
-	if r.code == 0 {
-		return http.StatusOK
-	}
-	return r.code
+	a.m.observe(req.Service, rec.Status(), time.Since(start))
 }
 
 // logWriter sends net/http's internal log lines to zerolog at debug level.

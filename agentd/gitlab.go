@@ -110,14 +110,14 @@ func (a *Agent) GitLabHandler() http.Handler {
 	}
 	labels := &moduleLabels{seen: map[string]bool{}}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := &statusRecorder{ResponseWriter: w}
+		rec := &httpstream.StatusRecorder{ResponseWriter: w}
 		module, _, err := splitGitLabPath(r.URL.EscapedPath())
 		if err != nil {
 			api.WriteHTTPError(rec, err)
 		} else {
 			proxy.ServeHTTP(rec, r)
 		}
-		a.m.gitlabRequests.WithLabelValues(labels.label(module), strconv.Itoa(rec.status())).Inc()
+		a.m.gitlabRequests.WithLabelValues(labels.label(module), strconv.Itoa(rec.Status())).Inc()
 	})
 }
 

@@ -338,24 +338,7 @@ func (s *Server) ServePeers(ctx context.Context, ln *quic.Listener) error {
 	if s.fleet == nil {
 		return errors.New("kasd: ServePeers without a fleet configuration")
 	}
-	for {
-		qc, err := ln.Accept(ctx)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, quicgo.ErrServerClosed) || isClosed(err) {
-				return nil
-			}
-			return fmt.Errorf("kasd: accepting peer connections: %w", err)
-		}
-		if !s.track(qc) {
-			_ = qc.CloseWithError(quic.ConnCodeShutdown, "shutting_down: kasd is closing")
-			continue
-		}
-		go func() {
-			defer s.wg.Done()
-			defer s.untrack(qc)
-			s.servePeerConn(qc)
-		}()
-	}
+	return s.acceptLoop(ctx, ln, "peer", s.servePeerConn)
 }
 
 // servePeerConn authenticates a peer and serves the Forward streams it opens.

@@ -1,12 +1,10 @@
 package kasd
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/httpstream"
 )
 
 // HeaderTimeout lets a client bound one proxied request: a Go duration ("30s") or seconds ("30").
@@ -224,13 +223,13 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
-	rec := &statusRecorder{ResponseWriter: w}
+	rec := &httpstream.StatusRecorder{ResponseWriter: w}
 	s.proxy.ServeHTTP(rec, r2)
 	route := tgt.route
 	if route == "" {
 		route = "none"
 	}
-	s.m.observe(route, rec.status(), time.Since(start))
+	s.m.observe(route, rec.Status(), time.Since(start))
 }
 
 func mustUnescape(p string) string {
@@ -314,44 +313,4 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Debug().Str("agent_id", tgt.agentID).Str("request_id", tgt.requestID).Str("code", e.Code.String()).Str("error", e.Message).Msg("proxy error")
 	}
 	api.WriteHTTPError(w, e)
-}
-
-// statusRecorder remembers the response status. Unwrap keeps Flush and Hijack reachable through
-// http.ResponseController, which ReverseProxy uses.
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if r.code == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
-		r.code = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.code == 0 {
-		r.code = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-// Hijack records an upgrade: ReverseProxy writes the 101 on the hijacked connection itself,
-// without WriteHeader.
-func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, rw, err := http.NewResponseController(r.ResponseWriter).Hijack()
-	if err == nil && r.code == 0 {
-		r.code = http.StatusSwitchingProtocols
-	}
-	return c, rw, err
-}
-
-func (r *statusRecorder) status() int {
-	if r.code == 0 {
-		return http.StatusOK
-	}
-	return r.code
 }

@@ -80,13 +80,19 @@ func (s *Server) InstanceID() string { return s.cfg.InstanceID }
 // ServeAgents accepts agent connections from ln until ctx ends or ln is closed. It returns nil
 // in those cases. Connections it accepted stay owned by the Server (see Close).
 func (s *Server) ServeAgents(ctx context.Context, ln *quic.Listener) error {
+	return s.acceptLoop(ctx, ln, "agent", s.serveAgentConn)
+}
+
+// acceptLoop accepts connections from ln until ctx ends or ln is closed (then it returns nil)
+// and serves each in a goroutine that the Server owns: Close closes the connection and waits.
+func (s *Server) acceptLoop(ctx context.Context, ln *quic.Listener, what string, serve func(*quicgo.Conn)) error {
 	for {
 		qc, err := ln.Accept(ctx)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, quicgo.ErrServerClosed) || isClosed(err) {
 				return nil
 			}
-			return fmt.Errorf("kasd: accepting agent connections: %w", err)
+			return fmt.Errorf("kasd: accepting %s connections: %w", what, err)
 		}
 		if !s.track(qc) {
 			_ = qc.CloseWithError(quic.ConnCodeShutdown, "shutting_down: kasd is closing")
@@ -95,7 +101,7 @@ func (s *Server) ServeAgents(ctx context.Context, ln *quic.Listener) error {
 		go func() {
 			defer s.wg.Done()
 			defer s.untrack(qc)
-			s.serveAgentConn(qc)
+			serve(qc)
 		}()
 	}
 }

@@ -1,7 +1,6 @@
 package kubernetes
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"log"
@@ -192,9 +191,9 @@ func (s *Service) ServeService(w http.ResponseWriter, r *http.Request, req *api.
 		req = &api.Request{}
 	}
 	r = r.WithContext(context.WithValue(r.Context(), requestKey{}, req))
-	rec := &statusRecorder{ResponseWriter: w}
+	rec := &httpstream.StatusRecorder{ResponseWriter: w}
 	s.proxy.ServeHTTP(rec, r)
-	s.m.requests.WithLabelValues(verb, strconv.Itoa(rec.status())).Inc()
+	s.m.requests.WithLabelValues(verb, strconv.Itoa(rec.Status())).Inc()
 }
 
 func denialReason(d denial) string {
@@ -242,46 +241,6 @@ func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
-// statusRecorder remembers the response status. Unwrap keeps Flush and Hijack reachable through
-// http.ResponseController, which ReverseProxy uses for streaming and upgrades.
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if r.code == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
-		r.code = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.code == 0 {
-		r.code = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-// Hijack records an upgrade: ReverseProxy hijacks the connection and writes the 101 response
-// on it directly, never through WriteHeader.
-func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
-	if err == nil && r.code == 0 {
-		r.code = http.StatusSwitchingProtocols
-	}
-	return conn, brw, err
-}
-
-func (r *statusRecorder) status() int {
-	if r.code == 0 {
-		return http.StatusOK
-	}
-	return r.code
-}
 
 // logWriter sends ReverseProxy's log lines (such as copy errors of upgraded connections) to
 // zerolog at debug level.

@@ -16,7 +16,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/qkas/qkas/api"
@@ -99,26 +98,6 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
-func newLogger(level, format string) (zerolog.Logger, error) {
-	lvl, err := zerolog.ParseLevel(level)
-	if err != nil {
-		return zerolog.Logger{}, fmt.Errorf("--log-level: %w", err)
-	}
-	var w io.Writer = os.Stderr
-	switch format {
-	case "console":
-		w = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly}
-	case "auto":
-		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			w = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly}
-		}
-	case "json":
-	default:
-		return zerolog.Logger{}, fmt.Errorf("--log-format must be json, console or auto")
-	}
-	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
-}
-
 func run(ctx context.Context, args []string) error {
 	o, err := parseFlags(args, os.Stderr)
 	if err != nil {
@@ -127,7 +106,7 @@ func run(ctx context.Context, args []string) error {
 		}
 		return err
 	}
-	log, err := newLogger(o.logLevel, o.logFormat)
+	log, err := cliconfig.NewLogger(o.logLevel, o.logFormat)
 	if err != nil {
 		return err
 	}
