@@ -37,6 +37,9 @@ type options struct {
 	agentTokensFile     string
 	apiJWTSecretFile    string
 	apiJWTMaxValidity   time.Duration
+	apiTLSCertFile      string
+	apiTLSKeyFile       string
+	apiTLSDev           bool
 	tlsCertFile         string
 	tlsKeyFile          string
 	tlsHosts            cliconfig.StringList
@@ -68,6 +71,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.agentTokensFile, "agent-tokens-file", "", "YAML file 'agents: [{id, token_sha256}]' of accepted agent tokens (standalone mode)")
 	fs.StringVar(&o.apiJWTSecretFile, "api-jwt-secret-file", "", "base64 secret (>= 32 bytes decoded) that signs client JWTs (HS256, aud gitlab-kas)")
 	fs.DurationVar(&o.apiJWTMaxValidity, "api-jwt-max-validity", time.Hour, "refuse client JWTs valid for longer than this")
+	fs.StringVar(&o.apiTLSCertFile, "api-tls-cert-file", "", "serve the client API over HTTPS with this certificate (kubectl sends tokens only over TLS)")
+	fs.StringVar(&o.apiTLSKeyFile, "api-tls-key-file", "", "key for --api-tls-cert-file")
+	fs.BoolVar(&o.apiTLSDev, "api-tls-dev", false, "serve the client API over HTTPS with the agents' certificate (the development CA in --data-dir, or --tls-cert-file)")
 	fs.StringVar(&o.tlsCertFile, "tls-cert-file", "", "TLS certificate for agents (default: a development certificate in --data-dir)")
 	fs.StringVar(&o.tlsKeyFile, "tls-key-file", "", "TLS key for --tls-cert-file")
 	fs.Var(&o.tlsHosts, "tls-hosts", "extra host names or IPs for the development certificate (repeatable, comma-separated)")
@@ -197,6 +203,9 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	apiSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20}
+	if apiSrv.TLSConfig, err = apiTLS(o, cert); err != nil {
+		return err
+	}
 	obsSrv := &http.Server{Handler: srv.ObservabilityHandler(reg), ReadHeaderTimeout: 10 * time.Second}
 	log.Info().Str("instance", srv.InstanceID()).Str("agent_listen", agentLn.Addr().String()).
 		Str("api_listen", apiLn.Addr().String()).Str("observability_listen", obsLn.Addr().String()).
@@ -207,7 +216,12 @@ func run(ctx context.Context, args []string) error {
 	if fleet != nil {
 		g.Go(func() error { return srv.ServePeers(gctx, fleet.peerLn) })
 	}
-	g.Go(func() error { return serveHTTP(apiSrv, apiLn) })
+	g.Go(func() error {
+		if apiSrv.TLSConfig != nil {
+			return serveHTTP(apiSrv, tls.NewListener(apiLn, apiSrv.TLSConfig))
+		}
+		return serveHTTP(apiSrv, apiLn)
+	})
 	g.Go(func() error { return serveHTTP(obsSrv, obsLn) })
 	g.Go(func() error {
 		<-gctx.Done()
@@ -238,6 +252,31 @@ func run(ctx context.Context, args []string) error {
 	err = g.Wait()
 	log.Info().Msg("kasd stopped")
 	return err
+}
+
+// apiTLS returns the client API's TLS configuration: nil (plain HTTP) unless a certificate was
+// given, or --api-tls-dev asks for the agents' certificate.
+func apiTLS(o *options, agentCert tls.Certificate) (*tls.Config, error) {
+	var cert tls.Certificate
+	switch {
+	case o.apiTLSCertFile != "" || o.apiTLSKeyFile != "":
+		if o.apiTLSCertFile == "" || o.apiTLSKeyFile == "" || o.apiTLSDev {
+			return nil, errors.New("--api-tls-cert-file and --api-tls-key-file go together, without --api-tls-dev")
+		}
+		var err error
+		if cert, err = quic.LoadKeyPair(o.apiTLSCertFile, o.apiTLSKeyFile); err != nil {
+			return nil, fmt.Errorf("--api-tls-cert-file: %w", err)
+		}
+	case o.apiTLSDev:
+		cert = agentCert
+	default:
+		return nil, nil
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		NextProtos:   []string{"h2", "http/1.1"},
+	}, nil
 }
 
 func serveHTTP(s *http.Server, ln net.Listener) error {
