@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// TestAPIOverTLS: with --api-tls-dev kasd serves its client API over HTTPS with the development
+// TestAPIOverTLS: with --api-tls-agent-cert kasd serves its client API over HTTPS with the development
 // certificate (what kubectl needs: it sends tokens only over TLS), and plain HTTP is refused.
 func TestAPIOverTLS(t *testing.T) {
 	skipShort(t)
@@ -21,7 +21,7 @@ func TestAPIOverTLS(t *testing.T) {
 	sec := newSecrets(t, dir, "demo")
 	kasd := startKasd(t, KasdOpts{
 		Dir: dir, TokensFile: sec.TokensFile, JWTSecretFile: sec.JWTSecretFile,
-		Args: []string{"--api-tls-dev", "--fleet=false"},
+		Args: []string{"--api-tls-agent-cert", "--fleet=false"},
 	})
 	startAgentd(t, AgentdOpts{
 		Dir: dir, KasAddrs: []string{kasd.Opts.AgentAddr}, TokenFile: sec.TokenFiles["demo"],

@@ -39,7 +39,7 @@ type options struct {
 	apiJWTMaxValidity   time.Duration
 	apiTLSCertFile      string
 	apiTLSKeyFile       string
-	apiTLSDev           bool
+	apiTLSAgentCert           bool
 	tlsCertFile         string
 	tlsKeyFile          string
 	tlsHosts            cliconfig.StringList
@@ -73,7 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.apiJWTMaxValidity, "api-jwt-max-validity", time.Hour, "refuse client JWTs valid for longer than this")
 	fs.StringVar(&o.apiTLSCertFile, "api-tls-cert-file", "", "serve the client API over HTTPS with this certificate (kubectl sends tokens only over TLS)")
 	fs.StringVar(&o.apiTLSKeyFile, "api-tls-key-file", "", "key for --api-tls-cert-file")
-	fs.BoolVar(&o.apiTLSDev, "api-tls-dev", false, "serve the client API over HTTPS with the agents' certificate (the development CA in --data-dir, or --tls-cert-file)")
+	fs.BoolVar(&o.apiTLSAgentCert, "api-tls-agent-cert", false, "serve the client API over HTTPS with the certificate agents see (--tls-cert-file, or the development certificate in --data-dir)")
 	fs.StringVar(&o.tlsCertFile, "tls-cert-file", "", "TLS certificate for agents (default: a development certificate in --data-dir)")
 	fs.StringVar(&o.tlsKeyFile, "tls-key-file", "", "TLS key for --tls-cert-file")
 	fs.Var(&o.tlsHosts, "tls-hosts", "extra host names or IPs for the development certificate (repeatable, comma-separated)")
@@ -255,19 +255,19 @@ func run(ctx context.Context, args []string) error {
 }
 
 // apiTLS returns the client API's TLS configuration: nil (plain HTTP) unless a certificate was
-// given, or --api-tls-dev asks for the agents' certificate.
+// given, or --api-tls-agent-cert asks for the agents' certificate.
 func apiTLS(o *options, agentCert tls.Certificate) (*tls.Config, error) {
 	var cert tls.Certificate
 	switch {
 	case o.apiTLSCertFile != "" || o.apiTLSKeyFile != "":
-		if o.apiTLSCertFile == "" || o.apiTLSKeyFile == "" || o.apiTLSDev {
-			return nil, errors.New("--api-tls-cert-file and --api-tls-key-file go together, without --api-tls-dev")
+		if o.apiTLSCertFile == "" || o.apiTLSKeyFile == "" || o.apiTLSAgentCert {
+			return nil, errors.New("--api-tls-cert-file and --api-tls-key-file go together, without --api-tls-agent-cert")
 		}
 		var err error
 		if cert, err = quic.LoadKeyPair(o.apiTLSCertFile, o.apiTLSKeyFile); err != nil {
 			return nil, fmt.Errorf("--api-tls-cert-file: %w", err)
 		}
-	case o.apiTLSDev:
+	case o.apiTLSAgentCert:
 		cert = agentCert
 	default:
 		return nil, nil
