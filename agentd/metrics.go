@@ -11,6 +11,7 @@ type metrics struct {
 	connections     prometheus.Gauge
 	connectAttempts *prometheus.CounterVec
 	goAways         prometheus.Counter
+	probes          prometheus.Counter
 	openStreams     prometheus.Gauge
 	rejections      *prometheus.CounterVec
 	requests        *prometheus.CounterVec
@@ -29,6 +30,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"result"}),
 		goAways: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "agentd_goaways_total", Help: "GoAway messages received from kasd (kasd draining).",
+		}),
+		probes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "agentd_silence_probes_total", Help: "Padded Pings sent because a connection received nothing for a keep-alive period (a restarted kasd answers them with a stateless reset).",
 		}),
 		openStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "agentd_open_streams", Help: "Request streams currently open.",
@@ -50,7 +54,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.gitlabRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "agentd_gitlab_requests_total", Help: "Requests to GitLab's modules endpoint through kasd, by module and HTTP status code.",
 	}, []string{"module", "code"})
-	reg.MustRegister(m.connections, m.connectAttempts, m.goAways, m.openStreams, m.rejections,
+	reg.MustRegister(m.connections, m.connectAttempts, m.goAways, m.probes, m.openStreams, m.rejections,
 		m.requests, m.duration, m.serviceErrors, m.gitlabRequests)
 	return m
 }

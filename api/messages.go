@@ -125,9 +125,9 @@ func (m *GoAway) AppendPayload(b []byte) []byte {
 	return appendString(b, fitString(m.Reason, TypeGoAway.MaxSize()))
 }
 
-// Ping is a heartbeat on a control stream; the receiver ignores it. Its padding makes the
-// packet that carries it large enough (over 42 bytes) for a restarted peer to answer with a
-// QUIC stateless reset, which QUIC's own tiny keep-alive PINGs are not.
+// Ping probes a silent connection on its control stream; the receiver ignores it. Its padding
+// makes the packet that carries it large enough (over 42 bytes) for a restarted peer to answer
+// with a QUIC stateless reset, which QUIC's own tiny keep-alive PINGs are not.
 type Ping struct {
 	Padding []byte
 }
