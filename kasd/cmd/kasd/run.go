@@ -39,7 +39,7 @@ type options struct {
 	apiJWTMaxValidity   time.Duration
 	apiTLSCertFile      string
 	apiTLSKeyFile       string
-	apiTLSAgentCert           bool
+	apiTLSAgentCert     bool
 	tlsCertFile         string
 	tlsKeyFile          string
 	tlsHosts            cliconfig.StringList
