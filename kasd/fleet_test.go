@@ -193,12 +193,21 @@ func (f *fleetEnv) startAgent(id, replica string, svcURL string, nodes []*node, 
 	return a
 }
 
-func (f *fleetEnv) get(nd *node, agent, path string) (int, string) {
-	req, _ := http.NewRequest("GET", nd.api.URL+"/api/v1/agents/"+agent+"/proxy/web"+path, nil)
+// token mints a client JWT valid for a minute for any agent.
+func (f *fleetEnv) token() string {
 	c := auth.ClientClaims{}
 	c.Audience = []string{"gitlab-kas"}
 	c.ExpiresAt = jwtTime(time.Now().Add(time.Minute))
-	tok, _ := auth.Mint(f.secret, c)
+	tok, err := auth.Mint(f.secret, c)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return tok
+}
+
+func (f *fleetEnv) get(nd *node, agent, path string) (int, string) {
+	req, _ := http.NewRequest("GET", nd.api.URL+"/api/v1/agents/"+agent+"/proxy/web"+path, nil)
+	tok := f.token()
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := f.client.Do(req)
 	if err != nil {
@@ -283,10 +292,7 @@ func TestFleetEveryKasdReachesEveryAgent(t *testing.T) {
 	}
 	// The agent list on any kasd shows the whole fleet.
 	req, _ := http.NewRequest("GET", f.nodes[0].api.URL+"/api/v1/agents", nil)
-	c := auth.ClientClaims{}
-	c.Audience = []string{"gitlab-kas"}
-	c.ExpiresAt = jwtTime(time.Now().Add(time.Minute))
-	tok, _ := auth.Mint(f.secret, c)
+	tok := f.token()
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := f.client.Do(req)
 	if err != nil {
@@ -489,10 +495,7 @@ func TestFleetStaleEntryRetriesPOSTWithBody(t *testing.T) {
 	f.startAgent("alpha", "pod", svc.URL, f.nodes[2:3], 1)
 	f.nodes[1].reg.SetAgentConnections("alpha", 1) // kas-1 claims alpha without holding it
 	f.waitHolders("alpha", "kas-1", "kas-2")
-	c := auth.ClientClaims{}
-	c.Audience = []string{"gitlab-kas"}
-	c.ExpiresAt = jwtTime(time.Now().Add(time.Minute))
-	tok, _ := auth.Mint(f.secret, c)
+	tok := f.token()
 	const size = 100 << 10
 	for i := range 6 {
 		req, _ := http.NewRequest("POST", f.nodes[0].api.URL+"/api/v1/agents/alpha/proxy/web/up", strings.NewReader(strings.Repeat("x", size)))
