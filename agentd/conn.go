@@ -3,8 +3,6 @@ package agentd
 import (
 	"context"
 	"errors"
-	"log"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -25,54 +23,37 @@ type agentConn struct {
 	welcome *api.Welcome
 	log     zerolog.Logger
 
-	srv       *http.Server
-	ln        *httpstream.Listener
-	ctrlMu    sync.Mutex    // serialises writes on control (heartbeats)
-	hbStop    chan struct{} // closed by drain to stop the heartbeat
-	hbDone    chan struct{} // closed when the heartbeat has returned
-	serveDone chan struct{} // closed when srv.Serve has returned
-	ctrlDone  chan struct{} // closed when the control reader has returned
-	goAway    chan struct{} // closed when kasd sent GoAway
+	ctx        context.Context // ends when the connection ends or drain stops accepting
+	stop       context.CancelFunc
+	ctrlMu     sync.Mutex    // serialises writes on control (heartbeats)
+	hbStop     chan struct{} // closed by drain to stop the heartbeat
+	hbDone     chan struct{} // closed when the heartbeat has returned
+	acceptDone chan struct{} // closed when the accept loop has returned
+	ctrlDone   chan struct{} // closed when the control reader has returned
+	goAway     chan struct{} // closed when kasd sent GoAway
 
-	// Handlers are tracked because http.Server.Shutdown does not wait for upgraded (hijacked)
-	// streams; drain does.
 	hmu      sync.Mutex     // guards hclosed
-	hclosed  bool           // set by drain: no handler starts afterwards
+	hclosed  bool           // set by drain: streams that arrive later are refused
 	handlers sync.WaitGroup // running serveStream calls
 }
 
-// startConn starts the connection's http.Server and control reader. Both goroutines are owned by
-// the agentConn: drain waits for them.
+// startConn starts the connection's accept loop, control reader and heartbeat. All three
+// goroutines, and one per stream, are owned by the agentConn: drain waits for them.
 func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcome) *agentConn {
 	c := &agentConn{
-		a:         a,
-		qc:        qc,
-		control:   control,
-		welcome:   w,
-		log:       a.log.With().Str("agent_id", w.AgentID).Str("connection_id", w.ConnectionID).Str("kas_instance", w.InstanceID).Logger(),
-		serveDone: make(chan struct{}),
-		ctrlDone:  make(chan struct{}),
-		goAway:    make(chan struct{}),
+		a:          a,
+		qc:         qc,
+		control:    control,
+		welcome:    w,
+		log:        a.log.With().Str("agent_id", w.AgentID).Str("connection_id", w.ConnectionID).Str("kas_instance", w.InstanceID).Logger(),
+		acceptDone: make(chan struct{}),
+		ctrlDone:   make(chan struct{}),
+		goAway:     make(chan struct{}),
 	}
-	c.ln = httpstream.NewListener(qc, a.checkRequest, c)
-	c.srv = &http.Server{
-		Handler:           http.HandlerFunc(c.serveTracked),
-		ReadHeaderTimeout: a.cfg.RequestHeaderTimeout,
-		MaxHeaderBytes:    1 << 20,
-		ErrorLog:          log.New(logWriter{c.log}, "", 0),
-		ConnContext:       httpstream.ConnContext,
-		ConnState: func(nc net.Conn, state http.ConnState) {
-			switch state {
-			case http.StateNew:
-				a.m.openStreams.Inc()
-			case http.StateHijacked, http.StateClosed:
-				a.m.openStreams.Dec()
-			}
-		},
-	}
+	c.ctx, c.stop = context.WithCancel(qc.Context())
 	go func() {
-		defer close(c.serveDone)
-		_ = c.srv.Serve(c.ln)
+		defer close(c.acceptDone)
+		c.acceptStreams()
 	}()
 	go func() {
 		defer close(c.ctrlDone)
@@ -85,6 +66,31 @@ func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcom
 	}()
 	c.log.Info().Msg("connected to kasd")
 	return c
+}
+
+// acceptStreams serves every stream kasd opens, one goroutine each, until the connection ends
+// or drain stops it.
+func (c *agentConn) acceptStreams() {
+	for {
+		st, err := c.qc.AcceptStream(c.ctx)
+		if err != nil {
+			return
+		}
+		sc := quic.NewStreamConn(c.qc, st)
+		c.hmu.Lock()
+		if c.hclosed {
+			c.hmu.Unlock()
+			// Not processed: kasd sends it to another connection of this agent.
+			sc.Abort(quic.StreamCodeRefused)
+			continue
+		}
+		c.handlers.Add(1)
+		c.hmu.Unlock()
+		go func() {
+			defer c.handlers.Done()
+			c.a.serveStream(c.ctx, sc)
+		}()
+	}
 }
 
 // readControl reads connection-level messages until the control stream or connection ends.
@@ -121,59 +127,34 @@ func (c *agentConn) wait(ctx context.Context) string {
 	}
 }
 
-// drain stops accepting streams, lets in-flight requests finish within DrainTimeout, closes the
-// connection and waits for the connection's goroutines.
+// drain stops accepting streams, lets in-flight requests (upgraded ones included) finish within
+// DrainTimeout, closes the connection and waits for the connection's goroutines.
 func (c *agentConn) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.a.cfg.DrainTimeout)
 	defer cancel()
 	c.announceLeaving()
-	if err := c.srv.Shutdown(ctx); err != nil {
-		_ = c.srv.Close()
-	}
-	// Shutdown does not wait for upgraded streams: they get the rest of DrainTimeout, then
-	// closing the connection ends them, and their handlers are waited for.
-	handlersDone := c.stopHandlers()
+	c.hmu.Lock()
+	c.hclosed = true
+	c.hmu.Unlock()
+	handlersDone := make(chan struct{})
+	go func() { // owned by drain, which waits for it below
+		defer close(handlersDone)
+		c.handlers.Wait()
+	}()
 	select {
 	case <-handlersDone:
 	case <-ctx.Done():
 	}
+	c.stop()
 	_ = c.qc.CloseWithError(quic.ConnCodeNoError, "agent closing")
 	<-handlersDone
+	<-c.acceptDone
 	close(c.hbStop)
 	<-c.hbDone
-	<-c.serveDone
 	<-c.ctrlDone
 }
 
-// serveTracked runs serveStream as a handler that drain waits for.
-func (c *agentConn) serveTracked(w http.ResponseWriter, r *http.Request) {
-	c.hmu.Lock()
-	if c.hclosed {
-		c.hmu.Unlock()
-		api.WriteHTTPError(w, api.Errorf(api.CodeShuttingDown, "the agent is closing this connection"))
-		return
-	}
-	c.handlers.Add(1)
-	c.hmu.Unlock()
-	defer c.handlers.Done()
-	c.a.serveStream(w, r)
-}
-
-// stopHandlers stops new handlers and returns a channel closed once the running ones have
-// returned. The goroutine that closes it is drain's, which waits for the channel.
-func (c *agentConn) stopHandlers() <-chan struct{} {
-	c.hmu.Lock()
-	c.hclosed = true
-	c.hmu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.handlers.Wait()
-	}()
-	return done
-}
-
-// checkRequest vets a stream's Request frame before any HTTP is read.
+// checkRequest vets a stream's request head before anything else is read.
 func (a *Agent) checkRequest(req *api.Request) *api.Error {
 	var refusal *api.Error
 	switch {
@@ -190,34 +171,45 @@ func (a *Agent) checkRequest(req *api.Request) *api.Error {
 	return refusal
 }
 
-// serveStream is the http.Server handler: one proxied request.
-func (a *Agent) serveStream(w http.ResponseWriter, r *http.Request) {
-	sc := httpstream.FromContext(r.Context())
-	var req *api.Request
-	if sc != nil {
-		req = sc.Request()
-	}
-	if req == nil {
-		api.WriteHTTPError(w, api.Errorf(api.CodeInternal, "stream without an accepted request"))
+// serveStream serves one proxied request: it reads the head (bounded by
+// RequestHeaderTimeout), checks it, calls the service and writes the response. Every request is
+// counted and timed, however it ends.
+func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
+	a.m.openStreams.Inc()
+	defer a.m.openStreams.Dec()
+	_ = sc.SetReadDeadline(time.Now().Add(a.cfg.RequestHeaderTimeout))
+	f, err := httpstream.ReadRequest(sc)
+	if err != nil {
+		a.m.rejections.WithLabelValues(api.CodeProtocol.String()).Inc()
+		httpstream.Refuse(sc, api.Errorf(api.CodeProtocol, "bad request head: %v", err))
 		return
 	}
-	svc := a.services[req.Service]
-	start := time.Now()
-	if !req.Deadline.IsZero() {
-		ctx, cancel := context.WithDeadline(r.Context(), req.Deadline)
-		defer cancel()
-		r = r.WithContext(ctx)
+	_ = sc.SetReadDeadline(time.Time{})
+	if e := a.checkRequest(f); e != nil {
+		httpstream.Refuse(sc, e)
+		return
 	}
-	rec := &httpstream.StatusRecorder{ResponseWriter: w}
+	start := time.Now()
+	r, done, err := httpstream.NewRequest(ctx, sc, f)
+	if err != nil {
+		a.m.rejections.WithLabelValues(api.CodeOf(err).String()).Inc()
+		httpstream.Refuse(sc, api.Errorf(api.CodeOf(err), "%v", err))
+		return
+	}
+	defer done()
+	if err := httpstream.Accept(sc, f); err != nil {
+		sc.Abort(quic.StreamCodeCanceled)
+		return
+	}
+	w := httpstream.NewResponseWriter(sc, f)
 	stripCredentials(r.Header)
-	svc.handler.ServeService(rec, r, req)
-	a.m.observe(req.Service, rec.Status(), time.Since(start))
+	a.services[f.Service].handler.ServeService(w, r, f)
+	status := w.Status()
+	if err := r.Context().Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		status = api.CodeClientCanceled.HTTPStatus() // kasd (its client) went away first
+	}
+	w.Finish()
+	a.m.observe(f.Service, status, time.Since(start))
 }
 
-// logWriter sends net/http's internal log lines to zerolog at debug level.
-type logWriter struct{ log zerolog.Logger }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.log.Debug().Msg(string(p))
-	return len(p), nil
-}
+var _ http.ResponseWriter = (*httpstream.ResponseWriter)(nil)

@@ -100,7 +100,7 @@ func (a *Agent) GitLabHandler() http.Handler {
 		},
 		Transport:     rt,
 		FlushInterval: -1,
-		BufferPool:    copyBuffers,
+		BufferPool:    bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil && api.CodeOf(err) == api.CodeInternal {
 				err = &api.Error{Code: api.CodeAgentFailed, Message: "request canceled", Err: err}
@@ -137,6 +137,8 @@ func (t *GitLabRoundTripper) roundTrip(req *http.Request) (*http.Response, error
 	}
 	ctx := req.Context()
 	frame := &api.Request{Kind: api.KindGitLab, Service: module, RequestID: newRequestID()}
+	httpstream.SetHTTP(frame, req)
+	body := httpstream.NewBody(req.Body, 0)
 	headerTimeout := t.ResponseHeaderTimeout
 	if headerTimeout == 0 {
 		headerTimeout = DefaultGitLabResponseHeaderTimeout
@@ -153,7 +155,7 @@ func (t *GitLabRoundTripper) roundTrip(req *http.Request) (*http.Response, error
 			}
 			return nil, httpstream.StreamError(err)
 		}
-		return httpstream.RoundTrip(ctx, quic.NewStreamConn(c.qc, st), frame, req, &httpstream.Options{
+		return httpstream.RoundTrip(ctx, quic.NewStreamConn(c.qc, st), frame, body, &httpstream.Options{
 			ResponseHeaderTimeout: headerTimeout,
 			Go:                    t.Agent.goOwned,
 		})
@@ -271,3 +273,9 @@ func (l *moduleLabels) label(module string) string {
 	l.seen[module] = true
 	return module
 }
+
+// bufferPool lends httpstream's copy buffers to httputil.ReverseProxy.
+type bufferPool struct{}
+
+func (bufferPool) Get() []byte  { return *httpstream.GetBuffer() }
+func (bufferPool) Put(b []byte) { httpstream.PutBuffer(&b) }

@@ -3,15 +3,16 @@ package agentd
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/httpstream"
 )
 
 // ServiceHandler serves requests for a service implemented in the agent process (such as the
@@ -29,18 +30,18 @@ type service struct {
 	url     *url.URL // nil for in-process handlers
 }
 
-// urlService proxies requests to a URL with a pooled transport.
+// urlService proxies requests to a URL with a pooled transport. It is the agent's hot path and
+// does only what a proxy behind kasd needs: kasd already removed hop-by-hop headers and the
+// caller's credentials and set X-Forwarded-*, and httpstream carries heads without them.
 type urlService struct {
+	name      string
+	base      *url.URL
 	transport *http.Transport
-	proxy     *httputil.ReverseProxy
-}
-
-func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api.Request) {
-	s.proxy.ServeHTTP(w, r)
+	m         *metrics
 }
 
 func newURLService(name string, u *url.URL, cfg Config, m *metrics) *urlService {
-	s := &urlService{}
+	s := &urlService{name: name, base: u, m: m}
 	s.transport = &http.Transport{
 		Proxy: nil, // in-cluster services are reached directly, never through an HTTP proxy
 		DialContext: (&net.Dialer{
@@ -54,39 +55,133 @@ func newURLService(name string, u *url.URL, cfg Config, m *metrics) *urlService 
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
+		// A response head kasd would refuse is refused here, with the service named.
+		MaxResponseHeaderBytes: api.MaxHeadSize,
 		// A proxy must not change Accept-Encoding or decompress bodies.
 		DisableCompression: true,
 		WriteBufferSize:    32 << 10,
 		ReadBufferSize:     32 << 10,
 	}
-	s.proxy = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(u)
-			// kasd set X-Forwarded-* from the real client; keep them (Rewrite starts without).
-			for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
-				if v := pr.In.Header.Values(h); len(v) > 0 {
-					pr.Out.Header[h] = v
-				}
-			}
-			stripCredentials(pr.Out.Header)
-		},
-		Transport: s.transport,
-		// Qkas-Error marks errors made by qkas itself; a service may not forge one.
-		ModifyResponse: func(resp *http.Response) error {
-			resp.Header.Del(api.HeaderError)
-			return nil
-		},
-		// 0: ReverseProxy flushes at once for Server-Sent Events and bodies of unknown length
-		// (chunked streams, watches); fixed-length bodies leave in one write.
-		FlushInterval: 0,
-		BufferPool:    copyBuffers,
-		ErrorLog:      nil,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			m.serviceErrors.WithLabelValues(name).Inc()
-			api.WriteHTTPError(w, serviceError(name, r.Context(), err))
-		},
-	}
 	return s
+}
+
+// ServeService proxies r to the service. w is the stream's *httpstream.ResponseWriter (or wraps
+// one).
+func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api.Request) {
+	out := &http.Request{
+		Method:        r.Method,
+		URL:           s.target(r.URL),
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        r.Header,
+		Body:          r.Body,
+		ContentLength: r.ContentLength,
+		Trailer:       r.Trailer,
+		Host:          "", // the service's own host, as httputil.ProxyRequest.SetURL does
+	}
+	if r.ContentLength == 0 {
+		out.Body = nil
+	}
+	if _, ok := r.Header["User-Agent"]; !ok {
+		r.Header["User-Agent"] = []string{""} // don't let the transport add Go's default
+	}
+	out = out.WithContext(r.Context())
+	resp, err := s.transport.RoundTrip(out)
+	if err != nil {
+		s.m.serviceErrors.WithLabelValues(s.name).Inc()
+		httpstream.WriteError(w, serviceError(s.name, r.Context(), err))
+		return
+	}
+	defer resp.Body.Close()
+	// Qkas-Error marks errors made by qkas itself; a service may not forge one (kasd strips it
+	// too: only kasd sets it).
+	resp.Header.Del(api.HeaderError)
+	h := w.Header()
+	for k, vs := range resp.Header {
+		h[k] = vs
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		s.upgrade(w, resp)
+		return
+	}
+	if len(resp.Trailer) > 0 {
+		for k := range resp.Trailer {
+			h.Add("Trailer", k)
+		}
+	}
+	if resp.ContentLength >= 0 {
+		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+	}
+	w.WriteHeader(resp.StatusCode)
+	if _, err := httpstream.CopyBody(w, resp.Body, httpstream.Streaming(resp)); err != nil {
+		if r.Context().Err() == nil {
+			s.m.serviceErrors.WithLabelValues(s.name).Inc()
+		}
+		httpstream.WriteError(w, serviceError(s.name, r.Context(), err)) // resets: head sent
+		return
+	}
+	for k, vs := range resp.Trailer {
+		h[http.TrailerPrefix+k] = vs
+	}
+}
+
+// target is the service URL for a request path: the base URL's path joined with it, as
+// httputil.ProxyRequest.SetURL does.
+func (s *urlService) target(in *url.URL) *url.URL {
+	u := *s.base
+	u.Path, u.RawPath = joinURLPath(s.base, in)
+	switch {
+	case s.base.RawQuery == "" || in.RawQuery == "":
+		u.RawQuery = s.base.RawQuery + in.RawQuery
+	default:
+		u.RawQuery = s.base.RawQuery + "&" + in.RawQuery
+	}
+	return &u
+}
+
+func joinURLPath(a, b *url.URL) (path, rawpath string) {
+	if a.RawPath == "" && b.RawPath == "" {
+		return singleJoiningSlash(a.Path, b.Path), ""
+	}
+	apath, bpath := a.EscapedPath(), b.EscapedPath()
+	aslash, bslash := strings.HasSuffix(apath, "/"), strings.HasPrefix(bpath, "/")
+	switch {
+	case aslash && bslash:
+		return a.Path + b.Path[1:], apath + bpath[1:]
+	case !aslash && !bslash:
+		return a.Path + "/" + b.Path, apath + "/" + bpath
+	}
+	return a.Path + b.Path, apath + bpath
+}
+
+func singleJoiningSlash(a, b string) string {
+	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
+	switch {
+	case aslash && bslash:
+		return a + b[1:]
+	case !aslash && !bslash:
+		return a + "/" + b
+	}
+	return a + b
+}
+
+// upgrade switches the stream to the service's upgraded connection and copies both ways until
+// both directions end.
+func (s *urlService) upgrade(w http.ResponseWriter, resp *http.Response) {
+	back, ok := resp.Body.(io.ReadWriteCloser)
+	sw, ok2 := w.(interface {
+		Upgrade() (io.ReadWriteCloser, error)
+	})
+	if !ok || !ok2 {
+		httpstream.WriteError(w, api.Errorf(api.CodeInternal, "service %s: cannot switch protocols here", s.name))
+		return
+	}
+	front, err := sw.Upgrade()
+	if err != nil {
+		return
+	}
+	httpstream.Splice(front, back)
 }
 
 // stripCredentials removes headers only the agent may set: a caller's credentials never reach
@@ -105,16 +200,8 @@ func serviceError(name string, ctx context.Context, err error) error {
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return api.Errorf(api.CodeDeadlineExceeded, "service %q did not answer before the deadline", name)
 	case errors.Is(err, context.Canceled):
-		return api.Errorf(api.CodeAgentFailed, "request canceled")
+		return api.Errorf(api.CodeClientCanceled, "request canceled")
 	default:
 		return &api.Error{Code: api.CodeServiceUnavailable, Message: "service " + name + ": " + err.Error(), Err: err}
 	}
 }
-
-// copyBuffers is the ReverseProxy buffer pool: 32 KiB buffers shared by all services.
-var copyBuffers = &bufferPool{sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
-
-type bufferPool struct{ p sync.Pool }
-
-func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
-func (b *bufferPool) Put(p []byte) { b.p.Put(&p) }

@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// Code is the single error vocabulary of qkas: it travels in Error and Result
+// Code is the single error vocabulary of qkas: it travels in Error
 // frames, in the JSON body and Qkas-Error header of HTTP error responses, and
 // in metric labels. Codes are append-only: a value, once assigned, keeps its
 // meaning forever.
@@ -32,6 +32,10 @@ const (
 	CodeNotFound           Code = 16 // "not_found"           404 (unknown API path)
 	CodeTooLarge           Code = 17 // "too_large"           413
 	CodeMethodNotAllowed   Code = 18 // "method_not_allowed"  405
+	// CodeClientCanceled: the client went away before its answer was complete. Never sent to
+	// a client (nobody reads it); it is how metrics and logs tell a client cancel from an
+	// agent failure. 499, as nginx logs it.
+	CodeClientCanceled Code = 19 // "client_canceled" 499
 )
 
 // codeInfo is THE code -> name/HTTP status table of the project. Nothing else
@@ -60,6 +64,7 @@ var codeInfo = [...]struct {
 	CodeNotFound:           {"not_found", http.StatusNotFound, false},
 	CodeTooLarge:           {"too_large", http.StatusRequestEntityTooLarge, false},
 	CodeMethodNotAllowed:   {"method_not_allowed", http.StatusMethodNotAllowed, false},
+	CodeClientCanceled:     {"client_canceled", 499, false},
 }
 
 func (c Code) known() bool { return int(c) < len(codeInfo) }

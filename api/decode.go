@@ -97,6 +97,29 @@ func (d *decoder) count(field string, minItem int) int {
 	return int(n)
 }
 
+// kvs reads a list of key/value pairs. Header lists (header true) are bounded by
+// MaxHeaderFields and their names and values are checked as HTTP field names and values, so
+// that nothing a peer sends can split or inject a header when it is written as HTTP/1.1 again.
+func (d *decoder) kvs(field string, header bool) []KV {
+	n := d.count(field, 2)
+	if n == 0 {
+		return nil
+	}
+	if header && n > MaxHeaderFields {
+		d.fail(ErrHeadTooLarge, field, "more than "+strconv.Itoa(MaxHeaderFields)+" fields")
+		return nil
+	}
+	kvs := make([]KV, n)
+	for i := range kvs {
+		// field, not field+" name": a concatenation here would allocate twice per item.
+		kvs[i] = KV{Key: d.string(field), Value: d.string(field)}
+		if header && d.err == nil && (!isToken(kvs[i].Key) || !validValue(kvs[i].Value)) {
+			d.fail(ErrMalformed, field, "invalid field "+strconv.Quote(kvs[i].Key))
+		}
+	}
+	return kvs
+}
+
 func (d *decoder) code(field string) Code {
 	v := d.uvarint(field)
 	if v > 0xffff {
@@ -162,18 +185,48 @@ func parsePayload(t FrameType, p string) (Message, error) {
 		r.Service = d.string("service")
 		r.RequestID = d.string("request_id")
 		r.Deadline = nanosToDeadline(d.varint("deadline"))
-		if n := d.count("meta", 2); n > 0 {
-			r.Meta = make([]KV, n)
-			for i := range r.Meta {
-				r.Meta[i] = KV{Key: d.string("meta key"), Value: d.string("meta value")}
-			}
-		}
-		if d.err == nil && r.Kind == KindHTTP && r.Service == "" {
+		r.Meta = d.kvs("meta", false)
+		r.Method = d.string("method")
+		r.Target = d.string("target")
+		r.Host = d.string("host")
+		r.Header = d.kvs("header", true)
+		r.ContentLength = d.varint("content_length")
+		r.Flags = d.uvarint("flags")
+		switch {
+		case d.err != nil:
+		case r.Kind == KindHTTP && r.Service == "":
 			d.fail(ErrMalformed, "service", "empty in http request")
+		case !isToken(r.Method):
+			d.fail(ErrMalformed, "method", "not a token")
+		case !validTarget(r.Target):
+			d.fail(ErrMalformed, "target", "not an origin-form request target")
+		case !validValue(r.Host):
+			d.fail(ErrMalformed, "host", "control character")
+		case r.ContentLength < -1:
+			d.fail(ErrMalformed, "content_length", "negative")
 		}
 		m = r
-	case TypeResult:
-		m = &Result{Code: d.code("code"), Message: d.string("message")}
+	case TypeResponse:
+		r := &Response{}
+		st := d.uvarint("status")
+		r.Header = d.kvs("header", true)
+		r.ContentLength = d.varint("content_length")
+		r.Flags = d.uvarint("flags")
+		switch {
+		case d.err != nil:
+		case st < 100 || st > 999:
+			d.fail(ErrMalformed, "status", "not in 100..999")
+		case r.ContentLength < -1:
+			d.fail(ErrMalformed, "content_length", "negative")
+		}
+		r.Status = int(st)
+		m = r
+	case TypeData:
+		m = &Data{Payload: []byte(p)}
+	case TypeTrailers:
+		m = &Trailers{Header: d.kvs("trailers", true)}
+	case TypeAccepted:
+		m = &Accepted{}
 	case TypeForward:
 		f := &Forward{AgentID: d.string("agent_id"), Origin: d.string("origin")}
 		if d.err == nil && f.AgentID == "" {
@@ -188,4 +241,58 @@ func parsePayload(t FrameType, p string) (Message, error) {
 		return nil, d.err
 	}
 	return m, nil
+}
+
+// isToken reports whether s is a non-empty RFC 9110 token (method or field name).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !tokenChar[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var tokenChar = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// validValue reports whether s may be sent as an HTTP field value: no CR, LF or NUL.
+func validValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '\r' || c == '\n' || c == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// validTarget accepts "*" and origin-form targets: "/" then visible ASCII (no spaces, no
+// control characters, no fragment).
+func validTarget(s string) bool {
+	if s == "*" {
+		return true
+	}
+	if s == "" || s[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || c == '#' {
+			return false
+		}
+	}
+	return true
 }

@@ -29,6 +29,9 @@ var (
 	// longer than 64 bits, a code above 65535, an unknown Kind, an empty
 	// required field (Request.Service for KindHTTP, Forward.AgentID).
 	ErrMalformed = errors.New("api: malformed frame")
+	// ErrHeadTooLarge: a head exceeds MaxHeaderFields (its size is bounded by the frame
+	// header: ErrFrameTooLarge).
+	ErrHeadTooLarge = errors.New("api: head too large")
 )
 
 // Error is the typed error used everywhere in qkas. It is also the TypeError

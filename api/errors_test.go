@@ -39,6 +39,7 @@ func TestCodeTable(t *testing.T) {
 		{CodeNotFound, "not_found", 404, false},
 		{CodeTooLarge, "too_large", 413, false},
 		{CodeMethodNotAllowed, "method_not_allowed", 405, false},
+		{CodeClientCanceled, "client_canceled", 499, false},
 	}
 	if len(want) != len(codeInfo) {
 		t.Fatalf("test covers %d codes, table has %d", len(want), len(codeInfo))
@@ -58,7 +59,7 @@ func TestCodeTable(t *testing.T) {
 	if unknown.String() != "code_1000" || unknown.HTTPStatus() != 500 || unknown.Retryable() {
 		t.Errorf("unknown code: %q %d %v", unknown.String(), unknown.HTTPStatus(), unknown.Retryable())
 	}
-	for _, c := range []Code{18, 1000, 65535} {
+	for _, c := range []Code{19, 20, 1000, 65535} {
 		if got, ok := ParseCode(c.String()); !ok || got != c {
 			t.Errorf("ParseCode(%q) = %v, %v", c.String(), got, ok)
 		}

@@ -9,10 +9,12 @@ import (
 )
 
 const (
-	ALPNAgent = "qkas-agent/1" // agent <-> kasd connections
-	ALPNPeer  = "qkas-peer/1"  // kasd <-> kasd connections
+	ALPNAgent = "qkas-agent/2" // agent <-> kasd connections
+	ALPNPeer  = "qkas-peer/2"  // kasd <-> kasd connections
 
-	ProtocolVersion uint64 = 1
+	// ProtocolVersion 2: request and response heads are binary frames (version 1 carried
+	// HTTP/1.1 text after a request frame).
+	ProtocolVersion uint64 = 2
 
 	// FrameHeaderSize is the size of a frame header: type u8 | length u24.
 	FrameHeaderSize = 4
@@ -32,8 +34,25 @@ const (
 	TypePeerHello FrameType = 5
 	TypePing      FrameType = 6
 	TypeRequest   FrameType = 8
-	TypeResult    FrameType = 9
+	TypeResponse  FrameType = 9
 	TypeForward   FrameType = 10
+	TypeData      FrameType = 11
+	TypeTrailers  FrameType = 12
+	TypeAccepted  FrameType = 13
+)
+
+// Limits of the stream protocol that a peer controls. Each is checked from a frame's header or
+// while parsing, before anything larger is allocated, and is refused with a typed error.
+const (
+	// MaxHeadSize bounds a request, response or trailers frame: method, target, host, metadata
+	// and every header name and value with their length prefixes.
+	MaxHeadSize = 64 << 10
+	// MaxHeaderFields bounds the header (or trailer) fields of one head.
+	MaxHeaderFields = 512
+	// MaxInformational bounds the 1xx responses (other than 101) before a final response.
+	MaxInformational = 8
+	// MaxDataSize bounds one data frame of a framed body.
+	MaxDataSize = 64 << 10
 )
 
 var frameInfo = [...]struct {
@@ -46,15 +65,18 @@ var frameInfo = [...]struct {
 	TypeGoAway:    {"goaway", 1 << 10},
 	TypePeerHello: {"peer_hello", 4 << 10},
 	TypePing:      {"ping", 1 << 10},
-	TypeRequest:   {"request", 16 << 10},
-	TypeResult:    {"result", 4 << 10},
+	TypeRequest:   {"request", MaxHeadSize},
+	TypeResponse:  {"response", MaxHeadSize},
 	TypeForward:   {"forward", 4 << 10},
+	TypeData:      {"data", MaxDataSize},
+	TypeTrailers:  {"trailers", MaxHeadSize},
+	TypeAccepted:  {"accepted", 1 << 10},
 }
 
 func (t FrameType) known() bool { return int(t) < len(frameInfo) && frameInfo[t].name != "" }
 
-// String returns "hello", "welcome", "error", "goaway", "peer_hello", "ping",
-// "request", "result", "forward", or "type_N" for an unknown type.
+// String returns the frame's name ("hello", "request", "response", ...), or "type_N" for an
+// unknown type.
 func (t FrameType) String() string {
 	if t.known() {
 		return frameInfo[t].name
@@ -76,8 +98,7 @@ const maxLength = 1<<24 - 1
 
 // AppendFrame appends the frame (header + payload) for m to b.
 //
-// AppendFrame cannot fail. Error.Message, Result.Message and GoAway.Reason
-// are cut to fit; if another message is larger than its type's MaxSize the
+// AppendFrame cannot fail. Error.Message and GoAway.Reason are cut to fit; if another message is larger than its type's MaxSize the
 // frame is still appended, and the receiver rejects it with ErrFrameTooLarge
 // before reading its payload. Use EncodeFrame or WriteFrame to get an error
 // instead.
@@ -125,7 +146,7 @@ var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b
 func WriteFrame(w io.Writer, m Message) error {
 	bp := writeBufs.Get().(*[]byte)
 	defer func() {
-		if cap(*bp) <= FrameHeaderSize+16<<10 {
+		if cap(*bp) <= FrameHeaderSize+MaxHeadSize {
 			writeBufs.Put(bp)
 		}
 	}()
@@ -148,6 +169,11 @@ func checkHeader(h []byte) (FrameType, int, error) {
 	t := FrameType(h[0])
 	n := int(h[1])<<16 | int(h[2])<<8 | int(h[3])
 	if !t.known() {
+		if n > MaxFrameSize {
+			// Too long to skip: a reader cannot stay in step with the stream, so this is the
+			// same fatal error as any oversize frame, whichever function reads it.
+			return t, n, protocolError(ErrFrameTooLarge, "unknown frame %s declares %d bytes, max %d", t, n, MaxFrameSize)
+		}
 		return t, n, protocolError(ErrUnknownFrameType, "unknown frame %s (length %d)", t, n)
 	}
 	if n > t.MaxSize() || n > MaxFrameSize {
@@ -156,15 +182,35 @@ func checkHeader(h []byte) (FrameType, int, error) {
 	return t, n, nil
 }
 
+// ReadFrameHeader reads one frame header from r and checks it like ReadFrame does (known type,
+// length within the type's maximum), without reading the payload: for callers that stream a
+// data frame's payload instead of parsing it. io.EOF before the first byte is returned as is.
+// Unlike ReadFrame it does not consume an unknown frame's payload: on ErrUnknownFrameType the
+// returned length (at most MaxFrameSize) is what the caller must skip to stay in step.
+func ReadFrameHeader(r io.Reader) (FrameType, int, error) {
+	var hdr [FrameHeaderSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if err == io.EOF {
+			return 0, 0, io.EOF
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return 0, 0, truncatedRead("frame header")
+		}
+		return 0, 0, fmt.Errorf("api: reading frame header: %w", err)
+	}
+	return checkHeader(hdr[:])
+}
+
 // ReadFrame reads exactly one frame from r: io.ReadFull of the 4-byte header,
 // then, once the type and length are checked, io.ReadFull of the payload. It
-// never reads past the frame (the HTTP bytes that follow on the stream stay
+// never reads past the frame (the body bytes that follow on the stream stay
 // in r), so r should not be buffered by the caller unless the caller keeps
 // using the same buffer.
 //
 // A frame of an unknown type is read in full (up to MaxFrameSize) and
 // reported as ErrUnknownFrameType, so a caller may skip it and read on; a
-// longer one is not consumed and the stream is then out of step.
+// longer one is ErrFrameTooLarge, as in ParseFrame and ReadFrameHeader, is not
+// consumed, and the stream is then out of step.
 //
 // io.EOF before the first header byte is returned as is (clean end of
 // stream). EOF inside the frame is an *Error wrapping ErrTruncated and
@@ -184,11 +230,7 @@ func ReadFrame(r io.Reader) (Message, error) {
 	}
 	t, n, err := checkHeader(hb)
 	if err != nil {
-		if errors.Is(err, ErrUnknownFrameType) && n > MaxFrameSize {
-			// Too long to skip: the stream cannot stay in step, so this is fatal.
-			return nil, protocolError(ErrFrameTooLarge, "unknown frame %s declares %d bytes, max %d", t, n, MaxFrameSize)
-		}
-		if errors.Is(err, ErrUnknownFrameType) {
+		if errors.Is(err, ErrUnknownFrameType) { // at most MaxFrameSize: checkHeader
 			// Consume the payload so that the stream stays in step: a caller may skip
 			// frame types it does not know (a newer peer's connection-level messages).
 			if _, derr := io.CopyN(io.Discard, r, int64(n)); derr != nil {

@@ -11,7 +11,8 @@ import (
 
 // Message is a frame payload. All implementations in this package use
 // pointer receivers, and ReadFrame returns pointers: *Hello, *Welcome,
-// *Error, *GoAway, *PeerHello, *Request, *Result, *Forward.
+// *Error, *GoAway, *PeerHello, *Ping, *Request, *Response, *Forward, *Data, *Trailers,
+// *Accepted.
 type Message interface {
 	Type() FrameType
 	// AppendPayload appends the payload encoding (no header) to b.
@@ -24,9 +25,13 @@ var (
 	_ Message = (*Error)(nil)
 	_ Message = (*GoAway)(nil)
 	_ Message = (*PeerHello)(nil)
+	_ Message = (*Ping)(nil)
 	_ Message = (*Request)(nil)
-	_ Message = (*Result)(nil)
+	_ Message = (*Response)(nil)
 	_ Message = (*Forward)(nil)
+	_ Message = (*Data)(nil)
+	_ Message = (*Trailers)(nil)
+	_ Message = (*Accepted)(nil)
 )
 
 // Hello is the first frame of an agent connection's control stream
@@ -198,22 +203,26 @@ func (k Kind) String() string {
 // KV is one Request metadata entry. Keys may repeat.
 type KV struct{ Key, Value string }
 
-// Request.Meta keys about the stream itself, set and read by package httpstream. A receiver that
-// does not know them ignores them, and then behaves as the sender expects anyway.
+// Request flags: what follows the head on the stream.
 const (
-	// MetaLateResult ("1"): the sender reads the Result only after it has sent the whole request,
-	// so the receiver may send an OK Result together with the first bytes of its response (one
-	// packet instead of two). Not set when the sender holds the request body until the Result.
-	MetaLateResult = "late-result"
-	// MetaRequestFIN ("1"): the sender finishes its send side right after the HTTP request (no
-	// body, no upgrade). The receiver does not pass that end of stream on to its HTTP server,
-	// which would take it for a client gone away, but keeps the request alive until its
-	// response is written.
-	MetaRequestFIN = "request-fin"
+	// FlagBody: body bytes follow the head. Without it the sender finishes its send side (FIN)
+	// right after the head, or, with FlagUpgrade, keeps it open for the upgraded protocol.
+	FlagBody uint64 = 1 << 0
+	// FlagUpgrade: the request asks for a protocol upgrade (Connection: Upgrade). After a 101
+	// response the stream carries raw bytes both ways until each side's FIN.
+	FlagUpgrade uint64 = 1 << 1
+	// FlagGated (requests): the sender keeps the body beyond its replay buffer until the
+	// receiver answers Accepted (or refuses), so that a refused request can be retried
+	// elsewhere with its body unread. The agent sends Accepted once it has checked the head.
+	FlagGated uint64 = 1 << 2
+	// FlagFramed: the body is a sequence of data frames ended by one trailers frame (used when
+	// the message has trailers); without it the body is raw stream bytes ended by FIN.
+	FlagFramed uint64 = 1 << 3
 )
 
-// Request is the first frame on a request stream; the HTTP/1.1 request
-// follows on the same stream.
+// Request is the head of a request stream: who it is for (kind, service), the request's id,
+// deadline and authenticated metadata, then its HTTP head. The body (if FlagBody) follows as
+// raw stream bytes, or as data and trailers frames with FlagFramed.
 type Request struct {
 	Kind      Kind
 	Service   string // required (non-empty) for KindHTTP
@@ -224,6 +233,16 @@ type Request struct {
 	// as 1ns before it (still in the past, never "no deadline").
 	Deadline time.Time
 	Meta     []KV
+
+	Method string // HTTP method, an RFC 9110 token
+	// Target is the request target in origin form: the escaped path, starting with "/", and
+	// "?query" if any ("*" for OPTIONS *). No spaces or control characters.
+	Target string
+	Host   string
+	Header []KV // header fields in order; names are tokens, values have no CR, LF or NUL
+	// ContentLength of the body: -1 unknown (the body ends with FIN), 0 none.
+	ContentLength int64
+	Flags         uint64
 }
 
 func (*Request) Type() FrameType { return TypeRequest }
@@ -233,13 +252,18 @@ func (m *Request) AppendPayload(b []byte) []byte {
 	b = appendString(b, m.Service)
 	b = appendString(b, m.RequestID)
 	b = appendVarint(b, deadlineToNanos(m.Deadline))
-	b = appendUvarint(b, uint64(len(m.Meta)))
-	for _, kv := range m.Meta {
-		b = appendString(b, kv.Key)
-		b = appendString(b, kv.Value)
-	}
+	b = appendKVs(b, m.Meta)
+	b = appendString(b, m.Method)
+	b = appendString(b, m.Target)
+	b = appendString(b, m.Host)
+	b = appendKVs(b, m.Header)
+	b = appendVarint(b, m.ContentLength)
+	b = appendUvarint(b, m.Flags)
 	return b
 }
+
+// Has reports whether flag is set.
+func (m *Request) Has(flag uint64) bool { return m.Flags&flag != 0 }
 
 // MetaValue returns the first value of key.
 func (m *Request) MetaValue(key string) (string, bool) {
@@ -262,40 +286,54 @@ func (m *Request) MetaValues(key string) []string {
 	return vs
 }
 
-// Result answers a Request (or a Forward): CodeOK means the HTTP response
-// follows on the stream; anything else is a typed refusal and the stream
-// ends.
-type Result struct {
-	Code    Code
-	Message string // cut at a UTF-8 boundary if it does not fit
+// Response is the head of the response on a request stream. Interim (1xx) responses other than
+// 101 may precede the final one, at most MaxInformational of them. The body follows as for a
+// Request. A stream that cannot be served is answered with an Error frame instead.
+type Response struct {
+	Status int  // 100..999
+	Header []KV // as Request.Header
+	// ContentLength of the body: -1 unknown (the body ends with FIN).
+	ContentLength int64
+	Flags         uint64 // FlagFramed
 }
 
-func (*Result) Type() FrameType { return TypeResult }
+func (*Response) Type() FrameType { return TypeResponse }
 
-func (m *Result) AppendPayload(b []byte) []byte {
-	room := TypeResult.MaxSize() - uvarintLen(uint64(m.Code))
-	b = appendUvarint(b, uint64(m.Code))
-	b = appendString(b, fitString(m.Message, room))
+func (m *Response) AppendPayload(b []byte) []byte {
+	b = appendUvarint(b, uint64(m.Status))
+	b = appendKVs(b, m.Header)
+	b = appendVarint(b, m.ContentLength)
+	b = appendUvarint(b, m.Flags)
 	return b
 }
 
-// Err returns nil if Code is CodeOK, else an *Error with Code and Message.
-func (m *Result) Err() error {
-	if m.Code == CodeOK {
-		return nil
-	}
-	return &Error{Code: m.Code, Message: m.Message}
-}
+// Has reports whether flag is set.
+func (m *Response) Has(flag uint64) bool { return m.Flags&flag != 0 }
 
-// ResultOf returns the Result that reports err: {CodeOK} for nil, else
-// {CodeOf(err), message}, where message is the *Error's Message if there is
-// one in the chain, else err.Error().
-func ResultOf(err error) *Result {
-	return &Result{Code: CodeOf(err), Message: messageOf(err)}
-}
+// Data is one chunk of a framed body (FlagFramed).
+type Data struct{ Payload []byte }
 
-// Forward is the first frame on a kasd -> kasd peer stream; the bytes of a
-// Request frame and its HTTP request follow.
+func (*Data) Type() FrameType { return TypeData }
+
+func (m *Data) AppendPayload(b []byte) []byte { return append(b, m.Payload...) }
+
+// Trailers ends a framed body; the stream's FIN follows.
+type Trailers struct{ Header []KV }
+
+func (*Trailers) Type() FrameType { return TypeTrailers }
+
+func (m *Trailers) AppendPayload(b []byte) []byte { return appendKVs(b, m.Header) }
+
+// Accepted tells the sender of a FlagGated request that the receiver checked its head and reads
+// the body now: a refusal can no longer come.
+type Accepted struct{}
+
+func (*Accepted) Type() FrameType { return TypeAccepted }
+
+func (*Accepted) AppendPayload(b []byte) []byte { return b }
+
+// Forward is the first frame on a kasd -> kasd peer stream; a Request frame and its body
+// follow, exactly as the agent will receive them.
 type Forward struct {
 	AgentID string // required (non-empty)
 	Origin  string // instance id of the sending kasd
@@ -325,6 +363,15 @@ func appendVarint(b []byte, v int64) []byte {
 		u = ^u
 	}
 	return appendUvarint(b, u)
+}
+
+func appendKVs(b []byte, kvs []KV) []byte {
+	b = appendUvarint(b, uint64(len(kvs)))
+	for _, kv := range kvs {
+		b = appendString(b, kv.Key)
+		b = appendString(b, kv.Value)
+	}
+	return b
 }
 
 func appendString(b []byte, s string) []byte {

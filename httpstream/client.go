@@ -1,12 +1,11 @@
 package httpstream
 
 import (
-	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,72 +16,139 @@ import (
 	"github.com/qkas/qkas/quic"
 )
 
-// Options tune one RoundTrip. The zero value works: no header timeout, bodies written by a
-// plain goroutine.
+// DefaultReplayLimit is how many bytes of a request body Body keeps so that a refused request
+// can be sent to the next holder.
+const DefaultReplayLimit = 64 << 10
+
+// smallBody is the largest body of known length that RoundTrip reads at once and sends with the
+// head in one stream write (and FIN), without a writer goroutine.
+const smallBody = 16 << 10
+
+// Options tune one RoundTrip. The zero value works.
 type Options struct {
 	// Prefix is written before the Request frame (a Forward frame on peer streams).
 	Prefix []byte
-	// ResponseHeaderTimeout bounds the wait for the response header; 0 means none.
+	// ResponseHeaderTimeout bounds the wait for the response head; 0 means none.
 	ResponseHeaderTimeout time.Duration
-	// HoldBody delays the request body until the first Result arrives, so that a refusal leaves
-	// the body unread and the request can be retried elsewhere.
-	HoldBody bool
 	// Go starts the request-body writer goroutine; it returns false if the owner is closing.
-	// Default: the go statement (the goroutine then ends when the stream or the body ends).
+	// Default: the go statement (the goroutine ends when the stream or the body ends).
 	Go func(func()) bool
 	// Done is called once when the exchange ends: clean says the response was read to its end;
 	// sent and recv count body bytes.
 	Done func(clean bool, sent, recv int64)
-	// KeepSendOpen keeps the send side open after a request without a body until the response
-	// has been read, for a peer that does not know api.MetaRequestFIN. By default such a
-	// request is followed at once by FIN, in the same packet, so that the stream needs no
-	// STOP_SENDING and no second FIN/RESET_STREAM packet at its end.
-	KeepSendOpen bool
 }
 
-// streamMeta returns meta with the keys that describe this stream. It never modifies meta.
-func streamMeta(meta []api.KV, late, fin bool) []api.KV {
-	var add []api.KV
+// Body is a request body that can be sent again while everything read from it so far is still
+// in its replay buffer: a request that a holder refused is sent to the next one with its body.
+// Attempts use it one after the other, never at the same time (RoundTrip waits for its body
+// writer before it returns a refusal).
+type Body struct {
+	rc      io.ReadCloser
+	limit   int
+	buf     []byte // the first bytes read from rc, while they fit in limit
+	over    bool   // more than limit bytes were read: no replay
+	eof     bool
+	readErr error // the error rc returned: the client's fault, not the agent's
+}
+
+// NewBody wraps rc (nil for no body) with a replay buffer of limit bytes
+// (DefaultReplayLimit if 0).
+func NewBody(rc io.ReadCloser, limit int) *Body {
+	if rc == nil || rc == http.NoBody {
+		return nil
+	}
+	if limit <= 0 {
+		limit = DefaultReplayLimit
+	}
+	return &Body{rc: rc, limit: limit}
+}
+
+// Replayable reports whether every byte read so far can be sent again.
+func (b *Body) Replayable() bool { return b == nil || !b.over }
+
+// Err returns the error reading the client's body returned, if any.
+func (b *Body) Err() error {
+	if b == nil {
+		return nil
+	}
+	return b.readErr
+}
+
+// Close closes the underlying body.
+func (b *Body) Close() error {
+	if b == nil {
+		return nil
+	}
+	return b.rc.Close()
+}
+
+// cursor reads the body from its start: the replay buffer first, then the rest of rc.
+type cursor struct {
+	b   *Body
+	pos int
+}
+
+func (c *cursor) Read(p []byte) (int, error) {
+	b := c.b
+	if c.pos < len(b.buf) {
+		n := copy(p, b.buf[c.pos:])
+		c.pos += n
+		return n, nil
+	}
+	if b.eof {
+		return 0, io.EOF
+	}
+	if b.readErr != nil {
+		return 0, b.readErr
+	}
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		if !b.over && len(b.buf)+n <= b.limit {
+			b.buf = append(b.buf, p[:n]...)
+			c.pos += n
+		} else {
+			b.over = true
+		}
+	}
 	switch {
-	case late && fin:
-		add = metaLateFIN
-	case late:
-		add = metaLate
-	case fin:
-		add = metaFIN
-	default:
-		return meta
+	case err == io.EOF:
+		b.eof = true
+	case err != nil:
+		b.readErr = err
+		err = &clientBodyError{err}
 	}
-	if len(meta) == 0 {
-		return add // shared, read-only
-	}
-	return append(meta[:len(meta):len(meta)], add...)
+	return n, err
 }
 
-var (
-	metaLateFIN = []api.KV{{Key: api.MetaLateResult, Value: "1"}, {Key: api.MetaRequestFIN, Value: "1"}}
-	metaLate    = metaLateFIN[:1:1]
-	metaFIN     = metaLateFIN[1:2:2]
-)
+// clientBodyError marks a failure to read the client's request body.
+type clientBodyError struct{ err error }
 
-// RefusedError is returned when the peer answered the Request frame with a refusal. BodyUnread
-// is true when no byte of the request body was consumed, so the request may be retried.
-type RefusedError struct {
-	Err        *api.Error
-	BodyUnread bool
-}
+func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
+func (e *clientBodyError) Unwrap() error { return e.err }
 
-func (e *RefusedError) Error() string { return e.Err.Error() }
-func (e *RefusedError) Unwrap() error { return e.Err }
+// RemoteError: the peer answered the request with an Error frame before any response: it did
+// not process the request. Retry decides what may be done with it.
+type RemoteError struct{ Err *api.Error }
 
-// RoundTrip sends frame and req on sc and returns the response. req.Body, if any, is closed.
-// Errors are *api.Error (or *RefusedError for a Result refusal): deadline_exceeded for the
-// header timeout and the request deadline, agent_failed for a broken or reset stream.
-func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, req *http.Request, opts *Options) (*http.Response, error) {
+func (e *RemoteError) Error() string { return e.Err.Error() }
+func (e *RemoteError) Unwrap() error { return e.Err }
+
+// RoundTrip sends frame (and body, which may be nil) on sc and returns the response once its
+// head has arrived. frame.Flags need not carry FlagBody or FlagGated: RoundTrip sets them. The
+// caller's frame is not modified.
+//
+// Errors: *RemoteError for a refusal (an Error frame, or a reset with StreamCodeRefused), else
+// an *api.Error: deadline_exceeded (header timeout, request deadline), client_canceled (ctx
+// canceled), bad_request (the client's body could not be read), protocol_error (a malformed or
+// oversized head, too many 1xx responses), agent_failed (the stream or connection broke).
+//
+// The response body ends the exchange: read to EOF it closes the stream cleanly; closed early,
+// or on ctx's end, it resets it. A 101 response to an upgrade request has a body that is an
+// io.ReadWriteCloser over the stream.
+func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, body *Body, opts *Options) (*http.Response, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	hasBody := req.Body != nil && req.Body != http.NoBody
 	x := &exchange{sc: sc, ctx: ctx, opts: opts}
 	x.stopCancel = context.AfterFunc(ctx, func() { sc.Abort(quic.StreamCodeCanceled) })
 	var headerTimer *time.Timer
@@ -93,101 +159,242 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, req
 		})
 		defer headerTimer.Stop()
 	}
+	f := *frame
+	f.Flags &^= api.FlagBody | api.FlagGated
+	upgrade := f.Has(api.FlagUpgrade)
+	bp := getBuf()
+	buf := append(*bp, opts.Prefix...)
+	var cur *cursor
+	small := false
+	if body != nil {
+		cur = &cursor{b: body}
+		f.Flags |= api.FlagBody
+		small = f.ContentLength > 0 && f.ContentLength <= smallBody && !f.Has(api.FlagFramed)
+		if !small && (f.ContentLength < 0 || f.ContentLength > int64(body.limit)) {
+			f.Flags |= api.FlagGated
+		}
+	}
+	var err error
+	buf, err = api.EncodeFrame(buf, &f)
+	if err != nil {
+		*bp = buf
+		putBuf(bp)
+		x.finish(false)
+		return nil, err
+	}
+	if small {
+		// Read the whole (small) body now and send it with the head and FIN in one write.
+		start := len(buf)
+		buf = append(buf, make([]byte, f.ContentLength)...)
+		if _, err := io.ReadFull(cur, buf[start:]); err != nil {
+			*bp = buf
+			putBuf(bp)
+			x.finish(false)
+			return nil, clientBodyFailure(body, err)
+		}
+		x.sent.Add(f.ContentLength)
+	}
+	_, err = sc.Write(buf)
+	*bp = buf
+	putBuf(bp)
+	if err == nil && (body == nil && !upgrade || small) {
+		// An error here means the peer stopped reading already (it answered, or refused):
+		// what it sent back is still to be read.
+		_ = sc.CloseWrite()
+	}
+	if err != nil {
+		return nil, x.fail(err)
+	}
 
-	upgrade := IsUpgrade(req)
-	out := *req // shallow copy: a RoundTripper must not modify the request
-	// One request per stream: the server closes the stream after the response. An upgrade keeps
-	// the stream for the upgraded protocol instead.
-	out.Close = !upgrade
-	// The Result may ride with the response unless we wait for it before sending the body.
-	late := !(hasBody && opts.HoldBody)
-	fin := !hasBody && !upgrade && !opts.KeepSendOpen
-	f := *frame // the caller's frame is reused for retries: never modify it
-	f.Meta = streamMeta(frame.Meta, late, fin)
-	w := &streamWriter{sc: sc}
-	w.buf = api.AppendFrame(append(getBuf(), opts.Prefix...), &f)
-	var gate chan struct{}
-	if !hasBody {
-		out.Body = nil
-		err := out.Write(w)
-		if err == nil {
-			err = w.Flush()
-		}
-		if err == nil && fin {
-			// An error here means the peer has stopped reading already (it answered, or
-			// refused): what it sent back is still to be read, so it is not ours to report.
-			_ = sc.CloseWrite()
-		}
-		putBuf(w.buf)
-		if err != nil {
-			return nil, x.fail(err)
-		}
-	} else {
-		body := &flushingBody{rc: req.Body, w: w, n: &x.sent}
-		if opts.HoldBody {
-			gate = make(chan struct{})
-			body.gate = gate
-			body.ctx = ctx
-		}
-		out.Body = body
-		write := func() {
-			err := out.Write(w)
-			if err == nil {
-				err = w.Flush()
-			}
-			if err != nil {
-				// Reset only what we send: the peer may have stopped reading because it
-				// answered already (a refusal before the body, an early response), and that
-				// answer must still be read. The reader ends the rest.
-				sc.CancelWrite(quic.StreamCodeCanceled)
-			}
+	var writer *bodyWriter
+	if body != nil && !small {
+		writer = &bodyWriter{x: x, cur: cur, framed: f.Has(api.FlagFramed), done: make(chan struct{})}
+		if f.Has(api.FlagGated) {
+			writer.gate = make(chan struct{})
+			writer.replay = body.limit
 		}
 		start := opts.Go
 		if start == nil {
 			start = func(f func()) bool { go f(); return true }
 		}
-		if !start(write) {
-			req.Body.Close()
-			return nil, x.fail(api.Errorf(api.CodeShuttingDown, "closing"))
+		if !start(writer.run) {
+			close(writer.done)
+			x.finish(false)
+			return nil, api.Errorf(api.CodeShuttingDown, "closing")
 		}
 	}
 
-	br := bufio.NewReaderSize(sc, 4096)
-	m, err := api.ReadExpect(br, api.TypeResult)
+	resp, err := x.readResponse(frame, writer)
 	if err != nil {
-		return nil, x.fail(err)
-	}
-	if err := m.(*api.Result).Err(); err != nil {
-		x.finish(false)
-		return nil, &RefusedError{Err: err.(*api.Error), BodyUnread: !hasBody || (gate != nil && x.sent.Load() == 0)}
-	}
-	if gate != nil {
-		close(gate)
-	}
-	resp, err := readResponse(br, req)
-	if err != nil {
-		return nil, x.fail(err)
+		if writer != nil {
+			writer.stop()
+			if body.Replayable() {
+				<-writer.done // the next attempt reads the body: this one must be done with it
+			}
+			if e := body.Err(); e != nil {
+				return nil, clientBodyFailure(body, e)
+			}
+		}
+		return nil, err
 	}
 	if headerTimer != nil {
 		headerTimer.Stop()
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		resp.Body = &upgradedBody{br: br, x: x}
-		return resp, nil
-	}
-	resp.Body = &responseBody{rc: resp.Body, x: x}
 	return resp, nil
 }
 
-// readResponse reads the final response, skipping informational (1xx) ones other than 101.
-func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+func clientBodyFailure(body *Body, err error) error {
+	if e := body.Err(); e != nil {
+		err = e
+	}
+	return &api.Error{Code: api.CodeBadRequest, Message: "reading the request body: " + err.Error(), Err: err}
+}
+
+// readResponse reads frames up to the final response head.
+func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Response, error) {
+	informational := 0
 	for {
-		resp, err := http.ReadResponse(br, req)
+		m, err := api.ReadFrame(x.sc)
 		if err != nil {
-			return nil, err
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, x.fail(err)
 		}
-		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
-			return resp, nil
+		switch m := m.(type) {
+		case *api.Error:
+			x.finish(false)
+			return nil, &RemoteError{Err: m}
+		case *api.Accepted:
+			if writer != nil {
+				writer.open()
+			}
+		case *api.Response:
+			if m.Status == http.StatusSwitchingProtocols && !req.Has(api.FlagUpgrade) || m.Status < 100 {
+				return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: "101 response to a request without upgrade"})
+			}
+			if m.Status < 200 && m.Status != http.StatusSwitchingProtocols {
+				if informational++; informational > api.MaxInformational {
+					return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: fmt.Sprintf("more than %d informational responses", api.MaxInformational), Err: ErrTooManyInformational})
+				}
+				continue
+			}
+			if writer != nil {
+				writer.open() // an answer came: whatever the gate held may go now
+			}
+			return x.response(req, m), nil
+		default:
+			return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: fmt.Sprintf("unexpected %s frame before the response", m.Type()), Err: api.ErrUnexpectedFrame})
+		}
+	}
+}
+
+// ErrTooManyInformational: the peer sent more than api.MaxInformational 1xx responses.
+var ErrTooManyInformational = errors.New("too many informational responses")
+
+func (x *exchange) response(req *api.Request, m *api.Response) *http.Response {
+	resp := &http.Response{
+		Status:        fmt.Sprintf("%d %s", m.Status, http.StatusText(m.Status)),
+		StatusCode:    m.Status,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        make(http.Header, len(m.Header)),
+		ContentLength: m.ContentLength,
+	}
+	AddKVs(resp.Header, m.Header, m.Status == http.StatusSwitchingProtocols)
+	if m.Status == http.StatusSwitchingProtocols {
+		resp.Body = &upgradedBody{x: x}
+		return resp
+	}
+	if m.Has(api.FlagFramed) {
+		resp.Trailer = http.Header{}
+	}
+	if req.Method == http.MethodHead || m.Status == http.StatusNoContent || m.Status == http.StatusNotModified {
+		// No body, whatever the content length says (it describes the GET).
+		resp.Body = &responseBody{r: newBodyReader(x.sc, 0, false, nil), x: x}
+		return resp
+	}
+	resp.Body = &responseBody{r: newBodyReader(x.sc, m.ContentLength, m.Has(api.FlagFramed), resp.Trailer), x: x}
+	return resp
+}
+
+// bodyWriter sends a request body that did not fit in the first write.
+type bodyWriter struct {
+	x      *exchange
+	cur    *cursor
+	framed bool
+	// gate, for FlagGated requests: bytes beyond replay wait until it is closed (Accepted, or
+	// a response), or stop.
+	gate     chan struct{}
+	replay   int
+	gateOnce sync.Once
+	stopped  atomic.Bool
+	done     chan struct{}
+}
+
+func (w *bodyWriter) open() {
+	if w.gate != nil {
+		w.gateOnce.Do(func() { close(w.gate) })
+	}
+}
+
+func (w *bodyWriter) stop() {
+	w.stopped.Store(true)
+	w.open()
+}
+
+func (w *bodyWriter) run() {
+	defer close(w.done)
+	sc := w.x.sc
+	var dst io.Writer = sc
+	var fw *framedWriter
+	if w.framed {
+		fw = &framedWriter{w: sc}
+		dst = fw
+	}
+	bp := GetBuffer()
+	defer PutBuffer(bp)
+	buf := *bp
+	sent := 0
+	gate := w.gate // w.gate itself is read by open, concurrently
+	for {
+		p := buf
+		if gate != nil && sent < w.replay {
+			p = buf[:min(len(buf), w.replay-sent)]
+		} else if gate != nil {
+			<-gate
+			gate = nil
+		}
+		if w.stopped.Load() {
+			return
+		}
+		n, err := w.cur.Read(p)
+		if n > 0 {
+			if _, werr := dst.Write(p[:n]); werr != nil {
+				// Reset only what we send: the peer may have stopped reading because it
+				// answered already, and that answer must still be read.
+				sc.CancelWrite(quic.StreamCodeCanceled)
+				return
+			}
+			sent += n
+			w.x.sent.Add(int64(n))
+		}
+		if err == io.EOF {
+			if fw != nil {
+				if err := fw.writeTrailers(nil); err != nil {
+					sc.CancelWrite(quic.StreamCodeCanceled)
+					return
+				}
+			}
+			_ = sc.CloseWrite()
+			return
+		}
+		if err != nil {
+			// The client's body failed (bad chunked encoding, client gone): the request
+			// must not look complete to the agent.
+			sc.Abort(quic.StreamCodeCanceled)
+			return
 		}
 	}
 }
@@ -207,16 +414,22 @@ type exchange struct {
 // fail ends the exchange with err mapped to a typed error.
 func (x *exchange) fail(err error) error {
 	x.finish(false)
+	var se *quicgo.StreamError
 	switch {
 	case x.timedOut.Load():
-		return api.Errorf(api.CodeDeadlineExceeded, "no response header within %s", x.opts.ResponseHeaderTimeout)
+		return &api.Error{Code: api.CodeDeadlineExceeded, Message: fmt.Sprintf("no response head within %s", x.opts.ResponseHeaderTimeout), Err: ErrHeaderTimeout}
 	case errors.Is(x.ctx.Err(), context.DeadlineExceeded):
 		return api.Errorf(api.CodeDeadlineExceeded, "request deadline exceeded")
 	case x.ctx.Err() != nil:
-		return &api.Error{Code: api.CodeAgentFailed, Message: "request canceled", Err: x.ctx.Err()}
+		return &api.Error{Code: api.CodeClientCanceled, Message: "request canceled", Err: x.ctx.Err()}
+	case errors.As(err, &se) && se.Remote && se.ErrorCode == quic.StreamCodeRefused:
+		return &RemoteError{Err: &api.Error{Code: api.CodeShuttingDown, Message: "the peer refused the stream", Err: err}}
 	}
 	return StreamError(err)
 }
+
+// ErrHeaderTimeout marks a response head that did not come within ResponseHeaderTimeout.
+var ErrHeaderTimeout = errors.New("response header timeout")
 
 func (x *exchange) finish(clean bool) {
 	if x.finished.Swap(true) {
@@ -251,12 +464,12 @@ func StreamError(err error) *api.Error {
 
 // responseBody ends the exchange when read to EOF or closed.
 type responseBody struct {
-	rc io.ReadCloser
-	x  *exchange
+	r *bodyReader
+	x *exchange
 }
 
 func (b *responseBody) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
+	n, err := b.r.Read(p)
 	b.x.recv.Add(int64(n))
 	if err == io.EOF {
 		b.x.finish(true)
@@ -271,15 +484,14 @@ func (b *responseBody) Close() error {
 	return nil
 }
 
-// upgradedBody is the far side of an upgraded (101) connection, as ReverseProxy expects: an
-// io.ReadWriteCloser over the stream.
+// upgradedBody is the far side of an upgraded (101) stream: an io.ReadWriteCloser, as
+// httputil.ReverseProxy expects. CloseWrite sends FIN.
 type upgradedBody struct {
-	br *bufio.Reader
-	x  *exchange
+	x *exchange
 }
 
 func (b *upgradedBody) Read(p []byte) (int, error) {
-	n, err := b.br.Read(p)
+	n, err := b.x.sc.Read(p)
 	b.x.recv.Add(int64(n))
 	return n, err
 }
@@ -290,105 +502,24 @@ func (b *upgradedBody) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// CloseWrite finishes the send side (FIN); reading goes on.
+func (b *upgradedBody) CloseWrite() error { return b.x.sc.CloseWrite() }
+
 func (b *upgradedBody) Close() error {
 	b.x.finish(true)
 	return nil
 }
 
-// IsUpgrade reports whether r asks for a protocol upgrade (WebSocket, SPDY).
-func IsUpgrade(r *http.Request) bool {
-	for _, v := range r.Header.Values("Connection") {
-		for _, t := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
-				return r.Header.Get("Upgrade") != ""
-			}
-		}
-	}
-	return false
-}
-
-// streamWriter buffers the small writes net/http makes for the request line and headers so that
-// a request without a body leaves in one stream write; large writes go straight to the stream.
-type streamWriter struct {
-	sc  *quic.StreamConn
-	buf []byte
-}
-
-const streamWriterMax = 16 << 10
-
-func (w *streamWriter) Write(p []byte) (int, error) {
-	if len(w.buf)+len(p) <= streamWriterMax {
-		w.buf = append(w.buf, p...)
-		return len(p), nil
-	}
-	if err := w.Flush(); err != nil {
-		return 0, err
-	}
-	return w.sc.Write(p)
-}
-
-// WriteByte makes streamWriter an io.ByteWriter, so (*http.Request).Write does not add its own
-// bufio.Writer.
-func (w *streamWriter) WriteByte(c byte) error {
-	_, err := w.Write([]byte{c})
-	return err
-}
-
-func (w *streamWriter) Flush() error {
-	if len(w.buf) == 0 {
-		return nil
-	}
-	_, err := w.sc.Write(w.buf)
-	w.buf = w.buf[:0]
-	return err
-}
-
-// flushingBody is the request body as (*http.Request).Write reads it: before each read it flushes
-// what was written so far, so the header and every body chunk reach the peer without waiting for
-// a buffer to fill. With a gate, the first read also waits for the Result.
-type flushingBody struct {
-	rc   io.ReadCloser
-	w    *streamWriter
-	n    *atomic.Int64
-	gate chan struct{}
-	ctx  context.Context
-}
-
-func (b *flushingBody) Read(p []byte) (int, error) {
-	if err := b.w.Flush(); err != nil {
-		return 0, err
-	}
-	if b.gate != nil {
-		select {
-		case <-b.gate:
-			b.gate = nil
-		case <-b.ctx.Done():
-			return 0, b.ctx.Err()
-		case <-b.w.sc.Context().Done():
-			return 0, context.Cause(b.w.sc.Context())
-		}
-	}
-	n, err := b.rc.Read(p)
-	b.n.Add(int64(n))
-	return n, err
-}
-
-// Close closes the caller's body only if this attempt was allowed to read it: a refused attempt
-// (the gate never opened) leaves the body untouched for the retry on the next holder, and the
-// caller closes it in the end. Close is called by the writer goroutine only, after its last Read.
-func (b *flushingBody) Close() error {
-	if b.gate != nil {
-		return nil
-	}
-	return b.rc.Close()
-}
-
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-func getBuf() []byte { return (*bufPool.Get().(*[]byte))[:0] }
+func getBuf() *[]byte {
+	bp := bufPool.Get().(*[]byte)
+	*bp = (*bp)[:0]
+	return bp
+}
 
-func putBuf(b []byte) {
-	if cap(b) <= 64<<10 {
-		bufPool.Put(&b)
+func putBuf(bp *[]byte) {
+	if cap(*bp) <= 80<<10 {
+		bufPool.Put(bp)
 	}
 }

@@ -1,25 +1,32 @@
-// Package httpstream carries one HTTP/1.1 exchange on one QUIC stream, in both directions of
-// qkas: kasd to agent (proxied requests), kasd to kasd (forwarded requests, behind a Forward
-// frame) and agent to kasd (GitLab module requests).
+// Package httpstream carries one HTTP exchange on one QUIC stream, in every direction of qkas:
+// kasd to agent (proxied requests), kasd to kasd (forwarded requests, behind a Forward frame)
+// and agent to kasd (GitLab module requests). The byte layout is api/SPEC.md, "Request streams".
 //
-// A stream starts with an api.Request frame, answered by an api.Result frame, followed by the
-// HTTP/1.1 request and response, written and parsed by net/http (Request.Write, ReadResponse,
-// http.Server). Nothing here parses HTTP by hand.
+// Heads are binary frames (api.Request, api.Response), not HTTP/1.1 text: nothing is parsed
+// twice, and every size a peer controls is bounded by the api limits before it is allocated.
+// Bodies are raw stream bytes ended by FIN (or data frames and a trailers frame when the
+// message has trailers). Hop-by-hop headers never travel (HeaderKVs, AddKVs).
 //
 // # Client side: RoundTrip
 //
-// RoundTrip writes the frame and the request on a stream the caller opened, and returns the
-// response once its header has arrived. A request without a body leaves in one stream write.
-// A request body is written by a goroutine started through Options.Go, so the caller decides who
-// owns and waits for it; with Options.HoldBody the body waits until the first Result has
-// arrived, so a refused stream (for example a stale route) can be retried with the body unread.
-// The stream ends when the response body is read to EOF (closed cleanly) or closed early or
-// the request context ends (reset). Options.Done is called exactly once, when it ends.
+// RoundTrip writes the request head, and the body when it is small and of known length, in one
+// stream write followed by FIN. A larger body is written by one goroutine started through
+// Options.Go, so the caller owns it. A Body keeps the first DefaultReplayLimit bytes it read;
+// a request whose body is larger or of unknown length is FlagGated: bytes beyond the replay
+// buffer wait for the peer's Accepted frame, so a refusal (an Error frame before the response,
+// *RemoteError) always leaves the body replayable and the caller may send it elsewhere.
+// RoundTrip returns a refusal only after its body writer has finished with the body.
+// The response's body ends the exchange: read to EOF, the stream is closed cleanly; closed
+// early, or at the end of the request context, it is reset. Options.Done is called once.
 //
-// # Server side: Listener and Conn
+// # Server side: ReadRequest, NewRequest, ResponseWriter
 //
-// A Listener yields the streams a connection accepts as *Conn, for an http.Server. A Conn's
-// first Read consumes the Request frame, passes it to the Listener's Check function and writes
-// the Result: OK, or the refusal, after which the stream is closed and the http.Server sees EOF.
-// ConnContext puts the *Conn into the request context; FromContext gets it back in the handler.
+// The acceptor of a stream reads the head (ReadRequest), refuses it (Refuse) or accepts it
+// (Accept, for gated requests), builds the handler's *http.Request (NewRequest: its context
+// ends with the stream) and answers through a ResponseWriter, whose Finish sends what is
+// pending and FIN after the handler returns. A response of known small size leaves in one
+// stream write with FIN. Upgrades switch the stream to raw bytes (Upgrade, or Hijack for
+// httputil.ReverseProxy).
+//
+// Nothing here starts goroutines except RoundTrip's body writer, through Options.Go.
 package httpstream

@@ -1,282 +1,460 @@
 package httpstream
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
-	"os"
-	"sync"
-	"sync/atomic"
+	"net/http"
+	"net/url"
+	"strconv"
 	"time"
-
-	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/quic"
 )
 
-// CheckFunc decides whether a stream's Request is served. It returns nil to accept, or the
-// refusal sent back in the Result.
-type CheckFunc func(req *api.Request) *api.Error
-
-// Listener yields the streams that a QUIC connection accepts, for an http.Server. Closing it
-// stops Accept; streams already returned are owned by the http.Server.
-type Listener struct {
-	qc     *quicgo.Conn
-	check  CheckFunc
-	data   any
-	ctx    context.Context
-	cancel context.CancelFunc
-}
-
-// NewListener returns a Listener for the streams the peer opens on qc. check vets each stream's
-// Request frame; data is attached to every Conn (the connection it came from, say).
-func NewListener(qc *quicgo.Conn, check CheckFunc, data any) *Listener {
-	ctx, cancel := context.WithCancel(qc.Context())
-	return &Listener{qc: qc, check: check, data: data, ctx: ctx, cancel: cancel}
-}
-
-// Accept returns the next stream. It returns net.ErrClosed once the listener or the connection
-// is closed.
-func (l *Listener) Accept() (net.Conn, error) {
-	st, err := l.qc.AcceptStream(l.ctx)
+// ReadRequest reads the request head of a stream the peer opened. Bound it with a read
+// deadline on sc.
+func ReadRequest(sc *quic.StreamConn) (*api.Request, error) {
+	m, err := api.ReadExpect(sc, api.TypeRequest)
 	if err != nil {
-		return nil, net.ErrClosed
+		return nil, err
 	}
-	return NewConn(quic.NewStreamConn(l.qc, st), l.check, l.data), nil
+	return m.(*api.Request), nil
 }
 
-// Close stops Accept. It is idempotent.
-func (l *Listener) Close() error { l.cancel(); return nil }
+// Refuse answers a request stream with e and ends the stream without reading the body: the
+// peer sees a refusal, which says the request was not processed.
+func Refuse(sc *quic.StreamConn, e *api.Error) {
+	_ = sc.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = api.WriteFrame(sc, e)
+	_ = sc.Close()
+}
 
-// Addr returns the connection's local address.
-func (l *Listener) Addr() net.Addr { return l.qc.LocalAddr() }
+// Accept tells the sender of a FlagGated request to send the rest of its body.
+func Accept(sc *quic.StreamConn, f *api.Request) error {
+	if !f.Has(api.FlagGated) {
+		return nil
+	}
+	_, err := sc.Write(acceptedFrame)
+	return err
+}
 
-// Conn is an accepted request stream. Its first Read consumes and checks the Request frame and
-// writes the Result before the http.Server sees any HTTP bytes.
-type Conn struct {
-	*quic.StreamConn
-	check CheckFunc
-	data  any
+var acceptedFrame = api.AppendFrame(nil, &api.Accepted{})
 
-	// Set by the first Read, made by the http.Server's goroutine for this stream before the
-	// handler runs; read by that handler afterwards.
-	started bool
+// NewRequest builds the *http.Request for a handler from the request head f read from sc. Its
+// context is ctx, ended when the stream ends (the peer reset or stopped it, or the connection
+// died) and at f's deadline; call the returned cancel when the handler is done. Its body reads
+// the stream. URL holds the target's path and query only.
+func NewRequest(ctx context.Context, sc *quic.StreamConn, f *api.Request) (*http.Request, context.CancelFunc, error) {
+	u, err := url.ParseRequestURI(f.Target)
+	if err != nil {
+		return nil, nil, api.Errorf(api.CodeBadRequest, "request target %q: %v", f.Target, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(sc.Context(), cancel)
+	if !f.Deadline.IsZero() {
+		var cancelDeadline context.CancelFunc
+		ctx, cancelDeadline = context.WithDeadline(ctx, f.Deadline)
+		prev := cancel
+		cancel = func() { cancelDeadline(); prev() }
+	}
+	upgrade := f.Has(api.FlagUpgrade)
+	r := &http.Request{
+		Method:     f.Method,
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     make(http.Header, len(f.Header)+2),
+		Host:       f.Host,
+		RequestURI: f.Target,
+		RemoteAddr: sc.RemoteAddr().String(),
+		Body:       http.NoBody,
+	}
+	AddKVs(r.Header, f.Header, upgrade)
+	if upgrade {
+		r.Header.Set("Connection", "Upgrade")
+	}
+	if f.Has(api.FlagBody) {
+		r.ContentLength = f.ContentLength
+		if f.Has(api.FlagFramed) {
+			r.Trailer = http.Header{}
+		}
+		r.Body = io.NopCloser(newBodyReader(sc, f.ContentLength, f.Has(api.FlagFramed), r.Trailer))
+		if f.ContentLength < 0 {
+			r.TransferEncoding = []string{"chunked"}
+		}
+	}
+	done := func() { stop(); cancel() }
+	return r.WithContext(ctx), done, nil
+}
+
+// ResponseWriter writes a handler's response on a stream as a response frame and its body. The
+// head waits for the first Flush, for more body than fits the write buffer, or for Finish, so
+// that a small response leaves in one stream write with its FIN. It implements http.Flusher and
+// http.Hijacker (for httputil.ReverseProxy's upgrades: the HTTP/1.1 101 head it writes on the
+// hijacked connection is turned into a response frame), and Upgrade for callers that switch
+// protocols themselves. Not safe for concurrent use, like any http.ResponseWriter.
+type ResponseWriter struct {
+	sc      *quic.StreamConn
 	req     *api.Request
-	refusal *api.Error
-
-	// lateResult: the OK Result has not been written yet; it goes with the first Write (or
-	// before the end of the stream). rmu orders that first Write before any other.
-	lateResult atomic.Bool
-	rmu        sync.Mutex
-
-	// hideEOF (api.MetaRequestFIN): the peer's FIN follows the request at once. net/http's
-	// server would take an EOF for the client gone away and cancel the request, so Read holds
-	// it back (eof) until the read deadline, Close, or the stream's end. Reader-only fields.
-	hideEOF, eof bool
-	dmu          sync.Mutex // guards the fields below
-	readDeadline time.Time
-	wake         chan struct{} // closed when the read deadline changes or Close runs; nil if no waiter
-	closed       bool
+	header  http.Header
+	status  int
+	sent    bool  // the head was written
+	noBody  bool  // HEAD, 204, 304: body bytes are dropped
+	cl      int64 // declared Content-Length, -1 if none
+	written int64
+	buf     []byte // pending bytes: nothing of the head is written before the first flush
+	framed  *framedWriter
+	err     error // the first write error; later writes return it
+	infos   int
+	upgrade net.Conn // set once upgraded
 }
 
-// NewConn wraps an accepted stream.
-func NewConn(sc *quic.StreamConn, check CheckFunc, data any) *Conn {
-	return &Conn{StreamConn: sc, check: check, data: data}
+// maxPending is how much of a body the writer holds before sending the head.
+const maxPending = 16 << 10
+
+// NewResponseWriter returns the writer for the response to f on sc.
+func NewResponseWriter(sc *quic.StreamConn, f *api.Request) *ResponseWriter {
+	return &ResponseWriter{sc: sc, req: f, header: make(http.Header, 8), cl: -1}
 }
 
-// Request returns the accepted Request frame (nil before the first Read or after a refusal).
-func (c *Conn) Request() *api.Request { return c.req }
+func (w *ResponseWriter) Header() http.Header { return w.header }
 
-// Data returns what the Listener attached.
-func (c *Conn) Data() any { return c.data }
+// Status returns the status written (0 if none yet).
+func (w *ResponseWriter) Status() int { return w.status }
 
-// Refusal returns the error the stream was refused with, if any.
-func (c *Conn) Refusal() *api.Error { return c.refusal }
+// Written returns the body bytes written.
+func (w *ResponseWriter) Written() int64 { return w.written }
 
-func (c *Conn) Read(p []byte) (int, error) {
-	if !c.started {
-		c.started = true
-		if err := c.accept(); err != nil {
-			return 0, io.EOF
+func (w *ResponseWriter) WriteHeader(code int) {
+	if w.status != 0 || w.upgrade != nil {
+		return
+	}
+	if code < 100 || code > 999 {
+		code = http.StatusInternalServerError
+	}
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		// Interim responses (103 Early Hints) are passed on, up to the limit; never 100
+		// Continue, which kasd answers to its client itself.
+		if code != http.StatusContinue && w.infos < api.MaxInformational {
+			w.infos++
+			w.writeNow(w.head(code, 0))
+		}
+		return
+	}
+	w.status = code
+	if code == http.StatusSwitchingProtocols {
+		return // the head goes with Upgrade or the hijacked connection's first write
+	}
+	w.noBody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	if v := w.header.Get("Content-Length"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			w.cl = n
 		}
 	}
-	if c.eof {
-		return 0, c.waitEOF()
+	if len(w.header["Trailer"]) > 0 && !w.noBody {
+		w.framed = &framedWriter{w: writerFunc(w.writeRaw)}
 	}
-	n, err := c.StreamConn.Read(p)
-	if err == io.EOF && c.hideEOF {
-		c.eof = true
-		if n > 0 {
-			return n, nil
+}
+
+// head encodes the response head for status.
+func (w *ResponseWriter) head(status int, cl int64) []byte {
+	m := &api.Response{Status: status, ContentLength: cl}
+	m.Header = HeaderKVs(make([]api.KV, 0, len(w.header)+1), w.header, status == http.StatusSwitchingProtocols, "Content-Length")
+	if w.framed != nil && status >= 200 {
+		m.Flags |= api.FlagFramed
+	}
+	b, err := api.EncodeFrame(nil, m)
+	if err != nil {
+		// A head over the limit: the peer gets a typed error, not a broken stream.
+		return api.AppendFrame(nil, &api.Error{Code: api.CodeServiceUnavailable, Message: "response head too large: " + err.Error(), Err: err})
+	}
+	return b
+}
+
+func (w *ResponseWriter) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.upgrade != nil {
+		return 0, http.ErrHijacked
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.noBody {
+		return len(p), nil
+	}
+	if w.cl >= 0 && w.written+int64(len(p)) > w.cl {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if !w.sent && len(w.buf)+len(p) <= maxPending {
+		w.buf = append(w.buf, p...)
+		return len(p), nil
+	}
+	if err := w.sendHead(); err != nil {
+		return 0, err
+	}
+	var err error
+	if w.framed != nil {
+		_, err = w.framed.Write(p)
+	} else {
+		_, err = w.writeRaw(p)
+	}
+	if err != nil {
+		w.err = err
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// sendHead writes the head and the pending body bytes, once.
+func (w *ResponseWriter) sendHead() error {
+	if w.sent {
+		return w.err
+	}
+	w.sent = true
+	out := w.head(w.status, w.cl)
+	if len(w.buf) > 0 {
+		if w.framed != nil {
+			// Pending bytes become the first data frame.
+			out = append(out, byte(api.TypeData), byte(len(w.buf)>>16), byte(len(w.buf)>>8), byte(len(w.buf)))
 		}
-		return 0, c.waitEOF()
+		out = append(out, w.buf...)
+		w.buf = nil
+	}
+	_, err := w.writeRaw(out)
+	return err
+}
+
+func (w *ResponseWriter) writeRaw(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	n, err := w.sc.Write(p)
+	if err != nil {
+		w.err = err
 	}
 	return n, err
 }
 
-// waitEOF blocks a Read after the peer's FIN until the read deadline passes (what net/http
-// does to end its background read: the timeout error is expected), Close, or the stream's
-// context ends (our own FIN, the peer's STOP_SENDING, the connection's end).
-func (c *Conn) waitEOF() error {
-	done := c.StreamConn.Context().Done()
-	for {
-		c.dmu.Lock()
-		if c.closed {
-			c.dmu.Unlock()
-			return net.ErrClosed
-		}
-		d := c.readDeadline
-		if c.wake == nil {
-			c.wake = make(chan struct{})
-		}
-		wake := c.wake
-		c.dmu.Unlock()
-		var expired <-chan time.Time
-		if !d.IsZero() {
-			dur := time.Until(d)
-			if dur <= 0 {
-				return os.ErrDeadlineExceeded
-			}
-			t := time.NewTimer(dur)
-			defer t.Stop()
-			expired = t.C
-		}
-		select {
-		case <-wake:
-		case <-expired:
-			return os.ErrDeadlineExceeded
-		case <-done:
-			return io.EOF
-		}
-	}
-}
+func (w *ResponseWriter) writeNow(p []byte) { _, _ = w.writeRaw(p) }
 
-func (c *Conn) wakeReader(closing bool) {
-	c.dmu.Lock()
-	if closing {
-		c.closed = true
-	}
-	if c.wake != nil {
-		close(c.wake)
-		c.wake = nil
-	}
-	c.dmu.Unlock()
-}
+// Flush sends the head and everything written so far.
+func (w *ResponseWriter) Flush() { _ = w.FlushError() }
 
-// SetReadDeadline sets the stream's read deadline, which also bounds a held-back EOF.
-func (c *Conn) SetReadDeadline(t time.Time) error {
-	c.setReadDeadline(t)
-	return c.StreamConn.SetReadDeadline(t)
-}
-
-// SetDeadline sets the stream's read and write deadlines.
-func (c *Conn) SetDeadline(t time.Time) error {
-	c.setReadDeadline(t)
-	return c.StreamConn.SetDeadline(t)
-}
-
-func (c *Conn) setReadDeadline(t time.Time) {
-	c.dmu.Lock()
-	c.readDeadline = t
-	if c.wake != nil {
-		close(c.wake)
-		c.wake = nil
-	}
-	c.dmu.Unlock()
-}
-
-// Write writes to the stream; the first Write carries the pending OK Result, if any, in front of
-// p in the same stream write.
-func (c *Conn) Write(p []byte) (int, error) {
-	if c.lateResult.Load() {
-		return c.writeResult(p)
-	}
-	return c.StreamConn.Write(p)
-}
-
-var okResult = api.AppendFrame(nil, &api.Result{Code: api.CodeOK})
-
-func (c *Conn) writeResult(p []byte) (int, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	if !c.lateResult.Load() {
-		return c.StreamConn.Write(p)
-	}
-	buf := append(append(getBuf(), okResult...), p...)
-	n, err := c.StreamConn.Write(buf)
-	putBuf(buf)
-	c.lateResult.Store(false)
-	return max(n-len(okResult), 0), err
-}
-
-// CloseWrite sends FIN after the data written so far (and the pending Result, if any).
-func (c *Conn) CloseWrite() error {
-	if c.lateResult.Load() {
-		_, _ = c.writeResult(nil)
-	}
-	return c.StreamConn.CloseWrite()
-}
-
-// Close ends the stream (see quic.StreamConn.Close), after sending the pending Result, if any.
-func (c *Conn) Close() error {
-	if c.lateResult.Load() {
-		_, _ = c.writeResult(nil)
-	}
-	c.wakeReader(true)
-	return c.StreamConn.Close()
-}
-
-// accept reads the Request frame (bounded by whatever read deadline the http.Server has set from
-// its ReadHeaderTimeout) and answers OK or a typed refusal.
-func (c *Conn) accept() error {
-	m, err := api.ReadExpect(c.StreamConn, api.TypeRequest)
-	if err != nil {
-		e := api.Errorf(api.CodeProtocol, "bad request preamble: %v", err)
-		c.Refuse(e)
-		return e
-	}
-	req := m.(*api.Request)
-	if c.check != nil {
-		if e := c.check(req); e != nil {
-			c.Refuse(e)
-			return e
-		}
-	}
-	c.req = req
-	c.hideEOF = metaSet(req, api.MetaRequestFIN)
-	if metaSet(req, api.MetaLateResult) {
-		c.lateResult.Store(true)
+// FlushError is Flush that reports a failed write (http.ResponseController uses it).
+func (w *ResponseWriter) FlushError() error {
+	if w.upgrade != nil {
 		return nil
 	}
-	_, err = c.StreamConn.Write(okResult)
-	return err
-}
-
-func metaSet(req *api.Request, key string) bool {
-	v, ok := req.MetaValue(key)
-	return ok && v == "1"
-}
-
-// Refuse answers the stream with a refusal and closes it.
-func (c *Conn) Refuse(e *api.Error) {
-	c.refusal = e
-	_ = api.WriteFrame(c.StreamConn, &api.Result{Code: e.Code, Message: e.Message})
-	_ = c.StreamConn.Close()
-}
-
-type connKey struct{}
-
-// ConnContext is an http.Server ConnContext hook that makes the *Conn available to handlers.
-func ConnContext(ctx context.Context, nc net.Conn) context.Context {
-	if c, ok := nc.(*Conn); ok {
-		return context.WithValue(ctx, connKey{}, c)
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
 	}
-	return ctx
+	return w.sendHead()
 }
 
-// FromContext returns the *Conn a request arrived on.
-func FromContext(ctx context.Context) *Conn {
-	c, _ := ctx.Value(connKey{}).(*Conn)
-	return c
+// Finish ends the response after the handler returned: the head if it was not sent (with the
+// exact content length of what was written), the pending body, trailers, then FIN. A handler
+// that wrote less than its declared Content-Length gets the stream reset: the peer must not take
+// a truncated body for a complete one. It also ends the receive side.
+func (w *ResponseWriter) Finish() {
+	if w.upgrade != nil {
+		return // the upgraded connection's owner ends the stream
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.sent && w.cl < 0 && w.framed == nil && !w.noBody {
+		w.cl = w.written // the whole body is known now
+	}
+	if w.cl >= 0 && w.written < w.cl && !w.noBody {
+		w.sc.Abort(quic.StreamCodeInternal)
+		return
+	}
+	_ = w.sendHead()
+	if w.framed != nil {
+		trailers := http.Header{}
+		for k, vs := range w.header {
+			if k2, ok := trailerKey(w.header, k); ok {
+				trailers[k2] = vs
+			}
+		}
+		if err := w.framed.writeTrailers(trailers); err != nil {
+			w.err = err
+		}
+	}
+	if w.err != nil {
+		w.sc.Abort(quic.StreamCodeInternal)
+		return
+	}
+	w.drainFIN()
+	_ = w.sc.Close()
+}
+
+// trailerKey reports whether header key k is a trailer: declared in the Trailer header, or
+// prefixed with http.TrailerPrefix.
+func trailerKey(h http.Header, k string) (string, bool) {
+	if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix {
+		return k[len(http.TrailerPrefix):], true
+	}
+	for _, v := range h["Trailer"] {
+		for _, t := range bytes.Split([]byte(v), []byte(",")) {
+			if http.CanonicalHeaderKey(string(bytes.TrimSpace(t))) == k {
+				return k, true
+			}
+		}
+	}
+	return "", false
+}
+
+// drainFIN reads the peer's FIN of a request without a body, when it is already there, so that
+// closing the stream needs no STOP_SENDING.
+func (w *ResponseWriter) drainFIN() {
+	if w.req.Has(api.FlagBody) || w.req.Has(api.FlagUpgrade) {
+		return
+	}
+	_ = w.sc.SetReadDeadline(time.Now())
+	var one [1]byte
+	_, _ = w.sc.Read(one[:])
+}
+
+// Abort resets the stream: the response cannot be completed (the service failed mid-body).
+func (w *ResponseWriter) Abort() { w.sc.Abort(quic.StreamCodeInternal) }
+
+// Upgrade sends a 101 head with the writer's headers and returns the stream as a raw
+// connection. Only for requests with FlagUpgrade.
+func (w *ResponseWriter) Upgrade() (io.ReadWriteCloser, error) {
+	if !w.req.Has(api.FlagUpgrade) {
+		return nil, errors.New("httpstream: upgrade of a request that did not ask for one")
+	}
+	if w.sent || w.upgrade != nil {
+		return nil, errors.New("httpstream: response already sent")
+	}
+	w.status, w.sent = http.StatusSwitchingProtocols, true
+	if _, err := w.writeRaw(w.head(http.StatusSwitchingProtocols, -1)); err != nil {
+		return nil, err
+	}
+	w.upgrade = w.sc
+	return &upgradedStream{sc: w.sc}, nil
+}
+
+// Hijack gives httputil.ReverseProxy the stream for an upgrade. The HTTP/1.1 response head the
+// proxy writes first is not passed on as text: it becomes the response frame (status and the
+// writer's headers), and what follows it is raw upgraded bytes.
+func (w *ResponseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if !w.req.Has(api.FlagUpgrade) {
+		return nil, nil, http.ErrNotSupported
+	}
+	if w.sent || w.upgrade != nil {
+		return nil, nil, errors.New("httpstream: response already sent")
+	}
+	c := &hijackedConn{StreamConn: w.sc, w: w}
+	w.upgrade = c
+	w.sent = true
+	return c, bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c)), nil
+}
+
+// hijackedConn swallows the HTTP/1.1 response head written to it and sends a response frame
+// in its place.
+type hijackedConn struct {
+	*quic.StreamConn
+	w    *ResponseWriter
+	head []byte // the text head so far, until its end is seen
+	done bool
+}
+
+// maxHijackHead bounds the text head a handler may write on a hijacked stream.
+const maxHijackHead = api.MaxHeadSize
+
+func (c *hijackedConn) Write(p []byte) (int, error) {
+	if c.done {
+		return c.StreamConn.Write(p)
+	}
+	c.head = append(c.head, p...)
+	end := bytes.Index(c.head, []byte("\r\n\r\n"))
+	if end < 0 {
+		if len(c.head) > maxHijackHead {
+			return 0, errors.New("httpstream: response head on hijacked stream too large")
+		}
+		return len(p), nil
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(c.head[:end+4])), nil)
+	if err != nil {
+		return 0, err
+	}
+	c.done = true
+	w := c.w
+	w.status = resp.StatusCode
+	w.header = resp.Header
+	rest := c.head[end+4:]
+	c.head = nil
+	out := append(w.head(resp.StatusCode, -1), rest...)
+	if _, err := c.StreamConn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// upgradedStream is the raw stream after a 101; Close sends FIN and ends reading.
+type upgradedStream struct{ sc *quic.StreamConn }
+
+func (u *upgradedStream) Read(p []byte) (int, error)  { return u.sc.Read(p) }
+func (u *upgradedStream) Write(p []byte) (int, error) { return u.sc.Write(p) }
+func (u *upgradedStream) CloseWrite() error           { return u.sc.CloseWrite() }
+func (u *upgradedStream) Close() error                { return u.sc.Close() }
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// WriteError answers with err as a typed qkas error. On a stream whose head was not sent yet
+// it is an Error frame, which kasd turns into its HTTP error (only kasd sets Qkas-Error on a
+// response); anywhere else it is api.WriteHTTPError. w may wrap a *ResponseWriter (Unwrap).
+func WriteError(w http.ResponseWriter, err error) {
+	if sw := unwrapWriter(w); sw != nil {
+		if !sw.sent && sw.upgrade == nil {
+			sw.sent = true
+			sw.status = api.CodeOf(err).HTTPStatus()
+			e := &api.Error{Code: api.CodeOf(err), Message: err.Error(), RetryAfter: retryAfter(err)}
+			var ae *api.Error
+			if errors.As(err, &ae) {
+				e.Message = ae.Message
+			}
+			sw.writeNow(api.AppendFrame(nil, e))
+			return
+		}
+		if sw.sent {
+			sw.Abort() // too late for an answer: the response must not look complete
+			return
+		}
+	}
+	api.WriteHTTPError(w, err)
+}
+
+func retryAfter(err error) time.Duration {
+	var e *api.Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
+}
+
+func unwrapWriter(w http.ResponseWriter) *ResponseWriter {
+	for {
+		switch x := w.(type) {
+		case *ResponseWriter:
+			return x
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = x.Unwrap()
+		default:
+			return nil
+		}
+	}
 }

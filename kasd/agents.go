@@ -128,10 +128,10 @@ func (t *agentTable) notifyLocked(agentID string, n int) {
 	}
 }
 
-// pick returns a connection of agentID that offers service, round-robin across replicas.
-// ok is false if the agent has no connection here; a non-nil error means it has connections but
-// none offers service.
-func (t *agentTable) pick(agentID, service string) (c *agentConn, ok bool, err error) {
+// pickAll returns the live connections of agentID that offer service, rotated round-robin so
+// that load spreads across replicas. An empty list means the agent has no live connection here;
+// an error means it has connections but none offers service.
+func (t *agentTable) pickAll(agentID, service string) ([]*agentConn, error) {
 	t.mu.RLock()
 	e := t.agents[agentID]
 	var conns []*agentConn
@@ -140,25 +140,28 @@ func (t *agentTable) pick(agentID, service string) (c *agentConn, ok bool, err e
 	}
 	t.mu.RUnlock()
 	if len(conns) == 0 {
-		return nil, false, nil
+		return nil, nil
 	}
 	start := e.rr.Add(1)
-	dead := 0
+	var out []*agentConn
+	live := 0
 	for i := range conns {
 		c := conns[(start+uint64(i))%uint64(len(conns))]
 		if c.qc.Context().Err() != nil {
-			dead++ // closing; about to leave the table
-			continue
+			continue // closing; about to leave the table
 		}
+		live++
 		if c.offers(service) {
-			return c, true, nil
+			if out == nil {
+				out = make([]*agentConn, 0, len(conns)-i)
+			}
+			out = append(out, c)
 		}
 	}
-	if dead == len(conns) {
-		// Every connection is dying: wait for the agent to reconnect.
-		return nil, false, nil
+	if live > 0 && len(out) == 0 {
+		return nil, api.Errorf(api.CodeServiceUnknown, "agent %s does not offer service %q", agentID, service)
 	}
-	return nil, true, api.Errorf(api.CodeServiceUnknown, "agent %s does not offer service %q", agentID, service)
+	return out, nil
 }
 
 // waitChange returns a channel closed at the next change of the table.

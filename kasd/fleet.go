@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -76,7 +75,7 @@ func (c *FleetConfig) validate(instanceID string) error {
 
 // errPeerUnavailable marks a failure to reach a peer: nothing was sent, the next holder may be
 // tried.
-var errPeerUnavailable = errors.New("peer unavailable")
+var errPeerUnavailable = fmt.Errorf("peer unavailable: %w", errNotSent)
 
 // fleet is the peer side of a Server: lazily dialled, reused peer connections, and forwarding.
 type fleet struct {
@@ -292,11 +291,11 @@ func peerExporter(qc *quicgo.Conn) ([]byte, error) {
 
 // holders returns the instances other than this one that hold agentID, minus those in skip.
 // The list is rotated by rr so that load spreads over holders.
-func (f *fleet) holders(agentID string, skip map[string]bool, rr uint64) []registry.Instance {
+func (f *fleet) holders(agentID string, skip func(id string) bool, rr uint64) []registry.Instance {
 	hs := f.reg.Holders(agentID)
 	out := make([]registry.Instance, 0, len(hs))
 	for _, h := range hs {
-		if h.Instance.ID != f.s.cfg.InstanceID && !skip[h.Instance.ID] {
+		if h.Instance.ID != f.s.cfg.InstanceID && !skip(h.Instance.ID) {
 			out = append(out, h.Instance)
 		}
 	}
@@ -308,24 +307,28 @@ func (f *fleet) holders(agentID string, skip map[string]bool, rr uint64) []regis
 }
 
 // forward sends the request to inst over the peer connection: a Forward frame, then exactly
-// what the agent would receive.
-func (f *fleet) forward(ctx context.Context, inst registry.Instance, frame *api.Request, req *http.Request, tgt *target) (*http.Response, error) {
+// what the agent will receive. Failures before anything was sent wrap errNotSent.
+func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID string, req *api.Request, body *httpstream.Body) (*http.Response, error) {
 	s := f.s
 	qc, err := f.conn(ctx, inst)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, contextError(ctx.Err())
+		}
 		return nil, err
 	}
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {
-		e := httpstream.StreamError(err)
-		return nil, &api.Error{Code: e.Code, Message: e.Message, Err: fmt.Errorf("%w: %w", errPeerUnavailable, err)}
+		if ctx.Err() != nil {
+			return nil, contextError(ctx.Err())
+		}
+		return nil, notSent(httpstream.StreamError(err))
 	}
-	prefix := api.AppendFrame(nil, &api.Forward{AgentID: tgt.agentID, Origin: s.cfg.InstanceID})
+	prefix := api.AppendFrame(nil, &api.Forward{AgentID: agentID, Origin: s.cfg.InstanceID})
 	s.m.openStreams.Inc()
-	return httpstream.RoundTrip(ctx, quic.NewStreamConn(qc, st), frame, req, &httpstream.Options{
+	return httpstream.RoundTrip(ctx, quic.NewStreamConn(qc, st), req, body, &httpstream.Options{
 		Prefix:                prefix,
 		ResponseHeaderTimeout: s.cfg.ResponseHeaderTimeout,
-		HoldBody:              true,
 		Go:                    s.goOwned,
 		Done: func(clean bool, sent, recv int64) {
 			s.m.streamDone(sent, recv)
@@ -410,94 +413,77 @@ func (s *Server) servePeerConn(qc *quicgo.Conn) {
 }
 
 // serveForward serves one forwarded request: it checks that this kasd holds the agent, opens a
-// stream to it, passes the Request frame on and splices bytes both ways without parsing HTTP.
+// stream to it, passes the request head on and splices bytes both ways without parsing them.
+// Every refusal comes before the body is read, so the origin can send the request elsewhere.
 func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	_ = sc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	m, err := api.ReadExpect(sc, api.TypeForward)
+	var f *api.Request
+	if err == nil {
+		f, err = httpstream.ReadRequest(sc)
+	}
 	if err != nil {
 		s.m.forwardedIn.WithLabelValues(api.CodeProtocol.String()).Inc()
-		sc.Abort(quic.StreamCodeRefused)
+		httpstream.Refuse(sc, api.Errorf(api.CodeProtocol, "bad forwarded request: %v", err))
 		return
 	}
 	fw := m.(*api.Forward)
-	if m, err = api.ReadExpect(sc, api.TypeRequest); err != nil {
-		s.m.forwardedIn.WithLabelValues(api.CodeProtocol.String()).Inc()
-		sc.Abort(quic.StreamCodeRefused)
-		return
-	}
-	req := m.(*api.Request)
 	_ = sc.SetReadDeadline(time.Time{})
 	refuse := func(e *api.Error) {
 		s.m.forwardedIn.WithLabelValues(e.Code.String()).Inc()
-		_ = api.WriteFrame(sc, &api.Result{Code: e.Code, Message: e.Message})
-		_ = sc.Close()
+		httpstream.Refuse(sc, e)
 	}
 	if s.draining.Load() {
-		// The origin retries the next holder: nothing of the request was consumed.
 		refuse(api.Errorf(api.CodeShuttingDown, "instance %s is draining", s.cfg.InstanceID))
 		return
 	}
-	c, ok, perr := s.table.pick(fw.AgentID, req.Service)
+	conns, perr := s.table.pickAll(fw.AgentID, f.Service)
 	switch {
-	case !ok:
-		refuse(api.Errorf(api.CodeNotHolder, "instance %s does not hold agent %s", s.cfg.InstanceID, fw.AgentID))
-		return
 	case perr != nil:
 		refuse(asAPIError(perr, api.CodeServiceUnknown))
 		return
+	case len(conns) == 0:
+		refuse(api.Errorf(api.CodeNotHolder, "instance %s does not hold agent %s", s.cfg.InstanceID, fw.AgentID))
+		return
 	}
-	e := c.entry
+	e := conns[0].entry
 	if e.inflight.Add(1) > int64(s.cfg.MaxInflightPerAgent) {
 		e.inflight.Add(-1)
 		s.m.limitRejections.WithLabelValues("max_inflight_per_agent").Inc()
-		refuse(api.Errorf(api.CodeOverloaded, "too many requests in flight to agent %s", fw.AgentID))
+		refuse(&api.Error{Code: api.CodeOverloaded, Message: "too many requests in flight to agent " + fw.AgentID, RetryAfter: time.Second})
 		return
 	}
 	defer e.inflight.Add(-1)
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
-	octx, cancel := context.WithTimeout(sc.Context(), s.cfg.ResponseHeaderTimeout)
-	st, err := c.qc.OpenStreamSync(octx)
-	cancel()
-	if err != nil {
-		refuse(api.Errorf(api.CodeAgentFailed, "opening a stream to agent %s: %v", fw.AgentID, err))
+	var asc *quic.StreamConn
+	for _, c := range conns {
+		octx, cancel := context.WithTimeout(sc.Context(), s.cfg.ResponseHeaderTimeout)
+		st, err := c.qc.OpenStreamSync(octx)
+		cancel()
+		if err == nil {
+			asc = quic.NewStreamConn(c.qc, st)
+			break
+		}
+	}
+	if asc == nil {
+		refuse(api.Errorf(api.CodeAgentNotConnected, "no usable connection to agent %s on %s", fw.AgentID, s.cfg.InstanceID))
 		return
 	}
-	asc := quic.NewStreamConn(c.qc, st)
-	if err := api.WriteFrame(asc, req); err != nil {
+	head := api.AppendFrame(make([]byte, 0, 512), f)
+	_, err = asc.Write(head)
+	if err == nil && !f.Has(api.FlagBody) && !f.Has(api.FlagUpgrade) {
+		err = asc.CloseWrite() // FIN with the head, as the origin sent it
+	}
+	if err != nil {
 		asc.Abort(quic.StreamCodeCanceled)
-		refuse(api.Errorf(api.CodeAgentFailed, "writing to agent %s: %v", fw.AgentID, err))
+		refuse(api.Errorf(api.CodeAgentNotConnected, "writing to agent %s: %v", fw.AgentID, err))
 		return
 	}
 	s.m.forwardedIn.WithLabelValues("ok").Inc()
 	s.m.openStreams.Inc()
-	sent, recv := splice(sc, asc)
+	sent, recv := httpstream.Splice(sc, asc)
 	s.m.streamDone(sent, recv)
-}
-
-// splice copies a→b and b→a until both directions end. A clean end (EOF) is passed on as a
-// clean end (FIN); an error resets both streams.
-func splice(a, b *quic.StreamConn) (ab, ba int64) {
-	var wg sync.WaitGroup
-	wg.Go(func() { ab = pipe(b, a) })
-	ba = pipe(a, b)
-	wg.Wait()
-	_ = a.Close()
-	_ = b.Close()
-	return ab, ba
-}
-
-func pipe(dst, src *quic.StreamConn) int64 {
-	buf := copyBuffers.Get()
-	defer copyBuffers.Put(buf)
-	n, err := io.CopyBuffer(dst, src, buf)
-	if err != nil {
-		dst.Abort(quic.StreamCodeCanceled)
-		src.Abort(quic.StreamCodeCanceled)
-		return n
-	}
-	_ = dst.CloseWrite()
-	return n
 }
 
 // livePeerLinks counts live dialled peer connections, for metrics.

@@ -1,12 +1,10 @@
 package kasd
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"math"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"sort"
 	"strconv"
@@ -15,7 +13,6 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/auth"
-	"github.com/qkas/qkas/httpstream"
 )
 
 // HeaderTimeout lets a client bound one proxied request: a Go duration ("30s") or seconds ("30").
@@ -170,68 +167,6 @@ func (s *Server) listAgents() []AgentInfo {
 	return out
 }
 
-// target is what the API handler resolved for one proxied request; the transport reads it from
-// the request context.
-type target struct {
-	agentID   string
-	service   string
-	requestID string
-	meta      []api.KV
-	deadline  time.Time
-
-	route string // set by the transport: "local" (later "forwarded")
-}
-
-type targetKey struct{}
-
-func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, service, rest string) {
-	start := time.Now()
-	claims, err := s.authenticate(r)
-	if err != nil {
-		s.m.apiErrors.WithLabelValues(api.CodeOf(err).String()).Inc()
-		api.WriteHTTPError(w, err)
-		return
-	}
-	if !claims.AllowsAgent(agentID) {
-		s.m.apiErrors.WithLabelValues(api.CodeForbidden.String()).Inc()
-		api.WriteHTTPError(w, api.Errorf(api.CodeForbidden, "this token may not reach agent %s", agentID))
-		return
-	}
-	tgt := &target{
-		agentID:   agentID,
-		service:   service,
-		requestID: s.newRequestID(),
-		meta:      impersonationMeta(claims.Impersonate),
-	}
-	ctx := r.Context()
-	if v := r.Header.Get(HeaderTimeout); v != "" {
-		d, err := parseTimeout(v)
-		if err != nil || d <= 0 {
-			api.WriteHTTPError(w, api.Errorf(api.CodeBadRequest, "%s header: want a duration such as 30s", HeaderTimeout))
-			return
-		}
-		d = min(d, s.cfg.MaxRequestTimeout)
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-		tgt.deadline, _ = ctx.Deadline()
-	}
-	ctx = context.WithValue(ctx, targetKey{}, tgt)
-	r2 := r.WithContext(ctx)
-	r2.URL = &url.URL{Path: mustUnescape(rest), RawPath: rest, RawQuery: r.URL.RawQuery}
-	w.Header().Set(HeaderRequestID, tgt.requestID)
-
-	s.inflight.Add(1)
-	defer s.inflight.Add(-1)
-	rec := &httpstream.StatusRecorder{ResponseWriter: w}
-	s.proxy.ServeHTTP(rec, r2)
-	route := tgt.route
-	if route == "" {
-		route = "none"
-	}
-	s.m.observe(route, rec.Status(), time.Since(start))
-}
-
 func mustUnescape(p string) string {
 	u, err := url.PathUnescape(p)
 	if err != nil {
@@ -269,48 +204,4 @@ func impersonationMeta(imp *auth.Impersonation) []api.KV {
 		meta = append(meta, api.KV{Key: "impersonate-group", Value: g})
 	}
 	return meta
-}
-
-// newProxy builds the ReverseProxy whose Transport opens a stream per request.
-func (s *Server) newProxy() http.Handler {
-	return &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			tgt := pr.In.Context().Value(targetKey{}).(*target)
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = tgt.service
-			pr.Out.Host = tgt.service
-			pr.SetXForwarded()
-			// The caller's credentials are for kasd, never for the service behind the agent.
-			pr.Out.Header.Del("Authorization")
-			pr.Out.Header.Del(HeaderTimeout)
-			// kasd answers 100-continue to its client itself; the agent side reads the body as
-			// it arrives.
-			pr.Out.Header.Del("Expect")
-			for k := range pr.Out.Header {
-				if strings.HasPrefix(k, "Impersonate-") {
-					delete(pr.Out.Header, k)
-				}
-			}
-		},
-		Transport: &streamTransport{s: s},
-		// 0: ReverseProxy flushes at once for Server-Sent Events and for bodies of unknown
-		// length (chunked streams, watches), and lets fixed-length bodies leave in one write.
-		FlushInterval: 0,
-		BufferPool:    copyBuffers,
-		ErrorHandler:  s.proxyError,
-	}
-}
-
-func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	e := asAPIError(err, api.CodeAgentFailed)
-	if r.Context().Err() == context.Canceled {
-		// The client went away; nobody reads this answer, but count it as what it was.
-		s.m.apiErrors.WithLabelValues("client_canceled").Inc()
-	} else {
-		s.m.apiErrors.WithLabelValues(e.Code.String()).Inc()
-	}
-	if tgt, _ := r.Context().Value(targetKey{}).(*target); tgt != nil {
-		s.log.Debug().Str("agent_id", tgt.agentID).Str("request_id", tgt.requestID).Str("code", e.Code.String()).Str("error", e.Message).Msg("proxy error")
-	}
-	api.WriteHTTPError(w, e)
 }

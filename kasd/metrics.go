@@ -18,6 +18,7 @@ type metrics struct {
 	openStreams      prometheus.Gauge
 	routeWait        prometheus.Histogram
 	forwarded        *prometheus.CounterVec
+	retries          *prometheus.CounterVec
 	peerMu           sync.Mutex      // guards peers
 	peers            map[string]bool // peer label values in use
 	forwardedIn      *prometheus.CounterVec
@@ -68,6 +69,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		Name: "kasd_forwarded_requests_total",
 		Help: "Requests this kasd forwarded to a peer, by peer instance (the first 64 seen; later ones count as other) and result (ok, or the error code).",
 	}, []string{"peer", "result"})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kasd_retries_total",
+		Help: "Requests sent to another holder after a failed attempt, by the route of the failed attempt (local, forwarded) and why (not_sent, not_holder, shutting_down, agent_not_connected, agent_failed).",
+	}, []string{"route", "reason"})
 	m.forwardedIn = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kasd_forwarded_in_total",
 		Help: "Forwarded requests received from peers, by result (ok, not_holder, ...).",
@@ -81,7 +86,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	peerLinks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_peer_links", Help: "Live connections this kasd dialled to peers.",
 	}, func() float64 { return float64(s.livePeerLinks()) })
-	reg.MustRegister(m.forwarded, m.forwardedIn, m.peerDials, m.peerConns, peerLinks)
+	reg.MustRegister(m.forwarded, m.retries, m.forwardedIn, m.peerDials, m.peerConns, peerLinks)
 	agents := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_connected_agents", Help: "Agents with at least one connection to this kasd.",
 	}, func() float64 { a, _ := s.table.counts(); return float64(a) })

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"regexp"
 	"sync"
 	"sync/atomic"
@@ -25,7 +24,6 @@ type Server struct {
 	m       *metrics
 	table   *agentTable
 	fleet   *fleet // nil for a single kasd
-	proxy   http.Handler
 	connSeq atomic.Uint64
 	reqSeq  atomic.Uint64
 
@@ -60,7 +58,6 @@ func New(cfg Config) (*Server, error) {
 		handshakes: make(chan struct{}, cfg.MaxPendingHandshakes),
 	}
 	s.m = newMetrics(cfg.Registerer, s)
-	s.proxy = s.newProxy()
 	if cfg.Fleet != nil {
 		f, err := newFleet(s, cfg.Fleet)
 		if err != nil {

@@ -184,7 +184,7 @@ func (s *Service) ServeService(w http.ResponseWriter, r *http.Request, req *api.
 	if d := s.policy.decide(r.URL.Path, verb); d != allowed {
 		s.m.denied.WithLabelValues(string(d)).Inc()
 		s.m.requests.WithLabelValues(verb, strconv.Itoa(api.CodeForbidden.HTTPStatus())).Inc()
-		api.WriteHTTPError(w, api.Errorf(api.CodeForbidden, "the agent's kubernetes policy does not allow %s %s (%s)", verb, r.URL.Path, denialReason(d)))
+		httpstream.WriteError(w, api.Errorf(api.CodeForbidden, "the agent's kubernetes policy does not allow %s %s (%s)", verb, r.URL.Path, denialReason(d)))
 		return
 	}
 	if req == nil {
@@ -235,7 +235,7 @@ func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		e = &api.Error{Code: api.CodeServiceUnavailable, Message: "kubernetes API server: " + err.Error(), Err: err}
 	}
 	s.log.Debug().Err(err).Str("path", r.URL.Path).Msg("kubernetes proxy error")
-	api.WriteHTTPError(w, e)
+	httpstream.WriteError(w, e)
 }
 
 type roundTripperFunc func(*http.Request) (*http.Response, error)

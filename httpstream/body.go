@@ -1,0 +1,164 @@
+package httpstream
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+
+	"github.com/qkas/qkas/api"
+)
+
+// errBodyTooLong: the peer sent more body bytes than the head's content length.
+var errBodyTooLong = &api.Error{Code: api.CodeProtocol, Message: "body longer than its content length"}
+
+// bodyReader reads a message body from a stream: raw bytes up to the content length (or FIN),
+// or, for FlagFramed, data frames ended by a trailers frame. A body shorter than its content
+// length, cut by a reset, or longer than declared is an error, never a clean EOF: a truncated
+// body must never look complete.
+type bodyReader struct {
+	r         io.Reader
+	remaining int64 // raw bodies: bytes still due, -1 = up to FIN
+	framed    bool
+	frameLeft int         // framed bodies: bytes left in the current data frame
+	trailer   http.Header // framed bodies: filled from the trailers frame; may be nil
+	err       error       // sticky
+}
+
+func newBodyReader(r io.Reader, contentLength int64, framed bool, trailer http.Header) *bodyReader {
+	return &bodyReader{r: r, remaining: contentLength, framed: framed, trailer: trailer}
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	n, err := b.read(p)
+	if err != nil {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *bodyReader) read(p []byte) (int, error) {
+	if b.framed {
+		return b.readFramed(p)
+	}
+	if b.remaining == 0 {
+		return 0, b.expectEOF()
+	}
+	if b.remaining > 0 && int64(len(p)) > b.remaining {
+		p = p[:b.remaining]
+	}
+	n, err := b.r.Read(p)
+	if b.remaining > 0 {
+		b.remaining -= int64(n)
+		if err == io.EOF && b.remaining > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		if err == nil && b.remaining == 0 && n > 0 {
+			// The FIN usually came in the same packet: report EOF now if it has, so the
+			// caller need not read again; otherwise the next Read checks it.
+			return n, nil
+		}
+	}
+	return n, err
+}
+
+// expectEOF checks that the body ends where its content length says.
+func (b *bodyReader) expectEOF() error {
+	var one [1]byte
+	n, err := b.r.Read(one[:])
+	if n > 0 {
+		return errBodyTooLong
+	}
+	if err == nil {
+		return b.expectEOF()
+	}
+	return err
+}
+
+func (b *bodyReader) readFramed(p []byte) (int, error) {
+	for b.frameLeft == 0 {
+		t, n, err := api.ReadFrameHeader(b.r)
+		if err == io.EOF {
+			return 0, io.ErrUnexpectedEOF // a framed body ends with its trailers, not FIN
+		}
+		if err != nil {
+			return 0, err
+		}
+		switch t {
+		case api.TypeData:
+			b.frameLeft = n
+		case api.TypeTrailers:
+			buf := make([]byte, api.FrameHeaderSize+n)
+			buf[0], buf[1], buf[2], buf[3] = byte(t), byte(n>>16), byte(n>>8), byte(n)
+			if _, err := io.ReadFull(b.r, buf[api.FrameHeaderSize:]); err != nil {
+				return 0, io.ErrUnexpectedEOF
+			}
+			m, _, err := api.ParseFrame(buf)
+			if err != nil {
+				return 0, err
+			}
+			if b.trailer != nil {
+				AddKVs(b.trailer, m.(*api.Trailers).Header, false)
+			}
+			return 0, b.expectEOF()
+		default:
+			return 0, &api.Error{Code: api.CodeProtocol, Message: fmt.Sprintf("%s frame in a framed body", t), Err: api.ErrUnexpectedFrame}
+		}
+	}
+	if len(p) > b.frameLeft {
+		p = p[:b.frameLeft]
+	}
+	n, err := b.r.Read(p)
+	b.frameLeft -= n
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// framedWriter writes a body as data frames and, at the end, a trailers frame.
+type framedWriter struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (f *framedWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		chunk := p[:min(len(p), api.MaxDataSize)]
+		f.buf = append(f.buf[:0], byte(api.TypeData), byte(len(chunk)>>16), byte(len(chunk)>>8), byte(len(chunk)))
+		f.buf = append(f.buf, chunk...)
+		if _, err := f.w.Write(f.buf); err != nil {
+			return written, err
+		}
+		written += len(chunk)
+		p = p[len(chunk):]
+	}
+	return written, nil
+}
+
+// writeTrailers ends the framed body.
+func (f *framedWriter) writeTrailers(h http.Header) error {
+	b, err := api.EncodeFrame(f.buf[:0], &api.Trailers{Header: HeaderKVs(nil, h, false)})
+	if err != nil {
+		return err
+	}
+	_, err = f.w.Write(b)
+	return err
+}
+
+// copyBuffers are the 32 KiB buffers of every body copy in qkas.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// GetBuffer returns a 32 KiB copy buffer; give it back with PutBuffer.
+func GetBuffer() *[]byte { return copyBuffers.Get().(*[]byte) }
+
+// PutBuffer returns a buffer from GetBuffer.
+func PutBuffer(b *[]byte) { copyBuffers.Put(b) }
+
+// isEOF reports a clean end.
+func isEOF(err error) bool { return errors.Is(err, io.EOF) }

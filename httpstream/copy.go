@@ -1,0 +1,54 @@
+package httpstream
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// Streaming reports whether a response must reach the client as it is produced: Server-Sent
+// Events and bodies of unknown length (chunked streams, watches, logs -f). A body of known length
+// is written without a flush per write, so a small one leaves with its head.
+func Streaming(resp *http.Response) bool {
+	if resp.ContentLength < 0 {
+		return true
+	}
+	return strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+}
+
+// ErrClientWrite marks a failure to write to the client: the client went away.
+var ErrClientWrite = errors.New("writing to the client failed")
+
+// CopyBody copies body to w with a pooled buffer, flushing after each read when flush is set.
+// A write (or flush) failure is returned wrapped in ErrClientWrite; a read failure as is.
+func CopyBody(w http.ResponseWriter, body io.Reader, flush bool) (int64, error) {
+	bp := GetBuffer()
+	defer PutBuffer(bp)
+	buf := *bp
+	var rc *http.ResponseController
+	if flush {
+		rc = http.NewResponseController(w)
+	}
+	var total int64
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return total, errors.Join(ErrClientWrite, werr)
+			}
+			total += int64(n)
+			if flush {
+				if ferr := rc.Flush(); ferr != nil {
+					return total, errors.Join(ErrClientWrite, ferr)
+				}
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}

@@ -1,0 +1,118 @@
+package httpstream
+
+import (
+	"net/http"
+	"net/textproto"
+	"strings"
+
+	"github.com/qkas/qkas/api"
+)
+
+// hopHeaders are hop-by-hop: they describe one connection, never the message, and are never
+// carried in a head (RFC 9110 section 7.6.1). Upgrade is carried only by upgrade requests and
+// 101 responses, through FlagUpgrade. Keys are canonical.
+var hopHeaders = map[string]bool{
+	"Connection":          true,
+	"Proxy-Connection":    true,
+	"Keep-Alive":          true,
+	"Proxy-Authenticate":  true,
+	"Proxy-Authorization": true,
+	"Te":                  true,
+	"Trailer":             true,
+	"Transfer-Encoding":   true,
+	"Upgrade":             true,
+}
+
+// HeaderKVs appends h to kvs without hop-by-hop fields, the fields named by its Connection
+// header, and the keys in drop (canonical). With upgrade set, Upgrade is kept (and Connection:
+// Upgrade is implied by FlagUpgrade). Fields with an empty name are skipped.
+func HeaderKVs(kvs []api.KV, h http.Header, upgrade bool, drop ...string) []api.KV {
+	var named []string // fields the Connection header names: rare
+	for _, v := range h["Connection"] {
+		for _, f := range strings.Split(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				named = append(named, http.CanonicalHeaderKey(f))
+			}
+		}
+	}
+	for k, vs := range h {
+		keep := upgrade && k == "Upgrade"
+		if k == "" || !keep && (hopHeaders[k] || contains(named, k)) || contains(drop, k) {
+			continue
+		}
+		for _, v := range vs {
+			kvs = append(kvs, api.KV{Key: k, Value: v})
+		}
+	}
+	return kvs
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// AddKVs adds kvs to h. Keys are canonicalised; hop-by-hop fields a peer should not have sent
+// are dropped again here, so nothing below this layer ever sees them.
+func AddKVs(h http.Header, kvs []api.KV, upgrade bool) {
+	for _, kv := range kvs {
+		k := http.CanonicalHeaderKey(kv.Key)
+		if hopHeaders[k] && !(upgrade && k == "Upgrade") {
+			continue
+		}
+		h[k] = append(h[k], kv.Value)
+	}
+}
+
+// IsUpgrade reports whether r asks for a protocol upgrade (WebSocket, SPDY): a Connection
+// header with the "upgrade" token and an Upgrade header.
+func IsUpgrade(r *http.Request) bool { return isUpgradeHeader(r.Header) }
+
+func isUpgradeHeader(h http.Header) bool {
+	if h.Get("Upgrade") == "" {
+		return false
+	}
+	for _, v := range h["Connection"] {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(textproto.TrimString(t), "upgrade") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// SetHTTP fills the HTTP part of f from r: method, target (r.URL's escaped path and query), host,
+// header fields without hop-by-hop fields and drop, content length (-1 when unknown, 0 when there
+// is no body) and FlagUpgrade/FlagFramed. The body itself is passed to RoundTrip.
+func SetHTTP(f *api.Request, r *http.Request, drop ...string) {
+	f.Method = r.Method
+	if f.Method == "" {
+		f.Method = http.MethodGet
+	}
+	f.Target = r.URL.RequestURI()
+	f.Host = r.Host
+	if f.Host == "" {
+		f.Host = r.URL.Host
+	}
+	upgrade := IsUpgrade(r)
+	f.Header = HeaderKVs(make([]api.KV, 0, len(r.Header)), r.Header, upgrade, drop...)
+	switch {
+	case r.Body == nil || r.Body == http.NoBody:
+		f.ContentLength = 0
+	case r.ContentLength > 0:
+		f.ContentLength = r.ContentLength
+	default:
+		f.ContentLength = -1
+	}
+	if upgrade {
+		f.Flags |= api.FlagUpgrade
+	}
+	if len(r.Trailer) > 0 {
+		f.Flags |= api.FlagFramed
+	}
+}

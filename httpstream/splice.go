@@ -1,0 +1,70 @@
+package httpstream
+
+import (
+	"errors"
+	"io"
+	"sync"
+
+	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/qkas/qkas/quic"
+)
+
+// Splice copies a→b and b→a until both directions end, then closes both. A clean end of one
+// direction (EOF) is passed on as a half-close (CloseWrite, FIN) when the writer supports it, so
+// the other direction keeps going; an error in either direction aborts both (streams are reset,
+// never ended as if complete). It uses pooled buffers and one goroutine besides the caller's,
+// which it waits for. It returns the bytes copied each way.
+func Splice(a, b io.ReadWriteCloser) (ab, ba int64) {
+	var wg sync.WaitGroup
+	wg.Go(func() { ab = pipe(b, a) })
+	ba = pipe(a, b)
+	wg.Wait()
+	_ = a.Close()
+	_ = b.Close()
+	return ab, ba
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+func pipe(dst, src io.ReadWriteCloser) int64 {
+	bp := GetBuffer()
+	defer PutBuffer(bp)
+	n, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *bp)
+	if err != nil {
+		// A peer's reset code is passed on: a refusal (StreamCodeRefused) must still say
+		// "not processed" at the far end.
+		code := quic.StreamCodeCanceled
+		var se *quicgo.StreamError
+		if errors.As(err, &se) && se.Remote {
+			code = se.ErrorCode
+		}
+		abort(dst, code)
+		abort(src, code)
+		return n
+	}
+	if cw, ok := dst.(closeWriter); ok {
+		_ = cw.CloseWrite()
+	} else {
+		_ = dst.Close()
+	}
+	return n
+}
+
+// abort ends c with an error: a stream is reset with code, anything else closed.
+func abort(c io.Closer, code quicgo.StreamErrorCode) {
+	switch x := c.(type) {
+	case *quic.StreamConn:
+		x.Abort(code)
+	case *upgradedStream:
+		x.sc.Abort(code)
+	case *upgradedBody:
+		x.x.finish(false)
+	default:
+		_ = c.Close()
+	}
+}
+
+// onlyWriter and onlyReader hide ReadFrom and WriteTo, so io.CopyBuffer uses the pooled buffer.
+type onlyWriter struct{ io.Writer }
+type onlyReader struct{ io.Reader }

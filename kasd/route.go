@@ -1,0 +1,345 @@
+package kasd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/quic"
+	"github.com/qkas/qkas/registry"
+)
+
+// The route seam. A request is resolved to an ordered list of holders — this kasd's own
+// connections of the agent, then the peers that the registry says hold it — and handed to one
+// holder at a time through the holder interface. route is the only place that decides where a
+// request goes, and retryDecision the only place that decides whether it may go elsewhere.
+
+// holder is one place a request can be sent.
+type holder interface {
+	// route is the metric label: "local" or "forwarded".
+	route() string
+	// key identifies the holder among the request's attempts.
+	key() string
+	// send opens a stream and runs the exchange. Errors that say nothing was sent wrap
+	// errNotSent.
+	send(ctx context.Context, f *api.Request, body *httpstream.Body) (*http.Response, error)
+}
+
+// errNotSent marks a failure before any byte of the request left kasd: the stream could not be
+// opened (the connection died after it was picked, the peer is unreachable or draining).
+var errNotSent = errors.New("request not sent")
+
+// maxRouteAttempts bounds how many attempts one request makes; maxPeerAttempts how many of them
+// may go to one peer.
+const (
+	maxRouteAttempts = 4
+	maxPeerAttempts  = 2
+)
+
+// decision is what the retry policy allows after a failed attempt.
+type decision int
+
+const (
+	noRetry    decision = iota
+	nextHolder          // the request was not processed: any method may go to the next holder
+	retryOnce           // an idempotent request without a body failed before any response byte
+)
+
+// retryDecision is the retry policy, the one place that decides it:
+//   - a request that a holder refused, or lost before sending it, was not processed and goes to
+//     the next holder, whatever its method, as long as its body can be replayed;
+//   - an idempotent request (GET, HEAD, OPTIONS) without a body whose stream failed before the
+//     first response byte is retried once;
+//   - nothing else is retried: a request that may have been executed is never repeated, and
+//     nothing is retried once the client has gone or the deadline has passed.
+func retryDecision(ctx context.Context, err error, method string, body *httpstream.Body) decision {
+	if ctx.Err() != nil || body.Err() != nil {
+		return noRetry
+	}
+	var re *httpstream.RemoteError
+	switch {
+	case errors.Is(err, errNotSent):
+		return nextHolder
+	case errors.As(err, &re):
+		switch re.Err.Code {
+		case api.CodeNotHolder, api.CodeShuttingDown, api.CodeAgentNotConnected:
+			if body.Replayable() {
+				return nextHolder
+			}
+		}
+		return noRetry
+	}
+	if api.CodeOf(err) == api.CodeAgentFailed && !hasCode(err, api.CodeProtocol) && body == nil && idempotent(method) {
+		return retryOnce
+	}
+	return noRetry
+}
+
+// hasCode reports whether any *api.Error in err's chain has code.
+func hasCode(err error, code api.Code) bool {
+	for err != nil {
+		if e, ok := err.(*api.Error); ok && e.Code == code {
+			return true
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			err = u.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, x := range u.Unwrap() {
+				if hasCode(x, code) {
+					return true
+				}
+			}
+			return false
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return true
+	}
+	return false
+}
+
+// routeResult is where a request went.
+type routeResult struct {
+	resp  *http.Response
+	route string // "local", "forwarded", or "none" when no holder answered
+}
+
+// route sends f to the agent: to the first holder, then, as the retry policy allows, to the
+// next ones. With no holder (left), it waits up to RouteTimeout for one to appear, woken by
+// the agent table or the registry watch, never by polling.
+func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *httpstream.Body) (routeResult, error) {
+	var (
+		deadline    time.Time
+		waitFrom    time.Time
+		tried       map[string]int // failed attempts by holder key
+		lastErr     error
+		lastRoute   = "none"
+		attempts    int
+		retriedOnce bool
+	)
+	for attempts < maxRouteAttempts {
+		// Take the change channels before looking, so that no change between the look and
+		// the wait is missed.
+		tableChanged := s.table.waitChange()
+		var fleetChanged <-chan struct{}
+		if s.fleet != nil {
+			fleetChanged = s.fleet.reg.Changed()
+		}
+		hs, err := s.holders(tgt.agentID, tgt.service, tried)
+		if err != nil {
+			return routeResult{route: lastRoute}, err
+		}
+		if len(hs) > 0 {
+			s.observeWait(waitFrom)
+			waitFrom = time.Time{}
+			h := hs[0]
+			attempts++
+			lastRoute = h.route()
+			resp, err := h.send(ctx, f, body)
+			if err == nil {
+				return routeResult{resp: resp, route: h.route()}, nil
+			}
+			lastErr = err
+			d := retryDecision(ctx, err, f.Method, body)
+			if tried == nil {
+				tried = map[string]int{}
+			}
+			// A holder that refused may be asked again (a peer's other connection to the
+			// agent may take it); one that failed or could not be reached is not.
+			if _, refused := errors.AsType[*httpstream.RemoteError](err); refused {
+				tried[h.key()]++
+			} else {
+				tried[h.key()] = maxPeerAttempts
+			}
+			switch d {
+			case nextHolder:
+			case retryOnce:
+				if retriedOnce {
+					return routeResult{route: lastRoute}, err
+				}
+				retriedOnce = true
+			default:
+				return routeResult{route: lastRoute}, err
+			}
+			s.m.retries.WithLabelValues(h.route(), retryReason(err)).Inc()
+			continue
+		}
+		// Nobody (left to try) holds the agent: wait for the table or the registry to change.
+		if deadline.IsZero() {
+			deadline = time.Now().Add(s.cfg.RouteTimeout)
+			waitFrom = time.Now()
+		}
+		timer := time.NewTimer(time.Until(deadline))
+		select {
+		case <-tableChanged:
+		case <-fleetChanged:
+		case <-ctx.Done():
+		case <-timer.C:
+		}
+		timer.Stop()
+		if err := ctx.Err(); err != nil {
+			s.observeWait(waitFrom)
+			return routeResult{route: lastRoute}, contextError(err)
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+	}
+	s.observeWait(waitFrom)
+	if lastErr != nil {
+		return routeResult{route: lastRoute}, lastErr
+	}
+	s.m.limitRejections.WithLabelValues("route_timeout").Inc()
+	return routeResult{route: lastRoute}, &api.Error{Code: api.CodeAgentNotConnected, Message: "agent " + tgt.agentID + " is not connected", RetryAfter: time.Second}
+}
+
+func retryReason(err error) string {
+	if errors.Is(err, errNotSent) {
+		return "not_sent"
+	}
+	return api.CodeOf(err).String()
+}
+
+// contextError is the typed error for a request whose context ended.
+func contextError(err error) *api.Error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return api.Errorf(api.CodeDeadlineExceeded, "request deadline exceeded")
+	}
+	return &api.Error{Code: api.CodeClientCanceled, Message: "the client went away", Err: err}
+}
+
+// holders lists where agentID can be reached, minus the holders in skip: this kasd's live
+// connections that offer service, rotated round-robin, then the peers holding the agent. An
+// error means the agent is connected here but offers no such service.
+//
+// A local connection that failed is not tried again; a peer is tried twice, because its
+// failure may have been one of its connections to the agent (a draining one, say), and its
+// next attempt picks another.
+func (s *Server) holders(agentID, service string, tried map[string]int) ([]holder, error) {
+	conns, err := s.table.pickAll(agentID, service)
+	if err != nil {
+		return nil, err
+	}
+	var out []holder
+	for _, c := range conns {
+		if tried[c.id] == 0 {
+			out = append(out, localHolder{s: s, c: c})
+		}
+	}
+	if s.fleet != nil {
+		skip := func(id string) bool { return tried[id] >= maxPeerAttempts }
+		for _, inst := range s.fleet.holders(agentID, skip, s.reqSeq.Load()) {
+			out = append(out, peerHolder{s: s, inst: inst, agentID: agentID})
+		}
+	}
+	return out, nil
+}
+
+// localHolder is one of this kasd's connections to the agent.
+type localHolder struct {
+	s *Server
+	c *agentConn
+}
+
+func (h localHolder) route() string { return "local" }
+func (h localHolder) key() string   { return h.c.id }
+
+func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.Body) (*http.Response, error) {
+	s, e := h.s, h.c.entry
+	if e.inflight.Add(1) > int64(s.cfg.MaxInflightPerAgent) {
+		e.inflight.Add(-1)
+		s.m.limitRejections.WithLabelValues("max_inflight_per_agent").Inc()
+		return nil, &api.Error{Code: api.CodeOverloaded, Message: "too many requests in flight to agent " + h.c.agentID, RetryAfter: time.Second}
+	}
+	st, err := h.c.qc.OpenStreamSync(ctx)
+	if err != nil {
+		e.inflight.Add(-1)
+		if ctx.Err() != nil {
+			return nil, contextError(ctx.Err())
+		}
+		return nil, notSent(httpstream.StreamError(err))
+	}
+	s.m.openStreams.Inc()
+	resp, err := httpstream.RoundTrip(ctx, quic.NewStreamConn(h.c.qc, st), f, body, &httpstream.Options{
+		ResponseHeaderTimeout: s.cfg.ResponseHeaderTimeout,
+		Go:                    s.goOwned,
+		Done: func(clean bool, sent, recv int64) {
+			e.inflight.Add(-1)
+			s.m.streamDone(sent, recv)
+		},
+	})
+	return resp, s.attemptError(err, "agent "+h.c.agentID)
+}
+
+// peerHolder is another kasd that holds the agent.
+type peerHolder struct {
+	s       *Server
+	inst    registry.Instance
+	agentID string
+}
+
+func (h peerHolder) route() string { return "forwarded" }
+func (h peerHolder) key() string   { return h.inst.ID }
+
+func (h peerHolder) send(ctx context.Context, f *api.Request, body *httpstream.Body) (*http.Response, error) {
+	s := h.s
+	resp, err := s.fleet.forward(ctx, h.inst, h.agentID, f, body)
+	s.m.forwarded.WithLabelValues(s.m.peerLabel(h.inst.ID), resultLabel(err)).Inc()
+	return resp, s.attemptError(err, "peer "+h.inst.ID)
+}
+
+func notSent(e *api.Error) error {
+	return &api.Error{Code: e.Code, Message: e.Message, Err: fmt.Errorf("%w: %w", errNotSent, e)}
+}
+
+// attemptError counts the limits an attempt hit and names who failed in the message.
+func (s *Server) attemptError(err error, who string) error {
+	if err == nil {
+		return nil
+	}
+	switch {
+	case errors.Is(err, httpstream.ErrHeaderTimeout):
+		s.m.limitRejections.WithLabelValues("response_header_timeout").Inc()
+	case errors.Is(err, api.ErrFrameTooLarge), errors.Is(err, api.ErrHeadTooLarge):
+		s.m.limitRejections.WithLabelValues("response_head_too_large").Inc()
+	case errors.Is(err, httpstream.ErrTooManyInformational):
+		s.m.limitRejections.WithLabelValues("too_many_informational").Inc()
+	case api.CodeOf(err) == api.CodeProtocol:
+		s.m.limitRejections.WithLabelValues("protocol_error").Inc()
+	}
+	var re *httpstream.RemoteError
+	if errors.As(err, &re) || errors.Is(err, errNotSent) {
+		return err
+	}
+	var e *api.Error
+	if errors.As(err, &e) && (e.Code == api.CodeProtocol || e.Code == api.CodeAgentFailed) {
+		// The client should see whom to blame; a protocol violation is the agent's failure.
+		return &api.Error{Code: api.CodeAgentFailed, Message: who + ": " + e.Message, Err: err}
+	}
+	return err
+}
+
+func resultLabel(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return api.CodeOf(err).String()
+}
+
+func (s *Server) observeWait(from time.Time) {
+	if !from.IsZero() {
+		s.m.routeWait.Observe(time.Since(from).Seconds())
+	}
+}
