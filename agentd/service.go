@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/httpstream"
@@ -36,32 +34,15 @@ type service struct {
 type urlService struct {
 	name      string
 	base      *url.URL
-	transport *http.Transport
+	transport *upstream
 	m         *metrics
 }
 
 func newURLService(name string, u *url.URL, cfg Config, m *metrics) *urlService {
 	s := &urlService{name: name, base: u, m: m}
-	s.transport = &http.Transport{
-		Proxy: nil, // in-cluster services are reached directly, never through an HTTP proxy
-		DialContext: (&net.Dialer{
-			Timeout:   cfg.ServiceDialTimeout,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		// Sized for the concurrency the agent serves: a pool that keeps only a few idle
-		// connections makes a busy agent re-dial its service for most requests.
-		MaxIdleConns:          0,
-		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerService,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		// A response head kasd would refuse is refused here, with the service named.
-		MaxResponseHeaderBytes: api.MaxHeadSize,
-		// A proxy must not change Accept-Encoding or decompress bodies.
-		DisableCompression: true,
-		WriteBufferSize:    32 << 10,
-		ReadBufferSize:     32 << 10,
-	}
+	s.transport = newUpstream(u, cfg.ServiceDialTimeout, cfg.MaxIdleConnsPerService)
+	// A response head kasd would refuse is refused here, with the service named.
+	s.transport.maxHead = api.MaxHeadSize
 	return s
 }
 
