@@ -15,10 +15,10 @@ const (
 	DefaultKeepAlivePeriod                = 2 * time.Second
 	DefaultMaxIdleTimeout                 = 6 * time.Second
 	DefaultMaxIncomingStreams             = 10000
-	DefaultInitialStreamReceiveWindow     = 1 << 20  // 1 MiB
-	DefaultMaxStreamReceiveWindow         = 16 << 20 // 16 MiB
-	DefaultInitialConnectionReceiveWindow = 2 << 20  // 2 MiB
-	DefaultMaxConnectionReceiveWindow     = 64 << 20 // 64 MiB
+	DefaultInitialStreamReceiveWindow     = 256 << 10 // 256 KiB
+	DefaultMaxStreamReceiveWindow         = 16 << 20  // 16 MiB
+	DefaultInitialConnectionReceiveWindow = 32 << 20  // 32 MiB
+	DefaultMaxConnectionReceiveWindow     = 64 << 20  // 64 MiB
 )
 
 // Config configures QUIC for a Listener or a Dialer. The zero value is valid: every zero
@@ -42,12 +42,18 @@ type Config struct {
 	// Unidirectional streams are not used by qkas: the peer may open none.
 	MaxIncomingStreams int64
 	// InitialStreamReceiveWindow is the initial per-stream flow-control window; quic-go grows
-	// it up to MaxStreamReceiveWindow when the application reads fast enough. Default 1 MiB.
+	// it up to MaxStreamReceiveWindow when the application reads fast enough, so only streams
+	// that are read quickly (bulk transfers) get large windows, and a stream whose reader is slow
+	// keeps this much unread data at most. Default 256 KiB.
 	InitialStreamReceiveWindow uint64
 	// MaxStreamReceiveWindow bounds the memory one stream's unread data can take. Default 16 MiB.
 	MaxStreamReceiveWindow uint64
-	// InitialConnectionReceiveWindow is the initial connection-wide flow-control window.
-	// Default 2 MiB.
+	// InitialConnectionReceiveWindow is the initial connection-wide flow-control window. It is
+	// sized so that many slow streams together cannot use it up and stall the connection's other
+	// streams: 128 streams at InitialStreamReceiveWindow. (It was 2 MiB with 1 MiB per stream:
+	// two slowly read downloads stalled every other request on the connection.) A peer can make
+	// this side buffer at most MaxConnectionReceiveWindow of unread data per connection.
+	// Default 32 MiB.
 	InitialConnectionReceiveWindow uint64
 	// MaxConnectionReceiveWindow bounds the memory all unread data of one connection can take.
 	// Default 64 MiB.

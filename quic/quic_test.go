@@ -476,3 +476,47 @@ func BenchmarkStreamRoundTrip(b *testing.B) {
 		sc.Close()
 	}
 }
+
+// TestSlowStreamsDoNotStallOthers: streams whose data is not read (slow clients) must not use
+// up the connection's flow-control window: another stream still gets its answer. With a 2 MiB
+// connection window and 1 MiB per stream, two unread streams used to stall every other one.
+func TestSlowStreamsDoNotStallOthers(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	ln := listen(t, serverTLS, Config{})
+	serve(t, ln, func(sc *StreamConn) {
+		defer sc.Close()
+		var role [1]byte
+		if _, err := io.ReadFull(sc, role[:]); err != nil {
+			return
+		}
+		if role[0] == 'S' {
+			// As much as the peer lets us send; blocks once its windows are full.
+			sc.Write(make([]byte, 8<<20))
+			return
+		}
+		sc.Write([]byte("pong"))
+	})
+	d := newDialer(t, clientTLS, Config{})
+	conn := dial(t, d, ln.Addr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 8 {
+		s, err := conn.OpenStreamSync(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.CancelRead(StreamCodeCanceled)
+		s.Write([]byte("S")) // and never read
+	}
+	time.Sleep(500 * time.Millisecond) // the slow streams' data arrives and stays unread
+	s, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]byte("F"))
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(s)
+	if err != nil || string(got) != "pong" {
+		t.Fatalf("fast stream behind 8 unread ones: %q, %v", got, err)
+	}
+}
