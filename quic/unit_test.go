@@ -17,8 +17,8 @@ func TestConfig(t *testing.T) {
 	d := Config{}.WithDefaults()
 	want := Config{
 		HandshakeTimeout: 5 * time.Second, KeepAlivePeriod: 2 * time.Second, MaxIdleTimeout: 6 * time.Second,
-		MaxIncomingStreams: 10000, InitialStreamReceiveWindow: 1 << 20, MaxStreamReceiveWindow: 16 << 20,
-		InitialConnectionReceiveWindow: 2 << 20, MaxConnectionReceiveWindow: 64 << 20,
+		MaxIncomingStreams: 10000, InitialStreamReceiveWindow: 256 << 10, MaxStreamReceiveWindow: 16 << 20,
+		InitialConnectionReceiveWindow: 32 << 20, MaxConnectionReceiveWindow: 64 << 20,
 	}
 	if d != want {
 		t.Errorf("defaults = %+v, want %+v", d, want)
@@ -26,7 +26,7 @@ func TestConfig(t *testing.T) {
 	q := Config{}.QUICConfig()
 	if q.MaxIncomingUniStreams != -1 || q.MaxIncomingStreams != 10000 || q.MaxIdleTimeout != 6*time.Second ||
 		q.KeepAlivePeriod != 2*time.Second || q.HandshakeIdleTimeout != 5*time.Second ||
-		q.InitialStreamReceiveWindow != 1<<20 || q.MaxConnectionReceiveWindow != 64<<20 {
+		q.InitialStreamReceiveWindow != 256<<10 || q.MaxConnectionReceiveWindow != 64<<20 {
 		t.Errorf("QUICConfig = %+v", q)
 	}
 	if got := (Config{MaxIdleTimeout: 600 * time.Millisecond}).WithDefaults().KeepAlivePeriod; got != 200*time.Millisecond {
