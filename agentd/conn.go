@@ -203,7 +203,7 @@ func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
 	}
 	w := httpstream.NewResponseWriter(sc, f)
 	stripCredentials(r.Header)
-	a.services[f.Service].handler.ServeService(w, r, f)
+	serve(w, r, f, a.services[f.Service].handler)
 	status := w.Status()
 	if err := r.Context().Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		status = api.CodeClientCanceled.HTTPStatus() // kasd (its client) went away first
@@ -213,3 +213,10 @@ func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
 }
 
 var _ http.ResponseWriter = (*httpstream.ResponseWriter)(nil)
+
+// serve calls the service handler; a handler that aborts its response (http.ErrAbortHandler)
+// gets the stream reset.
+func serve(w *httpstream.ResponseWriter, r *http.Request, f *api.Request, h ServiceHandler) {
+	defer w.Recover()
+	h.ServeService(w, r, f)
+}

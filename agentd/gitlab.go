@@ -112,12 +112,20 @@ func (a *Agent) GitLabHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &httpstream.StatusRecorder{ResponseWriter: w}
 		module, _, err := splitGitLabPath(r.URL.EscapedPath())
+		// Counted in a defer: ReverseProxy aborts with http.ErrAbortHandler when the client
+		// goes away mid-body, and such requests must be counted too (as 499).
+		defer func() {
+			status := rec.Status()
+			if r.Context().Err() != nil {
+				status = api.CodeClientCanceled.HTTPStatus()
+			}
+			a.m.gitlabRequests.WithLabelValues(labels.label(module), strconv.Itoa(status)).Inc()
+		}()
 		if err != nil {
 			api.WriteHTTPError(rec, err)
 		} else {
 			proxy.ServeHTTP(rec, r)
 		}
-		a.m.gitlabRequests.WithLabelValues(labels.label(module), strconv.Itoa(rec.Status())).Inc()
 	})
 }
 

@@ -58,9 +58,13 @@ func (b *bodyReader) read(p []byte) (int, error) {
 			err = io.ErrUnexpectedEOF
 		}
 		if err == nil && b.remaining == 0 && n > 0 {
-			// The FIN usually came in the same packet: report EOF now if it has, so the
-			// caller need not read again; otherwise the next Read checks it.
-			return n, nil
+			// The last bytes go out only with the end of the stream (the FIN usually came
+			// in the same packet): a body followed by more bytes, or by a reset, is an
+			// error, and its last bytes must not complete it for the reader.
+			if err := b.expectEOF(); err != io.EOF {
+				return 0, err
+			}
+			return n, io.EOF
 		}
 	}
 	return n, err

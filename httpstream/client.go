@@ -45,10 +45,10 @@ type Options struct {
 type Body struct {
 	rc      io.ReadCloser
 	limit   int
-	buf     []byte // the first bytes read from rc, while they fit in limit
-	over    bool   // more than limit bytes were read: no replay
+	buf     []byte      // the first bytes read from rc, while they fit in limit
+	over    atomic.Bool // more than limit bytes were read: no replay (read by RoundTrip while a writer runs)
 	eof     bool
-	readErr error // the error rc returned: the client's fault, not the agent's
+	readErr atomic.Pointer[error] // the error rc returned: the client's fault, not the agent's
 }
 
 // NewBody wraps rc (nil for no body) with a replay buffer of limit bytes
@@ -64,14 +64,17 @@ func NewBody(rc io.ReadCloser, limit int) *Body {
 }
 
 // Replayable reports whether every byte read so far can be sent again.
-func (b *Body) Replayable() bool { return b == nil || !b.over }
+func (b *Body) Replayable() bool { return b == nil || !b.over.Load() }
 
 // Err returns the error reading the client's body returned, if any.
 func (b *Body) Err() error {
 	if b == nil {
 		return nil
 	}
-	return b.readErr
+	if p := b.readErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Close closes the underlying body.
@@ -98,24 +101,25 @@ func (c *cursor) Read(p []byte) (int, error) {
 	if b.eof {
 		return 0, io.EOF
 	}
-	if b.readErr != nil {
-		return 0, b.readErr
+	if err := b.Err(); err != nil {
+		return 0, err
 	}
 	n, err := b.rc.Read(p)
 	if n > 0 {
-		if !b.over && len(b.buf)+n <= b.limit {
+		if !b.over.Load() && len(b.buf)+n <= b.limit {
 			b.buf = append(b.buf, p[:n]...)
 			c.pos += n
 		} else {
-			b.over = true
+			b.over.Store(true)
 		}
 	}
 	switch {
 	case err == io.EOF:
 		b.eof = true
 	case err != nil:
-		b.readErr = err
-		err = &clientBodyError{err}
+		readErr := err
+		b.readErr.Store(&readErr)
+		err = &clientBodyError{readErr}
 	}
 	return n, err
 }
@@ -202,12 +206,21 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, bod
 		// what it sent back is still to be read.
 		_ = sc.CloseWrite()
 	}
+	peerStopped := false
 	if err != nil {
-		return nil, x.fail(err)
+		var se *quicgo.StreamError
+		if !errors.As(err, &se) || !se.Remote {
+			return nil, x.fail(err)
+		}
+		// The peer stopped reading (STOP_SENDING) before it had all of this write: it
+		// answered or refused already (a large write returns only once it is sent), and
+		// that answer is still to be read. No body goes after it.
+		sc.CancelWrite(quic.StreamCodeCanceled)
+		peerStopped = true
 	}
 
 	var writer *bodyWriter
-	if body != nil && !small {
+	if body != nil && !small && !peerStopped {
 		writer = &bodyWriter{x: x, cur: cur, framed: f.Has(api.FlagFramed), done: make(chan struct{})}
 		if f.Has(api.FlagGated) {
 			writer.gate = make(chan struct{})

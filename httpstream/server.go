@@ -90,6 +90,10 @@ func NewRequest(ctx context.Context, sc *quic.StreamConn, f *api.Request) (*http
 		}
 	}
 	done := func() { stop(); cancel() }
+	// As under net/http's server, so that handlers such as httputil.ReverseProxy abort a
+	// response they cannot complete (panic(http.ErrAbortHandler)) instead of ending it as if
+	// it were whole; the caller recovers it and resets the stream (see Recover).
+	ctx = context.WithValue(ctx, http.ServerContextKey, streamServer)
 	return r.WithContext(ctx), done, nil
 }
 
@@ -170,6 +174,10 @@ func (w *ResponseWriter) head(status int, cl int64) []byte {
 		m.Flags |= api.FlagFramed
 	}
 	b, err := api.EncodeFrame(nil, m)
+	if err == nil && len(m.Header) > api.MaxHeaderFields {
+		// EncodeFrame checks the size only; the receiver also refuses more fields than this.
+		err = &api.Error{Code: api.CodeTooLarge, Message: strconv.Itoa(len(m.Header)) + " header fields, max " + strconv.Itoa(api.MaxHeaderFields), Err: api.ErrHeadTooLarge}
+	}
 	if err != nil {
 		// A head over the limit: the peer gets a typed error, not a broken stream.
 		return api.AppendFrame(nil, &api.Error{Code: api.CodeServiceUnavailable, Message: "response head too large: " + err.Error(), Err: err})
@@ -456,5 +464,21 @@ func unwrapWriter(w http.ResponseWriter) *ResponseWriter {
 		default:
 			return nil
 		}
+	}
+}
+
+// streamServer stands for net/http's server in the contexts of stream requests.
+var streamServer = &http.Server{}
+
+// Recover is deferred by whoever calls a handler with a ResponseWriter: a handler that panics
+// with http.ErrAbortHandler (a response it could not complete) gets the stream reset, never
+// ended as if complete. Other panics are passed on.
+func (w *ResponseWriter) Recover() {
+	if v := recover(); v != nil {
+		if v != http.ErrAbortHandler {
+			panic(v)
+		}
+		w.err = http.ErrAbortHandler
+		w.Abort()
 	}
 }

@@ -71,6 +71,7 @@ func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.S
 	}
 	w := httpstream.NewResponseWriter(sc, f)
 	defer w.Finish()
+	defer w.Recover() // first: a handler's aborted response resets the stream
 	// The module in the head and in the path must agree, so metrics and checks see the truth.
 	if !strings.HasPrefix(r.URL.EscapedPath(), "/modules/"+f.Service+"/") {
 		httpstream.WriteError(w, api.Errorf(api.CodeBadRequest, "path must start with /modules/%s/", f.Service))

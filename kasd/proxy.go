@@ -168,7 +168,9 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 	switch {
 	case err == nil:
 		for k, vs := range resp.Trailer {
-			h[http.TrailerPrefix+k] = vs
+			if k != api.HeaderError {
+				h[http.TrailerPrefix+k] = vs
+			}
 		}
 		return resp.StatusCode, false
 	case errors.Is(err, httpstream.ErrClientWrite) || r.Context().Err() != nil:

@@ -1,0 +1,523 @@
+package kasd_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/quic"
+)
+
+// fakeAgent is a hand-written agent: it dials kasd's agent listener over real QUIC with the
+// agent ALPN, authenticates with a valid token (Hello, Welcome), then hands every request
+// stream kasd opens to handle, after reading its head. handle answers with whatever bytes it
+// likes. The test's cleanup closes the connection and waits for every handler.
+type fakeAgent struct {
+	qc      *quicgo.Conn
+	streams atomic.Int64 // request streams received
+	mu      sync.Mutex   // guards targets
+	targets []string     // the target of every request received, in order
+}
+
+func (e *env) startFakeAgent(id string, services []string, handle func(sc *quic.StreamConn, f *api.Request)) *fakeAgent {
+	t := e.t
+	t.Helper()
+	tlsConf, err := quic.ClientTLSConfig(e.caFile, "localhost", api.ALPNAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := quic.NewDialer(tlsConf, quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	qc, err := d.Dial(ctx, e.agentUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	control, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := &api.Hello{Version: api.ProtocolVersion, Token: e.tokens[id], AgentVersion: "fake", Replica: "fake-" + id, Services: services}
+	if err := api.WriteFrame(control, hello); err != nil {
+		t.Fatal(err)
+	}
+	_ = control.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := api.ReadExpect(control, api.TypeWelcome); err != nil {
+		t.Fatalf("fake agent handshake: %v", err)
+	}
+	fa := &fakeAgent{qc: qc}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			st, err := qc.AcceptStream(qc.Context())
+			if err != nil {
+				return
+			}
+			sc := quic.NewStreamConn(qc, st)
+			wg.Go(func() {
+				_ = sc.SetReadDeadline(time.Now().Add(10 * time.Second))
+				f, err := httpstream.ReadRequest(sc)
+				if err != nil {
+					sc.Abort(quic.StreamCodeInternal)
+					return
+				}
+				_ = sc.SetReadDeadline(time.Time{})
+				fa.streams.Add(1)
+				fa.mu.Lock()
+				fa.targets = append(fa.targets, f.Target)
+				fa.mu.Unlock()
+				handle(sc, f)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		_ = qc.CloseWithError(quic.ConnCodeNoError, "test over")
+		wg.Wait()
+		d.Close()
+	})
+	return fa
+}
+
+func (fa *fakeAgent) seen() []string {
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	return append([]string(nil), fa.targets...)
+}
+
+// parallel runs n requests at once and returns their results in order.
+func parallel[T any](n int, f func(i int) T) []T {
+	out := make([]T, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { out[i] = f(i) })
+	}
+	wg.Wait()
+	return out
+}
+
+// loadClient is an HTTP client for hundreds of concurrent requests.
+func loadClient(t *testing.T) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: 400}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// kasdError is the outcome of a request as the tests check it: status, Qkas-Error header and
+// the error body's message.
+type kasdError struct {
+	status  int
+	code    string
+	message string
+	err     error
+}
+
+func (e *env) doError(client *http.Client, method, path string, body io.Reader) kasdError {
+	req, _ := http.NewRequest(method, e.url(path), body)
+	req.Header.Set("Authorization", "Bearer "+e.token())
+	resp, err := client.Do(req)
+	if err != nil {
+		return kasdError{err: err}
+	}
+	defer resp.Body.Close()
+	out := kasdError{status: resp.StatusCode, code: resp.Header.Get(api.HeaderError)}
+	if he := api.ReadHTTPError(resp); he != nil {
+		out.message = he.Message
+	}
+	return out
+}
+
+// A response head declaring more than api.MaxHeadSize is refused from its frame header: every
+// client gets a 502 agent_failed naming the agent, the limit is counted, and kasd never reads
+// the payload (the fake's writes beyond the flow-control window fail with kasd's STOP_SENDING,
+// and the heap stays bounded with many such requests at once).
+func TestAgentResponseHeadTooLarge(t *testing.T) {
+	const n = 200
+	e := newEnv(t)
+	var stopped atomic.Int64
+	fa := e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		// A response head declaring 16 MiB, then payload until kasd stops the stream.
+		if _, err := sc.Write([]byte{byte(api.TypeResponse), 0xff, 0xff, 0xff}); err != nil {
+			return
+		}
+		chunk := make([]byte, 64<<10)
+		for range 8 << 20 / len(chunk) { // more than any receive window kasd grants
+			if _, err := sc.Write(chunk); err != nil {
+				var se *quicgo.StreamError
+				if errors.As(err, &se) && se.Remote {
+					stopped.Add(1)
+				}
+				return
+			}
+		}
+	})
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	peak := sampleHeap(t)
+	client := loadClient(t)
+	results := parallel(n, func(i int) kasdError {
+		return e.doError(client, "GET", fmt.Sprintf("/api/v1/agents/alpha/proxy/web/%d", i), nil)
+	})
+	growth := int64(peak()) - int64(base.HeapInuse)
+	for i, r := range results {
+		if r.status != http.StatusBadGateway || r.code != "agent_failed" || !strings.Contains(r.message, "agent alpha") {
+			t.Fatalf("request %d: %+v; want 502 agent_failed naming agent alpha", i, r)
+		}
+	}
+	if got := counter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "response_head_too_large"}); got != n {
+		t.Errorf("response_head_too_large rejections = %v, want %d", got, n)
+	}
+	if got := fa.streams.Load(); got != n {
+		t.Errorf("the fake agent got %d streams for %d requests: an oversize head must not be retried", got, n)
+	}
+	waitFor(t, "every oversize payload to be stopped by kasd", func() bool { return stopped.Load() == n })
+	// 200 × 16 MiB declared: reading the payloads would take gigabytes.
+	if growth > 256<<20 {
+		t.Errorf("heap grew by %d MiB during %d oversize heads", growth>>20, n)
+	}
+}
+
+// sampleHeap samples HeapInuse until the returned function is called, which returns the peak.
+func sampleHeap(t *testing.T) func() uint64 {
+	var peak uint64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapInuse)
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	})
+	var once sync.Once
+	done := func() uint64 {
+		once.Do(func() { close(stop); wg.Wait() })
+		return peak
+	}
+	t.Cleanup(func() { done() })
+	return done
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Endless 1xx responses: kasd reads api.MaxInformational of them, then gives up with a 502.
+func TestAgentEndlessInformational(t *testing.T) {
+	const n = 50
+	e := newEnv(t)
+	var sentMax atomic.Int64
+	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		info := api.AppendFrame(nil, &api.Response{Status: 103, Header: []api.KV{{Key: "Link", Value: "</style.css>; rel=preload"}}})
+		for i := 1; ; i++ {
+			if _, err := sc.Write(info); err != nil {
+				if int64(i) > sentMax.Load() {
+					sentMax.Store(int64(i))
+				}
+				return
+			}
+		}
+	})
+	client := loadClient(t)
+	for i, r := range parallel(n, func(i int) kasdError {
+		return e.doError(client, "GET", "/api/v1/agents/alpha/proxy/web/", nil)
+	}) {
+		if r.status != http.StatusBadGateway || r.code != "agent_failed" || !strings.Contains(r.message, "agent alpha") {
+			t.Fatalf("request %d: %+v; want 502 agent_failed naming agent alpha", i, r)
+		}
+	}
+	if got := counter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "too_many_informational"}); got != n {
+		t.Errorf("too_many_informational rejections = %v, want %d", got, n)
+	}
+}
+
+// Garbage instead of a response: every kind is a 502 agent_failed naming the agent, under load.
+func TestAgentGarbageResponses(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	random := make([]byte, 4096)
+	for i := range random {
+		random[i] = byte(rnd.UintN(256))
+	}
+	cases := map[string][]byte{
+		"/http1":           []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+		"/random":          random,
+		"/unknown-frame":   {7, 0, 0, 2, 'h', 'i'},
+		"/data-first":      api.AppendFrame(nil, &api.Data{Payload: []byte("hi")}),
+		"/trailers-first":  api.AppendFrame(nil, &api.Trailers{}),
+		"/request-back":    api.AppendFrame(nil, &api.Request{Kind: api.KindHTTP, Service: "web", Method: "GET", Target: "/"}),
+		"/truncated-head":  api.AppendFrame(nil, &api.Response{Status: 200, Header: []api.KV{{Key: "A", Value: "b"}}})[:6],
+		"/bad-varint":      {byte(api.TypeResponse), 0, 0, 11, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+		"/status-99":       api.AppendFrame(nil, &api.Response{Status: 99}),
+		"/status-1000":     api.AppendFrame(nil, &api.Response{Status: 1000}),
+		"/101-plain":       api.AppendFrame(nil, &api.Response{Status: 101, ContentLength: -1}),
+		"/bad-header-name": api.AppendFrame(nil, &api.Response{Status: 200, Header: []api.KV{{Key: "bad name", Value: "x"}}}),
+		"/header-crlf":     api.AppendFrame(nil, &api.Response{Status: 200, Header: []api.KV{{Key: "X-A", Value: "a\r\nX-B: b"}}}),
+		"/cl-below-minus1": api.AppendFrame(nil, &api.Response{Status: 200, ContentLength: -7}),
+		"/accepted-then-eof": append(api.AppendFrame(nil, &api.Accepted{}),
+			api.AppendFrame(nil, &api.Response{Status: 200})[:3]...),
+		"/fin": nil, // FIN and nothing else
+	}
+	e := newEnv(t)
+	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		sc.Write(cases[f.Target])
+		sc.Close()
+	})
+	var targets []string
+	for target := range cases {
+		targets = append(targets, target)
+	}
+	const perCase = 10
+	client := loadClient(t)
+	results := parallel(len(targets)*perCase, func(i int) kasdError {
+		return e.doError(client, "GET", "/api/v1/agents/alpha/proxy/web"+targets[i%len(targets)], nil)
+	})
+	for i, r := range results {
+		if r.status != http.StatusBadGateway || r.code != "agent_failed" || !strings.Contains(r.message, "agent alpha") {
+			t.Errorf("%s: %+v; want 502 agent_failed naming agent alpha", targets[i%len(targets)], r)
+		}
+	}
+}
+
+// An agent that resets the stream, or ends it early, after a 200 head: the client's response is
+// cut (an error reading it), never a complete body.
+func TestAgentResetMidBody(t *testing.T) {
+	const size = 100000
+	full := strings.Repeat("x", size)
+	// Server-Sent Events are flushed to the client per read, so kasd cannot count on its own
+	// write buffer to hold back the last bytes of a body that turns out bad.
+	headType := func(cl int64, flags uint64, contentType string) []byte {
+		return api.AppendFrame(nil, &api.Response{Status: 200, ContentLength: cl, Flags: flags, Header: []api.KV{{Key: "Content-Type", Value: contentType}}})
+	}
+	head := func(cl int64, flags uint64) []byte { return headType(cl, flags, "text/plain") }
+	cases := map[string]func(sc *quic.StreamConn){
+		"/reset-known": func(sc *quic.StreamConn) {
+			sc.Write(append(head(size, 0), full[:size/2]...))
+			time.Sleep(20 * time.Millisecond) // let the head and half the body reach the client
+			sc.Abort(quic.StreamCodeInternal)
+		},
+		"/reset-unknown": func(sc *quic.StreamConn) {
+			sc.Write(append(head(-1, 0), full[:size/2]...))
+			time.Sleep(20 * time.Millisecond)
+			sc.Abort(quic.StreamCodeInternal)
+		},
+		"/reset-framed": func(sc *quic.StreamConn) {
+			sc.Write(api.AppendFrame(head(-1, api.FlagFramed), &api.Data{Payload: []byte(full[:size/2])}))
+			time.Sleep(20 * time.Millisecond)
+			sc.Abort(quic.StreamCodeInternal)
+		},
+		"/reset-after-full": func(sc *quic.StreamConn) { // every declared byte, then a failure
+			sc.Write(append(head(size, 0), full...))
+			time.Sleep(20 * time.Millisecond)
+			sc.Abort(quic.StreamCodeInternal)
+		},
+		"/reset-after-full-flushed": func(sc *quic.StreamConn) {
+			sc.Write(append(headType(size, 0, "text/event-stream"), full...))
+			time.Sleep(20 * time.Millisecond)
+			sc.Abort(quic.StreamCodeInternal)
+		},
+		"/too-long-flushed": func(sc *quic.StreamConn) {
+			sc.Write(append(headType(size, 0, "text/event-stream"), full+"tail"...))
+			sc.Close()
+		},
+		"/fin-short": func(sc *quic.StreamConn) {
+			sc.Write(append(head(size, 0), full[:size/2]...))
+			sc.Close()
+		},
+		"/framed-no-trailers": func(sc *quic.StreamConn) {
+			sc.Write(api.AppendFrame(head(-1, api.FlagFramed), &api.Data{Payload: []byte(full[:size/2])}))
+			sc.Close()
+		},
+		"/too-long": func(sc *quic.StreamConn) {
+			sc.Write(append(head(size, 0), full+"tail"...))
+			sc.Close()
+		},
+	}
+	e := newEnv(t)
+	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		cases[f.Target](sc)
+	})
+	var targets []string
+	for target := range cases {
+		targets = append(targets, target)
+	}
+	const perCase = 20
+	client := loadClient(t)
+	tok := e.token()
+	type outcome struct {
+		complete bool
+		detail   string
+	}
+	results := parallel(len(targets)*perCase, func(i int) outcome {
+		req, _ := http.NewRequest("GET", e.url("/api/v1/agents/alpha/proxy/web"+targets[i%len(targets)]), nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := client.Do(req)
+		if err != nil {
+			return outcome{false, "request: " + err.Error()}
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		detail := fmt.Sprintf("%d, %d bytes, %v", resp.StatusCode, len(b), err)
+		// A complete answer: a 200 whose body was read to its end without error.
+		return outcome{resp.StatusCode == 200 && err == nil, detail}
+	})
+	for i, r := range results {
+		if r.complete {
+			t.Errorf("%s: the client got a complete response (%s), want a cut one", targets[i%len(targets)], r.detail)
+		}
+	}
+}
+
+// Qkas-Error is kasd's alone: an agent cannot forge one, in the head or in trailers, and
+// hop-by-hop fields it sends do not reach the client.
+func TestAgentForgedQkasError(t *testing.T) {
+	e := newEnv(t)
+	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		hdr := []api.KV{
+			{Key: "Qkas-Error", Value: "overloaded"},
+			{Key: "qkas-error", Value: "agent_not_connected"},
+			{Key: "Retry-After", Value: "1"},
+			{Key: "Connection", Value: "close"},
+			{Key: "Transfer-Encoding", Value: "gzip"},
+			{Key: "X-Real", Value: "yes"},
+		}
+		if f.Target == "/framed" {
+			out := api.AppendFrame(nil, &api.Response{Status: 200, ContentLength: -1, Flags: api.FlagFramed, Header: hdr})
+			out = api.AppendFrame(out, &api.Data{Payload: []byte("hello")})
+			out = api.AppendFrame(out, &api.Trailers{Header: []api.KV{{Key: "Qkas-Error", Value: "overloaded"}, {Key: "X-Sum", Value: "1"}}})
+			sc.Write(out)
+		} else {
+			sc.Write(append(api.AppendFrame(nil, &api.Response{Status: 200, ContentLength: 5, Header: hdr}), "hello"...))
+		}
+		sc.Close()
+	})
+	for _, path := range []string{"/plain", "/framed"} {
+		t.Run(path, func(t *testing.T) {
+			resp := e.do("GET", "/api/v1/agents/alpha/proxy/web"+path, nil)
+			body := readAll(t, resp)
+			if resp.StatusCode != 200 || body != "hello" {
+				t.Fatalf("%d %q", resp.StatusCode, body)
+			}
+			if v := resp.Header.Values(api.HeaderError); len(v) != 0 {
+				t.Errorf("client got Qkas-Error %q on an agent's 200", v)
+			}
+			if v := resp.Trailer.Values(api.HeaderError); len(v) != 0 {
+				t.Errorf("client got a Qkas-Error trailer %q from an agent", v)
+			}
+			if resp.Header.Get("X-Real") != "yes" || resp.Header.Get("Connection") != "" || len(resp.TransferEncoding) > 0 && resp.TransferEncoding[0] == "gzip" {
+				t.Errorf("headers %v, transfer encoding %v", resp.Header, resp.TransferEncoding)
+			}
+			if path == "/framed" && resp.Trailer.Get("X-Sum") != "1" {
+				t.Errorf("trailers %v, want X-Sum", resp.Trailer)
+			}
+		})
+	}
+}
+
+// A service's response head over the limit is the service's failure: a typed 502
+// service_unavailable from kasd, never a 200 and never blamed on the agent.
+func TestServiceResponseHeadTooLarge(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/huge": // 4 MiB of headers
+			v := strings.Repeat("v", 4<<10)
+			for i := range 1024 {
+				w.Header().Set(fmt.Sprintf("X-Big-%d", i), v)
+			}
+		case "/many": // few bytes, more fields than a head may carry
+			for i := range api.MaxHeaderFields + 10 {
+				w.Header().Set(fmt.Sprintf("X-F-%d", i), "v")
+			}
+		}
+		io.WriteString(w, "body")
+	}))
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	for _, path := range []string{"/huge", "/many"} {
+		t.Run(path, func(t *testing.T) {
+			r := e.doError(e.client, "GET", "/api/v1/agents/alpha/proxy/web"+path, nil)
+			if r.status != http.StatusBadGateway || r.code != "service_unavailable" {
+				t.Fatalf("%+v; want 502 service_unavailable", r)
+			}
+		})
+	}
+}
+
+// A client whose request body is malformed (a bad chunk size line) gets 400 bad_request: its
+// own fault, not a 502 blamed on the agent; at the start of the body or after 100 KiB of it.
+func TestMalformedClientBody(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "%d %v", n, err)
+	}))
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	addr := strings.TrimPrefix(e.api.URL, "http://")
+	tok := e.token()
+	good := fmt.Sprintf("%x\r\n%s\r\n", 100<<10, strings.Repeat("y", 100<<10))
+	for name, body := range map[string]string{
+		"at once":  "zz\r\nhello\r\n0\r\n\r\n",
+		"later":    good + "not-hex\r\nhello\r\n0\r\n\r\n",
+		"overflow": "fffffffffffffffffffff\r\nx\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+			req := "POST /api/v1/agents/alpha/proxy/web/up HTTP/1.1\r\nHost: kas\r\nAuthorization: Bearer " + tok +
+				"\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+			if _, err := io.WriteString(conn, req); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			he := api.ReadHTTPError(resp)
+			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(api.HeaderError) != "bad_request" {
+				t.Fatalf("%d %q %v; want 400 bad_request", resp.StatusCode, resp.Header.Get(api.HeaderError), he)
+			}
+		})
+	}
+	if n := counter(t, e.reg, "kasd_requests_total", map[string]string{"code": "502"}); n != 0 {
+		t.Errorf("%v malformed client bodies counted as 502", n)
+	}
+}
