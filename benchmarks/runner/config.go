@@ -19,7 +19,7 @@ const (
 // AllScenarios lists every scenario in run order.
 var AllScenarios = []string{ScenarioLatency, ScenarioThroughput, ScenarioHOL, ScenarioScale, ScenarioFailover}
 
-// Sizes says how much each scenario does. Presets: "quick" (make bench-quick, under 3 minutes
+// Sizes says how much each scenario does. Presets: "quick" (make bench-quick, under 4 minutes
 // on 2 cores), "full" (make bench) and "tiny" (the runner's own test).
 type Sizes struct {
 	// LatencyConcurrency and LatencyRequests (same length): requests per route at each
@@ -29,6 +29,9 @@ type Sizes struct {
 	LatencyRounds      int   `json:"latency_rounds"`
 	// BodyBytes is the response size of the small GET (1 KiB).
 	BodyBytes int `json:"body_bytes"`
+	// DatagramRequests: sequential (c=1) small requests per route and round over which UDP
+	// datagrams are counted, against as long an idle interval. 0 disables the count.
+	DatagramRequests int `json:"datagram_requests"`
 	// ProfileSeconds: length of the kasd CPU profile taken under c=64 load on the local route
 	// (after the measured rounds, so profiling does not disturb them). 0 disables it.
 	ProfileSeconds int `json:"profile_seconds"`
@@ -44,6 +47,10 @@ type Sizes struct {
 	HOLDuration    time.Duration `json:"hol_duration"`
 	HOLConcurrency int           `json:"hol_concurrency"`
 	HOLBulkRate    int64         `json:"hol_bulk_rate"`
+	// HOLSlowReaders downloads, each read at HOLSlowRate bytes/s, share the agent connection
+	// with the small requests in the slow-reader case (0% loss only). 0 readers skip the case.
+	HOLSlowReaders int   `json:"hol_slow_readers"`
+	HOLSlowRate    int64 `json:"hol_slow_rate"`
 
 	// ScaleAgents: simulated agent counts, each measured on a fresh kasd. ScaleIdle: how long
 	// idle CPU is measured. ScaleLatencyRequests: c=1 requests to the one real agent, with
@@ -65,27 +72,30 @@ func Preset(name string) (Sizes, error) {
 	case "quick":
 		return Sizes{
 			LatencyConcurrency: []int{1, 64}, LatencyRequests: []int{3000, 20000}, LatencyRounds: 3,
-			BodyBytes: 1024, ProfileSeconds: 5,
+			BodyBytes: 1024, DatagramRequests: 1000, ProfileSeconds: 5,
 			ThroughputBytes: 64 << 20, ThroughputRounds: 2,
 			HOLLossPercent: []float64{0, 1, 3}, HOLDuration: 4 * time.Second, HOLConcurrency: 4, HOLBulkRate: 20 << 20,
+			HOLSlowReaders: 2, HOLSlowRate: 10e6,
 			ScaleAgents: []int{1000}, ScaleIdle: 5 * time.Second, ScaleLatencyRequests: 1000, ScaleDialConcurrency: 64,
 			FailoverInterval: 10 * time.Millisecond, FailoverAfter: 10 * time.Second,
 		}, nil
 	case "full":
 		return Sizes{
 			LatencyConcurrency: []int{1, 64}, LatencyRequests: []int{20000, 100000}, LatencyRounds: 5,
-			BodyBytes: 1024, ProfileSeconds: 15,
+			BodyBytes: 1024, DatagramRequests: 5000, ProfileSeconds: 15,
 			ThroughputBytes: 256 << 20, ThroughputRounds: 3,
 			HOLLossPercent: []float64{0, 1, 3}, HOLDuration: 15 * time.Second, HOLConcurrency: 4, HOLBulkRate: 20 << 20,
+			HOLSlowReaders: 2, HOLSlowRate: 10e6,
 			ScaleAgents: []int{1000, 10000, 20000}, ScaleIdle: 10 * time.Second, ScaleLatencyRequests: 3000, ScaleDialConcurrency: 128,
 			FailoverInterval: 5 * time.Millisecond, FailoverAfter: 15 * time.Second,
 		}, nil
 	case "tiny":
 		return Sizes{
 			LatencyConcurrency: []int{1, 4}, LatencyRequests: []int{150, 300}, LatencyRounds: 2,
-			BodyBytes: 1024, ProfileSeconds: 1,
+			BodyBytes: 1024, DatagramRequests: 100, ProfileSeconds: 1,
 			ThroughputBytes: 1 << 20, ThroughputRounds: 1,
 			HOLLossPercent: []float64{0, 3}, HOLDuration: time.Second, HOLConcurrency: 2, HOLBulkRate: 4 << 20,
+			HOLSlowReaders: 2, HOLSlowRate: 2e6,
 			ScaleAgents: []int{20}, ScaleIdle: time.Second, ScaleLatencyRequests: 100, ScaleDialConcurrency: 8,
 			FailoverInterval: 20 * time.Millisecond, FailoverAfter: 5 * time.Second,
 		}, nil
@@ -112,6 +122,11 @@ type Config struct {
 	KeepWork bool
 	// Log receives progress lines. Default: io.Discard.
 	Log io.Writer
+	// Self is the command that re-executes this program; the runner appends ChildArg, a role
+	// and its flags to start the raw quic-go server and the ReverseProxy hop as their own
+	// processes. The program's main must hand those arguments to ChildMain (see ChildArg).
+	// Default: os.Executable().
+	Self []string
 }
 
 func (c Config) withDefaults() (Config, Sizes, error) {

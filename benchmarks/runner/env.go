@@ -344,6 +344,7 @@ func writeToken(dir, id, token string) (string, error) {
 // localStack is one kasd (or a fleet of two), one agentd "bench" exposing the service "svc"
 // served in-process, all on loopback in the runner's namespace.
 type localStack struct {
+	ns     *netns // where everything runs; nil: the runner's namespace
 	svc    *httpServer
 	kasd   []*kasdProc // [0] holds the agent's connection; [1] (fleet) forwards to it
 	agent  *proc
@@ -356,13 +357,19 @@ const benchAgent = "bench"
 // With the fleet, the agent connects to kasd[0] only, so requests through kasd[1] are forwarded.
 // extraAgents get entries in the tokens file (their tokens in st.tokens) for simulated agents.
 func (e *env) startLocalStack(ctx context.Context, fleet bool, extraAgents ...string) (st *localStack, err error) {
-	st = &localStack{}
+	return e.startLocalStackIn(ctx, nil, fleet, extraAgents...)
+}
+
+// startLocalStackIn is startLocalStack with every process and socket in ns (nil: the runner's
+// namespace). Ports are picked in the runner's namespace; a fresh namespace has them all free.
+func (e *env) startLocalStackIn(ctx context.Context, ns *netns, fleet bool, extraAgents ...string) (st *localStack, err error) {
+	st = &localStack{ns: ns}
 	defer func() {
 		if err != nil {
 			st.close()
 		}
 	}()
-	ln, err := listenLoopback()
+	ln, err := ns.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
@@ -387,7 +394,7 @@ func (e *env) startLocalStack(ctx context.Context, fleet bool, extraAgents ...st
 		}
 	}
 	for i := range n {
-		o := kasdOpts{id: fmt.Sprintf("kasd-%c", 'a'+i), tokensFile: tokensFile}
+		o := kasdOpts{id: fmt.Sprintf("kasd-%c", 'a'+i), tokensFile: tokensFile, ns: ns}
 		if fleet {
 			o.extra = fleetFlags[i]
 		}
@@ -397,7 +404,7 @@ func (e *env) startLocalStack(ctx context.Context, fleet bool, extraAgents ...st
 		}
 		st.kasd = append(st.kasd, k)
 	}
-	st.agent, err = e.startAgent(agentOpts{id: benchAgent, kas: []string{st.kasd[0].opts.agentListen},
+	st.agent, err = e.startAgent(agentOpts{id: benchAgent, ns: ns, kas: []string{st.kasd[0].opts.agentListen},
 		tokenFile: tokenFile, services: []string{"svc=http://" + st.svc.addr()}})
 	if err != nil {
 		return nil, err
@@ -407,10 +414,11 @@ func (e *env) startLocalStack(ctx context.Context, fleet bool, extraAgents ...st
 			return nil, err
 		}
 	}
-	c := load.NewClient(1, nil)
-	defer c.CloseIdleConnections()
 	for _, r := range e.routes(st) {
-		if err := waitRoute(ctx, r, c); err != nil {
+		c := r.client(1)
+		err := waitRoute(ctx, r, c)
+		c.CloseIdleConnections()
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -487,6 +495,26 @@ type route struct {
 	base   string // URL prefix; the service path is appended
 	header http.Header
 	procs  []*proc // tunnel processes whose CPU this route spends
+	ns     *netns  // where its clients dial; nil: the runner's namespace
+	// small, when set, is the small request itself (routes that do not speak HTTP: raw-quic);
+	// otherwise it is a GET of base+"/small".
+	small load.Func
+}
+
+// client is an HTTP/1.1 client for r that keeps up to conns connections.
+func (r route) client(conns int) *http.Client {
+	if r.ns == nil {
+		return load.NewClient(conns, nil)
+	}
+	return load.NewClient(conns, r.ns.Dial)
+}
+
+// smallFunc is r's small request, issued with c when r speaks HTTP.
+func (r route) smallFunc(c *http.Client) load.Func {
+	if r.small != nil {
+		return r.small
+	}
+	return load.Get(c, r.base+"/small", r.header)
 }
 
 // routes lists direct, local (through kasd[0]) and, with the fleet, forwarded (kasd[1] →
@@ -495,12 +523,12 @@ func (e *env) routes(st *localStack) []route {
 	auth := http.Header{"Authorization": {"Bearer " + e.jwt}}
 	proxy := "/api/v1/agents/" + benchAgent + "/proxy/svc"
 	rs := []route{
-		{name: "direct", base: "http://" + st.svc.addr()},
-		{name: "local", base: st.kasd[0].apiURL(proxy), header: auth, procs: []*proc{st.kasd[0].proc, st.agent}},
+		{name: "direct", base: "http://" + st.svc.addr(), ns: st.ns},
+		{name: "local", base: st.kasd[0].apiURL(proxy), header: auth, procs: []*proc{st.kasd[0].proc, st.agent}, ns: st.ns},
 	}
 	if len(st.kasd) > 1 {
 		rs = append(rs, route{name: "forwarded", base: st.kasd[1].apiURL(proxy), header: auth,
-			procs: []*proc{st.kasd[1].proc, st.kasd[0].proc, st.agent}})
+			procs: []*proc{st.kasd[1].proc, st.kasd[0].proc, st.agent}, ns: st.ns})
 	}
 	return rs
 }

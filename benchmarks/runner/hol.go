@@ -153,23 +153,32 @@ func (e *env) runHOL(ctx context.Context) (*HOLResults, error) {
 			return nil, err
 		}
 	}
-	res := &HOLResults{Concurrency: e.sizes.HOLConcurrency, DurationS: e.sizes.HOLDuration.Seconds(), BulkRate: e.sizes.HOLBulkRate}
-	for li, loss := range e.sizes.HOLLossPercent {
+	res := &HOLResults{Concurrency: e.sizes.HOLConcurrency, DurationS: e.sizes.HOLDuration.Seconds(), BulkRate: e.sizes.HOLBulkRate,
+		SlowReaders: e.sizes.HOLSlowReaders, SlowRate: e.sizes.HOLSlowRate}
+	step := 0 // alternates the systems' order
+	for _, loss := range e.sizes.HOLLossPercent {
 		if err := v.setLoss(ctx, loss); err != nil {
 			return nil, skipError{"nftables: " + err.Error()}
 		}
-		for j := range systems {
-			s := systems[j]
-			if li%2 == 1 {
-				s = systems[len(systems)-1-j]
+		bgs := []holBackground{{name: holNone}, {name: holBulk, readers: 1, rate: e.sizes.HOLBulkRate}}
+		if loss == 0 && e.sizes.HOLSlowReaders > 0 {
+			bgs = append(bgs, holBackground{name: holSlow, readers: e.sizes.HOLSlowReaders, rate: e.sizes.HOLSlowRate})
+		}
+		for _, bg := range bgs {
+			for j := range systems {
+				s := systems[j]
+				if step%2 == 1 {
+					s = systems[len(systems)-1-j]
+				}
+				p, err := e.holPoint(ctx, s.r, s.dial, loss, bg)
+				if err != nil {
+					return nil, fmt.Errorf("%s at %g%% loss, %s: %w", s.name, loss, bg.name, err)
+				}
+				p.System = s.name
+				e.logf("hol loss=%g%% %-6s %-12s %s background %.1f MB/s", loss, s.name, bg.name, p.Summary, p.BulkMBps)
+				res.Points = append(res.Points, p)
 			}
-			p, err := e.holPoint(ctx, s.r, s.dial, loss)
-			if err != nil {
-				return nil, fmt.Errorf("%s at %g%% loss: %w", s.name, loss, err)
-			}
-			p.System = s.name
-			e.logf("hol loss=%g%% %-6s %s bulk %.1f MB/s", loss, s.name, p.Summary, p.BulkMBps)
-			res.Points = append(res.Points, p)
+			step++
 		}
 	}
 	_ = v.setLoss(ctx, 0)
@@ -180,14 +189,18 @@ func (e *env) runHOL(ctx context.Context) (*HOLResults, error) {
 		p999 := plot.Series{Name: sys + " p99.9"}
 		p99 := plot.Series{Name: sys + " p99"}
 		p50 := plot.Series{Name: sys + " p50"}
+		alone := plot.Series{Name: sys + " p99 without bulk"}
 		for _, loss := range e.sizes.HOLLossPercent {
-			if p := res.find(sys, loss); p != nil {
+			if p := res.find(sys, loss, holBulk); p != nil {
 				p999.X, p999.Y = append(p999.X, loss), append(p999.Y, p.P999us)
 				p99.X, p99.Y = append(p99.X, loss), append(p99.Y, p.P99us)
 				p50.X, p50.Y = append(p50.X, loss), append(p50.Y, p.P50us)
 			}
+			if p := res.find(sys, loss, holNone); p != nil {
+				alone.X, alone.Y = append(alone.X, loss), append(alone.Y, p.P99us)
+			}
 		}
-		series = append(series, p999, p99, p50)
+		series = append(series, p999, p99, p50, alone)
 	}
 	name := "hol-p99-vs-loss.png"
 	if err := plot.Lines(filepath.Join(e.out, name), "Small requests while a bulk download shares the connection",
@@ -198,32 +211,45 @@ func (e *env) runHOL(ctx context.Context) (*HOLResults, error) {
 	return res, nil
 }
 
-// holPoint runs small requests for HOLDuration while one bulk download, read at HOLBulkRate,
-// runs on the same path.
-func (e *env) holPoint(ctx context.Context, r route, dial func(context.Context, string, string) (net.Conn, error), loss float64) (HOLPoint, error) {
-	p := HOLPoint{LossPercent: loss}
+// holBackground is what runs next to the small requests: readers downloads, each read at rate.
+type holBackground struct {
+	name    string
+	readers int
+	rate    int64
+}
+
+// holPoint runs small requests for HOLDuration while bg's downloads, each read at its pace, run
+// on the same path (each over its own client connection to the front, all through the one
+// agent connection).
+func (e *env) holPoint(ctx context.Context, r route, dial func(context.Context, string, string) (net.Conn, error), loss float64, bg holBackground) (HOLPoint, error) {
+	p := HOLPoint{LossPercent: loss, Background: bg.name, Readers: bg.readers, ReadRate: bg.rate}
 	bulkCtx, stopBulk := context.WithCancel(ctx)
+	defer stopBulk()
 	var bulkBytes atomic.Int64
 	var wg sync.WaitGroup
-	bulkClient := load.NewClient(1, dial)
+	bulkClient := load.NewClient(max(1, bg.readers), dial)
 	defer bulkClient.CloseIdleConnections()
 	bulkStart := time.Now()
-	wg.Go(func() {
-		for bulkCtx.Err() == nil {
-			req, _ := http.NewRequestWithContext(bulkCtx, http.MethodGet, r.base+"/bytes?n=1099511627776", nil)
-			for k, v := range r.header {
-				req.Header[k] = v
+	for range bg.readers {
+		wg.Go(func() {
+			for bulkCtx.Err() == nil {
+				req, _ := http.NewRequestWithContext(bulkCtx, http.MethodGet, r.base+"/bytes?n=1099511627776", nil)
+				for k, v := range r.header {
+					req.Header[k] = v
+				}
+				resp, err := bulkClient.Do(req)
+				if err != nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				readPaced(bulkCtx, resp.Body, bg.rate, &bulkBytes)
+				resp.Body.Close()
 			}
-			resp, err := bulkClient.Do(req)
-			if err != nil {
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			readPaced(bulkCtx, resp.Body, e.sizes.HOLBulkRate, &bulkBytes)
-			resp.Body.Close()
-		}
-	})
-	time.Sleep(300 * time.Millisecond) // the bulk transfer is under way
+		})
+	}
+	if bg.readers > 0 {
+		time.Sleep(300 * time.Millisecond) // the downloads are under way
+	}
 	small := load.NewClient(e.sizes.HOLConcurrency, dial)
 	defer small.CloseIdleConnections()
 	get := load.Get(small, r.base+"/small", r.header)
@@ -238,7 +264,9 @@ func (e *env) holPoint(ctx context.Context, r route, dial func(context.Context, 
 		return p, err
 	}
 	p.Summary = res.Summarize()
-	p.BulkMBps = float64(bulkBytes.Load()) / time.Since(bulkStart).Seconds() / 1e6
+	if bg.readers > 0 {
+		p.BulkMBps = float64(bulkBytes.Load()) / time.Since(bulkStart).Seconds() / 1e6
+	}
 	return p, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,16 +24,28 @@ type LatencyRun struct {
 	// AddedP50us and AddedP99us: this route's quantile minus direct's (same concurrency).
 	AddedP50us float64 `json:"added_p50_us,omitempty"`
 	AddedP99us float64 `json:"added_p99_us,omitempty"`
-	// TunnelCPUus: CPU of the route's tunnel processes (kasd, agentd) per request, µs.
+	// TunnelCPUus: CPU of the route's own processes per request, µs: kasd and agentd (and kasd
+	// B, forwarded); the proxy process (reverseproxy); the server end's process (raw-quic: its
+	// client end runs in the load generator and is not counted).
 	TunnelCPUus float64 `json:"tunnel_cpu_us_per_request"`
 }
+
+// Route names besides direct, local and forwarded (env.routes).
+const (
+	routeRawQUIC      = "raw-quic"     // one quic-go stream per request: the transport's floor
+	routeReverseProxy = "reverseproxy" // one plain httputil.ReverseProxy hop
+)
 
 // LatencyResults is scenario 1.
 type LatencyResults struct {
 	BodyBytes int          `json:"body_bytes"`
 	Rounds    int          `json:"rounds"`
 	Runs      []LatencyRun `json:"runs"`
-	Plots     []string     `json:"plots"`
+	// Datagrams: UDP datagrams per small request at c=1, per route.
+	Datagrams []DatagramRun `json:"datagrams,omitempty"`
+	Plots     []string      `json:"plots"`
+	// Namespace says where the scenario ran (and so what the datagram counts include).
+	Namespace string `json:"namespace"`
 	// Missing lists routes not measured, with the reason.
 	Missing []string `json:"missing,omitempty"`
 	Profile *Profile `json:"profile,omitempty"`
@@ -46,14 +59,72 @@ type Profile struct {
 	Err     string `json:"error,omitempty"`
 }
 
+// latencyRoutes is direct, the references (raw-quic, reverseproxy; each in its own process)
+// and qkas's routes. A reference that cannot start is left out and named in missing; stop
+// stops the references.
+func (e *env) latencyRoutes(ctx context.Context, st *localStack) (rs []route, missing []string, stop func()) {
+	all := e.routes(st)
+	rs = append(rs, all[0]) // direct
+	var stops []func()
+	stop = func() {
+		for _, f := range stops {
+			f()
+		}
+	}
+	raw, err := e.startRawQUICChild(ctx, st.ns)
+	if err != nil {
+		missing = append(missing, routeRawQUIC+": not measured ("+err.Error()+")")
+	} else {
+		stops = append(stops, raw.close)
+		rs = append(rs, route{name: routeRawQUIC, procs: []*proc{raw.proc}, small: raw.get(int64(e.sizes.BodyBytes)), ns: st.ns})
+	}
+	rp, addr, err := e.startReverseProxyChild(st.ns, st.svc.addr())
+	if err == nil {
+		stops = append(stops, func() { rp.stop(3 * time.Second) })
+		r := route{name: routeReverseProxy, base: "http://" + addr, procs: []*proc{rp}, ns: st.ns}
+		c := r.client(1)
+		err = waitRoute(ctx, r, c)
+		c.CloseIdleConnections()
+		if err == nil {
+			rs = append(rs, r)
+		} else {
+			err = fmt.Errorf("%w; log:\n%s", err, rp.logTail())
+		}
+	}
+	if err != nil {
+		missing = append(missing, routeReverseProxy+": not measured ("+err.Error()+")")
+	}
+	rs = append(rs, all[1:]...)
+	// direct's CPU is the idle cost of every other route's processes during its rounds.
+	for _, r := range rs[1:] {
+		for _, p := range r.procs {
+			if !slices.Contains(rs[0].procs, p) {
+				rs[0].procs = append(rs[0].procs, p)
+			}
+		}
+	}
+	return rs, missing, stop
+}
+
 func (e *env) runLatency(ctx context.Context) (*LatencyResults, error) {
-	st, err := e.startLocalStack(ctx, e.fleet)
+	res := &LatencyResults{BodyBytes: e.sizes.BodyBytes, Rounds: max(1, e.sizes.LatencyRounds)}
+	// In a namespace of its own (root), the run's UDP counters count nothing but its traffic.
+	ns, err := newLoopbackNetns(ctx, "lat")
+	if err != nil {
+		ns = nil
+		res.Namespace = "the runner's (" + err.Error() + "): datagram counts include any other UDP traffic on the machine"
+	} else {
+		defer ns.remove() // after everything in it has stopped (deferred later, run earlier)
+		res.Namespace = "a network namespace of its own, loopback only: datagram counts are the run's alone"
+	}
+	st, err := e.startLocalStackIn(ctx, ns, e.fleet)
 	if err != nil {
 		return nil, err
 	}
 	defer st.close()
-	routes := e.routes(st)
-	res := &LatencyResults{BodyBytes: e.sizes.BodyBytes, Rounds: max(1, e.sizes.LatencyRounds)}
+	routes, missing, stopRefs := e.latencyRoutes(ctx, st)
+	defer stopRefs()
+	res.Missing = missing
 	if !e.fleet {
 		res.Missing = append(res.Missing, "forwarded: not measured ("+e.fleetWhy+")")
 	}
@@ -62,8 +133,8 @@ func (e *env) runLatency(ctx context.Context) (*LatencyResults, error) {
 		clients := make([]*http.Client, len(routes))
 		fns := make([]load.Func, len(routes))
 		for i, r := range routes {
-			clients[i] = load.NewClient(c, nil)
-			fns[i] = load.Get(clients[i], r.base+"/small", r.header)
+			clients[i] = r.client(c)
+			fns[i] = r.smallFunc(clients[i])
 			// Warm up: connections, pools, the Go scheduler.
 			if _, err := load.Run(ctx, load.Options{Concurrency: c, Requests: max(100, 5*c)}, fns[i]); err != nil {
 				return nil, err
@@ -103,7 +174,7 @@ func (e *env) runLatency(ctx context.Context) (*LatencyResults, error) {
 				run.AddedP50us = run.P50us - direct.P50us
 				run.AddedP99us = run.P99us - direct.P99us
 			}
-			e.logf("latency c=%d %-9s %s tunnel CPU %.1fµs/req", c, r.name, run.Summary, run.TunnelCPUus)
+			e.logf("latency c=%d %-12s %s CPU %.1fµs/req", c, r.name, run.Summary, run.TunnelCPUus)
 			res.Runs = append(res.Runs, run)
 			curves = append(curves, plot.Latencies{Name: r.name, Sorted: m.Latencies()})
 		}
@@ -116,8 +187,21 @@ func (e *env) runLatency(ctx context.Context) (*LatencyResults, error) {
 			cl.CloseIdleConnections()
 		}
 	}
+	if e.sizes.DatagramRequests > 0 {
+		snmp := "/proc/self/net/snmp"
+		if ns != nil {
+			snmp = fmt.Sprintf("/proc/%d/net/snmp", st.kasd[0].pid()) // kasd runs in ns
+		}
+		if res.Datagrams, err = e.measureDatagrams(ctx, routes, res.Rounds, snmp); err != nil {
+			return nil, err
+		}
+	}
 	if e.sizes.ProfileSeconds > 0 {
-		res.Profile = e.profileLocal(ctx, st, routes[1])
+		for _, r := range routes {
+			if r.name == "local" {
+				res.Profile = e.profileLocal(ctx, st, r)
+			}
+		}
 	}
 	return res, nil
 }
@@ -126,7 +210,7 @@ func (e *env) runLatency(ctx context.Context) (*LatencyResults, error) {
 // local route, saves kasd.pprof and keeps the top of `go tool pprof -top`.
 func (e *env) profileLocal(ctx context.Context, st *localStack, local route) *Profile {
 	p := &Profile{File: "kasd.pprof", Seconds: e.sizes.ProfileSeconds}
-	client := load.NewClient(64, nil)
+	client := local.client(64)
 	defer client.CloseIdleConnections()
 	lctx, cancel := context.WithCancel(ctx)
 	loadDone := make(chan struct{})
@@ -137,7 +221,10 @@ func (e *env) profileLocal(ctx context.Context, st *localStack, local route) *Pr
 	defer func() { cancel(); <-loadDone }()
 	time.Sleep(500 * time.Millisecond) // let the load reach steady state
 	url := st.kasd[0].obsURL(fmt.Sprintf("/debug/pprof/profile?seconds=%d", p.Seconds))
-	resp, err := (&http.Client{Timeout: time.Duration(p.Seconds+30) * time.Second}).Get(url)
+	pc := nsClient(st.ns, 1)
+	pc.Timeout = time.Duration(p.Seconds+30) * time.Second
+	defer pc.CloseIdleConnections()
+	resp, err := pc.Get(url)
 	if err != nil {
 		p.Err = err.Error()
 		return p

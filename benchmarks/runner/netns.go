@@ -146,6 +146,42 @@ func newVeth(ctx context.Context) (*veth, error) {
 	return v, nil
 }
 
+// newLoopbackNetns creates a namespace with only loopback, up, named qkbench-<role>-<pid>;
+// remove deletes it. Processes and sockets placed in it share nothing with the rest of the
+// machine, so its /proc/<pid>/net/snmp counters count only their traffic.
+func newLoopbackNetns(ctx context.Context, role string) (*netns, error) {
+	if err := checkNetnsTools(); err != nil {
+		return nil, err
+	}
+	removeStaleNetns(ctx)
+	n := &netns{name: fmt.Sprintf("qkbench-%s-%d", role, os.Getpid()%100000)}
+	if _, err := runCmd(ctx, "ip", "netns", "add", n.name); err != nil {
+		return nil, fmt.Errorf("ip netns failed: %w", err)
+	}
+	if _, err := runCmd(ctx, "ip", "-n", n.name, "link", "set", "lo", "up"); err != nil {
+		n.remove()
+		return nil, fmt.Errorf("ip netns failed: %w", err)
+	}
+	f, err := os.Open("/run/netns/" + n.name)
+	if err != nil {
+		n.remove()
+		return nil, err
+	}
+	n.fd = f
+	return n, nil
+}
+
+// remove deletes a namespace made by newLoopbackNetns. Safe on nil.
+func (n *netns) remove() {
+	if n == nil {
+		return
+	}
+	if n.fd != nil {
+		n.fd.Close()
+	}
+	_, _ = runCmd(context.Background(), "ip", "netns", "del", n.name)
+}
+
 // removeStaleNetns deletes namespaces left by runs that died (their pid is gone).
 func removeStaleNetns(ctx context.Context) {
 	out, err := runCmd(ctx, "ip", "netns", "list")

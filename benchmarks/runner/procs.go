@@ -27,6 +27,13 @@ type proc struct {
 // startProc starts argv (argv[0] is a path) with output in dir/name.log. If netns is not empty
 // the process runs in that network namespace (ip netns exec, which execs: the pid is argv's).
 func startProc(dir, name, netns string, argv ...string) (*proc, error) {
+	return startProcFiles(dir, name, netns, nil, argv...)
+}
+
+// startProcFiles is startProc handing files to the child as file descriptors 3, 4, …
+// (exec.Cmd.ExtraFiles; ip netns exec passes them on). The caller still owns files and may
+// close its copies once startProcFiles returns.
+func startProcFiles(dir, name, netns string, files []*os.File, argv ...string) (*proc, error) {
 	if netns != "" {
 		argv = append([]string{"ip", "netns", "exec", netns}, argv...)
 	}
@@ -37,6 +44,7 @@ func startProc(dir, name, netns string, argv ...string) (*proc, error) {
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()

@@ -27,32 +27,137 @@ func ratio(a, b float64) string {
 
 func us(v float64) string { return fmt.Sprintf("%.0f µs", v) }
 
-// headline picks the figures the project's targets are stated in.
+// quantiles writes "a / b / c µs".
+func quantiles(vs ...float64) string {
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = fmt.Sprintf("%.0f", v)
+	}
+	return strings.Join(parts, " / ") + " µs"
+}
+
+// ratios writes "a₁/b₁ / a₂/b₂ …" as "1.02× / 0.95×".
+func ratios(a, b []float64) string {
+	parts := make([]string, len(a))
+	for i := range a {
+		parts[i] = ratio(a[i], b[i])
+	}
+	return strings.Join(parts, " / ")
+}
+
+// headlineRoutes are the latency rows' routes, references first; routeLabel names them.
+var (
+	headlineRoutes = []string{routeRawQUIC, routeReverseProxy, "local", "forwarded"}
+	routeLabel     = map[string]string{
+		routeRawQUIC:      "raw quic-go stream per request",
+		routeReverseProxy: "one httputil.ReverseProxy hop",
+		"local":           "local route",
+		"forwarded":       "forwarded route",
+	}
+)
+
+// metricNote appends "(reference; note)" or "(note)" to a metric: references are not qkas.
+func metricNote(metric, route, note string) string {
+	var parts []string
+	if !isQkas(route) {
+		parts = append(parts, "reference")
+	}
+	if note != "" {
+		parts = append(parts, note)
+	}
+	if len(parts) == 0 {
+		return metric
+	}
+	return metric + " (" + strings.Join(parts, "; ") + ")"
+}
+
+// Targets, stated where the figure is.
+var (
+	targetAddedP50   = map[string]string{"local": "added ≤ 150 µs", "forwarded": "added ≤ 250 µs"}
+	targetCPU        = "≤ 60 µs"
+	targetThroughput = map[string]string{"local": "≥ 0.70× raw quic-go", "forwarded": "≥ 0.50× raw quic-go"}
+	targetDatagrams  = map[string]string{"local": "≤ 2.2", "forwarded": "≤ 4.4 (2.2 per QUIC hop, 2 hops)"}
+)
+
+func isQkas(route string) bool { return route == "local" || route == "forwarded" }
+
+// headline picks the figures the project's targets are stated in, next to their references.
 func headline(r *Results) []HeadlineRow {
 	var rows []HeadlineRow
 	if l := r.Latency; l != nil {
 		for _, c := range r.Sizes.LatencyConcurrency {
 			d := findLatency(l, "direct", c)
-			for _, route := range []string{"local", "forwarded"} {
-				q := findLatency(l, route, c)
-				if d == nil || q == nil {
-					continue
+			if d == nil {
+				continue
+			}
+			each := func(f func(route string, q *LatencyRun)) {
+				for _, route := range headlineRoutes {
+					if q := findLatency(l, route, c); q != nil {
+						f(route, q)
+					}
 				}
-				row := HeadlineRow{Scenario: "latency", Metric: fmt.Sprintf("p50, 1 KiB GET, c=%d, %s route", c, route),
+			}
+			each(func(route string, q *LatencyRun) {
+				row := HeadlineRow{Scenario: "latency", Metric: metricNote(fmt.Sprintf("p50, 1 KiB GET, c=%d, %s", c, routeLabel[route]), route, ""),
 					Qkas: us(q.P50us), Baseline: us(d.P50us) + " direct", Ratio: ratio(q.P50us, d.P50us)}
 				if c == 1 {
-					row.Metric += fmt.Sprintf(" (added %s)", us(q.AddedP50us))
-					row.Target = map[string]string{"local": "added ≤ 100 µs", "forwarded": "added ≤ 200 µs"}[route]
+					row.Metric = metricNote(fmt.Sprintf("p50, 1 KiB GET, c=%d, %s", c, routeLabel[route]), route, "added "+us(q.AddedP50us))
+					row.Target = targetAddedP50[route]
+				}
+				if c == 1 || isQkas(route) {
+					rows = append(rows, row)
+				}
+			})
+			each(func(route string, q *LatencyRun) {
+				if c == 1 || isQkas(route) {
+					rows = append(rows, HeadlineRow{Scenario: "latency", Metric: metricNote(fmt.Sprintf("p99, c=%d, %s", c, routeLabel[route]), route, ""),
+						Qkas: us(q.P99us), Baseline: us(d.P99us) + " direct", Ratio: ratio(q.P99us, d.P99us)})
+				}
+			})
+			if c < 64 {
+				continue
+			}
+			each(func(route string, q *LatencyRun) {
+				rows = append(rows, HeadlineRow{Scenario: "latency", Metric: metricNote(fmt.Sprintf("req/s, c=%d, %s", c, routeLabel[route]), route, ""),
+					Qkas: fmt.Sprintf("%.0f", q.RPS), Baseline: fmt.Sprintf("%.0f direct", d.RPS), Ratio: ratio(q.RPS, d.RPS)})
+			})
+			rp := findLatency(l, routeReverseProxy, c)
+			each(func(route string, q *LatencyRun) {
+				row := HeadlineRow{Scenario: "latency", Metric: fmt.Sprintf("tunnel CPU per request, c=%d, %s", c, routeLabel[route]),
+					Qkas: fmt.Sprintf("%.1f µs", q.TunnelCPUus), Baseline: "–", Ratio: "–"}
+				switch {
+				case route == routeRawQUIC:
+					row.Metric = fmt.Sprintf("CPU per request, c=%d, raw quic-go server process (reference; client end not counted)", c)
+				case route == routeReverseProxy:
+					row.Metric = fmt.Sprintf("CPU per request, c=%d, one httputil.ReverseProxy process (reference)", c)
+				case rp != nil:
+					row.Baseline = fmt.Sprintf("%.1f µs one ReverseProxy hop", rp.TunnelCPUus)
+					row.Ratio = ratio(q.TunnelCPUus, rp.TunnelCPUus)
+				}
+				if isQkas(route) {
+					row.Target = targetCPU
 				}
 				rows = append(rows, row)
-				rows = append(rows, HeadlineRow{Scenario: "latency", Metric: fmt.Sprintf("p99, c=%d, %s route", c, route),
-					Qkas: us(q.P99us), Baseline: us(d.P99us) + " direct", Ratio: ratio(q.P99us, d.P99us)})
-				if c >= 64 {
-					rows = append(rows, HeadlineRow{Scenario: "latency", Metric: fmt.Sprintf("req/s, c=%d, %s route", c, route),
-						Qkas: fmt.Sprintf("%.0f", q.RPS), Baseline: fmt.Sprintf("%.0f direct", d.RPS), Ratio: ratio(q.RPS, d.RPS)})
-					rows = append(rows, HeadlineRow{Scenario: "latency", Metric: fmt.Sprintf("tunnel CPU per request, c=%d, %s route", c, route),
-						Qkas: fmt.Sprintf("%.1f µs", q.TunnelCPUus), Baseline: fmt.Sprintf("%.1f µs (direct, same processes)", d.TunnelCPUus), Ratio: "–", Target: "≤ 50 µs"})
+			})
+		}
+		var raw *DatagramRun
+		for i := range l.Datagrams {
+			if l.Datagrams[i].Route == routeRawQUIC {
+				raw = &l.Datagrams[i]
+			}
+		}
+		for _, route := range []string{routeRawQUIC, "local", "forwarded"} {
+			for _, dg := range l.Datagrams {
+				if dg.Route != route {
+					continue
 				}
+				row := HeadlineRow{Scenario: "latency", Metric: metricNote("UDP datagrams per 1 KiB GET, c=1, "+routeLabel[route], route, ""),
+					Qkas: fmt.Sprintf("%.2f", dg.PerRequest), Baseline: "–", Ratio: "–", Target: targetDatagrams[route]}
+				if raw != nil && route != routeRawQUIC {
+					row.Baseline = fmt.Sprintf("%.2f raw quic-go", raw.PerRequest)
+					row.Ratio = ratio(dg.PerRequest, raw.PerRequest)
+				}
+				rows = append(rows, row)
 			}
 		}
 	}
@@ -65,8 +170,8 @@ func headline(r *Results) []HeadlineRow {
 				if q == nil || raw == nil {
 					continue
 				}
-				row := HeadlineRow{Scenario: "throughput", Metric: fmt.Sprintf("%s MB/s, %s route", dir, route),
-					Qkas: fmt.Sprintf("%.0f", q.MBps), Baseline: fmt.Sprintf("%.0f raw quic-go", raw.MBps), Ratio: ratio(q.MBps, raw.MBps), Target: "≥ 0.80× raw quic-go"}
+				row := HeadlineRow{Scenario: "throughput", Metric: fmt.Sprintf("%s MB/s, %d MiB, %s route", dir, t.Bytes>>20, route),
+					Qkas: fmt.Sprintf("%.0f", q.MBps), Baseline: fmt.Sprintf("%.0f raw quic-go", raw.MBps), Ratio: ratio(q.MBps, raw.MBps), Target: targetThroughput[route]}
 				if direct != nil {
 					row.Baseline += fmt.Sprintf(" (direct %.0f)", direct.MBps)
 				}
@@ -76,14 +181,26 @@ func headline(r *Results) []HeadlineRow {
 	}
 	if h := r.HOL; h != nil {
 		for _, loss := range r.Sizes.HOLLossPercent {
-			q, b := h.find("qkas", loss), h.find("h2-tcp", loss)
-			if q == nil || b == nil {
-				continue
+			for _, bg := range []string{holNone, holBulk} {
+				q, b := h.find("qkas", loss, bg), h.find("h2-tcp", loss, bg)
+				if q == nil || b == nil {
+					continue
+				}
+				rows = append(rows, HeadlineRow{Scenario: "head-of-line",
+					Metric: fmt.Sprintf("small-request p50 / p99 / p99.9 at %g%% loss, %s", loss, map[string]string{holNone: "no bulk", holBulk: "with bulk"}[bg]),
+					Qkas:   quantiles(q.P50us, q.P99us, q.P999us), Baseline: quantiles(b.P50us, b.P99us, b.P999us) + " HTTP/2 over 1 TCP",
+					Ratio: ratios([]float64{q.P50us, q.P99us, q.P999us}, []float64{b.P50us, b.P99us, b.P999us})})
 			}
-			rows = append(rows, HeadlineRow{Scenario: "head-of-line", Metric: fmt.Sprintf("small-request p99 at %g%% loss, with bulk", loss),
-				Qkas: us(q.P99us), Baseline: us(b.P99us) + " HTTP/2 over 1 TCP", Ratio: ratio(q.P99us, b.P99us)})
-			rows = append(rows, HeadlineRow{Scenario: "head-of-line", Metric: fmt.Sprintf("small-request p99.9 at %g%% loss, with bulk", loss),
-				Qkas: us(q.P999us), Baseline: us(b.P999us) + " HTTP/2 over 1 TCP", Ratio: ratio(q.P999us, b.P999us)})
+		}
+		if q, alone := h.find("qkas", 0, holSlow), h.find("qkas", 0, holNone); q != nil && alone != nil {
+			row := HeadlineRow{Scenario: "head-of-line",
+				Metric: fmt.Sprintf("small-request p50 / p99 at 0%% loss, %d slow readers (%.0f MB/s each) on the agent connection", q.Readers, float64(q.ReadRate)/1e6),
+				Qkas:   quantiles(q.P50us, q.P99us), Baseline: quantiles(alone.P50us, alone.P99us) + " without slow readers",
+				Ratio: ratios([]float64{q.P50us, q.P99us}, []float64{alone.P50us, alone.P99us})}
+			if b := h.find("h2-tcp", 0, holSlow); b != nil {
+				row.Baseline += " (HTTP/2 over 1 TCP with them: " + quantiles(b.P50us, b.P99us) + ")"
+			}
+			rows = append(rows, row)
 		}
 	}
 	if s := r.Scale; s != nil {
@@ -139,13 +256,25 @@ func report(r *Results) string {
 	}
 
 	if l := r.Latency; l != nil {
-		w("\n## 1. Latency (1 KiB GET)\n\n%d alternating rounds per concurrency. Added = route − direct. Tunnel CPU = utime+stime of kasd and agentd during the route's rounds / requests (for direct it shows the idle cost of the same processes).\n\n", l.Rounds)
-		w("| c | route | requests | failed | p50 | p90 | p99 | p99.9 | req/s | added p50 | added p99 | tunnel CPU/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w("\n## 1. Latency (1 KiB GET)\n\n%d alternating rounds per concurrency. Routes: direct (client → service), raw-quic (one quic-go stream per request to a server process that answers %d bytes: the transport's floor), reverseproxy (one plain httputil.ReverseProxy hop in its own process, in front of the same service), local (client → kasd → agentd → service) and forwarded (client → kasd B → kasd A → agentd → service). Added = route − direct. CPU/req = utime+stime of the route's own processes during its rounds / requests: kasd and agentd (and kasd B) for qkas, the proxy for reverseproxy, the server process for raw-quic (its client end runs in the load generator and is not counted); for direct, every one of those processes (their idle cost). Network namespace: %s.\n\n", l.Rounds, l.BodyBytes, l.Namespace)
+		w("| c | route | requests | failed | p50 | p90 | p99 | p99.9 | req/s | added p50 | added p99 | CPU/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, x := range l.Runs {
 			w("| %d | %s | %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %s | %s | %.1f µs |\n", x.Concurrency, x.Route, x.Requests, x.Failed, x.P50us, x.P90us, x.P99us, x.P999us, x.RPS,
 				optUs(x.Route != "direct", x.AddedP50us), optUs(x.Route != "direct", x.AddedP99us), x.TunnelCPUus)
 		}
-		w("\nLatencies in µs.\n\n")
+		w("\nLatencies in µs.\n")
+		if len(l.Datagrams) > 0 {
+			w("\n### UDP datagrams per request\n\nSequential (c=1) 1 KiB GETs per route, then as long with no request; `Udp: InDatagrams` of /proc/<kasd pid>/net/snmp (every UDP socket of the scenario's network namespace, both directions; each datagram of a GSO batch counted) over each interval. Per request = (during requests − idle) / requests, the median of the rounds (each round's in brackets). The TCP-only routes (direct, reverseproxy) show the background traffic: ≈ 0 in a namespace of its own.\n\n")
+			w("| route | requests | datagrams | idle datagrams | seconds | per request |\n|---|---|---|---|---|---|\n")
+			for _, d := range l.Datagrams {
+				rounds := make([]string, len(d.RoundsPerRequest))
+				for i, v := range d.RoundsPerRequest {
+					rounds[i] = fmt.Sprintf("%.2f", v)
+				}
+				w("| %s | %d | %d | %d | %.2f | %.2f (%s) |\n", d.Route, d.Requests, d.Datagrams, d.IdleDatagrams, d.Seconds, d.PerRequest, strings.Join(rounds, ", "))
+			}
+		}
+		w("\n")
 		for _, p := range l.Plots {
 			w("![%s](%s)\n", p, p)
 		}
@@ -174,12 +303,12 @@ func report(r *Results) string {
 		}
 	}
 	if h := r.HOL; h != nil {
-		w("\n## 3. Head-of-line isolation\n\nkasd and agentd in two network namespaces joined by a veth pair; nftables drops the given share of packets arriving on each side. %d concurrent 1 KiB GETs for %.0f s per system and loss level, while one download (read at %.0f MiB/s) shares the agent connection. Baseline: the same path with one HTTP/2 (h2c) connection over TCP between a front proxy and an agent-side proxy.\n\n",
-			h.Concurrency, h.DurationS, float64(h.BulkRate)/(1<<20))
+		w("\n## 3. Head-of-line isolation\n\nkasd and agentd in two network namespaces joined by a veth pair; nftables drops the given share of packets arriving on each side. %d concurrent 1 KiB GETs for %.0f s per system, loss level and background. Backgrounds, sharing the one agent connection (each download over its own client connection): none; bulk, one download read at %.0f MiB/s; slow-readers (0%% loss only), %d downloads each read at %.0f MB/s by the client. Baseline: the same path with one HTTP/2 (h2c) connection over TCP between a front proxy and an agent-side proxy.\n\n",
+			h.Concurrency, h.DurationS, float64(h.BulkRate)/(1<<20), h.SlowReaders, float64(h.SlowRate)/1e6)
 		w("The HTTP/2 baseline dialled %d TCP connection(s) in all.\n\n", h.H2TCPConnections)
-		w("| loss | system | requests | failed | p50 | p90 | p99 | p99.9 | bulk MB/s |\n|---|---|---|---|---|---|---|---|---|\n")
+		w("| loss | background | system | requests | failed | p50 | p90 | p99 | p99.9 | background MB/s |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, x := range h.Points {
-			w("| %g%% | %s | %d | %d | %.0f | %.0f | %.0f | %.0f | %.1f |\n", x.LossPercent, x.System, x.Requests, x.Failed, x.P50us, x.P90us, x.P99us, x.P999us, x.BulkMBps)
+			w("| %g%% | %s | %s | %d | %d | %.0f | %.0f | %.0f | %.0f | %.1f |\n", x.LossPercent, x.Background, x.System, x.Requests, x.Failed, x.P50us, x.P90us, x.P99us, x.P999us, x.BulkMBps)
 		}
 		w("\n")
 		for _, p := range h.Plots {
@@ -214,7 +343,7 @@ func report(r *Results) string {
 			w("\n![%s](%s)\n", p, p)
 		}
 	}
-	w("\n## Caveats\n\nThe load generator, the target service, the raw quic-go pair and the HTTP/2 baseline run inside the runner process, on the same cores as kasd and agentd; on a small or shared machine absolute figures are noisy, ratios less so. CPU times come from /proc in 10 ms ticks.\n")
+	w("\n## Caveats\n\nThe load generator, the target service, the raw quic-go client (and, for throughput, its server) and the HTTP/2 baseline run inside the runner process, on the same cores as kasd and agentd; on a small or shared machine absolute figures are noisy, ratios less so. CPU times come from /proc in 10 ms ticks.\n")
 	return b.String()
 }
 

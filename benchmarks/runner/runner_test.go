@@ -46,9 +46,28 @@ func TestRunTiny(t *testing.T) {
 	if res.Latency == nil || res.Throughput == nil || res.Scale == nil {
 		t.Fatalf("missing scenario results: %s", b)
 	}
+	if len(res.Latency.Missing) > 0 && res.Fleet {
+		t.Errorf("latency routes missing: %v", res.Latency.Missing)
+	}
+	routes := map[string]bool{}
 	for _, run := range res.Latency.Runs {
+		routes[run.Route] = true
 		if run.Requests == 0 || run.Failed > 0 || run.P50us <= 0 {
 			t.Errorf("latency %s c=%d: %+v", run.Route, run.Concurrency, run.Summary)
+		}
+	}
+	// The references run as re-executed children of the runner (here: of this test binary).
+	for _, want := range []string{"direct", routeRawQUIC, routeReverseProxy, "local"} {
+		if !routes[want] {
+			t.Errorf("latency: no %s route (have %v; missing %v)", want, routes, res.Latency.Missing)
+		}
+	}
+	if len(res.Latency.Datagrams) != len(routes) {
+		t.Errorf("datagrams counted on %d routes, want %d: %+v", len(res.Latency.Datagrams), len(routes), res.Latency.Datagrams)
+	}
+	for _, d := range res.Latency.Datagrams {
+		if d.Requests == 0 || (d.Route == routeRawQUIC || d.Route == "local") && d.Datagrams == 0 {
+			t.Errorf("datagrams %s: %+v (a QUIC route sends datagrams)", d.Route, d)
 		}
 	}
 	for _, run := range res.Throughput.Runs {

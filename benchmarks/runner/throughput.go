@@ -2,149 +2,16 @@ package runner
 
 import (
 	"context"
-	"crypto/tls"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"time"
-
-	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/qkas/qkas/benchmarks/load"
 	"github.com/qkas/qkas/benchmarks/plot"
-	"github.com/qkas/qkas/quic"
 )
-
-const rawALPN = "qkas-bench-raw"
-
-// rawQUIC is the transport's limit: one quic-go stream per transfer between a server and a
-// client in this process, with qkas's QUIC configuration (quic.Config defaults), on loopback.
-// A stream starts with op (1 byte, 'D' download or 'U' upload) and n (8 bytes, big endian).
-type rawQUIC struct {
-	ln     *quic.Listener
-	dialer *quic.Dialer
-	conn   *quicgo.Conn
-	wg     sync.WaitGroup // the accept loop and per-connection/stream goroutines
-}
-
-func (e *env) startRawQUIC(ctx context.Context) (*rawQUIC, error) {
-	cert, err := tls.LoadX509KeyPair(e.certFile, e.keyFile)
-	if err != nil {
-		return nil, err
-	}
-	ln, err := quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(cert, rawALPN), quic.Config{})
-	if err != nil {
-		return nil, err
-	}
-	r := &rawQUIC{ln: ln}
-	r.wg.Go(func() {
-		for {
-			qc, err := ln.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			r.wg.Go(func() { r.serveConn(qc) })
-		}
-	})
-	tlsConf, err := quic.ClientTLSConfig(e.caFile, "127.0.0.1", rawALPN)
-	if err == nil {
-		r.dialer, err = quic.NewDialer(tlsConf, quic.Config{})
-	}
-	if err == nil {
-		r.conn, err = r.dialer.Dial(ctx, ln.Addr().String())
-	}
-	if err != nil {
-		r.close()
-		return nil, err
-	}
-	return r, nil
-}
-
-func (r *rawQUIC) serveConn(qc *quicgo.Conn) {
-	for {
-		s, err := qc.AcceptStream(context.Background())
-		if err != nil {
-			return
-		}
-		r.wg.Go(func() {
-			var h [9]byte
-			if _, err := io.ReadFull(s, h[:]); err != nil {
-				s.CancelRead(1)
-				s.CancelWrite(1)
-				return
-			}
-			n := int64(binary.BigEndian.Uint64(h[1:]))
-			switch h[0] {
-			case 'D':
-				_, _ = io.Copy(s, io.LimitReader(zeros{}, n))
-			case 'U':
-				got, _ := io.Copy(io.Discard, s)
-				_, _ = s.Write([]byte(strconv.FormatInt(got, 10)))
-			}
-			_ = s.Close()
-		})
-	}
-}
-
-// transfer moves n bytes on a new stream; upload when up.
-func (r *rawQUIC) transfer(ctx context.Context, up bool, n int64) error {
-	s, err := r.conn.OpenStreamSync(ctx)
-	if err != nil {
-		return err
-	}
-	var h [9]byte
-	h[0] = 'D'
-	if up {
-		h[0] = 'U'
-	}
-	binary.BigEndian.PutUint64(h[1:], uint64(n))
-	if _, err := s.Write(h[:]); err != nil {
-		return err
-	}
-	if up {
-		if _, err := io.Copy(s, io.LimitReader(zeros{}, n)); err != nil {
-			return err
-		}
-		_ = s.Close()
-		ack, err := io.ReadAll(s)
-		if err != nil {
-			return err
-		}
-		if string(ack) != strconv.FormatInt(n, 10) {
-			return fmt.Errorf("raw upload: server got %s of %d", ack, n)
-		}
-		return nil
-	}
-	_ = s.Close()
-	got, err := io.Copy(io.Discard, s)
-	if err == nil && got != n {
-		err = fmt.Errorf("raw download: got %d of %d", got, n)
-	}
-	return err
-}
-
-func (r *rawQUIC) close() {
-	if r.conn != nil {
-		_ = r.conn.CloseWithError(quic.ConnCodeNoError, "")
-	}
-	if r.dialer != nil {
-		_ = r.dialer.Close()
-	}
-	_ = r.ln.Close()
-	r.wg.Wait()
-}
-
-// zeros is an endless reader of zero bytes.
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
-}
 
 // httpTransfer downloads (GET /bytes?n=) or uploads (POST /sink) n bytes through route r.
 func httpTransfer(ctx context.Context, c *http.Client, r route, up bool, n int64) error {

@@ -33,11 +33,22 @@ func (t *ThroughputResult) find(route, dir string) *ThroughputRun {
 	return nil
 }
 
-// HOLPoint is one system at one loss level.
+// HOL backgrounds: what shares the agent connection with the small requests.
+const (
+	holNone = "none"         // the small requests alone
+	holBulk = "bulk"         // one download read at HOLBulkRate
+	holSlow = "slow-readers" // HOLSlowReaders downloads, each read at HOLSlowRate (0% loss)
+)
+
+// HOLPoint is one system at one loss level with one background.
 type HOLPoint struct {
 	System      string  `json:"system"` // qkas or h2-tcp
 	LossPercent float64 `json:"loss_percent"`
+	Background  string  `json:"background"` // none, bulk or slow-readers
+	Readers     int     `json:"readers"`    // background downloads
+	ReadRate    int64   `json:"read_rate"`  // bytes/s, each background download
 	load.Summary
+	// BulkMBps: what the background downloads read, together.
 	BulkMBps float64 `json:"bulk_mb_per_s"`
 }
 
@@ -46,6 +57,8 @@ type HOLResults struct {
 	Concurrency int     `json:"concurrency"`
 	DurationS   float64 `json:"duration_s"`
 	BulkRate    int64   `json:"bulk_rate"`
+	SlowReaders int     `json:"slow_readers"`
+	SlowRate    int64   `json:"slow_rate"`
 	// H2TCPConnections: TCP connections the HTTP/2 baseline dialled over the whole scenario
 	// (1 means every request and transfer shared one connection).
 	H2TCPConnections int        `json:"h2_tcp_connections"`
@@ -53,10 +66,10 @@ type HOLResults struct {
 	Plots            []string   `json:"plots"`
 }
 
-func (h *HOLResults) find(system string, loss float64) *HOLPoint {
+func (h *HOLResults) find(system string, loss float64, background string) *HOLPoint {
 	for i := range h.Points {
-		if h.Points[i].System == system && h.Points[i].LossPercent == loss {
-			return &h.Points[i]
+		if p := &h.Points[i]; p.System == system && p.LossPercent == loss && p.Background == background {
+			return p
 		}
 	}
 	return nil

@@ -17,6 +17,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == runner.ChildArg { // the runner re-executing itself
+		child(os.Args[2:])
+		return
+	}
 	preset := flag.String("preset", "quick", "sizes: quick (make bench-quick), full (make bench) or tiny")
 	scenarios := flag.String("scenarios", "", "comma-separated scenarios to run (default all): "+strings.Join(runner.AllScenarios, ","))
 	results := flag.String("results", "", "results root; a <timestamp>/ directory is made in it (default benchmarks/results)")
@@ -57,6 +61,16 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Println(out)
+}
+
+// child runs one of the runner's reference systems until SIGTERM.
+func child(args []string) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := runner.ChildMain(ctx, args); err != nil {
+		fmt.Fprintln(os.Stderr, "qkasbench child:", err)
+		os.Exit(1)
+	}
 }
 
 func parseInts(s string) ([]int, error) {
