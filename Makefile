@@ -5,7 +5,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin
 FUZZTIME  ?= 10s
 # Packages with fuzz targets, for `make fuzz`.
-FUZZ_PKGS := ./api ./auth ./gitlab
+FUZZ_PKGS := ./api ./auth ./gitlab ./httpstream
 
 .PHONY: all build test test-short vet fuzz demo bench bench-quick images clean
 
@@ -19,7 +19,7 @@ build:
 
 vet:
 	$(GO) vet ./...
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo 'gofmt needed'; exit 1)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' ':!third_party'))" || (gofmt -l $$(git ls-files '*.go' ':!third_party'); echo 'gofmt needed'; exit 1)
 
 # The whole suite: unit, fuzz seeds, in-process integration over real QUIC and etcd, and
 # process-level end-to-end tests with the real binaries. Race detector on.

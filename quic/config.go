@@ -19,6 +19,7 @@ const (
 	DefaultMaxStreamReceiveWindow         = 16 << 20  // 16 MiB
 	DefaultInitialConnectionReceiveWindow = 32 << 20  // 32 MiB
 	DefaultMaxConnectionReceiveWindow     = 64 << 20  // 64 MiB
+	DefaultMaxAckDelay                    = time.Millisecond
 )
 
 // Config configures QUIC for a Listener or a Dialer. The zero value is valid: every zero
@@ -58,6 +59,12 @@ type Config struct {
 	// MaxConnectionReceiveWindow bounds the memory all unread data of one connection can take.
 	// Default 64 MiB.
 	MaxConnectionReceiveWindow uint64
+	// MaxAckDelay is how long this side may delay an acknowledgement; it is also advertised to
+	// the peer, which adds it to its probe timeout. quic-go's own 25 ms made a small request
+	// whose last packet was lost wait ~28 ms for its retransmission; at 1 ms it waits ~3 ms
+	// (third_party/README.md). The cost: an answer slower than this is preceded by an ACK-only
+	// packet. Needs the patched quic-go in third_party/. Default 1ms.
+	MaxAckDelay time.Duration
 	// StatelessResetKey derives the stateless reset tokens of the connections served by the
 	// Listener (or Dialer) using this Config. Keep it stable across restarts (see
 	// LoadOrCreateStatelessResetKey) so peers of a restarted process learn at their next
@@ -92,6 +99,9 @@ func (c Config) WithDefaults() Config {
 	if c.MaxConnectionReceiveWindow == 0 {
 		c.MaxConnectionReceiveWindow = DefaultMaxConnectionReceiveWindow
 	}
+	if c.MaxAckDelay == 0 {
+		c.MaxAckDelay = DefaultMaxAckDelay
+	}
 	return c
 }
 
@@ -119,6 +129,9 @@ func (c Config) Validate() error {
 	if c.InitialStreamReceiveWindow > c.MaxStreamReceiveWindow {
 		errs = append(errs, fmt.Errorf("InitialStreamReceiveWindow %d exceeds MaxStreamReceiveWindow %d", c.InitialStreamReceiveWindow, c.MaxStreamReceiveWindow))
 	}
+	if c.MaxAckDelay < 0 || c.MaxAckDelay >= 1<<14*time.Millisecond {
+		errs = append(errs, fmt.Errorf("MaxAckDelay %v must be positive and below 2^14 ms", c.MaxAckDelay))
+	}
 	if c.InitialConnectionReceiveWindow > c.MaxConnectionReceiveWindow {
 		errs = append(errs, fmt.Errorf("InitialConnectionReceiveWindow %d exceeds MaxConnectionReceiveWindow %d", c.InitialConnectionReceiveWindow, c.MaxConnectionReceiveWindow))
 	}
@@ -142,6 +155,7 @@ func (c Config) QUICConfig() *quicgo.Config {
 		MaxStreamReceiveWindow:         c.MaxStreamReceiveWindow,
 		InitialConnectionReceiveWindow: c.InitialConnectionReceiveWindow,
 		MaxConnectionReceiveWindow:     c.MaxConnectionReceiveWindow,
+		MaxAckDelay:                    c.MaxAckDelay,
 	}
 }
 
