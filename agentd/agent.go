@@ -2,6 +2,7 @@ package agentd
 
 import (
 	"context"
+	"math/rand/v2"
 	"errors"
 	"fmt"
 	"net"
@@ -55,6 +56,9 @@ func New(cfg Config) (*Agent, error) {
 		m:        newMetrics(cfg.Registerer),
 		slots:    map[int]*agentConn{},
 	}
+	// Each agent starts at a random kasd address, so that a fleet of agents spreads its
+	// connections over every kasd instead of all starting with the first address.
+	a.nextAddr.Store(rand.Uint64())
 	var urlServices []*urlService
 	for name, u := range cfg.Services {
 		us := newURLService(name, u, cfg, a.m)
@@ -225,7 +229,7 @@ func (a *Agent) nextTarget(ctx context.Context, slot int) (target, int, error) {
 		return target{}, 0, errors.Join(errs...)
 	}
 	held := a.remoteAddrsOfOtherSlots(slot)
-	start := int(a.nextAddr.Add(1) - 1)
+	start := int((a.nextAddr.Add(1) - 1) % uint64(len(all)))
 	for i := range all {
 		t := all[(start+i)%len(all)]
 		if !held[t.addr.String()] {

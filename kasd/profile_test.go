@@ -28,7 +28,7 @@ func TestProfileLocalRoute(t *testing.T) {
 	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
 	waitConnected(t, a, 1)
 	tok := e.token()
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	get := func() {
 		req, _ := http.NewRequest("GET", e.url("/api/v1/agents/alpha/proxy/web/small"), nil)
 		req.Header.Set("Authorization", "Bearer "+tok)
@@ -42,14 +42,24 @@ func TestProfileLocalRoute(t *testing.T) {
 	for range 500 {
 		get()
 	}
+	c := 1
+	if v := os.Getenv("QKAS_PROFILE_C"); v != "" {
+		fmt.Sscan(v, &c)
+	}
 	f, _ := os.Create(out)
 	defer f.Close()
 	pprof.StartCPUProfile(f)
 	start := time.Now()
-	n := 5000
-	for range n {
-		get()
+	n := 5000 * c
+	var wg sync.WaitGroup
+	for range c {
+		wg.Go(func() {
+			for range n / c {
+				get()
+			}
+		})
 	}
+	wg.Wait()
 	pprof.StopCPUProfile()
 	fmt.Printf("%d requests, %v each\n", n, time.Since(start)/time.Duration(n))
 }
