@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qkas/qkas/quic"
 )
 
 type metrics struct {
@@ -56,6 +58,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}, []string{"module", "code"})
 	reg.MustRegister(m.connections, m.connectAttempts, m.goAways, m.probes, m.openStreams, m.rejections,
 		m.requests, m.duration, m.serviceErrors, m.gitlabRequests)
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "agentd_quic_transient_send_errors_total",
+		Help: "Datagrams the kernel refused to send with EPERM (a local firewall), ENOBUFS or EAGAIN: counted as loss, which QUIC recovers from, instead of closing the connection.",
+	}, func() float64 { return float64(quic.TransientSendErrors()) }))
 	return m
 }
 

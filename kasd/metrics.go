@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qkas/qkas/quic"
 )
 
 type metrics struct {
@@ -96,6 +98,11 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_inflight_requests", Help: "Proxied requests in progress.",
 	}, func() float64 { return float64(s.inflight.Load()) })
+	sendErrors := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "kasd_quic_transient_send_errors_total",
+		Help: "Datagrams the kernel refused to send with EPERM (a local firewall), ENOBUFS or EAGAIN: counted as loss, which QUIC recovers from, instead of closing the connection.",
+	}, func() float64 { return float64(quic.TransientSendErrors()) })
+	reg.MustRegister(sendErrors)
 	reg.MustRegister(m.agentConnections, m.limitRejections, m.apiErrors, m.requests, m.duration,
 		m.bytes, m.openStreams, m.routeWait, agents, conns, inflight)
 	return m

@@ -55,7 +55,7 @@ func ListenPacketConn(pc net.PacketConn, tlsConf *tls.Config, cfg Config) (*List
 		pc.Close()
 		return nil, err
 	}
-	tr := &quicgo.Transport{Conn: pc, StatelessResetKey: cfg.StatelessResetKey}
+	tr := &quicgo.Transport{Conn: lossy(pc), StatelessResetKey: cfg.StatelessResetKey}
 	ln, err := tr.Listen(tlsConf, cfg.QUICConfig())
 	if err != nil {
 		tr.Close()
