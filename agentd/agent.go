@@ -3,6 +3,7 @@ package agentd
 import (
 	"context"
 	"math/rand/v2"
+	"strconv"
 	"errors"
 	"fmt"
 	"net"
@@ -30,6 +31,7 @@ type Agent struct {
 	m        *metrics
 
 	nextAddr  atomic.Uint64
+	process   string // random id of this process, sent in Hello
 	closeIdle func() // closes idle service connections
 
 	mu    sync.Mutex         // guards the fields below
@@ -59,6 +61,7 @@ func New(cfg Config) (*Agent, error) {
 	// Each agent starts at a random kasd address, so that a fleet of agents spreads its
 	// connections over every kasd instead of all starting with the first address.
 	a.nextAddr.Store(rand.Uint64())
+	a.process = strconv.FormatUint(rand.Uint64(), 36)
 	var urlServices []*urlService
 	for name, u := range cfg.Services {
 		us := newURLService(name, u, cfg, a.m)
@@ -301,6 +304,7 @@ func (a *Agent) handshake(ctx context.Context, qc *quicgo.Conn) (*api.Welcome, *
 		Token:        a.cfg.Token,
 		AgentVersion: a.cfg.Version,
 		Replica:      a.cfg.Replica,
+		Process:      a.process,
 		Services:     a.names,
 	}
 	if err := api.WriteFrame(control, hello); err != nil {

@@ -149,6 +149,7 @@ func parsePayload(t FrameType, p string) (Message, error) {
 				h.Services[i] = d.string("services")
 			}
 		}
+		h.Process = d.string("process")
 		m = h
 	case TypeWelcome:
 		m = &Welcome{

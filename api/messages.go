@@ -42,6 +42,11 @@ type Hello struct {
 	AgentVersion string // build version of agentd, informational
 	Replica      string // pod name or other replica identity
 	Services     []string
+	// Process is a random id of the agentd process, new at every start. A connection from the
+	// same Replica with another Process means the earlier process is gone (killed and
+	// restarted): kasd retires its connections at once instead of routing into them until they
+	// time out. "" (an agent that does not say) retires nothing.
+	Process string
 }
 
 func (*Hello) Type() FrameType { return TypeHello }
@@ -55,13 +60,13 @@ func (m *Hello) AppendPayload(b []byte) []byte {
 	for _, s := range m.Services {
 		b = appendString(b, s)
 	}
-	return b
+	return appendString(b, m.Process)
 }
 
 // String redacts the token so that logging a Hello never leaks it.
 func (m *Hello) String() string {
-	return fmt.Sprintf("Hello{Version:%d Token:%s AgentVersion:%q Replica:%q Services:%q}",
-		m.Version, redact(m.Token), m.AgentVersion, m.Replica, m.Services)
+	return fmt.Sprintf("Hello{Version:%d Token:%s AgentVersion:%q Replica:%q Services:%q Process:%q}",
+		m.Version, redact(m.Token), m.AgentVersion, m.Replica, m.Services, m.Process)
 }
 
 // GoString redacts the token too (%#v).
@@ -74,6 +79,7 @@ func (m *Hello) LogValue() slog.Value {
 		slog.String("token", redact(m.Token)),
 		slog.String("agent_version", m.AgentVersion),
 		slog.String("replica", m.Replica),
+		slog.String("process", m.Process),
 		slog.Any("services", m.Services),
 	)
 }

@@ -21,6 +21,7 @@ type agentConn struct {
 	agentID  string
 	token    string // the agent token this connection authenticated with, for GitLab requests
 	replica  string
+	process  string // random id of the agentd process (Hello.Process)
 	version  string
 	services []string // sorted
 	since    time.Time
@@ -80,11 +81,23 @@ func (t *agentTable) full() bool {
 }
 
 // add registers c, or returns the limit it hit (its metric reason) and an overloaded error.
-func (t *agentTable) add(c *agentConn) (limit string, err error) {
+// Connections of an earlier process of c's replica (same agent and replica, another process id)
+// leave the table and are returned: that process is gone, and the caller closes them.
+func (t *agentTable) add(c *agentConn) (replaced []*agentConn, limit string, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if e := t.agents[c.agentID]; e != nil && c.replica != "" && c.process != "" {
+		for _, old := range e.conns {
+			if old.replica == c.replica && old.process != c.process {
+				replaced = append(replaced, old)
+			}
+		}
+		for _, old := range replaced {
+			t.removeLocked(old)
+		}
+	}
 	if t.total >= t.maxTotal {
-		return "max_agent_connections", api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", t.maxTotal)
+		return replaced, "max_agent_connections", api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", t.maxTotal)
 	}
 	e := t.agents[c.agentID]
 	if e == nil {
@@ -92,18 +105,22 @@ func (t *agentTable) add(c *agentConn) (limit string, err error) {
 		t.agents[c.agentID] = e
 	}
 	if len(e.conns) >= t.maxPerAgent {
-		return "max_connections_per_agent", api.Errorf(api.CodeOverloaded, "agent %s already holds the maximum of %d connections", c.agentID, t.maxPerAgent)
+		return replaced, "max_connections_per_agent", api.Errorf(api.CodeOverloaded, "agent %s already holds the maximum of %d connections", c.agentID, t.maxPerAgent)
 	}
 	e.conns = append(slices.Clip(e.conns), c)
 	c.entry = e
 	t.total++
 	t.notifyLocked(c.agentID, len(e.conns))
-	return "", nil
+	return replaced, "", nil
 }
 
 func (t *agentTable) remove(c *agentConn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.removeLocked(c)
+}
+
+func (t *agentTable) removeLocked(c *agentConn) {
 	e := t.agents[c.agentID]
 	if e == nil {
 		return

@@ -35,7 +35,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m := &metrics{
 		agentConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kasd_agent_connections_total",
-			Help: "Agent connection attempts by result: accepted, or the refusal code (unauthenticated, overloaded, ...).",
+			Help: "Agent connections by result: accepted, replaced (retired because a newer process of the same replica connected), or the refusal code (unauthenticated, overloaded, ...).",
 		}, []string{"result"}),
 		limitRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kasd_limit_rejections_total",

@@ -200,6 +200,7 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		agentID:  agentID,
 		token:    hello.Token,
 		replica:  hello.Replica,
+		process:  hello.Process,
 		version:  hello.AgentVersion,
 		services: sortedCopy(hello.Services),
 		since:    time.Now(),
@@ -207,7 +208,15 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		control:  control,
 	}
 	log = log.With().Str("agent_id", agentID).Str("connection_id", c.id).Str("replica", c.replica).Logger()
-	if limit, err := s.table.add(c); err != nil {
+	replaced, limit, err := s.table.add(c)
+	for _, old := range replaced {
+		// A new process of the same replica: the old one is gone (killed, restarted), and its
+		// connections would only swallow requests until their idle timeout.
+		s.m.agentConnections.WithLabelValues("replaced").Inc()
+		log.Info().Str("old_connection_id", old.id).Msg("agent replica restarted: retiring the connection of its earlier process")
+		_ = old.qc.CloseWithError(quic.ConnCodeNoError, "replaced by a newer process of replica "+c.replica)
+	}
+	if err != nil {
 		s.m.limitRejections.WithLabelValues(limit).Inc()
 		s.refuse(qc, control, asAPIError(err, api.CodeOverloaded), log)
 		return
