@@ -2,13 +2,13 @@ package agentd
 
 import (
 	"context"
-	"math/rand/v2"
-	"strconv"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
