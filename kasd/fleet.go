@@ -416,6 +416,10 @@ func (s *Server) servePeerConn(qc *quicgo.Conn) {
 // stream to it, passes the request head on and splices bytes both ways without parsing them.
 // Every refusal comes before the body is read, so the origin can send the request elsewhere.
 func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
+	// In flight from its first byte: a drain must not close the peer connection under a
+	// forwarded request whose head is still being read.
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
 	_ = sc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	m, err := api.ReadExpect(sc, api.TypeForward)
 	var f *api.Request
@@ -454,8 +458,6 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 		return
 	}
 	defer e.inflight.Add(-1)
-	s.inflight.Add(1)
-	defer s.inflight.Add(-1)
 	var asc *quic.StreamConn
 	for _, c := range conns {
 		octx, cancel := context.WithTimeout(sc.Context(), s.cfg.ResponseHeaderTimeout)

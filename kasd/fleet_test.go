@@ -1,7 +1,9 @@
 package kasd_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net/http"
@@ -526,5 +528,61 @@ func TestFleetStaleEntryRetriesPOSTWithBody(t *testing.T) {
 	}
 	if n := counter(t, f.nodes[1].promReg, "kasd_forwarded_in_total", map[string]string{"result": "not_holder"}); n < 1 {
 		t.Errorf("the stale holder refused %v requests, want >= 1", n)
+	}
+}
+
+// TestFleetDrainUnderLoad: 120 clients send GETs and POSTs (bodies checked) through the two
+// other kasd while the agent's holder drains; requests in flight there (50 ms each) finish and
+// new ones go to the agent's other connection. None may fail.
+func TestFleetDrainUnderLoad(t *testing.T) {
+	f := newFleetEnv(t, 3)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(50 * time.Millisecond)
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %d %x", r.Method, len(b), sha256.Sum256(b))
+	}))
+	t.Cleanup(svc.Close)
+	a := f.startAgent("alpha", "pod", svc.URL, f.nodes[0:2], 2)
+	waitConnected(t, a, 2)
+	f.waitHolders("alpha", "kas-0", "kas-1")
+
+	var ok, failed atomic.Int64
+	var lastFail atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 120 {
+		wg.Go(func() {
+			nd := f.nodes[1+i%2]
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				method, body := "GET", []byte(nil)
+				if (i+n)%2 == 1 {
+					method, body = "POST", bytes.Repeat([]byte{byte(i)}, 1+(i*n*977)%20000)
+				}
+				want := fmt.Sprintf("%s %d %x", method, len(body), sha256.Sum256(body))
+				code, got := f.do(nd, method, "alpha", "/", bytes.NewReader(body))
+				if code == 200 && got == want {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+					lastFail.Store(fmt.Sprintf("%s via %s: %d %s", method, nd.id, code, got))
+				}
+			}
+		})
+	}
+	time.Sleep(500 * time.Millisecond)
+	f.drain(f.nodes[0])
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed during a drain under load; last: %v", failed.Load(), ok.Load()+failed.Load(), lastFail.Load())
+	}
+	if ok.Load() < 200 {
+		t.Errorf("only %d requests made", ok.Load())
 	}
 }

@@ -27,16 +27,17 @@ type Server struct {
 	connSeq atomic.Uint64
 	reqSeq  atomic.Uint64
 
-	inflight atomic.Int64 // proxied requests in progress, for Shutdown
-	draining atomic.Bool  // set by Shutdown: refuse new agents, fail /readyz
+	inflight atomic.Int64 // proxied requests in progress (local, forwarded out and in), for Shutdown
+	draining atomic.Bool  // set by BeginDrain: refuse new agents, fail /readyz
 
 	// handshakes is a semaphore of Config.MaxPendingHandshakes slots, one held by each agent
 	// connection from its arrival until its token has been checked.
 	handshakes chan struct{}
 
-	mu     sync.Mutex // guards the fields below
-	closed bool
-	conns  map[*quicgo.Conn]struct{} // every agent QUIC connection, authenticated or not
+	mu           sync.Mutex // guards the fields below
+	closed       bool
+	drainStarted time.Time
+	conns        map[*quicgo.Conn]struct{} // every agent QUIC connection, authenticated or not
 	// peerCtrls are the control streams of accepted peer connections (GoAway on Shutdown).
 	peerCtrls map[*peerCtrl]struct{}
 	wg        sync.WaitGroup // agent connection handlers and request-body writers
@@ -309,36 +310,55 @@ const goAwayWait = 2 * time.Second
 // Ready reports whether the server accepts agents and requests.
 func (s *Server) Ready() bool { return !s.draining.Load() }
 
-// Shutdown drains: it refuses new agents, sends GoAway on every agent connection so agents
-// reconnect elsewhere, waits for in-flight requests until ctx ends (or Config.ShutdownGrace),
-// then closes everything.
-func (s *Server) Shutdown(ctx context.Context) error {
+// BeginDrain starts a drain without waiting: /readyz fails (Ready is false), new agents and
+// forwarded requests are refused with shutting_down (peers then send them to the agent's other
+// holders), peers are told with GoAway to stop choosing this instance, and agents with GoAway to
+// connect elsewhere — make before break: an agent opens its new connection first and keeps
+// serving the requests already on this one until they finish. Client requests keep being
+// served. Idempotent; Shutdown calls it.
+func (s *Server) BeginDrain() {
 	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		return
+	}
 	s.draining.Store(true) // under mu: a peer accepted from now on is told at once
+	s.drainStarted = time.Now()
 	ctrls := make([]*peerCtrl, 0, len(s.peerCtrls))
 	for pc := range s.peerCtrls {
 		ctrls = append(ctrls, pc)
 	}
 	s.mu.Unlock()
-	// Peers stop forwarding here, agents move to other instances.
 	for _, pc := range ctrls {
 		pc.sendGoAway()
 	}
 	for _, c := range s.table.all() {
 		c.sendGoAway("kasd is shutting down")
 	}
-	peersLeave := time.Now().Add(peerGoAwayLinger)
+}
+
+// Shutdown drains (BeginDrain, if not begun), then waits until every request in flight — local,
+// forwarded out, and forwarded in from peers, each counted from its first byte — has finished
+// and agents and peers have had a moment to act on GoAway, bounded by ctx and
+// Config.ShutdownGrace; then it closes everything.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.BeginDrain()
+	s.mu.Lock()
+	ctrls := len(s.peerCtrls)
+	started := s.drainStarted
+	s.mu.Unlock()
+	peersLeave := started.Add(peerGoAwayLinger)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownGrace)
 	defer cancel()
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	// Wait for in-flight requests, and give agents a moment to act on GoAway and leave by
 	// themselves (closing at once would discard the GoAway still in the send buffer).
-	agentsLeave := time.Now().Add(goAwayWait)
+	agentsLeave := started.Add(goAwayWait)
 	pending := func() bool {
 		_, conns := s.table.counts()
 		return s.inflight.Load() > 0 || (conns > 0 && time.Now().Before(agentsLeave)) ||
-			(len(ctrls) > 0 && time.Now().Before(peersLeave))
+			(ctrls > 0 && time.Now().Before(peersLeave))
 	}
 	var err error
 	for pending() && err == nil {

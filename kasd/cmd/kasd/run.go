@@ -52,6 +52,7 @@ type options struct {
 	maxInflightPerAgent int
 	maxIncomingStreams  int64
 	shutdownGrace       time.Duration
+	drainDelay          time.Duration
 	logLevel            string
 	logFormat           string
 	gitlab              gitlabOptions // --gitlab-* flags, see gitlab.go
@@ -86,6 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.maxInflightPerAgent, "max-inflight-per-agent", 10000, "maximum concurrent proxied requests per agent")
 	fs.Int64Var(&o.maxIncomingStreams, "max-incoming-streams", quic.DefaultMaxIncomingStreams, "maximum concurrent streams an agent may open")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
+	fs.DurationVar(&o.drainDelay, "drain-delay", 0, "on SIGTERM, how long /readyz fails while the client API keeps serving, before it stops taking connections (for a load balancer to notice; on Kubernetes a preStop sleep does the same)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 	o.fleet.register(fs)
@@ -225,7 +227,13 @@ func run(ctx context.Context, args []string) error {
 	g.Go(func() error { return serveHTTP(obsSrv, obsLn) })
 	g.Go(func() error {
 		<-gctx.Done()
-		log.Info().Msg("draining")
+		log.Info().Dur("drain_delay", o.drainDelay).Msg("draining")
+		// /readyz fails, peers stop forwarding here, agents move (make before break); client
+		// requests are still served while a load balancer takes this instance out.
+		srv.BeginDrain()
+		if o.drainDelay > 0 {
+			time.Sleep(o.drainDelay)
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), o.shutdownGrace+5*time.Second)
 		defer cancel()
 		// Drain: /readyz fails at once (Shutdown sets draining); agents get GoAway; the API
