@@ -31,9 +31,9 @@ type FleetConfig struct {
 	// (an exported key), which a machine in the middle cannot relay. This is what lets replicas
 	// that each generated their own development certificate talk to each other.
 	PeerTLS *tls.Config
-	// PeerQUIC tunes peer connections. Default: 1s handshake, 300ms keep-alive and a 1.5s
-	// idle timeout, so that a dead peer is noticed within 1.5s (peers are few, keep-alives
-	// between them are cheap).
+	// PeerQUIC tunes peer connections. Default: 1s handshake, 250ms keep-alive and a 1s idle
+	// timeout, so that a dead peer is noticed within 1s (peers are few, keep-alives between
+	// them are cheap).
 	PeerQUIC quic.Config
 	// PeerRetryDelay is how long a peer whose connection died or could not be dialled is
 	// skipped: requests go to other holders instead of waiting on a dial. Default 1s.
@@ -46,10 +46,10 @@ func (c *FleetConfig) withDefaults() *FleetConfig {
 		out.PeerQUIC.HandshakeTimeout = time.Second
 	}
 	if out.PeerQUIC.MaxIdleTimeout == 0 {
-		out.PeerQUIC.MaxIdleTimeout = 1500 * time.Millisecond
+		out.PeerQUIC.MaxIdleTimeout = time.Second
 	}
 	if out.PeerQUIC.KeepAlivePeriod == 0 {
-		out.PeerQUIC.KeepAlivePeriod = 300 * time.Millisecond
+		out.PeerQUIC.KeepAlivePeriod = 250 * time.Millisecond
 	}
 	if out.PeerRetryDelay == 0 {
 		out.PeerRetryDelay = time.Second
@@ -142,6 +142,12 @@ func (f *fleet) close() {
 	f.wg.Wait()
 }
 
+func (f *fleet) isClosed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.closed
+}
+
 // conn returns the live connection to inst, dialling it if needed. Concurrent callers share one
 // dial; a peer that could not be dialled is skipped for PeerRetryDelay.
 func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn, error) {
@@ -207,7 +213,14 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 	}
 	result := "ok"
 	if l.qc != nil {
-		context.AfterFunc(l.qc.Context(), func() { l.failedAt.Store(time.Now().UnixNano()) })
+		qc, id := l.qc, inst.ID
+		context.AfterFunc(qc.Context(), func() {
+			l.failedAt.Store(time.Now().UnixNano())
+			if !f.isClosed() {
+				f.s.m.peerLinkLosses.Inc()
+				f.s.log.Warn().Str("peer", id).Str("cause", errString(context.Cause(qc.Context()))).Msg("peer link lost; its agents are reached through their other holders")
+			}
+		})
 		f.wg.Go(func() { f.watchPeer(l, ctrl) })
 	}
 	if l.err != nil {
@@ -303,7 +316,30 @@ func (f *fleet) holders(agentID string, skip func(id string) bool, rr uint64) []
 		k := int(rr % uint64(len(out)))
 		out = append(out[k:], out[:k]...)
 	}
-	return out
+	// Peers whose link just failed or that announced a drain go last: the registry still lists
+	// them until their lease expires or their keys are deleted, but a request should not wait
+	// on them while another holder is healthy.
+	healthy := out[:0:0]
+	var unhealthy []registry.Instance
+	for _, inst := range out {
+		if f.unhealthy(inst) {
+			unhealthy = append(unhealthy, inst)
+		} else {
+			healthy = append(healthy, inst)
+		}
+	}
+	return append(healthy, unhealthy...)
+}
+
+// unhealthy reports a peer whose link failed less than PeerRetryDelay ago or is draining.
+func (f *fleet) unhealthy(inst registry.Instance) bool {
+	f.mu.Lock()
+	l := f.links[inst.ID]
+	f.mu.Unlock()
+	if l == nil || l.addr != inst.PeerAddr {
+		return false
+	}
+	return l.down(f.cfg.PeerRetryDelay) || l.draining.Load()
 }
 
 // forward sends the request to inst over the peer connection: a Forward frame, then exactly

@@ -26,6 +26,7 @@ type metrics struct {
 	forwardedIn      *prometheus.CounterVec
 	peerDials        *prometheus.CounterVec
 	peerConns        *prometheus.CounterVec
+	peerLinkLosses   prometheus.Counter
 
 	childrenOnce sync.Once
 	children     *metricChildren
@@ -85,6 +86,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m.peerConns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kasd_peer_connections_total", Help: "Connections accepted from peers, by result.",
 	}, []string{"result"})
+	m.peerLinkLosses = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kasd_peer_link_losses_total", Help: "Live peer connections that ended other than by this kasd closing (peer died, partition, drain).",
+	})
+	reg.MustRegister(m.peerLinkLosses)
 	peerLinks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_peer_links", Help: "Live connections this kasd dialled to peers.",
 	}, func() float64 { return float64(s.livePeerLinks()) })
