@@ -30,6 +30,34 @@ type agentConn struct {
 
 	ctrlMu  sync.Mutex // guards writes to control
 	control *quicgo.Stream
+
+	statMu     sync.Mutex // guards the fields below
+	lastRecv   uint64     // packets received at lastChange
+	lastChange time.Time  // when lastRecv last changed (or the connection started)
+}
+
+// silentAfter is how long an agent connection may receive nothing before requests prefer the
+// agent's other connections: both sides send keep-alives every 2s (quic.Config default), so a
+// live connection receives a packet at least that often.
+const silentAfter = 3 * time.Second
+
+// sample records whether packets arrived since the last sample (Server.sampleSilence calls it
+// every second for every connection).
+func (c *agentConn) sample(now time.Time) {
+	recv := c.qc.ConnectionStats().PacketsReceived
+	c.statMu.Lock()
+	defer c.statMu.Unlock()
+	if recv != c.lastRecv || c.lastChange.IsZero() {
+		c.lastRecv, c.lastChange = recv, now
+	}
+}
+
+// silent reports whether nothing arrived on the connection for silentAfter: a process that was
+// killed or paused, or a path that went dark, before the idle timeout says so.
+func (c *agentConn) silent(now time.Time) bool {
+	c.statMu.Lock()
+	defer c.statMu.Unlock()
+	return !c.lastChange.IsZero() && now.Sub(c.lastChange) > silentAfter
 }
 
 func (c *agentConn) offers(service string) bool {
@@ -177,6 +205,22 @@ func (t *agentTable) pickAll(agentID, service string) ([]*agentConn, error) {
 	}
 	if live > 0 && len(out) == 0 {
 		return nil, api.Errorf(api.CodeServiceUnknown, "agent %s does not offer service %q", agentID, service)
+	}
+	if len(out) > 1 {
+		// Connections that went silent go last: a request tries them only when no other
+		// connection is left.
+		now := time.Now()
+		quiet := out[:0:0]
+		n := 0
+		for _, c := range out {
+			if c.silent(now) {
+				quiet = append(quiet, c)
+			} else {
+				out[n] = c
+				n++
+			}
+		}
+		out = append(out[:n], quiet...)
 	}
 	return out, nil
 }

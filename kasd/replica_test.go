@@ -2,11 +2,15 @@ package kasd_test
 
 import (
 	"context"
+	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/qkas/qkas/agentd"
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/kasd"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -97,5 +101,86 @@ func TestSecondConnectionOfSameProcessStays(t *testing.T) {
 			t.Errorf("%s connection was closed", name)
 		default:
 		}
+	}
+}
+
+// udpRelay forwards datagrams between one client and target until blackhole is set: then it
+// drops everything, like a path gone dark or a process paused (SIGSTOP).
+type udpRelay struct {
+	pc        *net.UDPConn
+	blackhole atomic.Bool
+}
+
+func newUDPRelay(t *testing.T, target string) *udpRelay {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := net.Dial("udp", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &udpRelay{pc: pc}
+	var client atomic.Pointer[net.UDPAddr]
+	var wg sync.WaitGroup
+	wg.Go(func() { // client -> target
+		buf := make([]byte, 65536)
+		for {
+			n, addr, err := pc.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			client.Store(addr)
+			if !r.blackhole.Load() {
+				up.Write(buf[:n])
+			}
+		}
+	})
+	wg.Go(func() { // target -> client
+		buf := make([]byte, 65536)
+		for {
+			n, err := up.Read(buf)
+			if err != nil {
+				return
+			}
+			if a := client.Load(); a != nil && !r.blackhole.Load() {
+				pc.WriteToUDP(buf[:n], a)
+			}
+		}
+	})
+	t.Cleanup(func() { pc.Close(); up.Close(); wg.Wait() })
+	return r
+}
+
+// A connection that went silent (nothing received for 3s: a paused or dead replica, a dark
+// path) is not chosen while the agent has another connection, well before its idle timeout.
+func TestSilentConnectionIsAvoided(t *testing.T) {
+	e := newEnv(t, func(c *kasd.Config) { c.ResponseHeaderTimeout = 30 * time.Second })
+	svc := echoService(t, "web")
+	relay := newUDPRelay(t, e.agentUDP)
+	dark := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}, func(c *agentd.Config) {
+		c.KasAddresses = []string{relay.pc.LocalAddr().String()}
+	})
+	waitConnected(t, dark, 1)
+	live := e.startAgent("alpha", "pod-2", map[string]string{"web": svc.URL})
+	waitConnected(t, live, 1)
+	relay.blackhole.Store(true)
+	// Past silentAfter (3s, sampled every second), before the 6s idle timeout.
+	time.Sleep(4500 * time.Millisecond)
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range 40 {
+		wg.Go(func() {
+			resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/x", nil, "Qkas-Timeout", "1s")
+			readAll(t, resp)
+			if resp.StatusCode != 200 {
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d of 40 requests went to the silent connection and failed", n)
 	}
 }

@@ -30,6 +30,9 @@ type Server struct {
 	inflight atomic.Int64 // proxied requests in progress (local, forwarded out and in), for Shutdown
 	draining atomic.Bool  // set by BeginDrain: refuse new agents, fail /readyz
 
+	quit     chan struct{} // closed by Close: stops sampleSilence
+	quitOnce sync.Once
+
 	// handshakes is a semaphore of Config.MaxPendingHandshakes slots, one held by each agent
 	// connection from its arrival until its token has been checked.
 	handshakes chan struct{}
@@ -59,6 +62,8 @@ func New(cfg Config) (*Server, error) {
 		handshakes: make(chan struct{}, cfg.MaxPendingHandshakes),
 	}
 	s.m = newMetrics(cfg.Registerer, s)
+	s.quit = make(chan struct{})
+	s.wg.Go(s.sampleSilence)
 	if cfg.Fleet != nil {
 		f, err := newFleet(s, cfg.Fleet)
 		if err != nil {
@@ -388,6 +393,25 @@ func (s *Server) Close() error {
 	if s.fleet != nil {
 		s.fleet.close()
 	}
+	s.quitOnce.Do(func() { close(s.quit) })
 	s.wg.Wait()
 	return nil
+}
+
+// sampleSilence notes, every second, which agent connections received packets, so that routing
+// can prefer connections that are not silent (agentConn.silent). One goroutine for all
+// connections, owned by the Server: Close stops it.
+func (s *Server) sampleSilence() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case now := <-t.C:
+			for _, c := range s.table.all() {
+				c.sample(now)
+			}
+		}
+	}
 }
