@@ -38,32 +38,7 @@ type fakeAgent struct {
 func (e *env) startFakeAgent(id string, services []string, handle func(sc *quic.StreamConn, f *api.Request)) *fakeAgent {
 	t := e.t
 	t.Helper()
-	tlsConf, err := quic.ClientTLSConfig(e.caFile, "localhost", api.ALPNAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := quic.NewDialer(tlsConf, quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	qc, err := d.Dial(ctx, e.agentUDP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	control, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hello := &api.Hello{Version: api.ProtocolVersion, Token: e.tokens[id], AgentVersion: "fake", Replica: "fake-" + id, Services: services}
-	if err := api.WriteFrame(control, hello); err != nil {
-		t.Fatal(err)
-	}
-	_ = control.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := api.ReadExpect(control, api.TypeWelcome); err != nil {
-		t.Fatalf("fake agent handshake: %v", err)
-	}
+	qc, d := e.agentHandshake(&api.Hello{Version: api.ProtocolVersion, Token: e.tokens[id], AgentVersion: "fake", Replica: "fake-" + id, Services: services})
 	fa := &fakeAgent{qc: qc}
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -95,6 +70,39 @@ func (e *env) startFakeAgent(id string, services []string, handle func(sc *quic.
 		d.Close()
 	})
 	return fa
+}
+
+// agentHandshake dials kasd's agent listener and sends hello; it returns once kasd has
+// welcomed the connection. The caller closes the connection and the dialer.
+func (e *env) agentHandshake(hello *api.Hello) (*quicgo.Conn, *quic.Dialer) {
+	t := e.t
+	t.Helper()
+	tlsConf, err := quic.ClientTLSConfig(e.caFile, "localhost", api.ALPNAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := quic.NewDialer(tlsConf, quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	qc, err := d.Dial(ctx, e.agentUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	control, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := api.WriteFrame(control, hello); err != nil {
+		t.Fatal(err)
+	}
+	_ = control.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := api.ReadExpect(control, api.TypeWelcome); err != nil {
+		t.Fatalf("agent handshake: %v", err)
+	}
+	return qc, d
 }
 
 func (fa *fakeAgent) seen() []string {

@@ -1,7 +1,6 @@
 package kasd_test
 
 import (
-	"context"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -11,42 +10,14 @@ import (
 	"github.com/qkas/qkas/agentd"
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/kasd"
-	"github.com/qkas/qkas/quic"
 )
 
 // deadReplica connects as agent id, replica and process, then behaves like a process that was
 // killed: it answers nothing (its connection stays up until closed).
 func (e *env) deadReplica(id, replica, process string, services []string) (closed <-chan struct{}) {
-	t := e.t
-	t.Helper()
-	tlsConf, err := quic.ClientTLSConfig(e.caFile, "localhost", api.ALPNAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := quic.NewDialer(tlsConf, quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	qc, err := d.Dial(ctx, e.agentUDP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qc.CloseWithError(0, "") })
-	control, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hello := &api.Hello{Version: api.ProtocolVersion, Token: e.tokens[id], AgentVersion: "dead", Replica: replica, Process: process, Services: services}
-	if err := api.WriteFrame(control, hello); err != nil {
-		t.Fatal(err)
-	}
-	_ = control.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := api.ReadExpect(control, api.TypeWelcome); err != nil {
-		t.Fatalf("handshake: %v", err)
-	}
+	e.t.Helper()
+	qc, d := e.agentHandshake(&api.Hello{Version: api.ProtocolVersion, Token: e.tokens[id], AgentVersion: "dead", Replica: replica, Process: process, Services: services})
+	e.t.Cleanup(func() { qc.CloseWithError(0, ""); d.Close() })
 	return qc.Context().Done()
 }
 
