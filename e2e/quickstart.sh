@@ -63,7 +63,7 @@ wait_ready() {
 }
 
 echo "== secrets"
-kasctl secret > jwt.secret
+kasctl secret -o jwt.secret
 kasctl agent-token demo --token-out demo.token --tokens-file tokens.yaml
 
 echo "== kasd"

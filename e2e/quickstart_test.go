@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,8 +20,8 @@ func TestQuickstart(t *testing.T) {
 	dir := t.TempDir()
 	web := startService(t, "web")
 
-	// kasctl secret > jwt.secret
-	writeFile(t, filepath.Join(dir, "jwt.secret"), kasctl(t, dir, "secret"))
+	// kasctl secret -o jwt.secret
+	kasctl(t, dir, "secret", "-o", "jwt.secret")
 	// kasctl agent-token demo --token-out demo.token --tokens-file tokens.yaml
 	out := kasctl(t, dir, "agent-token", "demo", "--token-out", "demo.token", "--tokens-file", "tokens.yaml")
 	if !strings.Contains(out, "written to demo.token") || !strings.Contains(out, "- id: demo") {

@@ -130,9 +130,10 @@ func parseArgs(fs *flag.FlagSet, args []string, want int) ([]string, error) {
 }
 
 func runSecret(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("secret", "[--out FILE]",
-		"Prints a new secret: base64 of 32 random bytes, the format of GitLab's\n.gitlab_kas_secret and of kasd's secret files.", stderr)
+	fs := newFlagSet("secret", "[-o FILE]",
+		"Prints a new secret: base64 of 32 random bytes, the format of GitLab's\n.gitlab_kas_secret and of kasd's secret files. Prefer -o FILE to\nredirecting stdout: the file is created 0600 and never replaced.", stderr)
 	out := fs.String("out", "", "write the secret to `FILE` (mode 0600, must not exist) instead of printing it")
+	fs.StringVar(out, "o", "", "shorthand for --out `FILE`")
 	if _, err := parseArgs(fs, args, 0); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,16 +84,25 @@ func TestSecret(t *testing.T) {
 	if raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out)); err != nil || len(raw) != 32 {
 		t.Fatalf("secret %q: %v", out, err)
 	}
-	path := filepath.Join(t.TempDir(), "secret")
-	mustRun(t, "secret", "--out", path)
-	if _, err := auth.ReadSecretFile(path); err != nil {
-		t.Fatal(err)
-	}
-	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
-		t.Fatalf("mode %v, want 0600", fi.Mode())
-	}
-	if _, stderr, code := kasctl(t, "secret", "--out", path); code != 1 || !strings.Contains(stderr, "already exists") {
-		t.Fatalf("second --out: exit %d, %s", code, stderr)
+	for _, flag := range []string{"--out", "-o"} {
+		path := filepath.Join(t.TempDir(), "secret")
+		// Even under a permissive umask the file is the owner's only.
+		old := syscall.Umask(0)
+		mustRun(t, "secret", flag, path)
+		syscall.Umask(old)
+		key, err := auth.ReadSecretFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: mode %v, want 0600", flag, fi.Mode())
+		}
+		if _, stderr, code := kasctl(t, "secret", flag, path); code != 1 || !strings.Contains(stderr, "already exists") {
+			t.Fatalf("second %s: exit %d, %s", flag, code, stderr)
+		}
+		if again, err := auth.ReadSecretFile(path); err != nil || string(again) != string(key) {
+			t.Fatalf("%s: the refused second run changed the file", flag)
+		}
 	}
 }
 

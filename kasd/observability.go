@@ -2,14 +2,14 @@ package kasd
 
 import (
 	"net/http"
-	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // ObservabilityHandler serves /metrics (from g), /healthz (the process is alive), /readyz (the
-// server accepts agents and requests; fails while draining) and /debug/pprof/.
+// server accepts agents and requests; fails while draining). Never /debug/pprof/: profiles expose
+// memory and cost CPU, so the main serves them only when asked, on their own listener.
 func (s *Server) ObservabilityHandler(g prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
@@ -23,10 +23,5 @@ func (s *Server) ObservabilityHandler(g prometheus.Gatherer) http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }

@@ -37,6 +37,7 @@ type env struct {
 	fleet     bool   // bin/kasd has the fleet flags (--peer-listen)
 	fleetWhy  string // why not, when !fleet
 	fleetFlag bool   // bin/kasd has --fleet (default true): standalone kasd need --fleet=false
+	pprofFlag bool   // bin/kasd serves /debug/pprof/ only with --pprof, on --pprof-listen
 	agentHelp string // bin/agentd -h, to turn off listeners newer versions open by default
 
 	seq int // names work subdirectories
@@ -99,6 +100,7 @@ func (e *env) prepare(ctx context.Context) error {
 	help, _ := cmd.CombinedOutput()
 	e.fleet = strings.Contains(string(help), "-peer-listen")
 	e.fleetFlag = strings.Contains(string(help), "  -fleet\n")
+	e.pprofFlag = strings.Contains(string(help), "-pprof-listen")
 	ahelp, _ := exec.CommandContext(ctx, e.agentdBin, "-h").CombinedOutput()
 	e.agentHelp = string(ahelp)
 	if !e.fleet {
@@ -152,6 +154,7 @@ type kasdOpts struct {
 	agentListen string
 	apiListen   string
 	obsListen   string
+	pprofListen string // /debug/pprof/ (the observability port on kasd without --pprof)
 	tokensFile  string
 	extra       []string // more flags (fleet)
 }
@@ -165,6 +168,14 @@ type kasdProc struct {
 
 func (k *kasdProc) apiURL(path string) string { return "http://" + k.opts.apiListen + path }
 func (k *kasdProc) obsURL(path string) string { return "http://" + k.opts.obsListen + path }
+
+// pprofURL is /debug/pprof/… on k.
+func (k *kasdProc) pprofURL(path string) string {
+	if k.opts.pprofListen == "" {
+		return k.obsURL(path)
+	}
+	return "http://" + k.opts.pprofListen + path
+}
 
 func (e *env) startKasd(ctx context.Context, o kasdOpts) (*kasdProc, error) {
 	var err error
@@ -185,6 +196,14 @@ func (e *env) startKasd(ctx context.Context, o kasdOpts) (*kasdProc, error) {
 		"--agent-tokens-file", o.tokensFile, "--api-jwt-secret-file", e.secretFile,
 		"--tls-cert-file", e.certFile, "--tls-key-file", e.keyFile,
 		"--shutdown-grace", "1s", "--log-level", "warn", "--log-format", "json",
+	}
+	if e.pprofFlag {
+		if o.pprofListen == "" {
+			if o.pprofListen, err = freeAddr("tcp"); err != nil {
+				return nil, err
+			}
+		}
+		argv = append(argv, "--pprof", "--pprof-listen", o.pprofListen)
 	}
 	if o.extra == nil && e.fleetFlag {
 		argv = append(argv, "--fleet=false")

@@ -220,7 +220,7 @@ func (e *env) profileLocal(ctx context.Context, st *localStack, local route) *Pr
 	}()
 	defer func() { cancel(); <-loadDone }()
 	time.Sleep(500 * time.Millisecond) // let the load reach steady state
-	url := st.kasd[0].obsURL(fmt.Sprintf("/debug/pprof/profile?seconds=%d", p.Seconds))
+	url := st.kasd[0].pprofURL(fmt.Sprintf("/debug/pprof/profile?seconds=%d", p.Seconds))
 	pc := nsClient(st.ns, 1)
 	pc.Timeout = time.Duration(p.Seconds+30) * time.Second
 	defer pc.CloseIdleConnections()

@@ -82,12 +82,8 @@ func run(ctx context.Context) error {
 
 	// Secrets and the agent's token, made with kasctl as an operator would.
 	for _, s := range []string{"jwt.secret", "peer.secret"} {
-		out, err := kasctl("secret")
-		if err != nil {
+		if _, err := kasctl("secret", "-o", file(s)); err != nil {
 			return fmt.Errorf("kasctl secret: %w", err)
-		}
-		if err := os.WriteFile(file(s), []byte(out+"\n"), 0o600); err != nil {
-			return err
 		}
 	}
 	if _, err := kasctl("agent-token", "demo", "--token-out", file("demo.token"), "--tokens-file", file("tokens.yaml")); err != nil {

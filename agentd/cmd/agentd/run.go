@@ -20,6 +20,7 @@ import (
 
 	"github.com/qkas/qkas/agentd"
 	"github.com/qkas/qkas/internal/cliconfig"
+	"github.com/qkas/qkas/internal/httpserve"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -41,6 +42,9 @@ type options struct {
 	logFormat           string
 	kubernetes          kubernetesOptions
 	gitlabProxyListen   string
+	gitlabProxyHTTP     httpserve.Limits     // --gitlab-proxy-read-header-timeout, ...
+	obsHTTP             httpserve.Limits     // --observability-read-header-timeout, ...
+	debug               httpserve.DebugFlags // --pprof, --pprof-listen
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -64,6 +68,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 	o.kubernetes.register(fs)
 	fs.StringVar(&o.gitlabProxyListen, "gitlab-proxy-listen", "127.0.0.1:8155", "TCP address where in-cluster components reach GitLab through kasd at /modules/{module}/{path}; empty disables")
+	o.gitlabProxyHTTP.RegisterFlags(fs, "gitlab-proxy", "GitLab proxy", httpserve.Limits{
+		ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20,
+	})
+	o.obsHTTP.RegisterFlags(fs, "observability", "observability port", httpserve.Limits{MaxConnections: 64})
+	o.debug.RegisterFlags(fs, "127.0.0.1:6061")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -126,6 +135,10 @@ func run(ctx context.Context, args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	httpMetrics, err := httpserve.NewMetrics(reg, "agentd")
+	if err != nil {
+		return err
+	}
 	handlers, closeHandlers, err := o.kubernetes.handlers(reg, &log)
 	if err != nil {
 		return err
@@ -148,19 +161,36 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var gitlabLn net.Listener
+	// Every listener first, so that a bad address fails before anything runs.
+	var gitlabLn, obsLn, debugLn net.Listener
 	if o.gitlabProxyListen != "" {
 		if gitlabLn, err = net.Listen("tcp", o.gitlabProxyListen); err != nil {
 			return fmt.Errorf("--gitlab-proxy-listen: %w", err)
 		}
+		defer gitlabLn.Close()
+	}
+	if o.observabilityListen != "" {
+		if obsLn, err = net.Listen("tcp", o.observabilityListen); err != nil {
+			return fmt.Errorf("--observability-listen: %w", err)
+		}
+		defer obsLn.Close()
+	}
+	if o.debug.Enabled {
+		if debugLn, err = net.Listen("tcp", o.debug.Listen); err != nil {
+			return fmt.Errorf("--pprof-listen: %w", err)
+		}
+		defer debugLn.Close()
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return agent.Run(gctx) })
 	if gitlabLn != nil {
 		// GitLab's modules endpoint, through kasd (agentd/gitlab.go).
-		srv := &http.Server{Handler: agent.GitLabHandler(), ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20}
+		srv, err := httpserve.New("gitlab-proxy", agent.GitLabHandler(), o.gitlabProxyHTTP, httpMetrics)
+		if err != nil {
+			return fmt.Errorf("--gitlab-proxy-*: %w", err)
+		}
 		g.Go(func() error {
-			if err := srv.Serve(gitlabLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(gitlabLn); err != nil {
 				return fmt.Errorf("--gitlab-proxy-listen: %w", err)
 			}
 			return nil
@@ -175,28 +205,12 @@ func run(ctx context.Context, args []string) error {
 			return nil
 		})
 	}
-	if o.observabilityListen != "" {
-		ln, err := net.Listen("tcp", o.observabilityListen)
+	if obsLn != nil {
+		srv, err := httpserve.New("observability", observabilityHandler(reg, agent.Connected), o.obsHTTP, httpMetrics)
 		if err != nil {
-			return fmt.Errorf("--observability-listen: %w", err)
+			return fmt.Errorf("--observability-*: %w", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if agent.Connected() == 0 {
-				http.Error(w, "not connected to kasd", http.StatusServiceUnavailable)
-				return
-			}
-			_, _ = w.Write([]byte("ok\n"))
-		})
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		g.Go(func() error {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
+		g.Go(func() error { return srv.Serve(obsLn) })
 		g.Go(func() error {
 			<-gctx.Done()
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -204,8 +218,36 @@ func run(ctx context.Context, args []string) error {
 			return srv.Shutdown(sctx)
 		})
 	}
+	if debugLn != nil {
+		srv, err := httpserve.New("pprof", httpserve.DebugHandler(), httpserve.DebugLimits, httpMetrics)
+		if err != nil {
+			return err
+		}
+		log.Warn().Str("pprof_listen", debugLn.Addr().String()).Msg("serving /debug/pprof/")
+		g.Go(func() error { return srv.Serve(debugLn) })
+		g.Go(func() error {
+			<-gctx.Done()
+			return srv.Close()
+		})
+	}
 	log.Info().Strs("kas_addresses", o.kasAddresses).Int("services", len(services)).Msg("agentd started")
 	err = g.Wait()
 	log.Info().Msg("agentd stopped")
 	return err
+}
+
+// observabilityHandler serves /metrics from g, /healthz, and /readyz (200 once connected to a
+// kasd). Never /debug/pprof/: that is --pprof's own listener.
+func observabilityHandler(g prometheus.Gatherer, connected func() int) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if connected() == 0 {
+			http.Error(w, "not connected to kasd", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
 }

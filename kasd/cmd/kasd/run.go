@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/auth"
 	"github.com/qkas/qkas/internal/cliconfig"
+	"github.com/qkas/qkas/internal/httpserve"
 	"github.com/qkas/qkas/kasd"
 	"github.com/qkas/qkas/quic"
 )
@@ -55,8 +55,11 @@ type options struct {
 	drainDelay          time.Duration
 	logLevel            string
 	logFormat           string
-	gitlab              gitlabOptions // --gitlab-* flags, see gitlab.go
-	fleet               fleetOptions  // --peer-*, --etcd-*, --registry-* flags, see fleet.go
+	apiHTTP             httpserve.Limits     // --api-read-header-timeout, --api-idle-timeout, ...
+	obsHTTP             httpserve.Limits     // --observability-read-header-timeout, ...
+	debug               httpserve.DebugFlags // --pprof, --pprof-listen
+	gitlab              gitlabOptions        // --gitlab-* flags, see gitlab.go
+	fleet               fleetOptions         // --peer-*, --etcd-*, --registry-* flags, see fleet.go
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -66,7 +69,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names; flags given on the command line win")
 	fs.StringVar(&o.agentListen, "agent-listen", ":8150", "UDP address for agent QUIC connections")
 	fs.StringVar(&o.apiListen, "api-listen", ":8151", "TCP address for the client HTTP API")
-	fs.StringVar(&o.observabilityListen, "observability-listen", ":8153", "TCP address for /metrics, /healthz, /readyz and /debug/pprof/")
+	fs.StringVar(&o.observabilityListen, "observability-listen", ":8153", "TCP address for /metrics, /healthz and /readyz")
 	fs.StringVar(&o.dataDir, "data-dir", "./kasd-data", "directory for generated state: development CA and certificate, stateless reset key")
 	fs.StringVar(&o.instanceID, "instance-id", "", "this kasd's instance id (default: host name plus a random suffix)")
 	fs.StringVar(&o.agentTokensFile, "agent-tokens-file", "", "YAML file 'agents: [{id, token_sha256}]' of accepted agent tokens (standalone mode)")
@@ -90,6 +93,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.drainDelay, "drain-delay", 0, "on SIGTERM, how long /readyz fails while the client API keeps serving, before it stops taking connections (for a load balancer to notice; on Kubernetes a preStop sleep does the same)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+	o.apiHTTP.RegisterFlags(fs, "api", "client API", httpserve.Limits{
+		ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20, MaxConnections: 10000,
+	})
+	o.obsHTTP.RegisterFlags(fs, "observability", "observability port", httpserve.Limits{MaxConnections: 64})
+	o.debug.RegisterFlags(fs, "127.0.0.1:6060")
 	o.fleet.register(fs)
 	o.gitlab.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -119,7 +127,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	if o.apiJWTSecretFile == "" {
-		return errors.New("--api-jwt-secret-file is required (create one with 'kasctl secret > FILE')")
+		return errors.New("--api-jwt-secret-file is required (create one with 'kasctl secret -o FILE')")
 	}
 	jwtKey, err := auth.ReadSecretFile(o.apiJWTSecretFile)
 	if err != nil {
@@ -139,6 +147,10 @@ func run(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	httpMetrics, err := httpserve.NewMetrics(reg, "kasd")
+	if err != nil {
+		return err
+	}
 	agentAuthenticator, modules, gitlabClient, err := agentAuth(o, reg)
 	if err != nil {
 		return err
@@ -165,6 +177,13 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("--observability-listen: %w", err)
 	}
 	defer obsLn.Close()
+	var debugLn net.Listener
+	if o.debug.Enabled {
+		if debugLn, err = net.Listen("tcp", o.debug.Listen); err != nil {
+			return fmt.Errorf("--pprof-listen: %w", err)
+		}
+		defer debugLn.Close()
+	}
 
 	instanceID := o.instanceID
 	if instanceID == "" {
@@ -204,11 +223,21 @@ func run(ctx context.Context, args []string) error {
 		}
 		return err
 	}
-	apiSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20}
+	apiSrv, err := httpserve.New("api", srv.Handler(), o.apiHTTP, httpMetrics)
+	if err != nil {
+		return fmt.Errorf("--api-*: %w", err)
+	}
 	if apiSrv.TLSConfig, err = apiTLS(o, cert); err != nil {
 		return err
 	}
-	obsSrv := &http.Server{Handler: srv.ObservabilityHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+	obsSrv, err := httpserve.New("observability", srv.ObservabilityHandler(reg), o.obsHTTP, httpMetrics)
+	if err != nil {
+		return fmt.Errorf("--observability-*: %w", err)
+	}
+	debugSrv, err := httpserve.New("pprof", httpserve.DebugHandler(), httpserve.DebugLimits, httpMetrics)
+	if err != nil {
+		return err
+	}
 	log.Info().Str("instance", srv.InstanceID()).Str("agent_listen", agentLn.Addr().String()).
 		Str("api_listen", apiLn.Addr().String()).Str("observability_listen", obsLn.Addr().String()).
 		Str("ca_file", caFile).Str("version", version).Msg("kasd started")
@@ -218,13 +247,12 @@ func run(ctx context.Context, args []string) error {
 	if fleet != nil {
 		g.Go(func() error { return srv.ServePeers(gctx, fleet.peerLn) })
 	}
-	g.Go(func() error {
-		if apiSrv.TLSConfig != nil {
-			return serveHTTP(apiSrv, tls.NewListener(apiLn, apiSrv.TLSConfig))
-		}
-		return serveHTTP(apiSrv, apiLn)
-	})
-	g.Go(func() error { return serveHTTP(obsSrv, obsLn) })
+	g.Go(func() error { return apiSrv.Serve(apiLn) })
+	g.Go(func() error { return obsSrv.Serve(obsLn) })
+	if debugLn != nil {
+		log.Warn().Str("pprof_listen", debugLn.Addr().String()).Msg("serving /debug/pprof/")
+		g.Go(func() error { return debugSrv.Serve(debugLn) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info().Dur("drain_delay", o.drainDelay).Msg("draining")
@@ -252,6 +280,7 @@ func run(ctx context.Context, args []string) error {
 			fleet.close(sctx, true)
 		}
 		_ = obsSrv.Shutdown(sctx)
+		_ = debugSrv.Close()
 		if err != nil {
 			log.Warn().Err(err).Msg("drain incomplete")
 		}
@@ -285,13 +314,6 @@ func apiTLS(o *options, agentCert tls.Certificate) (*tls.Config, error) {
 		MinVersion:   tls.VersionTLS12,
 		NextProtos:   []string{"h2", "http/1.1"},
 	}, nil
-}
-
-func serveHTTP(s *http.Server, ln net.Listener) error {
-	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }
 
 // serverCertificate loads --tls-cert-file/--tls-key-file, or creates (once) a development CA and

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startAgentd runs agentd in-process (its kasd never answers) with extra flags and returns its
+// observability address; it is stopped when the test ends.
+func startAgentd(t *testing.T, extra ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("t"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	obs := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	args := append([]string{"--kas-address", "127.0.0.1:1", "--token-file", tok, "--kubernetes=false", "--service", "web=http://127.0.0.1:1",
+		"--gitlab-proxy-listen", "127.0.0.1:0", "--observability-listen", obs, "--drain-timeout", "1s",
+		"--log-level", "error", "--log-format", "json"}, extra...)
+	go func() { done <- run(ctx, args) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("agentd did not stop")
+		}
+	})
+	for i := 0; ; i++ {
+		if resp, err := http.Get("http://" + obs + "/healthz"); err == nil {
+			resp.Body.Close()
+			return obs
+		}
+		if i > 200 {
+			t.Fatal("agentd not serving")
+		}
+		select {
+		case err := <-done:
+			done <- err // for Cleanup
+			t.Fatalf("agentd exited: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestPprofOffByDefault(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.debug.Enabled || !strings.HasPrefix(o.debug.Listen, "127.0.0.1:") {
+		t.Fatalf("pprof defaults: %+v, want off and on loopback", o.debug)
+	}
+	obs := startAgentd(t)
+	if code, _ := get(t, "http://"+obs+"/debug/pprof/"); code != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ on the observability port: %d, want 404", code)
+	}
+	if code, _ := get(t, "http://"+obs+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz without kasd: %d", code)
+	}
+	_, metrics := get(t, "http://"+obs+"/metrics")
+	if !strings.Contains(metrics, `agentd_http_connections{server="observability"}`) {
+		t.Fatalf("no agentd_http_connections on /metrics")
+	}
+}
+
+func TestPprofWhenAsked(t *testing.T) {
+	pp := freeAddr(t)
+	startAgentd(t, "--pprof", "--pprof-listen", pp)
+	if code, _ := get(t, "http://"+pp+"/debug/pprof/cmdline"); code != http.StatusOK {
+		t.Fatalf("--pprof: /debug/pprof/cmdline %d", code)
+	}
+}
+
+func TestHTTPLimitFlags(t *testing.T) {
+	o, err := parseFlags([]string{"--gitlab-proxy-idle-timeout", "7s", "--observability-max-connections", "3"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.gitlabProxyHTTP.IdleTimeout != 7*time.Second || o.obsHTTP.MaxConnections != 3 {
+		t.Fatalf("gitlab proxy %+v, observability %+v", o.gitlabProxyHTTP, o.obsHTTP)
+	}
+}

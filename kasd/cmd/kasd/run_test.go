@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qkas/qkas/auth"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startKasd runs a standalone kasd in-process with extra flags and returns its observability
+// address; it is stopped when the test ends.
+func startKasd(t *testing.T, extra ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "jwt.secret")
+	tokens := filepath.Join(dir, "tokens.yaml")
+	if err := os.WriteFile(secret, []byte(auth.NewSecret()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokens, []byte("agents: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	obs := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	args := append([]string{"--fleet=false", "--data-dir", filepath.Join(dir, "data"),
+		"--agent-tokens-file", tokens, "--api-jwt-secret-file", secret, "--log-level", "error", "--log-format", "json",
+		"--agent-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--observability-listen", obs,
+		"--shutdown-grace", "1s"}, extra...)
+	go func() { done <- run(ctx, args) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("kasd did not stop")
+		}
+	})
+	for i := 0; ; i++ {
+		if resp, err := http.Get("http://" + obs + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return obs
+			}
+		}
+		if i > 200 {
+			t.Fatal("kasd not ready")
+		}
+		select {
+		case err := <-done:
+			done <- err // for Cleanup
+			t.Fatalf("kasd exited: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func status(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestPprofOffByDefault(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.debug.Enabled || !strings.HasPrefix(o.debug.Listen, "127.0.0.1:") {
+		t.Fatalf("pprof defaults: %+v, want off and on loopback", o.debug)
+	}
+	obs := startKasd(t)
+	if code, _ := status(t, "http://"+obs+"/debug/pprof/"); code != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ on the observability port: %d, want 404", code)
+	}
+	// The HTTP limits are wired and counted on /metrics.
+	_, metrics := status(t, "http://"+obs+"/metrics")
+	if !strings.Contains(metrics, `kasd_http_connections{server="observability"}`) {
+		t.Fatalf("no kasd_http_connections on /metrics")
+	}
+}
+
+func TestPprofWhenAsked(t *testing.T) {
+	pp := freeAddr(t)
+	obs := startKasd(t, "--pprof", "--pprof-listen", pp)
+	if code, _ := status(t, "http://"+pp+"/debug/pprof/cmdline"); code != http.StatusOK {
+		t.Fatalf("--pprof: /debug/pprof/cmdline %d", code)
+	}
+	if code, _ := status(t, "http://"+obs+"/debug/pprof/"); code != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ on the observability port with --pprof: %d, want 404", code)
+	}
+}
+
+func TestHTTPLimitFlags(t *testing.T) {
+	o, err := parseFlags([]string{"--api-idle-timeout", "7s", "--observability-max-connections", "3"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.apiHTTP.IdleTimeout != 7*time.Second || o.obsHTTP.MaxConnections != 3 {
+		t.Fatalf("api %+v, observability %+v", o.apiHTTP, o.obsHTTP)
+	}
+	if o.apiHTTP.ReadHeaderTimeout <= 0 || o.apiHTTP.MaxHeaderBytes <= 0 || o.apiHTTP.MaxConnections <= 0 || o.obsHTTP.IdleTimeout <= 0 {
+		t.Fatalf("a limit without a default: api %+v, observability %+v", o.apiHTTP, o.obsHTTP)
+	}
+}
