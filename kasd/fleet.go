@@ -353,6 +353,7 @@ func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID str
 		}
 		return nil, err
 	}
+	recv := qc.ConnectionStats().PacketsReceived
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -362,7 +363,7 @@ func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID str
 	}
 	prefix := api.AppendFrame(nil, &api.Forward{AgentID: agentID, Origin: s.cfg.InstanceID})
 	s.m.openStreams.Inc()
-	return httpstream.RoundTrip(ctx, quic.NewStreamConn(qc, st), req, body, &httpstream.Options{
+	resp, err := httpstream.RoundTrip(ctx, quic.NewStreamConn(qc, st), req, body, &httpstream.Options{
 		Prefix:                prefix,
 		ResponseHeaderTimeout: s.cfg.ResponseHeaderTimeout,
 		Go:                    s.goOwned,
@@ -370,6 +371,10 @@ func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID str
 			s.m.streamDone(sent, recv)
 		},
 	})
+	if err != nil && ctx.Err() == nil && qc.ConnectionStats().PacketsReceived == recv {
+		err = unacknowledged(err) // the peer was gone before the request reached it
+	}
+	return resp, err
 }
 
 // ServePeers accepts connections from other kasd replicas on ln until ctx ends or ln is closed.

@@ -63,7 +63,10 @@ func retryDecision(ctx context.Context, err error, method string, body *httpstre
 	var re *httpstream.RemoteError
 	switch {
 	case errors.Is(err, errNotSent):
-		return nextHolder
+		if body.Replayable() {
+			return nextHolder
+		}
+		return noRetry
 	case errors.As(err, &re):
 		switch re.Err.Code {
 		case api.CodeNotHolder, api.CodeShuttingDown, api.CodeAgentNotConnected:
@@ -263,6 +266,7 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 		s.m.limitRejections.WithLabelValues("max_inflight_per_agent").Inc()
 		return nil, &api.Error{Code: api.CodeOverloaded, Message: "too many requests in flight to agent " + h.c.agentID, RetryAfter: time.Second}
 	}
+	recv := h.c.qc.ConnectionStats().PacketsReceived
 	st, err := h.c.qc.OpenStreamSync(ctx)
 	if err != nil {
 		e.inflight.Add(-1)
@@ -280,7 +284,25 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 			s.m.streamDone(sent, recv)
 		},
 	})
+	if err != nil && ctx.Err() == nil && h.c.qc.ConnectionStats().PacketsReceived == recv {
+		err = unacknowledged(err)
+	}
 	return resp, s.attemptError(err, "agent "+h.c.agentID)
+}
+
+// unacknowledged marks a failure on a connection that received nothing at all — not even an
+// acknowledgement — after the request was sent: the peer was already gone (killed, partitioned)
+// and never took the request, since a live peer acknowledges within its 1 ms max_ack_delay. The
+// request may go to another holder like one that was never sent. (The one case this misjudges,
+// a peer that received the request and died within that millisecond without acknowledging it,
+// is the price of not failing every request sent into a dead connection before it is noticed.)
+func unacknowledged(err error) error {
+	var re *httpstream.RemoteError
+	if errors.As(err, &re) || errors.Is(err, errNotSent) {
+		return err
+	}
+	e := httpstream.StreamError(err)
+	return &api.Error{Code: e.Code, Message: e.Message + " (nothing was received from the peer after the request was sent)", Err: fmt.Errorf("%w: %w", errNotSent, err)}
 }
 
 // peerHolder is another kasd that holds the agent.
