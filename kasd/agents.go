@@ -206,22 +206,6 @@ func (t *agentTable) pickAll(agentID, service string) ([]*agentConn, error) {
 	if live > 0 && len(out) == 0 {
 		return nil, api.Errorf(api.CodeServiceUnknown, "agent %s does not offer service %q", agentID, service)
 	}
-	if len(out) > 1 {
-		// Connections that went silent go last: a request tries them only when no other
-		// connection is left.
-		now := time.Now()
-		quiet := out[:0:0]
-		n := 0
-		for _, c := range out {
-			if c.silent(now) {
-				quiet = append(quiet, c)
-			} else {
-				out[n] = c
-				n++
-			}
-		}
-		out = append(out[:n], quiet...)
-	}
 	return out, nil
 }
 

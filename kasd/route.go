@@ -235,9 +235,16 @@ func (s *Server) holders(agentID, service string, tried map[string]int) ([]holde
 	if err != nil {
 		return nil, err
 	}
-	var out []holder
+	var out, silent []holder
+	now := time.Now()
 	for _, c := range conns {
-		if tried[c.id] == 0 {
+		switch {
+		case tried[c.id] > 0:
+		case c.silent(now):
+			// Nothing received for a while (a paused or dead replica, a dark path): after
+			// every other holder, peers included.
+			silent = append(silent, localHolder{s: s, c: c})
+		default:
 			out = append(out, localHolder{s: s, c: c})
 		}
 	}
@@ -247,7 +254,7 @@ func (s *Server) holders(agentID, service string, tried map[string]int) ([]holde
 			out = append(out, peerHolder{s: s, inst: inst, agentID: agentID})
 		}
 	}
-	return out, nil
+	return append(out, silent...), nil
 }
 
 // localHolder is one of this kasd's connections to the agent.

@@ -2,6 +2,7 @@ package quic
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -38,6 +39,17 @@ func NewDialer(tlsConf *tls.Config, cfg Config) (*Dialer, error) {
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{})
 	if err != nil {
 		return nil, fmt.Errorf("quic: dialer socket: %w", err)
+	}
+	if cfg.StatelessResetKey == nil {
+		// A key for this socket's lifetime: a peer that still sends on a connection this side
+		// has closed (it was paused past the idle timeout, say) gets a stateless reset at its
+		// next packet and learns at once that the connection is gone.
+		var k quicgo.StatelessResetKey
+		if _, err := rand.Read(k[:]); err != nil {
+			pc.Close()
+			return nil, fmt.Errorf("quic: stateless reset key: %w", err)
+		}
+		cfg.StatelessResetKey = &k
 	}
 	return &Dialer{
 		tlsConf: tlsConf,
