@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -644,5 +645,44 @@ func TestFleetKillUnderLoad(t *testing.T) {
 	}
 	if postFailed.Load() > 120 {
 		t.Errorf("%d POSTs failed, more than were in flight", postFailed.Load())
+	}
+}
+
+// GET /api/v1/agents lists every holder of every agent, also when agents held only elsewhere
+// are listed too (an append used to move the list under the pointers being updated, losing
+// other holders of local agents at random).
+func TestFleetAgentListAllHolders(t *testing.T) {
+	f := newFleetEnv(t, 2)
+	svc := namedService(t, "x")
+	for _, id := range []string{"alpha", "beta"} {
+		a := f.startAgent(id, id+"-pod", svc.URL, f.nodes[0:2], 2)
+		waitConnected(t, a, 2)
+		f.waitHolders(id, "kas-0", "kas-1")
+	}
+	g := f.startAgent("gamma", "gamma-pod", svc.URL, f.nodes[1:2], 1)
+	waitConnected(t, g, 1)
+	f.waitHolders("gamma", "kas-1")
+	for range 20 {
+		req, _ := http.NewRequest("GET", f.nodes[0].api.URL+"/api/v1/agents", nil)
+		req.Header.Set("Authorization", "Bearer "+f.token())
+		resp, err := f.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct{ Agents []kasd.AgentInfo }
+		err = json.NewDecoder(resp.Body).Decode(&got)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range got.Agents {
+			want := 2
+			if a.ID == "gamma" {
+				want = 1
+			}
+			if len(a.Instances) != want {
+				t.Fatalf("agent %s listed with instances %+v, want %d", a.ID, a.Instances, want)
+			}
+		}
 	}
 }

@@ -138,17 +138,16 @@ func (s *Server) serveAgents(w http.ResponseWriter, r *http.Request) {
 
 // listAgents merges the local table with the fleet's view.
 func (s *Server) listAgents() []AgentInfo {
-	local := s.table.list(s.cfg.InstanceID)
-	byID := map[string]*AgentInfo{}
-	for i := range local {
-		a := &local[i]
-		a.Instances = []InstanceInfo{{ID: s.cfg.InstanceID, Connections: len(a.Connections)}}
-		byID[a.ID] = a
+	out := s.table.list(s.cfg.InstanceID)
+	// Indexes, not pointers: appending to out below may move it.
+	byID := make(map[string]int, len(out))
+	for i := range out {
+		out[i].Instances = []InstanceInfo{{ID: s.cfg.InstanceID, Connections: len(out[i].Connections)}}
+		byID[out[i].ID] = i
 	}
 	if s.fleet == nil {
-		return local
+		return out
 	}
-	out := local
 	for id, holders := range s.fleet.reg.Agents() {
 		var inst []InstanceInfo
 		for _, h := range holders {
@@ -157,8 +156,8 @@ func (s *Server) listAgents() []AgentInfo {
 			}
 			inst = append(inst, InstanceInfo{ID: h.Instance.ID, APIAddr: h.Instance.APIAddr, Connections: h.Connections})
 		}
-		if a := byID[id]; a != nil {
-			a.Instances = append(a.Instances, inst...)
+		if i, ok := byID[id]; ok {
+			out[i].Instances = append(out[i].Instances, inst...)
 		} else if len(inst) > 0 {
 			out = append(out, AgentInfo{ID: id, Instances: inst, Connections: []ConnectionInfo{}})
 		}

@@ -36,7 +36,7 @@ var errNotSent = errors.New("request not sent")
 // maxRouteAttempts bounds how many attempts one request makes; maxPeerAttempts how many of them
 // may go to one peer.
 const (
-	maxRouteAttempts = 4
+	maxRouteAttempts = 8
 	maxPeerAttempts  = 2
 )
 
