@@ -205,11 +205,19 @@ func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
 	stripCredentials(r.Header)
 	serve(w, r, f, a.services[f.Service].handler)
 	status := w.Status()
-	if err := r.Context().Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	if err := r.Context().Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) || peerStopped(sc) {
 		status = api.CodeClientCanceled.HTTPStatus() // kasd (its client) went away first
 	}
 	w.Finish()
 	a.m.observe(f.Service, status, time.Since(start))
+}
+
+// peerStopped reports whether kasd stopped the stream (its client went away). The request's
+// context learns it too, but from a goroutine of its own (context.AfterFunc): a handler that
+// failed on the stopped stream can return before its context is canceled.
+func peerStopped(sc *quic.StreamConn) bool {
+	var se *quicgo.StreamError
+	return errors.As(context.Cause(sc.Context()), &se) && se.Remote
 }
 
 var _ http.ResponseWriter = (*httpstream.ResponseWriter)(nil)

@@ -49,7 +49,8 @@ func newURLService(name string, u *url.URL, cfg Config, m *metrics) *urlService 
 // ServeService proxies r to the service. w is the stream's *httpstream.ResponseWriter (or wraps
 // one).
 func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api.Request) {
-	out := &http.Request{
+	// Built here and copied once by WithContext: not allocated twice.
+	req := http.Request{
 		Method:        r.Method,
 		URL:           s.target(r.URL),
 		Proto:         "HTTP/1.1",
@@ -62,12 +63,12 @@ func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api
 		Host:          "", // the service's own host, as httputil.ProxyRequest.SetURL does
 	}
 	if r.ContentLength == 0 {
-		out.Body = nil
+		req.Body = nil
 	}
 	if _, ok := r.Header["User-Agent"]; !ok {
-		r.Header["User-Agent"] = []string{""} // don't let the transport add Go's default
+		r.Header["User-Agent"] = noUserAgent // don't let the transport add Go's default
 	}
-	out = out.WithContext(r.Context())
+	out := req.WithContext(r.Context())
 	resp, err := s.transport.RoundTrip(out)
 	if err != nil {
 		s.m.serviceErrors.WithLabelValues(s.name).Inc()
@@ -106,6 +107,10 @@ func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api
 		h[http.TrailerPrefix+k] = vs
 	}
 }
+
+// noUserAgent is an empty User-Agent header value: request headers are never modified in
+// place (net/http reads them only), so one slice serves every request.
+var noUserAgent = []string{""}
 
 // target is the service URL for a request path: the base URL's path joined with it, as
 // httputil.ProxyRequest.SetURL does.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -150,18 +151,16 @@ func (e *RemoteError) Unwrap() error { return e.Err }
 // or on ctx's end, it resets it. A 101 response to an upgrade request has a body that is an
 // io.ReadWriteCloser over the stream.
 func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, body *Body, opts *Options) (*http.Response, error) {
-	if opts == nil {
-		opts = &Options{}
+	// One allocation holds the exchange, its *http.Response and the response body's reader.
+	x := &exchange{sc: sc, ctx: ctx}
+	if opts != nil {
+		x.opts = *opts
 	}
-	x := &exchange{sc: sc, ctx: ctx, opts: opts}
-	x.stopCancel = context.AfterFunc(ctx, func() { sc.Abort(quic.StreamCodeCanceled) })
-	var headerTimer *time.Timer
+	opts = &x.opts
+	x.stopCancel = context.AfterFunc(ctx, x.abort)
 	if opts.ResponseHeaderTimeout > 0 {
-		headerTimer = time.AfterFunc(opts.ResponseHeaderTimeout, func() {
-			x.timedOut.Store(true)
-			sc.Abort(quic.StreamCodeCanceled)
-		})
-		defer headerTimer.Stop()
+		x.headerTimer = time.AfterFunc(opts.ResponseHeaderTimeout, x.headerTimeout)
+		defer x.headerTimer.Stop()
 	}
 	f := *frame
 	f.Flags &^= api.FlagBody | api.FlagGated
@@ -250,8 +249,8 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, bod
 		}
 		return nil, err
 	}
-	if headerTimer != nil {
-		headerTimer.Stop()
+	if x.headerTimer != nil {
+		x.headerTimer.Stop()
 	}
 	return resp, nil
 }
@@ -306,8 +305,9 @@ func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Res
 var ErrTooManyInformational = errors.New("too many informational responses")
 
 func (x *exchange) response(req *api.Request, m *api.Response) *http.Response {
-	resp := &http.Response{
-		Status:        fmt.Sprintf("%d %s", m.Status, http.StatusText(m.Status)),
+	resp := &x.resp
+	*resp = http.Response{
+		Status:        statusLine(m.Status),
 		StatusCode:    m.Status,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
@@ -323,13 +323,34 @@ func (x *exchange) response(req *api.Request, m *api.Response) *http.Response {
 	if m.Has(api.FlagFramed) {
 		resp.Trailer = http.Header{}
 	}
+	x.body.x = x
+	x.body.r = &x.br
+	resp.Body = &x.body
 	if req.Method == http.MethodHead || m.Status == http.StatusNoContent || m.Status == http.StatusNotModified {
 		// No body, whatever the content length says (it describes the GET).
-		resp.Body = &responseBody{r: newBodyReader(x.sc, 0, false, nil), x: x}
+		x.br = bodyReader{r: x.sc}
 		return resp
 	}
-	resp.Body = &responseBody{r: newBodyReader(x.sc, m.ContentLength, m.Has(api.FlagFramed), resp.Trailer), x: x}
+	x.br = bodyReader{r: x.sc, remaining: m.ContentLength, framed: m.Has(api.FlagFramed), trailer: resp.Trailer}
 	return resp
+}
+
+// statusLines holds "200 OK" and the like for the statuses net/http knows, so that a response
+// costs no formatting.
+var statusLines = func() (t [600]string) {
+	for code := range t {
+		if text := http.StatusText(code); text != "" {
+			t[code] = strconv.Itoa(code) + " " + text
+		}
+	}
+	return t
+}()
+
+func statusLine(code int) string {
+	if code >= 0 && code < len(statusLines) && statusLines[code] != "" {
+		return statusLines[code]
+	}
+	return strconv.Itoa(code) + " " + http.StatusText(code)
 }
 
 // bodyWriter sends a request body that did not fit in the first write.
@@ -412,16 +433,31 @@ func (w *bodyWriter) run() {
 	}
 }
 
-// exchange is one request on one stream; finish ends it exactly once.
+// exchange is one request on one stream; finish ends it exactly once. It also holds the
+// response and its body reader, so that a request costs one allocation for all of them.
 type exchange struct {
 	sc   *quic.StreamConn
 	ctx  context.Context
-	opts *Options
+	opts Options
 
-	timedOut   atomic.Bool
-	stopCancel func() bool
-	finished   atomic.Bool
-	sent, recv atomic.Int64
+	timedOut    atomic.Bool
+	headerTimer *time.Timer
+	stopCancel  func() bool
+	finished    atomic.Bool
+	sent, recv  atomic.Int64
+
+	resp http.Response
+	body responseBody
+	br   bodyReader
+}
+
+// abort resets the stream when the request's context ends.
+func (x *exchange) abort() { x.sc.Abort(quic.StreamCodeCanceled) }
+
+// headerTimeout resets the stream when the response head is late.
+func (x *exchange) headerTimeout() {
+	x.timedOut.Store(true)
+	x.sc.Abort(quic.StreamCodeCanceled)
 }
 
 // fail ends the exchange with err mapped to a typed error.

@@ -59,12 +59,23 @@ func contains(list []string, s string) bool {
 // AddKVs adds kvs to h. Keys are canonicalised; hop-by-hop fields a peer should not have sent
 // are dropped again here, so nothing below this layer ever sees them.
 func AddKVs(h http.Header, kvs []api.KV, upgrade bool) {
+	// The values of new keys are cut from one slice (capacity-limited, so that an append
+	// copies), as net/textproto does: one allocation instead of one per field.
+	var slab []string
 	for _, kv := range kvs {
 		k := http.CanonicalHeaderKey(kv.Key)
 		if hopHeaders[k] && !(upgrade && k == "Upgrade") {
 			continue
 		}
-		h[k] = append(h[k], kv.Value)
+		if vs, ok := h[k]; ok {
+			h[k] = append(vs, kv.Value)
+			continue
+		}
+		if len(slab) == 0 {
+			slab = make([]string, len(kvs))
+		}
+		slab[0] = kv.Value
+		h[k], slab = slab[:1:1], slab[1:]
 	}
 }
 

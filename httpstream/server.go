@@ -63,7 +63,8 @@ func NewRequest(ctx context.Context, sc *quic.StreamConn, f *api.Request) (*http
 		cancel = func() { cancelDeadline(); prev() }
 	}
 	upgrade := f.Has(api.FlagUpgrade)
-	r := &http.Request{
+	// Built here and copied once by WithContext (which the context needs): not allocated twice.
+	r := http.Request{
 		Method:     f.Method,
 		URL:        u,
 		Proto:      "HTTP/1.1",
@@ -112,7 +113,8 @@ type ResponseWriter struct {
 	noBody  bool  // HEAD, 204, 304: body bytes are dropped
 	cl      int64 // declared Content-Length, -1 if none
 	written int64
-	buf     []byte // pending bytes: nothing of the head is written before the first flush
+	buf     []byte  // pending bytes: nothing of the head is written before the first flush
+	bufp    *[]byte // the pooled buffer behind buf, if any
 	framed  *framedWriter
 	err     error // the first write error; later writes return it
 	infos   int
@@ -167,20 +169,23 @@ func (w *ResponseWriter) WriteHeader(code int) {
 }
 
 // head encodes the response head for status.
-func (w *ResponseWriter) head(status int, cl int64) []byte {
+func (w *ResponseWriter) head(status int, cl int64) []byte { return w.appendHead(nil, status, cl) }
+
+// appendHead appends the response head for status to dst.
+func (w *ResponseWriter) appendHead(dst []byte, status int, cl int64) []byte {
 	m := &api.Response{Status: status, ContentLength: cl}
 	m.Header = HeaderKVs(make([]api.KV, 0, len(w.header)+1), w.header, status == http.StatusSwitchingProtocols, "Content-Length")
 	if w.framed != nil && status >= 200 {
 		m.Flags |= api.FlagFramed
 	}
-	b, err := api.EncodeFrame(nil, m)
+	b, err := api.EncodeFrame(dst, m)
 	if err == nil && len(m.Header) > api.MaxHeaderFields {
 		// EncodeFrame checks the size only; the receiver also refuses more fields than this.
 		err = &api.Error{Code: api.CodeTooLarge, Message: strconv.Itoa(len(m.Header)) + " header fields, max " + strconv.Itoa(api.MaxHeaderFields), Err: api.ErrHeadTooLarge}
 	}
 	if err != nil {
 		// A head over the limit: the peer gets a typed error, not a broken stream.
-		return api.AppendFrame(nil, &api.Error{Code: api.CodeServiceUnavailable, Message: "response head too large: " + err.Error(), Err: err})
+		return api.AppendFrame(dst[:len(dst):len(dst)], &api.Error{Code: api.CodeServiceUnavailable, Message: "response head too large: " + err.Error(), Err: err})
 	}
 	return b
 }
@@ -203,6 +208,10 @@ func (w *ResponseWriter) Write(p []byte) (int, error) {
 	}
 	w.written += int64(len(p))
 	if !w.sent && len(w.buf)+len(p) <= maxPending {
+		if w.buf == nil {
+			w.bufp = getBuf()
+			w.buf = *w.bufp
+		}
 		w.buf = append(w.buf, p...)
 		return len(p), nil
 	}
@@ -228,17 +237,31 @@ func (w *ResponseWriter) sendHead() error {
 		return w.err
 	}
 	w.sent = true
-	out := w.head(w.status, w.cl)
+	// The head goes in front of the pending body bytes, in one pooled buffer and one write.
+	op := getBuf()
+	out := w.appendHead(*op, w.status, w.cl)
 	if len(w.buf) > 0 {
 		if w.framed != nil {
 			// Pending bytes become the first data frame.
 			out = append(out, byte(api.TypeData), byte(len(w.buf)>>16), byte(len(w.buf)>>8), byte(len(w.buf)))
 		}
 		out = append(out, w.buf...)
-		w.buf = nil
 	}
+	w.releaseBuf()
 	_, err := w.writeRaw(out)
+	*op = out
+	putBuf(op)
 	return err
+}
+
+// releaseBuf gives the pending-bytes buffer back to the pool.
+func (w *ResponseWriter) releaseBuf() {
+	if w.bufp != nil {
+		*w.bufp = w.buf
+		putBuf(w.bufp)
+		w.bufp = nil
+	}
+	w.buf = nil
 }
 
 func (w *ResponseWriter) writeRaw(p []byte) (int, error) {
@@ -283,6 +306,7 @@ func (w *ResponseWriter) Finish() {
 		w.cl = w.written // the whole body is known now
 	}
 	if w.cl >= 0 && w.written < w.cl && !w.noBody {
+		w.releaseBuf()
 		w.sc.Abort(quic.StreamCodeInternal)
 		return
 	}

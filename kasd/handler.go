@@ -62,45 +62,78 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 }
 
 // parseProxyPath splits "{agent}/proxy/{service}/{rest}" (escaped). rest keeps its escaping and
-// has a leading slash.
+// has a leading slash. It allocates nothing unless a name is percent-encoded.
 func parseProxyPath(p string) (agentID, service, rest string, ok bool) {
 	agentEsc, after, found := strings.Cut(p, "/")
-	if !found || !strings.HasPrefix("/"+after, proxyInfix) {
+	if !found || !strings.HasPrefix(after, proxyInfix[1:]) {
 		return "", "", "", false
 	}
 	after = after[len(proxyInfix)-1:]
-	serviceEsc, rest, _ := strings.Cut(after, "/")
-	rest = "/" + rest
+	serviceEsc, rest := after, "/"
+	if i := strings.IndexByte(after, '/'); i >= 0 {
+		serviceEsc, rest = after[:i], after[i:]
+	}
 	if hasDotSegment(rest) {
 		return "", "", "", false
 	}
 	var err error
-	if agentID, err = url.PathUnescape(agentEsc); err != nil || !agentIDRE.MatchString(agentID) {
+	if agentID, err = url.PathUnescape(agentEsc); err != nil || !validName(agentID) {
 		return "", "", "", false
 	}
-	if service, err = url.PathUnescape(serviceEsc); err != nil || !serviceNameRE.MatchString(service) {
+	if service, err = url.PathUnescape(serviceEsc); err != nil || !validName(service) {
 		return "", "", "", false
 	}
 	return agentID, service, rest, true
 }
 
-var agentIDRE = serviceNameRE
+// validName reports whether s is a valid agent ID or service name: serviceNameRE,
+// ^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$, written out because it runs on every request.
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // hasDotSegment reports a "." or ".." path element in the escaped path, also when it is
 // percent-encoded or hidden behind an encoded slash or backslash: the path below {service} must
-// never climb out of the service's base URL on a backend that normalises paths.
+// never climb out of the service's base URL on a backend that normalises paths. Only segments
+// with a percent sign are decoded (an unescaped segment is its own decoding).
 func hasDotSegment(escaped string) bool {
-	for _, seg := range strings.Split(escaped, "/") {
-		dec, err := url.PathUnescape(seg)
-		if err != nil {
-			return true
-		}
-		for _, part := range strings.FieldsFunc(dec, func(r rune) bool { return r == '/' || r == '\\' }) {
-			if part == "." || part == ".." {
+	for seg := range strings.SplitSeq(escaped, "/") {
+		if strings.IndexByte(seg, '%') >= 0 {
+			dec, err := url.PathUnescape(seg)
+			if err != nil {
 				return true
 			}
+			seg = dec
 		}
-		if dec == "." || dec == ".." {
+		if hasDotElement(seg) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasDotElement reports whether s, split at slashes and backslashes, has a "." or ".." part.
+func hasDotElement(s string) bool {
+	for s != "" {
+		part := s
+		if i := strings.IndexAny(s, `/\`); i >= 0 {
+			part, s = s[:i], s[i+1:]
+		} else {
+			s = ""
+		}
+		if part == "." || part == ".." {
 			return true
 		}
 	}
