@@ -7,13 +7,12 @@
 //   - Agent.Run owns one goroutine per connection slot (Config.Connections). A slot dials, serves
 //     the connection until it ends or kasd sends GoAway, then reconnects with backoff and jitter,
 //     forever, until Run's context ends.
-//   - Each live connection owns an http.Server whose listener yields the connection's accepted
-//     streams; the http.Server owns one goroutine per stream (one request). A connection that got
-//     GoAway is drained by its slot (in-flight requests finish, bounded by Config.DrainTimeout)
-//     while a new connection is already being dialled.
-//   - http.Server.Shutdown does not wait for upgraded (hijacked) streams, so the connection
-//     tracks its handlers itself: drain lets upgraded streams run for the rest of
-//     Config.DrainTimeout, then closes the connection under them and waits for their handlers.
+//   - Each live connection owns a goroutine that accepts the streams kasd opens, and one goroutine
+//     per stream (one request), tracked so that drain can wait for them. A connection that got
+//     GoAway is drained by its slot — make before break: the replacement connection is dialled
+//     at once while the old one stops taking streams (later ones are reset as refused, which
+//     kasd retries elsewhere) and its requests in flight, upgraded ones included, finish within
+//     Config.DrainTimeout; then it is closed and its goroutines waited for.
 //   - The request-body writer of each GitLab request (GitLabRoundTripper) is owned by the Agent;
 //     once Run is ending no new one starts (the request fails with shutting_down). A writer
 //     ends when its body ends or fails, or a write to its stream fails.
@@ -21,11 +20,15 @@
 //
 // # Streams
 //
-// A stream starts with an api.Request frame. The agent checks it (kind, service, deadline) and
-// answers an api.Result: OK, or a typed refusal such as service_unknown, after which the stream is
-// closed. After OK the stream carries one HTTP/1.1 exchange, served by net/http and proxied by an
-// httputil.ReverseProxy to the service with a pooled http.Transport sized by
-// Config.MaxIdleConnsPerService, so a busy agent does not re-dial its services.
+// A stream starts with an api.Request head (package httpstream reads it, bounded by
+// Config.RequestHeaderTimeout). The agent checks it (kind, service, deadline) and either refuses
+// it with a typed error frame (service_unknown, deadline_exceeded, ...) or serves it: the
+// service's handler gets an *http.Request whose context ends with the stream and an
+// httpstream.ResponseWriter. URL services are proxied by a small proxy over upstream, a pooled
+// HTTP/1.1 client that writes the request and reads the response in the stream's goroutine
+// (no transport goroutines), sized by Config.MaxIdleConnsPerService; a small response leaves
+// with its head and FIN in one stream write. Errors reaching the service are typed error
+// frames (service_unavailable naming the service), never HTTP bodies with a forged Qkas-Error.
 //
 // The agent exposes only the services it was configured with, and it removes Authorization and
 // Impersonate-* headers a caller might have sent; such headers are only ever set from the

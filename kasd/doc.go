@@ -3,23 +3,31 @@
 //
 // # Ownership
 //
-// A Server is handed its listeners (ServeAgents for agents; Handler is mounted by the caller on its
-// own http.Server), as tailscale's derp server is handed connections. It owns one goroutine per
-// agent connection (handshake, then the control-stream reader), one writer goroutine per proxied
-// request that has a body, and, per authenticated agent connection, an http.Server serving the
-// GitLab module streams the agent opens, with its handlers. Close closes every agent connection
-// and waits for all of these: a connection's goroutine returns only after its module server has
-// stopped and its module handlers have returned (their contexts end with the stream, the
-// connection, or Close, so a handler waiting on GitLab returns promptly). Shutdown first sends
-// GoAway on every control stream, waits for in-flight requests (bounded by its context), then
-// closes. Config.Modules (the gitlab.Client) is the caller's to close, after the Server.
+// A Server is handed its listeners (ServeAgents for agents, ServePeers for other kasd; Handler is
+// mounted by the caller on its own http.Server), as tailscale's derp server is handed
+// connections. It owns one goroutine per agent or peer connection (handshake, then the control
+// stream), one goroutine accepting the streams an agent opens (GitLab module requests) with one
+// goroutine per such stream, one per forwarded-in stream (splice), at most one body writer per
+// proxied request with a body, and one sampler noting which agent connections went silent.
+// Close closes every connection and waits for all of these: a stream's context ends with the
+// stream, the connection or Close, so a handler waiting on GitLab returns promptly. BeginDrain
+// fails /readyz, refuses new agents and forwarded requests, and sends GoAway to peers and
+// agents (they make before break); Shutdown then waits for requests in flight — local,
+// forwarded out and forwarded in, each counted from its first byte — bounded by its context,
+// then closes. Config.Modules (the gitlab.Client) is the caller's to close, after the Server.
 //
 // # Routing
 //
-// The agent table maps an agent id to its live connections (one per agent replica). A request is
-// sent on a connection that offers the requested service, round-robin across replicas. If the
-// agent has no connection, the request waits up to Config.RouteTimeout for one to appear (woken by
-// the table, never by polling), then fails with agent_not_connected (503, Retry-After).
+// One seam, kasd/route.go: a request is resolved to an ordered list of holders — this kasd's
+// connections of the agent that offer the service (round-robin over replicas), then the peers
+// the registry says hold it (failed or draining peers last), then connections that went silent
+// — and handed to one holder at a time through the holder interface (localHolder,
+// peerHolder). retryDecision is the only retry policy: a request refused or lost before it
+// reached the agent goes to the next holder for any method while its body is replayable; an
+// idempotent request without a body whose stream failed before any response byte is retried
+// once; nothing else. With no holder, the request waits up to Config.RouteTimeout, woken by the
+// agent table or the registry watch, never by polling, then fails with agent_not_connected
+// (503, Retry-After).
 //
 // # Errors
 //
@@ -40,5 +48,10 @@
 //     agent (Config.MaxConnectionsPerAgent, max_connections_per_agent);
 //   - in-flight requests per agent (Config.MaxInflightPerAgent, max_inflight_per_agent);
 //   - the time a request waits for its agent (Config.RouteTimeout, route_timeout) and to a
-//     response header (Config.ResponseHeaderTimeout, response_header_timeout).
+//     response header (Config.ResponseHeaderTimeout, response_header_timeout);
+//   - what an agent or peer sends back (api/SPEC.md): a response head over api.MaxHeadSize or
+//     with more than api.MaxHeaderFields fields (response_head_too_large), more than
+//     api.MaxInformational 1xx responses (too_many_informational), anything malformed
+//     (protocol_error). Each gets the client a typed 502 naming the agent or peer, and kasd
+//     never reads past the limit.
 package kasd
