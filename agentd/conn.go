@@ -177,54 +177,24 @@ func (a *Agent) checkRequest(req *api.Request) *api.Error {
 func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
 	a.m.openStreams.Inc()
 	defer a.m.openStreams.Dec()
-	_ = sc.SetReadDeadline(time.Now().Add(a.cfg.RequestHeaderTimeout))
-	f, err := httpstream.ReadRequest(sc)
-	if err != nil {
-		a.m.rejections.WithLabelValues(api.CodeProtocol.String()).Inc()
-		httpstream.Refuse(sc, api.Errorf(api.CodeProtocol, "bad request head: %v", err))
-		return
-	}
-	_ = sc.SetReadDeadline(time.Time{})
-	if e := a.checkRequest(f); e != nil {
-		httpstream.Refuse(sc, e)
-		return
-	}
 	start := time.Now()
-	r, done, err := httpstream.NewRequest(ctx, sc, f)
-	if err != nil {
-		a.m.rejections.WithLabelValues(api.CodeOf(err).String()).Inc()
-		httpstream.Refuse(sc, api.Errorf(api.CodeOf(err), "%v", err))
-		return
+	res := httpstream.Serve(ctx, sc, a.cfg.RequestHeaderTimeout, a.checkRequest, func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
+		stripCredentials(r.Header)
+		a.services[f.Service].handler.ServeService(w, r, f)
+	})
+	switch {
+	case res.Head == nil:
+		a.m.rejections.WithLabelValues(api.CodeProtocol.String()).Inc()
+	case res.Refusal != nil:
+		// checkRequest counted its own refusals; this is a head it accepted but could not use.
+		if res.Refusal.Code == api.CodeBadRequest {
+			a.m.rejections.WithLabelValues(res.Refusal.Code.String()).Inc()
+		}
+	default:
+		status := res.Status
+		if res.Canceled {
+			status = api.CodeClientCanceled.HTTPStatus() // kasd (its client) went away first
+		}
+		a.m.observe(res.Head.Service, status, time.Since(start))
 	}
-	defer done()
-	if err := httpstream.Accept(sc, f); err != nil {
-		sc.Abort(quic.StreamCodeCanceled)
-		return
-	}
-	w := httpstream.NewResponseWriter(sc, f)
-	stripCredentials(r.Header)
-	serve(w, r, f, a.services[f.Service].handler)
-	status := w.Status()
-	if err := r.Context().Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) || peerStopped(sc) {
-		status = api.CodeClientCanceled.HTTPStatus() // kasd (its client) went away first
-	}
-	w.Finish()
-	a.m.observe(f.Service, status, time.Since(start))
-}
-
-// peerStopped reports whether kasd stopped the stream (its client went away). The request's
-// context learns it too, but from a goroutine of its own (context.AfterFunc): a handler that
-// failed on the stopped stream can return before its context is canceled.
-func peerStopped(sc *quic.StreamConn) bool {
-	var se *quicgo.StreamError
-	return errors.As(context.Cause(sc.Context()), &se) && se.Remote
-}
-
-var _ http.ResponseWriter = (*httpstream.ResponseWriter)(nil)
-
-// serve calls the service handler; a handler that aborts its response (http.ErrAbortHandler)
-// gets the stream reset.
-func serve(w *httpstream.ResponseWriter, r *http.Request, f *api.Request, h ServiceHandler) {
-	defer w.Recover()
-	h.ServeService(w, r, f)
 }

@@ -491,6 +491,20 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 		refuse(api.Errorf(api.CodeNotHolder, "instance %s does not hold agent %s", s.cfg.InstanceID, fw.AgentID))
 		return
 	}
+	// Only connections that are not silent: if every connection of the agent here went quiet
+	// (a killed or paused replica not yet timed out), the origin does better with another
+	// holder, and the refusal says the request was not processed.
+	live := conns[:0]
+	now := time.Now()
+	for _, c := range conns {
+		if !c.silent(now) {
+			live = append(live, c)
+		}
+	}
+	if conns = live; len(conns) == 0 {
+		refuse(api.Errorf(api.CodeAgentNotConnected, "agent %s's connections to %s are silent", fw.AgentID, s.cfg.InstanceID))
+		return
+	}
 	e := conns[0].entry
 	if e.inflight.Add(1) > int64(s.cfg.MaxInflightPerAgent) {
 		e.inflight.Add(-1)

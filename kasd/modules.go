@@ -2,6 +2,7 @@ package kasd
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -48,38 +49,17 @@ func (s *Server) serveAgentStreams(c *agentConn) (stop func()) {
 // serveModuleStream proxies one agent request to GitLab's modules endpoint with the token of the
 // connection it arrived on, never another agent's.
 func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.StreamConn) {
-	_ = sc.SetReadDeadline(time.Now().Add(moduleHeadTimeout))
-	f, err := httpstream.ReadRequest(sc)
-	if err != nil {
-		httpstream.Refuse(sc, api.Errorf(api.CodeProtocol, "bad request head: %v", err))
-		return
-	}
-	_ = sc.SetReadDeadline(time.Time{})
-	if e := s.checkModuleRequest(f); e != nil {
-		httpstream.Refuse(sc, e)
-		return
-	}
-	r, done, err := httpstream.NewRequest(ctx, sc, f)
-	if err != nil {
-		httpstream.Refuse(sc, api.Errorf(api.CodeBadRequest, "%v", err))
-		return
-	}
-	defer done()
-	if err := httpstream.Accept(sc, f); err != nil {
-		sc.Abort(quic.StreamCodeCanceled)
-		return
-	}
-	w := httpstream.NewResponseWriter(sc, f)
-	defer w.Finish()
-	defer w.Recover() // first: a handler's aborted response resets the stream
-	// The module in the head and in the path must agree, so metrics and checks see the truth.
-	if !strings.HasPrefix(r.URL.EscapedPath(), "/modules/"+f.Service+"/") {
-		httpstream.WriteError(w, api.Errorf(api.CodeBadRequest, "path must start with /modules/%s/", f.Service))
-		return
-	}
-	s.inflight.Add(1)
-	defer s.inflight.Add(-1)
-	s.cfg.Modules.ServeHTTP(w, r.WithContext(gitlab.WithAgentToken(r.Context(), c.token)))
+	httpstream.Serve(ctx, sc, moduleHeadTimeout, s.checkModuleRequest, func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
+		// The module in the head and in the path must agree, so metrics and checks see the
+		// truth.
+		if !strings.HasPrefix(r.URL.EscapedPath(), "/modules/"+f.Service+"/") {
+			httpstream.WriteError(w, api.Errorf(api.CodeBadRequest, "path must start with /modules/%s/", f.Service))
+			return
+		}
+		s.inflight.Add(1)
+		defer s.inflight.Add(-1)
+		s.cfg.Modules.ServeHTTP(w, r.WithContext(gitlab.WithAgentToken(r.Context(), c.token)))
+	})
 }
 
 // checkModuleRequest vets the head of a stream an agent opened.

@@ -1,0 +1,73 @@
+package httpstream
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/quic"
+)
+
+// Served says how Serve ended.
+type Served struct {
+	Head    *api.Request // nil when no valid head could be read
+	Refusal *api.Error   // set when the stream was refused before the handler ran
+	Status  int          // the status the handler answered (0 when refused)
+	// Canceled: the peer went away (stopped or reset the stream, its client gone) before the
+	// response was complete.
+	Canceled bool
+}
+
+// Serve runs the acceptor side of one request stream: it reads the head within headTimeout,
+// asks check (nil to serve, else the refusal sent back), builds the handler's request and
+// ResponseWriter, lets a gated sender go on (Accept), calls handle and finishes the response.
+// A handler that aborts (http.ErrAbortHandler) gets the stream reset. The request's context
+// derives from ctx and ends with the stream.
+func Serve(ctx context.Context, sc *quic.StreamConn, headTimeout time.Duration, check func(*api.Request) *api.Error, handle func(w *ResponseWriter, r *http.Request, f *api.Request)) Served {
+	_ = sc.SetReadDeadline(time.Now().Add(headTimeout))
+	f, err := ReadRequest(sc)
+	if err != nil {
+		e := api.Errorf(api.CodeProtocol, "bad request head: %v", err)
+		Refuse(sc, e)
+		return Served{Refusal: e}
+	}
+	_ = sc.SetReadDeadline(time.Time{})
+	if e := check(f); e != nil {
+		Refuse(sc, e)
+		return Served{Head: f, Refusal: e}
+	}
+	r, done, err := NewRequest(ctx, sc, f)
+	if err != nil {
+		e := api.Errorf(api.CodeOf(err), "%v", err)
+		Refuse(sc, e)
+		return Served{Head: f, Refusal: e}
+	}
+	defer done()
+	if err := Accept(sc, f); err != nil {
+		sc.Abort(quic.StreamCodeCanceled)
+		return Served{Head: f, Canceled: true}
+	}
+	w := NewResponseWriter(sc, f)
+	func() {
+		defer w.Recover()
+		handle(w, r, f)
+	}()
+	out := Served{Head: f, Status: w.Status()}
+	if err := r.Context().Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) || peerStopped(sc) {
+		out.Canceled = true
+	}
+	w.Finish()
+	return out
+}
+
+// peerStopped reports whether the peer stopped the stream (its client went away). The request's
+// context learns it too, but from a goroutine of its own (context.AfterFunc): a handler that
+// failed on the stopped stream can return before its context is canceled.
+func peerStopped(sc *quic.StreamConn) bool {
+	var se *quicgo.StreamError
+	return errors.As(context.Cause(sc.Context()), &se) && se.Remote
+}
