@@ -15,10 +15,15 @@ import (
 // the other direction keeps going; an error in either direction aborts both (streams are reset,
 // never ended as if complete). It uses pooled buffers and one goroutine besides the caller's,
 // which it waits for. It returns the bytes copied each way.
-func Splice(a, b io.ReadWriteCloser) (ab, ba int64) {
+func Splice(a, b io.ReadWriteCloser) (ab, ba int64) { return SpliceWith(a, b, nil) }
+
+// SpliceWith is Splice where codeFor chooses the reset code for a failure that is not a peer's
+// reset (whose code is always passed on); nil means StreamCodeCanceled. A forwarding kasd uses
+// it to say "refused" when the agent connection died without taking the request.
+func SpliceWith(a, b io.ReadWriteCloser, codeFor func(error) quicgo.StreamErrorCode) (ab, ba int64) {
 	var wg sync.WaitGroup
-	wg.Go(func() { ab = pipe(b, a) })
-	ba = pipe(a, b)
+	wg.Go(func() { ab = pipe(b, a, codeFor) })
+	ba = pipe(a, b, codeFor)
 	wg.Wait()
 	_ = a.Close()
 	_ = b.Close()
@@ -27,7 +32,7 @@ func Splice(a, b io.ReadWriteCloser) (ab, ba int64) {
 
 type closeWriter interface{ CloseWrite() error }
 
-func pipe(dst, src io.ReadWriteCloser) int64 {
+func pipe(dst, src io.ReadWriteCloser, codeFor func(error) quicgo.StreamErrorCode) int64 {
 	bp := GetBuffer()
 	defer PutBuffer(bp)
 	n, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *bp)
@@ -36,8 +41,11 @@ func pipe(dst, src io.ReadWriteCloser) int64 {
 		// "not processed" at the far end.
 		code := quic.StreamCodeCanceled
 		var se *quicgo.StreamError
-		if errors.As(err, &se) && se.Remote {
+		switch {
+		case errors.As(err, &se) && se.Remote:
 			code = se.ErrorCode
+		case codeFor != nil:
+			code = codeFor(err)
 		}
 		abort(dst, code)
 		abort(src, code)

@@ -41,15 +41,31 @@ type agentConn struct {
 // live connection receives a packet at least that often.
 const silentAfter = 3 * time.Second
 
+// probeAfter is how long a silent connection is given to answer a probe before it is presumed
+// dead and closed: silentAfter plus this is well under the 6s idle timeout.
+const probeAfter = time.Second
+
 // sample records whether packets arrived since the last sample (Server.sampleSilence calls it
-// every second for every connection).
-func (c *agentConn) sample(now time.Time) {
+// every 500 ms for every connection) and says how long the connection has been silent. fresh
+// (after this kasd itself was paused) starts the silence anew: a paused kasd must not judge its
+// connections by the time it did not run.
+func (c *agentConn) sample(now time.Time, fresh bool) time.Duration {
 	recv := c.qc.ConnectionStats().PacketsReceived
 	c.statMu.Lock()
 	defer c.statMu.Unlock()
-	if recv != c.lastRecv || c.lastChange.IsZero() {
+	if recv != c.lastRecv || c.lastChange.IsZero() || fresh {
 		c.lastRecv, c.lastChange = recv, now
 	}
+	return now.Sub(c.lastChange)
+}
+
+// probe sends a padded Ping on the control stream: a live agent acknowledges it within its
+// max_ack_delay, which the next sample sees.
+func (c *agentConn) probe() {
+	c.ctrlMu.Lock()
+	defer c.ctrlMu.Unlock()
+	_ = c.control.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = api.WriteFrame(c.control, &api.Ping{Padding: make([]byte, 64)})
 }
 
 // silent reports whether nothing arrived on the connection for silentAfter: a process that was

@@ -514,12 +514,15 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	}
 	defer e.inflight.Add(-1)
 	var asc *quic.StreamConn
+	var agent *agentConn
+	var recv uint64
 	for _, c := range conns {
+		recv = c.qc.ConnectionStats().PacketsReceived
 		octx, cancel := context.WithTimeout(sc.Context(), s.cfg.ResponseHeaderTimeout)
 		st, err := c.qc.OpenStreamSync(octx)
 		cancel()
 		if err == nil {
-			asc = quic.NewStreamConn(c.qc, st)
+			asc, agent = quic.NewStreamConn(c.qc, st), c
 			break
 		}
 	}
@@ -539,8 +542,17 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	}
 	s.m.forwardedIn.WithLabelValues("ok").Inc()
 	s.m.openStreams.Inc()
-	sent, recv := httpstream.Splice(sc, asc)
-	s.m.streamDone(sent, recv)
+	// When the agent connection dies having received nothing since the request was sent, the
+	// agent never took it (it acknowledges within 1 ms): the origin gets "refused" and sends
+	// the request to another holder.
+	refusedIfUntaken := func(error) quicgo.StreamErrorCode {
+		if agent.qc.Context().Err() != nil && agent.qc.ConnectionStats().PacketsReceived == recv {
+			return quic.StreamCodeRefused
+		}
+		return quic.StreamCodeCanceled
+	}
+	sent, got := httpstream.SpliceWith(sc, asc, refusedIfUntaken)
+	s.m.streamDone(sent, got)
 }
 
 // livePeerLinks counts live dialled peer connections, for metrics.

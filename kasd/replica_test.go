@@ -137,6 +137,7 @@ func TestSilentConnectionIsAvoided(t *testing.T) {
 	live := e.startAgent("alpha", "pod-2", map[string]string{"web": svc.URL})
 	waitConnected(t, live, 1)
 	relay.blackhole.Store(true)
+	start := time.Now()
 	// Past silentAfter (3s, sampled every second), before the 6s idle timeout.
 	time.Sleep(4500 * time.Millisecond)
 	var wg sync.WaitGroup
@@ -153,5 +154,12 @@ func TestSilentConnectionIsAvoided(t *testing.T) {
 	wg.Wait()
 	if n := failed.Load(); n > 0 {
 		t.Errorf("%d of 40 requests went to the silent connection and failed", n)
+	}
+	// Probed and then closed as presumed dead, before the 6s idle timeout would have.
+	for counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"}) != 1 {
+		if time.Since(start) > 5800*time.Millisecond {
+			t.Fatal("the silent connection was not closed before the idle timeout")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -398,19 +398,38 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// sampleSilence notes, every second, which agent connections received packets, so that routing
-// can prefer connections that are not silent (agentConn.silent). One goroutine for all
+// silenceSample is how often sampleSilence looks at every connection's packet count.
+const silenceSample = 500 * time.Millisecond
+
+// sampleSilence notes, every 500 ms, which agent connections received packets, so that routing
+// can prefer connections that are not silent (agentConn.silent). A connection silent for
+// silentAfter is probed; one still silent probeAfter later is presumed dead (a killed or paused
+// agent, a dark path: a live one answers keep-alives every 2s) and closed, well before the idle
+// timeout, so that requests on it fail over instead of waiting. One goroutine for all
 // connections, owned by the Server: Close stops it.
 func (s *Server) sampleSilence() {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(silenceSample)
 	defer t.Stop()
+	prev := time.Now()
 	for {
 		select {
 		case <-s.quit:
 			return
 		case now := <-t.C:
+			// A tick far later than due means this process was paused (SIGSTOP, a VM
+			// freeze): start every silence anew rather than condemn live connections.
+			fresh := now.Sub(prev) > 3*time.Second
+			prev = now
 			for _, c := range s.table.all() {
-				c.sample(now)
+				switch quiet := c.sample(now, fresh); {
+				case quiet > silentAfter+probeAfter:
+					s.m.agentConnections.WithLabelValues("silent_closed").Inc()
+					s.log.Warn().Str("agent_id", c.agentID).Str("connection_id", c.id).Dur("silent", quiet).Msg("agent connection silent: presumed dead, closing")
+					_ = c.qc.CloseWithError(quic.ConnCodeNoError, "silent: presumed dead")
+					s.table.remove(c)
+				case quiet > silentAfter:
+					c.probe()
+				}
 			}
 		}
 	}
