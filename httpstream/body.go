@@ -1,7 +1,6 @@
 package httpstream
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -163,6 +162,3 @@ func GetBuffer() *[]byte { return copyBuffers.Get().(*[]byte) }
 
 // PutBuffer returns a buffer from GetBuffer.
 func PutBuffer(b *[]byte) { copyBuffers.Put(b) }
-
-// isEOF reports a clean end.
-func isEOF(err error) bool { return errors.Is(err, io.EOF) }
