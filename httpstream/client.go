@@ -50,6 +50,10 @@ type Body struct {
 	over    atomic.Bool // more than limit bytes were read: no replay (read by RoundTrip while a writer runs)
 	eof     bool
 	readErr atomic.Pointer[error] // the error rc returned: the client's fault, not the agent's
+
+	// Trailer, if set, is read once the body has ended and sent as the trailers of a framed
+	// body (api.FlagFramed): net/http fills a server request's Trailer at the body's EOF.
+	Trailer http.Header
 }
 
 // NewBody wraps rc (nil for no body) with a replay buffer of limit bytes
@@ -416,7 +420,7 @@ func (w *bodyWriter) run() {
 		}
 		if err == io.EOF {
 			if fw != nil {
-				if err := fw.writeTrailers(nil); err != nil {
+				if err := fw.writeTrailers(w.cur.b.Trailer); err != nil {
 					sc.CancelWrite(quic.StreamCodeCanceled)
 					return
 				}

@@ -64,6 +64,10 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	body := httpstream.NewBody(r.Body, 0)
 	if f.ContentLength == 0 {
 		body = nil
+	} else if len(r.Trailer) > 0 {
+		// Declared trailers (gRPC-style clients) travel at the end of a framed body.
+		body.Trailer = r.Trailer
+		f.Flags |= api.FlagFramed
 	}
 	w.Header().Set(HeaderRequestID, tgt.requestID)
 

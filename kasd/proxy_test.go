@@ -2,6 +2,7 @@ package kasd_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -506,5 +508,36 @@ func TestIdleAgentSendsNoProbes(t *testing.T) {
 	}
 	if a.Connected() != 1 {
 		t.Errorf("connections = %d", a.Connected())
+	}
+}
+
+// A client's request trailers reach the service (they travel at the end of a framed body).
+func TestRequestTrailers(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%d %s", len(b), r.Trailer.Get("X-Checksum"))
+	}))
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	for _, size := range []int{10, 100 << 10} {
+		pr, pw := io.Pipe()
+		req, _ := http.NewRequest("POST", e.url("/api/v1/agents/alpha/proxy/web/up"), pr)
+		req.Header.Set("Authorization", "Bearer "+e.token())
+		req.Trailer = http.Header{"X-Checksum": nil}
+		go func() {
+			pw.Write(bytes.Repeat([]byte("x"), size))
+			req.Trailer.Set("X-Checksum", "sum-"+strconv.Itoa(size))
+			pw.Close()
+		}()
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(t, resp)
+		if want := fmt.Sprintf("%d sum-%d", size, size); resp.StatusCode != 200 || body != want {
+			t.Errorf("size %d: %d %q, want %q", size, resp.StatusCode, body, want)
+		}
 	}
 }
