@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -110,8 +111,66 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		if reused && attempt == 0 && errors.As(err, &nothing) && (req.Body == nil || req.Body == http.NoBody) && ctx.Err() == nil {
 			continue // the service closed the idle connection as we reused it
 		}
-		return nil, err
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, &publicError{err}
 	}
+}
+
+// publicError is a failure to reach a service whose text (PublicCause) a client may see; the
+// full error, with addresses, is its Unwrap.
+type publicError struct{ err error }
+
+func (e *publicError) Error() string { return PublicCause(e.err) }
+func (e *publicError) Unwrap() error { return e.err }
+
+// PublicCause says why a request to a service inside the cluster failed, in words a client may
+// see: the kind of failure, never the addresses, host names and certificate details that Go's
+// dial, resolver and TLS errors carry (a client outside must not learn the cluster's
+// addresses). The full error belongs in the agent's log, under the request id.
+func PublicCause(err error) string {
+	var (
+		dnsErr    *net.DNSError
+		unknownCA x509.UnknownAuthorityError
+		hostErr   x509.HostnameError
+		certErr   x509.CertificateInvalidError
+		verifyErr *tls.CertificateVerificationError
+		recordErr tls.RecordHeaderError
+		alertErr  tls.AlertError
+		netErr    net.Error
+	)
+	switch {
+	case errors.Is(err, errResponseHeadTooLarge):
+		return "response head too large"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection reset"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "no route to host"
+	case errors.As(err, &dnsErr):
+		return "host name not resolved"
+	case errors.As(err, &unknownCA):
+		return "TLS certificate not trusted (unknown authority)"
+	case errors.As(err, &hostErr):
+		return "TLS certificate not valid for the address"
+	case errors.As(err, &certErr):
+		return "TLS certificate invalid"
+	case errors.As(err, &verifyErr):
+		return "TLS certificate not verified"
+	case errors.As(err, &recordErr), errors.As(err, &alertErr):
+		return "TLS handshake failed"
+	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, syscall.ETIMEDOUT):
+		return "timed out"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before a response"
+	}
+	var nothing *nothingReadError
+	if errors.As(err, &nothing) {
+		return "connection failed before a response"
+	}
+	return "request failed"
 }
 
 // nothingReadError: the exchange failed before any byte of the response arrived.

@@ -33,14 +33,7 @@ const maxErrorBody = 64 << 10
 // A nil err, or one whose code is CodeOK, is written as CodeInternal: an
 // error response is never a 200.
 func WriteHTTPError(w http.ResponseWriter, err error) {
-	code := CodeOf(err)
-	msg := messageOf(err)
-	if code == CodeOK {
-		code = CodeInternal
-		if msg == "" {
-			msg = "error without a code"
-		}
-	}
+	code, msg := errorCodeMessage(err) // shared with WriteKubeStatus
 	h := w.Header()
 	h.Del("Content-Length")
 	h.Set("Content-Type", "application/json")

@@ -21,6 +21,12 @@
 //     the stream's api.Request has the "impersonate-user" metadata key (set by kasd from the
 //     client JWT's impersonate claim), and never otherwise. A rest.Config that impersonates by
 //     itself is refused by New, so the JWT is the only source of impersonation.
+//   - Errors: a failure to reach the API server is answered with service_unavailable and a
+//     message that says what kind of failure it was (agentd.PublicCause: connection refused,
+//     TLS certificate not trusted, ...), never the API server's address or a dial or TLS error
+//     text; the full error is logged (warn) with the request id. kasd turns every qkas error on
+//     this service into a Kubernetes Status, and refuses requests carrying their own
+//     Impersonate-* headers before they reach the agent.
 //   - Policy: with a Policy, a request is served only if one of its rules allows the request's
 //     path and Kubernetes verb; otherwise it is answered 403 with api.CodeForbidden and a reason
 //     and never reaches the API server. Paths are matched on the decoded path, which is what the
@@ -35,8 +41,9 @@
 //
 // # Long-lived requests and idle limits
 //
-// Watches, logs -f, exec and port-forward are streamed (FlushInterval -1) and upgrades are
-// passed through by httputil.ReverseProxy. Nothing in this package times a request out: there is
+// Watches and logs -f (responses without a Content-Length) are flushed chunk by chunk, and
+// upgrades (exec, attach, port-forward) are passed through by httputil.ReverseProxy. Nothing in
+// this package times a request out: there is
 // no write timeout, rest.Config.Timeout is not applied (the transport is used directly, not a
 // rest.Client), and no idle timer runs on a stream. What does end long-lived requests:
 //
@@ -49,8 +56,10 @@
 //     (default 6s) without any packet; an idle but healthy stream is therefore never cut.
 //     When agentd or kasd drains a connection, in-flight requests, watches included, get
 //     agentd's DrainTimeout (default 30s) to finish before the connection is closed.
-//   - the client: a Qkas-Timeout header sets a deadline for the whole request, enforced by kasd
-//     and by agentd (the request's context ends at the deadline, also for upgrades).
+//   - the client: Qkas-Timeout bounds only the wait for the response head (kasd resets the
+//     stream if no head came in time, which ends the request's context here); a watch whose
+//     head came runs on. Only an explicit Qkas-Deadline reaches agentd as the stream's
+//     deadline (a second after kasd's own, which ends a streaming body cleanly first).
 //   - kasd waits ResponseHeaderTimeout (default 60s) for the response header only; the API
 //     server sends headers of a watch or a log stream at once.
 //

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/qkas/qkas/agentd"
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/httpstream"
 )
@@ -98,9 +99,13 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s.proxy = &httputil.ReverseProxy{
-		Rewrite:       func(pr *httputil.ProxyRequest) { rewrite(pr, base) },
-		Transport:     roundTripperFunc(s.roundTrip),
-		FlushInterval: -1, // watches and logs -f: every chunk as it comes
+		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, base) },
+		Transport: roundTripperFunc(s.roundTrip),
+		// 0, not -1: ReverseProxy flushes every write of a response without a Content-Length
+		// (watches, logs -f) or of an event stream by itself; a response of known length
+		// then leaves agentd as head, body and end in one stream write instead of three (a
+		// flush of the head from a timer goroutine, then one per body write).
+		FlushInterval: 0,
 		ErrorLog:      log.New(logWriter{s.log}, "", 0),
 		ErrorHandler:  s.proxyError,
 	}
@@ -224,17 +229,26 @@ func (s *Service) roundTrip(r *http.Request) (*http.Response, error) {
 	return s.transport.RoundTrip(r)
 }
 
+// proxyError answers a request the API server did not answer. The client sees what kind of
+// failure it was (agentd.PublicCause), never the API server's in-cluster address or the text of
+// a dial or TLS error; the full error is logged with the request id.
 func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	var e *api.Error
+	ev := s.log.Warn()
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(r.Context().Err(), context.DeadlineExceeded):
 		e = api.Errorf(api.CodeDeadlineExceeded, "the Kubernetes API server did not answer before the deadline")
-	case errors.Is(err, context.Canceled):
+	case errors.Is(err, context.Canceled) || r.Context().Err() != nil:
 		e = api.Errorf(api.CodeAgentFailed, "request canceled")
+		ev = s.log.Debug() // kasd or its client went away: nothing to report
 	default:
-		e = &api.Error{Code: api.CodeServiceUnavailable, Message: "kubernetes API server: " + err.Error(), Err: err}
+		e = &api.Error{Code: api.CodeServiceUnavailable, Message: "the Kubernetes API server could not be reached by the agent: " + agentd.PublicCause(err), Err: err}
 	}
-	s.log.Debug().Err(err).Str("path", r.URL.Path).Msg("kubernetes proxy error")
+	var id string
+	if req, _ := r.Context().Value(requestKey{}).(*api.Request); req != nil {
+		id = req.RequestID
+	}
+	ev.Err(err).Str("request_id", id).Str("method", r.Method).Str("path", r.URL.Path).Str("code", e.Code.String()).Msg("kubernetes API server request failed")
 	httpstream.WriteError(w, e)
 }
 

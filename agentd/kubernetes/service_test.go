@@ -2,6 +2,7 @@ package kubernetes_test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -11,10 +12,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 	"k8s.io/client-go/rest"
 
@@ -146,9 +149,65 @@ func TestWrongCAFails(t *testing.T) {
 	if !strings.Contains(e.Error(), "certificate") {
 		t.Errorf("error %q does not mention the certificate", e)
 	}
+	if host := strings.TrimPrefix(st.URL, "https://"); strings.Contains(e.Error(), host) || strings.Contains(e.Error(), "x509") {
+		t.Errorf("error %q shows the API server's address or the TLS error text", e)
+	}
 	if n := len(st.Requests()); n != 0 {
 		t.Errorf("API server served %d requests over an unverified connection", n)
 	}
+}
+
+// TestUnreachableAPIServer: the client learns that the API server could not be reached and
+// why in general terms, never its in-cluster address; the log has the full error and the
+// request id.
+func TestUnreachableAPIServer(t *testing.T) {
+	st := newStandin(t)
+	rc := st.RESTConfig()
+	down := httptest.NewServer(http.NotFoundHandler())
+	host := strings.TrimPrefix(down.URL, "http://")
+	down.Close()
+	rc.Host = "https://" + host
+	var logBuf syncBuffer
+	lg := zerolog.New(&logBuf)
+	svc, err := kubernetes.New(kubernetes.Config{REST: rc, Registerer: prometheus.NewRegistry(), Log: &lg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		svc.ServeService(w, r, &api.Request{Service: "kubernetes", RequestID: "req-42"})
+	}))
+	defer srv.Close()
+	resp := do(t, "GET", srv.URL+"/api/v1/namespaces/default/pods")
+	e := api.ReadHTTPError(resp)
+	if resp.StatusCode != http.StatusBadGateway || api.CodeOf(e) != api.CodeServiceUnavailable {
+		t.Fatalf("status %d, error %v; want 502 service_unavailable", resp.StatusCode, e)
+	}
+	if want := "the Kubernetes API server could not be reached by the agent: connection refused"; e.Message != want {
+		t.Errorf("message %q, want %q", e.Message, want)
+	}
+	logged := logBuf.String()
+	if !strings.Contains(logged, `"request_id":"req-42"`) || !strings.Contains(logged, host) {
+		t.Errorf("log %s lacks the request id or the full error", logged)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the log writer and the test.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func TestUpgradeUsesHTTP1(t *testing.T) {

@@ -4,7 +4,7 @@
 // every request so tests can assert on what arrived.
 //
 // It answers enough for client-go and kubectl: discovery (/api, /apis, /api/v1, /version), a
-// pod list in any namespace, a watch on pods (one event, then a second after Server.NextEvent
+// pod list in any namespace, a GET of SlowPod that never answers, a watch on pods (one event, then a second after Server.NextEvent
 // is signalled), and exec/attach/portforward upgrades: SPDY/3.1 (or any non-WebSocket upgrade)
 // is echoed as raw bytes; a WebSocket speaking v5.channel.k8s.io echoes stdin to stdout as
 // kubelet's remote command protocol frames it; any other WebSocket echoes messages.
@@ -36,6 +36,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 )
+
+// SlowPod is a pod name whose GET (/api/v1/namespaces/{ns}/pods/slow) is never answered: the
+// stand-in holds the request until the client gives up.
+const SlowPod = "slow"
 
 // Seen is what the stand-in recorded about one request.
 type Seen struct {
@@ -165,6 +169,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"},
 			ListMeta: metav1.ListMeta{ResourceVersion: "10"},
 			Items:    []corev1.Pod{pod(parts[3], "p1", "1"), pod(parts[3], "p2", "2")}})
+	case len(parts) == 6 && parts[4] == "pods" && parts[5] == SlowPod:
+		<-r.Context().Done() // never answers: for deadline tests
 	case len(parts) == 7 && parts[4] == "pods" && (parts[6] == "exec" || parts[6] == "attach" || parts[6] == "portforward"):
 		s.upgrade(w, r)
 	default:

@@ -1,0 +1,81 @@
+package kasd
+
+import (
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/auth"
+)
+
+// ipv4RE is the reference for hasIPv4: a dotted quad of 1-3 digit runs, not inside a longer
+// run of digits and dots on its left nor followed by a digit.
+var ipv4RE = regexp.MustCompile(`(^|[^0-9.])[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}([^0-9]|$)`)
+
+func TestLeaksInternals(t *testing.T) {
+	for _, tc := range []struct {
+		msg  string
+		leak bool
+	}{
+		{"kubernetes API server: dial tcp 10.96.0.1:443: connect: connection refused", true},
+		{"peer kas-1 handshake: read udp 10.0.0.5:8152", true},
+		{"tls: failed to verify certificate: x509: certificate signed by unknown authority", true},
+		{"dial tcp [fd00::1]:443: i/o timeout", true},
+		{"service web: lookup web.team.svc on 10.96.0.10:53: no such host", true},
+		{"upstream 192.168.1.20 answered garbage", true},
+		{"the Kubernetes API server could not be reached by the agent: connection refused", false},
+		{"agent alpha is not connected", false},
+		{"no response head within the Qkas-Timeout of 300ms", false},
+		{"version 1.2.3 of the agent", false},
+		{"kasd v1.37.2-kubetest", false},
+	} {
+		if got := leaksInternals(tc.msg); got != tc.leak {
+			t.Errorf("leaksInternals(%q) = %v, want %v", tc.msg, got, tc.leak)
+		}
+	}
+}
+
+func FuzzHasIPv4(f *testing.F) {
+	for _, s := range []string{"10.0.0.1", "a1.2.3.4b", "1234.1.1.1", "1.2.3.4567", "1..2.3.4", "v1.37.2", "1.2.3.4.5", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := hasIPv4(s), ipv4RE.MatchString(s); got != want {
+			t.Fatalf("hasIPv4(%q) = %v, reference %v", s, got, want)
+		}
+	})
+}
+
+func TestRefuseImpersonation(t *testing.T) {
+	alice := &auth.Impersonation{User: "alice", Groups: []string{"dev", "ops"}}
+	for _, tc := range []struct {
+		name    string
+		service string
+		header  http.Header
+		imp     *auth.Impersonation
+		refuse  bool
+	}{
+		{"no headers", "kubernetes", http.Header{"Accept": {"*/*"}}, nil, false},
+		{"other service", "web", http.Header{"Impersonate-User": {"root"}}, nil, false},
+		{"user without claim", "kubernetes", http.Header{"Impersonate-User": {"alice"}}, nil, true},
+		{"lower case", "kubernetes", http.Header{"impersonate-user": {"alice"}}, nil, true},
+		{"extra only", "kubernetes", http.Header{"IMPERSONATE-EXTRA-SCOPES": {"x"}}, alice, true},
+		{"exact claim", "kubernetes", http.Header{"Impersonate-User": {"alice"}, "Impersonate-Group": {"ops", "dev"}}, alice, false},
+		{"missing group", "kubernetes", http.Header{"Impersonate-User": {"alice"}, "Impersonate-Group": {"dev"}}, alice, true},
+		{"extra group", "kubernetes", http.Header{"Impersonate-User": {"alice"}, "Impersonate-Group": {"dev", "ops", "system:masters"}}, alice, true},
+		{"claim plus uid", "kubernetes", http.Header{"Impersonate-User": {"alice"}, "Impersonate-Group": {"dev", "ops"}, "Impersonate-Uid": {"1"}}, alice, true},
+		{"two users", "kubernetes", http.Header{"Impersonate-User": {"alice", "alice"}, "Impersonate-Group": {"dev", "ops"}}, alice, true},
+		{"groups only", "kubernetes", http.Header{"Impersonate-Group": {"dev", "ops"}}, alice, true},
+	} {
+		e := refuseImpersonation(tc.service, tc.header, tc.imp)
+		if (e != nil) != tc.refuse {
+			t.Errorf("%s: %v, want refused=%v", tc.name, e, tc.refuse)
+			continue
+		}
+		if e != nil && (e.Code != api.CodeForbidden || !strings.HasPrefix(e.Message, "impersonation comes from the token's impersonate claim only")) {
+			t.Errorf("%s: %v", tc.name, e)
+		}
+	}
+}
