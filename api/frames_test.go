@@ -978,6 +978,7 @@ func TestSecretsRedacted(t *testing.T) {
 	h := &Hello{Version: 1, Token: "s3cret-token", Services: []string{"k"}}
 	p := &PeerHello{Version: 1, InstanceID: "a", Proof: []byte("s3cret-proof")}
 	for _, s := range []string{
+		//lint:ignore S1025 each formatting verb is what is tested
 		fmt.Sprintf("%v", h), fmt.Sprintf("%+v", h), fmt.Sprintf("%#v", h), fmt.Sprintf("%s", h),
 		fmt.Sprintf("%v", p), fmt.Sprintf("%+v", p), fmt.Sprintf("%#v", p),
 		fmt.Sprintf("%v", h.LogValue()), fmt.Sprintf("%v", p.LogValue()),

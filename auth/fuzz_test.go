@@ -64,12 +64,14 @@ func FuzzVerify(f *testing.F) {
 	now := func() time.Time { return testEpoch }
 	c := validClaims()
 	f.Add(mint(f, testKey, c))
-	c.Agents = []string{"a", "*"}
+	c.Agents = []string{"*"}
 	c.Impersonate = &Impersonation{User: "u", Groups: []string{"g"}}
 	f.Add(mint(f, testKey, c))
 	f.Add(signWith(f, jwt.SigningMethodHS512, testKey, c))
 	f.Add(signWith(f, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, c))
 	f.Add(handNone(`{"aud":"gitlab-kas","exp":9999999999}`))
+	f.Add(signRaw(f, `{"alg":"HS256","crit":["b64"]}`, `{"aud":"gitlab-kas","iss":"qkas","agents":["a"],"exp":"1772366460"}`))
+	f.Add(signRaw(f, "", `{"aud":"gitlab-kas","iss":"qkas","agents":["a"],"sub":"a\r\nb","exp":1772366460,"impersonate":{"user":"u","uid":"1"}}`))
 	f.Add("")
 	f.Add("a.b.c")
 	f.Fuzz(func(t *testing.T, token string) {
@@ -80,8 +82,9 @@ func FuzzVerify(f *testing.F) {
 				if string(key) == string(fuzzKey) {
 					t.Fatalf("verified without the key: %q", token)
 				}
-				if claims == nil || claims.ExpiresAt == nil {
-					t.Fatalf("verified without exp: %+v", claims)
+				if claims == nil || claims.ExpiresAt == nil || claims.Issuer != DefaultIssuer ||
+					len(claims.Agents) == 0 || slices.Contains(claims.Agents, AnyAgent) {
+					t.Fatalf("verified without exp, iss or agents, or with every agent: %+v", claims)
 				}
 				continue
 			}

@@ -1,6 +1,9 @@
 package auth
 
 import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -8,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -17,6 +21,10 @@ import (
 // DefaultAudience is the audience of client JWTs: the one GitLab uses in the
 // tokens it mints for kas.
 const DefaultAudience = "gitlab-kas"
+
+// DefaultIssuer is Verifier.Issuer's default and the iss that `kasctl jwt`
+// writes unless told otherwise.
+const DefaultIssuer = "qkas"
 
 const (
 	// DefaultMaxValidity is Verifier.MaxValidity's default.
@@ -31,10 +39,16 @@ const (
 // signingMethod is the only algorithm minted and accepted.
 var signingMethod = jwt.SigningMethodHS256
 
-// AnyAgent in ClientClaims.Agents allows every agent.
+// AnyAgent, alone in ClientClaims.Agents (["*"]), allows every agent; a
+// Verifier accepts it only with AllowAnyAgent.
 const AnyAgent = "*"
 
 // Impersonation asks the agent to act as another Kubernetes identity.
+// Only user and groups are carried: agentd's kubernetes service sets
+// Impersonate-User and Impersonate-Group from them. A token whose impersonate
+// claim has any other field (Kubernetes' uid or extra, a typo) is refused by
+// Verify rather than served with the field dropped, which would run the
+// request with other rights than the token asked for.
 type Impersonation struct {
 	User   string   `json:"user"`
 	Groups []string `json:"groups,omitempty"`
@@ -43,22 +57,20 @@ type Impersonation struct {
 // ClientClaims are the claims of a client JWT for kasd's HTTP API.
 type ClientClaims struct {
 	jwt.RegisteredClaims
-	// Agents limits which agents the token reaches: nil (claim absent) or a
-	// list containing "*" allows any agent; otherwise only the listed ids.
-	// A present but empty list ("agents": []) allows none; Mint refuses to
-	// write one because JSON omitempty would turn it into "any agent".
-	Agents []string `json:"agents,omitempty"`
+	// Agents lists the agent ids the token reaches; ["*"] reaches every agent
+	// (accepted only by a Verifier with AllowAnyAgent). The claim is
+	// required: Verify refuses a token without it, with null, with an empty
+	// list or with "*" next to ids, and Mint refuses to write one.
+	Agents []string `json:"agents"`
 	// Impersonate, if set, is passed to the agent (request metadata
 	// impersonate-user / impersonate-group). Verify refuses it without User.
 	Impersonate *Impersonation `json:"impersonate,omitempty"`
 }
 
-// AllowsAgent reports whether the token may reach agent id.
+// AllowsAgent reports whether the token may reach agent id. Claims without
+// an agents list allow none (Verify never returns such claims).
 func (c *ClientClaims) AllowsAgent(id string) bool {
-	if c.Agents == nil {
-		return true
-	}
-	return slices.Contains(c.Agents, AnyAgent) || slices.Contains(c.Agents, id)
+	return slices.Contains(c.Agents, id) || (len(c.Agents) == 1 && c.Agents[0] == AnyAgent)
 }
 
 // Verifier checks client JWTs. Only Key is required; the other fields have
@@ -70,6 +82,11 @@ type Verifier struct {
 	Key []byte
 	// Audience must be one of the token's aud values. Default DefaultAudience.
 	Audience string
+	// Issuer must be the token's iss (required). Default DefaultIssuer.
+	Issuer string
+	// AllowAnyAgent accepts tokens whose agents claim is ["*"] (every agent).
+	// Default false: a token must list the agents it reaches.
+	AllowAnyAgent bool
 	// MaxValidity bounds how long a token may be valid: tokens whose exp is
 	// further than this (plus Leeway) in the future, or whose exp-iat is
 	// longer than this, are refused. Zero or negative means
@@ -90,6 +107,13 @@ func (v *Verifier) audience() string {
 		return DefaultAudience
 	}
 	return v.Audience
+}
+
+func (v *Verifier) issuer() string {
+	if v.Issuer == "" {
+		return DefaultIssuer
+	}
+	return v.Issuer
 }
 
 func (v *Verifier) maxValidity() time.Duration {
@@ -121,9 +145,14 @@ func unauthenticated(msg string, err error) *api.Error {
 }
 
 // Verify checks a client JWT and returns its claims. The token must be HS256
-// signed with Key (checked before any claim), its aud must contain Audience,
-// exp is required, nbf and iat are honoured when present (all with Leeway),
-// and it must not be valid for longer than MaxValidity. Every failure is an
+// signed with Key (checked before any claim), its header must not have crit,
+// its aud must contain Audience, its iss must be Issuer, exp is required, nbf
+// and iat are honoured when present (all with Leeway; each a JSON number, never
+// a string), it must not be valid for longer than MaxValidity, its agents claim
+// must list agent ids (or be ["*"] with AllowAnyAgent), an impersonate claim
+// may only carry user and groups, and no string in the header or the claims
+// may hold a control character (CR, LF, NUL, any C0 or C1 code, DEL): they are
+// refused here, before any of them can reach a header. Every failure is an
 // *api.Error with code api.CodeUnauthenticated, a short reason as Message and
 // the jwt error, if any, as Err; none of them contains the token.
 func (v *Verifier) Verify(token string) (*ClientClaims, error) {
@@ -154,6 +183,7 @@ func (v *Verifier) verify(token string) (*ClientClaims, error) {
 	p := jwt.NewParser(
 		jwt.WithValidMethods([]string{signingMethod.Alg()}),
 		jwt.WithAudience(v.audience()),
+		jwt.WithIssuer(v.issuer()),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 		jwt.WithLeeway(leeway),
@@ -173,6 +203,12 @@ func (v *Verifier) verify(token string) (*ClientClaims, error) {
 		return nil, unauthenticated(verifyFailure(tok, claims, err), err)
 	}
 	// The signature and the standard claims are good from here on.
+	if msg := checkHeader(tok.Header); msg != "" {
+		return nil, unauthenticated(msg, nil)
+	}
+	if msg := v.checkRawClaims(token); msg != "" {
+		return nil, unauthenticated(msg, nil)
+	}
 	maxV := v.maxValidity()
 	exp := claims.ExpiresAt.Time // not nil: WithExpirationRequired
 	if exp.Sub(now) > maxV+leeway || (claims.IssuedAt != nil && exp.Sub(claims.IssuedAt.Time) > maxV) {
@@ -209,21 +245,175 @@ func verifyFailure(tok *jwt.Token, claims *ClientClaims, err error) string {
 		return "aud claim required"
 	case errors.Is(err, jwt.ErrTokenInvalidAudience):
 		return "wrong audience"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && claims.Issuer == "":
+		return "iss claim required"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "wrong issuer"
 	}
 	return "invalid claims"
 }
 
-// Mint signs claims with key (HS256). It refuses an empty key, and an Agents
-// list that is empty but not nil: omitempty would drop it and the token would
-// allow every agent.
+// Mint signs claims with key (HS256). It refuses what Verify would refuse
+// whatever the time: an empty key, no Issuer, an Agents list that is empty or
+// has "*" next to ids, an agent id that is not valid, and control characters
+// in the claims.
 func Mint(key []byte, claims ClientClaims) (string, error) {
 	if len(key) == 0 {
 		return "", errors.New("auth: mint: empty key")
 	}
-	if claims.Agents != nil && len(claims.Agents) == 0 {
-		return "", errors.New("auth: mint: Agents is empty but not nil, which would allow every agent; use nil for any agent")
+	if claims.Issuer == "" {
+		return "", errors.New("auth: mint: Issuer is required (kasd checks iss; DefaultIssuer unless configured otherwise)")
 	}
-	return jwt.NewWithClaims(signingMethod, claims).SignedString(key)
+	if msg := checkAgents(claims.Agents, true); msg != "" {
+		return "", errors.New("auth: mint: " + msg)
+	}
+	tok := jwt.NewWithClaims(signingMethod, claims)
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		return "", fmt.Errorf("auth: mint: %w", err)
+	}
+	if msg := checkControl(payload); msg != "" {
+		return "", errors.New("auth: mint: " + msg)
+	}
+	return tok.SignedString(key)
+}
+
+// checkHeader refuses a header with crit (RFC 7515 4.1.11: a recipient must
+// refuse extensions it does not understand, and qkas understands none) or a
+// control character in any of its strings.
+func checkHeader(h map[string]any) string {
+	if _, ok := h["crit"]; ok {
+		return "crit header not supported"
+	}
+	for k, val := range h {
+		if hasControl(k) || anyHasControl(val) {
+			return "control character in the token header"
+		}
+	}
+	return ""
+}
+
+// checkRawClaims checks what the typed claims cannot show, on the JSON of the
+// (already signature-checked) payload: the types of exp, nbf and iat, the
+// presence and shape of agents and impersonate, and control characters.
+func (v *Verifier) checkRawClaims(token string) string {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return "malformed token"
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return "malformed token"
+	}
+	if msg := checkControl(payload); msg != "" {
+		return msg
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &raw); err != nil {
+		return "malformed token"
+	}
+	for _, name := range []string{"exp", "nbf", "iat"} {
+		if r, ok := raw[name]; ok && !isJSONNumber(r) {
+			return name + " claim must be a number (seconds since the epoch)"
+		}
+	}
+	ra, ok := raw["agents"]
+	if !ok || bytes.Equal(bytes.TrimSpace(ra), []byte("null")) {
+		return `agents claim required (the agent ids the token reaches, or ["*"] where kasd allows every agent)`
+	}
+	var agents []string
+	if err := json.Unmarshal(ra, &agents); err != nil {
+		return "agents claim must be a list of agent ids"
+	}
+	if msg := checkAgents(agents, v.AllowAnyAgent); msg != "" {
+		return msg
+	}
+	if ri, ok := raw["impersonate"]; ok {
+		var imp map[string]json.RawMessage
+		if err := json.Unmarshal(ri, &imp); err != nil || imp == nil {
+			return "impersonate claim must be an object"
+		}
+		for k := range imp {
+			switch k {
+			case "user", "groups":
+			case "uid", "extra":
+				return "impersonate claim field " + k + " is not supported (only user and groups); the token is refused rather than served without it"
+			default:
+				return "impersonate claim has an unknown field"
+			}
+		}
+	}
+	return ""
+}
+
+// checkAgents checks an agents list: not empty, "*" only alone and only if
+// anyAgent, every other entry a valid agent id.
+func checkAgents(agents []string, anyAgent bool) string {
+	switch {
+	case len(agents) == 0:
+		return `agents claim must not be empty (list agent ids, or ["*"] where kasd allows every agent)`
+	case len(agents) == 1 && agents[0] == AnyAgent:
+		if !anyAgent {
+			return `agents claim ["*"] (every agent) is not allowed by this kasd (--api-allow-wildcard)`
+		}
+		return ""
+	}
+	for i, id := range agents {
+		if id == AnyAgent {
+			return `agents claim: "*" must be alone`
+		}
+		if ValidateAgentID(id) != nil {
+			return fmt.Sprintf("agents claim: entry %d is not a valid agent id", i)
+		}
+	}
+	return ""
+}
+
+// isJSONNumber reports whether r is a JSON number (not a string, not null).
+func isJSONNumber(r json.RawMessage) bool {
+	r = bytes.TrimSpace(r)
+	return len(r) > 0 && (r[0] == '-' || ('0' <= r[0] && r[0] <= '9'))
+}
+
+// checkControl reports a control character in any string (names included)
+// of the JSON document doc, naming the top-level claim it is in but never
+// quoting it.
+func checkControl(doc []byte) string {
+	var m map[string]any
+	if err := json.Unmarshal(doc, &m); err != nil {
+		return "malformed token"
+	}
+	for k, val := range m {
+		if hasControl(k) {
+			return "control character in a claim name"
+		}
+		if anyHasControl(val) {
+			return fmt.Sprintf("control character in claim %s", k)
+		}
+	}
+	return ""
+}
+
+func anyHasControl(v any) bool {
+	switch v := v.(type) {
+	case string:
+		return hasControl(v)
+	case []any:
+		return slices.ContainsFunc(v, anyHasControl)
+	case map[string]any:
+		for k, e := range v {
+			if hasControl(k) || anyHasControl(e) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hasControl reports a C0 or C1 control character or DEL (CR, LF and NUL
+// among them) in s.
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, unicode.IsControl)
 }
 
 // BearerToken returns the token of the request's "Authorization: Bearer X"

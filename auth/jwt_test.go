@@ -32,11 +32,12 @@ func date(d time.Duration) *jwt.NumericDate { return jwt.NewNumericDate(testEpoc
 // validClaims expire in 10 minutes, issued now, for the default audience.
 func validClaims() ClientClaims {
 	return ClientClaims{RegisteredClaims: jwt.RegisteredClaims{
+		Issuer:    DefaultIssuer,
 		Subject:   "ci",
 		Audience:  jwt.ClaimStrings{DefaultAudience},
 		ExpiresAt: date(10 * time.Minute),
 		IssuedAt:  date(0),
-	}}
+	}, Agents: []string{"a"}}
 }
 
 func mint(t testing.TB, key []byte, c ClientClaims) string {
@@ -70,7 +71,7 @@ func TestVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	with := func(f func(*ClientClaims)) ClientClaims { c := validClaims(); f(&c); return c }
-	expJSON := `{"aud":"gitlab-kas","exp":` + jsonNum(testEpoch.Add(time.Minute)) + `}`
+	expJSON := `{"aud":"gitlab-kas","iss":"qkas","agents":["a"],"exp":` + jsonNum(testEpoch.Add(time.Minute)) + `}`
 
 	tests := []struct {
 		name    string
@@ -219,22 +220,25 @@ func TestClaimsDecoded(t *testing.T) {
 	tests := []struct {
 		name    string
 		agents  []string
+		anyOK   bool
 		allowed map[string]bool
 	}{
-		{"nil: any agent", nil, map[string]bool{"a": true, "b": true}},
-		{"star: any agent", []string{"*"}, map[string]bool{"a": true, "b": true}},
-		{"list", []string{"a", "c"}, map[string]bool{"a": true, "b": false, "c": true, "*": false}},
+		{"star with AllowAnyAgent: any agent", []string{"*"}, true, map[string]bool{"a": true, "b": true}},
+		{"list", []string{"a", "c"}, false, map[string]bool{"a": true, "b": false, "c": true, "*": false}},
+		{"list with AllowAnyAgent", []string{"a"}, true, map[string]bool{"a": true, "b": false, "*": false}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := validClaims()
 			c.Agents = tt.agents
 			c.Impersonate = &Impersonation{User: "alice", Groups: []string{"dev", "ops"}}
-			got, err := testVerifier().Verify(mint(t, testKey, c))
+			v := testVerifier()
+			v.AllowAnyAgent = tt.anyOK
+			got, err := v.Verify(mint(t, testKey, c))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.Equal(got.Agents, tt.agents) || (got.Agents == nil) != (tt.agents == nil) {
+			if !slices.Equal(got.Agents, tt.agents) {
 				t.Fatalf("Agents = %#v, want %#v", got.Agents, tt.agents)
 			}
 			for id, want := range tt.allowed {
@@ -247,27 +251,31 @@ func TestClaimsDecoded(t *testing.T) {
 			}
 		})
 	}
+	if (&ClientClaims{}).AllowsAgent("a") {
+		t.Fatal("claims without agents allowed an agent")
+	}
 }
 
-func TestEmptyAgentsList(t *testing.T) {
+func TestMintRefuses(t *testing.T) {
+	for name, f := range map[string]func(*ClientClaims){
+		"nil agents":        func(c *ClientClaims) { c.Agents = nil },
+		"empty agents":      func(c *ClientClaims) { c.Agents = []string{} },
+		"star next to ids":  func(c *ClientClaims) { c.Agents = []string{"*", "a"} },
+		"invalid agent id":  func(c *ClientClaims) { c.Agents = []string{"a/b"} },
+		"no issuer":         func(c *ClientClaims) { c.Issuer = "" },
+		"CR LF in subject":  func(c *ClientClaims) { c.Subject = "ci\r\nX-Evil: 1" },
+		"NUL in group name": func(c *ClientClaims) { c.Impersonate = &Impersonation{User: "u", Groups: []string{"g\x00"}} },
+	} {
+		c := validClaims()
+		f(&c)
+		if _, err := Mint(testKey, c); err == nil {
+			t.Errorf("%s: Mint accepted it", name)
+		}
+	}
 	c := validClaims()
-	c.Agents = []string{}
-	if _, err := Mint(testKey, c); err == nil {
-		t.Fatal("Mint accepted an empty non-nil Agents list")
-	}
-	// A token carrying "agents": [] (minted elsewhere) allows no agent.
-	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
-		"aud": DefaultAudience, "exp": testEpoch.Add(time.Minute).Unix(), "agents": []string{},
-	}).SignedString(testKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := testVerifier().Verify(tok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.AllowsAgent("a") {
-		t.Fatal(`"agents": [] allowed an agent`)
+	c.Agents = []string{AnyAgent}
+	if _, err := Mint(testKey, c); err != nil {
+		t.Fatalf(`Mint refused ["*"]: %v`, err)
 	}
 }
 
@@ -277,8 +285,115 @@ func TestMintEmptyKey(t *testing.T) {
 	}
 }
 
-// TestVerifyGitLabToken checks a token shaped like the ones GitLab mints
-// for kas (iss gitlab, aud gitlab-kas, iat/exp/nbf, jti), built with MapClaims.
+// signRaw signs a payload given as JSON text (HS256 with testKey), and an
+// optional extra header, without the jwt library: the strictness cases below
+// are tokens that Mint refuses to write.
+func signRaw(t testing.TB, header, payload string) string {
+	t.Helper()
+	enc := base64.RawURLEncoding.EncodeToString
+	if header == "" {
+		header = `{"alg":"HS256","typ":"JWT"}`
+	}
+	signing := enc([]byte(header)) + "." + enc([]byte(payload))
+	sig, err := jwt.SigningMethodHS256.Sign(signing, testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signing + "." + enc(sig)
+}
+
+// TestVerifyStrict holds the strictness of issue 12: each token is signed with
+// the right key and would have been accepted before.
+func TestVerifyStrict(t *testing.T) {
+	exp, iat := jsonNum(testEpoch.Add(time.Minute)), jsonNum(testEpoch)
+	claims := func(extra string) string {
+		return `{"aud":"gitlab-kas","sub":"ci","exp":` + exp + `,"iat":` + iat + extra + `}`
+	}
+	const iss, agents = `,"iss":"qkas"`, `,"agents":["a"]`
+	anyVerifier := testVerifier()
+	anyVerifier.AllowAnyAgent = true
+	tests := []struct {
+		name    string
+		header  string
+		payload string
+		v       *Verifier
+		wantMsg string // "" means valid
+	}{
+		{name: "valid", payload: claims(iss + agents)},
+		{name: "agents missing", payload: claims(iss),
+			wantMsg: `agents claim required (the agent ids the token reaches, or ["*"] where kasd allows every agent)`},
+		{name: "agents null", payload: claims(iss + `,"agents":null`),
+			wantMsg: `agents claim required (the agent ids the token reaches, or ["*"] where kasd allows every agent)`},
+		{name: "agents empty", payload: claims(iss + `,"agents":[]`),
+			wantMsg: `agents claim must not be empty (list agent ids, or ["*"] where kasd allows every agent)`},
+		{name: "agents a string", payload: claims(iss + `,"agents":"a"`), wantMsg: "malformed token"},
+		{name: "wildcard without AllowAnyAgent", payload: claims(iss + `,"agents":["*"]`),
+			wantMsg: `agents claim ["*"] (every agent) is not allowed by this kasd (--api-allow-wildcard)`},
+		{name: "wildcard with AllowAnyAgent", payload: claims(iss + `,"agents":["*"]`), v: anyVerifier},
+		{name: "wildcard next to an id", payload: claims(iss + `,"agents":["a","*"]`), v: anyVerifier, wantMsg: `agents claim: "*" must be alone`},
+		{name: "invalid agent id", payload: claims(iss + `,"agents":["../x"]`), wantMsg: "agents claim: entry 0 is not a valid agent id"},
+		{name: "iss missing", payload: claims(agents), wantMsg: "iss claim required"},
+		{name: "wrong iss", payload: claims(agents + `,"iss":"gitlab"`), wantMsg: "wrong issuer"},
+		{name: "custom iss", payload: claims(agents + `,"iss":"ci"`), v: &Verifier{Key: testKey, Issuer: "ci", Now: func() time.Time { return testEpoch }}},
+		{name: "default iss refused by a custom verifier", payload: claims(iss + agents),
+			v: &Verifier{Key: testKey, Issuer: "ci", Now: func() time.Time { return testEpoch }}, wantMsg: "wrong issuer"},
+		{name: "exp a string", payload: `{"aud":"gitlab-kas","sub":"ci","exp":"` + exp + `"` + iss + agents + `}`,
+			wantMsg: "exp claim must be a number (seconds since the epoch)"},
+		{name: "nbf a string", payload: claims(iss + agents + `,"nbf":"` + iat + `"`), wantMsg: "nbf claim must be a number (seconds since the epoch)"},
+		{name: "iat a string", payload: `{"aud":"gitlab-kas","sub":"ci","exp":` + exp + `,"iat":"` + iat + `"` + iss + agents + `}`,
+			wantMsg: "iat claim must be a number (seconds since the epoch)"},
+		{name: "nbf null", payload: claims(iss + agents + `,"nbf":null`), wantMsg: "nbf claim must be a number (seconds since the epoch)"},
+		{name: "crit header", header: `{"alg":"HS256","typ":"JWT","crit":["exp"]}`, payload: claims(iss + agents), wantMsg: "crit header not supported"},
+		{name: "empty crit header", header: `{"alg":"HS256","crit":[]}`, payload: claims(iss + agents), wantMsg: "crit header not supported"},
+		{name: "CR LF in sub", payload: `{"aud":"gitlab-kas","sub":"ci\r\nX-Evil: 1","exp":` + exp + iss + agents + `}`, wantMsg: "control character in claim sub"},
+		{name: "NUL in impersonated user", payload: claims(iss + agents + `,"impersonate":{"user":"alice\u0000"}`), wantMsg: "control character in claim impersonate"},
+		{name: "LF in a group", payload: claims(iss + agents + `,"impersonate":{"user":"alice","groups":["dev\nops"]}`), wantMsg: "control character in claim impersonate"},
+		{name: "tab in an unknown claim", payload: claims(iss + agents + `,"note":"a\tb"`), wantMsg: "control character in claim note"},
+		{name: "DEL in jti", payload: claims(iss + agents + `,"jti":"j\u007f"`), wantMsg: "control character in claim jti"},
+		{name: "C1 control in a claim name", payload: claims(iss + agents + `,"x\u0085":1`), wantMsg: "control character in a claim name"},
+		{name: "LF in the header", header: `{"alg":"HS256","kid":"a\nb"}`, payload: claims(iss + agents), wantMsg: "control character in the token header"},
+		{name: "impersonate uid", payload: claims(iss + agents + `,"impersonate":{"user":"alice","uid":"42"}`),
+			wantMsg: "impersonate claim field uid is not supported (only user and groups); the token is refused rather than served without it"},
+		{name: "impersonate extra", payload: claims(iss + agents + `,"impersonate":{"user":"alice","extra":{"scopes":["view"]}}`),
+			wantMsg: "impersonate claim field extra is not supported (only user and groups); the token is refused rather than served without it"},
+		{name: "impersonate unknown field", payload: claims(iss + agents + `,"impersonate":{"user":"alice","group":["x"]}`), wantMsg: "impersonate claim has an unknown field"},
+		{name: "impersonate user and groups", payload: claims(iss + agents + `,"impersonate":{"user":"alice","groups":["dev"]}`)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := tt.v
+			if v == nil {
+				v = testVerifier()
+			}
+			claims, err := v.Verify(signRaw(t, tt.header, tt.payload))
+			if tt.wantMsg == "" {
+				if err != nil {
+					t.Fatalf("Verify: %v", err)
+				}
+				if claims.Subject != "ci" || len(claims.Agents) == 0 {
+					t.Fatalf("claims %+v", claims)
+				}
+				return
+			}
+			var ae *api.Error
+			if !errors.As(err, &ae) || ae.Code != api.CodeUnauthenticated || ae.Message != tt.wantMsg {
+				t.Fatalf("err = %v, want unauthenticated %q", err, tt.wantMsg)
+			}
+			// The same payload signed with another key is refused for its signature, never
+			// for a claim: claims are only looked at once the signature is good.
+			other := *v
+			other.Key = otherKey
+			if _, err := other.Verify(signRaw(t, tt.header, tt.payload)); !errors.As(err, &ae) ||
+				(ae.Message != "bad signature" && ae.Message != "malformed token") {
+				t.Fatalf("with the wrong key: %v", err)
+			}
+		})
+	}
+}
+
+// TestVerifyGitLabToken checks that a token shaped like the ones GitLab mints
+// for kas (iss gitlab, aud gitlab-kas, no agents) is not a client token for
+// kasd: the client API secret is not GitLab's.
 func TestVerifyGitLabToken(t *testing.T) {
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 		"iss": "gitlab", "aud": "gitlab-kas", "jti": "4f6e", "iat": testEpoch.Unix(),
@@ -287,12 +402,8 @@ func TestVerifyGitLabToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := testVerifier().Verify(tok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Issuer != "gitlab" || c.ID != "4f6e" || !c.AllowsAgent("any") {
-		t.Fatalf("claims = %+v", c)
+	if _, err := testVerifier().Verify(tok); err == nil {
+		t.Fatal("GitLab-shaped token accepted")
 	}
 }
 
@@ -342,8 +453,9 @@ func TestVerifiedCache(t *testing.T) {
 	now := time.Now()
 	v := &Verifier{Key: key, Cache: &VerifiedCache{Size: 2}, Now: func() time.Time { return now }}
 	mint := func(exp time.Duration, sub string) string {
-		c := ClientClaims{}
+		c := ClientClaims{Agents: []string{"a"}}
 		c.Audience = jwt.ClaimStrings{DefaultAudience}
+		c.Issuer = DefaultIssuer
 		c.ExpiresAt = jwt.NewNumericDate(now.Add(exp))
 		c.Subject = sub
 		tok, err := Mint(key, c)

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -101,4 +102,10 @@ func decodeSecret(data []byte) ([]byte, error) {
 		return nil, fmt.Errorf("decodes to %d bytes, need at least %d (generate a secret with `kasctl secret`)", len(secret), MinSecretBytes)
 	}
 	return secret, nil
+}
+
+// SameSecret reports whether two decoded secrets are equal, in time that does not depend on
+// where they differ.
+func SameSecret(a, b []byte) bool {
+	return subtle.ConstantTimeCompare(a, b) == 1
 }

@@ -36,7 +36,7 @@ func TestAPIOverTLS(t *testing.T) {
 	pool.AppendCertsFromPEM(caPEM)
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	defer client.CloseIdleConnections()
-	jwt := mintJWT(t, sec.JWTSecretFile)
+	jwt := mintJWT(t, sec.JWTSecretFile, "--agents", "demo")
 	url := "https://" + kasd.Opts.APIAddr + "/api/v1/agents/demo/proxy/web/over-tls"
 	req, _ := http.NewRequest("GET", url, nil)
 	req.Header.Set("Authorization", "Bearer "+jwt)

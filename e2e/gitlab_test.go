@@ -44,7 +44,7 @@ func TestGitLabEndToEnd(t *testing.T) {
 
 	// Client JWTs for kasd's API are still signed with --api-jwt-secret-file.
 	writeFile(t, filepath.Join(dir, "jwt.secret"), kasctl(t, dir, "secret"))
-	jwt := mintJWT(t, filepath.Join(dir, "jwt.secret"))
+	jwt := mintJWT(t, filepath.Join(dir, "jwt.secret"), "--agents", "101,102")
 
 	// GitLab mode: no --agent-tokens-file (KasdOpts.TokensFile left empty).
 	kasd := startKasd(t, KasdOpts{

@@ -81,7 +81,7 @@ pids+=($!)
 wait_ready $! http://127.0.0.1:$AGENT_OBS_PORT/readyz # agentd is connected to kasd
 
 echo "== request through kasd"
-JWT=$(kasctl jwt --secret-file jwt.secret)
+JWT=$(kasctl jwt --secret-file jwt.secret --agents demo)
 curl -fsS -H "Authorization: Bearer $JWT" \
   http://127.0.0.1:$API_PORT/api/v1/agents/demo/proxy/metrics/healthz
 curl -fsS -H "Authorization: Bearer $JWT" \

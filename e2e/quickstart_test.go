@@ -37,7 +37,7 @@ func TestQuickstart(t *testing.T) {
 		CAFile:    "kasd-data/ca.pem",
 		Services:  map[string]string{"web": web.URL},
 	})
-	jwt := strings.TrimSpace(kasctl(t, dir, "jwt", "--secret-file", "jwt.secret"))
+	jwt := strings.TrimSpace(kasctl(t, dir, "jwt", "--secret-file", "jwt.secret", "--agents", "demo,nobody,intruder"))
 
 	// An unknown agent waits --route-timeout (5s by default) for the agent to connect before the
 	// 503: ask now and look at the answer at the end, so the wait overlaps the other checks.

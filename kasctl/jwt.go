@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -17,15 +18,15 @@ import (
 var now = time.Now
 
 func runJWT(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("jwt", "--secret-file FILE [flags]",
-		`Prints a client JWT for kasd's HTTP API (HS256, aud, iat, exp = now + ttl):
-  curl -H "Authorization: Bearer $(kasctl jwt --secret-file F)" ...`, stderr)
+	fs := newFlagSet("jwt", "--secret-file FILE --agents IDS [flags]",
+		`Prints a client JWT for kasd's HTTP API (HS256, iss, aud, agents, iat, exp = now + ttl):
+  curl -H "Authorization: Bearer $(kasctl jwt --secret-file F --agents my-agent)" ...`, stderr)
 	secretFile := fs.String("secret-file", "", "the secret `FILE` kasd verifies client JWTs with (required)")
-	agents := fs.String("agents", "", "comma-separated agent `ids` the token may reach; \"*\" or empty: any agent")
+	agents := fs.String("agents", "", "comma-separated agent `ids` the token may reach (required); \"*\" alone: every agent, which kasd accepts only with --api-allow-wildcard")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid (kasd refuses tokens valid for longer than its maximum, 1h unless configured)")
 	audience := fs.String("audience", auth.DefaultAudience, "the token's aud")
 	subject := fs.String("subject", "", "the token's sub (who it is for, for kasd's logs)")
-	issuer := fs.String("issuer", "", "the token's iss")
+	issuer := fs.String("issuer", auth.DefaultIssuer, "the token's iss: kasd's --api-jwt-issuer")
 	user := fs.String("impersonate-user", "", "ask agents to act as Kubernetes `user`")
 	var groups []string
 	fs.Func("impersonate-group", "with --impersonate-user, a Kubernetes `group` to act as (repeatable)", func(g string) error {
@@ -47,8 +48,12 @@ func runJWT(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		return flagError(fs, "--ttl must be positive")
 	case *audience == "":
 		return flagError(fs, "--audience must not be empty")
+	case *issuer == "":
+		return flagError(fs, "--issuer must not be empty")
 	case len(groups) > 0 && *user == "":
 		return flagError(fs, "--impersonate-group needs --impersonate-user")
+	case *agents == "":
+		return flagError(fs, `--agents is required (the agent ids the token reaches, or "*" for every agent where kasd runs with --api-allow-wildcard)`)
 	}
 	for _, id := range splitList(*agents) {
 		if id != auth.AnyAgent {
@@ -57,6 +62,9 @@ func runJWT(_ context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		claims.Agents = append(claims.Agents, id)
+	}
+	if len(claims.Agents) > 1 && slices.Contains(claims.Agents, auth.AnyAgent) {
+		return flagError(fs, `--agents: "*" must be alone`)
 	}
 	if *user != "" {
 		claims.Impersonate = &auth.Impersonation{User: *user, Groups: groups}

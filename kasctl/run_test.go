@@ -56,7 +56,10 @@ func TestUsage(t *testing.T) {
 		{[]string{"jwt"}, 2, "--secret-file is required"},
 		{[]string{"jwt", "--secret-file", "x", "--ttl", "0s"}, 2, "--ttl must be positive"},
 		{[]string{"jwt", "--secret-file", "x", "--impersonate-group", "g"}, 2, "--impersonate-group needs --impersonate-user"},
-		{[]string{"jwt", "--secret-file", "/nonexistent/secret"}, 1, "secret file /nonexistent/secret: file does not exist"},
+		{[]string{"jwt", "--secret-file", "x"}, 2, "--agents is required"},
+		{[]string{"jwt", "--secret-file", "x", "--agents", "a", "--issuer", ""}, 2, "--issuer must not be empty"},
+		{[]string{"jwt", "--secret-file", "x", "--agents", "a,*"}, 2, `--agents: "*" must be alone`},
+		{[]string{"jwt", "--secret-file", "/nonexistent/secret", "--agents", "a"}, 1, "secret file /nonexistent/secret: file does not exist"},
 		{[]string{"secret", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"version", "--x"}, 2, "flag provided but not defined"},
 	}
@@ -273,12 +276,13 @@ func TestJWT(t *testing.T) {
 		wantImp    *auth.Impersonation
 		wantSub    string
 	}{
-		{name: "defaults"},
+		{name: "defaults", args: []string{"--agents", "a"}, wantAgents: []string{"a"}},
 		{name: "agents and subject", args: []string{"--agents", "a, b", "--subject", "ci-job-1"}, wantAgents: []string{"a", "b"}, wantSub: "ci-job-1"},
-		{name: "any agent", args: []string{"--agents", "*"}, wantAgents: []string{"*"}},
-		{name: "impersonation", args: []string{"--impersonate-user", "alice", "--impersonate-group", "dev", "--impersonate-group", "ops"},
-			wantImp: &auth.Impersonation{User: "alice", Groups: []string{"dev", "ops"}}},
-		{name: "audience and short ttl", args: []string{"--audience", "mine", "--ttl", "5m"}, verifier: auth.Verifier{Audience: "mine", MaxValidity: 5 * time.Minute}},
+		{name: "any agent", args: []string{"--agents", "*"}, verifier: auth.Verifier{AllowAnyAgent: true}, wantAgents: []string{"*"}},
+		{name: "impersonation", args: []string{"--agents", "a", "--impersonate-user", "alice", "--impersonate-group", "dev", "--impersonate-group", "ops"},
+			wantAgents: []string{"a"}, wantImp: &auth.Impersonation{User: "alice", Groups: []string{"dev", "ops"}}},
+		{name: "audience and short ttl", args: []string{"--agents", "a", "--audience", "mine", "--ttl", "5m"}, wantAgents: []string{"a"}, verifier: auth.Verifier{Audience: "mine", MaxValidity: 5 * time.Minute}},
+		{name: "issuer", args: []string{"--agents", "a", "--issuer", "ci"}, wantAgents: []string{"a"}, verifier: auth.Verifier{Issuer: "ci"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -315,7 +319,7 @@ func TestJWTTimes(t *testing.T) {
 	now = func() time.Time { return epoch }
 	defer func() { now = time.Now }()
 
-	token := strings.TrimSpace(mustRun(t, "jwt", "--secret-file", secretPath, "--ttl", "10m"))
+	token := strings.TrimSpace(mustRun(t, "jwt", "--secret-file", secretPath, "--agents", "a", "--ttl", "10m"))
 	v := auth.Verifier{Key: key, Now: func() time.Time { return epoch.Add(9 * time.Minute) }}
 	c, err := v.Verify(token)
 	if err != nil {
@@ -331,7 +335,7 @@ func TestJWTTimes(t *testing.T) {
 
 	// A ttl over kasd's default maximum is minted with a warning (kasd may
 	// be configured to accept it), and the default verifier refuses it.
-	out, stderr, code := kasctl(t, "jwt", "--secret-file", secretPath, "--ttl", "2h")
+	out, stderr, code := kasctl(t, "jwt", "--secret-file", secretPath, "--agents", "a", "--ttl", "2h")
 	if code != 0 || !strings.Contains(stderr, "warning: --ttl 2h0m0s is longer than 1h0m0s") {
 		t.Fatalf("exit %d, stderr %s", code, stderr)
 	}

@@ -199,14 +199,6 @@ func (s *Server) listAgents() []AgentInfo {
 	return out
 }
 
-func mustUnescape(p string) string {
-	u, err := url.PathUnescape(p)
-	if err != nil {
-		return p
-	}
-	return u
-}
-
 // parseTimeout reads a Qkas-Timeout value: seconds ("30", "0.5") or a Go duration ("30s").
 // Values too large to represent are clamped; non-finite or non-positive ones are errors.
 func parseTimeout(v string) (time.Duration, error) {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/gitlab"
 	"github.com/qkas/qkas/httpstream"
@@ -20,6 +22,11 @@ const moduleHeadTimeout = 30 * time.Second
 // (kind gitlab), each proxied by Config.Modules with that connection's agent token; without
 // Config.Modules they are refused at once with not_found, never left unanswered. It returns a
 // function that stops serving and waits for the accept loop and every stream it started.
+//
+// Budgets (docs/security.md): a stream beyond Config.MaxStreamsFromAgent open streams of
+// this agent, across its connections, is reset with quic.StreamCodeRefused as soon as it is
+// accepted (no goroutine, no head read), counted as max_agent_streams_per_agent; a request
+// beyond Config.ModulesRatePerAgent is answered overloaded, counted as modules_rate_per_agent.
 //
 // A stream's request context ends when the stream ends (the agent reset it), when the
 // connection ends, or when stop is called, so a handler waiting on GitLab returns promptly and
@@ -36,7 +43,15 @@ func (s *Server) serveAgentStreams(c *agentConn) (stop func()) {
 				return
 			}
 			sc := quic.NewStreamConn(c.qc, st)
-			streams.Go(func() { s.serveModuleStream(ctx, c, sc) })
+			if !s.budgets.acquireStream(c.agentID, s.cfg.MaxStreamsFromAgent) {
+				s.m.limitRejections.WithLabelValues("max_agent_streams_per_agent").Inc()
+				sc.Abort(quic.StreamCodeRefused)
+				continue
+			}
+			streams.Go(func() {
+				defer s.budgets.releaseStream(c.agentID)
+				s.serveModuleStream(ctx, c, sc)
+			})
 		}
 	}()
 	return func() {
@@ -49,7 +64,18 @@ func (s *Server) serveAgentStreams(c *agentConn) (stop func()) {
 // serveModuleStream proxies one agent request to GitLab's modules endpoint with the token of the
 // connection it arrived on, never another agent's.
 func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.StreamConn) {
-	httpstream.Serve(ctx, sc, moduleHeadTimeout, s.checkModuleRequest, func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
+	check := func(f *api.Request) *api.Error {
+		if e := s.checkModuleRequest(f); e != nil {
+			return e
+		}
+		if wait, ok := s.budgets.allowModuleRequest(c.agentID, s.cfg.ModulesRatePerAgent, s.cfg.ModulesBurstPerAgent); !ok {
+			s.m.limitRejections.WithLabelValues("modules_rate_per_agent").Inc()
+			return &api.Error{Code: api.CodeOverloaded, RetryAfter: wait,
+				Message: "this agent makes more than its share of GitLab module requests (--modules-rate-per-agent)"}
+		}
+		return nil
+	}
+	httpstream.Serve(ctx, sc, moduleHeadTimeout, check, func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
 		// The module in the head and in the path must agree, so metrics and checks see the
 		// truth.
 		if !strings.HasPrefix(r.URL.EscapedPath(), "/modules/"+f.Service+"/") {
@@ -75,4 +101,85 @@ func (s *Server) checkModuleRequest(f *api.Request) *api.Error {
 		return api.Errorf(api.CodeBadRequest, "module %q: %v", f.Service, err)
 	}
 	return nil
+}
+
+// agentBudgets counts, per agent id, the streams it has open towards kasd and its rate of
+// module requests. Its zero value is ready to use. An agent's entry lives while it has a
+// stream open or its rate bucket is not full again, so the map holds at most the agents that
+// used the modules endpoint recently (each admitted by authentication): entries of idle agents
+// are swept when the map has doubled since the last sweep.
+type agentBudgets struct {
+	mu        sync.Mutex // guards the fields below
+	agents    map[string]*agentBudget
+	lastSwept int // len(agents) after the last sweep
+}
+
+type agentBudget struct {
+	streams int
+	limiter *rate.Limiter // nil until the agent's first module request
+}
+
+// acquireStream counts one more open stream for agentID; false (nothing counted) if it has
+// max already.
+func (b *agentBudgets) acquireStream(agentID string, max int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.entryLocked(agentID)
+	if e.streams >= max {
+		return false
+	}
+	e.streams++
+	return true
+}
+
+func (b *agentBudgets) releaseStream(agentID string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e := b.agents[agentID]; e != nil {
+		e.streams--
+		b.forgetIfIdleLocked(agentID, e, time.Now())
+	}
+}
+
+// allowModuleRequest takes a token from agentID's module request bucket; if it has none, it
+// says how long until it has one.
+func (b *agentBudgets) allowModuleRequest(agentID string, r float64, burst int) (time.Duration, bool) {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.entryLocked(agentID)
+	if e.limiter == nil {
+		e.limiter = rate.NewLimiter(rate.Limit(r), burst)
+	}
+	if e.limiter.AllowN(now, 1) {
+		return 0, true
+	}
+	return time.Duration((1 - e.limiter.TokensAt(now)) / r * float64(time.Second)), false
+}
+
+func (b *agentBudgets) entryLocked(agentID string) *agentBudget {
+	if b.agents == nil {
+		b.agents = map[string]*agentBudget{}
+	}
+	e := b.agents[agentID]
+	if e == nil {
+		if len(b.agents) >= 2*max(b.lastSwept, 512) {
+			now := time.Now()
+			for id, old := range b.agents {
+				b.forgetIfIdleLocked(id, old, now)
+			}
+			b.lastSwept = len(b.agents)
+		}
+		e = &agentBudget{}
+		b.agents[agentID] = e
+	}
+	return e
+}
+
+// forgetIfIdleLocked drops agentID's entry when it holds nothing: no open stream and a full
+// rate bucket (a new entry would be the same).
+func (b *agentBudgets) forgetIfIdleLocked(agentID string, e *agentBudget, now time.Time) {
+	if e.streams == 0 && (e.limiter == nil || e.limiter.TokensAt(now) >= float64(e.limiter.Burst())) {
+		delete(b.agents, agentID)
+	}
 }

@@ -206,7 +206,11 @@ func (f *fleet) secrets(ctx context.Context) error {
 			return err
 		}
 	}
-	jwt, err := f.kasctl(ctx, "jwt", "--secret-file", filepath.Join(dir, "jwt.secret"), "--ttl", "1h", "--subject", "qkas-chaos")
+	ids := make([]string, len(f.agents))
+	for i, a := range f.agents {
+		ids[i] = a.id
+	}
+	jwt, err := f.kasctl(ctx, "jwt", "--secret-file", filepath.Join(dir, "jwt.secret"), "--agents", strings.Join(ids, ","), "--ttl", "1h", "--subject", "qkas-chaos")
 	if err != nil {
 		return err
 	}

@@ -71,22 +71,6 @@ func (p *proc) kill() {
 	<-p.done
 }
 
-// stop sends SIGTERM and waits up to grace for the exit, then SIGKILLs. It reports whether the
-// process exited on its own within grace.
-func (p *proc) stop(grace time.Duration) bool {
-	if p.exited() {
-		return true
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(grace):
-		p.kill()
-		return false
-	}
-}
-
 func (p *proc) exitStatus() string {
 	if !p.exited() {
 		return "running"
