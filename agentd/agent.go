@@ -9,7 +9,6 @@ import (
 	"os"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,6 +92,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agentd: %w", err)
 	}
 	defer dialer.Close()
+	a.reportSocket(dialer)
 
 	var wg sync.WaitGroup // slots and drainers
 	for slot := range a.cfg.Connections {
@@ -142,7 +142,7 @@ func (a *Agent) Instances() []string {
 // added to wg, so the replacement connection is dialled at once. Slots prefer kasd addresses and
 // instances that other slots do not hold, so that one kasd dying leaves the agent reachable.
 func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *sync.WaitGroup) {
-	attempt, dupes := 0, 0
+	attempt, dupes, refusedToken := 0, 0, 0
 	for ctx.Err() == nil {
 		tgt, ntargets, err := a.nextTarget(ctx, slot)
 		var c *agentConn
@@ -158,18 +158,18 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 				result = code.String()
 			}
 			a.m.connectAttempts.WithLabelValues(result).Inc()
-			a.log.Warn().Err(err).Str("kas_address", tgt.String()).Int("attempt", attempt).Msg("connecting to kasd failed")
 			if permanent(err) {
-				// A refused token will not become valid by retrying quickly.
-				attempt = max(attempt, 6)
+				refusedToken++
 			}
-			if a.cfg.Backoff.Sleep(ctx, attempt) != nil {
+			delay := reconnectDelay(a.cfg.Backoff, attempt, refusedToken, err, rand.Float64)
+			a.log.Warn().Err(err).Str("kas_address", tgt.String()).Int("attempt", attempt).Dur("retry_in", delay).Msg("connecting to kasd failed")
+			if sleep(ctx, delay) != nil {
 				return
 			}
 			attempt++
 			continue
 		}
-		attempt = 0
+		attempt, refusedToken = 0, 0
 		a.m.connectAttempts.WithLabelValues("ok").Inc()
 		if a.heldByOtherSlot(slot, c.welcome.InstanceID) && dupes < ntargets {
 			// Another slot already holds this kasd instance: try the next address, a bounded
@@ -189,9 +189,53 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 			continue
 		}
 		c.drain()
-		if ctx.Err() == nil && a.cfg.Backoff.Sleep(ctx, 0) != nil {
+		// Full jitter before the first reconnect: agents that lost their kasd at the same
+		// moment (it crashed, or restarted) do not all dial it again at the same moment.
+		if ctx.Err() == nil && sleep(ctx, reconnectDelay(a.cfg.Backoff, 0, 0, nil, rand.Float64)) != nil {
 			return
 		}
+	}
+}
+
+// refusedTokenBackoff bounds the wait after a refused token (unauthenticated, forbidden, a
+// protocol version kasd does not speak): a new token needs an operator and kasd's tokens file
+// (or GitLab) to change, so retrying every few seconds only adds load; the wait doubles from
+// half a minute up to this.
+const refusedTokenBackoff = 5 * time.Minute
+
+// reconnectDelay is how long a slot waits before its next dial, after attempt failed attempts
+// (refusedToken of them in a row refused the token; err is the last failure, nil after a
+// connection ended):
+//   - kasd refused with a retry hint (admission during a reconnect storm, draining): at least
+//     the hint, plus full jitter over as much again, so refused agents arrive back spread over
+//     the schedule kasd gave them;
+//   - a refused token: full jitter over the upper half of 30s·2^(refusedToken-1), at most
+//     refusedTokenBackoff;
+//   - otherwise full jitter: uniformly in [0, b's delay for attempt without jitter).
+//
+// rnd returns values in [0, 1).
+func reconnectDelay(b quic.Backoff, attempt, refusedToken int, err error, rnd func() float64) time.Duration {
+	jitter := func(d time.Duration) time.Duration { return time.Duration(rnd() * float64(d)) }
+	if refusedToken > 0 && permanent(err) {
+		ceiling := min(30*time.Second<<min(refusedToken-1, 10), refusedTokenBackoff)
+		return ceiling/2 + jitter(ceiling/2)
+	}
+	if hint := api.RetryAfterOf(err); hint > 0 {
+		return hint + jitter(hint)
+	}
+	b.Jitter = -1 // the exponential ceiling; the jitter is ours
+	return jitter(b.Delay(attempt))
+}
+
+// sleep waits d or until ctx ends (then it returns ctx.Err()).
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -280,7 +324,7 @@ func (a *Agent) setSlot(slot int, c *agentConn) {
 func (a *Agent) connect(ctx context.Context, dialer *quic.Dialer, t target) (*agentConn, error) {
 	qc, err := dialer.DialUDP(ctx, t.addr, t.serverName)
 	if err != nil {
-		return nil, err
+		return nil, refusalFromClose(err)
 	}
 	welcome, control, err := a.handshake(ctx, qc)
 	if err != nil {
@@ -322,15 +366,21 @@ func (a *Agent) handshake(ctx context.Context, qc *quicgo.Conn) (*api.Welcome, *
 	return w, control, nil
 }
 
-// refusalFromClose turns kasd's connection close reason ("<code>: <message>") back into a typed
-// error when the connection was closed before the Error frame could be read.
+// refusalFromClose turns kasd's connection close reason ("<code>: <message>", with a retry hint
+// when kasd sheds load: api.CloseReason) back into a typed error when the connection was closed
+// before the Error frame could be read. A QUIC-level CONNECTION_REFUSED (quic-go's queue of
+// handshaked connections was full) is kasd being overloaded too, without a hint.
 func refusalFromClose(err error) error {
 	var appErr *quicgo.ApplicationError
 	if errors.As(err, &appErr) && appErr.Remote {
-		code, msg, _ := strings.Cut(appErr.ErrorMessage, ": ")
-		if c, ok := api.ParseCode(code); ok {
-			return &api.Error{Code: c, Message: msg, Err: err}
+		if e, ok := api.ParseCloseReason(appErr.ErrorMessage); ok {
+			e.Err = err
+			return e
 		}
+	}
+	var trErr *quicgo.TransportError
+	if errors.As(err, &trErr) && trErr.Remote && trErr.ErrorCode == quicgo.ConnectionRefused {
+		return &api.Error{Code: api.CodeOverloaded, Message: "kasd refused the connection", Err: err}
 	}
 	return err
 }
@@ -342,4 +392,24 @@ func permanent(err error) bool {
 		return true
 	}
 	return false
+}
+
+// reportSocket logs the UDP buffers the kernel granted the dialer's socket (a warning when less
+// than asked: under load the kernel drops what does not fit) and exports them with the socket's
+// drop count (agentd_udp_*).
+func (a *Agent) reportSocket(d *quic.Dialer) {
+	b, err := d.SocketBuffers()
+	if err != nil {
+		a.log.Debug().Err(err).Msg("cannot read the UDP socket's buffer sizes")
+		return
+	}
+	want := a.cfg.QUIC.WithDefaults()
+	ev := a.log.Debug()
+	if (want.SocketReceiveBuffer > 0 && b.Receive < want.SocketReceiveBuffer) || (want.SocketSendBuffer > 0 && b.Send < want.SocketSendBuffer) {
+		ev = a.log.Warn().Str("hint", "raise net.core.rmem_max and net.core.wmem_max, or grant CAP_NET_ADMIN (docs/scale.md)")
+	}
+	ev.Int("receive_buffer", b.Receive).Int("send_buffer", b.Send).Bool("forced", b.ReceiveForced || b.SendForced).
+		Int("wanted", max(want.SocketReceiveBuffer, want.SocketSendBuffer)).Msg("UDP socket buffers")
+	// An Agent runs once, so this registers once per registry.
+	_ = a.cfg.Registerer.Register(quic.NewSocketCollector("agentd", map[string]quic.Socket{"kasd": d}))
 }

@@ -14,15 +14,19 @@ const heartbeatPadding = 64
 // keep-alive PINGs are too small for a restarted kasd to answer with a stateless reset (quic-go
 // answers only packets over 42 bytes), so without a probe an agent would notice a kasd that
 // crashed and came back only at its idle timeout. A live kasd answers every keep-alive (with
-// an ACK at least), so the probe is sent only when nothing at all was received for 1.5
-// keep-alive periods (3s by default, before the 6s idle timeout): it costs nothing in steady
-// state, which matters with tens of thousands of idle agents per kasd. Owned by the agentConn: drain closes stop and waits for it.
+// an ACK at least), so the probe is sent only when nothing at all was received for a keep-alive
+// period and a margin (half a period, at most 2s: 27s with agentd's --keep-alive-period of 25s,
+// before its 60s idle timeout; 3s with package quic's 2s default): it costs nothing in steady
+// state, which matters with tens of thousands of idle agents per kasd. Owned by the agentConn:
+// drain closes stop and waits for it.
 func (c *agentConn) heartbeat(stop <-chan struct{}) {
 	period := c.a.cfg.QUIC.KeepAlivePeriod
-	// A live kasd's ACK of each keep-alive arrives a little more than one period after the
-	// previous packet; 1.5 periods of silence mean nobody is answering.
-	window := period + period/2
-	t := time.NewTicker(period / 2)
+	// A live kasd's keep-alive, or its ACK of ours, arrives at most a period and a round trip
+	// after the previous packet; more silence than that means nobody is answering.
+	window := period + min(period/2, 2*time.Second)
+	// Look often enough that the silence is measured within a second or two, rarely enough that
+	// an idle connection costs nothing: 2s at 25s, 500 ms at 2s.
+	t := time.NewTicker(max(min(period/4, 2*time.Second), 100*time.Millisecond))
 	defer t.Stop()
 	ping := &api.Ping{Padding: make([]byte, heartbeatPadding)}
 	last, lastChange := c.qc.ConnectionStats().PacketsReceived, time.Now()

@@ -7,8 +7,10 @@
 //     [TokenStore.Lookup]), so the file on disk cannot be used to impersonate
 //     an agent;
 //   - the client JWT that callers of kasd's HTTP API present ([Verifier],
-//     [Mint], [BearerToken]). It is compatible with the tokens GitLab mints for
-//     kas: HS256 over the shared secret, aud "gitlab-kas";
+//     [Mint], [BearerToken]): HS256, aud "gitlab-kas" (the format of the tokens
+//     GitLab mints for kas), iss [DefaultIssuer] unless configured, and an
+//     agents claim that lists the agents it reaches. It is signed with its own
+//     secret, never GitLab's, so a token GitLab minted is refused;
 //   - a channel-bound proof that kasd replicas exchange ([PeerProof],
 //     [VerifyPeerProof]), bound to the TLS session's exported keying material
 //     so a proof recorded on one connection is useless on any other.
@@ -42,6 +44,11 @@
 //     useful for at most that long.
 //   - [Verifier.Leeway] (default [DefaultLeeway], 5s): clock skew allowed on
 //     exp, nbf and iat.
+//   - A client JWT must carry iss, exp and agents ("*" for every agent only
+//     alone and only with [Verifier.AllowAnyAgent]); exp, nbf and iat must be
+//     JSON numbers; a crit header, impersonate fields other than user and
+//     groups, and control characters (C0, DEL, C1) in any string of the header
+//     or the claims are refused (docs/security.md).
 //   - Only HS256 is accepted: alg "none", RS256, HS512 and every other
 //     algorithm are refused before the key is consulted. Base64 segments must
 //     be canonical (strict decoding), so a token has exactly one spelling.
@@ -49,7 +56,9 @@
 //     [Mint], [Verifier.Verify] and [VerifyPeerProof] refuse an empty key (an
 //     HMAC with an empty key would be forgeable by anyone) but leave longer
 //     minimums to whoever loads the key.
-//   - [MaxSecretFileBytes] (64 KiB) and [MaxTokensFileBytes] (4 MiB): largest
-//     secret file and agent tokens file read.
+//   - [MaxSecretFileBytes] (64 KiB) and [MaxTokensFileBytes] (256 MiB, about
+//     2.4 million agents): largest secret file and agent tokens file read. A
+//     [TokenStore] looks a token up in O(1) and reloads atomically
+//     ([TokenStore.Reload]): a bad file leaves the previous one in use.
 //   - Agent ids match ^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$ ([ValidateAgentID]).
 package auth

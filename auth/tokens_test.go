@@ -1,10 +1,17 @@
 package auth
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
 )
 
 func TestParseTokens(t *testing.T) {
@@ -134,5 +141,293 @@ func TestValidateAgentID(t *testing.T) {
 		if err := ValidateAgentID(id); (err == nil) != ok {
 			t.Errorf("ValidateAgentID(%q) = %v, want ok=%v", id, err, ok)
 		}
+	}
+}
+
+// bigTokensFile is a tokens file of n agents in the layout kasctl writes.
+func bigTokensFile(n int, salt string) ([]byte, []string) {
+	var b strings.Builder
+	b.Grow(n * 110)
+	b.WriteString("# agents of the scale test\nagents:\n")
+	tokens := make([]string, n)
+	for i := range n {
+		tokens[i] = salt + strconv.Itoa(i)
+		b.WriteString("- id: agent-")
+		b.WriteString(strconv.Itoa(i))
+		b.WriteString("\n  token_sha256: ")
+		b.WriteString(TokenSHA256(tokens[i]))
+		b.WriteString("\n")
+	}
+	return []byte(b.String()), tokens
+}
+
+// TestTokenStoreScale: 200,000 agents load in linear time (the canonical layout is scanned,
+// not decoded as general YAML, which takes ~15 s), every token is found, and a reload to a
+// different file swaps the whole table.
+func TestTokenStoreScale(t *testing.T) {
+	const n = 200_000
+	data, tokens := bigTokensFile(n, "a-")
+	if len(data) <= 4<<20 {
+		t.Fatalf("file of %d bytes does not pass the old 4 MiB cap", len(data))
+	}
+	path := filepath.Join(t.TempDir(), "tokens.yaml")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	s, err := LoadTokenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("loaded %d agents (%d MiB) in %v", s.Len(), len(data)>>20, time.Since(start))
+	if _, ok := scanCanonicalTokens(data); !ok {
+		t.Fatal("the layout kasctl writes is not scanned by the fast path")
+	}
+	if s.Len() != n {
+		t.Fatalf("Len = %d", s.Len())
+	}
+	for _, i := range []int{0, 1, n / 2, n - 1} {
+		if id, ok := s.Lookup(tokens[i]); !ok || id != "agent-"+strconv.Itoa(i) {
+			t.Fatalf("Lookup(token %d) = %q, %v", i, id, ok)
+		}
+	}
+	// Reload to a file with other tokens for the same ids: old tokens stop working at once.
+	data2, tokens2 := bigTokensFile(n, "b-")
+	if err := os.WriteFile(path, data2, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Lookup(tokens[7]); ok {
+		t.Fatal("a token of the old file still works after Reload")
+	}
+	if id, ok := s.Lookup(tokens2[n-1]); !ok || id != "agent-"+strconv.Itoa(n-1) {
+		t.Fatalf("new token: %q, %v", id, ok)
+	}
+	if ok, failed := s.ReloadCounts(); ok != 1 || failed != 0 {
+		t.Fatalf("ReloadCounts = %d, %d", ok, failed)
+	}
+}
+
+// TestTokenStoreReloadKeepsOldOnError: a bad or missing file leaves the store as it was, and
+// the failure is counted.
+func TestTokenStoreReloadKeepsOldOnError(t *testing.T) {
+	tok := NewAgentToken()
+	path := filepath.Join(t.TempDir(), "tokens.yaml")
+	good := "agents:\n- id: a\n  token_sha256: " + TokenSHA256(tok) + "\n"
+	if err := os.WriteFile(path, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := LoadTokenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, bad := range []string{"agents:\n- id: a\n  token_sha256: nothex\n", "agents: [", ""} {
+		if bad == "" {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Reload(); err == nil {
+			t.Fatalf("bad file %d: Reload succeeded", i)
+		}
+		if id, ok := s.Lookup(tok); !ok || id != "a" {
+			t.Fatalf("bad file %d: the old table is gone: %q, %v", i, id, ok)
+		}
+		if ok, failed := s.ReloadCounts(); ok != 0 || failed != uint64(i+1) {
+			t.Fatalf("ReloadCounts = %d, %d after %d bad files", ok, failed, i+1)
+		}
+	}
+	if err := (&TokenStore{}).Reload(); err == nil {
+		t.Fatal("a store without a file reloaded")
+	}
+}
+
+// TestTokenStoreReloadConcurrent: lookups run while reloads swap tables (the race detector
+// checks the swap), each answers from a whole table, and the last file wins.
+func TestTokenStoreReloadConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tokens.yaml")
+	write := func(salt string, n int) {
+		data, _ := bigTokensFile(n, salt)
+		if err := os.WriteFile(path+".tmp", data, 0o600); err != nil {
+			t.Error(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Error(err)
+		}
+	}
+	write("a-", 100)
+	s, err := LoadTokenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// File "a-" has 100 agents, file "b-" 200: a lookup and Len agree with one of them.
+			if id, ok := s.Lookup("b-150"); ok && id != "agent-150" {
+				t.Errorf("Lookup(b-150) = %q", id)
+				return
+			}
+			if n := s.Len(); n != 100 && n != 200 {
+				t.Errorf("Len = %d", n)
+				return
+			}
+		}
+	})
+	for i := range 20 {
+		if i%2 == 0 {
+			write("b-", 200)
+		} else {
+			write("a-", 100)
+		}
+		if err := s.Reload(); err != nil {
+			t.Error(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if _, ok := s.Lookup("a-1"); !ok || s.Len() != 100 {
+		t.Fatalf("after the last reload: Len %d, a-1 found %v", s.Len(), ok)
+	}
+}
+
+func TestScanCanonicalTokens(t *testing.T) {
+	h := TokenSHA256("x")
+	for _, tc := range []struct {
+		name string
+		yaml string
+		ok   bool
+	}{
+		{"kasctl layout", "agents:\n- id: a\n  token_sha256: " + h + "\n", true},
+		{"indented, keys swapped, comments", "# c\nagents:\n  # c\n  - token_sha256: " + h + "\n    id: a\n\n", true},
+		{"quoted value", "agents:\n- id: \"a\"\n  token_sha256: " + h + "\n", false},
+		{"numeric id", "agents:\n- id: 123\n  token_sha256: " + h + "\n", false},
+		{"boolean id", "agents:\n- id: yes\n  token_sha256: " + h + "\n", false},
+		{"all-digit hash", "agents:\n- id: a\n  token_sha256: " + strings.Repeat("1", 64) + "\n", false},
+		{"float-like hash", "agents:\n- id: a\n  token_sha256: " + strings.Repeat("1", 31) + "e" + strings.Repeat("2", 32) + "\n", false},
+		{"trailing comment", "agents:\n- id: a # x\n  token_sha256: " + h + "\n", false},
+		{"unknown key", "agents:\n- id: a\n  token: b\n  token_sha256: " + h + "\n", false},
+		{"duplicate key", "agents:\n- id: a\n  id: b\n  token_sha256: " + h + "\n", false},
+		{"missing key", "agents:\n- id: a\n", false},
+		{"crlf", "agents:\r\n- id: a\r\n  token_sha256: " + h + "\r\n", false},
+		{"flow", `{"agents": []}`, false},
+		{"empty", "", false},
+	} {
+		agents, ok := scanCanonicalTokens([]byte(tc.yaml))
+		if ok != tc.ok {
+			t.Errorf("%s: ok = %v, want %v (%v)", tc.name, ok, tc.ok, agents)
+		}
+		if ok {
+			if len(agents) != 1 || agents[0].ID != "a" || agents[0].TokenSHA256 != h {
+				t.Errorf("%s: %v", tc.name, agents)
+			}
+		}
+		// Whatever the path, ParseTokens reads the same entries as the YAML decoder.
+		checkSameAsYAML(t, []byte(tc.yaml))
+	}
+}
+
+// checkSameAsYAML fails if the canonical scanner accepts data and reads other entries than
+// the YAML decoder does.
+func checkSameAsYAML(t *testing.T, data []byte) {
+	t.Helper()
+	agents, ok := scanCanonicalTokens(data)
+	if !ok {
+		return
+	}
+	var f TokensFile
+	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+		t.Fatalf("scanner accepted what YAML refuses (%v):\n%q", err, data)
+	}
+	if !slices.Equal(agents, f.Agents) {
+		t.Fatalf("scanner read %v, YAML %v:\n%q", agents, f.Agents, data)
+	}
+}
+
+func FuzzScanCanonicalTokens(f *testing.F) {
+	h := TokenSHA256("x")
+	f.Add([]byte("agents:\n- id: a\n  token_sha256: " + h + "\n- id: b.c_d-1\n  token_sha256: " + strings.ToUpper(h) + "\n"))
+	f.Add([]byte("# c\nagents:\n  - token_sha256: " + h + "\n    id: on1\n"))
+	f.Add([]byte("agents:\n- id: e5\n  token_sha256: " + strings.Repeat("1", 63) + "e\n"))
+	f.Add([]byte("agents:\n- id: Null\n  token_sha256: 0x" + h[2:] + "\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkSameAsYAML(t, data)
+	})
+}
+
+// TestWatchTokenStore: replacing the file (write a temporary file, rename it over) is noticed
+// and reloaded; a bad file is reported and the old table stays.
+func TestWatchTokenStore(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tokens.yaml")
+	replace := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(path+".new", []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".new", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tokA, tokB := NewAgentToken(), NewAgentToken()
+	replace("agents:\n- id: a\n  token_sha256: " + TokenSHA256(tokA) + "\n")
+	s, err := LoadTokenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	results := make(chan error, 16)
+	done := make(chan error)
+	go func() { done <- WatchTokenStore(ctx, s, func(err error) { results <- err }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	// Unrelated files in the directory do not trigger a reload.
+	if err := os.WriteFile(filepath.Join(dir, "other"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	next := func() error {
+		t.Helper()
+		select {
+		case err := <-results:
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatal("no reload after the file changed")
+			return nil
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // the watch is set up before the first change
+	replace("agents:\n- id: b\n  token_sha256: " + TokenSHA256(tokB) + "\n")
+	if err := next(); err != nil {
+		t.Fatal(err)
+	}
+	if id, ok := s.Lookup(tokB); !ok || id != "b" {
+		t.Fatalf("after the change: Lookup(tokB) = %q, %v", id, ok)
+	}
+	if _, ok := s.Lookup(tokA); ok {
+		t.Fatal("the replaced token still works")
+	}
+	replace("agents: [")
+	if err := next(); err == nil {
+		t.Fatal("a bad file was not reported")
+	}
+	if _, ok := s.Lookup(tokB); !ok {
+		t.Fatal("a bad file replaced the table")
+	}
+	if ok, failed := s.ReloadCounts(); ok != 1 || failed != 1 {
+		t.Fatalf("ReloadCounts = %d, %d", ok, failed)
 	}
 }

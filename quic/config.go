@@ -22,6 +22,18 @@ const (
 	DefaultMaxAckDelay                    = time.Millisecond
 )
 
+// Liveness defaults for agent links (kasd's agent listener, agentd's dialer, through the
+// daemons' flags), chosen for fleets of tens of thousands of idle agents per kasd: each idle
+// connection costs one keep-alive exchange (a PING and its ACK) per period, about 170 µs of
+// kasd CPU on a 2-core VM, so 50,000 agents cost about a third of a core at 25s where they
+// would cost several cores at 2s (docs/scale.md). 25s stays under the shortest common UDP NAT timeout (30s); the
+// idle timeout is more than two periods. Dead connections that a request needs are noticed
+// much sooner than this, by probing (docs/scale.md).
+const (
+	DefaultAgentKeepAlivePeriod = 25 * time.Second
+	DefaultAgentMaxIdleTimeout  = 60 * time.Second
+)
+
 // Config configures QUIC for a Listener or a Dialer. The zero value is valid: every zero
 // field takes its default. It is used by value and never modified by this package.
 type Config struct {
@@ -71,6 +83,11 @@ type Config struct {
 	// packet that their connection is gone, instead of waiting for MaxIdleTimeout.
 	// Default nil: no stateless resets are sent (they are still received and honoured).
 	StatelessResetKey *quicgo.StatelessResetKey
+	// SocketReceiveBuffer and SocketSendBuffer are the UDP buffer sizes (bytes) the Listener or
+	// Dialer asks the kernel for when it opens its socket (with SO_RCVBUFFORCE/SO_SNDBUFFORCE
+	// where permitted, else up to net.core.rmem_max/wmem_max); what was obtained is reported
+	// by SocketBuffers. Default DefaultSocketBuffer (7 MiB); negative leaves the system's size.
+	SocketReceiveBuffer, SocketSendBuffer int
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -87,20 +104,28 @@ func (c Config) WithDefaults() Config {
 	if c.MaxIncomingStreams == 0 {
 		c.MaxIncomingStreams = DefaultMaxIncomingStreams
 	}
-	if c.InitialStreamReceiveWindow == 0 {
-		c.InitialStreamReceiveWindow = DefaultInitialStreamReceiveWindow
-	}
 	if c.MaxStreamReceiveWindow == 0 {
 		c.MaxStreamReceiveWindow = DefaultMaxStreamReceiveWindow
-	}
-	if c.InitialConnectionReceiveWindow == 0 {
-		c.InitialConnectionReceiveWindow = DefaultInitialConnectionReceiveWindow
 	}
 	if c.MaxConnectionReceiveWindow == 0 {
 		c.MaxConnectionReceiveWindow = DefaultMaxConnectionReceiveWindow
 	}
+	// A maximum set below an initial default lowers that default with it, so that a budget
+	// (kasd's --agent-connection-window) is one setting.
+	if c.InitialStreamReceiveWindow == 0 {
+		c.InitialStreamReceiveWindow = min(DefaultInitialStreamReceiveWindow, c.MaxStreamReceiveWindow)
+	}
+	if c.InitialConnectionReceiveWindow == 0 {
+		c.InitialConnectionReceiveWindow = min(DefaultInitialConnectionReceiveWindow, c.MaxConnectionReceiveWindow)
+	}
 	if c.MaxAckDelay == 0 {
 		c.MaxAckDelay = DefaultMaxAckDelay
+	}
+	if c.SocketReceiveBuffer == 0 {
+		c.SocketReceiveBuffer = DefaultSocketBuffer
+	}
+	if c.SocketSendBuffer == 0 {
+		c.SocketSendBuffer = DefaultSocketBuffer
 	}
 	return c
 }

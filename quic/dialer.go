@@ -40,6 +40,7 @@ func NewDialer(tlsConf *tls.Config, cfg Config) (*Dialer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("quic: dialer socket: %w", err)
 	}
+	sizeSocket(pc, cfg)
 	if cfg.StatelessResetKey == nil {
 		// A key for this socket's lifetime: a peer that still sends on a connection this side
 		// has closed (it was paused past the idle timeout, say) gets a stateless reset at its

@@ -42,6 +42,14 @@
 // code. An error on one stream resets that stream only (Stream* codes); a protocol violation
 // closes the whole connection (ConnCode* codes).
 //
+// # Sockets
+//
+// A Listener and a Dialer size their UDP socket's buffers when they open it
+// (Config.SocketReceiveBuffer, SocketSendBuffer; 7 MiB): SO_RCVBUFFORCE/SO_SNDBUFFORCE where
+// permitted, else up to the kernel's maximum. SocketBuffers reports what was obtained,
+// ReceiveDrops the datagrams the kernel dropped (/proc/net/udp), and SocketCollector exports
+// both. See socket.go and docs/scale.md.
+//
 // # Limits
 //
 // Every limit a peer controls is in [Config]: concurrent streams it may open

@@ -55,6 +55,7 @@ func ListenPacketConn(pc net.PacketConn, tlsConf *tls.Config, cfg Config) (*List
 		pc.Close()
 		return nil, err
 	}
+	sizeSocket(pc, cfg) // before quic-go sees it: quic-go then finds the buffers large enough
 	tr := &quicgo.Transport{Conn: lossy(pc), StatelessResetKey: cfg.StatelessResetKey}
 	ln, err := tr.Listen(tlsConf, cfg.QUICConfig())
 	if err != nil {

@@ -19,6 +19,7 @@ func TestConfig(t *testing.T) {
 		HandshakeTimeout: 5 * time.Second, KeepAlivePeriod: 2 * time.Second, MaxIdleTimeout: 6 * time.Second,
 		MaxIncomingStreams: 10000, InitialStreamReceiveWindow: 256 << 10, MaxStreamReceiveWindow: 16 << 20,
 		InitialConnectionReceiveWindow: 32 << 20, MaxConnectionReceiveWindow: 64 << 20, MaxAckDelay: time.Millisecond,
+		SocketReceiveBuffer: 7 << 20, SocketSendBuffer: 7 << 20,
 	}
 	if d != want {
 		t.Errorf("defaults = %+v, want %+v", d, want)

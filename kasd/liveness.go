@@ -1,0 +1,102 @@
+package kasd
+
+import (
+	"time"
+
+	"github.com/qkas/qkas/quic"
+)
+
+// Liveness of agent connections at scale (docs/scale.md).
+//
+// An idle agent connection costs one keep-alive exchange per Config.AgentKeepAlivePeriod, so that
+// period is long for large fleets (25s by the daemons' flags). Silence is judged against it: an
+// idle connection is presumed dead only after a period and a margin (silentAfterFor) without a
+// packet and a probe that went unanswered (probeAfter). A connection that a request is using is judged much faster: a live
+// agent acknowledges what it receives within its 1 ms max_ack_delay, so one that has carried a
+// request (or the probe sent when the request was first seen) and received nothing for
+// busySilence+probeAfter (4s) is closed, and the request fails over to another holder as
+// unacknowledged (route.go).
+
+// busySilence is how long a connection with requests in flight may receive nothing before it is
+// probed; probeAfter later without an answer it is closed as dead. A live agent answers within
+// milliseconds; the margin is for a host so overloaded that the agent is not scheduled for
+// seconds (the -race fault tests on 2 shared cores), and it equals the idle threshold at package
+// quic's 2s keep-alive, so nothing is judged faster than before at that default.
+const busySilence = 3 * time.Second
+
+// liveness is the per-connection state of the silence sampler. silentAfter is set when the
+// connection is accepted and never changes; busySince is read and written only by
+// Server.sampleSilence's goroutine.
+type liveness struct {
+	silentAfter time.Duration // idle silence before a probe: silentAfterFor(keep-alive period)
+	busySince   time.Time     // when the sampler first saw requests in flight; zero when idle
+	sampledAt   time.Time     // when the connection's packet count was last read
+	watch       bool          // the last verdict was not silenceOK: sample at every tick
+}
+
+// silentAfterFor is how long an idle connection may receive nothing with keep-alives every
+// period: a keep-alive (this side's, or the agent's, whichever timer fires first) or its
+// acknowledgement arrives at least once per period plus a round trip, so a period and a margin
+// (half a period, at most 2s) of silence mean nobody answers. At the 2s default of package
+// quic this is 3s, at the daemons' 25s it is 27s.
+func silentAfterFor(period time.Duration) time.Duration {
+	if period <= 0 {
+		period = quic.DefaultKeepAlivePeriod
+	}
+	return period + min(period/2, 2*time.Second)
+}
+
+// silenceLimit returns the connection's idle silence threshold (silentAfter when unset).
+func (c *agentConn) silenceLimit() time.Duration {
+	if c.live.silentAfter > 0 {
+		return c.live.silentAfter
+	}
+	return silentAfter
+}
+
+// silenceVerdict is what the sampler does with a connection.
+type silenceVerdict int
+
+const (
+	silenceOK    silenceVerdict = iota
+	silenceProbe                // send a probe: a live agent acknowledges it within 1 ms
+	silenceDead                 // presumed dead: close it
+)
+
+// judgeSilence samples c and decides. Called only by Server.sampleSilence's goroutine. quiet
+// is how long the connection has received nothing, counted for a busy connection from when its
+// requests were first seen (an idle connection is normally quiet for up to a keep-alive period,
+// which says nothing about whether the agent took the request just sent).
+//
+// An idle connection that looked fine is sampled only about every sixth of its silence threshold
+// (every 500 ms at the 2s default keep-alive, every 4.5s at 25s): reading the packet counts of
+// 50,000 connections twice a second would cost several percent of a core.
+func (c *agentConn) judgeSilence(now time.Time, fresh bool) (v silenceVerdict, quiet time.Duration) {
+	busy := c.entry != nil && c.entry.inflight.Load() > 0
+	limit := c.silenceLimit()
+	if !busy && !fresh && !c.live.watch && c.live.busySince.IsZero() && now.Sub(c.live.sampledAt) < limit/6-silenceSample/2 {
+		return silenceOK, 0
+	}
+	defer func() { c.live.watch = v != silenceOK }()
+	c.live.sampledAt = now
+	quiet = c.sample(now, fresh)
+	switch {
+	case !busy:
+		c.live.busySince = time.Time{}
+	case c.live.busySince.IsZero() || fresh:
+		c.live.busySince = now
+		// The request itself elicits an acknowledgement; the probe also covers a request whose
+		// packets were all lost.
+		return silenceProbe, 0
+	default:
+		quiet = min(quiet, now.Sub(c.live.busySince))
+		limit = min(limit, busySilence)
+	}
+	switch {
+	case quiet > limit+probeAfter:
+		return silenceDead, quiet
+	case quiet > limit:
+		return silenceProbe, quiet
+	}
+	return silenceOK, quiet
+}

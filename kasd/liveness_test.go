@@ -1,0 +1,66 @@
+package kasd_test
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/qkas/qkas/agentd"
+	"github.com/qkas/qkas/kasd"
+)
+
+// TestBusyDeadConnectionFailsOverFast: with keep-alives every 15s (the daemons' defaults for
+// large fleets) an idle connection is judged silent only after 22.5s, but one that requests are
+// using and that has gone dark is probed and closed within a few seconds, and its requests go to
+// the agent's other connection: none fails, none waits for the 45s idle timeout.
+func TestBusyDeadConnectionFailsOverFast(t *testing.T) {
+	const keepAlive = 15 * time.Second
+	e := newEnv(t, func(c *kasd.Config) {
+		c.AgentKeepAlivePeriod = keepAlive
+		c.ResponseHeaderTimeout = 30 * time.Second
+	})
+	scaleQUIC := func(c *agentd.Config) {
+		c.QUIC.KeepAlivePeriod, c.QUIC.MaxIdleTimeout = keepAlive, 3*keepAlive
+	}
+	svc := echoService(t, "web")
+	relay := newUDPRelay(t, e.agentUDP)
+	dark := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}, scaleQUIC, func(c *agentd.Config) {
+		c.KasAddresses = []string{relay.pc.LocalAddr().String()}
+	})
+	waitConnected(t, dark, 1)
+	live := e.startAgent("alpha", "pod-2", map[string]string{"web": svc.URL}, scaleQUIC)
+	waitConnected(t, live, 1)
+	// Both connections are idle and quiet for a moment: neither is judged silent at 15s.
+	time.Sleep(3500 * time.Millisecond)
+	if n := counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"}); n != 0 {
+		t.Fatalf("%v idle connections closed as silent with keep-alives every %v", n, keepAlive)
+	}
+
+	relay.blackhole.Store(true)
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range 40 {
+		wg.Go(func() {
+			resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/x", nil, "Qkas-Timeout", "15s")
+			readAll(t, resp)
+			if resp.StatusCode != 200 {
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d of 40 requests failed", n)
+	}
+	if n := counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"}); n != 1 {
+		t.Errorf("silent_closed = %v, want the dark connection closed", n)
+	}
+	// Probe after 3s of silence, closed a second later, plus the 500ms sampling on each side.
+	if took > 8*time.Second {
+		t.Errorf("requests to the dark connection took %v to fail over, want a few seconds (idle timeout %v)", took, 3*keepAlive)
+	}
+	t.Logf("requests on the dark connection failed over after at most %v", took)
+}
