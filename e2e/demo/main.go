@@ -63,13 +63,14 @@ func run(ctx context.Context) error {
 		out, err := exec.Command(filepath.Join(*bin, "kasctl"), args...).Output()
 		return strings.TrimSpace(string(out)), err
 	}
-	start := func(name string, args ...string) (*proc, error) {
+	// startBin starts the program at path; start starts one of ours from -bin.
+	startBin := func(name, path string, args ...string) (*proc, error) {
 		p := &proc{name: name, log: filepath.Join(dir, name+".log"), done: make(chan error, 1)}
 		f, err := os.Create(p.log)
 		if err != nil {
 			return nil, err
 		}
-		p.cmd = exec.Command(filepath.Join(*bin, strings.Split(name, "-")[0]), args...)
+		p.cmd = exec.Command(path, args...)
 		p.cmd.Stdout, p.cmd.Stderr = f, f
 		if err := p.cmd.Start(); err != nil {
 			return nil, err
@@ -77,6 +78,9 @@ func run(ctx context.Context) error {
 		go func() { p.done <- p.cmd.Wait(); f.Close() }()
 		procs = append(procs, p)
 		return p, nil
+	}
+	start := func(name string, args ...string) (*proc, error) {
+		return startBin(name, filepath.Join(*bin, strings.Split(name, "-")[0]), args...)
 	}
 	file := func(name string) string { return filepath.Join(dir, name) }
 
@@ -103,7 +107,7 @@ func run(ctx context.Context) error {
 	go func() { _ = svc.Serve(svcLn) }()
 	defer svc.Close()
 
-	ports, err := freePorts(10)
+	ports, err := freePorts(11)
 	if err != nil {
 		return err
 	}
@@ -132,14 +136,35 @@ func run(ctx context.Context) error {
 		}
 		fmt.Printf("started %s: agents udp://%s, API http://%s, peers udp://%s\n", name, k.agent, k.api, k.peer)
 	}
-	if _, err := start("agentd",
+	agentArgs := []string{
 		"--kas-address", kases[0].agent, "--token-file", file("demo.token"),
-		"--ca-file", filepath.Join(file("kasd-1"), "ca.pem"), "--service", "web=http://"+svcLn.Addr().String(),
+		"--ca-file", filepath.Join(file("kasd-1"), "ca.pem"), "--service", "web=http://" + svcLn.Addr().String(),
 		"--observability-listen", "127.0.0.1:0", "--gitlab-proxy-listen", "", "--log-format", "json",
-	); err != nil {
+	}
+	// With DEMO_KEEP=1, a Prometheus (Debian's prometheus, when installed) scraping both kasd sits
+	// behind the agent as service "prometheus", so that the web page's graph view has data.
+	promBin, _ := exec.LookPath("prometheus")
+	if keep && promBin != "" {
+		promAddr := fmt.Sprintf("127.0.0.1:%d", ports[10])
+		cfg := fmt.Sprintf("global:\n  scrape_interval: 2s\nscrape_configs:\n  - job_name: kasd\n    static_configs:\n      - targets: ['%s', '%s']\n  - job_name: prometheus\n    static_configs:\n      - targets: ['%s']\n",
+			kases[0].obs, kases[1].obs, promAddr)
+		if err := os.WriteFile(file("prometheus.yml"), []byte(cfg), 0o644); err != nil {
+			return err
+		}
+		if _, err := startBin("prometheus", promBin, "--config.file", file("prometheus.yml"),
+			"--storage.tsdb.path", file("prom-data"), "--web.listen-address", promAddr); err != nil {
+			return err
+		}
+		if err := waitHTTP(ctx, "http://"+promAddr+"/-/ready", 60*time.Second); err != nil {
+			return fmt.Errorf("prometheus did not become ready: %w\n%s", err, tail(file("prometheus.log")))
+		}
+		agentArgs = append(agentArgs, "--service", "prometheus=http://"+promAddr)
+		fmt.Printf("started prometheus: http://%s, behind the agent as service \"prometheus\"\n", promAddr)
+	}
+	if _, err := start("agentd", agentArgs...); err != nil {
 		return err
 	}
-	jwt, err := kasctl("jwt", "--secret-file", file("jwt.secret"), "--ttl", "1h")
+	jwt, err := kasctl("jwt", "--secret-file", file("jwt.secret"), "--agents", "demo", "--ttl", "1h")
 	if err != nil {
 		return fmt.Errorf("kasctl jwt: %w", err)
 	}
@@ -179,7 +204,15 @@ func run(ctx context.Context) error {
 		fmt.Printf("%-30s %-14s %9v %9v %9v %12s\n", r.name, fmtStatus(status[i]), p50.Round(time.Microsecond),
 			pct(lat[i], 90).Round(time.Microsecond), pct(lat[i], 99).Round(time.Microsecond), added)
 	}
+	// The token rides in the URL fragment, which the browser never sends; the page keeps it in
+	// the tab's sessionStorage and takes it out of the address bar.
+	fmt.Printf("\nWeb page of the fleet (kasd-2's view; the token is valid for 1h):\n  http://%s/ui/#token=%s\n", kases[1].api, jwt)
 	if keep {
+		if promBin == "" {
+			fmt.Printf("(Install Debian's prometheus for a Prometheus behind the agent and live graphs on the page.)\n")
+		} else {
+			fmt.Printf("Graph view: agent demo, service prometheus, a query such as rate(process_cpu_seconds_total[30s]) (kasd and Prometheus CPU).\n")
+		}
 		fmt.Printf("\nThe fleet stays up (DEMO_KEEP=1). Try:\n\n")
 		fmt.Printf("  export QKAS_JWT=%s\n", jwt)
 		fmt.Printf("  curl -H \"Authorization: Bearer $QKAS_JWT\" http://%s/api/v1/agents\n", kases[1].api)
