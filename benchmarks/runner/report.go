@@ -1,9 +1,14 @@
 package runner
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/qkas/qkas/benchmarks/plot"
 )
 
 func findLatency(l *LatencyResults, route string, c int) *LatencyRun {
@@ -226,26 +231,163 @@ func headline(r *Results) []HeadlineRow {
 	return rows
 }
 
-func report(r *Results) string {
+// The files WriteReports writes into a results directory, next to results.json.
+const (
+	ReportFile  = "REPORT.md"  // one page: the headline ratios first, then the plots
+	DetailsFile = "DETAILS.md" // every table, the CPU profile, the caveats
+)
+
+// WriteReports (re)writes REPORT.md, DETAILS.md and the plots drawn from figures alone (latency
+// quantiles per route) in dir, from dir/results.json. It runs after each run, and on its own
+// (qkasbench --report DIR) to redraw a past run with today's report code.
+func WriteReports(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		return err
+	}
+	var r Results
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("%s: %w", filepath.Join(dir, "results.json"), err)
+	}
+	if len(r.Headline) == 0 {
+		r.Headline = headline(&r)
+	}
+	summary, err := summaryPlots(dir, &r)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ReportFile), []byte(onePage(&r, summary)), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, DetailsFile), []byte(details(&r)), 0o644)
+}
+
+// report is REPORT.md as the runner writes it at the end of a run; qkasbench then calls
+// WriteReports, which adds DETAILS.md and the summary plots.
+func report(r *Results) string { return onePage(r, nil) }
+
+// keyRows are the headline rows a reader needs first: qkas against its baseline, one row per
+// question (added latency, tail latency and rate under load, CPU, datagrams, throughput, the worst
+// head-of-line case, the largest scale point, failover). The reference systems' own rows and the
+// milder head-of-line cases stay in DETAILS.md.
+func keyRows(r *Results) []HeadlineRow {
+	var maxLoss float64
+	if r.HOL != nil {
+		for _, l := range r.Sizes.HOLLossPercent {
+			maxLoss = max(maxLoss, l)
+		}
+	}
+	maxAgents := 0
+	if r.Scale != nil {
+		for _, p := range r.Scale.Points {
+			if p.Err == "" {
+				maxAgents = max(maxAgents, p.Agents)
+			}
+		}
+	}
+	var rows []HeadlineRow
+	for _, h := range r.Headline {
+		m := h.Metric
+		keep := false
+		switch h.Scenario {
+		case "latency":
+			keep = !strings.Contains(m, "reference") && !strings.HasPrefix(m, "CPU per request") &&
+				(strings.HasPrefix(m, "p50, 1 KiB GET, c=1,") || strings.HasPrefix(m, "p99, c=64,") || strings.HasPrefix(m, "req/s, c=64,") ||
+					strings.HasPrefix(m, "tunnel CPU") || strings.HasPrefix(m, "UDP datagrams"))
+		case "throughput", "failover":
+			keep = true
+		case "head-of-line":
+			keep = strings.Contains(m, fmt.Sprintf(" at %g%% loss, with bulk", maxLoss)) || strings.Contains(m, "slow readers")
+		case "scale":
+			keep = strings.HasSuffix(m, fmt.Sprintf(" %d agents", maxAgents)) && strings.Contains(m, "RSS") ||
+				strings.Contains(m, fmt.Sprintf("%d others connected", maxAgents)) || strings.HasPrefix(m, "reconnect storm") && strings.HasSuffix(m, fmt.Sprintf(" %d agents", maxAgents))
+			if strings.Contains(h.Qkas, "failed") {
+				keep = true
+			}
+		}
+		if keep {
+			rows = append(rows, h)
+		}
+	}
+	return rows
+}
+
+// onePage is REPORT.md: what was run where, the key ratios, the plots, and where the rest is.
+func onePage(r *Results, summary []string) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	m := r.Machine
 	w("# qkas benchmark report\n\n")
-	w("Run %s (%s preset, %.0f s) · commit `%s`\n\n", r.Started.UTC().Format("2006-01-02 15:04:05 UTC"), r.Preset, r.Seconds, r.Commit)
+	w("%s preset, %s, %.0f s, commit `%.12s` · %d cores (%s), %s, load average at start %s\n\n",
+		r.Preset, r.Started.UTC().Format("2006-01-02 15:04 UTC"), r.Seconds, r.Commit, m.Cores, m.CPUModel, m.GoVersion, firstFields(m.LoadAvg, 3))
+	w("Each qkas figure is measured in the same run as its baseline; compare the **ratios** across machines, not the absolute figures. Every table, the CPU profile and the caveats: [%s](%s).\n\n", DetailsFile, DetailsFile)
+	w("## Headline\n\n| scenario | metric | qkas | baseline | ratio | target |\n|---|---|---|---|---|---|\n")
+	for _, h := range keyRows(r) {
+		w("| %s | %s | %s | %s | **%s** | %s |\n", h.Scenario, h.Metric, h.Qkas, h.Baseline, h.Ratio, h.Target)
+	}
+	if len(r.Skipped) > 0 {
+		w("\nNot measured:")
+		for _, k := range sortedStrings(r.Skipped) {
+			w(" **%s** (%s);", k, r.Skipped[k])
+		}
+		w("\n")
+	}
+	var plots []string
+	plots = append(plots, summary...)
+	if r.Latency != nil {
+		plots = append(plots, r.Latency.Plots...)
+	}
+	if r.Throughput != nil {
+		plots = append(plots, r.Throughput.Plots...)
+	}
+	if r.HOL != nil {
+		plots = append(plots, r.HOL.Plots...)
+	}
+	if r.Scale != nil {
+		plots = append(plots, r.Scale.Plots...)
+	}
+	if r.Failover != nil {
+		plots = append(plots, r.Failover.Plots...)
+	}
+	if len(plots) > 0 {
+		w("\n## Plots\n\n")
+		for _, p := range plots {
+			w("- [%s](%s)\n", strings.TrimSuffix(p, ".png"), p)
+		}
+	}
+	return b.String()
+}
+
+func firstFields(s string, n int) string {
+	f := strings.Fields(s)
+	return strings.Join(f[:min(n, len(f))], " ")
+}
+
+func sortedStrings(m map[string]string) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// details is DETAILS.md: every headline row, then each scenario's tables.
+func details(r *Results) string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("# qkas benchmark details\n\n")
+	w("Run %s (%s preset, %.0f s) · commit `%s` · the one-page summary: [%s](%s)\n\n", r.Started.UTC().Format("2006-01-02 15:04:05 UTC"), r.Preset, r.Seconds, r.Commit, ReportFile, ReportFile)
 	m := r.Machine
 	w("Machine: %d cores, %s, kernel %s, %s, memory %s, load average at start %s\n\n", m.Cores, m.CPUModel, m.Kernel, m.GoVersion, m.MemTotal, m.LoadAvg)
 	w("Every qkas figure was measured in the same run as its baseline, alternating rounds where it helps; ratios are what to compare across machines.\n\n")
-	w("## Headline\n\n| scenario | metric | qkas | baseline | ratio | target |\n|---|---|---|---|---|---|\n")
+	w("## Every headline figure\n\n| scenario | metric | qkas | baseline | ratio | target |\n|---|---|---|---|---|---|\n")
 	for _, h := range r.Headline {
 		w("| %s | %s | %s | %s | %s | %s |\n", h.Scenario, h.Metric, h.Qkas, h.Baseline, h.Ratio, h.Target)
 	}
 	if len(r.Skipped) > 0 {
 		w("\nNot measured:\n\n")
-		keys := make([]string, 0, len(r.Skipped))
-		for k := range r.Skipped {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range sortedStrings(r.Skipped) {
 			w("- **%s**: %s\n", k, r.Skipped[k])
 		}
 	}
@@ -254,7 +396,6 @@ func report(r *Results) string {
 			w("- %s\n", miss)
 		}
 	}
-
 	if l := r.Latency; l != nil {
 		w("\n## 1. Latency (1 KiB GET)\n\n%d alternating rounds per concurrency. Routes: direct (client → service), raw-quic (one quic-go stream per request to a server process that answers %d bytes: the transport's floor), reverseproxy (one plain httputil.ReverseProxy hop in its own process, in front of the same service), local (client → kasd → agentd → service) and forwarded (client → kasd B → kasd A → agentd → service). Added = route − direct. CPU/req = utime+stime of the route's own processes during its rounds / requests: kasd and agentd (and kasd B) for qkas, the proxy for reverseproxy, the server process for raw-quic (its client end runs in the load generator and is not counted); for direct, every one of those processes (their idle cost). Network namespace: %s.\n\n", l.Rounds, l.BodyBytes, l.Namespace)
 		w("| c | route | requests | failed | p50 | p90 | p99 | p99.9 | req/s | added p50 | added p99 | CPU/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -382,4 +523,89 @@ func sortedKeys(m map[string]int) []string {
 	}
 	sort.Strings(ks)
 	return ks
+}
+
+// summaryPlots draws the figures that need only results.json, so that --report redraws a past
+// run with today's plot code: per concurrency, each latency route's p50, p90, p99 and p99.9
+// (new files, whose names it returns), and the throughput and head-of-line figures again (over
+// the files the scenarios drew, from the same figures). The latency CDFs and the failover
+// timeline need every sample, which results.json does not keep: the run draws those.
+func summaryPlots(dir string, r *Results) ([]string, error) {
+	if t := r.Throughput; t != nil && len(t.Plots) > 0 {
+		if err := throughputPlot(filepath.Join(dir, t.Plots[0]), t); err != nil {
+			return nil, err
+		}
+	}
+	if h := r.HOL; h != nil && len(h.Plots) > 0 {
+		if err := holPlot(filepath.Join(dir, h.Plots[0]), h, r.Sizes.HOLLossPercent); err != nil {
+			return nil, err
+		}
+	}
+	l := r.Latency
+	if l == nil {
+		return nil, nil
+	}
+	var names []string
+	for _, c := range r.Sizes.LatencyConcurrency {
+		var series []plot.Series
+		for _, route := range append([]string{"direct"}, headlineRoutes...) {
+			if q := findLatency(l, route, c); q != nil {
+				series = append(series, plot.Series{Name: route, Y: []float64{q.P50us, q.P90us, q.P99us, q.P999us}})
+			}
+		}
+		if len(series) == 0 {
+			continue
+		}
+		name := fmt.Sprintf("latency-quantiles-c%d.png", c)
+		if err := plot.Quantiles(filepath.Join(dir, name), fmt.Sprintf("1 KiB GET latency by route, concurrency %d", c),
+			"latency (µs, log scale)", []string{"p50", "p90", "p99", "p99.9"}, series); err != nil {
+			return nil, err
+		}
+		names = append(names, name)
+	}
+	return names, nil
+}
+
+// throughputPlot: MB/s per direction, one bar per route in the route's colour.
+func throughputPlot(path string, t *ThroughputResult) error {
+	var labels []string
+	series := []plot.Series{{Name: "download"}, {Name: "upload"}}
+	for _, run := range t.Runs {
+		if run.Direction == "download" {
+			labels = append(labels, run.Route)
+		}
+	}
+	for _, route := range labels {
+		for i, dir := range []string{"download", "upload"} {
+			v := 0.0
+			if x := t.find(route, dir); x != nil {
+				v = x.MBps
+			}
+			series[i].Y = append(series[i].Y, v)
+		}
+	}
+	return plot.Bars(path, fmt.Sprintf("Throughput, %d MiB transfers (1 MB = 1,000,000 bytes)", t.Bytes>>20), "MB/s", labels, series)
+}
+
+// holPlot: small-request quantiles against loss, with a bulk download sharing the connection,
+// and p99 without it, for qkas and HTTP/2 over one TCP connection.
+func holPlot(path string, h *HOLResults, losses []float64) error {
+	var series []plot.Series
+	for _, sys := range []string{"qkas", "h2-tcp"} {
+		p999, p99, p50 := plot.Series{Name: sys + " p99.9"}, plot.Series{Name: sys + " p99"}, plot.Series{Name: sys + " p50"}
+		alone := plot.Series{Name: sys + " p99 without bulk"}
+		for _, loss := range losses {
+			if p := h.find(sys, loss, holBulk); p != nil {
+				p999.X, p999.Y = append(p999.X, loss), append(p999.Y, p.P999us)
+				p99.X, p99.Y = append(p99.X, loss), append(p99.Y, p.P99us)
+				p50.X, p50.Y = append(p50.X, loss), append(p50.Y, p.P50us)
+			}
+			if p := h.find(sys, loss, holNone); p != nil {
+				alone.X, alone.Y = append(alone.X, loss), append(alone.Y, p.P99us)
+			}
+		}
+		series = append(series, p999, p99, p50, alone)
+	}
+	return plot.Lines(path, "Small requests while a bulk download shares the connection",
+		"packet loss on the veth, each direction (%)", "latency (µs, log scale)", series, true)
 }

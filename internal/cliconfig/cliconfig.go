@@ -11,7 +11,8 @@ import (
 )
 
 // Apply reads the YAML file at path and sets every flag of fs that is named in it and was not
-// already set on the command line. It must be called after fs.Parse.
+// already set on the command line or by ApplyEnv (nor an alias of one that was). It must be
+// called after fs.Parse and ApplyEnv.
 func Apply(fs *flag.FlagSet, path string) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -26,8 +27,7 @@ func ApplyBytes(fs *flag.FlagSet, name string, data []byte) error {
 	if err := yaml.Unmarshal(data, &m); err != nil {
 		return fmt.Errorf("config file %s: %w", name, err)
 	}
-	onCommandLine := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	given := setFlags(fs) // the command line and the environment win
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -41,7 +41,7 @@ func ApplyBytes(fs *flag.FlagSet, name string, data []byte) error {
 		if f == nil {
 			return fmt.Errorf("config file %s: unknown key %q (keys are flag names)", name, k)
 		}
-		if onCommandLine[k] {
+		if given.has(f) {
 			continue
 		}
 		if err := setValue(f, m[k]); err != nil {

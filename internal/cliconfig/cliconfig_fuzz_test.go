@@ -45,3 +45,28 @@ func FuzzApplyBytes(f *testing.F) {
 		}
 	})
 }
+
+// FuzzApplyEnv: any environment either applies or fails with an error naming the variable, and
+// never overrides a flag given on the command line.
+func FuzzApplyEnv(f *testing.F) {
+	for _, s := range [][2]string{
+		{"LISTEN", ":5"}, {"GRACE", "3s"}, {"GRACE", "soon"}, {"DEBUG", "maybe"}, {"MAX", "0x10"}, {"MAX", "1e400"},
+		{"SERVICE", "a=b,c=d"}, {"FIXED", "env"}, {"CONFIG", "x.yaml"}, {"PORT", "tcp://1.2.3.4:5"}, {"GRACE", ""},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, name, value string) {
+		fs, fixed := fuzzFlags()
+		if err := fs.Parse([]string{"--fixed", "cli"}); err != nil {
+			t.Fatal(err)
+		}
+		env := map[string]string{"T_" + name: value}
+		lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+		if err := ApplyEnv(fs, "T", lookup); err != nil && !strings.Contains(err.Error(), "T_"+name) {
+			t.Fatalf("error %q does not name the variable", err)
+		}
+		if *fixed != "cli" {
+			t.Fatalf("the environment overrode a command-line flag: %q", *fixed)
+		}
+	})
+}

@@ -1,5 +1,11 @@
-// Command qkasbench runs qkas's benchmarks and writes results.json, REPORT.md and plots into
-// benchmarks/results/<timestamp>/. See benchmarks/README.md. main only wires flags to the runner.
+// Command qkasbench runs qkas's benchmarks and writes results.json, REPORT.md (one page: the
+// headline ratios first), DETAILS.md and plots into benchmarks/results/<timestamp>/, which git
+// ignores: a run never changes tracked files. See benchmarks/README.md. main only wires flags to
+// the runner.
+//
+// Without running anything: --report DIR redraws DIR's reports and summary plots from its
+// results.json; --readme FILE --reference DIR quotes DIR (a committed reference run) in FILE's
+// headline.
 package main
 
 import (
@@ -26,10 +32,28 @@ func main() {
 	results := flag.String("results", "", "results root; a <timestamp>/ directory is made in it (default benchmarks/results)")
 	bin := flag.String("bin", "", "directory with kasd, agentd and kasctl (default: build them)")
 	keep := flag.Bool("keep", false, "keep the work directory with process logs")
-	latest := flag.String("latest", "", "also copy the results to this directory, replacing it")
-	readme := flag.String("readme", "", "with --latest: update the headline between the markers of this README")
+	latest := flag.String("latest", "", "also copy the results to this directory, replacing it (make bench-quick: benchmarks/results/last, git-ignored)")
+	reportDir := flag.String("report", "", "run nothing: rewrite REPORT.md, DETAILS.md and the summary plots of this results directory from its results.json")
+	reference := flag.String("reference", "", "run nothing: with --readme, quote this results directory (a committed reference run) in the README's headline")
+	readme := flag.String("readme", "", "with --reference: the README whose headline (between its markers) is replaced")
 	scaleAgents := flag.String("scale-agents", "", "comma-separated simulated agent counts, overriding the preset's (e.g. 10000,50000)")
 	flag.Parse()
+	switch {
+	case *reportDir != "":
+		exit(runner.WriteReports(*reportDir))
+		fmt.Println(filepath.Join(*reportDir, runner.ReportFile))
+		return
+	case *reference != "" || *readme != "":
+		if *reference == "" || *readme == "" {
+			exit(fmt.Errorf("--readme and --reference go together"))
+		}
+		link, err := filepath.Rel(filepath.Dir(*readme), *reference)
+		if err == nil {
+			err = runner.UpdateReadme(*readme, *reference, filepath.ToSlash(link))
+		}
+		exit(err)
+		return
+	}
 
 	cfg := runner.Config{Preset: *preset, ResultsDir: *results, BinDir: *bin, KeepWork: *keep, Log: os.Stderr}
 	if *scaleAgents != "" {
@@ -49,18 +73,25 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	out, err := runner.Run(ctx, cfg)
+	if out != "" {
+		// REPORT.md one page, DETAILS.md and the summary plots; also after a partial run.
+		if rerr := runner.WriteReports(out); err == nil {
+			err = rerr
+		}
+	}
 	if err == nil && *latest != "" {
 		err = runner.CopyResults(out, *latest)
 	}
-	if err == nil && *latest != "" && *readme != "" {
-		link, _ := filepath.Rel(filepath.Dir(*readme), *latest)
-		err = runner.UpdateReadme(*readme, *latest, filepath.ToSlash(link))
-	}
+	exit(err)
+	fmt.Println(filepath.Join(out, runner.ReportFile))
+}
+
+// exit ends the program with status 1 when err is not nil.
+func exit(err error) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "qkasbench:", err)
 		os.Exit(1)
 	}
-	fmt.Println(out)
 }
 
 // child runs one of the runner's reference systems until SIGTERM.
