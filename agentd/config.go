@@ -46,6 +46,9 @@ type Config struct {
 	// RequestHeaderTimeout bounds reading a stream's Request frame and HTTP request header.
 	// Default 30s.
 	RequestHeaderTimeout time.Duration
+	// AccessLog configures the info line logged per request (accesslog.go). Zero value: every
+	// request is logged.
+	AccessLog AccessLogConfig
 	// DrainTimeout bounds how long in-flight requests may continue on a connection after kasd
 	// sent GoAway or after Run's context ended. Default 30s.
 	DrainTimeout time.Duration
@@ -76,6 +79,7 @@ func (c Config) WithDefaults() Config {
 	if c.RequestHeaderTimeout == 0 {
 		c.RequestHeaderTimeout = 30 * time.Second
 	}
+	c.AccessLog = c.AccessLog.withDefaults()
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 30 * time.Second
 	}
@@ -123,6 +127,9 @@ func (c Config) Validate() error {
 	}
 	if c.Connections < 1 || c.Connections > 16 {
 		errs = append(errs, fmt.Errorf("connections must be 1..16, got %d", c.Connections))
+	}
+	if s := c.AccessLog.Sample; !(s >= 0 && s <= 1) {
+		errs = append(errs, fmt.Errorf("access log sample must be in [0, 1], got %v", s))
 	}
 	if c.MaxIdleConnsPerService < 1 {
 		errs = append(errs, errors.New("max idle connections per service must be positive"))

@@ -161,7 +161,7 @@ func (a *Agent) checkRequest(req *api.Request) *api.Error {
 	case req.Kind != api.KindHTTP:
 		refusal = api.Errorf(api.CodeProtocol, "request kind %s is not served by agents", req.Kind)
 	case a.services[req.Service] == nil:
-		refusal = api.Errorf(api.CodeServiceUnknown, "service %q is not offered by this agent", req.Service)
+		refusal = a.unknownService(req.Service) // service.go: lists what the agent offers
 	case !req.Deadline.IsZero() && !time.Now().Before(req.Deadline):
 		refusal = api.Errorf(api.CodeDeadlineExceeded, "deadline passed before the agent received the request")
 	}
@@ -178,10 +178,14 @@ func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
 	a.m.openStreams.Inc()
 	defer a.m.openStreams.Dec()
 	start := time.Now()
+	var bytesIn, bytesOut int64 // for the access log
 	res := httpstream.Serve(ctx, sc, a.cfg.RequestHeaderTimeout, a.checkRequest, func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
 		stripCredentials(r.Header)
+		in := countRequestBody(r)
 		a.services[f.Service].handler.ServeService(w, r, f)
+		bytesIn, bytesOut = in.count(), w.Written()
 	})
+	defer a.logAccess(res, bytesIn, bytesOut, start)
 	switch {
 	case res.Head == nil:
 		a.m.rejections.WithLabelValues(api.CodeProtocol.String()).Inc()

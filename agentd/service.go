@@ -97,7 +97,9 @@ func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api
 	}
 	w.WriteHeader(resp.StatusCode)
 	if _, err := httpstream.CopyBody(w, resp.Body, httpstream.Streaming(resp)); err != nil {
-		if r.Context().Err() == nil {
+		// Writing to kasd failed (its client went away, the stream was stopped): not the
+		// service's failure, even before the request's context has learnt it.
+		if r.Context().Err() == nil && !errors.Is(err, httpstream.ErrClientWrite) {
 			s.m.serviceErrors.WithLabelValues(s.name).Inc()
 		}
 		httpstream.WriteError(w, serviceError(s.name, r.Context(), err)) // resets: head sent
@@ -168,6 +170,13 @@ func (s *urlService) upgrade(w http.ResponseWriter, resp *http.Response) {
 		return
 	}
 	httpstream.Splice(front, back)
+}
+
+// unknownService is the refusal of a request for a service this agent does not offer: it names
+// the services it does offer (api.ListNames bounds the list), so that a typo is found without
+// reading the agent's configuration.
+func (a *Agent) unknownService(name string) *api.Error {
+	return api.Errorf(api.CodeServiceUnknown, "service %q is not offered by this agent; it offers %s", name, api.ListNames(a.names))
 }
 
 // stripCredentials removes headers only the agent may set: a caller's credentials never reach

@@ -1,7 +1,6 @@
 package kasd
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"slices"
@@ -34,11 +33,14 @@ type agentConn struct {
 	statMu     sync.Mutex // guards the fields below
 	lastRecv   uint64     // packets received at lastChange
 	lastChange time.Time  // when lastRecv last changed (or the connection started)
+
+	live liveness // silence thresholds and the sampler's state (liveness.go)
 }
 
 // silentAfter is how long an agent connection may receive nothing before requests prefer the
-// agent's other connections: both sides send keep-alives every 2s (quic.Config default), so a
-// live connection receives a packet at least that often.
+// agent's other connections, when the keep-alive period is quic.Config's 2s default; a
+// connection accepted with another period uses that period plus a margin (silentAfterFor,
+// liveness.go).
 const silentAfter = 3 * time.Second
 
 // probeAfter is how long a silent connection is given to answer a probe before it is presumed
@@ -73,7 +75,7 @@ func (c *agentConn) probe() {
 func (c *agentConn) silent(now time.Time) bool {
 	c.statMu.Lock()
 	defer c.statMu.Unlock()
-	return !c.lastChange.IsZero() && now.Sub(c.lastChange) > silentAfter
+	return !c.lastChange.IsZero() && now.Sub(c.lastChange) > c.silenceLimit()
 }
 
 func (c *agentConn) offers(service string) bool {
@@ -220,7 +222,16 @@ func (t *agentTable) pickAll(agentID, service string) ([]*agentConn, error) {
 		}
 	}
 	if live > 0 && len(out) == 0 {
-		return nil, api.Errorf(api.CodeServiceUnknown, "agent %s does not offer service %q", agentID, service)
+		// Name what the agent does offer (its first live connection's announcement), so a typo
+		// is found without reading the agent's configuration.
+		var offered []string
+		for _, c := range conns {
+			if c.qc.Context().Err() == nil {
+				offered = c.services
+				break
+			}
+		}
+		return nil, api.Errorf(api.CodeServiceUnknown, "agent %s does not offer service %q; it offers %s", agentID, service, api.ListNames(offered))
 	}
 	return out, nil
 }
@@ -230,24 +241,6 @@ func (t *agentTable) waitChange() <-chan struct{} {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	return t.changed
-}
-
-// waitFor waits until agentID has a connection or ctx ends.
-func (t *agentTable) waitFor(ctx context.Context, agentID string) bool {
-	for {
-		t.mu.RLock()
-		_, ok := t.agents[agentID]
-		ch := t.changed
-		t.mu.RUnlock()
-		if ok {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return false
-		}
-	}
 }
 
 // all returns every connection, for shutdown.

@@ -148,6 +148,9 @@ func TestErrorStatuses(t *testing.T) {
 			if tc.code.Retryable() && resp.Header.Get("Retry-After") == "" {
 				t.Errorf("%s without Retry-After", tc.code)
 			}
+			if tc.code == api.CodeServiceUnknown && !strings.Contains(got.Message, "it offers down, slow, web") {
+				t.Errorf("service_unknown %q does not list the agent's services", got.Message)
+			}
 		})
 	}
 }
