@@ -1,7 +1,9 @@
 # qkas — see README.md.
 GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X main.version=$(VERSION)
+# --version and the *_build_info metrics report both (internal/buildinfo).
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 BIN       := bin
 FUZZTIME  ?= 10s
 # Minimizing a new corpus entry can stall a short run; failures are still minimized.
@@ -9,7 +11,7 @@ FUZZMINIMIZETIME ?= 5s
 # Packages with fuzz targets, for `make fuzz`.
 FUZZ_PKGS := ./api ./auth ./gitlab ./httpstream ./kasd ./agentd ./agentd/kubernetes ./registry ./internal/cliconfig
 
-.PHONY: all build test test-short vet fuzz demo bench bench-quick images clean chaos
+.PHONY: all build test test-short vet staticcheck vulncheck fuzz demo bench bench-quick images clean chaos
 
 all: build
 
@@ -25,8 +27,35 @@ vet:
 
 # The whole suite: unit, fuzz seeds, in-process integration over real QUIC and etcd, and
 # process-level end-to-end tests with the real binaries. Race detector on.
-test: vet build
+test: vet staticcheck build
 	$(GO) test -race -count=1 -timeout 18m ./...
+
+# Static checks (docs/security.md). Both tools come through the module proxy at a fixed version,
+# without touching go.mod.
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+staticcheck:
+	$(STATICCHECK) ./...
+
+# govulncheck against a vulnerability database built here: vuln.go.dev is out of reach, so the
+# database is built (once per VULNDB_VERSION, cached in VULNDB_DIR; the first build compiles
+# gendb, a few minutes) from golang.org/x/vulndb's data/osv, which the module proxy serves.
+# Not part of `make test` yet: on this machine's Go 1.26.8 it reports 13 standard-library
+# vulnerabilities fixed in Go 1.26.9/1.26.10, and the only newer toolchain served here is
+# go1.27.3 (GOTOOLCHAIN), a project-wide move; with GOTOOLCHAIN=go1.27.3 it reports none
+# (docs/security.md). Add it to `test` with that move.
+GOVULNCHECK    ?= $(GO) run golang.org/x/vuln/cmd/govulncheck@v1.9.0
+VULNDB_VERSION ?= v0.0.0-20261105234957-e22db6528018
+VULNDB_DIR     ?= $(HOME)/.cache/qkas-vulndb/$(VULNDB_VERSION)
+vulncheck:
+	@test -f $(VULNDB_DIR)/db/index/db.json || { set -e; \
+	  echo "building the vulnerability database from golang.org/x/vulndb@$(VULNDB_VERSION)"; \
+	  rm -rf $(VULNDB_DIR); mkdir -p $(VULNDB_DIR)/repo/data; \
+	  src=$$(cd $(VULNDB_DIR) && $(GO) mod download -json golang.org/x/vulndb@$(VULNDB_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	  cp -r "$$src/data/osv" $(VULNDB_DIR)/repo/data/ && chmod -R u+w $(VULNDB_DIR)/repo; \
+	  git -C $(VULNDB_DIR)/repo init -q && git -C $(VULNDB_DIR)/repo add -A && \
+	    git -C $(VULNDB_DIR)/repo -c user.name=qkas -c user.email=qkas@localhost commit -qm "vulndb $(VULNDB_VERSION)"; \
+	  cd $(VULNDB_DIR) && $(GO) run golang.org/x/vulndb/cmd/gendb@$(VULNDB_VERSION) -repo repo -out db; }
+	$(GOVULNCHECK) -db file://$(VULNDB_DIR)/db ./...
 
 test-short:
 	$(GO) test -count=1 -short ./...
@@ -56,7 +85,8 @@ demo: build
 	$(GO) run ./e2e/demo -bin $(BIN)
 
 # Benchmarks (see benchmarks/README.md): real kasd/agentd processes against their baselines; results in
-# benchmarks/results/<timestamp>/. Head-of-line needs root and nftables (installed when missing).
+# benchmarks/results/<timestamp>/ (git-ignored: a run changes no tracked file), REPORT.md first.
+# Head-of-line needs root and nftables (installed when missing).
 BENCH_NFT = command -v nft >/dev/null 2>&1 || { test "$$(id -u)" = 0 && (apt-get install -y nftables >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y nftables >/dev/null)); } || echo 'nft missing: head-of-line will be skipped'
 
 bench: build
@@ -65,7 +95,7 @@ bench: build
 
 bench-quick: build
 	@$(BENCH_NFT)
-	$(GO) run ./benchmarks/cmd/qkasbench --preset quick --bin $(BIN) --latest benchmarks/results/latest --readme benchmarks/README.md
+	$(GO) run ./benchmarks/cmd/qkasbench --preset quick --bin $(BIN) --latest benchmarks/results/last
 
 clean:
 	rm -rf $(BIN) kasd-data demo-data

@@ -5,8 +5,9 @@
 // # Goroutines and ownership
 //
 //   - Agent.Run owns one goroutine per connection slot (Config.Connections). A slot dials, serves
-//     the connection until it ends or kasd sends GoAway, then reconnects with backoff and jitter,
-//     forever, until Run's context ends.
+//     the connection until it ends or kasd sends GoAway, then reconnects with full-jitter
+//     backoff that honours kasd's retry time and waits long after a refused token
+//     (reconnectDelay, docs/scale.md), forever, until Run's context ends.
 //   - Each live connection owns a goroutine that accepts the streams kasd opens, and one goroutine
 //     per stream (one request), tracked so that drain can wait for them. A connection that got
 //     GoAway is drained by its slot — make before break: the replacement connection is dialled

@@ -61,8 +61,32 @@ type Config struct {
 	MaxConnectionsPerAgent int
 	// MaxInflightPerAgent limits concurrent proxied requests to one agent. Default 10000.
 	MaxInflightPerAgent int
+	// MaxStreamsFromAgent limits the streams one agent may have open towards kasd (GitLab
+	// module requests) across all its connections; a stream beyond it is reset at once with
+	// quic.StreamCodeRefused, before its head is read (modules.go). Each connection is also
+	// limited by the agent listener's quic.Config.MaxIncomingStreams. Default 64.
+	MaxStreamsFromAgent int
+	// ModulesRatePerAgent is how many GitLab module requests per second one agent may make
+	// (token bucket, burst ModulesBurstPerAgent); beyond it a request is answered overloaded
+	// with a retry hint. Default 20; ModulesBurstPerAgent default 2×rate.
+	ModulesRatePerAgent  float64
+	ModulesBurstPerAgent int
+	// AgentKeepAlivePeriod is the QUIC keep-alive period of the agent listener (quic.Config).
+	// An idle agent connection that receives nothing for a period and a margin (at most 2s) is
+	// probed and, silent a second later, closed as dead (liveness.go). Default
+	// quic.DefaultKeepAlivePeriod (2s); the kasd command's --agent-keep-alive-period sets both
+	// (25s).
+	AgentKeepAlivePeriod time.Duration
 	// ShutdownGrace bounds how long Shutdown waits for in-flight requests. Default 30s.
 	ShutdownGrace time.Duration
+
+	// AccessLog configures the info line logged per proxied request (accesslog.go). Zero
+	// value: every request is logged.
+	AccessLog AccessLogConfig
+	// WebApps lists the services served as web apps, exempt from the origin policy's sandbox
+	// and keeping their cookies (origin.go): "agent/service" or "agent/*". Default none.
+	WebApps []string
+	webApps map[webAppKey]bool // WebApps compiled by WithDefaults
 
 	// Log receives structured logs. Default: zerolog.Nop().
 	Log *zerolog.Logger
@@ -105,9 +129,20 @@ func (c Config) WithDefaults() Config {
 	if c.MaxInflightPerAgent == 0 {
 		c.MaxInflightPerAgent = 10000
 	}
+	if c.MaxStreamsFromAgent == 0 {
+		c.MaxStreamsFromAgent = 64
+	}
+	if c.ModulesRatePerAgent == 0 {
+		c.ModulesRatePerAgent = 20
+	}
+	if c.ModulesBurstPerAgent == 0 {
+		c.ModulesBurstPerAgent = max(1, int(2*c.ModulesRatePerAgent))
+	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 30 * time.Second
 	}
+	c.AccessLog = c.AccessLog.withDefaults()
+	c.webApps, _ = parseWebApps(c.WebApps) // Validate reports a bad entry
 	if c.Log == nil {
 		l := zerolog.Nop()
 		c.Log = &l
@@ -142,15 +177,25 @@ func (c Config) Validate() error {
 	for name, n := range map[string]int{
 		"max agent connections": c.MaxAgentConnections, "max connections per agent": c.MaxConnectionsPerAgent,
 		"max inflight per agent": c.MaxInflightPerAgent, "max pending handshakes": c.MaxPendingHandshakes,
+		"max streams from agent": c.MaxStreamsFromAgent, "modules burst per agent": c.ModulesBurstPerAgent,
 	} {
 		if n < 1 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
 	}
+	if !(c.ModulesRatePerAgent > 0) {
+		errs = append(errs, errors.New("modules rate per agent must be positive"))
+	}
 	if c.Fleet != nil {
 		if err := c.Fleet.validate(c.InstanceID); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if _, err := parseWebApps(c.WebApps); err != nil {
+		errs = append(errs, err)
+	}
+	if s := c.AccessLog.Sample; !(s >= 0 && s <= 1) {
+		errs = append(errs, fmt.Errorf("access log sample must be in [0, 1], got %v", s))
 	}
 	return errors.Join(errs...)
 }

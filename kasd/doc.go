@@ -41,7 +41,8 @@
 // Every limit a peer can hit is named and counted in kasd_limit_rejections_total{reason}:
 //   - agent handshakes not yet authenticated (Config.MaxPendingHandshakes, max_pending_handshakes):
 //     a slot is taken before the control stream is accepted and given back once the token has
-//     been checked; without a free slot the connection is refused at once with overloaded;
+//     been checked; without a free slot the connection is refused at once with overloaded and
+//     a retry time scheduled at the rate kasd admits agents (admission.go, docs/scale.md);
 //   - the agent handshake time (Config.HandshakeTimeout, handshake_timeout);
 //   - services offered in one Hello (256, max_services);
 //   - agent connections in total (Config.MaxAgentConnections, max_agent_connections) and per

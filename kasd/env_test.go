@@ -66,7 +66,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	e.cfg = kasd.Config{
 		InstanceID:   "kas-test",
 		AgentAuth:    kasd.TokenFileAuth{Store: store},
-		ClientAuth:   &auth.Verifier{Key: e.secret},
+		ClientAuth:   &auth.Verifier{Key: e.secret, AllowAnyAgent: true},
 		RouteTimeout: 300 * time.Millisecond,
 	}
 	for _, o := range opts {
@@ -200,10 +200,11 @@ func waitConnected(t *testing.T, a *agentd.Agent, n int) {
 
 func (e *env) token(mod ...func(*auth.ClientClaims)) string {
 	c := auth.ClientClaims{RegisteredClaims: jwt.RegisteredClaims{
+		Issuer:    auth.DefaultIssuer,
 		Audience:  jwt.ClaimStrings{"gitlab-kas"},
 		ExpiresAt: jwt.NewNumericDate(time.Now().Add(10 * time.Minute)),
 		IssuedAt:  jwt.NewNumericDate(time.Now()),
-	}}
+	}, Agents: []string{auth.AnyAgent}}
 	for _, m := range mod {
 		m(&c)
 	}

@@ -461,6 +461,7 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	// forwarded request whose head is still being read.
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
+	start := time.Now()
 	_ = sc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	m, err := api.ReadExpect(sc, api.TypeForward)
 	var f *api.Request
@@ -476,6 +477,7 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	_ = sc.SetReadDeadline(time.Time{})
 	refuse := func(e *api.Error) {
 		s.m.forwardedIn.WithLabelValues(e.Code.String()).Inc()
+		s.logForwardedAccess(f, fw.AgentID, origin, e, 0, 0, start) // accesslog.go
 		httpstream.Refuse(sc, e)
 	}
 	if s.draining.Load() {
@@ -531,14 +533,27 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 		return
 	}
 	head := api.AppendFrame(make([]byte, 0, 512), f)
-	_, err = asc.Write(head)
-	if err == nil && !f.Has(api.FlagBody) && !f.Has(api.FlagUpgrade) {
-		err = asc.CloseWrite() // FIN with the head, as the origin sent it
-	}
-	if err != nil {
+	if _, err = asc.Write(head); err != nil {
 		asc.Abort(quic.StreamCodeCanceled)
-		refuse(api.Errorf(api.CodeAgentNotConnected, "writing to agent %s: %v", fw.AgentID, err))
+		if agent.qc.ConnectionStats().PacketsReceived == recv {
+			// Nothing came back from the agent since the stream was opened: it never took the
+			// request, and the origin may send it to another holder.
+			refuse(api.Errorf(api.CodeAgentNotConnected, "writing to agent %s: %v", fw.AgentID, err))
+			return
+		}
+		// The agent may have the head: not a refusal (that would let the origin send a
+		// request twice), a failure the origin's retry policy judges.
+		sc.Abort(quic.StreamCodeCanceled)
+		s.m.forwardedIn.WithLabelValues(api.CodeAgentFailed.String()).Inc()
+		s.logForwardedAccess(f, fw.AgentID, origin, api.Errorf(api.CodeAgentFailed, "writing to agent %s: %v", fw.AgentID, err), 0, 0, start)
 		return
+	}
+	if !f.Has(api.FlagBody) && !f.Has(api.FlagUpgrade) {
+		// FIN with the head, as the origin sent it. An error here is not a refusal: the head
+		// was written, and the agent may already have answered and stopped reading (a
+		// STOP_SENDING racing this close); the splice below carries its answer, or its
+		// failure, back to the origin.
+		_ = asc.CloseWrite()
 	}
 	s.m.forwardedIn.WithLabelValues("ok").Inc()
 	s.m.openStreams.Inc()
@@ -553,6 +568,7 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	}
 	sent, got := httpstream.SpliceWith(sc, asc, refusedIfUntaken)
 	s.m.streamDone(sent, got)
+	s.logForwardedAccess(f, fw.AgentID, origin, nil, sent, got, start) // accesslog.go
 }
 
 // livePeerLinks counts live dialled peer connections, for metrics.

@@ -27,6 +27,10 @@ type metrics struct {
 	peerDials        *prometheus.CounterVec
 	peerConns        *prometheus.CounterVec
 	peerLinkLosses   prometheus.Counter
+	hygiene          hygieneMetrics // headers refused or removed (origin.go)
+	// recent keeps the last requests' durations per route, for the web page's p50/p99
+	// (status.go).
+	recent recentLatencies
 
 	childrenOnce sync.Once
 	children     *metricChildren
@@ -108,6 +112,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		Help: "Datagrams the kernel refused to send with EPERM (a local firewall), ENOBUFS or EAGAIN: counted as loss, which QUIC recovers from, instead of closing the connection.",
 	}, func() float64 { return float64(quic.TransientSendErrors()) })
 	reg.MustRegister(sendErrors)
+	m.hygiene = newHygieneMetrics(reg)
 	reg.MustRegister(m.agentConnections, m.limitRejections, m.apiErrors, m.requests, m.duration,
 		m.bytes, m.openStreams, m.routeWait, agents, conns, inflight)
 	return m
@@ -136,6 +141,7 @@ func (m *metrics) observe(route string, status int, d time.Duration) {
 	}
 	rc.Inc()
 	dur.Observe(d.Seconds())
+	m.recent.note(route, time.Now(), d)
 }
 
 // metricChildren caches the per-request metric children, so that a request does not hash its

@@ -20,47 +20,59 @@ type target struct {
 	agentID   string
 	service   string
 	requestID string
+	prefix    string     // the service's root as the client sees it (rewrite.go)
+	acc       access     // the access-log record (accesslog.go)
+	dl        *deadlines // Qkas-Timeout / Qkas-Deadline, nil without them (deadline.go)
 }
 
 // dropHeaders are client headers that never reach the service: the caller's credentials are for
-// kasd, Qkas-Timeout is kasd's, kasd answers Expect: 100-continue itself, and X-Forwarded-* and
-// Forwarded are set by kasd from what it saw, never taken from the client.
-var dropHeaders = []string{"Authorization", HeaderTimeout, "Expect", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+// kasd, Qkas-Timeout and Qkas-Deadline are kasd's, kasd answers Expect: 100-continue itself,
+// and X-Forwarded-* and Forwarded are set by kasd from what it saw, never taken from the
+// client; so is X-Request-Id
+// (the request's id, which is the client's only when well-formed).
+var dropHeaders = []string{"Authorization", HeaderTimeout, HeaderDeadline, "Expect", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", HeaderForwardedPrefix, HeaderXRequestID}
 
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, service, rest string) {
 	start := time.Now()
+	tgt := s.startRequest(w, r, agentID, service, rest, start)
+	defer s.logAccess(r, tgt)
 	claims, err := s.authenticate(r)
 	if err != nil {
+		tgt.acc.fail(api.CodeOf(err))
 		s.m.apiErrors.WithLabelValues(api.CodeOf(err).String()).Inc()
-		api.WriteHTTPError(w, err)
+		s.writeProxyError(w, r, tgt, err)
 		return
 	}
+	tgt.acc.setCaller(claims)
 	if !claims.AllowsAgent(agentID) {
+		tgt.acc.fail(api.CodeForbidden)
 		s.m.apiErrors.WithLabelValues(api.CodeForbidden.String()).Inc()
-		api.WriteHTTPError(w, api.Errorf(api.CodeForbidden, "this token may not reach agent %s", agentID))
+		s.writeProxyError(w, r, tgt, api.Errorf(api.CodeForbidden, "this token may not reach agent %s", agentID))
 		return
 	}
-	tgt := &target{agentID: agentID, service: service, requestID: s.newRequestID()}
+	if e := refuseImpersonation(service, r.Header, claims.Impersonate); e != nil { // kubernetes.go
+		tgt.acc.fail(e.Code)
+		s.m.apiErrors.WithLabelValues(e.Code.String()).Inc()
+		s.writeProxyError(w, r, tgt, e)
+		return
+	}
 	f := &api.Request{
 		Kind:      api.KindHTTP,
 		Service:   service,
 		RequestID: tgt.requestID,
 		Meta:      impersonationMeta(claims.Impersonate),
 	}
-	ctx := r.Context()
-	if v := r.Header.Get(HeaderTimeout); v != "" {
-		d, err := parseTimeout(v)
-		if err != nil || d <= 0 {
-			api.WriteHTTPError(w, api.Errorf(api.CodeBadRequest, "%s header: want a duration such as 30s", HeaderTimeout))
-			return
-		}
-		d = min(d, s.cfg.MaxRequestTimeout)
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-		f.Deadline, _ = ctx.Deadline()
+	ctx, dl, err := s.requestDeadlines(r) // deadline.go
+	if err != nil {
+		tgt.acc.fail(api.CodeBadRequest)
+		s.writeProxyError(w, r, tgt, err)
+		return
 	}
+	defer dl.stop()
+	tgt.dl, f.Deadline = dl, dl.agentDeadline()
 	s.setHead(f, r, rest)
+	s.requestHygiene(f, r, tgt)
+	tgt.countBody(r)
 	body := httpstream.NewBody(r.Body, 0)
 	if f.ContentLength == 0 {
 		body = nil
@@ -69,11 +81,10 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		body.Trailer = r.Trailer
 		f.Flags |= api.FlagFramed
 	}
-	w.Header().Set(HeaderRequestID, tgt.requestID)
-
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
 	res, err := s.route(ctx, tgt, f, body)
+	dl.headDone()
 	var status int
 	var abort bool
 	if err != nil {
@@ -82,6 +93,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		status, abort = s.writeResponse(w, r, tgt, res.resp)
 	}
 	s.m.observe(res.route, status, time.Since(start))
+	tgt.acc.route, tgt.acc.status = res.route, status
 	if abort {
 		// The response was cut after its head went out: make sure the client cannot take what
 		// it got for a complete response (net/http closes or resets the connection).
@@ -100,7 +112,7 @@ func (s *Server) setHead(f *api.Request, r *http.Request, rest string) {
 	}
 	f.Host = f.Service
 	upgrade := httpstream.IsUpgrade(r)
-	kvs := httpstream.HeaderKVs(make([]api.KV, 0, len(r.Header)+3), r.Header, upgrade, dropHeaders...)
+	kvs := httpstream.HeaderKVs(make([]api.KV, 0, len(r.Header)+5), r.Header, upgrade, dropHeaders...)
 	out := kvs[:0]
 	for _, kv := range kvs {
 		if !strings.HasPrefix(kv.Key, "Impersonate-") {
@@ -142,11 +154,12 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, tgt *target,
 		e = &api.Error{Code: api.CodeClientCanceled, Message: "the client went away", Err: err}
 	}
 	s.m.apiErrors.WithLabelValues(e.Code.String()).Inc()
+	tgt.acc.code = e.Code
 	s.log.Debug().Str("agent_id", tgt.agentID).Str("request_id", tgt.requestID).Str("code", e.Code.String()).Str("error", e.Message).Msg("proxy error")
 	if e.Code == api.CodeClientCanceled {
 		return e.Code.HTTPStatus()
 	}
-	api.WriteHTTPError(w, e)
+	s.writeProxyError(w, r, tgt, e)
 	return e.Code.HTTPStatus()
 }
 
@@ -161,6 +174,7 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 			h[k] = vs
 		}
 	}
+	s.responseHygiene(h, r, tgt)
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return s.upgrade(w, tgt, resp)
 	}
@@ -168,7 +182,8 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
 	}
 	w.WriteHeader(resp.StatusCode)
-	_, err := httpstream.CopyBody(w, resp.Body, httpstream.Streaming(resp))
+	n, err := httpstream.CopyBody(w, resp.Body, httpstream.Streaming(resp))
+	tgt.acc.out = n
 	switch {
 	case err == nil:
 		for k, vs := range resp.Trailer {
@@ -179,13 +194,24 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		return resp.StatusCode, false
 	case errors.Is(err, httpstream.ErrClientWrite) || r.Context().Err() != nil:
 		s.m.apiErrors.WithLabelValues(api.CodeClientCanceled.String()).Inc()
+		tgt.acc.code = api.CodeClientCanceled
 		return api.CodeClientCanceled.HTTPStatus(), false
 	default:
 		code := api.CodeOf(err)
 		if code == api.CodeInternal || code == api.CodeProtocol {
 			code = api.CodeAgentFailed
 		}
+		isDeadline, endClean := s.endAtDeadline(w, tgt, resp) // deadline.go: Qkas-Deadline
+		if isDeadline {
+			code = api.CodeDeadlineExceeded
+		}
+		if endClean {
+			s.m.apiErrors.WithLabelValues(code.String()).Inc()
+			tgt.acc.code = code
+			return code.HTTPStatus(), false
+		}
 		s.m.apiErrors.WithLabelValues(code.String()).Inc()
+		tgt.acc.code = code
 		s.log.Debug().Str("agent_id", tgt.agentID).Str("request_id", tgt.requestID).Err(err).Msg("response body cut")
 		return code.HTTPStatus(), true
 	}
@@ -200,7 +226,7 @@ func (s *Server) upgrade(w http.ResponseWriter, tgt *target, resp *http.Response
 	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		api.WriteHTTPError(w, api.Errorf(api.CodeInternal, "cannot switch protocols on this connection: %v", err))
+		s.writeProxyError(w, nil, tgt, api.Errorf(api.CodeInternal, "cannot switch protocols on this connection: %v", err))
 		return http.StatusInternalServerError, false
 	}
 	defer conn.Close()
@@ -219,6 +245,7 @@ func (s *Server) upgrade(w http.ResponseWriter, tgt *target, resp *http.Response
 		}
 	}
 	sent, recv := httpstream.Splice(&clientConn{Conn: conn, r: brw.Reader}, back)
+	tgt.acc.in.n, tgt.acc.out = sent, recv
 	s.log.Debug().Str("request_id", tgt.requestID).Int64("sent", sent).Int64("received", recv).Msg("upgraded stream ended")
 	return http.StatusSwitchingProtocols, false
 }

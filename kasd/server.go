@@ -33,9 +33,14 @@ type Server struct {
 	quit     chan struct{} // closed by Close: stops sampleSilence
 	quitOnce sync.Once
 
-	// handshakes is a semaphore of Config.MaxPendingHandshakes slots, one held by each agent
-	// connection from its arrival until its token has been checked.
-	handshakes chan struct{}
+	// admit holds Config.MaxPendingHandshakes slots, one held by each agent connection from its
+	// arrival until its token has been checked, and schedules refused agents' retries
+	// (admission.go).
+	admit *admission
+
+	status statusState // StatusFor's peer probes (status.go); has its own lock
+
+	budgets agentBudgets // per-agent stream and modules budgets (modules.go); has its own lock
 
 	mu           sync.Mutex // guards the fields below
 	closed       bool
@@ -59,7 +64,7 @@ func New(cfg Config) (*Server, error) {
 		conns:     map[*quicgo.Conn]struct{}{},
 		peerCtrls: map[*peerCtrl]struct{}{},
 
-		handshakes: make(chan struct{}, cfg.MaxPendingHandshakes),
+		admit: newAdmission(cfg.MaxPendingHandshakes, cfg.Registerer),
 	}
 	s.m = newMetrics(cfg.Registerer, s)
 	s.quit = make(chan struct{})
@@ -155,22 +160,21 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		s.refuse(qc, nil, api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", s.cfg.MaxAgentConnections), log)
 		return
 	}
-	// Hold a handshake slot until the token is checked: an unauthenticated peer may keep a
-	// connection (and this goroutine) for HandshakeTimeout, so their number is bounded.
-	select {
-	case s.handshakes <- struct{}{}:
-	default:
+	// Hold an admission slot until the token is checked: an unauthenticated peer may keep a
+	// connection (and this goroutine) for HandshakeTimeout, so their number is bounded, and a
+	// reconnect storm is answered with retry times spread at the rate kasd admits
+	// (admission.go).
+	releaseSlot, ok := s.admit.tryAcquire()
+	if !ok {
 		s.m.limitRejections.WithLabelValues("max_pending_handshakes").Inc()
-		s.refuse(qc, nil, api.Errorf(api.CodeOverloaded, "kasd is handling its maximum of %d agent handshakes", s.cfg.MaxPendingHandshakes), log)
+		s.refuse(qc, nil, &api.Error{
+			Code:       api.CodeOverloaded,
+			Message:    fmt.Sprintf("kasd is handling its maximum of %d agent handshakes", s.cfg.MaxPendingHandshakes),
+			RetryAfter: s.admit.retryAfter(),
+		}, log)
 		return
 	}
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			<-s.handshakes
-		}
-	}
+	release := func() { releaseSlot(false) }
 	defer release()
 	ctx, cancel := context.WithTimeout(qc.Context(), s.cfg.HandshakeTimeout)
 	defer cancel()
@@ -195,8 +199,8 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		s.refuse(qc, control, asAPIError(err, api.CodeBadRequest), log)
 		return
 	}
-	agentID, err := s.cfg.AgentAuth.Authenticate(ctx, hello.Token)
-	release()
+	agentID, err := s.cfg.AgentAuth.Authenticate(WithAgentSource(ctx, qc.RemoteAddr()), hello.Token)
+	releaseSlot(err == nil)
 	if err != nil {
 		s.refuse(qc, control, asAPIError(err, api.CodeUnauthenticated), log)
 		return
@@ -210,6 +214,7 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		version:  hello.AgentVersion,
 		services: sortedCopy(hello.Services),
 		since:    time.Now(),
+		live:     liveness{silentAfter: silentAfterFor(s.cfg.AgentKeepAlivePeriod)},
 		qc:       qc,
 		control:  control,
 	}
@@ -286,7 +291,13 @@ func (s *Server) checkHello(h *api.Hello) error {
 // sent both as an Error frame and in the close reason, in case the frame is lost with the close.
 func (s *Server) refuse(qc *quicgo.Conn, control *quicgo.Stream, e *api.Error, log zerolog.Logger) {
 	s.m.agentConnections.WithLabelValues(e.Code.String()).Inc()
-	log.Warn().Str("code", e.Code.String()).Str("reason", e.Message).Msg("agent connection refused")
+	if e.RetryAfter > 0 {
+		// Load shedding (admission during a reconnect storm): counted, and logged only at
+		// debug level, or tens of thousands of lines would cost what the refusal saves.
+		log.Debug().Str("code", e.Code.String()).Str("reason", e.Message).Dur("retry_after", e.RetryAfter).Msg("agent connection refused")
+	} else {
+		log.Warn().Str("code", e.Code.String()).Str("reason", e.Message).Msg("agent connection refused")
+	}
 	if control != nil {
 		_ = control.SetWriteDeadline(time.Now().Add(time.Second))
 		if api.WriteFrame(control, e) == nil {
@@ -300,7 +311,7 @@ func (s *Server) refuse(qc *quicgo.Conn, control *quicgo.Stream, e *api.Error, l
 			t.Stop()
 		}
 	}
-	_ = qc.CloseWithError(quic.ConnCodeRefused, e.Code.String()+": "+e.Message)
+	_ = qc.CloseWithError(quic.ConnCodeRefused, api.CloseReason(e)) // "<code>: <message>[ (retry_after_ms=N)]"
 }
 
 // peerGoAwayLinger is how long Shutdown keeps peer connections open after GoAway, so that a
@@ -402,11 +413,12 @@ func (s *Server) Close() error {
 const silenceSample = 500 * time.Millisecond
 
 // sampleSilence notes, every 500 ms, which agent connections received packets, so that routing
-// can prefer connections that are not silent (agentConn.silent). A connection silent for
-// silentAfter is probed; one still silent probeAfter later is presumed dead (a killed or paused
-// agent, a dark path: a live one answers keep-alives every 2s) and closed, well before the idle
-// timeout, so that requests on it fail over instead of waiting. One goroutine for all
-// connections, owned by the Server: Close stops it.
+// can prefer connections that are not silent (agentConn.silent). An idle connection silent for
+// a keep-alive period and a margin (silentAfterFor), or a busy one silent for 3s, is probed;
+// one still silent probeAfter later is presumed dead (a killed or paused agent, a dark path)
+// and closed, well before the idle timeout, so that requests on it fail over instead of
+// waiting (liveness.go). One goroutine for all connections, owned by the Server: Close stops
+// it.
 func (s *Server) sampleSilence() {
 	t := time.NewTicker(silenceSample)
 	defer t.Stop()
@@ -421,13 +433,15 @@ func (s *Server) sampleSilence() {
 			fresh := now.Sub(prev) > 3*time.Second
 			prev = now
 			for _, c := range s.table.all() {
-				switch quiet := c.sample(now, fresh); {
-				case quiet > silentAfter+probeAfter:
+				// Idle connections against a keep-alive period and a margin, busy ones against 3s
+				// (liveness.go).
+				switch verdict, quiet := c.judgeSilence(now, fresh); verdict {
+				case silenceDead:
 					s.m.agentConnections.WithLabelValues("silent_closed").Inc()
 					s.log.Warn().Str("agent_id", c.agentID).Str("connection_id", c.id).Dur("silent", quiet).Msg("agent connection silent: presumed dead, closing")
 					_ = c.qc.CloseWithError(quic.ConnCodeNoError, "silent: presumed dead")
 					s.table.remove(c)
-				case quiet > silentAfter:
+				case silenceProbe:
 					c.probe()
 				}
 			}

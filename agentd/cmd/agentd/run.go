@@ -19,14 +19,14 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/qkas/qkas/agentd"
+	"github.com/qkas/qkas/internal/buildinfo"
 	"github.com/qkas/qkas/internal/cliconfig"
 	"github.com/qkas/qkas/internal/httpserve"
 	"github.com/qkas/qkas/quic"
 )
 
-var version = "dev"
-
 type options struct {
+	showVersion         bool // --version: print the build and exit
 	config              string
 	kasAddresses        cliconfig.StringList
 	tokenFile           string
@@ -38,6 +38,8 @@ type options struct {
 	connections         int
 	maxIdlePerService   int
 	drainTimeout        time.Duration
+	accessLog           bool    // --access-log
+	accessLogSample     float64 // --access-log-sample
 	logLevel            string
 	logFormat           string
 	kubernetes          kubernetesOptions
@@ -45,13 +47,16 @@ type options struct {
 	gitlabProxyHTTP     httpserve.Limits     // --gitlab-proxy-read-header-timeout, ...
 	obsHTTP             httpserve.Limits     // --observability-read-header-timeout, ...
 	debug               httpserve.DebugFlags // --pprof, --pprof-listen
+	scale               scaleOptions         // --keep-alive-period, --idle-timeout, --udp-*-buffer, see scale.go
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("agentd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names (services: {NAME: URL} or service: ...); flags given on the command line win")
+	cliconfig.SetUsage(fs, envPrefix)
+	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names (services: {NAME: URL} or service: ...); the command line and the environment win")
 	fs.Var(&o.kasAddresses, "kas-address", "kasd agent address host:port (repeatable, comma-separated)")
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding this agent's token")
 	fs.StringVar(&o.caFile, "ca-file", "", "CA certificate(s) to verify kasd (default: system roots)")
@@ -64,6 +69,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.connections, "kas-connections", 2, "connections to keep to kasd, preferring distinct kasd instances so that one dying leaves the agent reachable")
 	fs.IntVar(&o.maxIdlePerService, "max-idle-conns-per-service", 256, "idle connections kept to each service; size it for the concurrency served")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "how long in-flight requests may finish on a connection being replaced or at shutdown")
+	o.scale.register(fs)
+	fs.BoolVar(&o.accessLog, "access-log", true, "log one info line per request (request id, service, method, path, status, code, bytes, duration, impersonated user)")
+	fs.Float64Var(&o.accessLogSample, "access-log-sample", 1, "fraction (0..1) of successful requests the access log records, chosen by a hash of the request id as kasd does; errors and impersonated (Kubernetes audit) requests are always logged")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 	o.kubernetes.register(fs)
@@ -78,6 +86,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := cliconfig.ApplyEnv(fs, envPrefix, os.LookupEnv); err != nil { // AGENTD_<FLAG>, see main.go
+		return nil, err
 	}
 	if o.config != "" {
 		if err := cliconfig.Apply(fs, o.config); err != nil {
@@ -114,6 +125,10 @@ func run(ctx context.Context, args []string) error {
 		}
 		return err
 	}
+	if o.showVersion {
+		fmt.Println(buildinfo.Get(version, revision).String("agentd"))
+		return nil
+	}
 	log, err := cliconfig.NewLogger(o.logLevel, o.logFormat)
 	if err != nil {
 		return err
@@ -135,6 +150,9 @@ func run(ctx context.Context, args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := buildinfo.Register(reg, "agentd", buildinfo.Get(version, revision)); err != nil {
+		return err
+	}
 	httpMetrics, err := httpserve.NewMetrics(reg, "agentd")
 	if err != nil {
 		return err
@@ -155,6 +173,8 @@ func run(ctx context.Context, args []string) error {
 		Version:                version,
 		MaxIdleConnsPerService: o.maxIdlePerService,
 		DrainTimeout:           o.drainTimeout,
+		AccessLog:              agentd.AccessLogConfig{Off: !o.accessLog, Sample: o.accessLogSample, ErrorsOnly: o.accessLogSample == 0},
+		QUIC:                   o.scale.quic(),
 		Log:                    &log,
 		Registerer:             reg,
 	})

@@ -19,15 +19,16 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/internal/buildinfo"
 	"github.com/qkas/qkas/internal/cliconfig"
 	"github.com/qkas/qkas/internal/httpserve"
 	"github.com/qkas/qkas/kasd"
+	"github.com/qkas/qkas/kasd/webui"
 	"github.com/qkas/qkas/quic"
 )
 
-var version = "dev"
-
 type options struct {
+	showVersion         bool // --version: print the build and exit
 	config              string
 	agentListen         string
 	apiListen           string
@@ -37,6 +38,9 @@ type options struct {
 	agentTokensFile     string
 	apiJWTSecretFile    string
 	apiJWTMaxValidity   time.Duration
+	apiJWTIssuer        string // --api-jwt-issuer
+	apiAllowWildcard    bool   // --api-allow-wildcard
+	allowSharedSecret   bool   // --allow-shared-secret
 	apiTLSCertFile      string
 	apiTLSKeyFile       string
 	apiTLSAgentCert     bool
@@ -51,8 +55,13 @@ type options struct {
 	maxConnsPerAgent    int
 	maxInflightPerAgent int
 	maxIncomingStreams  int64
+	budget              budgetOptions // --max-agent-streams-per-agent, --agent-*-window, --agent-auth-failure-*, ...
 	shutdownGrace       time.Duration
 	drainDelay          time.Duration
+	webUI               bool
+	accessLog           bool                 // --access-log
+	accessLogSample     float64              // --access-log-sample
+	webApps             cliconfig.StringList // --web-app
 	logLevel            string
 	logFormat           string
 	apiHTTP             httpserve.Limits     // --api-read-header-timeout, --api-idle-timeout, ...
@@ -60,13 +69,16 @@ type options struct {
 	debug               httpserve.DebugFlags // --pprof, --pprof-listen
 	gitlab              gitlabOptions        // --gitlab-* flags, see gitlab.go
 	fleet               fleetOptions         // --peer-*, --etcd-*, --registry-* flags, see fleet.go
+	scale               scaleOptions         // --agent-keep-alive-period, --udp-*-buffer, see scale.go
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("kasd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names; flags given on the command line win")
+	cliconfig.SetUsage(fs, envPrefix)
+	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names; the command line and the environment win")
 	fs.StringVar(&o.agentListen, "agent-listen", ":8150", "UDP address for agent QUIC connections")
 	fs.StringVar(&o.apiListen, "api-listen", ":8151", "TCP address for the client HTTP API")
 	fs.StringVar(&o.observabilityListen, "observability-listen", ":8153", "TCP address for /metrics, /healthz and /readyz")
@@ -75,6 +87,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.agentTokensFile, "agent-tokens-file", "", "YAML file 'agents: [{id, token_sha256}]' of accepted agent tokens (standalone mode)")
 	fs.StringVar(&o.apiJWTSecretFile, "api-jwt-secret-file", "", "base64 secret (>= 32 bytes decoded) that signs client JWTs (HS256, aud gitlab-kas)")
 	fs.DurationVar(&o.apiJWTMaxValidity, "api-jwt-max-validity", time.Hour, "refuse client JWTs valid for longer than this")
+	fs.StringVar(&o.apiJWTIssuer, "api-jwt-issuer", auth.DefaultIssuer, "the iss every client JWT must carry (kasctl jwt --issuer writes it)")
+	fs.BoolVar(&o.apiAllowWildcard, "api-allow-wildcard", false, `accept client JWTs whose agents claim is ["*"] (every agent); without it a token must list its agents`)
+	fs.BoolVar(&o.allowSharedSecret, "allow-shared-secret", false, "start even when --api-jwt-secret-file and --gitlab-auth-secret-file hold the same secret (one leaked file would then open both directions of trust)")
 	fs.StringVar(&o.apiTLSCertFile, "api-tls-cert-file", "", "serve the client API over HTTPS with this certificate (kubectl sends tokens only over TLS)")
 	fs.StringVar(&o.apiTLSKeyFile, "api-tls-key-file", "", "key for --api-tls-cert-file")
 	fs.BoolVar(&o.apiTLSAgentCert, "api-tls-agent-cert", false, "serve the client API over HTTPS with the certificate agents see (--tls-cert-file, or the development certificate in --data-dir)")
@@ -88,9 +103,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.maxAgentConns, "max-agent-connections", 100000, "maximum agent connections to this kasd")
 	fs.IntVar(&o.maxConnsPerAgent, "max-connections-per-agent", 64, "maximum connections (replicas) per agent id")
 	fs.IntVar(&o.maxInflightPerAgent, "max-inflight-per-agent", 10000, "maximum concurrent proxied requests per agent")
-	fs.Int64Var(&o.maxIncomingStreams, "max-incoming-streams", quic.DefaultMaxIncomingStreams, "maximum concurrent streams an agent may open")
+	fs.Int64Var(&o.maxIncomingStreams, "max-incoming-streams", 100, "maximum concurrent streams an agent may open on one connection (GitLab module requests; past it the agent waits for one to end)")
+	o.budget.register(fs)
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 	fs.DurationVar(&o.drainDelay, "drain-delay", 0, "on SIGTERM, how long /readyz fails while the client API keeps serving, before it stops taking connections (for a load balancer to notice; on Kubernetes a preStop sleep does the same)")
+	fs.BoolVar(&o.webUI, "web-ui", true, "serve the read-only web page of the fleet at /ui/ on the client API listener (it asks for a client JWT, as the API does)")
+	fs.BoolVar(&o.accessLog, "access-log", true, "log one info line per proxied request (request id, agent, service, method, path, status, code, bytes, duration, route, caller, impersonated user)")
+	fs.Float64Var(&o.accessLogSample, "access-log-sample", 1, "fraction (0..1) of successful requests the access log records, chosen by a hash of the request id so every hop logs the same ones; errors are always logged")
+	fs.Var(&o.webApps, "web-app", "agent/service (or agent/*) served as a web app: without the origin policy's Content-Security-Policy: sandbox, and keeping its cookies (Path rewritten under its prefix). Its scripts then run as kasd's origin: list only services you trust as much as kasd (repeatable, comma-separated)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 	o.apiHTTP.RegisterFlags(fs, "api", "client API", httpserve.Limits{
@@ -99,12 +119,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o.obsHTTP.RegisterFlags(fs, "observability", "observability port", httpserve.Limits{MaxConnections: 64})
 	o.debug.RegisterFlags(fs, "127.0.0.1:6060")
 	o.fleet.register(fs)
+	o.scale.register(fs)
 	o.gitlab.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := cliconfig.ApplyEnv(fs, envPrefix, os.LookupEnv); err != nil { // KASD_<FLAG>, see main.go
+		return nil, err
 	}
 	if o.config != "" {
 		if err := cliconfig.Apply(fs, o.config); err != nil {
@@ -122,6 +146,10 @@ func run(ctx context.Context, args []string) error {
 		}
 		return err
 	}
+	if o.showVersion {
+		fmt.Println(buildinfo.Get(version, revision).String("kasd"))
+		return nil
+	}
 	log, err := cliconfig.NewLogger(o.logLevel, o.logFormat)
 	if err != nil {
 		return err
@@ -131,6 +159,9 @@ func run(ctx context.Context, args []string) error {
 	}
 	jwtKey, err := auth.ReadSecretFile(o.apiJWTSecretFile)
 	if err != nil {
+		return err
+	}
+	if err := checkSecretsDiffer(o, jwtKey); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
@@ -147,6 +178,9 @@ func run(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := buildinfo.Register(reg, "kasd", buildinfo.Get(version, revision)); err != nil {
+		return err
+	}
 	httpMetrics, err := httpserve.NewMetrics(reg, "kasd")
 	if err != nil {
 		return err
@@ -156,13 +190,22 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	if gitlabClient != nil {
+		// Unknown tokens cost GitLab calls: a source that keeps presenting them is slowed, then
+		// refused before GitLab is asked (docs/security.md).
+		if agentAuthenticator, err = kasd.NewSourceLimitedAuth(agentAuthenticator, o.budget.sourceLimits(), reg); err != nil {
+			return err
+		}
+	}
+	if gitlabClient != nil {
 		defer gitlabClient.Close()
 	}
 	// Listeners first: the fleet registry publishes the addresses actually bound.
-	agentLn, err := quic.Listen(o.agentListen, quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{
-		StatelessResetKey:  resetKey,
-		MaxIncomingStreams: o.maxIncomingStreams,
-	})
+	agentLn, err := quic.Listen(o.agentListen, quic.ServerTLSConfig(cert, api.ALPNAgent), o.scale.quic(quic.Config{
+		StatelessResetKey:          resetKey,
+		MaxIncomingStreams:         o.maxIncomingStreams,
+		MaxConnectionReceiveWindow: o.budget.connectionWindow,
+		MaxStreamReceiveWindow:     o.budget.streamWindow,
+	}))
 	if err != nil {
 		return fmt.Errorf("--agent-listen: %w", err)
 	}
@@ -205,7 +248,7 @@ func run(ctx context.Context, args []string) error {
 		AgentAuth:              agentAuthenticator,
 		Modules:                modules,
 		Fleet:                  fleetCfg,
-		ClientAuth:             &auth.Verifier{Key: jwtKey, MaxValidity: o.apiJWTMaxValidity, Cache: &auth.VerifiedCache{}},
+		ClientAuth:             &auth.Verifier{Key: jwtKey, MaxValidity: o.apiJWTMaxValidity, Issuer: o.apiJWTIssuer, AllowAnyAgent: o.apiAllowWildcard, Cache: &auth.VerifiedCache{}},
 		HandshakeTimeout:       o.handshakeTimeout,
 		RouteTimeout:           o.routeTimeout,
 		ResponseHeaderTimeout:  o.responseHdrTimeout,
@@ -213,7 +256,12 @@ func run(ctx context.Context, args []string) error {
 		MaxAgentConnections:    o.maxAgentConns,
 		MaxConnectionsPerAgent: o.maxConnsPerAgent,
 		MaxInflightPerAgent:    o.maxInflightPerAgent,
+		MaxStreamsFromAgent:    o.budget.streamsPerAgent,
+		ModulesRatePerAgent:    o.budget.modulesRate,
+		AgentKeepAlivePeriod:   o.scale.keepAlive,
 		ShutdownGrace:          o.shutdownGrace,
+		AccessLog:              kasd.AccessLogConfig{Off: !o.accessLog, Sample: o.accessLogSample, ErrorsOnly: o.accessLogSample == 0},
+		WebApps:                o.webApps,
 		Log:                    &log,
 		Registerer:             reg,
 	})
@@ -223,7 +271,15 @@ func run(ctx context.Context, args []string) error {
 		}
 		return err
 	}
-	apiSrv, err := httpserve.New("api", srv.Handler(), o.apiHTTP, httpMetrics)
+	apiHandler := srv.Handler()
+	if o.webUI {
+		ui, err := webui.New(webui.Config{Status: srv.StatusFor})
+		if err != nil {
+			return err
+		}
+		apiHandler = webui.Mount(ui, apiHandler) // the page under /ui/, same JWT as the API
+	}
+	apiSrv, err := httpserve.New("api", apiHandler, o.apiHTTP, httpMetrics)
 	if err != nil {
 		return fmt.Errorf("--api-*: %w", err)
 	}
@@ -242,7 +298,16 @@ func run(ctx context.Context, args []string) error {
 		Str("api_listen", apiLn.Addr().String()).Str("observability_listen", obsLn.Addr().String()).
 		Str("ca_file", caFile).Str("version", version).Msg("kasd started")
 
+	sockets := map[string]quic.Socket{"agent": agentLn}
+	if fleet != nil {
+		sockets["peer"] = fleet.peerLn
+	}
+	if err := o.scale.reportSockets(log, reg, sockets); err != nil { // scale.go
+		return err
+	}
+
 	g, gctx := errgroup.WithContext(ctx)
+	watchTokens(gctx, g, agentAuthenticator, log, reg) // SIGHUP and file changes, scale.go
 	g.Go(func() error { return srv.ServeAgents(gctx, agentLn) })
 	if fleet != nil {
 		g.Go(func() error { return srv.ServePeers(gctx, fleet.peerLn) })
@@ -289,6 +354,24 @@ func run(ctx context.Context, args []string) error {
 	err = g.Wait()
 	log.Info().Msg("kasd stopped")
 	return err
+}
+
+// checkSecretsDiffer refuses to start when the client API secret is also the GitLab secret,
+// unless --allow-shared-secret: a client JWT and GitLab's Gitlab-Kas-Api-Request JWT differ in
+// audience, so this is defence in depth, but one leaked file should not open both directions.
+func checkSecretsDiffer(o *options, apiKey []byte) error {
+	if o.gitlab.authSecretFile == "" || o.allowSharedSecret {
+		return nil
+	}
+	gitlabKey, err := auth.ReadSecretFile(o.gitlab.authSecretFile)
+	if err != nil {
+		return fmt.Errorf("--gitlab-auth-secret-file: %w", err)
+	}
+	if auth.SameSecret(apiKey, gitlabKey) {
+		return errors.New("--api-jwt-secret-file and --gitlab-auth-secret-file hold the same secret: " +
+			"give the client API its own (kasctl secret -o FILE), or pass --allow-shared-secret to accept the risk")
+	}
+	return nil
 }
 
 // apiTLS returns the client API's TLS configuration: nil (plain HTTP) unless a certificate was
