@@ -591,21 +591,30 @@ func configValues(v any) []string {
 	case []any:
 		var out []string
 		for _, e := range v {
-			out = append(out, fmt.Sprint(e))
+			out = append(out, configScalar(e))
 		}
 		return out
 	case map[string]any:
 		var out []string
 		for k, e := range v {
-			out = append(out, k+"="+fmt.Sprint(e))
+			out = append(out, k+"="+configScalar(e))
 		}
 		sort.Strings(out)
 		return out
 	case nil:
 		return []string{""}
 	default:
-		return []string{fmt.Sprint(v)}
+		return []string{configScalar(v)}
 	}
+}
+
+// configScalar formats a YAML scalar as cliconfig does: numbers decode as float64 and are
+// written without an exponent (fmt.Sprint would turn 7340032 into 7.340032e+06).
+func configScalar(v any) string {
+	if f, ok := v.(float64); ok {
+		return strconv.FormatFloat(f, 'f', -1, 64)
+	}
+	return fmt.Sprint(v)
 }
 
 func checkValue(p *problems, where, name string, f flagInfo, val string) {
