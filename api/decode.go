@@ -169,11 +169,15 @@ func parsePayload(t FrameType, p string) (Message, error) {
 	case TypePing:
 		m = &Ping{Padding: d.bytes("padding")}
 	case TypePeerHello:
-		m = &PeerHello{
+		ph := &PeerHello{
 			Version:    d.uvarint("version"),
 			InstanceID: d.string("instance_id"),
 			Proof:      d.bytes("proof"),
 		}
+		if d.err == nil && d.remaining() > 0 { // optional: appended after proof
+			ph.FleetID = d.string("fleet_id")
+		}
+		m = ph
 	case TypeRequest:
 		r := &Request{}
 		switch k := d.uvarint("kind"); {

@@ -58,6 +58,7 @@ func sampleMessages() []Message {
 		&Ping{Padding: make([]byte, 48)},
 		&PeerHello{},
 		&PeerHello{Version: 1, InstanceID: "kasd-b", Proof: []byte{0, 1, 2, 0xff}},
+		&PeerHello{Version: ProtocolVersion, InstanceID: "kasd-b", Proof: []byte{0, 1, 2, 0xff}, FleetID: "f-0123456789abcdef"},
 
 		// Requests. Meta is not a header: its keys and values are not checked as fields.
 		&Request{Kind: KindHTTP, Service: "kubernetes", Method: "GET", Target: "/"},

@@ -159,6 +159,9 @@ type PeerHello struct {
 	Version    uint64
 	InstanceID string
 	Proof      []byte // secret-derived: String and LogValue redact it
+	// FleetID is the sender's fleet (appended field: a payload that ends after Proof, from a
+	// kasd older than fleet ids, parses with FleetID ""; receivers refuse it).
+	FleetID string
 }
 
 func (*PeerHello) Type() FrameType { return TypePeerHello }
@@ -168,12 +171,14 @@ func (m *PeerHello) AppendPayload(b []byte) []byte {
 	b = appendString(b, m.InstanceID)
 	b = appendUvarint(b, uint64(len(m.Proof)))
 	b = append(b, m.Proof...)
+	// Always written (fields appended later must follow it); only readers treat it as optional.
+	b = appendString(b, m.FleetID)
 	return b
 }
 
 // String redacts the proof.
 func (m *PeerHello) String() string {
-	return fmt.Sprintf("PeerHello{Version:%d InstanceID:%q Proof:<%d bytes>}", m.Version, m.InstanceID, len(m.Proof))
+	return fmt.Sprintf("PeerHello{Version:%d InstanceID:%q Proof:<%d bytes> FleetID:%q}", m.Version, m.InstanceID, len(m.Proof), m.FleetID)
 }
 
 // GoString redacts the proof too (%#v).
@@ -185,6 +190,7 @@ func (m *PeerHello) LogValue() slog.Value {
 		slog.Uint64("version", m.Version),
 		slog.String("instance_id", m.InstanceID),
 		slog.Int("proof_bytes", len(m.Proof)),
+		slog.String("fleet_id", m.FleetID),
 	)
 }
 

@@ -8,10 +8,15 @@
 #   API_PORT      kasd's client API port               (default 8151)
 #   KASD_OBS_PORT kasd's /metrics, /readyz port         (default 8153)
 #   AGENT_OBS_PORT agentd's /metrics, /readyz port      (default 8154)
+#   PEER_PORT     kasd's UDP port for other kasd replicas (default 8152)
+#   STATE         directory for the secrets, the token and kasd's data (default: a temporary
+#                 directory, removed on exit; a directory you name is kept)
 #   KASD_FLAGS, AGENTD_FLAGS  more flags, split on spaces (the e2e test uses them to isolate ports)
 #
 # The agent exposes kasd's own observability endpoint as its service "metrics", so the demo needs
-# nothing but the three binaries and curl. Everything happens in a temporary directory, and the
+# nothing but the three binaries and curl. Safe defaults: every port is bound to 127.0.0.1 (the
+# peer port too: nothing of this kasd is reachable from another machine), and every generated
+# secret lives in $STATE, never in the working directory (which may be a git checkout). The
 # processes are stopped on exit, whatever happens.
 set -euo pipefail
 
@@ -20,6 +25,7 @@ AGENT_PORT=${AGENT_PORT:-8150}
 API_PORT=${API_PORT:-8151}
 KASD_OBS_PORT=${KASD_OBS_PORT:-8153}
 AGENT_OBS_PORT=${AGENT_OBS_PORT:-8154}
+PEER_PORT=${PEER_PORT:-8152}
 read -r -a kasd_flags <<<"${KASD_FLAGS:-}"
 read -r -a agentd_flags <<<"${AGENTD_FLAGS:-}"
 
@@ -32,23 +38,29 @@ done
 command -v curl >/dev/null || { echo "quickstart: curl is needed" >&2; exit 1; }
 PATH=$BIN:$PATH
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/qkas-quickstart.XXXXXX")
+keep_state=1
+if [[ -z ${STATE:-} ]]; then
+  STATE=$(mktemp -d "${TMPDIR:-/tmp}/qkas-quickstart.XXXXXX")
+  keep_state=0
+fi
+mkdir -p "$STATE"
+chmod 700 "$STATE"
 pids=()
 cleanup() {
   local status=$?
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if ((status != 0)); then
-    for log in "$work"/*.log; do
+    for log in "$STATE"/*.log; do
       [[ -f $log ]] && { echo "--- $log" >&2; tail -n 20 "$log" >&2; }
     done
   fi
-  rm -rf "$work"
+  ((keep_state)) || rm -rf "$STATE"
   exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-cd "$work"
+cd "$STATE" # every file below is created here, never in the directory the script was run from
 
 # wait_ready PID URL: poll until URL answers 200 (a daemon's /readyz), for up to 30 s, unless
 # process PID exits first.
@@ -69,7 +81,8 @@ kasctl agent-token demo --token-out demo.token --tokens-file tokens.yaml
 echo "== kasd"
 kasd --agent-tokens-file tokens.yaml --api-jwt-secret-file jwt.secret --data-dir kasd-data \
   --agent-listen 127.0.0.1:$AGENT_PORT --api-listen 127.0.0.1:$API_PORT \
-  --observability-listen 127.0.0.1:$KASD_OBS_PORT ${kasd_flags[@]+"${kasd_flags[@]}"} 2> kasd.log &
+  --observability-listen 127.0.0.1:$KASD_OBS_PORT --peer-listen 127.0.0.1:$PEER_PORT \
+  ${kasd_flags[@]+"${kasd_flags[@]}"} 2> kasd.log &
 pids+=($!)
 wait_ready $! http://127.0.0.1:$KASD_OBS_PORT/readyz # kasd has written kasd-data/ca.pem
 

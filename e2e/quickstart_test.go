@@ -2,8 +2,12 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -191,6 +195,116 @@ func TestQuickstart(t *testing.T) {
 	if code := kasd.Stop(t); code != 0 {
 		t.Errorf("kasd exit code %d after SIGTERM", code)
 	}
+}
+
+// TestQuickstartScriptSafeDefaults runs quickstart.sh as a user would from a checkout, with a
+// state directory of their choosing, and checks the safe defaults it promises: nothing is
+// written to the working directory, the secrets, token and kasd's data (its generated peer
+// secret included) are in $STATE with owner-only permissions, and every address kasd listened
+// on (agents, API, observability, peers, the embedded etcd) is on loopback. Only the ports are
+// chosen by the test (PEER_PORT, not a --peer-listen flag: the script must bind the peer port
+// itself).
+func TestQuickstartScriptSafeDefaults(t *testing.T) {
+	skipShort(t)
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash")
+	}
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("no curl (the quickstart uses it)")
+	}
+	script, err := filepath.Abs("quickstart.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := func(network string) string {
+		_, p, _ := net.SplitHostPort(freeAddr(t, network))
+		return p
+	}
+	checkout, state := t.TempDir(), filepath.Join(t.TempDir(), "qkas-state")
+	env := []string{
+		"BIN=" + binDir,
+		"STATE=" + state,
+		"AGENT_PORT=" + port("udp"),
+		"API_PORT=" + port("tcp"),
+		"KASD_OBS_PORT=" + port("tcp"),
+		"AGENT_OBS_PORT=" + port("tcp"),
+		"PEER_PORT=" + port("udp"),
+		// Free ports instead of 2379/2380, which another test or a developer's etcd may hold;
+		// the default host is loopback too.
+		"KASD_FLAGS=--embedded-etcd-listen " + freeAddr(t, "tcp") + " --embedded-etcd-peer-listen " + freeAddr(t, "tcp"),
+		"AGENTD_FLAGS=--gitlab-proxy-listen " + freeAddr(t, "tcp"),
+	}
+	p := startProc(t, "quickstart.sh", checkout, env, bash, script)
+	select {
+	case <-p.Done():
+	case <-time.After(2 * readyTimeout):
+		t.Fatalf("quickstart.sh still running after %v", 2*readyTimeout)
+	}
+	if code := p.ExitCode(); code != 0 {
+		t.Fatalf("quickstart.sh exit code %d:\n%s", code, p.Log())
+	}
+	if !strings.Contains(p.Log(), "== quickstart ok") {
+		t.Fatalf("quickstart.sh output:\n%s", p.Log())
+	}
+
+	if entries, _ := os.ReadDir(checkout); len(entries) != 0 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("quickstart.sh wrote %v in the working directory", names)
+	}
+	if fi, err := os.Stat(state); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("state directory: %v, %v; want it kept, mode 0700", fi, err)
+	}
+	for _, f := range []string{"jwt.secret", "demo.token", "kasd-data/peer.secret", "kasd-data/ca-key.pem"} {
+		fi, err := os.Stat(filepath.Join(state, f))
+		if err != nil {
+			t.Errorf("$STATE/%s: %v", f, err)
+			continue
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("$STATE/%s has mode %v, want owner-only", f, fi.Mode().Perm())
+		}
+	}
+
+	// kasd logs every address it bound; each must be on loopback.
+	log := readFile(t, filepath.Join(state, "kasd.log"))
+	seen := map[string]string{}
+	for _, line := range bytes.Split(log, []byte("\n")) {
+		var m map[string]any
+		if json.Unmarshal(line, &m) != nil {
+			continue
+		}
+		for k, v := range m {
+			switch v := v.(type) {
+			case string:
+				if strings.HasSuffix(k, "_listen") {
+					seen[k] = v
+				}
+			case []any: // the embedded etcd's endpoints
+				if k == "endpoints" {
+					for _, e := range v {
+						u, _ := url.Parse(e.(string))
+						seen["etcd "+e.(string)] = u.Host
+					}
+				}
+			}
+		}
+	}
+	for _, k := range []string{"agent_listen", "api_listen", "observability_listen", "peer_listen"} {
+		if _, ok := seen[k]; !ok {
+			t.Errorf("kasd.log has no %s: %v", k, seen)
+		}
+	}
+	for k, addr := range seen {
+		host, _, err := net.SplitHostPort(addr)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			t.Errorf("kasd listened on %s = %q, not on loopback", k, addr)
+		}
+	}
+	t.Logf("kasd's addresses: %v", seen)
 }
 
 func writeFile(t *testing.T, path, content string) {

@@ -16,6 +16,16 @@
 // forwarded out and forwarded in, each counted from its first byte — bounded by its context,
 // then closes. Config.Modules (the gitlab.Client) is the caller's to close, after the Server.
 //
+// # Fleets
+//
+// The replicas that share a fleet id (FleetConfig.Registry's, which namespaces the etcd keys)
+// and a peer secret are one fleet (fleetid.go). A peer connection starts with peer_hello
+// carrying the fleet id and a proof of the secret bound to the fleet id and the TLS session;
+// a peer of another fleet, or with another secret, is refused by name (ErrFleetMismatch,
+// ErrPeerSecretMismatch), logged at error level and counted in
+// kasd_peer_refusals_total{side,reason}. CheckFleetSecret is what a kasd runs before serving,
+// to refuse to join a fleet whose running replicas were given another secret.
+//
 // # Routing
 //
 // One seam, kasd/route.go: a request is resolved to an ordered list of holders — this kasd's

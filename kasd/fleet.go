@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/qkas/qkas/api"
@@ -83,6 +84,8 @@ type fleet struct {
 	cfg    *FleetConfig
 	reg    *registry.Registry
 	dialer *quic.Dialer
+	// refusals is kasd_peer_refusals_total{side,reason} (fleetid.go).
+	refusals *prometheus.CounterVec
 
 	wg sync.WaitGroup // watchPeer goroutines; they end with their connection
 
@@ -119,11 +122,15 @@ func newFleet(s *Server, cfg *FleetConfig) (*fleet, error) {
 	}
 	tlsConf = tlsConf.Clone()
 	tlsConf.NextProtos = []string{api.ALPNPeer}
+	refusals, err := newPeerRefusals(s.cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	d, err := quic.NewDialer(tlsConf, cfg.PeerQUIC)
 	if err != nil {
 		return nil, err
 	}
-	return &fleet{s: s, cfg: cfg, reg: cfg.Registry, dialer: d, links: map[string]*peerLink{}}, nil
+	return &fleet{s: s, cfg: cfg, reg: cfg.Registry, dialer: d, refusals: refusals, links: map[string]*peerLink{}}, nil
 }
 
 func (f *fleet) close() {
@@ -246,6 +253,10 @@ func (f *fleet) dial(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 		_ = qc.CloseWithError(quic.ConnCodeRefused, "peer handshake failed")
 		return nil, nil, &api.Error{Code: api.CodeAgentFailed, Message: "peer " + inst.ID + " handshake: " + err.Error(), Err: fmt.Errorf("%w: %w", errPeerUnavailable, err)}
 	}
+	refuse := func(reason string, err error) (*quicgo.Conn, *quicgo.Stream, error) {
+		f.refused("dial", reason, inst.ID, inst.PeerAddr, err) // fleetid.go
+		return fail(err)
+	}
 	exporter, err := peerExporter(qc)
 	if err != nil {
 		return fail(err)
@@ -256,23 +267,23 @@ func (f *fleet) dial(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 	}
 	deadline, _ := ctx.Deadline()
 	_ = ctrl.SetDeadline(deadline)
-	self := f.s.cfg.InstanceID
-	if err := api.WriteFrame(ctrl, &api.PeerHello{Version: api.ProtocolVersion, InstanceID: self, Proof: auth.PeerProof(f.cfg.PeerSecret, self, exporter)}); err != nil {
+	if err := api.WriteFrame(ctrl, f.helloFor(exporter)); err != nil {
 		return fail(err)
 	}
 	m, err := api.ReadExpect(ctrl, api.TypePeerHello)
+	if e := peerRefusal(err); e != nil { // fleetid.go
+		// The peer judged our hello and said why (another fleet, another secret).
+		return refuse(refusedByPeer, fmt.Errorf("refused by the peer: %w", e))
+	}
 	if err != nil {
-		return fail(err)
+		return refuse(refusedProtocol, err)
 	}
 	ph := m.(*api.PeerHello)
-	if err := api.CheckVersion(ph.Version); err != nil {
-		return fail(err)
+	if reason, err := f.checkHello(ph, exporter); err != nil { // fleetid.go
+		return refuse(reason, err)
 	}
 	if ph.InstanceID != inst.ID {
-		return fail(fmt.Errorf("answered as %q", ph.InstanceID))
-	}
-	if !auth.VerifyPeerProof(f.cfg.PeerSecret, ph.InstanceID, exporter, ph.Proof) {
-		return fail(errors.New("bad peer proof (different --peer-secret-file?)"))
+		return refuse(refusedWrongInstance, fmt.Errorf("answered as %q", ph.InstanceID))
 	}
 	_ = ctrl.SetDeadline(time.Time{})
 	f.s.log.Info().Str("peer", inst.ID).Str("peer_addr", inst.PeerAddr).Msg("peer connected")
@@ -400,26 +411,28 @@ func (s *Server) servePeerConn(qc *quicgo.Conn) {
 	_ = ctrl.SetDeadline(deadline)
 	exporter, err := peerExporter(qc)
 	var ph *api.PeerHello
+	reason := refusedProtocol
 	if err == nil {
 		var m api.Message
 		if m, err = api.ReadExpect(ctrl, api.TypePeerHello); err == nil {
 			ph = m.(*api.PeerHello)
-			if verr := api.CheckVersion(ph.Version); verr != nil {
-				err = verr
-			} else if !auth.VerifyPeerProof(f.cfg.PeerSecret, ph.InstanceID, exporter, ph.Proof) {
-				err = api.Errorf(api.CodeUnauthenticated, "bad peer proof")
-			}
+			reason, err = f.checkHello(ph, exporter) // fleetid.go
 		}
 	}
 	if err != nil {
 		s.m.peerConns.WithLabelValues("refused").Inc()
-		log.Warn().Err(err).Msg("peer refused")
-		_ = api.WriteFrame(ctrl, asAPIError(err, api.CodeUnauthenticated))
-		_ = qc.CloseWithError(quic.ConnCodeRefused, "unauthenticated: peer refused")
+		peer := ""
+		if ph != nil {
+			peer = ph.InstanceID
+		}
+		f.refused("accept", reason, peer, qc.RemoteAddr().String(), err)
+		e := asAPIError(err, api.CodeUnauthenticated)
+		_ = api.WriteFrame(ctrl, e)
+		// The close may overtake the error frame: its reason says the same (fleetid.go).
+		_ = qc.CloseWithError(quic.ConnCodeRefused, refusalCloseReason(e))
 		return
 	}
-	self := s.cfg.InstanceID
-	if err := api.WriteFrame(ctrl, &api.PeerHello{Version: api.ProtocolVersion, InstanceID: self, Proof: auth.PeerProof(f.cfg.PeerSecret, self, exporter)}); err != nil {
+	if err := api.WriteFrame(ctrl, f.helloFor(exporter)); err != nil {
 		return
 	}
 	_ = ctrl.SetDeadline(time.Time{})

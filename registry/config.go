@@ -10,6 +10,11 @@ import (
 const (
 	// DefaultPrefix is the etcd key prefix used when Config.Prefix is empty.
 	DefaultPrefix = "/qkas/"
+	// DefaultFleetID is the fleet id used when Config.FleetID is empty. kasd never relies on
+	// it: without --fleet-id it derives one from the peer secret (auth.DeriveFleetID).
+	DefaultFleetID = "default"
+	// MaxFleetIDLength bounds a fleet id (it is a key element and travels in peer_hello).
+	MaxFleetIDLength = 64
 	// DefaultTTL is the lease TTL used when Config.TTL is zero.
 	DefaultTTL = 10 * time.Second
 	// MinTTL is the smallest accepted lease TTL. etcd itself refuses TTLs below about 1.5 s
@@ -20,9 +25,13 @@ const (
 
 // Config configures a Registry. The zero value is valid and means every default.
 type Config struct {
-	// Prefix is the etcd key prefix under which everything is published and watched.
-	// Default "/qkas/". Must start and end with "/".
+	// Prefix is the etcd key prefix under which every fleet publishes. Default "/qkas/".
+	// Must start and end with "/".
 	Prefix string
+	// FleetID namespaces the keys: this registry publishes and watches only under
+	// <Prefix>fleets/<FleetID>/, so fleets sharing one etcd (and one Prefix) never see each
+	// other's instances or agents. Default "default". See ValidateFleetID.
+	FleetID string
 	// TTL is the lease TTL: how long this instance's keys outlive it after a crash or after
 	// losing etcd. Default 10s, minimum 2s. etcd leases have whole-second granularity, so the
 	// TTL is rounded up to whole seconds.
@@ -35,6 +44,9 @@ type Config struct {
 func (c Config) WithDefaults() Config {
 	if c.Prefix == "" {
 		c.Prefix = DefaultPrefix
+	}
+	if c.FleetID == "" {
+		c.FleetID = DefaultFleetID
 	}
 	if c.TTL == 0 {
 		c.TTL = DefaultTTL
@@ -52,11 +64,34 @@ func (c Config) Validate() error {
 	if !strings.HasPrefix(c.Prefix, "/") || !strings.HasSuffix(c.Prefix, "/") {
 		errs = append(errs, fmt.Errorf("registry: prefix %q must start and end with \"/\"", c.Prefix))
 	}
+	if err := ValidateFleetID(c.FleetID); err != nil {
+		errs = append(errs, err)
+	}
 	if c.TTL < MinTTL {
 		errs = append(errs, fmt.Errorf("registry: TTL %v is below the minimum %v", c.TTL, MinTTL))
 	}
 	return errors.Join(errs...)
 }
+
+// ValidateFleetID reports whether id can name a fleet: 1 to MaxFleetIDLength characters out
+// of ASCII letters, digits, '.', '_' and '-', not "." or "..". It is one element of the etcd
+// keys, so it may not contain "/".
+func ValidateFleetID(id string) error {
+	if id == "" || len(id) > MaxFleetIDLength || id == "." || id == ".." {
+		return fmt.Errorf("registry: fleet id %q must be 1 to %d characters, not \".\" or \"..\"", id, MaxFleetIDLength)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("registry: fleet id %q may only contain letters, digits, '.', '_' and '-'", id)
+		}
+	}
+	return nil
+}
+
+// Root is the key prefix of this fleet: <Prefix>fleets/<FleetID>/. Everything the registry
+// writes, reads and watches is under it.
+func (c Config) Root() string { return c.Prefix + fleetsDir + c.FleetID + "/" }
 
 // ttlSeconds is the lease TTL as etcd wants it: whole seconds, rounded up.
 func (c Config) ttlSeconds() int64 {
@@ -76,6 +111,10 @@ type Instance struct {
 	PeerAddr string `json:"peer_addr"`
 	APIAddr  string `json:"api_addr"`
 	Version  string `json:"version"`
+	// FleetCheck is a value derived from the fleet's peer secret (auth.FleetSecretCheck),
+	// published so that a kasd given another secret for the same fleet id can refuse to join
+	// before serving anything. Empty: not published (older versions, tests).
+	FleetCheck string `json:"fleet_check,omitempty"`
 }
 
 func (i Instance) validate() error {
@@ -95,14 +134,15 @@ type agentValue struct {
 }
 
 const (
+	fleetsDir    = "fleets/"
 	instancesDir = "instances/"
 	agentsDir    = "agents/"
 )
 
-func (c Config) instanceKey(id string) string { return c.Prefix + instancesDir + id }
+func (c Config) instanceKey(id string) string { return c.Root() + instancesDir + id }
 
 func (c Config) agentKey(agentID, instanceID string) string {
-	return c.Prefix + agentsDir + agentID + "/" + instanceID
+	return c.Root() + agentsDir + agentID + "/" + instanceID
 }
 
 type keyKind int
@@ -113,10 +153,10 @@ const (
 	keyAgent
 )
 
-// parseKey splits a key under the prefix. Agent IDs may contain "/" (the instance ID, which
+// parseKey splits a key under the fleet's root (Root). Agent IDs may contain "/" (the instance ID, which
 // may not, is everything after the last "/").
 func (c Config) parseKey(key string) (kind keyKind, agentID, instanceID string) {
-	rest, ok := strings.CutPrefix(key, c.Prefix)
+	rest, ok := strings.CutPrefix(key, c.Root())
 	if !ok {
 		return keyUnknown, "", ""
 	}

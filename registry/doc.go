@@ -4,16 +4,20 @@
 //
 // # Key layout
 //
-// Everything lives under Config.Prefix (default "/qkas/") and is attached to the
-// publishing instance's lease:
+// Everything lives under the fleet's root, <prefix>fleets/<fleet-id>/ (Config.Prefix,
+// default "/qkas/", and Config.FleetID), and is attached to the publishing instance's lease:
 //
-//	<prefix>instances/<instance-id>         {"id":…,"peer_addr":…,"api_addr":…,"version":…}
-//	<prefix>agents/<agent-id>/<instance-id> {"connections":N}
+//	<root>instances/<instance-id>         {"id":…,"peer_addr":…,"api_addr":…,"version":…,"fleet_check":…}
+//	<root>agents/<agent-id>/<instance-id> {"connections":N}
+//
+// A registry reads and watches its own fleet's root only: two fleets sharing one etcd (the
+// embedded one on 127.0.0.1:2379 is shared by every kasd on a machine) never see each
+// other's instances or agents, so a kasd never forwards to another fleet's kasd.
 //
 // An agent key exists while its instance holds at least one connection for the agent (it is
 // written on the first connection, rewritten when N changes, deleted on the last
-// disconnect). Instance IDs may not contain "/"; agent IDs may (the instance ID is what
-// follows the last "/"). Keys under the prefix that match neither form are ignored.
+// disconnect). Instance IDs and fleet IDs may not contain "/"; agent IDs may (the instance ID
+// is what follows the last "/"). Keys under the root that match neither form are ignored.
 //
 // # Goroutines and ownership
 //
@@ -27,8 +31,8 @@
 //     instance + its agent counts), on every local change and in full after each new lease,
 //     retrying with backoff after errors. Each etcd call it makes is bounded by a fraction of
 //     the TTL.
-//   - the watch goroutine (view.go) keeps the in-memory view with ONE watch on the prefix: a
-//     Get of the whole prefix, then a Watch from the following revision; after a compaction
+//   - the watch goroutine (view.go) keeps the in-memory view with ONE watch on the root: a
+//     Get of the whole root, then a Watch from the following revision; after a compaction
 //     (the watch asks for a revision etcd no longer has), a watch error or a closed watch
 //     channel it starts over with a new Get (counted in kasd_registry_watch_resyncs_total).
 //

@@ -109,6 +109,10 @@ func New(client *clientv3.Client, cfg Config, self Instance, log zerolog.Logger,
 // Self returns the instance this registry publishes.
 func (r *Registry) Self() Instance { return r.self }
 
+// FleetID returns the fleet whose keys this registry publishes and watches (Config.FleetID
+// after defaults).
+func (r *Registry) FleetID() string { return r.cfg.FleetID }
+
 // SetAgentConnections records that this instance holds n connections for agentID; n <= 0
 // means none (the key is deleted). It only changes the local desired state and wakes the
 // publisher: it never waits for etcd. An empty agentID is ignored.

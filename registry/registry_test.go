@@ -29,6 +29,11 @@ func TestConfigValidate(t *testing.T) {
 		{name: "no leading slash", cfg: Config{Prefix: "qkas/"}, wantErr: "prefix"},
 		{name: "no trailing slash", cfg: Config{Prefix: "/qkas"}, wantErr: "prefix"},
 		{name: "TTL too short", cfg: Config{TTL: time.Second}, wantErr: "TTL"},
+		{name: "fleet id", cfg: Config{FleetID: "f-0123abcd.prod_1"}},
+		{name: "fleet id with slash", cfg: Config{FleetID: "a/b"}, wantErr: "fleet id"},
+		{name: "fleet id dot-dot", cfg: Config{FleetID: ".."}, wantErr: "fleet id"},
+		{name: "fleet id with space", cfg: Config{FleetID: "a b"}, wantErr: "fleet id"},
+		{name: "fleet id too long", cfg: Config{FleetID: strings.Repeat("x", MaxFleetIDLength+1)}, wantErr: "fleet id"},
 		{name: "negative TTL", cfg: Config{TTL: -time.Second}, wantErr: "TTL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,7 +47,7 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 	d := Config{}.WithDefaults()
-	if d.Prefix != DefaultPrefix || d.TTL != DefaultTTL || d.Now == nil {
+	if d.Prefix != DefaultPrefix || d.FleetID != DefaultFleetID || d.TTL != DefaultTTL || d.Now == nil {
 		t.Fatalf("defaults: %+v", d)
 	}
 	if got := (Config{TTL: 2500 * time.Millisecond}).ttlSeconds(); got != 3 {
@@ -57,22 +62,27 @@ func TestParseKey(t *testing.T) {
 		kind            keyKind
 		agent, instance string
 	}{
-		{"/qkas/instances/kas-1", keyInstance, "", "kas-1"},
-		{"/qkas/agents/42/kas-1", keyAgent, "42", "kas-1"},
-		{"/qkas/agents/group/agent/kas-1", keyAgent, "group/agent", "kas-1"},
-		{"/qkas/agents/42/", keyUnknown, "", ""},
-		{"/qkas/agents/42", keyUnknown, "", ""},
-		{"/qkas/instances/", keyUnknown, "", ""},
-		{"/qkas/instances/a/b", keyUnknown, "", ""},
-		{"/qkas/other/x", keyUnknown, "", ""},
-		{"/other/instances/kas-1", keyUnknown, "", ""},
+		{"/qkas/fleets/default/instances/kas-1", keyInstance, "", "kas-1"},
+		{"/qkas/fleets/default/agents/42/kas-1", keyAgent, "42", "kas-1"},
+		{"/qkas/fleets/default/agents/group/agent/kas-1", keyAgent, "group/agent", "kas-1"},
+		{"/qkas/fleets/default/agents/42/", keyUnknown, "", ""},
+		{"/qkas/fleets/default/agents/42", keyUnknown, "", ""},
+		{"/qkas/fleets/default/instances/", keyUnknown, "", ""},
+		{"/qkas/fleets/default/instances/a/b", keyUnknown, "", ""},
+		{"/qkas/fleets/default/other/x", keyUnknown, "", ""},
+		{"/other/fleets/default/instances/kas-1", keyUnknown, "", ""},
+		// Another fleet's keys, and the layout before fleet ids, are not this fleet's.
+		{"/qkas/fleets/other/instances/kas-1", keyUnknown, "", ""},
+		{"/qkas/fleets/default-2/agents/42/kas-1", keyUnknown, "", ""},
+		{"/qkas/instances/kas-1", keyUnknown, "", ""},
+		{"/qkas/agents/42/kas-1", keyUnknown, "", ""},
 	} {
 		kind, agent, instance := c.parseKey(tc.key)
 		if kind != tc.kind || agent != tc.agent || instance != tc.instance {
 			t.Errorf("parseKey(%q) = %v %q %q, want %v %q %q", tc.key, kind, agent, instance, tc.kind, tc.agent, tc.instance)
 		}
 	}
-	if k := c.agentKey("group/agent", "kas-1"); k != "/qkas/agents/group/agent/kas-1" {
+	if k := c.agentKey("group/agent", "kas-1"); k != "/qkas/fleets/default/agents/group/agent/kas-1" {
 		t.Errorf("agentKey = %q", k)
 	}
 }
@@ -458,4 +468,85 @@ func TestResyncAfterCompaction(t *testing.T) {
 		return reflect.DeepEqual(agentsView(r1.Registry), want)
 	})
 	mustEqual(t, "compacted resyncs", metricValue(t, r1.metrics, "kasd_registry_watch_resyncs_total", map[string]string{"reason": "compacted"}), 1)
+}
+
+// Two fleets on one etcd (the embedded etcd on 127.0.0.1:2379 is shared by every kasd on a
+// machine) do not see each other's instances or agents, even with the same instance and agent
+// ids; a third registry of the first fleet sees that fleet only.
+func TestFleetsSharingEtcdAreIsolated(t *testing.T) {
+	e := startEtcd(t)
+	newIn := func(fleet, id string) testRegistry {
+		t.Helper()
+		c := newTestClient(t, e.Endpoints())
+		reg := prometheus.NewRegistry()
+		r, err := New(c, Config{FleetID: fleet, TTL: 2 * time.Second}, Instance{ID: id, PeerAddr: fleet + "-" + id + ":8152"}, zerolog.Nop(), reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		return testRegistry{Registry: r, client: c, metrics: reg}
+	}
+	a1, b1 := newIn("fleet-a", "kas-1"), newIn("fleet-b", "kas-1")
+	a2 := newIn("fleet-a", "kas-2")
+	mustEqual(t, "FleetID", a1.FleetID(), "fleet-a")
+	a1.SetAgentConnections("demo", 1)
+	a2.SetAgentConnections("only-a", 1)
+	b1.SetAgentConnections("demo", 3)
+	b1.SetAgentConnections("only-b", 1)
+
+	wantA := map[string]map[string]int{"demo": {"kas-1": 1}, "only-a": {"kas-2": 1}}
+	wantB := map[string]map[string]int{"demo": {"kas-1": 3}, "only-b": {"kas-1": 1}}
+	for _, r := range []testRegistry{a1, a2} {
+		waitView(t, r.Registry, convergeTimeout, "fleet a", func() bool {
+			return reflect.DeepEqual(agentsView(r.Registry), wantA) && len(r.Instances()) == 2
+		})
+	}
+	waitView(t, b1.Registry, convergeTimeout, "fleet b", func() bool {
+		return reflect.DeepEqual(agentsView(b1.Registry), wantB) && len(b1.Instances()) == 1
+	})
+	if err := a1.WaitSynced(ctxTimeout(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	// The views are settled: every key of both fleets is in etcd, each under its own root.
+	for _, h := range a1.Holders("demo") {
+		if h.Instance.PeerAddr != "fleet-a-kas-1:8152" {
+			t.Errorf("fleet a's holder of demo is %+v", h.Instance)
+		}
+	}
+	resp, err := a1.client.Get(ctxTimeout(t, 5*time.Second), "/qkas/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		if !strings.HasPrefix(k, "/qkas/fleets/fleet-a/") && !strings.HasPrefix(k, "/qkas/fleets/fleet-b/") {
+			t.Errorf("key %s outside the fleets' roots", k)
+		}
+	}
+	if len(resp.Kvs) != 7 { // 3 instances, 4 agent keys
+		t.Errorf("%d keys under /qkas/, want 7", len(resp.Kvs))
+	}
+}
+
+// WaitSynced returns once the first read is done, and ErrClosed after Close.
+func TestWaitSynced(t *testing.T) {
+	e := startEtcd(t)
+	r := newTestRegistry(t, e, "kas-1", 2*time.Second)
+	if err := r.WaitSynced(ctxTimeout(t, 10*time.Second)); err != nil || !r.Synced() {
+		t.Fatalf("WaitSynced: %v, Synced %v", err, r.Synced())
+	}
+	c := newTestClient(t, []string{"http://" + freeAddr(t)}) // nothing answers there
+	r2, err := New(c, Config{}, Instance{ID: "kas-2"}, zerolog.Nop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := r2.WaitSynced(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitSynced without etcd: %v", err)
+	}
+	go func() { time.Sleep(50 * time.Millisecond); r2.Close() }()
+	if err := r2.WaitSynced(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("WaitSynced after Close: %v", err)
+	}
 }

@@ -157,6 +157,26 @@ func (r *Registry) Changed() <-chan struct{} {
 	return r.changed
 }
 
+// WaitSynced waits until the view has completed its first full read of the fleet's keys. It
+// returns ctx.Err() when ctx ends first, ErrClosed when the registry is closed first.
+func (r *Registry) WaitSynced(ctx context.Context) error {
+	for {
+		r.viewMu.RLock()
+		synced, changed, closed := r.synced, r.changed, r.closed
+		r.viewMu.RUnlock()
+		if synced {
+			return nil
+		}
+		select {
+		case <-changed: // the first sync notifies, see syncView
+		case <-closed:
+			return ErrClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // Synced reports whether the view has completed at least one full read of the prefix.
 func (r *Registry) Synced() bool {
 	r.viewMu.RLock()
@@ -231,7 +251,7 @@ func (r *Registry) runWatch() {
 func (r *Registry) syncView() (int64, error) {
 	sent := r.cfg.Now()
 	ctx, cancel := context.WithTimeout(r.ctx, r.opTimeout)
-	resp, err := r.client.Get(ctx, r.cfg.Prefix, clientv3.WithPrefix())
+	resp, err := r.client.Get(ctx, r.cfg.Root(), clientv3.WithPrefix())
 	cancel()
 	if err != nil {
 		return 0, err
@@ -265,7 +285,7 @@ func (r *Registry) watchFrom(rev *int64) string {
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(r.ctx))
 	defer cancel()
 	r.log.Debug().Int64("from", *rev+1).Msg("watching")
-	wch := r.client.Watch(ctx, r.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(*rev+1))
+	wch := r.client.Watch(ctx, r.cfg.Root(), clientv3.WithPrefix(), clientv3.WithRev(*rev+1))
 	for {
 		select {
 		case <-r.ctx.Done():

@@ -12,13 +12,14 @@ import (
 // etcd access can write under the prefix): undecodable values are ignored, the view's counts
 // stay consistent, and what the publisher writes reads back.
 func FuzzViewApply(f *testing.F) {
-	cfg := Config{Prefix: "/qkas/"}
+	cfg := Config{Prefix: "/qkas/", FleetID: "f1"}
 	inst, _ := json.Marshal(Instance{ID: "k1", PeerAddr: "10.0.0.1:8152", APIAddr: "10.0.0.1:8151", Version: "v1"})
 	agent, _ := json.Marshal(agentValue{Connections: 2})
 	f.Add(cfg.instanceKey("k1"), inst, false, cfg.agentKey("demo", "k1"), agent, false)
 	f.Add(cfg.agentKey("a/b", "k2"), agent, false, cfg.agentKey("a/b", "k2"), []byte(nil), true)
 	f.Add(cfg.agentKey("demo", "k1"), []byte(`{"connections":"2"}`), false, cfg.instanceKey("k1"), []byte(`{`), false)
-	f.Add("/qkas/agents//k1", agent, false, "/qkas/instances/a/b", inst, false)
+	f.Add("/qkas/fleets/f1/agents//k1", agent, false, "/qkas/fleets/f1/instances/a/b", inst, false)
+	f.Add("/qkas/fleets/f2/agents/demo/k1", agent, false, "/qkas/agents/demo/k1", agent, false) // another fleet, the old layout
 	f.Add("/other/x", []byte("x"), false, cfg.agentKey("demo", "k1"), []byte(`{"connections":-1}`), false)
 	f.Fuzz(func(t *testing.T, k1 string, v1 []byte, d1 bool, k2 string, v2 []byte, d2 bool) {
 		r := &Registry{cfg: cfg, log: zerolog.Nop()}

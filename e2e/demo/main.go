@@ -125,7 +125,9 @@ func run(ctx context.Context) error {
 			"--instance-id", name, "--data-dir", file(name),
 			"--agent-listen", k.agent, "--api-listen", k.api, "--peer-listen", k.peer, "--observability-listen", k.obs,
 			"--agent-tokens-file", file("tokens.yaml"), "--api-jwt-secret-file", file("jwt.secret"),
-			"--peer-secret-file", file("peer.secret"), "--log-format", "json",
+			// One named fleet; every port above and the embedded etcd's on loopback, every
+			// secret in the temporary state directory, never in the checkout.
+			"--peer-secret-file", file("peer.secret"), "--fleet-id", "demo", "--log-format", "json",
 			"--embedded-etcd-listen", etcdClient, "--embedded-etcd-peer-listen", etcdPeer,
 		); err != nil {
 			return err

@@ -27,6 +27,7 @@ import (
 // fleetOptions are the flags of the fleet: etcd, the registry and peer forwarding.
 type fleetOptions struct {
 	enabled            bool
+	fleetID            string
 	peerListen         string
 	peerAdvertise      string
 	peerSecretFile     string
@@ -45,6 +46,7 @@ type fleetOptions struct {
 
 func (o *fleetOptions) register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.enabled, "fleet", true, "join a fleet through etcd (false: a standalone kasd with no etcd and no peers)")
+	fs.StringVar(&o.fleetID, "fleet-id", "", "this kasd's fleet (letters, digits, '.', '_', '-'): its registry keys in etcd live under --etcd-prefix + fleets/<id>/ and every peer handshake checks it, so fleets sharing one etcd never see or join each other; every replica of a fleet needs the same one. Default: derived from the peer secret (f-<16 hex digits>), so that replicas given one secret are one fleet and a kasd with another secret is another fleet, never a member its peers refuse")
 	fs.StringVar(&o.peerListen, "peer-listen", ":8152", "UDP address for connections from other kasd replicas")
 	fs.StringVar(&o.peerAdvertise, "peer-advertise-address", "", "host:port other replicas dial to reach this one (default: the --peer-listen host, else $POD_IP, else 127.0.0.1, with the --peer-listen port)")
 	fs.StringVar(&o.peerSecretFile, "peer-secret-file", "", "base64 secret (>= 32 bytes decoded) shared by all replicas; default: generated once in --data-dir (then every replica must be given that file)")
@@ -55,7 +57,7 @@ func (o *fleetOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.etcdKeyFile, "etcd-key-file", "", "client key for etcd")
 	fs.StringVar(&o.etcdUsername, "etcd-username", "", "etcd user name")
 	fs.StringVar(&o.etcdPasswordFile, "etcd-password-file", "", "file holding the etcd password")
-	fs.StringVar(&o.etcdPrefix, "etcd-prefix", registry.DefaultPrefix, "key prefix for the registry in etcd")
+	fs.StringVar(&o.etcdPrefix, "etcd-prefix", registry.DefaultPrefix, "key prefix for the registry in etcd: each fleet publishes under <prefix>fleets/<fleet-id>/")
 	fs.DurationVar(&o.registryTTL, "registry-ttl", registry.DefaultTTL, "lease TTL: how long a dead kasd's entries outlive it")
 	fs.StringVar(&o.embeddedListen, "embedded-etcd-listen", registry.DefaultEmbeddedClientAddr, "client address of the embedded etcd; other local kasd processes share it (if taken by an etcd, join it)")
 	fs.StringVar(&o.embeddedPeerListen, "embedded-etcd-peer-listen", registry.DefaultEmbeddedPeerAddr, "peer address of the embedded etcd")
@@ -81,6 +83,14 @@ func startFleet(o *options, f *fleetOptions, instanceID string, cert tls.Certifi
 	secret, err := peerSecret(o.dataDir, f.peerSecretFile, log)
 	if err != nil {
 		return nil, err
+	}
+	fleetID, derived := f.fleetID, false
+	if fleetID == "" {
+		// A safe default without configuration: one secret, one fleet (see --fleet-id).
+		fleetID, derived = auth.DeriveFleetID(secret), true
+	}
+	if err := registry.ValidateFleetID(fleetID); err != nil {
+		return nil, fmt.Errorf("--fleet-id: %w", err)
 	}
 	var peerTLS *tls.Config
 	if f.peerCAFile != "" {
@@ -126,14 +136,44 @@ func startFleet(o *options, f *fleetOptions, instanceID string, cert tls.Certifi
 		PeerAddr: advertise(f.peerAdvertise, p.peerLn.Addr().String(), f.peerListen),
 		APIAddr:  advertise("", apiAddr, o.apiListen),
 		Version:  version,
+		// Lets a kasd given another secret for this fleet id refuse to join (below).
+		FleetCheck: auth.FleetSecretCheck(secret, fleetID),
 	}
-	p.reg, err = registry.New(p.client, registry.Config{Prefix: f.etcdPrefix, TTL: f.registryTTL}, self, log, reg)
+	rcfg := registry.Config{Prefix: f.etcdPrefix, FleetID: fleetID, TTL: f.registryTTL}
+	p.reg, err = registry.New(p.client, rcfg, self, log, reg)
 	if err != nil {
 		return nil, err
 	}
-	log.Info().Str("peer_addr", self.PeerAddr).Str("peer_listen", p.peerLn.Addr().String()).Msg("fleet registry started")
+	log.Info().Str("fleet", fleetID).Bool("fleet_id_derived", derived).Str("etcd_root", rcfg.WithDefaults().Root()).
+		Str("peer_addr", self.PeerAddr).Str("peer_listen", p.peerLn.Addr().String()).Msg("fleet registry started")
+	if err := checkFleetSecret(p.reg, secret, f.registryTTL, log); err != nil {
+		// Revoke at once: the instance key published meanwhile must not outlive this refusal.
+		sctx, cancel := context.WithTimeout(context.Background(), f.registryTTL)
+		_ = p.reg.Shutdown(sctx)
+		cancel()
+		return nil, err
+	}
 	p.cfg = &kasd.FleetConfig{Registry: p.reg, PeerSecret: secret, PeerTLS: peerTLS}
 	return p, nil
+}
+
+// checkFleetSecret refuses to join a fleet whose running instances were given another peer
+// secret (kasd.CheckFleetSecret): joining would make every request between them fail. An etcd
+// that does not answer within wait is no reason not to start (kasd serves its own agents
+// without etcd): the peer handshake then refuses such peers by name.
+func checkFleetSecret(reg *registry.Registry, secret []byte, wait time.Duration, log zerolog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	err := kasd.CheckFleetSecret(ctx, reg, secret)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, kasd.ErrPeerSecretMismatch):
+		return fmt.Errorf("refusing to join: %w", err)
+	default:
+		log.Warn().Err(err).Dur("waited", wait).Msg("could not check the fleet's peer secret before joining; peers with another secret will be refused at the handshake")
+		return nil
+	}
 }
 
 // close stops the fleet pieces. graceful deletes this instance's keys and revokes its lease
