@@ -10,10 +10,14 @@
 //     [Mint], [BearerToken]): HS256, aud "gitlab-kas" (the format of the tokens
 //     GitLab mints for kas), iss [DefaultIssuer] unless configured, and an
 //     agents claim that lists the agents it reaches. It is signed with its own
-//     secret, never GitLab's, so a token GitLab minted is refused;
+//     secret, never GitLab's, so a token GitLab minted is refused; or RS256,
+//     ES256 or EdDSA with a key of a JWKS file or URL ([JWKS], a [KeySource])
+//     and that JWKS's issuer, under the same claim rules;
 //   - a channel-bound proof that kasd replicas exchange ([PeerProof],
-//     [VerifyPeerProof]), bound to the TLS session's exported keying material
-//     so a proof recorded on one connection is useless on any other.
+//     [VerifyPeerProof]), bound to the fleet id and to the TLS session's
+//     exported keying material, so a proof recorded on one connection is
+//     useless on any other and one made for a fleet never verifies in another;
+//     and the fleet's derived values ([DeriveFleetID], [FleetSecretCheck]).
 //
 // # Guarantees
 //
@@ -49,8 +53,15 @@
 //     JSON numbers; a crit header, impersonate fields other than user and
 //     groups, and control characters (C0, DEL, C1) in any string of the header
 //     or the claims are refused (docs/security.md).
-//   - Only HS256 is accepted: alg "none", RS256, HS512 and every other
-//     algorithm are refused before the key is consulted. Base64 segments must
+//   - Only HS256 is accepted, plus RS256, ES256 and EdDSA when the Verifier
+//     has Keys: alg "none", HS512, PS256 and every other algorithm are refused
+//     before a key is consulted. HS256 is verified only with Key, the others
+//     only with a JWKS key of the one type that algorithm uses (RSA >= 2048
+//     bits, P-256, Ed25519); symmetric and private JWKs are never used.
+//   - A JWKS document is at most [MaxJWKSBytes] (512 KiB) with at most
+//     [MaxJWKSKeys] (128) keys, fetched over https (http only to loopback)
+//     within [DefaultJWKSTimeout]; an unknown kid re-reads it at most every
+//     [DefaultJWKSMinRefresh]; a failed read keeps the last good set. Base64 segments must
 //     be canonical (strict decoding), so a token has exactly one spelling.
 //   - [MinSecretBytes] (32): shortest secret accepted from a secret file.
 //     [Mint], [Verifier.Verify] and [VerifyPeerProof] refuse an empty key (an

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bytes"
+	"crypto"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -36,8 +37,30 @@ const (
 	MaxTokenBytes = 8 << 10
 )
 
-// signingMethod is the only algorithm minted and accepted.
+// signingMethod is the only algorithm minted, and the only one verified with
+// Verifier.Key.
 var signingMethod = jwt.SigningMethodHS256
+
+// keySourceMethods are the algorithms verified with a Verifier's KeySource
+// (never with Key): each names exactly one key type, which the KeySource
+// returns only for keys of that type (see JWKS).
+var keySourceMethods = []string{jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg(), jwt.SigningMethodEdDSA.Alg()}
+
+// KeySource supplies the public keys of asymmetric client JWTs (RS256, ES256,
+// EdDSA), such as a JWKS published by an OIDC provider ([JWKS]).
+type KeySource interface {
+	// Issuer is the iss every token verified with these keys must carry
+	// (not empty).
+	Issuer() string
+	// Audience, if not empty, replaces Verifier.Audience for these tokens.
+	Audience() string
+	// VerificationKeys returns the keys that may verify a token whose header
+	// has this kid ("" when absent) and alg (one of RS256, ES256, EdDSA). Each
+	// key must be of the one Go type alg verifies with (*rsa.PublicKey,
+	// *ecdsa.PublicKey on P-256, ed25519.PublicKey): never a []byte. None
+	// found is an error.
+	VerificationKeys(kid, alg string) ([]crypto.PublicKey, error)
+}
 
 // AnyAgent, alone in ClientClaims.Agents (["*"]), allows every agent; a
 // Verifier accepts it only with AllowAnyAgent.
@@ -78,8 +101,12 @@ func (c *ClientClaims) AllowsAgent(id string) bool {
 // concurrent use.
 type Verifier struct {
 	// Key is the HMAC key (the decoded secret file). Verify refuses every
-	// token while it is empty.
+	// HS256 token while it is empty.
 	Key []byte
+	// Keys, if set, verifies RS256, ES256 and EdDSA tokens (a JWKS), which
+	// must then carry Keys.Issuer() as iss instead of Issuer. The same claim
+	// rules apply to them as to HS256 tokens. Default nil: HS256 only.
+	Keys KeySource
 	// Audience must be one of the token's aud values. Default DefaultAudience.
 	Audience string
 	// Issuer must be the token's iss (required). Default DefaultIssuer.
@@ -145,8 +172,10 @@ func unauthenticated(msg string, err error) *api.Error {
 }
 
 // Verify checks a client JWT and returns its claims. The token must be HS256
-// signed with Key (checked before any claim), its header must not have crit,
-// its aud must contain Audience, its iss must be Issuer, exp is required, nbf
+// signed with Key, or RS256/ES256/EdDSA signed with a key from Keys (checked
+// before any claim), its header must not have crit, its aud must contain
+// Audience (Keys.Audience() if set, for Keys' tokens), its iss must be Issuer
+// (Keys.Issuer() for Keys' tokens), exp is required, nbf
 // and iat are honoured when present (all with Leeway; each a JSON number, never
 // a string), it must not be valid for longer than MaxValidity, its agents claim
 // must list agent ids (or be ["*"] with AllowAnyAgent), an impersonate claim
@@ -168,8 +197,37 @@ func (v *Verifier) Verify(token string) (*ClientClaims, error) {
 	return claims, err
 }
 
+// methods returns the algorithms Verify accepts.
+func (v *Verifier) methods() []string {
+	if v.Keys == nil {
+		return []string{signingMethod.Alg()}
+	}
+	return append([]string{signingMethod.Alg()}, keySourceMethods...)
+}
+
+// headerAlg returns the alg of the token's header, or "" if it cannot be
+// read (the parser then says why). It only chooses which key source, issuer
+// and audience apply; the signature is checked against that one alg.
+func headerAlg(token string) string {
+	h, _, ok := strings.Cut(token, ".")
+	if !ok {
+		return ""
+	}
+	b, err := base64.RawURLEncoding.DecodeString(h)
+	if err != nil {
+		return ""
+	}
+	var hdr struct {
+		Alg string `json:"alg"`
+	}
+	if json.Unmarshal(b, &hdr) != nil {
+		return ""
+	}
+	return hdr.Alg
+}
+
 func (v *Verifier) verify(token string) (*ClientClaims, error) {
-	if len(v.Key) == 0 {
+	if len(v.Key) == 0 && v.Keys == nil {
 		return nil, unauthenticated("verifier has no key", nil)
 	}
 	if token == "" {
@@ -180,10 +238,19 @@ func (v *Verifier) verify(token string) (*ClientClaims, error) {
 	}
 	leeway := v.leeway()
 	now := v.now()
+	// One alg per parse: HS256 with Key, or one of keySourceMethods with a key
+	// from Keys; a token cannot get a key meant for another algorithm.
+	alg, audience, issuer := signingMethod.Alg(), v.audience(), v.issuer()
+	if a := headerAlg(token); v.Keys != nil && slices.Contains(keySourceMethods, a) {
+		alg, issuer = a, v.Keys.Issuer()
+		if aud := v.Keys.Audience(); aud != "" {
+			audience = aud
+		}
+	}
 	p := jwt.NewParser(
-		jwt.WithValidMethods([]string{signingMethod.Alg()}),
-		jwt.WithAudience(v.audience()),
-		jwt.WithIssuer(v.issuer()),
+		jwt.WithValidMethods([]string{alg}),
+		jwt.WithAudience(audience),
+		jwt.WithIssuer(issuer),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 		jwt.WithLeeway(leeway),
@@ -193,14 +260,32 @@ func (v *Verifier) verify(token string) (*ClientClaims, error) {
 	claims := new(ClientClaims)
 	tok, err := p.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
 		// WithValidMethods already refused every other alg; checking the
-		// method here too keeps the key from ever reaching another one.
-		if t.Method != signingMethod {
+		// method here too keeps each key from ever reaching another one.
+		switch {
+		case t.Method.Alg() != alg:
 			return nil, errors.New("signing method not allowed")
+		case t.Method == signingMethod:
+			if len(v.Key) == 0 {
+				return nil, errors.New("no HS256 key configured")
+			}
+			return v.Key, nil
 		}
-		return v.Key, nil
+		kid, _ := t.Header["kid"].(string)
+		keys, err := v.Keys.VerificationKeys(kid, alg)
+		if err != nil {
+			return nil, err
+		}
+		set := jwt.VerificationKeySet{}
+		for _, k := range keys {
+			if _, sym := k.([]byte); sym {
+				return nil, errors.New("key source returned a symmetric key")
+			}
+			set.Keys = append(set.Keys, k)
+		}
+		return set, nil
 	})
 	if err != nil {
-		return nil, unauthenticated(verifyFailure(tok, claims, err), err)
+		return nil, unauthenticated(verifyFailure(tok, claims, err, v.methods()), err)
 	}
 	// The signature and the standard claims are good from here on.
 	if msg := checkHeader(tok.Header); msg != "" {
@@ -223,12 +308,18 @@ func (v *Verifier) verify(token string) (*ClientClaims, error) {
 // verifyFailure says briefly why ParseWithClaims refused a token. Claims
 // are only looked at when the error says the signature was good
 // (ErrTokenInvalidClaims is returned only after it was checked).
-func verifyFailure(tok *jwt.Token, claims *ClientClaims, err error) string {
+func verifyFailure(tok *jwt.Token, claims *ClientClaims, err error, methods []string) string {
+	var alg string
+	if tok != nil {
+		alg, _ = tok.Header["alg"].(string)
+	}
 	switch {
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return "malformed token"
-	case tok != nil && tok.Header["alg"] != signingMethod.Alg():
-		return "signing method not allowed (only " + signingMethod.Alg() + ")"
+	case tok != nil && !slices.Contains(methods, alg):
+		return "signing method not allowed (only " + strings.Join(methods, ", ") + ")"
+	case errors.Is(err, jwt.ErrTokenUnverifiable) && alg != signingMethod.Alg():
+		return "no key for the token's kid and alg"
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
 		return "bad signature"
 	case !errors.Is(err, jwt.ErrTokenInvalidClaims):
