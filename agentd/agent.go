@@ -23,15 +23,16 @@ import (
 // Agent keeps connections to kasd and serves the streams kasd opens on them. Create it with New
 // and run it with Run.
 type Agent struct {
-	cfg      Config
-	log      zerolog.Logger
-	services map[string]*service
-	names    []string // sorted service names, sent in Hello
-	m        *metrics
+	cfg Config
+	log zerolog.Logger
+	m   *metrics
 
-	nextAddr  atomic.Uint64
-	process   string // random id of this process, sent in Hello
-	closeIdle func() // closes idle service connections
+	svcs    atomic.Pointer[serviceSet] // the services now (reload.go)
+	svcMu   sync.Mutex                 // serialises reloads; guards retired
+	retired []*urlService              // URL services removed by reloads, for closeIdleServices
+
+	nextAddr atomic.Uint64
+	process  string // random id of this process, sent in Hello
 
 	mu    sync.Mutex         // guards the fields below
 	slots map[int]*agentConn // live connection per slot
@@ -51,33 +52,16 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Replica, _ = os.Hostname()
 	}
 	a := &Agent{
-		cfg:      cfg,
-		log:      *cfg.Log,
-		services: map[string]*service{},
-		m:        newMetrics(cfg.Registerer),
-		slots:    map[int]*agentConn{},
+		cfg:   cfg,
+		log:   *cfg.Log,
+		m:     newMetrics(cfg.Registerer),
+		slots: map[int]*agentConn{},
 	}
 	// Each agent starts at a random kasd address, so that a fleet of agents spreads its
 	// connections over every kasd instead of all starting with the first address.
 	a.nextAddr.Store(rand.Uint64())
 	a.process = strconv.FormatUint(rand.Uint64(), 36)
-	var urlServices []*urlService
-	for name, u := range cfg.Services {
-		us := newURLService(name, u, cfg, a.m)
-		urlServices = append(urlServices, us)
-		a.services[name] = &service{name: name, handler: us, url: u}
-		a.names = append(a.names, name)
-	}
-	for name, h := range cfg.Handlers {
-		a.services[name] = &service{name: name, handler: h}
-		a.names = append(a.names, name)
-	}
-	a.closeIdle = func() {
-		for _, us := range urlServices {
-			us.transport.CloseIdleConnections()
-		}
-	}
-	sort.Strings(a.names)
+	a.svcs.Store(a.newServiceSet(cfg.Services, cfg.Handlers, nil))
 	return a, nil
 }
 
@@ -103,7 +87,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.closed = true
 	a.mu.Unlock()
 	a.reqs.Wait()
-	a.closeIdle()
+	a.closeIdleServices()
 	return nil
 }
 
@@ -162,7 +146,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 				refusedToken++
 			}
 			delay := reconnectDelay(a.cfg.Backoff, attempt, refusedToken, err, rand.Float64)
-			a.log.Warn().Err(err).Str("kas_address", tgt.String()).Int("attempt", attempt).Dur("retry_in", delay).Msg("connecting to kasd failed")
+			a.connectFailed(err, tgt, attempt, delay) // one warn line per attempt, with a code and what to check
 			if sleep(ctx, delay) != nil {
 				return
 			}
@@ -181,7 +165,16 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 		}
 		dupes = 0
 		a.setSlot(slot, c)
-		reason := c.wait(ctx)
+		reason := c.wait(ctx, c.announced.replaced)
+		for reason == "reload" { // the services changed: re-announce them (reload.go)
+			nc := a.reannounce(ctx, slot, dialer, c, tgt, wg)
+			if nc == c { // ctx or c ended first
+				reason = c.wait(ctx, nil)
+				break
+			}
+			c = nc
+			reason = c.wait(ctx, c.announced.replaced)
+		}
 		a.setSlot(slot, nil)
 		c.log.Info().Str("reason", reason).Msg("connection to kasd ended")
 		if reason == "goaway" && ctx.Err() == nil {
@@ -326,15 +319,18 @@ func (a *Agent) connect(ctx context.Context, dialer *quic.Dialer, t target) (*ag
 	if err != nil {
 		return nil, refusalFromClose(err)
 	}
-	welcome, control, err := a.handshake(ctx, qc)
+	set := a.svcs.Load()
+	welcome, control, err := a.handshake(ctx, qc, set.names)
 	if err != nil {
 		_ = qc.CloseWithError(quic.ConnCodeRefused, "handshake failed")
-		return nil, err
+		return nil, &helloError{err} // QUIC is up: a timeout now is kasd not answering (connerr.go)
 	}
-	return a.startConn(qc, control, welcome), nil
+	c := a.startConn(qc, control, welcome)
+	c.announced = set
+	return c, nil
 }
 
-func (a *Agent) handshake(ctx context.Context, qc *quicgo.Conn) (*api.Welcome, *quicgo.Stream, error) {
+func (a *Agent) handshake(ctx context.Context, qc *quicgo.Conn, services []string) (*api.Welcome, *quicgo.Stream, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.QUIC.HandshakeTimeout)
 	defer cancel()
 	control, err := qc.OpenStreamSync(ctx)
@@ -349,7 +345,7 @@ func (a *Agent) handshake(ctx context.Context, qc *quicgo.Conn) (*api.Welcome, *
 		AgentVersion: a.cfg.Version,
 		Replica:      a.cfg.Replica,
 		Process:      a.process,
-		Services:     a.names,
+		Services:     services,
 	}
 	if err := api.WriteFrame(control, hello); err != nil {
 		return nil, nil, refusalFromClose(err)

@@ -26,7 +26,8 @@ type Config struct {
 	TLS *tls.Config
 	// QUIC tunes the transport. Zero values take quic.Config's defaults.
 	QUIC quic.Config
-	// Services maps a service name to its base URL (http or https).
+	// Services maps a service name to its base URL (http or https). Agent.ReloadServices
+	// replaces them while the agent runs.
 	Services map[string]*url.URL
 	// Handlers maps a service name to an in-process handler (the Kubernetes API proxy, say).
 	// Services and Handlers together must offer at least one service; names must not repeat.
@@ -106,25 +107,7 @@ func (c Config) Validate() error {
 	if c.TLS == nil {
 		errs = append(errs, errors.New("a TLS configuration is required"))
 	}
-	if len(c.Services)+len(c.Handlers) == 0 {
-		errs = append(errs, errors.New("at least one service is required"))
-	}
-	for name := range c.Handlers {
-		if _, dup := c.Services[name]; dup {
-			errs = append(errs, fmt.Errorf("service %q is both a URL and a handler", name))
-		}
-		if !serviceNameRE.MatchString(name) {
-			errs = append(errs, fmt.Errorf("service name %q: must match %s", name, serviceNameRE))
-		}
-	}
-	for name, u := range c.Services {
-		if !serviceNameRE.MatchString(name) {
-			errs = append(errs, fmt.Errorf("service name %q: must match %s", name, serviceNameRE))
-		}
-		if u == nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, fmt.Errorf("service %q: URL must be http(s)://host[:port][/path]", name))
-		}
-	}
+	errs = append(errs, validateServices(c.Services, c.Handlers)...) // reload.go: reloads check the same
 	if c.Connections < 1 || c.Connections > 16 {
 		errs = append(errs, fmt.Errorf("connections must be 1..16, got %d", c.Connections))
 	}

@@ -22,6 +22,8 @@ type agentConn struct {
 	control *quicgo.Stream
 	welcome *api.Welcome
 	log     zerolog.Logger
+	// announced is the service set sent in Hello; set by connect before the slot sees c.
+	announced *serviceSet
 
 	ctx        context.Context // ends when the connection ends or drain stops accepting
 	stop       context.CancelFunc
@@ -115,8 +117,9 @@ func (c *agentConn) readControl() {
 	}
 }
 
-// wait blocks until the connection should be replaced and says why.
-func (c *agentConn) wait(ctx context.Context) string {
+// wait blocks until the connection should be replaced and says why: "reload" once reload is
+// closed (the services changed since c announced them; reload.go).
+func (c *agentConn) wait(ctx context.Context, reload <-chan struct{}) string {
 	select {
 	case <-ctx.Done():
 		return "shutdown"
@@ -124,6 +127,8 @@ func (c *agentConn) wait(ctx context.Context) string {
 		return "goaway"
 	case <-c.qc.Context().Done():
 		return "lost: " + context.Cause(c.qc.Context()).Error()
+	case <-reload:
+		return "reload"
 	}
 }
 
@@ -154,13 +159,14 @@ func (c *agentConn) drain() {
 	<-c.ctrlDone
 }
 
-// checkRequest vets a stream's request head before anything else is read.
-func (a *Agent) checkRequest(req *api.Request) *api.Error {
+// checkRequest vets a stream's request head before anything else is read, against the
+// services of set.
+func (a *Agent) checkRequest(set *serviceSet, req *api.Request) *api.Error {
 	var refusal *api.Error
 	switch {
 	case req.Kind != api.KindHTTP:
 		refusal = api.Errorf(api.CodeProtocol, "request kind %s is not served by agents", req.Kind)
-	case a.services[req.Service] == nil:
+	case set.lookup(req.Service) == nil:
 		refusal = a.unknownService(req.Service) // service.go: lists what the agent offers
 	case !req.Deadline.IsZero() && !time.Now().Before(req.Deadline):
 		refusal = api.Errorf(api.CodeDeadlineExceeded, "deadline passed before the agent received the request")
@@ -179,10 +185,13 @@ func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
 	defer a.m.openStreams.Dec()
 	start := time.Now()
 	var bytesIn, bytesOut int64 // for the access log
-	res := httpstream.Serve(ctx, sc, a.cfg.RequestHeaderTimeout, a.checkRequest, func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
+	// One generation of services for the whole request: a reload never pulls its service away.
+	set := a.svcs.Load()
+	check := func(req *api.Request) *api.Error { return a.checkRequest(set, req) }
+	res := httpstream.Serve(ctx, sc, a.cfg.RequestHeaderTimeout, check, func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
 		stripCredentials(r.Header)
 		in := countRequestBody(r)
-		a.services[f.Service].handler.ServeService(w, r, f)
+		set.lookup(f.Service).handler.ServeService(w, r, f)
 		bytesIn, bytesOut = in.count(), w.Written()
 	})
 	defer a.logAccess(res, bytesIn, bytesOut, start)

@@ -17,7 +17,27 @@
 //   - The request-body writer of each GitLab request (GitLabRoundTripper) is owned by the Agent;
 //     once Run is ending no new one starts (the request fails with shutting_down). A writer
 //     ends when its body ends or fails, or a write to its stream fails.
+//   - A reload of the services (Agent.ReloadServices, reload.go) makes every slot re-announce
+//     them, make before break: the slot dials a connection with the new Hello while the old one
+//     serves, puts it in the slot, then drains the old one in a goroutine added to Run's group,
+//     as after GoAway. WatchConfig (SIGHUP, config file changes) runs in a goroutine its caller
+//     owns.
 //   - Run returns only after every goroutine above has returned, request-body writers included.
+//
+// # Services and reloads
+//
+// The services are an immutable set behind an atomic pointer. A stream takes the set once when
+// it starts and uses it to its end, so a reload never removes a service from under a request;
+// ReloadServices validates the new list (a bad one keeps the old set, logged and counted in
+// agentd_config_reloads_total{result="error"}), reuses the *service (and its connection pool)
+// of every unchanged URL, and swaps the set.
+//
+// # Connect errors
+//
+// Every failed connect attempt is classified in one place (classifyConnect, connerr.go) by error
+// type (x509, tls, net, syscall, quic-go, api), never by message, into a stable ConnectCode that
+// is the error_code of the warn line (with a hint of what to check) and the code label of
+// agentd_connect_failures_total.
 //
 // # Streams
 //

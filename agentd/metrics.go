@@ -20,6 +20,8 @@ type metrics struct {
 	duration        *prometheus.HistogramVec
 	serviceErrors   *prometheus.CounterVec
 	gitlabRequests  *prometheus.CounterVec // module, code
+	connectFailures *prometheus.CounterVec // code (ConnectCode, connerr.go)
+	configReloads   *prometheus.CounterVec // result: ok, unchanged, error (reload.go)
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -56,6 +58,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.gitlabRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "agentd_gitlab_requests_total", Help: "Requests to GitLab's modules endpoint through kasd, by module and HTTP status code.",
 	}, []string{"module", "code"})
+	m.connectFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "agentd_connect_failures_total", Help: "Failed attempts to connect to kasd, by error code (the error_code of the log line; README's agentd error codes).",
+	}, []string{"code"})
+	m.configReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "agentd_config_reloads_total", Help: "Reloads of the agent's services (SIGHUP or a config file change) by result: ok, unchanged, or error (the old services stay).",
+	}, []string{"result"})
+	reg.MustRegister(m.connectFailures, m.configReloads)
 	reg.MustRegister(m.connections, m.connectAttempts, m.goAways, m.probes, m.openStreams, m.rejections,
 		m.requests, m.duration, m.serviceErrors, m.gitlabRequests)
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{

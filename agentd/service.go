@@ -176,7 +176,7 @@ func (s *urlService) upgrade(w http.ResponseWriter, resp *http.Response) {
 // the services it does offer (api.ListNames bounds the list), so that a typo is found without
 // reading the agent's configuration.
 func (a *Agent) unknownService(name string) *api.Error {
-	return api.Errorf(api.CodeServiceUnknown, "service %q is not offered by this agent; it offers %s", name, api.ListNames(a.names))
+	return api.Errorf(api.CodeServiceUnknown, "service %q is not offered by this agent; it offers %s", name, api.ListNames(a.svcs.Load().names))
 }
 
 // stripCredentials removes headers only the agent may set: a caller's credentials never reach

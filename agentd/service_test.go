@@ -22,7 +22,7 @@ func TestServiceUnknownListsServices(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e := a.checkRequest(&api.Request{Kind: api.KindHTTP, Service: "nope"})
+		e := a.checkRequest(a.svcs.Load(), &api.Request{Kind: api.KindHTTP, Service: "nope"})
 		if e == nil || e.Code != api.CodeServiceUnknown {
 			t.Fatalf("%d services: refusal %v", n, e)
 		}

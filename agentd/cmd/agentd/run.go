@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,12 +58,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.SetOutput(stderr)
 	cliconfig.SetUsage(fs, envPrefix)
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
-	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names (services: {NAME: URL} or service: ...); the command line and the environment win")
+	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names (services: {NAME: URL} or service: ...); the command line and the environment win; services are reloaded when it changes and on SIGHUP")
 	fs.Var(&o.kasAddresses, "kas-address", "kasd agent address host:port (repeatable, comma-separated)")
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding this agent's token")
 	fs.StringVar(&o.caFile, "ca-file", "", "CA certificate(s) to verify kasd (default: system roots)")
 	fs.StringVar(&o.serverName, "server-name", "", "TLS server name to verify (default: the host of --kas-address)")
-	fs.Var(&o.services, "service", "NAME=URL of a service this agent exposes (repeatable)")
+	fs.Var(&o.services, "service", "NAME=URL of a service this agent exposes (repeatable; reloaded on SIGHUP and when --config changes)")
 	// Config files say "services: {NAME: URL}"; the flag is singular. Same list.
 	fs.Var(&o.services, "services", "alias of --service, for config files (services: {NAME: URL})")
 	fs.StringVar(&o.observabilityListen, "observability-listen", ":8154", "TCP address for /metrics, /healthz, /readyz; empty disables")
@@ -203,6 +205,22 @@ func run(ctx context.Context, args []string) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return agent.Run(gctx) })
+	// Services are reloaded on SIGHUP and when --config changes (README "Reloading agentd's
+	// services"): flags, environment and file are read again as at start; only the URL
+	// services change; a bad file keeps the running ones.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reloadServices := func() {
+		_ = agent.ReloadServices(func() (map[string]*url.URL, error) {
+			o, err := parseFlags(args, io.Discard)
+			if err != nil {
+				return nil, err
+			}
+			return parseServices(o.services)
+		})
+	}
+	g.Go(func() error { return agentd.WatchConfig(gctx, o.config, hup, reloadServices, &log) })
 	if gitlabLn != nil {
 		// GitLab's modules endpoint, through kasd (agentd/gitlab.go).
 		srv, err := httpserve.New("gitlab-proxy", agent.GitLabHandler(), o.gitlabProxyHTTP, httpMetrics)

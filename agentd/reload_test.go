@@ -1,0 +1,330 @@
+package agentd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/rs/zerolog"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/kasd"
+	"github.com/qkas/qkas/quic"
+)
+
+// reloadEnv is one real kasd on loopback (QUIC agent port, HTTP API) and one agent "alpha".
+type reloadEnv struct {
+	t      *testing.T
+	api    *httptest.Server
+	jwt    string
+	client *http.Client
+}
+
+func newReloadEnv(t *testing.T, services map[string]*url.URL, connections int) (*reloadEnv, *Agent) {
+	t.Helper()
+	k := startTestKasd(t)
+	a, err := New(Config{
+		KasAddresses: []string{k.agentAddr}, Token: k.token, TLS: k.tls, Services: services,
+		Connections: connections, DrainTimeout: 5 * time.Second,
+		Backoff: quic.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAgent(t, a)
+	deadline := time.Now().Add(10 * time.Second)
+	for a.Connected() != connections {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent has %d connections, want %d", a.Connected(), connections)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return k.env, a
+}
+
+// runAgent runs a until the test ends.
+func runAgent(t *testing.T, a *Agent) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// testKasd is a real kasd on loopback that knows agent "alpha" by token.
+type testKasd struct {
+	env       *reloadEnv
+	agentAddr string
+	token     string
+	tls       *tls.Config // trusts kasd's dev CA, server name localhost
+}
+
+// startTestKasd starts a kasd, stopped when the test ends (after the agents started later).
+func startTestKasd(t *testing.T) *testKasd {
+	t.Helper()
+	dir := t.TempDir()
+	secret := []byte("0123456789abcdef0123456789abcdef-test-secret")
+	tok := auth.NewAgentToken()
+	store, err := auth.ParseTokens([]byte("agents:\n- id: alpha\n  token_sha256: " + auth.TokenSHA256(tok) + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, caFile, err := quic.DevCertificate(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := kasd.New(kasd.Config{
+		InstanceID: "kas-test",
+		AgentAuth:  kasd.TokenFileAuth{Store: store},
+		ClientAuth: &auth.Verifier{Key: secret, AllowAnyAgent: true},
+		// A request finding no connection of its agent fails at once instead of waiting for
+		// one: a reload that left the agent without a connection for a moment fails requests.
+		RouteTimeout: time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serveWG sync.WaitGroup
+	serveWG.Go(func() { _ = srv.ServeAgents(context.Background(), ln) })
+	e := &reloadEnv{t: t, api: httptest.NewServer(srv.Handler()), client: &http.Client{Timeout: 30 * time.Second}}
+	e.jwt, err = auth.Mint(secret, auth.ClientClaims{RegisteredClaims: jwt.RegisteredClaims{
+		Issuer: auth.DefaultIssuer, Audience: jwt.ClaimStrings{"gitlab-kas"},
+		ExpiresAt: jwt.NewNumericDate(time.Now().Add(10 * time.Minute)), IssuedAt: jwt.NewNumericDate(time.Now()),
+	}, Agents: []string{auth.AnyAgent}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsConf, err := quic.ClientTLSConfig(caFile, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // runs after the cleanups of agents started later
+		e.client.CloseIdleConnections()
+		e.api.Close()
+		ln.Close()
+		srv.Close()
+		serveWG.Wait()
+	})
+	return &testKasd{env: e, agentAddr: ln.Addr().String(), token: tok, tls: tlsConf}
+}
+
+// get requests path of service through kasd and returns the status and body.
+func (e *reloadEnv) get(service, path string) (int, string, error) {
+	req, err := http.NewRequest(http.MethodGet, e.api.URL+"/api/v1/agents/alpha/proxy/"+service+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+e.jwt)
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// backend answers "<name> <path>", slowly enough that reloads happen with requests in flight.
+func backend(t *testing.T, name string) *url.URL {
+	t.Helper()
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(2 * time.Millisecond)
+		fmt.Fprintf(w, "%s %s", name, r.URL.Path)
+	}))
+	t.Cleanup(s.Close)
+	u, _ := url.Parse(s.URL)
+	return u
+}
+
+// TestReloadServicesUnderLoad: with requests running all along to service "web", services are
+// added (and become reachable through kasd: the agent re-announced them), web is moved to
+// another URL, a bad list is refused and kept out, and a service is removed (kasd then
+// refuses it) — and not one request to web fails. With one connection, so that a reload that
+// broke before making would fail requests.
+func TestReloadServicesUnderLoad(t *testing.T) {
+	for _, conns := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d connections", conns), func(t *testing.T) { testReloadUnderLoad(t, conns) })
+	}
+}
+
+func testReloadUnderLoad(t *testing.T, conns int) {
+	web1, web2, other := backend(t, "web1"), backend(t, "web2"), backend(t, "other")
+	e, a := newReloadEnv(t, map[string]*url.URL{"web": web1}, conns)
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	for i := range 32 {
+		wg.Go(func() {
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				path := fmt.Sprintf("/w%d/%d", i, n)
+				status, body, err := e.get("web", path)
+				if err != nil || status != http.StatusOK || (body != "web1 "+path && body != "web2 "+path) {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("%s: %d %q %v", path, status, body, err))
+					continue
+				}
+				ok.Add(1)
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	reload := func(s map[string]*url.URL, err error) error {
+		return a.ReloadServices(func() (map[string]*url.URL, error) { return s, err })
+	}
+	time.Sleep(100 * time.Millisecond) // load running
+
+	// Add a service: kasd routes it once the agent re-announced.
+	if err := reload(map[string]*url.URL{"web": web1, "other": other}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("other reachable through kasd", func() bool {
+		status, body, _ := e.get("other", "/x")
+		return status == http.StatusOK && body == "other /x"
+	})
+	// Move web.
+	if err := reload(map[string]*url.URL{"web": web2, "other": other}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("web served by its new URL", func() bool { _, body, _ := e.get("web", "/y"); return body == "web2 /y" })
+	// Bad lists and unreadable files keep the current services.
+	if err := reload(map[string]*url.URL{"web": web2, "bad name!": other}, nil); err == nil {
+		t.Fatal("a bad service name was accepted")
+	}
+	if err := reload(nil, errors.New("yaml: line 3: did not find expected key")); err == nil {
+		t.Fatal("a load error was accepted")
+	}
+	if status, body, _ := e.get("other", "/z"); status != http.StatusOK || body != "other /z" {
+		t.Fatalf("after bad reloads other answers %d %q", status, body)
+	}
+	// Remove a service: kasd stops routing it.
+	if err := reload(map[string]*url.URL{"web": web2}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("other refused", func() bool { status, _, _ := e.get("other", "/x"); return status == http.StatusNotFound })
+	if err := reload(map[string]*url.URL{"web": web2}, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // load continues on the final connections
+
+	close(stop)
+	wg.Wait()
+	stop = make(chan struct{})
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d of %d requests to web failed during reloads; first: %v", n, n+ok.Load(), firstErr.Load())
+	}
+	if ok.Load() < 100 {
+		t.Fatalf("only %d requests ran", ok.Load())
+	}
+	for result, want := range map[string]float64{"ok": 3, "error": 2, "unchanged": 1} {
+		if got := counterValue(t, a.m.configReloads.WithLabelValues(result)); got != want {
+			t.Errorf("agentd_config_reloads_total{result=%q} = %v, want %v", result, got, want)
+		}
+	}
+	if got := a.Connected(); got != conns {
+		t.Errorf("%d connections after reloads, want %d", got, conns)
+	}
+	t.Logf("%d requests to web during the reloads, none failed", ok.Load())
+}
+
+// TestWatchConfig: SIGHUP and a change of the config file (written in place, or replaced by
+// rename as editors and ConfigMaps do) each trigger one reload; other files in the directory
+// do not.
+func TestWatchConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agentd.yaml")
+	if err := os.WriteFile(path, []byte("services: {a: http://x}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reloads := make(chan struct{}, 16)
+	signals := make(chan os.Signal, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	log := testLogger(t)
+	go func() { done <- WatchConfig(ctx, path, signals, func() { reloads <- struct{}{} }, log) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(100 * time.Millisecond) // the watch is set up
+
+	expect := func(what string, n int) {
+		t.Helper()
+		for range n {
+			select {
+			case <-reloads:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: no reload", what)
+			}
+		}
+		select {
+		case <-reloads:
+			t.Fatalf("%s: more than %d reloads", what, n)
+		case <-time.After(2 * reloadDebounce):
+		}
+	}
+	signals <- syscall.SIGHUP
+	expect("SIGHUP", 1)
+	if err := os.WriteFile(path, []byte("services: {a: http://y}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expect("write in place", 1)
+	tmp := filepath.Join(dir, ".agentd.yaml.tmp")
+	if err := os.WriteFile(tmp, []byte("services: {a: http://z}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	expect("replace by rename", 1)
+	if err := os.WriteFile(filepath.Join(dir, "unrelated"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expect("unrelated file", 0)
+}
+
+func testLogger(t *testing.T) *zerolog.Logger {
+	l := zerolog.New(zerolog.NewTestWriter(t))
+	return &l
+}
+
+func counterValue(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
