@@ -105,7 +105,7 @@ func TestCompletionBash(t *testing.T) {
 		want  string
 	}{
 		{[]string{"kasctl", "jw"}, "jwt"},
-		{[]string{"kasctl", ""}, "agent-token jwt secret version completion"},
+		{[]string{"kasctl", ""}, "agent-token credential jwt kubeconfig secret version completion"},
 		{[]string{"kasctl", "jwt", "--secret-"}, "--secret-file"},
 		{[]string{"kasctl", "agent-token", "--token"}, "--token-out --tokens-file"},
 		{[]string{"kasctl", "jwt", "--secret-file", filepath.Join(dir, "jwt.s")}, filepath.Join(dir, "jwt.secret")},

@@ -22,7 +22,9 @@ const usage = `usage: kasctl <command> [flags] [args]
 commands:
   agent-token NAME  make a token for agent NAME (standalone mode) and the entry
                     for kasd's --agent-tokens-file
+  credential        client-go exec credential plugin: a cached, renewed client JWT
   jwt               mint a client JWT for kasd's HTTP API
+  kubeconfig        write a kubeconfig for an agent's cluster through kasd
   secret            make a secret for a secret file (base64 of 32 random bytes)
   version           print kasctl's version
 
@@ -46,8 +48,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "agent-token":
 		return runAgentToken(ctx, args, stdout, stderr)
+	case "credential":
+		return runCredential(ctx, args, stdout, stderr)
 	case "jwt":
 		return runJWT(ctx, args, stdout, stderr)
+	case "kubeconfig":
+		return runKubeconfig(ctx, args, stdout, stderr)
 	case "secret":
 		return runSecret(ctx, args, stdout, stderr)
 	case "version":
