@@ -20,7 +20,8 @@ const (
 var AllScenarios = []string{ScenarioLatency, ScenarioThroughput, ScenarioHOL, ScenarioScale, ScenarioFailover}
 
 // Sizes says how much each scenario does. Presets: "quick" (make bench-quick, under 4 minutes
-// on 2 cores), "full" (make bench) and "tiny" (the runner's own test).
+// on 2 cores), "full" (make bench), "tiny" (the runner's own test) and "scale" (make
+// bench-scale).
 type Sizes struct {
 	// LatencyConcurrency and LatencyRequests (same length): requests per route at each
 	// concurrency, split over LatencyRounds alternating rounds.
@@ -52,13 +53,18 @@ type Sizes struct {
 	HOLSlowReaders int   `json:"hol_slow_readers"`
 	HOLSlowRate    int64 `json:"hol_slow_rate"`
 
-	// ScaleAgents: simulated agent counts, each measured on a fresh kasd. ScaleIdle: how long
-	// idle CPU is measured. ScaleLatencyRequests: c=1 requests to the one real agent, with
-	// and without the simulated agents connected. ScaleDialConcurrency: parallel handshakes.
+	// ScaleAgents: fleet sizes (agentd agents of benchmarks/fleetsim, one UDP socket each),
+	// each measured on a fresh kasd. ScaleIdle: how long idle CPU and drops are measured (at
+	// least agentd's 25s keep-alive period for a true figure). ScaleLatencyRequests: c=1
+	// requests to the one real agentd, with and without the fleet. ScaleStartRate: fleet agents
+	// started per second.
 	ScaleAgents          []int         `json:"scale_agents"`
 	ScaleIdle            time.Duration `json:"scale_idle"`
 	ScaleLatencyRequests int           `json:"scale_latency_requests"`
-	ScaleDialConcurrency int           `json:"scale_dial_concurrency"`
+	ScaleStartRate       int           `json:"scale_start_rate"`
+	// ScaleKeepAlive, when set, is the fleet's keep-alive period (idle timeout three times
+	// it) instead of agentd's defaults (25s, 60s): the tiny preset's restart settles in seconds.
+	ScaleKeepAlive time.Duration `json:"scale_keep_alive,omitempty"`
 
 	// FailoverInterval paces the steady request stream; FailoverAfter is how long the stream
 	// runs after the kill.
@@ -76,7 +82,7 @@ func Preset(name string) (Sizes, error) {
 			ThroughputBytes: 64 << 20, ThroughputRounds: 2,
 			HOLLossPercent: []float64{0, 1, 3}, HOLDuration: 4 * time.Second, HOLConcurrency: 4, HOLBulkRate: 20 << 20,
 			HOLSlowReaders: 2, HOLSlowRate: 10e6,
-			ScaleAgents: []int{1000}, ScaleIdle: 5 * time.Second, ScaleLatencyRequests: 1000, ScaleDialConcurrency: 64,
+			ScaleAgents: []int{1000}, ScaleIdle: 5 * time.Second, ScaleLatencyRequests: 1000, ScaleStartRate: 1000,
 			FailoverInterval: 10 * time.Millisecond, FailoverAfter: 10 * time.Second,
 		}, nil
 	case "full":
@@ -86,7 +92,7 @@ func Preset(name string) (Sizes, error) {
 			ThroughputBytes: 256 << 20, ThroughputRounds: 3,
 			HOLLossPercent: []float64{0, 1, 3}, HOLDuration: 15 * time.Second, HOLConcurrency: 4, HOLBulkRate: 20 << 20,
 			HOLSlowReaders: 2, HOLSlowRate: 10e6,
-			ScaleAgents: []int{1000, 10000, 20000}, ScaleIdle: 10 * time.Second, ScaleLatencyRequests: 3000, ScaleDialConcurrency: 128,
+			ScaleAgents: []int{1000, 10000, 20000}, ScaleIdle: 30 * time.Second, ScaleLatencyRequests: 3000, ScaleStartRate: 1000,
 			FailoverInterval: 5 * time.Millisecond, FailoverAfter: 15 * time.Second,
 		}, nil
 	case "tiny":
@@ -96,11 +102,16 @@ func Preset(name string) (Sizes, error) {
 			ThroughputBytes: 1 << 20, ThroughputRounds: 1,
 			HOLLossPercent: []float64{0, 3}, HOLDuration: time.Second, HOLConcurrency: 2, HOLBulkRate: 4 << 20,
 			HOLSlowReaders: 2, HOLSlowRate: 2e6,
-			ScaleAgents: []int{20}, ScaleIdle: time.Second, ScaleLatencyRequests: 100, ScaleDialConcurrency: 8,
+			ScaleAgents: []int{20}, ScaleIdle: time.Second, ScaleLatencyRequests: 100, ScaleStartRate: 200, ScaleKeepAlive: time.Second,
 			FailoverInterval: 20 * time.Millisecond, FailoverAfter: 5 * time.Second,
 		}, nil
+	case "scale": // make bench-scale: the scale scenario only, its steps from --scale-agents
+		s, _ := Preset("quick")
+		s.ScaleAgents = []int{1000, 5000, 10000, 20000, 50000}
+		s.ScaleIdle, s.ScaleLatencyRequests, s.ScaleStartRate = 30*time.Second, 2000, 1000
+		return s, nil
 	}
-	return Sizes{}, fmt.Errorf("unknown preset %q (quick, full, tiny)", name)
+	return Sizes{}, fmt.Errorf("unknown preset %q (quick, full, tiny, scale)", name)
 }
 
 // Config configures a run. Zero fields take the documented defaults.

@@ -38,7 +38,7 @@ type Results struct {
 	Latency    *LatencyResults   `json:"latency,omitempty"`
 	Throughput *ThroughputResult `json:"throughput,omitempty"`
 	HOL        *HOLResults       `json:"hol,omitempty"`
-	Scale      *ScaleResults     `json:"scale,omitempty"`
+	Scale      ScaleSteps        `json:"scale,omitempty"` // one object per fleet size (scale.go)
 	Failover   *FailoverResults  `json:"failover,omitempty"`
 	// Skipped maps a scenario to why it did not run (or failed).
 	Skipped map[string]string `json:"skipped,omitempty"`
