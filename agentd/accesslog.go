@@ -37,29 +37,8 @@ func (c AccessLogConfig) withDefaults() AccessLogConfig {
 	return c
 }
 
-// sampled is kasd's sampling function (kasd/accesslog.go), FNV-1a of the request id and a mixer: the two
-// must agree, and kasd's TestAccessLogAcrossHops holds them to it.
-func sampled(id string, rate float64) bool {
-	switch {
-	case rate >= 1:
-		return true
-	case rate <= 0:
-		return false
-	}
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(id); i++ {
-		h ^= uint64(id[i])
-		h *= 1099511628211
-	}
-	// FNV's high bits barely depend on the last bytes (ids that differ at the end, such as
-	// sequence numbers, would all decide alike): mix them (MurmurHash3's finaliser).
-	h ^= h >> 33
-	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	h *= 0xc4ceb9fe1a85ec53
-	h ^= h >> 33
-	return float64(h>>11)/(1<<53) < rate
-}
+// sampled is api.Sampled: every hop (entry kasd, holder, agentd) decides alike for one id.
+func sampled(id string, rate float64) bool { return api.Sampled(id, rate) }
 
 // logAccess writes the access line of one served stream: bytesIn and bytesOut are the request
 // and response body bytes. A stream without a readable head has no id and is not logged (it is

@@ -141,30 +141,8 @@ func validRequestID(s string) bool {
 	return true
 }
 
-// sampled reports whether a request that ended well is logged at rate. It hashes the request id
-// with a fixed function, FNV-1a (64 bits) and a mixer, so that every hop decides alike: agentd's twin is
-// agentd.sampled, and TestAccessLogAcrossHops holds them to the same answers.
-func sampled(id string, rate float64) bool {
-	switch {
-	case rate >= 1:
-		return true
-	case rate <= 0:
-		return false
-	}
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(id); i++ {
-		h ^= uint64(id[i])
-		h *= 1099511628211
-	}
-	// FNV's high bits barely depend on the last bytes (ids that differ at the end, such as
-	// sequence numbers, would all decide alike): mix them (MurmurHash3's finaliser).
-	h ^= h >> 33
-	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	h *= 0xc4ceb9fe1a85ec53
-	h ^= h >> 33
-	return float64(h>>11)/(1<<53) < rate
-}
+// sampled is api.Sampled: every hop (entry kasd, holder, agentd) decides alike for one id.
+func sampled(id string, rate float64) bool { return api.Sampled(id, rate) }
 
 // logAccess writes the entry kasd's access-log line for a finished request.
 func (s *Server) logAccess(r *http.Request, tgt *target) {
