@@ -9,9 +9,9 @@ FUZZTIME  ?= 10s
 # Minimizing a new corpus entry can stall a short run; failures are still minimized.
 FUZZMINIMIZETIME ?= 5s
 # Packages with fuzz targets, for `make fuzz`.
-FUZZ_PKGS := ./api ./auth ./gitlab ./httpstream ./kasd ./agentd ./agentd/kubernetes ./registry ./internal/cliconfig
+FUZZ_PKGS := ./api ./auth ./gitlab ./httpstream ./kasd ./agentd ./agentd/kubernetes ./registry ./internal/cliconfig ./quic ./benchmarks/fleetsim
 
-.PHONY: all build test test-short vet staticcheck vulncheck fuzz demo bench bench-quick images clean chaos
+.PHONY: all build test test-short vet staticcheck vulncheck fuzz demo bench bench-quick bench-scale images clean chaos
 
 all: build
 
@@ -96,6 +96,16 @@ bench: build
 bench-quick: build
 	@$(BENCH_NFT)
 	$(GO) run ./benchmarks/cmd/qkasbench --preset quick --bin $(BIN) --latest benchmarks/results/last
+
+# Scale (issue 14, docs/scale.md): fleets of real agentd agents (benchmarks/fleetsim, one UDP socket
+# each, in a network namespace of their own) against one kasd, at 1k, 5k, 10k, 20k and 50k agents up
+# to AGENTS (the largest step). Needs root (namespaces); results in benchmarks/results/scale-last.
+AGENTS ?= 50000
+SCALE_STEPS = $(shell for s in 1000 5000 10000 20000 50000; do [ $$s -lt $(AGENTS) ] && printf '%s,' $$s; done)$(AGENTS)
+
+bench-scale: build
+	@$(BENCH_NFT)
+	$(GO) run ./benchmarks/cmd/qkasbench --preset scale --scenarios scale --scale-agents $(SCALE_STEPS) --bin $(BIN) --latest benchmarks/results/scale-last
 
 clean:
 	rm -rf $(BIN) kasd-data demo-data

@@ -38,9 +38,15 @@ type options struct {
 	agentTokensFile     string
 	apiJWTSecretFile    string
 	apiJWTMaxValidity   time.Duration
-	apiJWTIssuer        string // --api-jwt-issuer
-	apiAllowWildcard    bool   // --api-allow-wildcard
-	allowSharedSecret   bool   // --allow-shared-secret
+	apiJWTIssuer        string        // --api-jwt-issuer
+	apiJWTAudience      string        // --api-jwt-audience
+	apiJWKSFile         string        // --api-jwks-file
+	apiJWKSURL          string        // --api-jwks-url
+	apiJWKSIssuer       string        // --api-jwks-issuer
+	apiJWKSAudience     string        // --api-jwks-audience
+	apiJWKSRefresh      time.Duration // --api-jwks-refresh
+	apiAllowWildcard    bool          // --api-allow-wildcard
+	allowSharedSecret   bool          // --allow-shared-secret
 	apiTLSCertFile      string
 	apiTLSKeyFile       string
 	apiTLSAgentCert     bool
@@ -88,6 +94,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.apiJWTSecretFile, "api-jwt-secret-file", "", "base64 secret (>= 32 bytes decoded) that signs client JWTs (HS256, aud gitlab-kas)")
 	fs.DurationVar(&o.apiJWTMaxValidity, "api-jwt-max-validity", time.Hour, "refuse client JWTs valid for longer than this")
 	fs.StringVar(&o.apiJWTIssuer, "api-jwt-issuer", auth.DefaultIssuer, "the iss every client JWT must carry (kasctl jwt --issuer writes it)")
+	fs.StringVar(&o.apiJWTAudience, "api-jwt-audience", auth.DefaultAudience, "the aud every client JWT must carry")
+	fs.StringVar(&o.apiJWKSFile, "api-jwks-file", "", "also accept client JWTs signed (RS256, ES256, EdDSA) by a key of this JWKS file (re-read every --api-jwks-refresh); needs --api-jwks-issuer")
+	fs.StringVar(&o.apiJWKSURL, "api-jwks-url", "", "also accept client JWTs signed (RS256, ES256, EdDSA) by a key of the JWKS at this URL (an OIDC provider's jwks_uri; https unless loopback); needs --api-jwks-issuer")
+	fs.StringVar(&o.apiJWKSIssuer, "api-jwks-issuer", "", "the iss every client JWT signed by a JWKS key must carry (the OIDC provider's issuer)")
+	fs.StringVar(&o.apiJWKSAudience, "api-jwks-audience", "", "the aud every client JWT signed by a JWKS key must carry (default: --api-jwt-audience)")
+	fs.DurationVar(&o.apiJWKSRefresh, "api-jwks-refresh", auth.DefaultJWKSRefresh, "re-read the JWKS this often (an unknown kid also re-reads it, at most every 30s); a failed read keeps the last good set")
 	fs.BoolVar(&o.apiAllowWildcard, "api-allow-wildcard", false, `accept client JWTs whose agents claim is ["*"] (every agent); without it a token must list its agents`)
 	fs.BoolVar(&o.allowSharedSecret, "allow-shared-secret", false, "start even when --api-jwt-secret-file and --gitlab-auth-secret-file hold the same secret (one leaked file would then open both directions of trust)")
 	fs.StringVar(&o.apiTLSCertFile, "api-tls-cert-file", "", "serve the client API over HTTPS with this certificate (kubectl sends tokens only over TLS)")
@@ -181,6 +193,13 @@ func run(ctx context.Context, args []string) error {
 	if err := buildinfo.Register(reg, "kasd", buildinfo.Get(version, revision)); err != nil {
 		return err
 	}
+	var jwks *auth.JWKS // client JWTs signed by an OIDC provider's keys
+	if o.apiJWKSFile != "" || o.apiJWKSURL != "" {
+		if jwks, err = auth.NewJWKS(ctx, auth.JWKSConfig{File: o.apiJWKSFile, URL: o.apiJWKSURL, Issuer: o.apiJWKSIssuer,
+			Audience: o.apiJWKSAudience, RefreshInterval: o.apiJWKSRefresh, Registerer: reg}); err != nil {
+			return fmt.Errorf("--api-jwks-file/--api-jwks-url: %w", err)
+		}
+	}
 	httpMetrics, err := httpserve.NewMetrics(reg, "kasd")
 	if err != nil {
 		return err
@@ -248,7 +267,7 @@ func run(ctx context.Context, args []string) error {
 		AgentAuth:              agentAuthenticator,
 		Modules:                modules,
 		Fleet:                  fleetCfg,
-		ClientAuth:             &auth.Verifier{Key: jwtKey, MaxValidity: o.apiJWTMaxValidity, Issuer: o.apiJWTIssuer, AllowAnyAgent: o.apiAllowWildcard, Cache: &auth.VerifiedCache{}},
+		ClientAuth:             clientVerifier(o, jwtKey, jwks),
 		HandshakeTimeout:       o.handshakeTimeout,
 		RouteTimeout:           o.routeTimeout,
 		ResponseHeaderTimeout:  o.responseHdrTimeout,
@@ -308,6 +327,9 @@ func run(ctx context.Context, args []string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	watchTokens(gctx, g, agentAuthenticator, log, reg) // SIGHUP and file changes, scale.go
+	if jwks != nil {
+		g.Go(func() error { return jwks.Run(gctx) })
+	}
 	g.Go(func() error { return srv.ServeAgents(gctx, agentLn) })
 	if fleet != nil {
 		g.Go(func() error { return srv.ServePeers(gctx, fleet.peerLn) })
@@ -354,6 +376,17 @@ func run(ctx context.Context, args []string) error {
 	err = g.Wait()
 	log.Info().Msg("kasd stopped")
 	return err
+}
+
+// clientVerifier checks client JWTs: HS256 with the secret, and RS256/ES256/EdDSA with the keys
+// of the JWKS if one is configured.
+func clientVerifier(o *options, jwtKey []byte, jwks *auth.JWKS) *auth.Verifier {
+	v := &auth.Verifier{Key: jwtKey, MaxValidity: o.apiJWTMaxValidity, Issuer: o.apiJWTIssuer, Audience: o.apiJWTAudience,
+		AllowAnyAgent: o.apiAllowWildcard, Cache: &auth.VerifiedCache{}}
+	if jwks != nil {
+		v.Keys = jwks // a nil *JWKS in the interface would not be nil
+	}
+	return v
 }
 
 // checkSecretsDiffer refuses to start when the client API secret is also the GitLab secret,
