@@ -24,8 +24,8 @@ import (
 // query_range from Prometheus through the forwarded route, live, with the round trip next to
 // it; it stays without layout shift while it updates, labels every control, and fits a phone's
 // width. The page served by the first kasd then shows the second as draining within 2s of its
-// SIGTERM. Screenshots go to $QKAS_WEBUI_SCREENSHOT_DIR, or to the test's artifact directory
-// (go test -artifacts -outputdir DIR keeps it).
+// SIGTERM. Screenshots go to $QKAS_WEBUI_SCREENSHOT_DIR, or next to the benchmark results in
+// benchmarks/results/last/webui/ (git-ignored, like every benchmark run).
 func TestWebUI(t *testing.T) {
 	skipShort(t)
 	chromium := findChromium()
@@ -36,7 +36,7 @@ func TestWebUI(t *testing.T) {
 	dir := t.TempDir()
 	shots := os.Getenv("QKAS_WEBUI_SCREENSHOT_DIR")
 	if shots == "" {
-		shots = t.ArtifactDir()
+		shots = filepath.Join("..", "benchmarks", "results", "last", "webui")
 	}
 	if err := os.MkdirAll(shots, 0o755); err != nil {
 		t.Fatal(err)
