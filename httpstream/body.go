@@ -154,11 +154,53 @@ func (f *framedWriter) writeTrailers(h http.Header) error {
 	return err
 }
 
-// copyBuffers are the 32 KiB buffers of every body copy in qkas.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// Copy buffer sizes. Every body copy in qkas starts with a small buffer; a copy whose read
+// fills it (the source is ahead of the destination: a bulk transfer) moves to a large one (see
+// copyBuf). A stream write blocks until quic-go has packed nearly all of it, and a socket write
+// costs a system call, so each copy step has a fixed cost: 256 KiB steps instead of 32 KiB cut
+// the tunnel's CPU per byte of a bulk download by about 17% (docs/performance.md, "Bulk
+// transfers"), while the many long-lived, mostly idle copies (watches, event streams,
+// upgraded streams), whose reads never fill 32 KiB, keep the small buffer.
+const (
+	smallCopyBuffer = 32 << 10
+	largeCopyBuffer = 256 << 10
+)
+
+// copyBuffers and largeBuffers hold the copy buffers of each size.
+var (
+	copyBuffers  = sync.Pool{New: func() any { b := make([]byte, smallCopyBuffer); return &b }}
+	largeBuffers = sync.Pool{New: func() any { b := make([]byte, largeCopyBuffer); return &b }}
+)
 
 // GetBuffer returns a 32 KiB copy buffer; give it back with PutBuffer.
 func GetBuffer() *[]byte { return copyBuffers.Get().(*[]byte) }
 
 // PutBuffer returns a buffer from GetBuffer.
 func PutBuffer(b *[]byte) { copyBuffers.Put(b) }
+
+// copyBuf is the buffer of one copy loop: small at first, large once a read filled it.
+type copyBuf struct{ bp *[]byte }
+
+func newCopyBuf() copyBuf { return copyBuf{bp: GetBuffer()} }
+
+// buf is the buffer to read into next.
+func (c *copyBuf) buf() []byte { return *c.bp }
+
+// used is called once the n bytes of a read are written: a read that filled the small buffer
+// moves the copy to a large one.
+func (c *copyBuf) used(n int) {
+	if n == smallCopyBuffer && len(*c.bp) == smallCopyBuffer {
+		PutBuffer(c.bp)
+		c.bp = largeBuffers.Get().(*[]byte)
+	}
+}
+
+// release gives the buffer back to its pool.
+func (c *copyBuf) release() {
+	if len(*c.bp) == largeCopyBuffer {
+		largeBuffers.Put(c.bp)
+	} else {
+		PutBuffer(c.bp)
+	}
+	c.bp = nil
+}

@@ -391,12 +391,12 @@ func (w *bodyWriter) run() {
 		fw = &framedWriter{w: sc}
 		dst = fw
 	}
-	bp := GetBuffer()
-	defer PutBuffer(bp)
-	buf := *bp
+	cb := newCopyBuf()
+	defer cb.release()
 	sent := 0
 	gate := w.gate // w.gate itself is read by open, concurrently
 	for {
+		buf := cb.buf()
 		p := buf
 		if gate != nil && sent < w.replay {
 			p = buf[:min(len(buf), w.replay-sent)]
@@ -417,6 +417,7 @@ func (w *bodyWriter) run() {
 			}
 			sent += n
 			w.x.sent.Add(int64(n))
+			cb.used(n)
 		}
 		if err == io.EOF {
 			if fw != nil {

@@ -20,18 +20,19 @@ func Streaming(resp *http.Response) bool {
 // ErrClientWrite marks a failure to write to the client: the client went away.
 var ErrClientWrite = errors.New("writing to the client failed")
 
-// CopyBody copies body to w with a pooled buffer, flushing after each read when flush is set.
-// A write (or flush) failure is returned wrapped in ErrClientWrite; a read failure as is.
+// CopyBody copies body to w with a pooled buffer (32 KiB, 256 KiB once a read fills it: see
+// copyBuf), flushing after each read when flush is set. A write (or flush) failure is returned
+// wrapped in ErrClientWrite; a read failure as is.
 func CopyBody(w http.ResponseWriter, body io.Reader, flush bool) (int64, error) {
-	bp := GetBuffer()
-	defer PutBuffer(bp)
-	buf := *bp
+	cb := newCopyBuf()
+	defer cb.release()
 	var rc *http.ResponseController
 	if flush {
 		rc = http.NewResponseController(w)
 	}
 	var total int64
 	for {
+		buf := cb.buf()
 		n, err := body.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
@@ -43,6 +44,7 @@ func CopyBody(w http.ResponseWriter, body io.Reader, flush bool) (int64, error) 
 					return total, errors.Join(ErrClientWrite, ferr)
 				}
 			}
+			cb.used(n)
 		}
 		if err == io.EOF {
 			return total, nil

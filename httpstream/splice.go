@@ -33,9 +33,7 @@ func SpliceWith(a, b io.ReadWriteCloser, codeFor func(error) quicgo.StreamErrorC
 type closeWriter interface{ CloseWrite() error }
 
 func pipe(dst, src io.ReadWriteCloser, codeFor func(error) quicgo.StreamErrorCode) int64 {
-	bp := GetBuffer()
-	defer PutBuffer(bp)
-	n, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *bp)
+	n, err := copyStream(dst, src)
 	if err != nil {
 		// A peer's reset code is passed on: a refusal (StreamCodeRefused) must still say
 		// "not processed" at the far end.
@@ -73,6 +71,31 @@ func abort(c io.Closer, code quicgo.StreamErrorCode) {
 	}
 }
 
-// onlyWriter and onlyReader hide ReadFrom and WriteTo, so io.CopyBuffer uses the pooled buffer.
-type onlyWriter struct{ io.Writer }
-type onlyReader struct{ io.Reader }
+// copyStream copies src to dst until EOF (a nil error) or a failure, with a pooled buffer
+// that grows for bulk transfers (copyBuf).
+func copyStream(dst io.Writer, src io.Reader) (int64, error) {
+	cb := newCopyBuf()
+	defer cb.release()
+	var total int64
+	for {
+		buf := cb.buf()
+		n, err := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			if werr != nil {
+				return total, werr
+			}
+			if w != n {
+				return total, io.ErrShortWrite
+			}
+			cb.used(n)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}

@@ -1,0 +1,85 @@
+package httpstream
+
+import (
+	"bytes"
+	"io"
+	"net/http/httptest"
+	"testing"
+)
+
+// sizeRecorder is a reader that records the buffer size of each Read and answers min(len(p),
+// chunk) bytes, n in all.
+type sizeRecorder struct {
+	n, chunk int
+	sizes    []int
+}
+
+func (r *sizeRecorder) Read(p []byte) (int, error) {
+	r.sizes = append(r.sizes, len(p))
+	if r.n == 0 {
+		return 0, io.EOF
+	}
+	k := min(len(p), r.chunk, r.n)
+	clear(p[:k])
+	r.n -= k
+	return k, nil
+}
+
+// TestCopyBufferGrowsForBulk: a copy whose source fills the small buffer moves to the large
+// one (bulk transfers pay the per-step cost of stream and socket writes 8 times less often);
+// a copy fed in small pieces (an event stream, a watch) keeps the small buffer.
+func TestCopyBufferGrowsForBulk(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		chunk     int
+		wantLarge bool
+	}{
+		{"bulk", 1 << 30, true},
+		{"trickle", 1 << 10, false},
+		{"just under the small buffer", smallCopyBuffer - 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			check := func(what string, sizes []int) {
+				t.Helper()
+				if sizes[0] != smallCopyBuffer {
+					t.Fatalf("%s: first read got a %d-byte buffer, want %d", what, sizes[0], smallCopyBuffer)
+				}
+				large := false
+				for _, s := range sizes[1:] {
+					large = large || s == largeCopyBuffer
+				}
+				if large != tc.wantLarge {
+					t.Fatalf("%s: read buffer sizes %v: large buffer used = %v, want %v", what, sizes, large, tc.wantLarge)
+				}
+			}
+			const total = 4 << 20
+			src := &sizeRecorder{n: total, chunk: tc.chunk}
+			rec := httptest.NewRecorder()
+			n, err := CopyBody(rec, src, false)
+			if err != nil || n != total || rec.Body.Len() != total {
+				t.Fatalf("CopyBody = %d, %v; recorder got %d bytes, want %d", n, err, rec.Body.Len(), total)
+			}
+			check("CopyBody", src.sizes)
+
+			src = &sizeRecorder{n: total, chunk: tc.chunk}
+			var out bytes.Buffer
+			if n, err := copyStream(&out, src); err != nil || n != total || out.Len() != total {
+				t.Fatalf("copyStream = %d, %v, wrote %d, want %d", n, err, out.Len(), total)
+			}
+			check("copyStream", src.sizes)
+		})
+	}
+}
+
+// TestCopyStreamShortWrite: a writer that takes less than it was given ends the copy with an
+// error, never a silently shortened stream.
+func TestCopyStreamShortWrite(t *testing.T) {
+	_, err := copyStream(shortWriter{}, bytes.NewReader(make([]byte, 100)))
+	if err != io.ErrShortWrite {
+		t.Fatalf("err = %v, want io.ErrShortWrite", err)
+	}
+}
+
+type shortWriter struct{}
+
+func (shortWriter) Write(p []byte) (int, error) { return len(p) / 2, nil }
