@@ -8,15 +8,14 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/rs/zerolog"
 
+	"github.com/qkas/qkas/internal/filewatch"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -181,73 +180,27 @@ func (a *Agent) reannounce(ctx context.Context, slot int, dialer *quic.Dialer, o
 const reloadDebounce = 200 * time.Millisecond
 
 // WatchConfig calls reload on every signal from signals (SIGHUP) and whenever the file at path
-// changes (path may be ""), until ctx ends. It watches path's directory, not the file, so that
-// a file replaced by rename (editors, ConfigMap updates) keeps being watched; if the directory
-// cannot be watched, it says so and only signals reload. It returns nil when ctx ends; the
-// caller owns the goroutine that runs it.
+// changes (path may be ""), until ctx ends. It watches path's directory, not the file
+// (internal/filewatch), so that a file replaced by rename (editors, ConfigMap updates) keeps
+// being watched; if the directory cannot be watched, it says so and only signals reload. It
+// returns nil when ctx ends; the caller owns the goroutine that runs it.
 func WatchConfig(ctx context.Context, path string, signals <-chan os.Signal, reload func(), log *zerolog.Logger) error {
-	var events <-chan fsnotify.Event
-	var errs <-chan error
-	var target string
-	if path != "" {
-		w, err := watchDir(path)
-		if err != nil {
+	return filewatch.Watch(ctx, filewatch.Config{
+		Paths:   []string{path},
+		Signals: signals,
+		Settle:  reloadDebounce,
+		WatchError: func(err error) {
 			// inotify limits, say: SIGHUP still reloads.
-			log.Warn().Err(err).Str("config", path).Msg("cannot watch the config file; reload with SIGHUP")
+			log.Warn().Err(err).Str("config", path).Msg("watching the config file; SIGHUP still reloads")
+		},
+	}, func(t filewatch.Trigger) {
+		if t == filewatch.TriggerSignal {
+			log.Info().Str("signal", "SIGHUP").Msg("reloading services")
 		} else {
-			defer w.Close()
-			target, _ = filepath.Abs(path)
-			events, errs = w.Events, w.Errors
+			log.Info().Str("config", path).Str("trigger", string(t)).Msg("config file changed; reloading services")
 		}
-	}
-	resolved := func() string { // where a symlinked file (ConfigMap) points now
-		r, err := filepath.EvalSymlinks(target)
-		if err != nil {
-			return ""
-		}
-		return r
-	}
-	lastTarget := resolved()
-	var debounce <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case sig := <-signals:
-			log.Info().Str("signal", sig.String()).Msg("reloading services")
-			reload()
-		case ev := <-events:
-			// The file itself, or anything else in its directory that changes where it points
-			// (a ConfigMap's ..data symlink).
-			if filepath.Clean(ev.Name) == target || resolved() != lastTarget {
-				debounce = time.After(reloadDebounce)
-			}
-		case err := <-errs:
-			log.Warn().Err(err).Str("config", path).Msg("watching the config file")
-		case <-debounce:
-			debounce = nil
-			lastTarget = resolved()
-			log.Info().Str("config", path).Msg("config file changed; reloading services")
-			reload()
-		}
-	}
-}
-
-// watchDir watches the directory of the file at path.
-func watchDir(path string) (*fsnotify.Watcher, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, err
-	}
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return nil, err
-	}
-	if err := w.Add(filepath.Dir(abs)); err != nil {
-		w.Close()
-		return nil, err
-	}
-	return w, nil
+		reload()
+	})
 }
 
 // validateServices checks a list of URL services and in-process handlers (Config.Validate and

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/internal/tracing"
 )
 
 // AgentAuthenticator maps an agent token to an agent id. Implementations return an *api.Error:
@@ -92,6 +93,9 @@ type Config struct {
 	Log *zerolog.Logger
 	// Registerer receives metrics. Default: a private registry.
 	Registerer prometheus.Registerer
+	// Tracer starts a span per proxied request and per forwarded one (internal/tracing).
+	// Default nil: tracing off, at no cost.
+	Tracer *tracing.Tracer
 }
 
 // WithDefaults returns c with defaults filled in.

@@ -23,6 +23,7 @@ import (
 	"github.com/qkas/qkas/agentd"
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/internal/tracing"
 	"github.com/qkas/qkas/kasd"
 	"github.com/qkas/qkas/quic"
 	"github.com/qkas/qkas/registry"
@@ -42,6 +43,7 @@ type fleetEnv struct {
 	caFile  string
 	nodes   []*node
 	client  *http.Client
+	tracers map[string]*tracing.Tracer // by node id, for nodes started after it is set (tracing_test.go)
 }
 
 type node struct {
@@ -128,6 +130,7 @@ func (f *fleetEnv) startNode(id string) *node {
 		Fleet:        &kasd.FleetConfig{Registry: nd.reg, PeerSecret: f.peerKey},
 		Log:          &log,
 		Registerer:   nd.promReg,
+		Tracer:       f.tracers[id],
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/internal/tracing"
 )
 
 // target is what the API handler resolved for one proxied request.
@@ -60,7 +61,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		Kind:      api.KindHTTP,
 		Service:   service,
 		RequestID: tgt.requestID,
-		Meta:      impersonationMeta(claims.Impersonate),
+		Meta:      requestMeta(claims), // handler.go
 	}
 	ctx, dl, err := s.requestDeadlines(r) // deadline.go
 	if err != nil {
@@ -72,6 +73,8 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	tgt.dl, f.Deadline = dl, dl.agentDeadline()
 	s.setHead(f, r, rest)
 	s.requestHygiene(f, r, tgt)
+	// The client's traceparent (if any) is the parent; the head carries this span's on.
+	span := s.cfg.Tracer.StartHead("kasd.proxy", tracing.KindServer, &f.Header) // nil Tracer: no cost
 	tgt.countBody(r)
 	body := httpstream.NewBody(r.Body, 0)
 	if f.ContentLength == 0 {
@@ -94,6 +97,13 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	}
 	s.m.observe(res.route, status, time.Since(start))
 	tgt.acc.route, tgt.acc.status = res.route, status
+	if span.Recording() {
+		o := tracing.Outcome{Agent: agentID, Service: service, Route: res.route, RequestID: tgt.requestID, Status: status}
+		if err != nil {
+			o.Code = api.CodeOf(err).String()
+		}
+		span.End(o)
+	}
 	if abort {
 		// The response was cut after its head went out: make sure the client cannot take what
 		// it got for a complete response (net/http closes or resets the connection).

@@ -5,11 +5,19 @@ import (
 	"math"
 	"math/rand/v2"
 	"time"
+
+	"github.com/cenkalti/backoff/v5"
 )
 
 // Backoff computes exponential reconnect delays with jitter, so that many agents cut off at
 // once do not reconnect in lockstep. The zero value uses the defaults; it holds no state, the
 // caller counts attempts.
+//
+// The exponential schedule is github.com/cenkalti/backoff/v5's ExponentialBackOff (the one
+// backoff of the module; registry/ uses it directly). This type remains because agentd's
+// reconnect policy needs what that one does not offer: a delay by attempt number, without
+// state shared between a slot's retries, and a random source tests can inject
+// (agentd/agent.go reconnectDelay applies full jitter over Delay's ceiling).
 type Backoff struct {
 	Initial    time.Duration // delay of attempt 0 before jitter; default 100ms
 	Max        time.Duration // cap on every delay, jitter included; default 10s
@@ -59,13 +67,22 @@ func (b Backoff) withDefaults() Backoff {
 // with jitter, never more than Max. A negative attempt counts as 0.
 func (b Backoff) Delay(attempt int) time.Duration {
 	b = b.withDefaults()
-	attempt = max(attempt, 0)
-	// Cap before jitter too, so huge attempts neither overflow nor lose their jitter.
-	d := math.Min(float64(b.Initial)*math.Pow(b.Multiplier, float64(attempt)), float64(b.Max))
-	if b.Jitter > 0 {
-		d *= 1 + b.Jitter*(2*b.Rand()-1)
+	// The ceiling without jitter: the attempt-th interval of the exponential schedule, which
+	// stops growing at Max (a few dozen steps at most, whatever attempt is).
+	e := &backoff.ExponentialBackOff{InitialInterval: b.Initial, Multiplier: b.Multiplier, MaxInterval: b.Max}
+	d := e.NextBackOff()
+	for i := 0; i < attempt && d < b.Max; i++ {
+		next := e.NextBackOff()
+		if next == d { // Multiplier 1: constant
+			break
+		}
+		d = next
 	}
-	return time.Duration(math.Min(d, float64(b.Max)))
+	f := math.Min(float64(d), float64(b.Max))
+	if b.Jitter > 0 {
+		f *= 1 + b.Jitter*(2*b.Rand()-1)
+	}
+	return time.Duration(math.Min(f, float64(b.Max)))
 }
 
 // Sleep waits Delay(attempt), or until ctx is done, in which case it returns ctx.Err().

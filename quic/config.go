@@ -2,6 +2,7 @@ package quic
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
@@ -88,6 +89,11 @@ type Config struct {
 	// where permitted, else up to net.core.rmem_max/wmem_max); what was obtained is reported
 	// by SocketBuffers. Default DefaultSocketBuffer (7 MiB); negative leaves the system's size.
 	SocketReceiveBuffer, SocketSendBuffer int
+	// RootCAs, Dialer only: if not nil, each dial verifies the server with the pool it returns
+	// at that moment instead of the tls.Config's RootCAs, so that a CA bundle reloaded without
+	// a restart (internal/certreload) applies to new connections. Default nil.
+	// (An interface, not a func, so that Config stays comparable.)
+	RootCAs interface{ Pool() *x509.CertPool }
 }
 
 // WithDefaults returns c with every zero field set to its default.

@@ -71,6 +71,7 @@ func (d *Dialer) Dial(ctx context.Context, addr string) (*quicgo.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsConf = withRootCAs(tlsConf, d.cfg)
 	conn, err := d.tr.Dial(ctx, udpAddr, tlsConf, d.cfg.QUICConfig())
 	if err != nil {
 		return nil, fmt.Errorf("quic: dial %s: %w", addr, err)
@@ -92,6 +93,7 @@ func (d *Dialer) DialUDP(ctx context.Context, addr *net.UDPAddr, serverName stri
 		}
 		tlsConf.ServerName = serverName
 	}
+	tlsConf = withRootCAs(tlsConf, d.cfg)
 	conn, err := d.tr.Dial(ctx, addr, tlsConf, d.cfg.QUICConfig())
 	if err != nil {
 		return nil, fmt.Errorf("quic: dial %s (%s): %w", addr, serverName, err)
@@ -160,6 +162,7 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, cfg Config) (*q
 	if err != nil {
 		return nil, err
 	}
+	tlsConf = withRootCAs(tlsConf, cfg)
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{})
 	if err != nil {
 		return nil, fmt.Errorf("quic: dial socket: %w", err)
@@ -202,4 +205,16 @@ func resolve(ctx context.Context, addr string, tlsConf *tls.Config) (*net.UDPAdd
 		tlsConf.ServerName = host
 	}
 	return net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip.Unmap(), uint16(port))), tlsConf, nil
+}
+
+// withRootCAs returns tlsConf with the roots of cfg.RootCAs, on a clone, when that is set.
+func withRootCAs(tlsConf *tls.Config, cfg Config) *tls.Config {
+	if cfg.RootCAs == nil {
+		return tlsConf
+	}
+	if pool := cfg.RootCAs.Pool(); pool != nil {
+		tlsConf = tlsConf.Clone()
+		tlsConf.RootCAs = pool
+	}
+	return tlsConf
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -223,22 +224,11 @@ func (r *Registry) sleep(d time.Duration) bool {
 	}
 }
 
-// backoff is a capped exponential delay for retrying etcd calls.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	return b.cur
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-func (r *Registry) newBackoff() backoff {
-	return backoff{min: 50 * time.Millisecond, max: min(time.Second, r.cfg.TTL/4)}
+// newBackoff paces retries of etcd calls: 50ms doubling to a quarter of the lease TTL (at most
+// a second), without jitter (one kasd, one etcd: no herd to spread). Reset after a success.
+func (r *Registry) newBackoff() *backoff.ExponentialBackOff {
+	b := &backoff.ExponentialBackOff{InitialInterval: 50 * time.Millisecond, Multiplier: 2,
+		MaxInterval: min(time.Second, r.cfg.TTL/4)}
+	b.Reset()
+	return b
 }

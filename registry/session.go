@@ -11,34 +11,48 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // maxTxnOps is how many puts/deletes one publishing transaction carries. etcd refuses
 // transactions with more than --max-txn-ops (default 128) operations.
 const maxTxnOps = 64
 
-// runSession is the session goroutine: it owns the lease (grant, keep-alive, re-grant after
-// loss) and the publisher that reconciles etcd to the local desired state under that lease.
+// runSession is the session goroutine: it owns the lease (grant, keep-alive through an etcd
+// concurrency.Session, re-grant after loss) and the publisher that reconciles etcd to the local
+// desired state under that lease.
 func (r *Registry) runSession() {
 	bo := r.newBackoff()
 	for r.ctx.Err() == nil {
+		// The grant is ours, not NewSession's: each attempt is bounded by the op timeout and
+		// retried with backoff, where NewSession would wait on one Grant as long as its
+		// context lives (see doc.go, "The lease and concurrency.Session").
 		ctx, cancel := context.WithTimeout(r.ctx, r.opTimeout)
 		lease, err := r.client.Grant(ctx, r.cfg.ttlSeconds())
 		cancel()
+		var sess *concurrency.Session
+		if err == nil {
+			sess, err = concurrency.NewSession(r.client, concurrency.WithLease(lease.ID),
+				concurrency.WithTTL(int(r.cfg.ttlSeconds())), concurrency.WithContext(r.ctx))
+		}
 		if err != nil {
 			if r.ctx.Err() == nil {
 				r.log.Debug().Err(err).Msg("granting lease failed; retrying")
 			}
-			r.sleep(bo.next())
+			r.sleep(bo.NextBackOff())
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 		r.m.leasesGranted.Inc()
 		r.leaseID.Store(int64(lease.ID))
 		r.setLeaseHeld(true)
 		r.log.Info().Str("lease", leaseString(lease.ID)).Msg("lease granted")
 
-		r.holdLease(lease.ID)
+		r.holdLease(sess)
+		// Stops the keep-alive if the lease is given up while etcd still answers (a publish
+		// saw "lease not found"), and waits for the session's goroutine either way. Never
+		// Close: that would revoke, which only Shutdown does.
+		sess.Orphan()
 
 		r.setLeaseHeld(false)
 		if r.ctx.Err() != nil {
@@ -50,18 +64,11 @@ func (r *Registry) runSession() {
 	}
 }
 
-// holdLease keeps the lease alive and publishes under it. It returns when the lease is lost
-// (keep-alive channel closed by the client once the TTL passed without an answer, or etcd says
-// the lease is gone) or the registry is closed.
-func (r *Registry) holdLease(id clientv3.LeaseID) {
-	kaCtx, kaCancel := context.WithCancel(r.ctx)
-	defer kaCancel()
-	ka, err := r.client.KeepAlive(kaCtx, id)
-	if err != nil {
-		r.log.Warn().Err(err).Msg("starting lease keep-alive failed")
-		return
-	}
-
+// holdLease publishes under sess's lease. It returns when the lease is lost (sess.Done: the
+// client's keep-alive gave up once the TTL passed without an answer, or etcd says the lease is
+// gone; or a publish was answered "lease not found") or the registry is closed.
+func (r *Registry) holdLease(sess *concurrency.Session) {
+	id := sess.Lease()
 	p := publisher{r: r, lease: id, published: make(map[string]int)}
 	bo := r.newBackoff()
 	retry := newStoppedTimer()
@@ -71,7 +78,7 @@ func (r *Registry) holdLease(id clientv3.LeaseID) {
 		err := p.reconcile()
 		switch {
 		case err == nil:
-			bo.reset()
+			bo.Reset()
 			r.revokeStale()
 			return false
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
@@ -81,7 +88,7 @@ func (r *Registry) holdLease(id clientv3.LeaseID) {
 			return false
 		default:
 			r.m.publishErrors.Inc()
-			d := bo.next()
+			d := bo.NextBackOff()
 			r.log.Debug().Err(err).Dur("retry_in", d).Msg("publishing failed")
 			retry.Reset(d)
 			return false
@@ -95,10 +102,8 @@ func (r *Registry) holdLease(id clientv3.LeaseID) {
 		select {
 		case <-r.ctx.Done():
 			return
-		case _, ok := <-ka:
-			if !ok {
-				return
-			}
+		case <-sess.Done():
+			return
 		case <-r.kick:
 			if reconcile() {
 				return

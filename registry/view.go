@@ -220,7 +220,7 @@ func (r *Registry) runWatch() {
 				if r.ctx.Err() == nil {
 					r.log.Debug().Err(err).Msg("reading the registry failed; retrying")
 				}
-				r.sleep(bo.next())
+				r.sleep(bo.NextBackOff())
 				continue
 			}
 			needSync = false
@@ -230,7 +230,7 @@ func (r *Registry) runWatch() {
 		if time.Since(started) > r.cfg.TTL {
 			// The watch worked for a while: resync after the shortest pause. A watch that fails
 			// right after each sync backs off up to the maximum instead of spinning.
-			bo.reset()
+			bo.Reset()
 		}
 		switch reason {
 		case "":
@@ -242,7 +242,7 @@ func (r *Registry) runWatch() {
 			r.m.resyncs.WithLabelValues(reason).Inc()
 			r.log.Info().Str("reason", reason).Int64("revision", rev).Msg("registry watch ended; resyncing")
 			needSync = true
-			r.sleep(bo.next())
+			r.sleep(bo.NextBackOff())
 		}
 	}
 }
