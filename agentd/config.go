@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/qkas/qkas/internal/tracing"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -53,12 +54,18 @@ type Config struct {
 	// DrainTimeout bounds how long in-flight requests may continue on a connection after kasd
 	// sent GoAway or after Run's context ended. Default 30s.
 	DrainTimeout time.Duration
+	// Transport chooses QUIC, TCP, or QUIC falling back to TCP and back (transport.go). Zero
+	// value: auto, fallback after 3s, probe every 5m, no proxy.
+	Transport TransportConfig
 	// Backoff paces reconnects. Zero value: quic.Backoff defaults (100ms doubling to 10s, ±20%).
 	Backoff quic.Backoff
 	// Log receives structured logs. Default: zerolog.Nop().
 	Log *zerolog.Logger
 	// Registerer receives the agent's metrics. Default: a private registry (metrics unexported).
 	Registerer prometheus.Registerer
+	// Tracer starts a span per request served (internal/tracing). Default nil: tracing off,
+	// at no cost.
+	Tracer *tracing.Tracer
 }
 
 var serviceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
@@ -92,6 +99,7 @@ func (c Config) WithDefaults() Config {
 		c.Registerer = prometheus.NewRegistry()
 	}
 	c.QUIC = c.QUIC.WithDefaults()
+	c.Transport = c.Transport.withDefaults()
 	return c
 }
 
@@ -117,6 +125,7 @@ func (c Config) Validate() error {
 	if c.MaxIdleConnsPerService < 1 {
 		errs = append(errs, errors.New("max idle connections per service must be positive"))
 	}
+	errs = append(errs, c.Transport.validate()...) // transport.go
 	if err := c.QUIC.Validate(); err != nil {
 		errs = append(errs, err)
 	}

@@ -61,6 +61,15 @@ const (
 	ConnectRefused ConnectCode = "kasd_refused"
 	// ConnectLost: the connection ended during the handshake (stateless reset, closed by kasd).
 	ConnectLost ConnectCode = "connection_lost"
+	// ConnectProxyUnreachable: the HTTP proxy (HTTPS_PROXY, --proxy-url) of the TCP transport
+	// could not be reached or spoke no HTTP.
+	ConnectProxyUnreachable ConnectCode = "proxy_unreachable"
+	// ConnectProxyAuth: the proxy wants credentials (HTTP 407): put user:password in the proxy
+	// URL.
+	ConnectProxyAuth ConnectCode = "proxy_auth_required"
+	// ConnectProxyRefused: the proxy refused to CONNECT to kasd (403, 5xx: an ACL, a CONNECT
+	// port restriction, or kasd unreachable from the proxy).
+	ConnectProxyRefused ConnectCode = "proxy_refused"
 	// ConnectOther: anything else; the log line carries the error.
 	ConnectOther ConnectCode = "other"
 )
@@ -101,6 +110,16 @@ func classifyConnect(err error) connectFailure {
 			return connectFailure{ConnectOverloaded, "kasd shed the connection (" + ae.Message + "); retrying after its hint"}
 		default:
 			return connectFailure{ConnectRefused, "kasd refused the connection: " + ae.Code.String() + ": " + ae.Message}
+		}
+	}
+	if pe, ok := errors.AsType[*proxyError](err); ok {
+		switch pe.code {
+		case ConnectProxyAuth:
+			return connectFailure{ConnectProxyAuth, "the HTTP proxy wants credentials: give them as user:password@ in HTTPS_PROXY or --proxy-url"}
+		case ConnectProxyRefused:
+			return connectFailure{ConnectProxyRefused, "the HTTP proxy refused to CONNECT to kasd: check its ACLs, that it allows CONNECT to kasd's port, and that it reaches kasd (or set NO_PROXY)"}
+		default:
+			return connectFailure{ConnectProxyUnreachable, "the HTTP proxy of the TCP transport cannot be reached: check HTTPS_PROXY / --proxy-url"}
 		}
 	}
 	if errors.Is(err, api.ErrUnsupportedVersion) {

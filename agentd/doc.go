@@ -14,6 +14,9 @@
 //     at once while the old one stops taking streams (later ones are reset as refused, which
 //     kasd retries elsewhere) and its requests in flight, upgraded ones included, finish within
 //     Config.DrainTimeout; then it is closed and its goroutines waited for.
+//   - In auto transport mode, Run owns one more goroutine while it runs: the QUIC probe
+//     (transport.go), which while the agent is on TCP tries a QUIC handshake every probe
+//     interval and, when one completes, makes each TCP connection re-dial make before break.
 //   - The request-body writer of each GitLab request (GitLabRoundTripper) is owned by the Agent;
 //     once Run is ending no new one starts (the request fails with shutting_down). A writer
 //     ends when its body ends or fails, or a write to its stream fails.

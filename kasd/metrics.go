@@ -101,9 +101,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	agents := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_connected_agents", Help: "Agents with at least one connection to this kasd.",
 	}, func() float64 { a, _ := s.table.counts(); return float64(a) })
-	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "kasd_agent_connections", Help: "Live agent connections to this kasd.",
-	}, func() float64 { _, c := s.table.counts(); return float64(c) })
+	conns := newTransportConnsCollector(s) // kasd_agent_connections{transport} (transport.go)
 	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_inflight_requests", Help: "Proxied requests in progress.",
 	}, func() float64 { return float64(s.inflight.Load()) })

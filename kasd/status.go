@@ -16,6 +16,7 @@ import (
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/quic"
 	"github.com/qkas/qkas/registry"
 )
 
@@ -125,7 +126,8 @@ type AgentConnStatus struct {
 	ID      string `json:"id"`
 	Replica string `json:"replica"`
 	Version string `json:"agent_version"`
-	// Transport is how the agent is connected: "quic".
+	// Transport is how the agent is connected: "quic", or "tcp" (QUIC carried over TCP, the
+	// fallback of agents whose UDP is blocked; docs/transport.md).
 	Transport string    `json:"transport"`
 	Remote    string    `json:"remote_addr"`
 	Since     time.Time `json:"connected_since"`
@@ -290,7 +292,7 @@ func (s *Server) agentStatuses(now time.Time, allow func(string) bool, maxAgents
 			a.Holders = append(a.Holders, HolderStatus{Instance: s.cfg.InstanceID, Connections: len(l.conns), Local: true})
 			for _, c := range l.conns {
 				a.Connections = append(a.Connections, AgentConnStatus{
-					ID: c.id, Replica: c.replica, Version: c.version, Transport: "quic",
+					ID: c.id, Replica: c.replica, Version: c.version, Transport: quic.TransportOf(c.qc.RemoteAddr()),
 					Remote: c.qc.RemoteAddr().String(), Since: c.since, Services: c.services,
 					Silent: c.silent(now), Link: linkStatus(c.qc),
 				})

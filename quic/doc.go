@@ -29,6 +29,13 @@
 //     ends, and a function registered with context.AfterFunc on conn.Context() closes the
 //     socket. That function runs once, briefly, after the connection ends; the caller owns the
 //     connection and must close it (CloseWithError) to release the socket.
+//   - A [TCPListener] and a [TCPDialer] carry the same QUIC connections over TLS/TCP where UDP
+//     is blocked (tcpframe.go has the layout and the cost). The TCPListener owns its
+//     net.Listener, one accept loop and a reader and a writer goroutine per TCP connection,
+//     multiplexed into one quicgo.Transport; Close waits for all of them. A TCPDialer makes one
+//     TCP connection and one quicgo.Transport per QUIC connection, released when the connection
+//     ends; Close ends those still open and waits. Either way, a QUIC connection and its TCP
+//     connection end together, and [TransportOf] tells them apart by the remote address.
 //
 // A *quicgo.Conn returned by Accept or Dial is owned by the caller, who must close it with
 // CloseWithError. Its Context ends when the connection ends, for any reason: a local or remote

@@ -81,7 +81,7 @@ func (e *env) prepare(ctx context.Context) error {
 	if _, err := runCmd(ctx, e.kasctlBin, "secret", "--out", e.secretFile); err != nil {
 		return err
 	}
-	jwt, err := runCmd(ctx, e.kasctlBin, "jwt", "--secret-file", e.secretFile, "--agents", benchAgent, "--ttl", "1h", "--subject", "qkasbench")
+	jwt, err := runCmd(ctx, e.kasctlBin, "jwt", "--secret-file", e.secretFile, "--agents", benchAgent+","+tcpAgent, "--ttl", "1h", "--subject", "qkasbench")
 	if err != nil {
 		return err
 	}

@@ -108,7 +108,7 @@ func (e *env) runHOL(ctx context.Context) (*HOLResults, error) {
 
 	dir := e.subdir("hol")
 	tokensFile := filepath.Join(dir, "agent-tokens.yaml")
-	tokens, err := writeTokens(tokensFile, []string{benchAgent})
+	tokens, err := writeTokens(tokensFile, []string{benchAgent, tcpAgent})
 	if err != nil {
 		return nil, err
 	}
@@ -135,6 +135,10 @@ func (e *env) runHOL(ctx context.Context) (*HOLResults, error) {
 		return nil, err
 	}
 	defer h2.close()
+	tcpAgentProc, tcpErr := e.startTCPAgent(ctx, v.agent, k, holKasAgent, tokens[tcpAgent], "http://"+holServiceAddr) // tcp.go
+	if tcpErr == nil {
+		defer tcpAgentProc.stop(3 * time.Second)
+	}
 
 	type system struct {
 		name string
@@ -145,6 +149,10 @@ func (e *env) runHOL(ctx context.Context) (*HOLResults, error) {
 		{name: "qkas", r: route{name: "qkas", base: k.apiURL("/api/v1/agents/" + benchAgent + "/proxy/svc"),
 			header: http.Header{"Authorization": {"Bearer " + e.jwt}}}, dial: v.kas.Dial},
 		{name: "h2-tcp", r: route{name: "h2-tcp", base: "http://" + h2.front.addr()}},
+	}
+	if tcpErr == nil { // the same qkas, the agent over the TCP transport
+		systems = append(systems, system{name: holQkasTCP, r: route{name: holQkasTCP, base: k.apiURL("/api/v1/agents/" + tcpAgent + "/proxy/svc"),
+			header: http.Header{"Authorization": {"Bearer " + e.jwt}}}, dial: v.kas.Dial})
 	}
 	for _, s := range systems {
 		c := load.NewClient(1, s.dial)
@@ -186,7 +194,7 @@ func (e *env) runHOL(ctx context.Context) (*HOLResults, error) {
 	res.H2TCPConnections = int(h2.dials.Load())
 
 	var series []plot.Series
-	for _, sys := range []string{"qkas", "h2-tcp"} {
+	for _, sys := range []string{"qkas", "h2-tcp", holQkasTCP} {
 		p999 := plot.Series{Name: sys + " p99.9"}
 		p99 := plot.Series{Name: sys + " p99"}
 		p50 := plot.Series{Name: sys + " p50"}

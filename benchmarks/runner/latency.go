@@ -117,13 +117,19 @@ func (e *env) runLatency(ctx context.Context) (*LatencyResults, error) {
 		defer ns.remove() // after everything in it has stopped (deferred later, run earlier)
 		res.Namespace = "a network namespace of its own, loopback only: datagram counts are the run's alone"
 	}
-	st, err := e.startLocalStackIn(ctx, ns, e.fleet)
+	st, err := e.startLocalStackIn(ctx, ns, e.fleet, tcpAgent)
 	if err != nil {
 		return nil, err
 	}
 	defer st.close()
 	routes, missing, stopRefs := e.latencyRoutes(ctx, st)
 	defer stopRefs()
+	if r, stop, err := e.addTCPRoute(ctx, st); err == nil { // tcp.go: the agent over TCP
+		defer stop()
+		routes = append(routes, r)
+	} else {
+		missing = append(missing, routeLocalTCP+": not measured ("+err.Error()+")")
+	}
 	res.Missing = missing
 	if !e.fleet {
 		res.Missing = append(res.Missing, "forwarded: not measured ("+e.fleetWhy+")")

@@ -50,7 +50,7 @@ func httpTransfer(ctx context.Context, c *http.Client, r route, up bool, n int64
 }
 
 func (e *env) runThroughput(ctx context.Context) (*ThroughputResult, error) {
-	st, err := e.startLocalStack(ctx, e.fleet)
+	st, err := e.startLocalStack(ctx, e.fleet, tcpAgent)
 	if err != nil {
 		return nil, err
 	}
@@ -62,11 +62,19 @@ func (e *env) runThroughput(ctx context.Context) (*ThroughputResult, error) {
 	defer raw.close()
 
 	routes := e.routes(st)
+	tcpRoute, stopTCP, tcpErr := e.addTCPRoute(ctx, st) // tcp.go: the agent over TCP
+	if tcpErr == nil {
+		defer stopTCP()
+		routes = append(routes, tcpRoute)
+	}
 	routes = append(routes, route{name: "raw-quic"})
 	n := e.sizes.ThroughputBytes
 	res := &ThroughputResult{Bytes: n, Rounds: max(1, e.sizes.ThroughputRounds)}
 	if !e.fleet {
 		res.Missing = append(res.Missing, "forwarded: not measured ("+e.fleetWhy+")")
+	}
+	if tcpErr != nil {
+		res.Missing = append(res.Missing, routeLocalTCP+": not measured ("+tcpErr.Error()+")")
 	}
 	client := load.NewClient(1, nil)
 	defer client.CloseIdleConnections()

@@ -1,0 +1,120 @@
+package agentd
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestTransportConfig(t *testing.T) {
+	c := TransportConfig{}.withDefaults()
+	if c.Mode != TransportAuto || c.FallbackAfter != 3*time.Second || c.ProbeInterval != 5*time.Minute {
+		t.Errorf("defaults = %+v", c)
+	}
+	for _, bad := range []TransportConfig{{Mode: "udp"}, {Mode: "tcp", FallbackAfter: -1}, {Mode: "quic", TCPPort: 70000}} {
+		if len(bad.withDefaults().validate()) == 0 {
+			t.Errorf("%+v validated", bad)
+		}
+	}
+}
+
+func TestFallbackReason(t *testing.T) {
+	for _, c := range []struct {
+		err    error
+		reason string
+		ok     bool
+	}{
+		{fmt.Errorf("x: %w", errQUICFallback), "handshake_timeout", true},
+		{context.DeadlineExceeded, "handshake_timeout", true},
+		{&net.OpError{Op: "write", Err: syscall.ECONNREFUSED}, "udp_unreachable", true},
+		{syscall.ENETUNREACH, "udp_unreachable", true},
+		{errors.New("tls: bad certificate"), "", false},
+	} {
+		r, ok := fallbackReason(c.err)
+		if r != c.reason || ok != c.ok {
+			t.Errorf("fallbackReason(%v) = %q, %v; want %q, %v", c.err, r, ok, c.reason, c.ok)
+		}
+	}
+}
+
+// fakeProxy answers CONNECT with status (200: then it echoes the tunnel's bytes), checking the
+// Proxy-Authorization it was given.
+func fakeProxy(t *testing.T, status int) (*url.URL, chan string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 4)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				seen <- req.Method + " " + req.Host + " " + req.Header.Get("Proxy-Authorization")
+				fmt.Fprintf(c, "HTTP/1.1 %d %s\r\n\r\n", status, http.StatusText(status))
+				if status == 200 {
+					_, _ = io.Copy(c, br)
+				}
+			})
+		}
+	})
+	u, _ := url.Parse("http://user:secret@" + ln.Addr().String())
+	return u, seen
+}
+
+func TestDialConnect(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	u, seen := fakeProxy(t, 200)
+	c, err := dialConnect(ctx, u, "10.1.2.3:8150")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "CONNECT 10.1.2.3:8150 Basic " + base64.StdEncoding.EncodeToString([]byte("user:secret"))
+	if got := <-seen; got != want {
+		t.Errorf("proxy saw %q, want %q", got, want)
+	}
+	_, _ = c.Write([]byte("ping"))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Errorf("tunnel: %q %v", buf, err)
+	}
+	c.Close()
+
+	for status, code := range map[int]ConnectCode{407: ConnectProxyAuth, 401: ConnectProxyAuth, 403: ConnectProxyRefused, 502: ConnectProxyRefused} {
+		u, _ := fakeProxy(t, status)
+		_, err := dialConnect(ctx, u, "10.1.2.3:8150")
+		if f := classifyConnect(err); f.Code != code {
+			t.Errorf("proxy answering %d: code %s (%v), want %s", status, f.Code, err, code)
+		}
+	}
+	// Nothing listening where the proxy should be.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead, _ := url.Parse("http://" + ln.Addr().String())
+	ln.Close()
+	_, err = dialConnect(ctx, dead, "10.1.2.3:8150")
+	if f := classifyConnect(err); f.Code != ConnectProxyUnreachable {
+		t.Errorf("dead proxy: code %s (%v), want %s", f.Code, err, ConnectProxyUnreachable)
+	}
+}
