@@ -165,7 +165,11 @@ func parsePayload(t FrameType, p string) (Message, error) {
 			RetryAfter: millisToDuration(d.uvarint("retry_after_ms")),
 		}
 	case TypeGoAway:
-		m = &GoAway{Reason: d.string("reason")}
+		g := &GoAway{Reason: d.string("reason")}
+		if d.err == nil && d.remaining() > 0 { // optional: appended after reason
+			g.Prefer = d.string("prefer")
+		}
+		m = g
 	case TypePing:
 		m = &Ping{Padding: d.bytes("padding")}
 	case TypePeerHello:

@@ -128,12 +128,27 @@ func (e *Error) AppendPayload(b []byte) []byte {
 // reconnect; streams in flight finish.
 type GoAway struct {
 	Reason string // cut at a UTF-8 boundary if it does not fit
+	// Prefer, from kasd to agentd only, asks the agent to move this connection for balance
+	// (kasd is not draining): the agent opens its replacement first (make before break),
+	// avoiding the sending instance and preferring the instance named here, the fleet's
+	// least loaded. Empty: the sender is draining. An optional field (appended; an older
+	// sender's GoAway parses with an empty Prefer), at most MaxPreferLen bytes.
+	Prefer string
 }
+
+// MaxPreferLen bounds GoAway.Prefer (an instance id); a longer one is not sent.
+const MaxPreferLen = 253
 
 func (*GoAway) Type() FrameType { return TypeGoAway }
 
 func (m *GoAway) AppendPayload(b []byte) []byte {
-	return appendString(b, fitString(m.Reason, TypeGoAway.MaxSize()))
+	prefer := m.Prefer
+	if len(prefer) > MaxPreferLen {
+		prefer = ""
+	}
+	room := TypeGoAway.MaxSize() - uvarintLen(uint64(len(prefer))) - len(prefer)
+	b = appendString(b, fitString(m.Reason, room))
+	return appendString(b, prefer)
 }
 
 // Ping probes a silent connection on its control stream; the receiver ignores it. Its padding

@@ -70,5 +70,8 @@ func run() error {
 	if errors.Is(err, suite.ErrBoundBroken) {
 		return errors.New("a scenario broke its bound (see above)")
 	}
+	if errors.Is(err, suite.ErrHostStalled) {
+		return errors.New("inconclusive: a bound broke while the host stalled (peer links untouched by the fault timed out); run again on a quieter machine")
+	}
 	return err
 }

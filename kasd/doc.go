@@ -8,7 +8,9 @@
 // connections. It owns one goroutine per agent or peer connection (handshake, then the control
 // stream), one goroutine accepting the streams an agent opens (GitLab module requests) with one
 // goroutine per such stream, one per forwarded-in stream (splice), at most one body writer per
-// proxied request with a body, and one sampler noting which agent connections went silent.
+// proxied request with a body, one sampler noting which agent connections went silent, and, in
+// a fleet, one rebalancer asking an agent connection at a time to move to the least loaded
+// kasd (rebalance.go).
 // Close closes every connection and waits for all of these: a stream's context ends with the
 // stream, the connection or Close, so a handler waiting on GitLab returns promptly. BeginDrain
 // fails /readyz, refuses new agents and forwarded requests, and sends GoAway to peers and

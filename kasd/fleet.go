@@ -16,6 +16,7 @@ import (
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/auth"
 	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/internal/tracing"
 	"github.com/qkas/qkas/quic"
 	"github.com/qkas/qkas/registry"
 )
@@ -39,6 +40,17 @@ type FleetConfig struct {
 	// PeerRetryDelay is how long a peer whose connection died or could not be dialled is
 	// skipped: requests go to other holders instead of waiting on a dial. Default 1s.
 	PeerRetryDelay time.Duration
+
+	// RebalanceInterval is how often this kasd compares its agent connections with the fleet's
+	// average and, holding too many, asks one to move (rebalance.go); each wait is jittered
+	// ±50 %. Default 1s; negative: never.
+	RebalanceInterval time.Duration
+	// RebalanceTolerance is the margin around the fleet's average, as a fraction of it, within
+	// which nothing moves (nor when the most and least loaded differ by one). Default 0.1.
+	RebalanceTolerance float64
+	// RebalanceMinAge: a connection younger than this is never asked to move, so that a
+	// connection that just arrived (or just moved) stays. Default 5s.
+	RebalanceMinAge time.Duration
 }
 
 func (c *FleetConfig) withDefaults() *FleetConfig {
@@ -54,6 +66,15 @@ func (c *FleetConfig) withDefaults() *FleetConfig {
 	}
 	if out.PeerRetryDelay == 0 {
 		out.PeerRetryDelay = time.Second
+	}
+	if out.RebalanceInterval == 0 {
+		out.RebalanceInterval = time.Second
+	}
+	if out.RebalanceTolerance <= 0 {
+		out.RebalanceTolerance = 0.1
+	}
+	if out.RebalanceMinAge == 0 {
+		out.RebalanceMinAge = 5 * time.Second
 	}
 	return &out
 }
@@ -488,7 +509,16 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	}
 	fw := m.(*api.Forward)
 	_ = sc.SetReadDeadline(time.Time{})
+	// A child of the origin kasd's span; the head passed to the agent carries this one's.
+	span := s.cfg.Tracer.StartHead("kasd.forward", tracing.KindServer, &f.Header) // nil Tracer: no cost
+	var spanCode string
+	if span.Recording() {
+		defer func() {
+			span.End(tracing.Outcome{Agent: fw.AgentID, Service: f.Service, Route: "forwarded_in", RequestID: f.RequestID, Code: spanCode})
+		}()
+	}
 	refuse := func(e *api.Error) {
+		spanCode = e.Code.String()
 		s.m.forwardedIn.WithLabelValues(e.Code.String()).Inc()
 		s.logForwardedAccess(f, fw.AgentID, origin, e, 0, 0, start) // accesslog.go
 		httpstream.Refuse(sc, e)
@@ -533,6 +563,7 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	var recv uint64
 	for _, c := range conns {
 		recv = c.qc.ConnectionStats().PacketsReceived
+		c.streamStarted() // a connection the agent leaves is closed once its streams are done
 		octx, cancel := context.WithTimeout(sc.Context(), s.cfg.ResponseHeaderTimeout)
 		st, err := c.qc.OpenStreamSync(octx)
 		cancel()
@@ -540,6 +571,10 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 			asc, agent = quic.NewStreamConn(c.qc, st), c
 			break
 		}
+		c.streamDone()
+	}
+	if asc != nil {
+		defer agent.streamDone()
 	}
 	if asc == nil {
 		refuse(api.Errorf(api.CodeAgentNotConnected, "no usable connection to agent %s on %s", fw.AgentID, s.cfg.InstanceID))
@@ -557,6 +592,7 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 		// The agent may have the head: not a refusal (that would let the origin send a
 		// request twice), a failure the origin's retry policy judges.
 		sc.Abort(quic.StreamCodeCanceled)
+		spanCode = api.CodeAgentFailed.String()
 		s.m.forwardedIn.WithLabelValues(api.CodeAgentFailed.String()).Inc()
 		s.logForwardedAccess(f, fw.AgentID, origin, api.Errorf(api.CodeAgentFailed, "writing to agent %s: %v", fw.AgentID, err), 0, 0, start)
 		return
@@ -582,6 +618,36 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	sent, got := httpstream.SpliceWith(sc, asc, refusedIfUntaken)
 	s.m.streamDone(sent, got)
 	s.logForwardedAccess(f, fw.AgentID, origin, nil, sent, got, start) // accesslog.go
+}
+
+// dropLinksAfterPause forgets every dialled peer link after this process was paused (SIGSTOP, a
+// VM freeze) for longer than the peer idle timeout: the peers have closed their ends, and a
+// request sent into one of these links would wait for the local idle timer to notice. The next
+// request to a peer dials it anew.
+func (f *fleet) dropLinksAfterPause(paused time.Duration) {
+	if paused < f.cfg.PeerQUIC.MaxIdleTimeout {
+		return
+	}
+	f.mu.Lock()
+	links := make([]*peerLink, 0, len(f.links))
+	for id, l := range f.links {
+		select {
+		case <-l.ready:
+		default:
+			continue // still dialling: a dial that started after the pause
+		}
+		delete(f.links, id)
+		links = append(links, l)
+	}
+	f.mu.Unlock()
+	for _, l := range links {
+		if l.qc != nil {
+			_ = l.qc.CloseWithError(quic.ConnCodeNoError, "this kasd was paused: link presumed dead")
+		}
+	}
+	if len(links) > 0 {
+		f.s.log.Warn().Dur("paused", paused).Int("links", len(links)).Msg("this kasd was paused longer than the peer idle timeout: peer links dropped, to be dialled anew")
+	}
 }
 
 // livePeerLinks counts live dialled peer connections, for metrics.

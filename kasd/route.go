@@ -274,9 +274,11 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 		return nil, &api.Error{Code: api.CodeOverloaded, Message: "too many requests in flight to agent " + h.c.agentID, RetryAfter: time.Second}
 	}
 	recv := h.c.qc.ConnectionStats().PacketsReceived
+	h.c.streamStarted() // a connection the agent leaves is closed once its streams are done
 	st, err := h.c.qc.OpenStreamSync(ctx)
 	if err != nil {
 		e.inflight.Add(-1)
+		h.c.streamDone()
 		if ctx.Err() != nil {
 			return nil, contextError(ctx.Err())
 		}
@@ -289,6 +291,7 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 		Done: func(clean bool, sent, recv int64) {
 			e.inflight.Add(-1)
 			s.m.streamDone(sent, recv)
+			h.c.streamDone()
 		},
 	})
 	if err != nil && ctx.Err() == nil && h.c.qc.ConnectionStats().PacketsReceived == recv {

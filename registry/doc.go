@@ -24,17 +24,37 @@
 // New starts exactly two goroutines, both owned by the Registry and waited for by Close and
 // Shutdown:
 //
-//   - the session goroutine (session.go) owns the lease, like a concurrency.Session: it
-//     grants it, keeps it alive, notices its loss (the client's keep-alive channel closes once
-//     the TTL passed without an answer, or etcd answers "lease not found"), and then grants a
-//     new one. It is also the publisher: it reconciles etcd to the local desired state (this
-//     instance + its agent counts), on every local change and in full after each new lease,
-//     retrying with backoff after errors. Each etcd call it makes is bounded by a fraction of
-//     the TTL.
+//   - the session goroutine (session.go) owns the lease: it grants it, keeps it alive through
+//     an etcd concurrency.Session, notices its loss (Session.Done: the client's keep-alive
+//     gave up once the TTL passed without an answer, or etcd answered "lease not found"), and
+//     then grants a new one. It is also the publisher: it reconciles etcd to the local desired
+//     state (this instance + its agent counts), on every local change and in full after each
+//     new lease, retrying with backoff after errors. Each etcd call it makes is bounded by a
+//     fraction of the TTL. The Session's own keep-alive goroutine is waited for (Orphan)
+//     before the session goroutine moves to the next lease or returns.
 //   - the watch goroutine (view.go) keeps the in-memory view with ONE watch on the root: a
 //     Get of the whole root, then a Watch from the following revision; after a compaction
 //     (the watch asks for a revision etcd no longer has), a watch error or a closed watch
 //     channel it starts over with a new Get (counted in kasd_registry_watch_resyncs_total).
+//
+// # The lease and concurrency.Session
+//
+// etcd's concurrency.Session keeps the lease alive (its goroutine eats the keep-alive
+// responses; Done() is closed when the lease is lost), and that is what it is used for. Three
+// things stay here because a Session does not do them the way the registry needs:
+//
+//   - Granting. NewSession without WithLease waits on one Grant for as long as its context
+//     lives. The registry grants itself, each attempt bounded by the op timeout and retried
+//     with backoff, and hands the lease to NewSession (WithLease), so a half-dead etcd
+//     connection never holds the session goroutine for longer than a fraction of the TTL.
+//   - Losing and re-granting. A Session is over once its lease is lost; the registry is not:
+//     it serves its agents from the local desired state all along (an etcd outage of 20 s
+//     drops no agent: they stay connected to this kasd and are served by it; only other
+//     replicas' forwarding to it pauses), grants a new lease, wraps it in a new Session and
+//     republishes everything. The lost lease is revoked once the new one holds the keys.
+//   - Ending. Session.Close revokes with a timeout of its own; the registry's Close must not
+//     revoke (a crash and a Close look alike to peers) and Shutdown revokes within the
+//     caller's context, so the Session is only ever Orphaned.
 //
 // # What callers may assume
 //
@@ -42,7 +62,7 @@
 //     under a mutex and wakes the publisher through a 1-slot channel: it never blocks on etcd,
 //     also while etcd is down or the lease is lost. When the lease comes back, everything is
 //     republished.
-//   - Lookups (Holders, Instances, Agents, WaitForHolder, Synced) read the in-memory view
+//   - Lookups (Holders, Instances, Agents, Load, WaitForHolder, Synced) read the in-memory view
 //     only: they never make an etcd round trip. The view is empty until the first sync
 //     (Synced) and, while etcd is unreachable, is the last state seen.
 //   - Changed returns a channel closed at the next change of the view (close and replace),

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -101,6 +102,8 @@ type sample struct {
 	kasd       int8
 	post       bool
 	outcome    string // "" when it succeeded
+	worker     int32  // with seq, names the request's X-Request-Id (loadRun.requestID)
+	seq        int32
 }
 
 func (s sample) latency() time.Duration { return s.end - s.start }
@@ -150,14 +153,15 @@ func (r *loadRun) stop() {
 func (r *loadRun) worker(w int) {
 	rng := rand.New(rand.NewPCG(uint64(r.origin.UnixNano()), uint64(w)))
 	var out []sample
-	for !r.stopping.Load() {
+	for seq := int32(0); !r.stopping.Load(); seq++ {
 		a := rng.IntN(len(r.s.f.agents))
 		post := rng.IntN(2) == 0
 		n := bodySize(rng)
 		seed := rng.Uint64()
 		start := time.Since(r.origin)
-		k, outcome := r.one(rng, a, post, n, seed)
-		out = append(out, sample{start: start, end: time.Since(r.origin), agent: int32(a), kasd: int8(k), post: post, outcome: outcome})
+		id := r.requestID(int32(w), seq)
+		k, outcome := r.one(rng, a, post, n, seed, id)
+		out = append(out, sample{start: start, end: time.Since(r.origin), agent: int32(a), kasd: int8(k), post: post, outcome: outcome, worker: int32(w), seq: seq})
 		if r.s.cfg.Pause > 0 {
 			time.Sleep(time.Duration(rng.Int64N(int64(2 * r.s.cfg.Pause))))
 		}
@@ -176,11 +180,11 @@ func bodySize(rng *rand.Rand) int {
 
 // one sends one request through the balancer, to another kasd when a kasd refuses the
 // connection, and returns the kasd that answered and the outcome.
-func (r *loadRun) one(rng *rand.Rand, a int, post bool, n int, seed uint64) (int, string) {
+func (r *loadRun) one(rng *rand.Rand, a int, post bool, n int, seed uint64, id string) (int, string) {
 	var avoid uint
 	for attempt := 0; ; attempt++ {
 		k := r.s.lb.pick(rng, avoid)
-		outcome, dialFailed := r.do(k, a, post, n, seed)
+		outcome, dialFailed := r.do(k, a, post, n, seed, id)
 		if !dialFailed || attempt == 2 {
 			return k, outcome
 		}
@@ -189,7 +193,16 @@ func (r *loadRun) one(rng *rand.Rand, a int, post bool, n int, seed uint64) (int
 	}
 }
 
-func (r *loadRun) do(k, a int, post bool, n int, seed uint64) (outcome string, dialFailed bool) {
+// requestID is the X-Request-Id of worker w's request number seq in this run: kasd logs it at
+// every hop (origin, holder, agentd), so the suite can tell from the logs where a failed
+// request's bytes had gone.
+func (r *loadRun) requestID(w, seq int32) string {
+	return fmt.Sprintf("qkch-%x-%d-%d", r.origin.UnixNano()&0xffffffffff, w, seq)
+}
+
+func (s sample) id(r *loadRun) string { return r.requestID(s.worker, s.seq) }
+
+func (r *loadRun) do(k, a int, post bool, n int, seed uint64, id string) (outcome string, dialFailed bool) {
 	f := r.s.f
 	agent := f.agents[a].id
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
@@ -204,6 +217,7 @@ func (r *loadRun) do(k, a int, post bool, n int, seed uint64) (outcome string, d
 		req, _ = http.NewRequestWithContext(ctx, http.MethodGet, f.kasd[k].apiURL(fmt.Sprintf("/api/v1/agents/%s/proxy/echo/data?n=%d&seed=%d", agent, n, seed)), nil)
 	}
 	req.Header.Set("Authorization", "Bearer "+f.jwt)
+	req.Header.Set("X-Request-Id", id)
 	resp, err := r.s.client.Do(req)
 	if err != nil {
 		var de *dialError
@@ -286,3 +300,21 @@ func (r *loadRun) count(keep func(sample) bool) int {
 }
 
 func failed(s sample) bool { return s.outcome != "" }
+
+// describe names up to n of the samples matching keep (request id, kasd API, agent, when,
+// outcome), for finding them in the logs.
+func (r *loadRun) describe(keep func(sample) bool, n int) string {
+	var out []string
+	for _, x := range r.samples {
+		if !keep(x) {
+			continue
+		}
+		if len(out) == n {
+			out = append(out, "…")
+			break
+		}
+		out = append(out, fmt.Sprintf("%s (via %s to %s, %.2fs–%.2fs: %s)", x.id(r), r.s.f.kasd[x.kasd].id,
+			r.s.f.agents[x.agent].id, x.start.Seconds(), x.end.Seconds(), x.outcome))
+	}
+	return strings.Join(out, "; ")
+}

@@ -185,6 +185,28 @@ func setRules(ctx context.Context, ns string, rules ...string) error {
 	return nil
 }
 
+// setBridgeRules replaces the fault table of the hub namespace, whose bridge carries every
+// packet between nodes, with chain forward holding rules; no rules removes it. One nft
+// transaction: a cut there is atomic, both directions at once (rules in two node namespaces
+// go in one after the other, and the moment between is a one-way partition).
+func setBridgeRules(ctx context.Context, rules ...string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table bridge %s\ndelete table bridge %s\n", nftTable, nftTable)
+	if len(rules) > 0 {
+		fmt.Fprintf(&b, "table bridge %s {\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n", nftTable)
+		for _, r := range rules {
+			fmt.Fprintf(&b, "\t\t%s\n", r)
+		}
+		b.WriteString("\t}\n}\n")
+	}
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", hubNS, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft in %s: %w: %s", hubNS, err, out)
+	}
+	return nil
+}
+
 // close deletes every namespace (which destroys the veths, the bridge and the nftables tables)
 // and releases the lock.
 func (nw *network) close() {

@@ -2,6 +2,7 @@ package suite
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -104,6 +105,11 @@ type suite struct {
 // recover between scenarios.
 var ErrBoundBroken = errors.New("a fault broke its bound")
 
+// ErrHostStalled is returned by Run when the only broken bounds were broken while the host
+// stalled (peer links between kasd that the fault did not touch timed out): the run is
+// inconclusive rather than failed.
+var ErrHostStalled = errors.New("a bound broke while the host stalled")
+
 // Run starts the fleet, runs the scenarios, prints the report and stops everything. Everything
 // it created is gone when it returns (unless Keep, which waits for ctx to end first).
 func Run(ctx context.Context, cfg Config) (err error) {
@@ -160,6 +166,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		cpu0 := readCPU()
 		res := sc.run(s, ctx)
 		res.name = sc.name
+		res.collateral = f.collateralLinkLosses(marks, res.faulted)
 		res.cpuBusy = cpu0.busySince()
 		res.loadavg = loadAvg()
 		if unsettled != "" {
@@ -186,7 +193,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	printTable(f.cfg.Out, results, f)
 	if err = ctx.Err(); err == nil {
 		for _, r := range results {
-			if !r.pass() {
+			switch {
+			case r.stalled():
+				if err == nil {
+					err = ErrHostStalled
+				}
+			case !r.pass():
 				err = ErrBoundBroken
 			}
 		}
@@ -226,6 +238,27 @@ func (f *fleet) logMarks() map[string]int64 {
 		m[a.proc.logPath] = logSize(a.proc.logPath)
 	}
 	return m
+}
+
+// collateralLinkLosses counts the "peer link lost" lines logged since marks between two kasd
+// that are both outside faulted.
+func (f *fleet) collateralLinkLosses(marks map[string]int64, faulted []string) int {
+	n := 0
+	for _, k := range f.kasd {
+		if slices.Contains(faulted, k.id) {
+			continue
+		}
+		lines, _ := logLines(k.proc.logPath, marks[k.proc.logPath], 1000, "peer link lost")
+		for _, l := range lines {
+			var e struct {
+				Peer string `json:"peer"`
+			}
+			if json.Unmarshal([]byte(l), &e) == nil && !slices.Contains(faulted, e.Peer) {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // excerpts returns the warn and error lines logged since marks, a few per file, the kasd first.

@@ -50,7 +50,7 @@ func (o *fleetOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.peerListen, "peer-listen", ":8152", "UDP address for connections from other kasd replicas")
 	fs.StringVar(&o.peerAdvertise, "peer-advertise-address", "", "host:port other replicas dial to reach this one (default: the --peer-listen host, else $POD_IP, else 127.0.0.1, with the --peer-listen port)")
 	fs.StringVar(&o.peerSecretFile, "peer-secret-file", "", "base64 secret (>= 32 bytes decoded) shared by all replicas; default: generated once in --data-dir (then every replica must be given that file)")
-	fs.StringVar(&o.peerCAFile, "peer-ca-file", "", "CA to verify peers' certificates (default: not verified; replicas authenticate each other with the peer secret bound to the TLS session)")
+	fs.StringVar(&o.peerCAFile, "peer-ca-file", "", "CA to verify peers' certificates (default: not verified; replicas authenticate each other with the peer secret bound to the TLS session); re-read on SIGHUP and when it changes")
 	fs.Var(&o.etcdEndpoints, "etcd-endpoints", "etcd client URLs (repeatable, comma-separated); empty: run an embedded etcd in --data-dir")
 	fs.StringVar(&o.etcdCAFile, "etcd-ca-file", "", "CA for etcd's TLS")
 	fs.StringVar(&o.etcdCertFile, "etcd-cert-file", "", "client certificate for etcd")
@@ -73,7 +73,7 @@ type fleetParts struct {
 }
 
 // startFleet starts (or joins) etcd, the registry and the peer listener.
-func startFleet(o *options, f *fleetOptions, instanceID string, cert tls.Certificate, apiAddr string, log zerolog.Logger, reg prometheus.Registerer) (_ *fleetParts, err error) {
+func startFleet(o *options, f *fleetOptions, instanceID string, certs *kasdCerts, apiAddr string, log zerolog.Logger, reg prometheus.Registerer) (_ *fleetParts, err error) {
 	p := &fleetParts{}
 	defer func() {
 		if err != nil {
@@ -93,12 +93,17 @@ func startFleet(o *options, f *fleetOptions, instanceID string, cert tls.Certifi
 		return nil, fmt.Errorf("--fleet-id: %w", err)
 	}
 	var peerTLS *tls.Config
+	var peerQUIC quic.Config
 	if f.peerCAFile != "" {
 		if peerTLS, err = quic.ClientTLSConfig(f.peerCAFile, ""); err != nil {
 			return nil, fmt.Errorf("--peer-ca-file: %w", err)
 		}
+		// Reloaded with the certificates (tls.go): new peer links verify with the bundle in use.
+		if peerQUIC.RootCAs, err = certs.peerCA(f.peerCAFile); err != nil {
+			return nil, err
+		}
 	}
-	p.peerLn, err = quic.Listen(f.peerListen, quic.ServerTLSConfig(cert, api.ALPNPeer), quic.Config{})
+	p.peerLn, err = quic.Listen(f.peerListen, certs.serverTLS(api.ALPNPeer), quic.Config{})
 	if err != nil {
 		return nil, fmt.Errorf("--peer-listen: %w", err)
 	}
@@ -153,7 +158,7 @@ func startFleet(o *options, f *fleetOptions, instanceID string, cert tls.Certifi
 		cancel()
 		return nil, err
 	}
-	p.cfg = &kasd.FleetConfig{Registry: p.reg, PeerSecret: secret, PeerTLS: peerTLS}
+	p.cfg = &kasd.FleetConfig{Registry: p.reg, PeerSecret: secret, PeerTLS: peerTLS, PeerQUIC: peerQUIC}
 	return p, nil
 }
 
