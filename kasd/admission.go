@@ -1,6 +1,8 @@
 package kasd
 
 import (
+	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +25,21 @@ import (
 // second), so refused agents come back spread at about the rate kasd admits them instead of all
 // at once: most get in at their second attempt.
 
+// The QUIC/TLS handshake comes first, and it is the expensive part (a key exchange and a
+// signature, several packets): quic-go completes it before a connection is accepted. So a
+// second gate sits before it (Server.agentHandshakeGate, installed on the agent listener with
+// quic.Listener.SetHandshakeGate): at most Config.MaxPendingHandshakes connections may be in
+// their QUIC handshake, counted from their first Initial packet until they are accepted or
+// fail; an Initial beyond that is answered with QUIC's CONNECTION_REFUSED, before any TLS work
+// and without connection state, counted as kasd_limit_rejections_total{reason="max_tls_handshakes"}
+// and kasd_agent_connections_total{result="overloaded"}. That refusal cannot carry a retry
+// time (quic-go sends it without a reason phrase), so agentd backs off from it on its own: jitter
+// over the upper half of a window that starts at 2s and doubles (agentd/agent.go,
+// reconnectDelay).
+// Without the gate a burst of 10,000 reconnecting agents started 10,000 handshakes at once;
+// on a CPU-short kasd they all took longer than the handshake timeout, failed, and were dialled
+// again: no progress at all (docs/scale.md).
+
 // Bounds of the RetryAfter hint given to refused agents.
 const (
 	minAdmissionRetry = 500 * time.Millisecond
@@ -36,16 +53,27 @@ type admission struct {
 
 	inProgress atomic.Int64
 
+	tlsLimit int64        // QUIC/TLS handshakes allowed in progress (beginTLS)
+	tls      atomic.Int64 // QUIC/TLS handshakes in progress
+
 	mu       sync.Mutex // guards the fields below
 	second   time.Time  // start of the current one-second bucket
 	done     int        // admissions finished in the current bucket
 	lastDone int        // admissions finished in the previous bucket
 	horizon  time.Time  // the latest retry time handed out
+	// refused remembers when each address was last refused by the gate before TLS
+	// (firstRefusal); swept of entries older than refusalDedup at most once per refusalDedup.
+	refused      map[netip.AddrPort]time.Time
+	refusedSwept time.Time
 }
 
 func newAdmission(limit int, reg prometheus.Registerer) *admission {
-	a := &admission{slots: make(chan struct{}, limit), now: time.Now}
+	a := &admission{slots: make(chan struct{}, limit), now: time.Now, tlsLimit: int64(limit)}
 	if reg != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kasd_admission_tls_handshakes",
+			Help: "Agent connections in their QUIC/TLS handshake (from their first Initial packet until accepted or failed; at most --max-pending-handshakes, the excess is refused with CONNECTION_REFUSED before any TLS work).",
+		}, func() float64 { return float64(a.tls.Load()) }))
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kasd_admission_handshakes",
 			Help: "Agent connections accepted whose token has not been checked yet (each holds an admission slot; at most --max-pending-handshakes).",
@@ -81,6 +109,74 @@ func (a *admission) tryAcquire() (release func(admitted bool), ok bool) {
 			}
 		})
 	}, true
+}
+
+// beginTLS takes a place among the QUIC/TLS handshakes in progress if one is free; end gives
+// it back.
+func (a *admission) beginTLS() (end func(), ok bool) {
+	if a.tls.Add(1) > a.tlsLimit {
+		a.tls.Add(-1)
+		return nil, false
+	}
+	return a.endTLS, true
+}
+
+func (a *admission) endTLS() { a.tls.Add(-1) }
+
+// agentHandshakeGate is the agent listener's quic.HandshakeGate: it refuses, before the TLS
+// handshake, a new connection beyond Config.MaxPendingHandshakes handshakes in progress.
+func (s *Server) agentHandshakeGate(remote net.Addr) (end func(), ok bool) {
+	if end, ok := s.admit.beginTLS(); ok {
+		return end, true
+	}
+	if s.admit.firstRefusal(remote) {
+		s.m.limitRejections.WithLabelValues("max_tls_handshakes").Inc()
+		s.m.agentConnections.WithLabelValues("overloaded").Inc()
+	}
+	return nil, false
+}
+
+// refusalDedup: Initial packets refused from one address within this long count as one
+// connection attempt. The gate sees packets, not dials: a client's first flight is two Initial
+// packets (its ClientHello with a post-quantum key share does not fit in one), and under a
+// storm quic-go drops refusals it cannot send fast enough, so clients retransmit their Initials
+// a few hundred milliseconds later. agentd waits at least this long before dialling again
+// after such a refusal (agentd/agent.go, overloadedBackoff).
+const refusalDedup = time.Second
+
+// maxRefusedAddrs bounds the addresses remembered for refusalDedup (about 40 bytes each);
+// beyond it refusals are counted once per packet.
+const maxRefusedAddrs = 1 << 16
+
+// firstRefusal reports whether remote was not refused within the last refusalDedup, and
+// remembers that it is now.
+func (a *admission) firstRefusal(remote net.Addr) bool {
+	ua, ok := remote.(*net.UDPAddr)
+	if !ok {
+		return true
+	}
+	addr := ua.AddrPort()
+	now := a.now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if now.Sub(a.refusedSwept) > refusalDedup {
+		for k, at := range a.refused {
+			if now.Sub(at) >= refusalDedup {
+				delete(a.refused, k)
+			}
+		}
+		a.refusedSwept = now
+	}
+	if at, ok := a.refused[addr]; ok && now.Sub(at) < refusalDedup {
+		return false
+	}
+	if a.refused == nil {
+		a.refused = map[netip.AddrPort]time.Time{}
+	}
+	if len(a.refused) < maxRefusedAddrs {
+		a.refused[addr] = now
+	}
+	return true
 }
 
 // rollLocked moves the one-second buckets forward to now.

@@ -1,6 +1,7 @@
 package kasd
 
 import (
+	"net"
 	"testing"
 	"time"
 )
@@ -84,5 +85,50 @@ func TestAdmissionRetrySchedule(t *testing.T) {
 	}
 	if d := a.retryAfter(); d != maxAdmissionRetry {
 		t.Fatalf("retry after %v, want the cap %v", d, maxAdmissionRetry)
+	}
+}
+
+// TestAdmissionTLSGateAndRefusalDedup: the gate before TLS admits up to its limit and takes
+// back what ends; the refusals of one address within refusalDedup count once, another
+// address's and a later one's count again, and old addresses are forgotten.
+func TestAdmissionTLSGateAndRefusalDedup(t *testing.T) {
+	a := newAdmission(2, nil)
+	now := time.Unix(1000, 0)
+	a.now = func() time.Time { return now }
+	end1, ok1 := a.beginTLS()
+	_, ok2 := a.beginTLS()
+	if _, ok3 := a.beginTLS(); !ok1 || !ok2 || ok3 {
+		t.Fatalf("gate of 2 admitted %v %v %v", ok1, ok2, ok3)
+	}
+	end1()
+	if _, ok := a.beginTLS(); !ok {
+		t.Fatal("an ended handshake's place was not given back")
+	}
+	if n := a.tls.Load(); n != 2 {
+		t.Fatalf("%d handshakes in progress, want 2", n)
+	}
+
+	x := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 4000}
+	y := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 4001}
+	for i, c := range []struct {
+		addr  *net.UDPAddr
+		after time.Duration
+		first bool
+	}{
+		{x, 0, true},
+		{x, 0, false},                      // the second packet of the same first flight
+		{y, 0, true},                       // another agent
+		{x, 600 * time.Millisecond, false}, // a retransmission
+		{x, refusalDedup, true},            // a new dial, a second after the first
+	} {
+		now = now.Add(c.after)
+		if got := a.firstRefusal(c.addr); got != c.first {
+			t.Errorf("refusal %d (%v): counted %v, want %v", i, c.addr, got, c.first)
+		}
+	}
+	now = now.Add(3 * refusalDedup)
+	a.firstRefusal(y)
+	if n := len(a.refused); n != 1 {
+		t.Errorf("%d addresses remembered after the others aged out, want 1", n)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	quicgo "github.com/quic-go/quic-go"
 )
@@ -18,6 +19,8 @@ type Listener struct {
 	pc net.PacketConn
 	tr *quicgo.Transport
 	ln *quicgo.Listener
+
+	gate atomic.Pointer[HandshakeGate] // nil: every handshake is let through
 
 	closeOnce sync.Once
 	closeErr  error // set by closeOnce
@@ -56,20 +59,95 @@ func ListenPacketConn(pc net.PacketConn, tlsConf *tls.Config, cfg Config) (*List
 		return nil, err
 	}
 	sizeSocket(pc, cfg) // before quic-go sees it: quic-go then finds the buffers large enough
-	tr := &quicgo.Transport{Conn: lossy(pc), StatelessResetKey: cfg.StatelessResetKey}
-	ln, err := tr.Listen(tlsConf, cfg.QUICConfig())
+	l := &Listener{pc: pc}
+	l.tr = &quicgo.Transport{Conn: lossy(pc), StatelessResetKey: cfg.StatelessResetKey, ConnContext: l.connContext}
+	l.ln, err = l.tr.Listen(tlsConf, cfg.QUICConfig())
 	if err != nil {
-		tr.Close()
+		l.tr.Close()
 		pc.Close()
 		return nil, fmt.Errorf("quic: listen on %s: %w", pc.LocalAddr(), err)
 	}
-	return &Listener{pc: pc, tr: tr, ln: ln}, nil
+	return l, nil
 }
 
 // Accept waits for the next connection whose handshake has completed. It returns an error
-// when ctx ends or the Listener is closed (quicgo.ErrServerClosed).
+// when ctx ends or the Listener is closed (quicgo.ErrServerClosed). A connection returned here
+// has ended its HandshakeGate slot.
 func (l *Listener) Accept(ctx context.Context) (*quicgo.Conn, error) {
-	return l.ln.Accept(ctx)
+	qc, err := l.ln.Accept(ctx)
+	if err == nil {
+		if h, ok := qc.Context().Value(handshakeKey{}).(*gatedHandshake); ok {
+			h.stop()
+			h.finish()
+		}
+	}
+	return qc, err
+}
+
+// A HandshakeGate decides whether a new connection may start its handshake. It is called for
+// every Initial packet that belongs to no connection yet (by quic-go's packet handling
+// goroutine, so it must not block), before any TLS work; the client's address is not validated.
+// A refused client may call it several times for one dial: its first flight can be two Initial
+// packets (a ClientHello with a post-quantum key share), and it retransmits an Initial whose
+// refusal was lost. ok false
+// refuses the connection: quic-go answers the Initial with a CONNECTION_CLOSE carrying the
+// transport error CONNECTION_REFUSED (the client's dial fails with a remote
+// *quicgo.TransportError), which costs one Initial packet sealed with keys derived from the
+// client's connection ID: no key exchange, no signature, no connection state. When ok, end is
+// called exactly once, when the handshake ends: the connection is returned by Accept, or it
+// failed or was closed before that (handshake timeout, TLS error, Listener closed).
+//
+// A gate bounds the handshakes in progress, so that a reconnect storm is answered with cheap
+// refusals instead of thousands of key exchanges that all time out for want of CPU.
+type HandshakeGate func(remote net.Addr) (end func(), ok bool)
+
+// SetHandshakeGate installs g for connections that arrive from now on; nil lets every
+// handshake through (the default). Safe to call at any time.
+func (l *Listener) SetHandshakeGate(g HandshakeGate) {
+	if g == nil {
+		l.gate.Store(nil)
+		return
+	}
+	l.gate.Store(&g)
+}
+
+// errHandshakeRefused is what connContext returns to quic-go for a connection the gate
+// refused; quic-go logs it at debug level and sends CONNECTION_REFUSED.
+var errHandshakeRefused = errors.New("quic: handshake refused by the listener's gate")
+
+type handshakeKey struct{}
+
+// gatedHandshake is the gate slot of one connection, carried in its context until Accept.
+// Small on purpose: it lives as long as the connection.
+type gatedHandshake struct {
+	end   func()      // the gate's
+	stop  func() bool // unregisters the context.AfterFunc that ends the slot on failure
+	ended atomic.Bool
+}
+
+// finish calls end the first time only.
+func (h *gatedHandshake) finish() {
+	if h.ended.CompareAndSwap(false, true) {
+		h.end()
+	}
+}
+
+// connContext is quicgo.Transport.ConnContext: quic-go calls it for a new connection before
+// creating it, and ctx ends when the connection is closed or its handshake fails.
+func (l *Listener) connContext(ctx context.Context, info *quicgo.ClientInfo) (context.Context, error) {
+	g := l.gate.Load()
+	if g == nil {
+		return ctx, nil
+	}
+	end, ok := (*g)(info.RemoteAddr)
+	if !ok {
+		return nil, errHandshakeRefused
+	}
+	h := &gatedHandshake{end: end}
+	// No goroutine per handshake: the slot is given back by the context's own cancellation
+	// (handshake failed, connection closed before Accept) or by Accept, whichever comes first.
+	h.stop = context.AfterFunc(ctx, h.finish)
+	return context.WithValue(ctx, handshakeKey{}, h), nil
 }
 
 // Addr is the local UDP address.
