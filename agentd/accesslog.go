@@ -75,6 +75,9 @@ func (a *Agent) logAccess(res httpstream.Served, bytesIn, bytesOut int64, start 
 	if code != api.CodeOK {
 		ev = ev.Str("code", code.String())
 	}
+	if caller, ok := f.MetaValue(api.MetaCaller); ok {
+		ev = ev.Str("caller", caller)
+	}
 	if impersonated {
 		ev = ev.Str("impersonate", imp).Strs("impersonate_groups", f.MetaValues("impersonate-group"))
 	}

@@ -23,6 +23,12 @@ const (
 	MaxFrameSize = 64 << 10
 )
 
+// MetaCaller is the Request.Meta key of the caller: the sub of the client's verified JWT, set by
+// the entry kasd so that the holding kasd's and agentd's access lines name who asked (docs/
+// DESIGN.md lists every key). Informational: nothing is authorized on it. A peer that predates
+// it ignores it (unknown keys are), so old and new kasd and agentd interoperate.
+const MetaCaller = "caller"
+
 // FrameType is the first byte of a frame.
 type FrameType uint8
 

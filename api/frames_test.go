@@ -64,7 +64,7 @@ func sampleMessages() []Message {
 		&Request{Kind: KindHTTP, Service: "kubernetes", Method: "GET", Target: "/"},
 		&Request{Kind: KindGitLab, Method: "POST", Target: "/api/v4/internal/kubernetes/modules/starboard_vulnerability/policies_configuration", ContentLength: -1, Flags: FlagBody},
 		&Request{Kind: KindHTTP, Service: "k8s", RequestID: "r-1", Deadline: deadline, Method: "OPTIONS", Target: "*", Meta: []KV{
-			{"impersonate-user", "alice"}, {"impersonate-group", "a"}, {"impersonate-group", "b"}, {"", ""}, {"ключ", "значение"},
+			{MetaCaller, "ci-bot@example.com"}, {"impersonate-user", "alice"}, {"impersonate-group", "a"}, {"impersonate-group", "b"}, {"", ""}, {"ключ", "значение"},
 		}},
 		&Request{Kind: KindHTTP, Service: "s", Deadline: time.Unix(-5, 0), Method: "M-SEARCH", Target: "/a/b?c=d&e=%2F;x@y:z~!$'()*+,"},
 		getPods(),

@@ -104,8 +104,9 @@ func TestCompletionBash(t *testing.T) {
 		words []string
 		want  string
 	}{
-		{[]string{"kasctl", "jw"}, "jwt"},
-		{[]string{"kasctl", ""}, "agent-token credential jwt kubeconfig secret version completion"},
+		{[]string{"kasctl", "jw"}, "jwt jwks"},
+		{[]string{"kasctl", "jwk"}, "jwks"},
+		{[]string{"kasctl", ""}, "agent-token credential jwt jwks kubeconfig secret version completion"},
 		{[]string{"kasctl", "jwt", "--secret-"}, "--secret-file"},
 		{[]string{"kasctl", "agent-token", "--token"}, "--token-out --tokens-file"},
 		{[]string{"kasctl", "jwt", "--secret-file", filepath.Join(dir, "jwt.s")}, filepath.Join(dir, "jwt.secret")},

@@ -18,10 +18,15 @@ import (
 var now = time.Now
 
 func runJWT(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("jwt", "--secret-file FILE --agents IDS [flags]",
-		`Prints a client JWT for kasd's HTTP API (HS256, iss, aud, agents, iat, exp = now + ttl):
-  curl -H "Authorization: Bearer $(kasctl jwt --secret-file F --agents my-agent)" ...`, stderr)
-	secretFile := fs.String("secret-file", "", "the secret `FILE` kasd verifies client JWTs with (required)")
+	fs := newFlagSet("jwt", "(--secret-file FILE | --key FILE) --agents IDS [flags]",
+		`Prints a client JWT for kasd's HTTP API (iss, aud, agents, iat, exp = now + ttl), HS256 with
+kasd's shared secret, or signed with a private key whose public key is in kasd's JWKS
+(--api-jwks-file/--api-jwks-url; see kasctl jwks):
+  curl -H "Authorization: Bearer $(kasctl jwt --secret-file F --agents my-agent)" ...
+  kasctl jwt --key client.key --issuer https://ci.example.com --agents my-agent`, stderr)
+	secretFile := fs.String("secret-file", "", "the secret `FILE` kasd verifies client JWTs with (HS256; this or --key is required)")
+	keyFile := fs.String("key", "", "sign with the PEM private key in `FILE` instead (RSA: RS256, ECDSA P-256: ES256, Ed25519: EdDSA); kasd verifies it with its JWKS")
+	kid := fs.String("kid", "", "with --key, the token's `kid` (default: the key's RFC 7638 thumbprint, the kid kasctl jwks gives it)")
 	agents := fs.String("agents", "", "comma-separated agent `ids` the token may reach (required); \"*\" alone: every agent, which kasd accepts only with --api-allow-wildcard")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid (kasd refuses tokens valid for longer than its maximum, 1h unless configured)")
 	audience := fs.String("audience", auth.DefaultAudience, "the token's aud")
@@ -42,8 +47,12 @@ func runJWT(_ context.Context, args []string, stdout, stderr io.Writer) error {
 
 	var claims auth.ClientClaims
 	switch {
-	case *secretFile == "":
-		return flagError(fs, "--secret-file is required")
+	case *secretFile == "" && *keyFile == "":
+		return flagError(fs, "--secret-file (HS256) or --key (a JWKS key) is required")
+	case *secretFile != "" && *keyFile != "":
+		return flagError(fs, "--secret-file and --key exclude each other")
+	case *kid != "" && *keyFile == "":
+		return flagError(fs, "--kid needs --key")
 	case *ttl <= 0:
 		return flagError(fs, "--ttl must be positive")
 	case *audience == "":
@@ -72,10 +81,6 @@ func runJWT(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if *ttl > auth.DefaultMaxValidity {
 		fmt.Fprintf(stderr, "kasctl: warning: --ttl %v is longer than %v, which kasd refuses unless configured otherwise\n", *ttl, auth.DefaultMaxValidity)
 	}
-	key, err := auth.ReadSecretFile(*secretFile)
-	if err != nil {
-		return err
-	}
 	t := now().Truncate(time.Second) // NumericDate has second precision
 	claims.RegisteredClaims = jwt.RegisteredClaims{
 		Issuer:    *issuer,
@@ -84,7 +89,17 @@ func runJWT(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		IssuedAt:  jwt.NewNumericDate(t),
 		ExpiresAt: jwt.NewNumericDate(t.Add(*ttl)),
 	}
-	token, err := auth.Mint(key, claims)
+	var token string
+	var err error
+	if *keyFile != "" {
+		token, err = signWithKey(*keyFile, *kid, claims) // jwks.go
+	} else {
+		var key []byte
+		if key, err = auth.ReadSecretFile(*secretFile); err != nil {
+			return err
+		}
+		token, err = auth.Mint(key, claims)
+	}
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ commands:
                     for kasd's --agent-tokens-file
   credential        client-go exec credential plugin: a cached, renewed client JWT
   jwt               mint a client JWT for kasd's HTTP API
+  jwks              print the public JWK set of signing keys (--api-jwks-file)
   kubeconfig        write a kubeconfig for an agent's cluster through kasd
   secret            make a secret for a secret file (base64 of 32 random bytes)
   version           print kasctl's version
@@ -52,6 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCredential(ctx, args, stdout, stderr)
 	case "jwt":
 		return runJWT(ctx, args, stdout, stderr)
+	case "jwks":
+		return runJWKS(ctx, args, stdout, stderr)
 	case "kubeconfig":
 		return runKubeconfig(ctx, args, stdout, stderr)
 	case "secret":

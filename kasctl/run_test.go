@@ -53,7 +53,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"agent-token", "--bogus", "a"}, 2, "flag provided but not defined: -bogus"},
 		{[]string{"agent-token", "-bad-name"}, 2, "flag provided but not defined"},
 		{[]string{"agent-token", "--", "bad/name"}, 1, `agent id "bad/name" is not valid`},
-		{[]string{"jwt"}, 2, "--secret-file is required"},
+		{[]string{"jwt"}, 2, "--secret-file (HS256) or --key (a JWKS key) is required"},
 		{[]string{"jwt", "--secret-file", "x", "--ttl", "0s"}, 2, "--ttl must be positive"},
 		{[]string{"jwt", "--secret-file", "x", "--impersonate-group", "g"}, 2, "--impersonate-group needs --impersonate-user"},
 		{[]string{"jwt", "--secret-file", "x"}, 2, "--agents is required"},

@@ -192,6 +192,7 @@ func (s *Server) logForwardedAccess(f *api.Request, agentID, origin string, refu
 		return
 	}
 	imp, _ := f.MetaValue("impersonate-user")
+	caller, _ := f.MetaValue(api.MetaCaller)
 	ev = ev.Str("request_id", f.RequestID).
 		Str("agent_id", agentID).
 		Str("service", f.Service).
@@ -205,6 +206,7 @@ func (s *Server) logForwardedAccess(f *api.Request, agentID, origin string, refu
 		Dur("duration", time.Since(start)).
 		Str("route", "holder").
 		Str("origin", origin).
+		Str("caller", caller).
 		Str("impersonate", imp).
 		Msg("access")
 }

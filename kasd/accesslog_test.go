@@ -221,12 +221,12 @@ func TestAccessLogAcrossHops(t *testing.T) {
 	}
 	want("holding kasd", lb, map[string]any{
 		"agent_id": "alpha", "service": "web", "method": "POST", "path": "/some/path",
-		"route": "holder", "origin": "kas-a", "impersonate": "alice", "bytes_in": nil,
+		"route": "holder", "origin": "kas-a", "caller": "ci-bot", "impersonate": "alice", "bytes_in": nil,
 		"bytes_out": nil, "duration": nil, "instance": "kas-b",
 	})
 	want("agentd", lg, map[string]any{
 		"service": "web", "method": "POST", "path": "/some/path", "status": 200,
-		"bytes_in": 10, "bytes_out": 5, "impersonate": "alice", "duration": nil,
+		"bytes_in": 10, "bytes_out": 5, "caller": "ci-bot", "impersonate": "alice", "duration": nil,
 	})
 	for _, m := range []map[string]any{la, lb, lg} {
 		for _, v := range m {

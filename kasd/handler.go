@@ -47,17 +47,17 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		s.serveAgents(w, r)
 	case strings.HasPrefix(p, agentsPath+"/"):
 		if hasDotSegment(p) {
-			api.WriteHTTPError(w, api.Errorf(api.CodeBadRequest, "path may not contain . or .. segments"))
+			s.writePathError(w, r, api.Errorf(api.CodeBadRequest, "path may not contain . or .. segments"))
 			return
 		}
 		agentID, service, rest, ok := parseProxyPath(p[len(agentsPath)+1:])
 		if !ok {
-			api.WriteHTTPError(w, api.Errorf(api.CodeNotFound, "unknown API path; use %s/{agent}/proxy/{service}/{path}", agentsPath))
+			s.writePathError(w, r, api.Errorf(api.CodeNotFound, "unknown API path; use %s/{agent}/proxy/{service}/{path}", agentsPath))
 			return
 		}
 		s.serveProxy(w, r, agentID, service, rest)
 	default:
-		api.WriteHTTPError(w, api.Errorf(api.CodeNotFound, "unknown API path %q", r.URL.Path))
+		s.writePathError(w, r, api.Errorf(api.CodeNotFound, "unknown API path %q", r.URL.Path))
 	}
 }
 
@@ -218,12 +218,21 @@ func (s *Server) newRequestID() string {
 	return s.cfg.InstanceID + "-" + strconv.FormatUint(s.reqSeq.Add(1), 36)
 }
 
-// impersonationMeta turns the JWT's impersonate claim into request metadata for the agent.
-func impersonationMeta(imp *auth.Impersonation) []api.KV {
-	if imp == nil || imp.User == "" {
+// requestMeta turns the verified JWT into request metadata for the holder and the agent: the
+// caller (its sub, for their access lines: api.MetaCaller) and its impersonate claim.
+func requestMeta(c *auth.ClientClaims) []api.KV {
+	imp := c.Impersonate
+	if c.Subject == "" && (imp == nil || imp.User == "") {
 		return nil
 	}
-	meta := []api.KV{{Key: "impersonate-user", Value: imp.User}}
+	var meta []api.KV
+	if c.Subject != "" {
+		meta = append(meta, api.KV{Key: api.MetaCaller, Value: c.Subject})
+	}
+	if imp == nil || imp.User == "" {
+		return meta
+	}
+	meta = append(meta, api.KV{Key: "impersonate-user", Value: imp.User})
 	for _, g := range imp.Groups {
 		meta = append(meta, api.KV{Key: "impersonate-group", Value: g})
 	}

@@ -3,6 +3,7 @@ package kasd
 import (
 	"errors"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 
@@ -53,14 +54,82 @@ func (s *Server) writeProxyError(w http.ResponseWriter, r *http.Request, tgt *ta
 // goes out as text/plain (api.WriteKubeText) on those paths only.
 func kubeDiscoveryPath(p string) bool {
 	_, rest, ok := strings.Cut(p, "/proxy/"+kubernetesService+"/")
-	if !ok {
-		return false
-	}
-	switch strings.TrimSuffix(rest, "/") {
+	return ok && kubeDiscovery(rest)
+}
+
+// kubeDiscovery reports whether rest, a path below the API server's root with or without its
+// leading slash, is one of client-go's raw discovery paths (kubeDiscoveryPath).
+func kubeDiscovery(rest string) bool {
+	switch strings.Trim(rest, "/") {
 	case "api", "apis", "version", "openapi/v2", "openapi/v3":
 		return true
 	}
 	return false
+}
+
+// writePathError answers a request whose path kasd cannot serve — dot segments, a malformed
+// proxy path, an unknown API path — before any target was resolved (no agent, no request id).
+// A path that names the kubernetes service (/api/v1/agents/{anything}/proxy/kubernetes/...)
+// gets a Kubernetes Status like every other error of that service (text on its discovery
+// paths), and so does a Kubernetes API path sent to kasd's root (/api/..., /apis/...,
+// /version, /openapi/...: kubectl proxy without --append-server-path, or a kubeconfig whose
+// server lacks the proxy prefix), whose message then says where the API is. Any other path
+// gets qkas's JSON error. Counted in kasd_api_errors_total by code.
+func (s *Server) writePathError(w http.ResponseWriter, r *http.Request, err error) {
+	s.m.apiErrors.WithLabelValues(api.CodeOf(err).String()).Inc()
+	p := r.URL.EscapedPath()
+	rest, ok := kubeServiceRest(p)
+	if !ok && kubeRootPath(p) {
+		rest, ok = p, true
+		var e *api.Error
+		if errors.As(err, &e) {
+			err = &api.Error{Code: e.Code, Message: e.Message + ": kasd serves an agent's Kubernetes API at " +
+				agentsPath + "/{agent}/proxy/" + kubernetesService + "/ (kubectl proxy needs --append-server-path)"}
+		}
+	}
+	switch {
+	case !ok:
+		api.WriteHTTPError(w, err)
+	case kubeDiscovery(rest):
+		api.WriteKubeText(w, err)
+	default:
+		api.WriteKubeStatus(w, err)
+	}
+}
+
+// kubeServiceRest returns the part after /proxy/kubernetes of an escaped path of the form
+// /api/v1/agents/{agent}/proxy/kubernetes[/rest], whatever {agent} and rest hold (they may be
+// what made the path unservable); the service segment may be percent-encoded.
+func kubeServiceRest(p string) (rest string, ok bool) {
+	after, found := strings.CutPrefix(p, agentsPath+"/")
+	if !found {
+		return "", false
+	}
+	_, after, found = strings.Cut(after, "/") // the agent segment
+	if !found {
+		return "", false
+	}
+	if after, found = strings.CutPrefix(after, proxyInfix[1:]); !found {
+		return "", false
+	}
+	svc, rest, _ := strings.Cut(after, "/")
+	if dec, err := url.PathUnescape(svc); err != nil || !isKubernetes(dec) {
+		return "", false
+	}
+	return "/" + rest, true
+}
+
+// kubeRootPath reports whether p, a path kasd does not serve, is one a Kubernetes client sends
+// to an API server's root. kasd's own /api/v1/agents/... paths are not.
+func kubeRootPath(p string) bool {
+	if p == agentsPath || strings.HasPrefix(p, agentsPath+"/") {
+		return false
+	}
+	switch p {
+	case "/api", "/apis", "/version":
+		return true
+	}
+	return strings.HasPrefix(p, "/api/") || strings.HasPrefix(p, "/apis/") || strings.HasPrefix(p, "/openapi/")
 }
 
 // publicError returns err as the client may see it. A message that carries what a client must

@@ -2,6 +2,7 @@ package kasd
 
 import (
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -78,4 +79,37 @@ func TestRefuseImpersonation(t *testing.T) {
 			t.Errorf("%s: %v", tc.name, e)
 		}
 	}
+}
+
+// FuzzKubeServiceRest: kubeServiceRest never panics, finds the kubernetes service exactly where
+// parseProxyPath (the path every served request takes) finds it, with the same rest, and on
+// paths parseProxyPath refuses only when their service segment decodes to "kubernetes".
+func FuzzKubeServiceRest(f *testing.F) {
+	for _, s := range []string{
+		"/api/v1/agents/alpha/proxy/kubernetes/api/v1/pods", "/api/v1/agents/alpha/proxy/kubernetes",
+		"/api/v1/agents/-alpha/proxy/kubernetes/version", "/api/v1/agents/a/proxy/kube%72netes/%2e%2e/x",
+		"/api/v1/agents/a/proxy/web/kubernetes", "/api/v1/agents/proxy/proxy/kubernetes/", "/api/v1/agents/a/b/proxy/kubernetes",
+		"/api/v1/agents//proxy/kubernetes/x", "/apis/apps/v1", "/api/v1/agents/a/proxy/%zz/x",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		rest, ok := kubeServiceRest(p)
+		if ok {
+			if !strings.HasPrefix(rest, "/") || !strings.HasSuffix(p, rest[1:]) {
+				t.Fatalf("%q: rest %q is not the path's tail", p, rest)
+			}
+			after := strings.TrimPrefix(p, agentsPath+"/")
+			_, after, _ = strings.Cut(after, "/")
+			svc, _, _ := strings.Cut(strings.TrimPrefix(after, "proxy/"), "/")
+			if dec, err := url.PathUnescape(svc); err != nil || dec != kubernetesService {
+				t.Fatalf("%q: found the kubernetes service in segment %q", p, svc)
+			}
+		}
+		if tail, found := strings.CutPrefix(p, agentsPath+"/"); found {
+			if _, service, prest, pok := parseProxyPath(tail); pok && service == kubernetesService && (!ok || prest != rest) {
+				t.Fatalf("%q: parseProxyPath finds kubernetes with rest %q, kubeServiceRest (%q, %v)", p, prest, rest, ok)
+			}
+		}
+	})
 }

@@ -203,6 +203,12 @@ tests:
     values: '0x12'
   - series: 'kasd_registry_entries{instance="kasd-2",kind="instances"}'
     values: '1x12'
+  - series: 'kasd_peer_refusals_total{instance="kasd-0",side="accept",reason="fleet_mismatch"}'
+    values: '0+6x30'
+  - series: 'kasd_peer_refusals_total{instance="kasd-1",side="accept",reason="protocol"}'
+    values: '0+6x30'
+  - series: 'kasd_peer_refusals_total{instance="kasd-1",side="dial",reason="secret_mismatch"}'
+    values: '0x30'
   - series: 'kasd_requests_total{instance="kasd-0",route="local",code="200"}'
     values: '0+540x30'
   - series: 'kasd_requests_total{instance="kasd-0",route="local",code="502"}'
@@ -215,6 +221,10 @@ tests:
     values: '2x10'
   - series: 'kasd_udp_receive_drops_total{instance="kasd-0",socket="agent"}'
     values: '0+600x30'
+  - series: 'kasd_tls_cert_expiry_timestamp_seconds{instance="kasd-0",cert="agent"}'
+    values: '864000x30'
+  - series: 'kasd_tls_cert_expiry_timestamp_seconds{instance="kasd-1",cert="agent"}'
+    values: '8640000x30'
   alert_rule_test:
   - eval_time: 5m
     alertname: KasdRegistryLeaseLost
@@ -224,6 +234,13 @@ tests:
     alertname: KasdNoPeerLinks
     exp_alerts:
     - exp_labels: {severity: warning, instance: kasd-0}
+  - eval_time: 5m
+    alertname: KasdPeerHandshakesRefused
+    exp_alerts: []
+  - eval_time: 25m
+    alertname: KasdPeerHandshakesRefused
+    exp_alerts:
+    - exp_labels: {severity: warning, instance: kasd-0, side: accept, reason: fleet_mismatch}
   - eval_time: 20m
     alertname: KasdProxyErrorRatioHigh
     exp_alerts:
@@ -236,6 +253,10 @@ tests:
     alertname: QkasUDPReceiveDrops
     exp_alerts:
     - exp_labels: {severity: warning, instance: kasd-0, socket: agent}
+  - eval_time: 20m
+    alertname: KasdTLSCertificateExpiresSoon
+    exp_alerts:
+    - exp_labels: {severity: warning, instance: kasd-0, cert: agent}
 `
 
 // TestObservabilityAlertsFire runs alertTests with promtool.

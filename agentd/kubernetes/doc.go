@@ -5,16 +5,17 @@
 //
 // A *Service is an agentd.ServiceHandler; agentd hands it each request after accepting the
 // stream. The Service owns no goroutines of its own: the proxying runs on the calling request's
-// goroutine (net/http's, owned by agentd's per-connection http.Server), and an upgraded
-// connection's copy goroutines are owned by httputil.ReverseProxy and end with the connection.
+// goroutine (the stream's, owned by agentd), and an upgraded connection's copy goroutines are
+// owned by httputil.ReverseProxy and end with the connection.
 // Close closes idle connections to the API server; it does not cut requests in flight.
 //
 // # Invariants
 //
 //   - Credentials: the caller's Authorization header never reaches the API server. agentd
-//     removes it before ServeService, and the Rewrite removes it again, with every Impersonate-*
-//     header and the default request-header authentication headers (X-Remote-User,
-//     X-Remote-Group, X-Remote-Extra-*). Authentication is added by client-go's round trippers
+//     removes it before ServeService, and outgoingHeader (every request, upgrades included)
+//     removes it again with Proxy-Authorization, every Impersonate-* header, the default
+//     request-header authentication headers (X-Remote-User, X-Remote-Group, X-Remote-Extra-*)
+//     and Forwarded/X-Forwarded-Host/-Proto (X-Forwarded-For stays). Authentication is added by client-go's round trippers
 //     from the rest.Config only; they leave a request alone that already carries Authorization,
 //     which is why the removal must happen first.
 //   - Impersonation: Impersonate-User and one Impersonate-Group per value are set exactly when
@@ -33,16 +34,26 @@
 //     API server authorizes; a path with "." or ".." segments or empty segments is denied, so a
 //     prefix rule cannot be escaped. Without a Policy everything the agent's identity may do (by
 //     the cluster's RBAC) is allowed.
-//   - Transports: ordinary requests use rest.TransportFor (HTTP/2 where the API server offers
-//     it). Requests that ask for a protocol upgrade (exec, attach, port-forward over SPDY/3.1 or
-//     WebSocket) use a second transport built from rest.TLSConfigFor and
-//     rest.HTTPWrappersForConfig that only speaks HTTP/1.1, because an upgrade is not possible
-//     over HTTP/2; the same credentials and CA apply.
+//   - Transports: ordinary requests use rest.TransportFor: pooled, HTTP/2 where the API server
+//     offers it (one TLS connection multiplexes every request, so TLS session reuse does not
+//     arise), client-go's authentication wrappers (a rotated ServiceAccount token file is
+//     re-read). They are proxied by forward on the stream's goroutine: one outgoing request
+//     built from the incoming head, the response copied with a pooled buffer — no
+//     httputil.ReverseProxy, whose request clone and 32 KiB buffer per response were a third of
+//     the service's cost (BenchmarkServeService). HTTP/1.1 to the API server was measured and
+//     not taken: cheaper at one request at a time, but client-go keeps 25 idle connections per
+//     host, so at 64 concurrent requests connections are re-dialled with a TLS handshake each
+//     (+300-400 µs of agentd CPU per request). Requests that ask for a protocol upgrade (exec,
+//     attach, port-forward over SPDY/3.1 or WebSocket) go through httputil.ReverseProxy and a
+//     second transport built from rest.TLSConfigFor and rest.HTTPWrappersForConfig that only
+//     speaks HTTP/1.1, because an upgrade is not possible over HTTP/2; the same credentials and
+//     CA apply.
 //
 // # Long-lived requests and idle limits
 //
-// Watches and logs -f (responses without a Content-Length) are flushed chunk by chunk, and
-// upgrades (exec, attach, port-forward) are passed through by httputil.ReverseProxy. Nothing in
+// Watches and logs -f (responses without a Content-Length) and event streams are flushed read
+// by read, and upgrades (exec, attach, port-forward) are passed through by
+// httputil.ReverseProxy. A response cut by the API server after its head resets the stream. Nothing in
 // this package times a request out: there is
 // no write timeout, rest.Config.Timeout is not applied (the transport is used directly, not a
 // rest.Client), and no idle timer runs on a stream. What does end long-lived requests:

@@ -54,6 +54,7 @@ func LoadRESTConfig(kubeconfig string) (*rest.Config, error) {
 // Service proxies requests to the Kubernetes API server. It implements agentd.ServiceHandler.
 type Service struct {
 	policy    *Policy
+	base      *url.URL          // the API server's URL (scheme, host, path prefix)
 	transport http.RoundTripper // rest.TransportFor: ordinary requests
 	upgrade   http.RoundTripper // HTTP/1.1 only: protocol upgrades
 	upgradeT  *http.Transport   // upgrade's base, for Close; nil if REST.Transport was given
@@ -86,6 +87,7 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.base = base
 	if s.transport, err = rest.TransportFor(cfg.REST); err != nil {
 		return nil, err
 	}
@@ -98,16 +100,16 @@ func New(cfg Config) (*Service, error) {
 	if s.m, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
 	}
+	// Upgrades only (exec, attach, port-forward): ReverseProxy's switch of protocols and its
+	// two copy goroutines. Every other request takes forward, the hot path.
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, base) },
-		Transport: roundTripperFunc(s.roundTrip),
-		// 0, not -1: ReverseProxy flushes every write of a response without a Content-Length
-		// (watches, logs -f) or of an event stream by itself; a response of known length
-		// then leaves agentd as head, body and end in one stream write instead of three (a
-		// flush of the head from a timer goroutine, then one per body write).
-		FlushInterval: 0,
-		ErrorLog:      log.New(logWriter{s.log}, "", 0),
-		ErrorHandler:  s.proxyError,
+		Transport: roundTripperFunc(s.upgrade.RoundTrip),
+		ErrorLog:  log.New(logWriter{s.log}, "", 0),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			req, _ := r.Context().Value(requestKey{}).(*api.Request)
+			s.proxyError(w, r, req, err)
+		},
 	}
 	return s, nil
 }
@@ -160,21 +162,32 @@ func rewrite(pr *httputil.ProxyRequest, base *url.URL) {
 	if v := pr.In.Header.Values("X-Forwarded-For"); len(v) > 0 {
 		pr.Out.Header["X-Forwarded-For"] = v
 	}
-	// agentd already removed these; removing again keeps the invariant local to this file. The
-	// bearer-token round tripper does not replace an Authorization header that is present.
-	h := pr.Out.Header
-	h.Del("Authorization")
+	req, _ := pr.In.Context().Value(requestKey{}).(*api.Request)
+	outgoingHeader(pr.Out.Header, req)
+}
+
+// outgoingHeader leaves on h, a request head bound for the API server, only the agent's
+// authentication and the JWT's impersonation: it removes Authorization and
+// Proxy-Authorization (agentd already removed the caller's; removing again keeps the invariant
+// local to this file, and the bearer-token round tripper does not replace an Authorization
+// header that is present), every Impersonate-* header, the request-header authentication
+// headers (X-Remote-User, -Group, -Extra-*), and Forwarded and X-Forwarded-Host/-Proto (kasd's
+// view of its client, which the API server never saw before either; X-Forwarded-For stays for
+// its audit log). Then it sets Impersonate-User and one Impersonate-Group per value from req's
+// metadata (kasd's, from the client JWT), if any.
+func outgoingHeader(h http.Header, req *api.Request) {
 	for k := range h {
-		if strings.HasPrefix(k, "Impersonate-") || k == "X-Remote-User" || k == "X-Remote-Group" || strings.HasPrefix(k, "X-Remote-Extra-") {
+		switch {
+		case k == "Authorization", k == "Proxy-Authorization", k == "Forwarded", k == "X-Forwarded-Host", k == "X-Forwarded-Proto",
+			strings.HasPrefix(k, "Impersonate-"), k == "X-Remote-User", k == "X-Remote-Group", strings.HasPrefix(k, "X-Remote-Extra-"):
 			delete(h, k)
 		}
 	}
-	req, _ := pr.In.Context().Value(requestKey{}).(*api.Request)
 	if req == nil {
 		return
 	}
 	if user, ok := req.MetaValue(MetaImpersonateUser); ok && user != "" {
-		h.Set("Impersonate-User", user)
+		h["Impersonate-User"] = []string{user}
 		for _, g := range req.MetaValues(MetaImpersonateGroup) {
 			h.Add("Impersonate-Group", g)
 		}
@@ -195,10 +208,134 @@ func (s *Service) ServeService(w http.ResponseWriter, r *http.Request, req *api.
 	if req == nil {
 		req = &api.Request{}
 	}
-	r = r.WithContext(context.WithValue(r.Context(), requestKey{}, req))
-	rec := &httpstream.StatusRecorder{ResponseWriter: w}
-	s.proxy.ServeHTTP(rec, r)
-	s.m.requests.WithLabelValues(verb, strconv.Itoa(rec.Status())).Inc()
+	var status int
+	if httpstream.IsUpgrade(r) {
+		r = r.WithContext(context.WithValue(r.Context(), requestKey{}, req))
+		rec := &httpstream.StatusRecorder{ResponseWriter: w}
+		s.proxy.ServeHTTP(rec, r)
+		status = rec.Status()
+	} else {
+		status = s.forward(w, r, req)
+	}
+	s.m.requests.WithLabelValues(verb, strconv.Itoa(status)).Inc()
+}
+
+// forward proxies a request that is not an upgrade and returns the status sent. It is the
+// kubernetes service's hot path and does what urlService does for any other service: one
+// outgoing request built from the incoming one (whose head agentd owns: kasd already removed
+// hop-by-hop headers and set X-Forwarded-*), the round trip on the calling goroutine, the
+// response copied with a pooled buffer. httputil.ReverseProxy, which it replaces here, cloned
+// the request and its headers and allocated a 32 KiB copy buffer per response: a third of the
+// service's cost per request (BenchmarkServeService). The headers are those rewrite leaves:
+// the agent's credentials come from the transport, impersonation from req only.
+func (s *Service) forward(w http.ResponseWriter, r *http.Request, req *api.Request) int {
+	h := r.Header
+	outgoingHeader(h, req)
+	// Built here and copied once by WithContext: not allocated twice.
+	o := http.Request{
+		Method:        r.Method,
+		URL:           s.target(r.URL),
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		Body:          r.Body,
+		ContentLength: r.ContentLength,
+		Trailer:       r.Trailer,
+		Host:          "", // the API server's own host, as httputil.ProxyRequest.SetURL does
+	}
+	if r.ContentLength == 0 {
+		o.Body = nil
+	}
+	out := o.WithContext(r.Context())
+	resp, err := s.transport.RoundTrip(out)
+	if err != nil {
+		return s.proxyError(w, r, req, err)
+	}
+	defer resp.Body.Close()
+	rh := w.Header()
+	for k, vs := range resp.Header {
+		rh[k] = vs
+	}
+	for _, k := range hopHeaders {
+		delete(rh, k)
+	}
+	// Qkas-Error marks errors made by qkas itself: the API server's responses never carry it.
+	delete(rh, api.HeaderError)
+	for k := range resp.Trailer {
+		rh.Add("Trailer", k)
+	}
+	switch {
+	case len(resp.Trailer) > 0:
+		delete(rh, "Content-Length") // trailers need a framed (chunked) body, as ReverseProxy does
+	case resp.ContentLength >= 0:
+		rh["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+	}
+	w.WriteHeader(resp.StatusCode)
+	// Watches and logs -f (no Content-Length) are flushed read by read; a response of known
+	// length leaves agentd as head, body and end in one stream write.
+	if _, err := httpstream.CopyBody(w, resp.Body, httpstream.Streaming(resp)); err != nil {
+		if !errors.Is(err, httpstream.ErrClientWrite) && r.Context().Err() == nil {
+			s.log.Warn().Err(err).Str("request_id", req.RequestID).Str("method", r.Method).Str("path", r.URL.Path).
+				Msg("kubernetes API server response cut")
+		}
+		if r.Context().Value(http.ServerContextKey) != nil {
+			// Served by net/http, not a stream (tests, embedders): abort the response as
+			// ReverseProxy does, so that it cannot pass for a complete one.
+			panic(http.ErrAbortHandler)
+		}
+		httpstream.WriteError(w, api.Errorf(api.CodeAgentFailed, "the Kubernetes API server's response was cut")) // resets: head sent
+		return resp.StatusCode
+	}
+	for k, vs := range resp.Trailer {
+		rh[http.TrailerPrefix+k] = vs
+	}
+	return resp.StatusCode
+}
+
+// hopHeaders are the hop-by-hop response headers (RFC 9110 7.6.1) that an HTTP/1.1 API server
+// may send and that end at the agent, as httputil.ReverseProxy removes them.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// target is the API server's URL for a request path: the base URL's path joined with it and
+// the queries joined, as httputil.ProxyRequest.SetURL does.
+func (s *Service) target(in *url.URL) *url.URL {
+	u := *s.base
+	u.Path, u.RawPath = joinURLPath(s.base, in)
+	switch {
+	case s.base.RawQuery == "" || in.RawQuery == "":
+		u.RawQuery = s.base.RawQuery + in.RawQuery
+	default:
+		u.RawQuery = s.base.RawQuery + "&" + in.RawQuery
+	}
+	return &u
+}
+
+// joinURLPath is httputil's: a and b joined with exactly one slash, escaping kept.
+func joinURLPath(a, b *url.URL) (path, rawpath string) {
+	if a.RawPath == "" && b.RawPath == "" {
+		return singleJoiningSlash(a.Path, b.Path), ""
+	}
+	apath, bpath := a.EscapedPath(), b.EscapedPath()
+	aslash, bslash := strings.HasSuffix(apath, "/"), strings.HasPrefix(bpath, "/")
+	switch {
+	case aslash && bslash:
+		return a.Path + b.Path[1:], apath + bpath[1:]
+	case !aslash && !bslash:
+		return a.Path + "/" + b.Path, apath + "/" + bpath
+	}
+	return a.Path + b.Path, apath + bpath
+}
+
+func singleJoiningSlash(a, b string) string {
+	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
+	switch {
+	case aslash && bslash:
+		return a + b[1:]
+	case !aslash && !bslash:
+		return a + "/" + b
+	}
+	return a + b
 }
 
 func denialReason(d denial) string {
@@ -222,17 +359,11 @@ func (s *Service) Close() {
 	}
 }
 
-func (s *Service) roundTrip(r *http.Request) (*http.Response, error) {
-	if httpstream.IsUpgrade(r) {
-		return s.upgrade.RoundTrip(r)
-	}
-	return s.transport.RoundTrip(r)
-}
-
 // proxyError answers a request the API server did not answer. The client sees what kind of
 // failure it was (agentd.PublicCause), never the API server's in-cluster address or the text of
 // a dial or TLS error; the full error is logged with the request id.
-func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+// It returns the status written.
+func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, req *api.Request, err error) int {
 	var e *api.Error
 	ev := s.log.Warn()
 	switch {
@@ -245,11 +376,12 @@ func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		e = &api.Error{Code: api.CodeServiceUnavailable, Message: "the Kubernetes API server could not be reached by the agent: " + agentd.PublicCause(err), Err: err}
 	}
 	var id string
-	if req, _ := r.Context().Value(requestKey{}).(*api.Request); req != nil {
+	if req != nil {
 		id = req.RequestID
 	}
 	ev.Err(err).Str("request_id", id).Str("method", r.Method).Str("path", r.URL.Path).Str("code", e.Code.String()).Msg("kubernetes API server request failed")
 	httpstream.WriteError(w, e)
+	return e.Code.HTTPStatus()
 }
 
 type roundTripperFunc func(*http.Request) (*http.Response, error)

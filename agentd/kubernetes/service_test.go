@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net/http"
@@ -403,4 +404,71 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// TestForwardHead: what the hot path (forward, not ReverseProxy) passes each way, against an
+// API server behind a path prefix: the path and query joined to the server's URL, X-Forwarded-For
+// kept for the audit log, kasd's other X-Forwarded-* and Forwarded dropped, the response's
+// headers and trailers passed, a forged Qkas-Error dropped, and a body the API server cuts
+// after its head not delivered as complete.
+func TestForwardHead(t *testing.T) {
+	var mu sync.Mutex
+	var seen *http.Request
+	apiserver := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = r.Clone(r.Context())
+		mu.Unlock()
+		if r.URL.Path == "/k8s/clusters/c1/api/v1/namespaces/default/pods/cut" {
+			w.Header().Set("Content-Length", "100")
+			w.WriteHeader(200)
+			w.Write([]byte("partial"))
+			w.(http.Flusher).Flush() // the head goes out, then the stream is reset
+			panic(http.ErrAbortHandler)
+		}
+		w.Header().Set("Trailer", "X-Checksum")
+		w.Header().Set("Qkas-Error", "forged")
+		w.Header().Set("Audit-Id", "a-1")
+		w.Write([]byte(`{"kind":"PodList"}`))
+		w.Header().Set("X-Checksum", "c-1")
+	}))
+	apiserver.EnableHTTP2 = true
+	apiserver.StartTLS()
+	defer apiserver.Close()
+	rc := &rest.Config{Host: apiserver.URL + "/k8s/clusters/c1", BearerToken: saToken,
+		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(apiserver.Certificate().Raw)}}
+	f := newFront(t, rc, nil, &api.Request{Service: "kubernetes"})
+
+	resp := do(t, "GET", f.URL+"/api/v1/namespaces/default/pods?limit=5",
+		"X-Forwarded-For", "203.0.113.7", "X-Forwarded-Host", "kas.example.com", "X-Forwarded-Proto", "https", "Forwarded", "for=x")
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != `{"kind":"PodList"}` {
+		t.Fatalf("status %d body %q", resp.StatusCode, body)
+	}
+	if resp.Header.Get("Audit-Id") != "a-1" || resp.Header.Get("Qkas-Error") != "" || resp.Trailer.Get("X-Checksum") != "c-1" {
+		t.Errorf("response head %v trailer %v: want Audit-Id, no Qkas-Error, trailer X-Checksum", resp.Header, resp.Trailer)
+	}
+	mu.Lock()
+	r := seen
+	mu.Unlock()
+	if r.URL.Path != "/k8s/clusters/c1/api/v1/namespaces/default/pods" || r.URL.RawQuery != "limit=5" || r.Proto != "HTTP/2.0" {
+		t.Errorf("API server saw %s %s?%s", r.Proto, r.URL.Path, r.URL.RawQuery)
+	}
+	if r.Header.Get("Authorization") != "Bearer "+saToken || r.Header.Get("X-Forwarded-For") != "203.0.113.7" ||
+		r.Header.Get("X-Forwarded-Host") != "" || r.Header.Get("X-Forwarded-Proto") != "" || r.Header.Get("Forwarded") != "" {
+		t.Errorf("API server saw headers %v", r.Header)
+	}
+
+	c := &http.Client{}
+	defer c.CloseIdleConnections()
+	if resp, err := c.Get(f.URL + "/api/v1/namespaces/default/pods/cut"); err == nil {
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Errorf("a response cut by the API server read as complete: %d %q", resp.StatusCode, b)
+		}
+	}
+}
+
+func pemCert(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

@@ -14,10 +14,11 @@ const (
 	ScenarioHOL        = "hol"
 	ScenarioScale      = "scale"
 	ScenarioFailover   = "failover"
+	ScenarioKubernetes = "kubernetes" // kubernetes.go
 )
 
 // AllScenarios lists every scenario in run order.
-var AllScenarios = []string{ScenarioLatency, ScenarioThroughput, ScenarioHOL, ScenarioScale, ScenarioFailover}
+var AllScenarios = []string{ScenarioLatency, ScenarioThroughput, ScenarioHOL, ScenarioScale, ScenarioFailover, ScenarioKubernetes}
 
 // Sizes says how much each scenario does. Presets: "quick" (make bench-quick, under 4 minutes
 // on 2 cores), "full" (make bench), "tiny" (the runner's own test) and "scale" (make

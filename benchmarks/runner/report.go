@@ -224,6 +224,8 @@ func headline(r *Results) []HeadlineRow {
 				Qkas: us(p.RouteP50us), Baseline: us(p.RouteP50OneAgent) + " alone", Ratio: ratio(p.RouteP50us, p.RouteP50OneAgent)})
 		}
 	}
+	rows = append(rows, kubernetesHeadline(r)...) // kubernetes.go
+	rows = append(rows, tcpHeadline(r)...)        // tcp.go: the agent over TCP next to QUIC
 	if f := r.Failover; f != nil {
 		rows = append(rows, HeadlineRow{Scenario: "failover", Metric: "time to first success after kill -9 of the holding kasd",
 			Qkas: recovery(f, r.Sizes), Baseline: "–", Ratio: "–", Target: "≤ 2 s"})
@@ -294,7 +296,7 @@ func keyRows(r *Results) []HeadlineRow {
 			keep = !strings.Contains(m, "reference") && !strings.HasPrefix(m, "CPU per request") &&
 				(strings.HasPrefix(m, "p50, 1 KiB GET, c=1,") || strings.HasPrefix(m, "p99, c=64,") || strings.HasPrefix(m, "req/s, c=64,") ||
 					strings.HasPrefix(m, "tunnel CPU") || strings.HasPrefix(m, "UDP datagrams"))
-		case "throughput", "failover":
+		case "throughput", "failover", "kubernetes", "transport": // transport: tcp.go
 			keep = true
 		case "head-of-line":
 			keep = strings.Contains(m, fmt.Sprintf(" at %g%% loss, with bulk", maxLoss)) || strings.Contains(m, "slow readers")
@@ -481,6 +483,7 @@ func details(r *Results) string {
 			w("\n![%s](%s)\n", p, p)
 		}
 	}
+	b.WriteString(kubernetesDetails(r)) // kubernetes.go
 	w("\n## Caveats\n\nThe load generator, the target service, the raw quic-go client (and, for throughput, its server) and the HTTP/2 baseline run inside the runner process, on the same cores as kasd and agentd; on a small or shared machine absolute figures are noisy, ratios less so. CPU times come from /proc in 10 ms ticks.\n")
 	return b.String()
 }
@@ -588,7 +591,7 @@ func throughputPlot(path string, t *ThroughputResult) error {
 // and p99 without it, for qkas and HTTP/2 over one TCP connection.
 func holPlot(path string, h *HOLResults, losses []float64) error {
 	var series []plot.Series
-	for _, sys := range []string{"qkas", "h2-tcp"} {
+	for _, sys := range []string{"qkas", "h2-tcp", holQkasTCP} {
 		p999, p99, p50 := plot.Series{Name: sys + " p99.9"}, plot.Series{Name: sys + " p99"}, plot.Series{Name: sys + " p50"}
 		alone := plot.Series{Name: sys + " p99 without bulk"}
 		for _, loss := range losses {

@@ -40,6 +40,8 @@ type Results struct {
 	HOL        *HOLResults       `json:"hol,omitempty"`
 	Scale      ScaleSteps        `json:"scale,omitempty"` // one object per fleet size (scale.go)
 	Failover   *FailoverResults  `json:"failover,omitempty"`
+
+	Kubernetes *KubernetesResults `json:"kubernetes,omitempty"` // kubernetes.go
 	// Skipped maps a scenario to why it did not run (or failed).
 	Skipped map[string]string `json:"skipped,omitempty"`
 }
@@ -114,6 +116,7 @@ func Run(ctx context.Context, cfg Config) (string, error) {
 	step(ScenarioHOL, func() (err error) { res.HOL, err = e.runHOL(ctx); return })
 	step(ScenarioScale, func() (err error) { res.Scale, err = e.runScale(ctx); return })
 	step(ScenarioFailover, func() (err error) { res.Failover, err = e.runFailover(ctx); return })
+	step(ScenarioKubernetes, func() (err error) { res.Kubernetes, err = e.runKubernetes(ctx); return })
 
 	res.Seconds = time.Since(started).Seconds()
 	res.Headline = headline(res)

@@ -20,7 +20,7 @@ func TestRunTiny(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var log strings.Builder
-	scenarios := []string{ScenarioLatency, ScenarioThroughput}
+	scenarios := []string{ScenarioLatency, ScenarioThroughput, ScenarioKubernetes}
 	scale := os.Geteuid() == 0 // the scale scenario's fleet needs a network namespace
 	if scale {
 		scenarios = append(scenarios, ScenarioScale)
@@ -89,6 +89,7 @@ func TestRunTiny(t *testing.T) {
 	if len(res.Headline) == 0 {
 		t.Error("no headline rows")
 	}
+	checkKubernetes(t, &res) // kubernetes_test.go
 	report, err := os.ReadFile(filepath.Join(out, "REPORT.md"))
 	if err != nil {
 		t.Fatal(err)
