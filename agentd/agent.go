@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -28,6 +29,7 @@ type Agent struct {
 	m   *metrics
 
 	svcs    atomic.Pointer[serviceSet] // the services now (reload.go)
+	tr      *transports                // QUIC or TCP, fallback and return (transport.go); set by Run
 	svcMu   sync.Mutex                 // serialises reloads; guards retired
 	retired []*urlService              // URL services removed by reloads, for closeIdleServices
 
@@ -36,6 +38,10 @@ type Agent struct {
 
 	mu    sync.Mutex         // guards the fields below
 	slots map[int]*agentConn // live connection per slot
+	// placement: which kasd instance answered at which address (learnt from Welcomes), and
+	// what a slot moving for balance avoids and prefers (nextTarget).
+	addrInstance map[string]string
+	moves        map[int]slotMove
 	// closed is set when Run ends: no request goroutine starts afterwards.
 	closed bool
 	// reqs are request-scoped goroutines (GitLab request-body writers), waited for by Run.
@@ -56,6 +62,9 @@ func New(cfg Config) (*Agent, error) {
 		log:   *cfg.Log,
 		m:     newMetrics(cfg.Registerer),
 		slots: map[int]*agentConn{},
+
+		addrInstance: map[string]string{},
+		moves:        map[int]slotMove{},
 	}
 	// Each agent starts at a random kasd address, so that a fleet of agents spreads its
 	// connections over every kasd instead of all starting with the first address.
@@ -78,7 +87,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer dialer.Close()
 	a.reportSocket(dialer)
 
-	var wg sync.WaitGroup // slots and drainers
+	var wg sync.WaitGroup // slots, drainers and the QUIC probe (transport.go)
+	if err := a.startTransports(ctx, dialer, tlsConf, &wg); err != nil {
+		return fmt.Errorf("agentd: %w", err)
+	}
+	defer a.tr.tcp.Close()
 	for slot := range a.cfg.Connections {
 		wg.Go(func() { a.runSlot(ctx, slot, dialer, &wg) })
 	}
@@ -127,6 +140,14 @@ func (a *Agent) Instances() []string {
 // instances that other slots do not hold, so that one kasd dying leaves the agent reachable.
 func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *sync.WaitGroup) {
 	attempt, dupes, refusedToken := 0, 0, 0
+	// leaving is a connection kasd asked to move for balance (GoAway with Prefer): it keeps
+	// serving until this slot's next connection is up (make before break), then drains.
+	var leaving *agentConn
+	defer func() {
+		if leaving != nil {
+			leaving.drain()
+		}
+	}()
 	for ctx.Err() == nil {
 		tgt, ntargets, err := a.nextTarget(ctx, slot)
 		var c *agentConn
@@ -155,16 +176,25 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 		}
 		attempt, refusedToken = 0, 0
 		a.m.connectAttempts.WithLabelValues("ok").Inc()
-		if a.heldByOtherSlot(slot, c.welcome.InstanceID) && dupes < ntargets {
-			// Another slot already holds this kasd instance: try the next address, a bounded
-			// number of times, before settling for a second connection to the same instance.
+		a.learnInstance(tgt, c.welcome.InstanceID)
+		if (a.heldByOtherSlot(slot, c.welcome.InstanceID) || a.moveAvoids(slot, c.welcome.InstanceID)) && dupes < ntargets {
+			// Another slot already holds this kasd instance, or it is the one this slot is
+			// moving away from: try the next address, a bounded number of times, before
+			// settling for it.
 			dupes++
-			c.log.Info().Msg("kasd instance already held by another connection; trying another address")
+			c.log.Info().Msg("kasd instance already held by another connection, or being left; trying another address")
 			c.drain()
 			continue
 		}
 		dupes = 0
+		a.endMove(slot)
 		a.setSlot(slot, c)
+		if leaving != nil {
+			l := leaving
+			leaving = nil
+			l.log.Info().Str("kas_instance_now", c.welcome.InstanceID).Msg("moved for balance: draining the old connection")
+			wg.Go(func() { l.drain() })
+		}
 		reason := c.wait(ctx, c.announced.replaced)
 		for reason == "reload" { // the services changed: re-announce them (reload.go)
 			nc := a.reannounce(ctx, slot, dialer, c, tgt, wg)
@@ -178,6 +208,13 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 		a.setSlot(slot, nil)
 		c.log.Info().Str("reason", reason).Msg("connection to kasd ended")
 		if reason == "goaway" && ctx.Err() == nil {
+			if m := c.goAwayMsg; m != nil && m.Prefer != "" && leaving == nil {
+				// kasd is not draining, it asks this connection to move for balance: keep
+				// serving on it until the replacement is up.
+				a.beginMove(slot, slotMove{avoid: c.welcome.InstanceID, prefer: m.Prefer})
+				leaving = c
+				continue
+			}
 			wg.Go(func() { c.drain() })
 			continue
 		}
@@ -196,6 +233,18 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 // half a minute up to this.
 const refusedTokenBackoff = 5 * time.Minute
 
+// overloadedBackoff and overloadedBackoffMax bound the wait after kasd refused a connection as
+// overloaded without a retry time (its gate before the TLS handshake answers a reconnect
+// storm's excess with QUIC's CONNECTION_REFUSED, which carries none): jitter over the upper
+// half of a window that starts at 2s and doubles per failed attempt, so a storm spreads itself
+// out until the dials arrive at the rate kasd completes handshakes (docs/scale.md). The wait is
+// at least a second: kasd counts the Initial packets one address sends within a second as one
+// attempt.
+const (
+	overloadedBackoff    = 2 * time.Second
+	overloadedBackoffMax = 32 * time.Second
+)
+
 // reconnectDelay is how long a slot waits before its next dial, after attempt failed attempts
 // (refusedToken of them in a row refused the token; err is the last failure, nil after a
 // connection ended):
@@ -204,6 +253,8 @@ const refusedTokenBackoff = 5 * time.Minute
 //     the schedule kasd gave them;
 //   - a refused token: full jitter over the upper half of 30s·2^(refusedToken-1), at most
 //     refusedTokenBackoff;
+//   - kasd refused as overloaded without a hint (CONNECTION_REFUSED before the TLS
+//     handshake): jitter over the upper half of 2s·2^attempt, at most overloadedBackoffMax;
 //   - otherwise full jitter: uniformly in [0, b's delay for attempt without jitter).
 //
 // rnd returns values in [0, 1).
@@ -215,6 +266,12 @@ func reconnectDelay(b quic.Backoff, attempt, refusedToken int, err error, rnd fu
 	}
 	if hint := api.RetryAfterOf(err); hint > 0 {
 		return hint + jitter(hint)
+	}
+	if api.CodeOf(err) == api.CodeOverloaded {
+		// Refused without a hint: kasd's gate before the TLS handshake (CONNECTION_REFUSED).
+		// Coming back within b's 100 ms would only be refused again.
+		ceiling := min(overloadedBackoff<<min(attempt, 10), overloadedBackoffMax)
+		return ceiling/2 + jitter(ceiling/2)
 	}
 	b.Jitter = -1 // the exponential ceiling; the jitter is ours
 	return jitter(b.Delay(attempt))
@@ -246,8 +303,10 @@ func (t target) String() string {
 }
 
 // nextTarget resolves every configured address (a DNS name with several addresses counts as
-// several) and returns the next one, round-robin, skipping addresses other slots are connected
-// to while there is an alternative.
+// several) and returns the next one, round-robin, skipping addresses (and the kasd instances
+// last seen behind them) that other slots are connected to while there is an alternative. A
+// slot moving for balance (kasd's GoAway with Prefer) takes the address last seen answering as
+// the preferred instance, else any other than the one it leaves.
 func (a *Agent) nextTarget(ctx context.Context, slot int) (target, int, error) {
 	var all []target
 	var errs []error
@@ -268,27 +327,87 @@ func (a *Agent) nextTarget(ctx context.Context, slot int) (target, int, error) {
 	if len(all) == 0 {
 		return target{}, 0, errors.Join(errs...)
 	}
-	held := a.remoteAddrsOfOtherSlots(slot)
+	held, heldInstances, seen, move := a.placementState(slot)
 	start := int((a.nextAddr.Add(1) - 1) % uint64(len(all)))
+	// Rank each address: 0 the preferred instance, 1 an instance nobody here holds (or not
+	// known yet), 2 the instance being left, 3 an address another slot is connected to.
+	best, bestRank := 0, 4
 	for i := range all {
-		t := all[(start+i)%len(all)]
-		if !held[t.addr.String()] {
-			return t, len(all), nil
+		k := (start + i) % len(all)
+		addr := all[k].addr.String()
+		inst, known := seen[addr]
+		rank := 1
+		switch {
+		case held[addr]:
+			rank = 3
+		case known && heldInstances[inst]:
+			rank = 3
+		case known && move.prefer != "" && inst == move.prefer:
+			rank = 0
+		case known && move.avoid != "" && inst == move.avoid:
+			rank = 2
+		}
+		if rank < bestRank {
+			best, bestRank = k, rank
 		}
 	}
-	return all[start%len(all)], len(all), nil
+	return all[best], len(all), nil
 }
 
-func (a *Agent) remoteAddrsOfOtherSlots(slot int) map[string]bool {
+// slotMove is what a slot moving for balance avoids (the instance that asked it to move) and
+// prefers (the instance kasd named as the least loaded).
+type slotMove struct{ avoid, prefer string }
+
+// placementState returns, under one lock, the addresses and instances other slots hold, the
+// instance last seen at each address, and slot's move, if any.
+func (a *Agent) placementState(slot int) (held, heldInstances map[string]bool, seen map[string]string, move slotMove) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := map[string]bool{}
+	held, heldInstances = map[string]bool{}, map[string]bool{}
 	for s, c := range a.slots {
 		if s != slot {
-			out[c.qc.RemoteAddr().String()] = true
+			held[c.qc.RemoteAddr().String()] = true
+			heldInstances[c.welcome.InstanceID] = true
 		}
 	}
-	return out
+	return held, heldInstances, maps.Clone(a.addrInstance), a.moves[slot]
+}
+
+// learnInstance records that instance answered at t's address. Bounded by the number of
+// resolved addresses the agent dialled.
+func (a *Agent) learnInstance(t target, instance string) {
+	if t.addr == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.addrInstance) >= maxLearntAddrs {
+		clear(a.addrInstance) // a DNS name that keeps changing: start over rather than grow
+	}
+	a.addrInstance[t.addr.String()] = instance
+}
+
+// maxLearntAddrs bounds the address → instance map.
+const maxLearntAddrs = 1024
+
+func (a *Agent) beginMove(slot int, m slotMove) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.moves[slot] = m
+}
+
+func (a *Agent) endMove(slot int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.moves, slot)
+}
+
+// moveAvoids reports whether slot is moving away from instance.
+func (a *Agent) moveAvoids(slot int, instance string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m, ok := a.moves[slot]
+	return ok && m.avoid == instance
 }
 
 func (a *Agent) heldByOtherSlot(slot int, instance string) bool {
@@ -315,7 +434,7 @@ func (a *Agent) setSlot(slot int, c *agentConn) {
 
 // connect dials t and performs the Hello/Welcome exchange on the control stream.
 func (a *Agent) connect(ctx context.Context, dialer *quic.Dialer, t target) (*agentConn, error) {
-	qc, err := dialer.DialUDP(ctx, t.addr, t.serverName)
+	qc, err := a.dialKasd(ctx, dialer, t) // QUIC or TCP (transport.go)
 	if err != nil {
 		return nil, refusalFromClose(err)
 	}
@@ -327,6 +446,7 @@ func (a *Agent) connect(ctx context.Context, dialer *quic.Dialer, t target) (*ag
 	}
 	c := a.startConn(qc, control, welcome)
 	c.announced = set
+	c.quicBack = a.backChan(qc)
 	return c, nil
 }
 

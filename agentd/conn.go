@@ -12,6 +12,7 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/internal/tracing"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -33,6 +34,10 @@ type agentConn struct {
 	acceptDone chan struct{} // closed when the accept loop has returned
 	ctrlDone   chan struct{} // closed when the control reader has returned
 	goAway     chan struct{} // closed when kasd sent GoAway
+	goAwayMsg  *api.GoAway   // the GoAway kasd sent; set before goAway is closed
+	// quicBack is closed when this TCP connection should move back to QUIC (transport.go);
+	// nil for QUIC connections. Set by connect before the slot sees c.
+	quicBack <-chan struct{}
 
 	hmu      sync.Mutex     // guards hclosed
 	hclosed  bool           // set by drain: streams that arrive later are refused
@@ -47,7 +52,7 @@ func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcom
 		qc:         qc,
 		control:    control,
 		welcome:    w,
-		log:        a.log.With().Str("agent_id", w.AgentID).Str("connection_id", w.ConnectionID).Str("kas_instance", w.InstanceID).Logger(),
+		log:        a.log.With().Str("agent_id", w.AgentID).Str("connection_id", w.ConnectionID).Str("kas_instance", w.InstanceID).Str("transport", transportOf(qc)).Logger(),
 		acceptDone: make(chan struct{}),
 		ctrlDone:   make(chan struct{}),
 		goAway:     make(chan struct{}),
@@ -108,7 +113,8 @@ func (c *agentConn) readControl() {
 		switch m := m.(type) {
 		case *api.GoAway:
 			c.a.m.goAways.Inc()
-			c.log.Info().Str("reason", m.Reason).Msg("kasd sent GoAway")
+			c.log.Info().Str("reason", m.Reason).Str("prefer", m.Prefer).Msg("kasd sent GoAway")
+			c.goAwayMsg = m
 			close(c.goAway)
 			return
 		default:
@@ -118,9 +124,17 @@ func (c *agentConn) readControl() {
 }
 
 // wait blocks until the connection should be replaced and says why: "reload" once reload is
-// closed (the services changed since c announced them; reload.go).
+// closed (the services changed since c announced them; reload.go), or once QUIC works again
+// while c is on TCP: both are a make-before-break re-dial (transport.go). With reload nil the
+// caller cannot re-dial, so neither is waited for.
 func (c *agentConn) wait(ctx context.Context, reload <-chan struct{}) string {
+	var back <-chan struct{}
+	if reload != nil {
+		back = c.quicBack
+	}
 	select {
+	case <-back:
+		return "reload"
 	case <-ctx.Done():
 		return "shutdown"
 	case <-c.goAway:
@@ -131,6 +145,10 @@ func (c *agentConn) wait(ctx context.Context, reload <-chan struct{}) string {
 		return "reload"
 	}
 }
+
+// drainCloseWait bounds how long a drained connection whose requests are done waits for kasd
+// to close it (kasd has then read every response) before closing it itself.
+const drainCloseWait = time.Second
 
 // drain stops accepting streams, lets in-flight requests (upgraded ones included) finish within
 // DrainTimeout, closes the connection and waits for the connection's goroutines.
@@ -148,6 +166,17 @@ func (c *agentConn) drain() {
 	}()
 	select {
 	case <-handlersDone:
+		// Every handler returned, but the end of a response may still sit in the send
+		// buffer, which closing now would discard. kasd closes the connection once it has
+		// read every response on it (it knows the connection is leaving); wait for that, a
+		// moment at most (an older kasd does not close).
+		t := time.NewTimer(drainCloseWait)
+		select {
+		case <-c.qc.Context().Done():
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
 	case <-ctx.Done():
 	}
 	c.stop()
@@ -188,13 +217,23 @@ func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
 	// One generation of services for the whole request: a reload never pulls its service away.
 	set := a.svcs.Load()
 	check := func(req *api.Request) *api.Error { return a.checkRequest(set, req) }
+	var span tracing.Span // zero (no cost) with tracing off
 	res := httpstream.Serve(ctx, sc, a.cfg.RequestHeaderTimeout, check, func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
 		stripCredentials(r.Header)
+		// A child of kasd's span; the service gets this span's traceparent.
+		span = a.cfg.Tracer.StartHeader("agentd.request", tracing.KindServer, r.Header)
 		in := countRequestBody(r)
 		set.lookup(f.Service).handler.ServeService(w, r, f)
 		bytesIn, bytesOut = in.count(), w.Written()
 	})
 	defer a.logAccess(res, bytesIn, bytesOut, start)
+	if span.Recording() {
+		o := tracing.Outcome{Agent: a.agentID(), Service: res.Head.Service, Route: "agent", RequestID: res.Head.RequestID, Status: res.Status}
+		if res.Refusal != nil {
+			o.Code = res.Refusal.Code.String()
+		}
+		span.End(o)
+	}
 	switch {
 	case res.Head == nil:
 		a.m.rejections.WithLabelValues(api.CodeProtocol.String()).Inc()

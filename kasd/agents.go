@@ -12,6 +12,7 @@ import (
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/quic"
 )
 
 // agentConn is one live, authenticated agent connection.
@@ -35,6 +36,33 @@ type agentConn struct {
 	lastChange time.Time  // when lastRecv last changed (or the connection started)
 
 	live liveness // silence thresholds and the sampler's state (liveness.go)
+
+	// streams counts the request streams kasd opened on the connection and has not finished
+	// reading; once the agent said it leaves (left), the last one to finish closes the
+	// connection: kasd has then read every byte the agent sent, which the agent, closing by
+	// itself, could not know (closing discards what is still in its send buffer).
+	streams atomic.Int64
+	left    atomic.Bool
+}
+
+// streamStarted counts a request stream about to be opened on c.
+func (c *agentConn) streamStarted() { c.streams.Add(1) }
+
+// streamDone ends what streamStarted counted; the last stream of a connection the agent left
+// closes it.
+func (c *agentConn) streamDone() {
+	if c.streams.Add(-1) == 0 && c.left.Load() {
+		_ = c.qc.CloseWithError(quic.ConnCodeNoError, "agent left; its requests are done")
+	}
+}
+
+// agentLeft records the agent's GoAway: kasd routes nothing new to c, and closes it once the
+// requests in flight on it are done (at once if none is).
+func (c *agentConn) agentLeft() {
+	c.left.Store(true)
+	if c.streams.Load() == 0 {
+		_ = c.qc.CloseWithError(quic.ConnCodeNoError, "agent left; no request in flight")
+	}
 }
 
 // silentAfter is how long an agent connection may receive nothing before requests prefer the
@@ -245,13 +273,19 @@ func (t *agentTable) waitChange() <-chan struct{} {
 
 // all returns every connection, for shutdown.
 func (t *agentTable) all() []*agentConn {
+	return t.appendConns(nil)
+}
+
+// appendConns appends every connection to dst and returns it: the silence sampler reuses one
+// slice instead of allocating one of every connection twice a second.
+func (t *agentTable) appendConns(dst []*agentConn) []*agentConn {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	var out []*agentConn
+	dst = slices.Grow(dst, t.total)
 	for _, e := range t.agents {
-		out = append(out, e.conns...)
+		dst = append(dst, e.conns...)
 	}
-	return out
+	return dst
 }
 
 // counts returns the number of agents and connections.
@@ -286,6 +320,8 @@ type ConnectionInfo struct {
 	ConnectedSince time.Time `json:"connected_since"`
 	Services       []string  `json:"services"`
 	Remote         string    `json:"remote_addr,omitempty"`
+	// Transport is "quic", or "tcp" for QUIC carried over TCP (docs/transport.md).
+	Transport string `json:"transport"`
 }
 
 func (t *agentTable) list(instance string) []AgentInfo {
@@ -298,6 +334,7 @@ func (t *agentTable) list(instance string) []AgentInfo {
 			info.Connections = append(info.Connections, ConnectionInfo{
 				ID: c.id, Instance: instance, Replica: c.replica, AgentVersion: c.version,
 				ConnectedSince: c.since, Services: c.services, Remote: c.qc.RemoteAddr().String(),
+				Transport: quic.TransportOf(c.qc.RemoteAddr()),
 			})
 		}
 		out = append(out, info)

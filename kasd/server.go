@@ -78,6 +78,14 @@ func New(cfg Config) (*Server, error) {
 		reg := cfg.Fleet.Registry
 		// Publishing never blocks: the registry reconciles etcd with this desired state.
 		s.table.onChange = reg.SetAgentConnections
+		moves, err := newRebalanceMetrics(cfg.Registerer)
+		if err != nil {
+			return nil, fmt.Errorf("kasd: %w", err)
+		}
+		if cfg.Fleet.RebalanceInterval > 0 {
+			rb := &rebalancer{moving: map[*agentConn]time.Time{}, stays: map[string]time.Time{}, moves: moves}
+			s.wg.Go(func() { s.rebalanceLoop(rb) }) // rebalance.go; ends with Close
+		}
 	}
 	return s, nil
 }
@@ -86,14 +94,16 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) InstanceID() string { return s.cfg.InstanceID }
 
 // ServeAgents accepts agent connections from ln until ctx ends or ln is closed. It returns nil
-// in those cases. Connections it accepted stay owned by the Server (see Close).
+// in those cases. Connections it accepted stay owned by the Server (see Close). It installs
+// the admission gate before the TLS handshake on ln (admission.go).
 func (s *Server) ServeAgents(ctx context.Context, ln *quic.Listener) error {
+	ln.SetHandshakeGate(s.agentHandshakeGate)
 	return s.acceptLoop(ctx, ln, "agent", s.serveAgentConn)
 }
 
 // acceptLoop accepts connections from ln until ctx ends or ln is closed (then it returns nil)
 // and serves each in a goroutine that the Server owns: Close closes the connection and waits.
-func (s *Server) acceptLoop(ctx context.Context, ln *quic.Listener, what string, serve func(*quicgo.Conn)) error {
+func (s *Server) acceptLoop(ctx context.Context, ln quicAcceptor, what string, serve func(*quicgo.Conn)) error {
 	for {
 		qc, err := ln.Accept(ctx)
 		if err != nil {
@@ -179,6 +189,11 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 	ctx, cancel := context.WithTimeout(qc.Context(), s.cfg.HandshakeTimeout)
 	defer cancel()
 	control, err := qc.AcceptStream(ctx)
+	if err != nil && closedBeforeHello(qc) {
+		// An agent probing whether QUIC gets through again (transport.go): not a refusal.
+		s.m.agentConnections.WithLabelValues("probe").Inc()
+		return
+	}
 	if err != nil {
 		s.m.limitRejections.WithLabelValues("handshake_timeout").Inc()
 		s.refuse(qc, nil, api.Errorf(api.CodeProtocol, "no control stream within %s", s.cfg.HandshakeTimeout), log)
@@ -260,8 +275,10 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		}
 		if _, ok := m.(*api.GoAway); ok {
 			// The agent leaves this connection: route no new request to it. Requests in
-			// flight finish; the agent closes the connection when they are done.
+			// flight finish; kasd closes the connection when they are done (agentLeft), having
+			// read every byte of their responses.
 			s.table.remove(c)
+			c.agentLeft()
 		}
 	}
 	_ = qc.CloseWithError(quic.ConnCodeNoError, "")
@@ -423,6 +440,7 @@ func (s *Server) sampleSilence() {
 	t := time.NewTicker(silenceSample)
 	defer t.Stop()
 	prev := time.Now()
+	var conns []*agentConn // reused: at 50,000 agents a fresh slice per tick was 800 KB of garbage
 	for {
 		select {
 		case <-s.quit:
@@ -430,9 +448,14 @@ func (s *Server) sampleSilence() {
 		case now := <-t.C:
 			// A tick far later than due means this process was paused (SIGSTOP, a VM
 			// freeze): start every silence anew rather than condemn live connections.
-			fresh := now.Sub(prev) > 3*time.Second
+			gap := now.Sub(prev)
+			fresh := gap > 3*time.Second
 			prev = now
-			for _, c := range s.table.all() {
+			if fresh && s.fleet != nil {
+				s.fleet.dropLinksAfterPause(gap) // fleet.go: the peers closed them meanwhile
+			}
+			conns = s.table.appendConns(conns[:0])
+			for _, c := range conns {
 				// Idle connections against a keep-alive period and a margin, busy ones against 3s
 				// (liveness.go).
 				switch verdict, quiet := c.judgeSilence(now, fresh); verdict {
@@ -445,6 +468,7 @@ func (s *Server) sampleSilence() {
 					c.probe()
 				}
 			}
+			clear(conns) // keep no closed connection reachable until the next tick
 		}
 	}
 }

@@ -44,12 +44,14 @@ type options struct {
 	accessLogSample     float64 // --access-log-sample
 	logLevel            string
 	logFormat           string
+	otelEndpoint        string // --otel-endpoint, see tracing.go
 	kubernetes          kubernetesOptions
 	gitlabProxyListen   string
 	gitlabProxyHTTP     httpserve.Limits     // --gitlab-proxy-read-header-timeout, ...
 	obsHTTP             httpserve.Limits     // --observability-read-header-timeout, ...
 	debug               httpserve.DebugFlags // --pprof, --pprof-listen
 	scale               scaleOptions         // --keep-alive-period, --idle-timeout, --udp-*-buffer, see scale.go
+	transport           transportOptions     // --transport, --quic-fallback-after, --proxy-url, ..., see transport.go
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -60,8 +62,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names (services: {NAME: URL} or service: ...); the command line and the environment win; services are reloaded when it changes and on SIGHUP")
 	fs.Var(&o.kasAddresses, "kas-address", "kasd agent address host:port (repeatable, comma-separated)")
+	o.transport.register(fs) // transport.go
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding this agent's token")
-	fs.StringVar(&o.caFile, "ca-file", "", "CA certificate(s) to verify kasd (default: system roots)")
+	fs.StringVar(&o.caFile, "ca-file", "", "CA certificate(s) to verify kasd (default: system roots); re-read on SIGHUP and when it changes, for new connections")
 	fs.StringVar(&o.serverName, "server-name", "", "TLS server name to verify (default: the host of --kas-address)")
 	fs.Var(&o.services, "service", "NAME=URL of a service this agent exposes (repeatable; reloaded on SIGHUP and when --config changes)")
 	// Config files say "services: {NAME: URL}"; the flag is singular. Same list.
@@ -76,6 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Float64Var(&o.accessLogSample, "access-log-sample", 1, "fraction (0..1) of successful requests the access log records, chosen by a hash of the request id as kasd does; errors and impersonated (Kubernetes audit) requests are always logged")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", otelEndpointUsage)
 	o.kubernetes.register(fs)
 	fs.StringVar(&o.gitlabProxyListen, "gitlab-proxy-listen", "127.0.0.1:8155", "TCP address where in-cluster components reach GitLab through kasd at /modules/{module}/{path}; empty disables")
 	o.gitlabProxyHTTP.RegisterFlags(fs, "gitlab-proxy", "GitLab proxy", httpserve.Limits{
@@ -159,6 +163,23 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	ca, err := loadCA(o, reg, &log) // reloaded on SIGHUP and file change, tls.go
+	if err != nil {
+		return err
+	}
+	quicConf := o.scale.quic()
+	if ca != nil {
+		quicConf.RootCAs = ca
+	}
+	transportConf, err := o.transport.config()
+	if err != nil {
+		return err
+	}
+	tracer, stopTracing, err := startTracing(o.otelEndpoint, o.replica, &log) // tracing.go
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	handlers, closeHandlers, err := o.kubernetes.handlers(reg, &log)
 	if err != nil {
 		return err
@@ -176,9 +197,11 @@ func run(ctx context.Context, args []string) error {
 		MaxIdleConnsPerService: o.maxIdlePerService,
 		DrainTimeout:           o.drainTimeout,
 		AccessLog:              agentd.AccessLogConfig{Off: !o.accessLog, Sample: o.accessLogSample, ErrorsOnly: o.accessLogSample == 0},
-		QUIC:                   o.scale.quic(),
+		QUIC:                   quicConf,
+		Transport:              transportConf,
 		Log:                    &log,
 		Registerer:             reg,
+		Tracer:                 tracer,
 	})
 	if err != nil {
 		return err
@@ -221,6 +244,7 @@ func run(ctx context.Context, args []string) error {
 		})
 	}
 	g.Go(func() error { return agentd.WatchConfig(gctx, o.config, hup, reloadServices, &log) })
+	watchCA(gctx, g, ca, &log)
 	if gitlabLn != nil {
 		// GitLab's modules endpoint, through kasd (agentd/gitlab.go).
 		srv, err := httpserve.New("gitlab-proxy", agent.GitLabHandler(), o.gitlabProxyHTTP, httpMetrics)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +29,7 @@ type options struct {
 	showVersion         bool // --version: print the build and exit
 	config              string
 	agentListen         string
+	agentListenTCP      string // transport.go
 	apiListen           string
 	observabilityListen string
 	dataDir             string
@@ -76,6 +75,7 @@ type options struct {
 	gitlab              gitlabOptions        // --gitlab-* flags, see gitlab.go
 	fleet               fleetOptions         // --peer-*, --etcd-*, --registry-* flags, see fleet.go
 	scale               scaleOptions         // --agent-keep-alive-period, --udp-*-buffer, see scale.go
+	otelEndpoint        string               // --otel-endpoint, see tracing.go
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -85,7 +85,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	cliconfig.SetUsage(fs, envPrefix)
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names; the command line and the environment win")
-	fs.StringVar(&o.agentListen, "agent-listen", ":8150", "UDP address for agent QUIC connections")
+	fs.StringVar(&o.agentListen, "agent-listen", ":8150", "UDP address for agent QUIC connections; agents whose UDP is blocked connect over TCP on the same port number (see --agent-listen-tcp)")
+	fs.StringVar(&o.agentListenTCP, "agent-listen-tcp", "", "TCP address for agents whose UDP is blocked (QUIC carried over TLS/TCP, docs/transport.md); default: the host and port number of --agent-listen; \"off\" disables")
 	fs.StringVar(&o.apiListen, "api-listen", ":8151", "TCP address for the client HTTP API")
 	fs.StringVar(&o.observabilityListen, "observability-listen", ":8153", "TCP address for /metrics, /healthz and /readyz")
 	fs.StringVar(&o.dataDir, "data-dir", "./kasd-data", "directory for generated state: development CA and certificate, stateless reset key")
@@ -102,16 +103,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.apiJWKSRefresh, "api-jwks-refresh", auth.DefaultJWKSRefresh, "re-read the JWKS this often (an unknown kid also re-reads it, at most every 30s); a failed read keeps the last good set")
 	fs.BoolVar(&o.apiAllowWildcard, "api-allow-wildcard", false, `accept client JWTs whose agents claim is ["*"] (every agent); without it a token must list its agents`)
 	fs.BoolVar(&o.allowSharedSecret, "allow-shared-secret", false, "start even when --api-jwt-secret-file and --gitlab-auth-secret-file hold the same secret (one leaked file would then open both directions of trust)")
-	fs.StringVar(&o.apiTLSCertFile, "api-tls-cert-file", "", "serve the client API over HTTPS with this certificate (kubectl sends tokens only over TLS)")
+	fs.StringVar(&o.apiTLSCertFile, "api-tls-cert-file", "", "serve the client API over HTTPS with this certificate (kubectl sends tokens only over TLS); re-read on SIGHUP and when it changes")
 	fs.StringVar(&o.apiTLSKeyFile, "api-tls-key-file", "", "key for --api-tls-cert-file")
 	fs.BoolVar(&o.apiTLSAgentCert, "api-tls-agent-cert", false, "serve the client API over HTTPS with the certificate agents see (--tls-cert-file, or the development certificate in --data-dir)")
-	fs.StringVar(&o.tlsCertFile, "tls-cert-file", "", "TLS certificate for agents (default: a development certificate in --data-dir)")
+	fs.StringVar(&o.tlsCertFile, "tls-cert-file", "", "TLS certificate for agents and peers (default: a development certificate in --data-dir); re-read on SIGHUP and when it changes, a bad file keeps the one in use")
 	fs.StringVar(&o.tlsKeyFile, "tls-key-file", "", "TLS key for --tls-cert-file")
 	fs.Var(&o.tlsHosts, "tls-hosts", "extra host names or IPs for the development certificate (repeatable, comma-separated)")
 	fs.DurationVar(&o.routeTimeout, "route-timeout", 5*time.Second, "how long a request waits for its agent to connect before 503")
 	fs.DurationVar(&o.responseHdrTimeout, "response-header-timeout", 60*time.Second, "how long to wait for a response header from the agent before 504")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "how long an agent may take to send Hello")
-	fs.IntVar(&o.maxPendingHandshake, "max-pending-handshakes", 1000, "maximum agent connections not yet authenticated; more are refused at once (overloaded)")
+	fs.IntVar(&o.maxPendingHandshake, "max-pending-handshakes", 1000, "maximum agent connections not yet authenticated, and separately of TLS handshakes in progress; the excess is refused at once: before TLS with CONNECTION_REFUSED, after it with overloaded and a retry-after hint")
 	fs.IntVar(&o.maxAgentConns, "max-agent-connections", 100000, "maximum agent connections to this kasd")
 	fs.IntVar(&o.maxConnsPerAgent, "max-connections-per-agent", 64, "maximum connections (replicas) per agent id")
 	fs.IntVar(&o.maxInflightPerAgent, "max-inflight-per-agent", 10000, "maximum concurrent proxied requests per agent")
@@ -125,6 +126,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Var(&o.webApps, "web-app", "agent/service (or agent/*) served as a web app: without the origin policy's Content-Security-Policy: sandbox, and keeping its cookies (Path rewritten under its prefix). Its scripts then run as kasd's origin: list only services you trust as much as kasd (repeatable, comma-separated)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", otelEndpointUsage)
 	o.apiHTTP.RegisterFlags(fs, "api", "client API", httpserve.Limits{
 		ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20, MaxConnections: 10000,
 	})
@@ -179,10 +181,6 @@ func run(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
-	cert, caFile, err := serverCertificate(o)
-	if err != nil {
-		return err
-	}
 	resetKey, err := quic.LoadOrCreateStatelessResetKey(filepath.Join(o.dataDir, "stateless-reset.key"))
 	if err != nil {
 		return err
@@ -191,6 +189,10 @@ func run(ctx context.Context, args []string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := buildinfo.Register(reg, "kasd", buildinfo.Get(version, revision)); err != nil {
+		return err
+	}
+	certs, err := loadCerts(o, reg, &log) // reloaded on SIGHUP and file change, tls.go
+	if err != nil {
 		return err
 	}
 	var jwks *auth.JWKS // client JWTs signed by an OIDC provider's keys
@@ -219,7 +221,7 @@ func run(ctx context.Context, args []string) error {
 		defer gitlabClient.Close()
 	}
 	// Listeners first: the fleet registry publishes the addresses actually bound.
-	agentLn, err := quic.Listen(o.agentListen, quic.ServerTLSConfig(cert, api.ALPNAgent), o.scale.quic(quic.Config{
+	agentLn, err := quic.Listen(o.agentListen, certs.serverTLS(api.ALPNAgent), o.scale.quic(quic.Config{
 		StatelessResetKey:          resetKey,
 		MaxIncomingStreams:         o.maxIncomingStreams,
 		MaxConnectionReceiveWindow: o.budget.connectionWindow,
@@ -246,6 +248,21 @@ func run(ctx context.Context, args []string) error {
 		}
 		defer debugLn.Close()
 	}
+	// After the other TCP listeners: their explicit ports win over the TCP agent listener's
+	// default (the port number of --agent-listen), which only warns when it is taken.
+	agentTCPLn, err := listenAgentTCP(o, agentLn.Addr(), certs.serverTLS(api.ALPNAgent), o.scale.quic(quic.Config{
+		StatelessResetKey:          resetKey,
+		MaxIncomingStreams:         o.maxIncomingStreams,
+		MaxConnectionReceiveWindow: o.budget.connectionWindow,
+		MaxStreamReceiveWindow:     o.budget.streamWindow,
+	}), &log)
+	if err != nil {
+		return fmt.Errorf("--agent-listen-tcp: %w", err)
+	}
+	if agentTCPLn != nil {
+		defer agentTCPLn.Close()
+		reg.MustRegister(agentTCPLn.Collector("kasd_agent"))
+	}
 
 	instanceID := o.instanceID
 	if instanceID == "" {
@@ -253,10 +270,15 @@ func run(ctx context.Context, args []string) error {
 	}
 	var fleet *fleetParts
 	if o.fleet.enabled {
-		if fleet, err = startFleet(o, &o.fleet, instanceID, cert, apiLn.Addr().String(), log, reg); err != nil {
+		if fleet, err = startFleet(o, &o.fleet, instanceID, certs, apiLn.Addr().String(), log, reg); err != nil {
 			return err
 		}
 	}
+	tracer, stopTracing, err := startTracing(o.otelEndpoint, instanceID, &log) // tracing.go
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	var fleetCfg *kasd.FleetConfig
 	if fleet != nil {
 		fleetCfg = fleet.cfg
@@ -283,6 +305,7 @@ func run(ctx context.Context, args []string) error {
 		WebApps:                o.webApps,
 		Log:                    &log,
 		Registerer:             reg,
+		Tracer:                 tracer,
 	})
 	if err != nil {
 		if fleet != nil {
@@ -302,9 +325,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("--api-*: %w", err)
 	}
-	if apiSrv.TLSConfig, err = apiTLS(o, cert); err != nil {
-		return err
-	}
+	apiSrv.TLSConfig = certs.apiTLS(o)
 	obsSrv, err := httpserve.New("observability", srv.ObservabilityHandler(reg), o.obsHTTP, httpMetrics)
 	if err != nil {
 		return fmt.Errorf("--observability-*: %w", err)
@@ -315,7 +336,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	log.Info().Str("instance", srv.InstanceID()).Str("agent_listen", agentLn.Addr().String()).
 		Str("api_listen", apiLn.Addr().String()).Str("observability_listen", obsLn.Addr().String()).
-		Str("ca_file", caFile).Str("version", version).Msg("kasd started")
+		Str("ca_file", certs.caFile).Str("version", version).Msg("kasd started")
 
 	sockets := map[string]quic.Socket{"agent": agentLn}
 	if fleet != nil {
@@ -327,10 +348,15 @@ func run(ctx context.Context, args []string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	watchTokens(gctx, g, agentAuthenticator, log, reg) // SIGHUP and file changes, scale.go
+	certs.watch(gctx, g, &log)                         // SIGHUP and file changes, tls.go
 	if jwks != nil {
 		g.Go(func() error { return jwks.Run(gctx) })
 	}
 	g.Go(func() error { return srv.ServeAgents(gctx, agentLn) })
+	if agentTCPLn != nil {
+		log.Info().Str("agent_listen_tcp", agentTCPLn.Addr().String()).Msg("accepting agents over TCP too")
+		g.Go(func() error { return srv.ServeAgentsTCP(gctx, agentTCPLn) })
+	}
 	if fleet != nil {
 		g.Go(func() error { return srv.ServePeers(gctx, fleet.peerLn) })
 	}
@@ -361,6 +387,9 @@ func run(ctx context.Context, args []string) error {
 		err := srv.Shutdown(sctx)
 		<-apiDone
 		_ = agentLn.Close()
+		if agentTCPLn != nil {
+			_ = agentTCPLn.Close()
+		}
 		if fleet != nil {
 			// Delete this instance's keys and revoke its lease, so peers stop routing here now
 			// rather than when the lease expires.
@@ -405,46 +434,4 @@ func checkSecretsDiffer(o *options, apiKey []byte) error {
 			"give the client API its own (kasctl secret -o FILE), or pass --allow-shared-secret to accept the risk")
 	}
 	return nil
-}
-
-// apiTLS returns the client API's TLS configuration: nil (plain HTTP) unless a certificate was
-// given, or --api-tls-agent-cert asks for the agents' certificate.
-func apiTLS(o *options, agentCert tls.Certificate) (*tls.Config, error) {
-	var cert tls.Certificate
-	switch {
-	case o.apiTLSCertFile != "" || o.apiTLSKeyFile != "":
-		if o.apiTLSCertFile == "" || o.apiTLSKeyFile == "" || o.apiTLSAgentCert {
-			return nil, errors.New("--api-tls-cert-file and --api-tls-key-file go together, without --api-tls-agent-cert")
-		}
-		var err error
-		if cert, err = quic.LoadKeyPair(o.apiTLSCertFile, o.apiTLSKeyFile); err != nil {
-			return nil, fmt.Errorf("--api-tls-cert-file: %w", err)
-		}
-	case o.apiTLSAgentCert:
-		cert = agentCert
-	default:
-		return nil, nil
-	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
-		NextProtos:   []string{"h2", "http/1.1"},
-	}, nil
-}
-
-// serverCertificate loads --tls-cert-file/--tls-key-file, or creates (once) a development CA and
-// certificate in --data-dir whose CA agents trust with --ca-file.
-func serverCertificate(o *options) (cert tls.Certificate, caFile string, err error) {
-	if o.tlsCertFile != "" || o.tlsKeyFile != "" {
-		if o.tlsCertFile == "" || o.tlsKeyFile == "" {
-			return cert, "", errors.New("--tls-cert-file and --tls-key-file go together")
-		}
-		cert, err = quic.LoadKeyPair(o.tlsCertFile, o.tlsKeyFile)
-		return cert, "", err
-	}
-	hosts := append([]string(nil), o.tlsHosts...)
-	if h, _, err := net.SplitHostPort(o.agentListen); err == nil && h != "" && !strings.Contains(h, "*") {
-		hosts = append(hosts, h)
-	}
-	return quic.DevCertificate(o.dataDir, hosts)
 }
