@@ -52,7 +52,7 @@ func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api
 	// Built here and copied once by WithContext: not allocated twice.
 	req := http.Request{
 		Method:        r.Method,
-		URL:           s.target(r.URL),
+		URL:           TargetURL(s.base, r.URL),
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
@@ -114,16 +114,17 @@ func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api
 // place (net/http reads them only), so one slice serves every request.
 var noUserAgent = []string{""}
 
-// target is the service URL for a request path: the base URL's path joined with it, as
-// httputil.ProxyRequest.SetURL does.
-func (s *urlService) target(in *url.URL) *url.URL {
-	u := *s.base
-	u.Path, u.RawPath = joinURLPath(s.base, in)
+// TargetURL is the URL a request for path in reaches behind base: base's path joined with
+// in's, escaping kept, and the queries joined, as httputil.ProxyRequest.SetURL does. URL
+// services and the kubernetes service (agentd/kubernetes) both use it.
+func TargetURL(base, in *url.URL) *url.URL {
+	u := *base
+	u.Path, u.RawPath = joinURLPath(base, in)
 	switch {
-	case s.base.RawQuery == "" || in.RawQuery == "":
-		u.RawQuery = s.base.RawQuery + in.RawQuery
+	case base.RawQuery == "" || in.RawQuery == "":
+		u.RawQuery = base.RawQuery + in.RawQuery
 	default:
-		u.RawQuery = s.base.RawQuery + "&" + in.RawQuery
+		u.RawQuery = base.RawQuery + "&" + in.RawQuery
 	}
 	return &u
 }

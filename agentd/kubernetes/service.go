@@ -234,7 +234,7 @@ func (s *Service) forward(w http.ResponseWriter, r *http.Request, req *api.Reque
 	// Built here and copied once by WithContext: not allocated twice.
 	o := http.Request{
 		Method:        r.Method,
-		URL:           s.target(r.URL),
+		URL:           agentd.TargetURL(s.base, r.URL),
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
@@ -296,47 +296,6 @@ func (s *Service) forward(w http.ResponseWriter, r *http.Request, req *api.Reque
 // hopHeaders are the hop-by-hop response headers (RFC 9110 7.6.1) that an HTTP/1.1 API server
 // may send and that end at the agent, as httputil.ReverseProxy removes them.
 var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-// target is the API server's URL for a request path: the base URL's path joined with it and
-// the queries joined, as httputil.ProxyRequest.SetURL does.
-func (s *Service) target(in *url.URL) *url.URL {
-	u := *s.base
-	u.Path, u.RawPath = joinURLPath(s.base, in)
-	switch {
-	case s.base.RawQuery == "" || in.RawQuery == "":
-		u.RawQuery = s.base.RawQuery + in.RawQuery
-	default:
-		u.RawQuery = s.base.RawQuery + "&" + in.RawQuery
-	}
-	return &u
-}
-
-// joinURLPath is httputil's: a and b joined with exactly one slash, escaping kept.
-func joinURLPath(a, b *url.URL) (path, rawpath string) {
-	if a.RawPath == "" && b.RawPath == "" {
-		return singleJoiningSlash(a.Path, b.Path), ""
-	}
-	apath, bpath := a.EscapedPath(), b.EscapedPath()
-	aslash, bslash := strings.HasSuffix(apath, "/"), strings.HasPrefix(bpath, "/")
-	switch {
-	case aslash && bslash:
-		return a.Path + b.Path[1:], apath + bpath[1:]
-	case !aslash && !bslash:
-		return a.Path + "/" + b.Path, apath + "/" + bpath
-	}
-	return a.Path + b.Path, apath + bpath
-}
-
-func singleJoiningSlash(a, b string) string {
-	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
-	switch {
-	case aslash && bslash:
-		return a + b[1:]
-	case !aslash && !bslash:
-		return a + "/" + b
-	}
-	return a + b
-}
 
 func denialReason(d denial) string {
 	switch d {

@@ -87,7 +87,7 @@ func TestStartHead(t *testing.T) {
 	}
 	attrs := map[string]string{}
 	for _, a := range s.Attributes {
-		attrs[string(a.Key)] = a.Value.Emit()
+		attrs[string(a.Key)] = a.Value.String()
 	}
 	for k, v := range map[string]string{"qkas.agent": "a", "qkas.service": "web", "qkas.route": "local", "http.response.status_code": "502", "qkas.error_code": "agent_failed"} {
 		if attrs[k] != v {

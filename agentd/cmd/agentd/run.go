@@ -24,6 +24,7 @@ import (
 	"github.com/qkas/qkas/internal/buildinfo"
 	"github.com/qkas/qkas/internal/cliconfig"
 	"github.com/qkas/qkas/internal/httpserve"
+	"github.com/qkas/qkas/internal/tracing"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -79,7 +80,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Float64Var(&o.accessLogSample, "access-log-sample", 1, "fraction (0..1) of successful requests the access log records, chosen by a hash of the request id as kasd does; errors and impersonated (Kubernetes audit) requests are always logged")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
-	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", otelEndpointUsage)
+	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", tracing.EndpointUsage)
 	o.kubernetes.register(fs)
 	fs.StringVar(&o.gitlabProxyListen, "gitlab-proxy-listen", "127.0.0.1:8155", "TCP address where in-cluster components reach GitLab through kasd at /modules/{module}/{path}; empty disables")
 	o.gitlabProxyHTTP.RegisterFlags(fs, "gitlab-proxy", "GitLab proxy", httpserve.Limits{
@@ -175,7 +176,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	tracer, stopTracing, err := startTracing(o.otelEndpoint, o.replica, &log) // tracing.go
+	tracer, stopTracing, err := tracing.Start(o.otelEndpoint, tracing.Config{ServiceName: "agentd", InstanceID: o.replica, Version: version}, &log)
 	if err != nil {
 		return err
 	}

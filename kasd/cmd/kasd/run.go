@@ -20,6 +20,7 @@ import (
 	"github.com/qkas/qkas/internal/buildinfo"
 	"github.com/qkas/qkas/internal/cliconfig"
 	"github.com/qkas/qkas/internal/httpserve"
+	"github.com/qkas/qkas/internal/tracing"
 	"github.com/qkas/qkas/kasd"
 	"github.com/qkas/qkas/kasd/webui"
 	"github.com/qkas/qkas/quic"
@@ -126,7 +127,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Var(&o.webApps, "web-app", "agent/service (or agent/*) served as a web app: without the origin policy's Content-Security-Policy: sandbox, and keeping its cookies (Path rewritten under its prefix). Its scripts then run as kasd's origin: list only services you trust as much as kasd (repeatable, comma-separated)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
-	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", otelEndpointUsage)
+	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", tracing.EndpointUsage)
 	o.apiHTTP.RegisterFlags(fs, "api", "client API", httpserve.Limits{
 		ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20, MaxConnections: 10000,
 	})
@@ -274,7 +275,7 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	tracer, stopTracing, err := startTracing(o.otelEndpoint, instanceID, &log) // tracing.go
+	tracer, stopTracing, err := tracing.Start(o.otelEndpoint, tracing.Config{ServiceName: "kasd", InstanceID: instanceID, Version: version}, &log)
 	if err != nil {
 		return err
 	}
