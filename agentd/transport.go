@@ -62,6 +62,10 @@ type TransportConfig struct {
 	// TCPPort, if not 0, is the TCP port to dial instead of the kasd address's port. Default 0
 	// (kasd listens for TCP on the same port number as for QUIC).
 	TCPPort int
+	// DialUDPProbe opens the connected UDP socket through which, in auto mode, the network's
+	// refusal of UDP to kasd is noticed (watchUDPUnreachable). Default net.DialUDP; tests that
+	// keep the agent's sockets in another network namespace open it there.
+	DialUDPProbe func(raddr *net.UDPAddr) (*net.UDPConn, error)
 }
 
 // DefaultFallbackAfter and DefaultProbeInterval are TransportConfig's defaults.
@@ -220,13 +224,28 @@ func (a *Agent) dialKasd(ctx context.Context, dialer *quic.Dialer, t target) (*q
 	return qc, nil
 }
 
-// dialQUIC dials QUIC, giving up after FallbackAfter.
+// dialQUIC dials QUIC, giving up after FallbackAfter, or at once in auto mode when the network
+// answers that UDP to kasd is unreachable (watchUDPUnreachable).
 func (tr *transports) dialQUIC(ctx context.Context, dialer *quic.Dialer, t target) (*quicgo.Conn, error) {
-	qctx, cancel := context.WithTimeoutCause(ctx, tr.cfg.FallbackAfter, errQUICFallback)
+	uctx, refused := context.WithCancelCause(ctx)
+	defer refused(nil)
+	qctx, cancel := context.WithTimeoutCause(uctx, tr.cfg.FallbackAfter, errQUICFallback)
 	defer cancel()
+	if tr.cfg.Mode == TransportAuto {
+		done := make(chan struct{})
+		go func() { // owned: waited for below, ends with qctx
+			defer close(done)
+			if err := watchUDPUnreachable(qctx, tr.cfg.DialUDPProbe, t.addr); err != nil {
+				refused(err)
+			}
+		}()
+		defer func() { cancel(); <-done }()
+	}
 	qc, err := dialer.DialUDP(qctx, t.addr, t.serverName)
-	if err != nil && errors.Is(context.Cause(qctx), errQUICFallback) && ctx.Err() == nil {
-		err = fmt.Errorf("%w: %w", errQUICFallback, err)
+	if err != nil && ctx.Err() == nil {
+		if cause := context.Cause(qctx); errors.Is(cause, errQUICFallback) || errors.Is(cause, errUDPUnreachable) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
 	}
 	return qc, err
 }
@@ -234,9 +253,56 @@ func (tr *transports) dialQUIC(ctx context.Context, dialer *quic.Dialer, t targe
 // errQUICFallback marks a QUIC dial cut short by FallbackAfter.
 var errQUICFallback = errors.New("no QUIC handshake within the fallback time")
 
+// errUDPUnreachable marks a QUIC dial cut short because the network refused UDP to kasd.
+var errUDPUnreachable = errors.New("the network refused UDP to kasd")
+
+// udpProbeEvery is how often watchUDPUnreachable sends its one-byte datagram.
+const udpProbeEvery = 250 * time.Millisecond
+
+// watchUDPUnreachable tells, while ctx lasts, whether the network refuses UDP to addr. quic-go's
+// socket is unconnected, and Linux reports ICMP errors (port or host unreachable, a firewall's
+// reject) only to connected sockets, so a connected socket sends a one-byte datagram to addr
+// every udpProbeEvery (kasd's QUIC stack drops datagrams that short unanswered) and reads: a
+// refusal comes back as ECONNREFUSED, EHOSTUNREACH or ENETUNREACH, a local firewall's as EPERM.
+// It returns that error wrapped in errUDPUnreachable, or nil when ctx ends first.
+func watchUDPUnreachable(ctx context.Context, dial func(*net.UDPAddr) (*net.UDPConn, error), addr *net.UDPAddr) error {
+	if dial == nil {
+		dial = func(raddr *net.UDPAddr) (*net.UDPConn, error) { return net.DialUDP("udp", nil, raddr) }
+	}
+	c, err := dial(addr)
+	if err != nil {
+		if udpRefused(err) {
+			return fmt.Errorf("%w: %w", errUDPUnreachable, err)
+		}
+		return nil
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var b [1]byte
+	for ctx.Err() == nil {
+		if _, err := c.Write(b[:]); udpRefused(err) {
+			return fmt.Errorf("%w: %w", errUDPUnreachable, err)
+		}
+		c.SetReadDeadline(time.Now().Add(udpProbeEvery))
+		if ctx.Err() != nil {
+			return nil // the deadline above may have replaced the one AfterFunc set
+		}
+		if _, err := c.Read(b[:]); udpRefused(err) {
+			return fmt.Errorf("%w: %w", errUDPUnreachable, err)
+		}
+	}
+	return nil
+}
+
+// udpRefused reports whether err is the network refusing a UDP datagram.
+func udpRefused(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EPERM)
+}
+
 // fallbackReason says whether a failed QUIC dial should fall back to TCP, and why.
 func fallbackReason(err error) (string, bool) {
-	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EPERM) {
+	if errors.Is(err, errUDPUnreachable) || udpRefused(err) {
 		return "udp_unreachable", true
 	}
 	_, hsTimeout := errors.AsType[*quicgo.HandshakeTimeoutError](err)

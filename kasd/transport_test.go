@@ -236,6 +236,33 @@ func TestAgentOverTCP(t *testing.T) {
 
 // inNetns runs f on a thread switched into the network namespace at path and switches back.
 // Sockets made in f belong to the namespace for their whole life.
+// dialUDPInNetns opens a connected UDP socket in the network namespace at path, from a thread
+// of its own (retired afterwards: it stays in the namespace).
+func dialUDPInNetns(path string, raddr *net.UDPAddr) (*net.UDPConn, error) {
+	type result struct {
+		c   *net.UDPConn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread leaves with the goroutine
+		ns, err := os.Open(path)
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		c, err := net.DialUDP("udp", nil, raddr)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
 func inNetns(t *testing.T, path string, f func()) {
 	t.Helper()
 	runtime.LockOSThread()
@@ -283,6 +310,7 @@ func (e *env) startAgentInNetns(nsPath, id string, services map[string]string, m
 		DrainTimeout: 2 * time.Second,
 	}
 	mod(&cfg)
+	cfg.Transport.DialUDPProbe = func(raddr *net.UDPAddr) (*net.UDPConn, error) { return dialUDPInNetns(nsPath, raddr) }
 	a, err := agentd.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -528,4 +556,57 @@ func TestAgentFallbackAndReturn(t *testing.T) {
 		t.Errorf("kasd_limit_rejections_total{reason=handshake_timeout} = %v: probes were counted as refused handshakes", n)
 	}
 	waitConnected(t, quicOnly, 1) // and the quic-only agent connects once UDP passes
+}
+
+// When the network refuses UDP (here nftables rejects the packets to kasd's QUIC port with ICMP
+// port unreachable), an auto agent does not wait out the fallback time: it is on TCP at once,
+// counted as udp_unreachable, and serves requests.
+func TestAgentFallbackOnUDPReject(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	for _, tool := range []string{"ip", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s", tool)
+		}
+	}
+	name := fmt.Sprintf("qkas-reject-%d", os.Getpid())
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("ip", "netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	run("ip", "-n", name, "link", "set", "lo", "up")
+	nsPath := "/run/netns/" + name
+
+	e := newEnv(t)
+	e.ln.Close()
+	e.server().Close()
+	e.serveWG.Wait()
+	inNetns(t, nsPath, func() { e.startKasd("127.0.0.1:0") })
+	tcpLn := e.startTCP("127.0.0.1:0")
+	udpPort := e.ln.Addr().(*net.UDPAddr).Port
+	run("ip", "netns", "exec", name, "nft", fmt.Sprintf(
+		"add table inet qkas; add chain inet qkas in { type filter hook input priority 0; }; add rule inet qkas in udp dport %d reject", udpPort))
+
+	const fallbackAfter = time.Minute // never reached: the refusal decides
+	reg := prometheus.NewRegistry()
+	began := time.Now()
+	a := e.startAgentInNetns(nsPath, "alpha", transportServices(t), func(c *agentd.Config) {
+		c.Registerer = reg
+		c.Transport = agentd.TransportConfig{Mode: agentd.TransportAuto, FallbackAfter: fallbackAfter, ProbeInterval: time.Hour, TCPPort: tcpPort(tcpLn)}
+	})
+	waitConnected(t, a, 1)
+	took := time.Since(began)
+	t.Logf("UDP refused: connected over %s %v after start (fallback time %v)", a.Transport(), took, fallbackAfter)
+	if a.Transport() != "tcp" || took > 20*time.Second {
+		t.Errorf("agent on %s after %v, want tcp well before the fallback time %v", a.Transport(), took, fallbackAfter)
+	}
+	if n := counter(t, reg, "agentd_transport_fallbacks_total", map[string]string{"reason": "udp_unreachable"}); n < 1 {
+		t.Errorf("agentd_transport_fallbacks_total{reason=udp_unreachable} = %v", n)
+	}
+	checkRequests(t, e, "alpha")
 }
