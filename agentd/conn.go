@@ -222,8 +222,13 @@ func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
 		stripCredentials(r.Header)
 		// A child of kasd's span; the service gets this span's traceparent.
 		span = a.cfg.Tracer.StartHeader("agentd.request", tracing.KindServer, r.Header)
+		// The call to the service, child of the request's span and the service's parent.
+		upstream := a.cfg.Tracer.StartHeader("agentd.upstream", tracing.KindClient, r.Header)
 		in := countRequestBody(r)
 		set.lookup(f.Service).handler.ServeService(w, r, f)
+		if upstream.Recording() {
+			upstream.End(tracing.Outcome{Agent: a.agentID(), Service: f.Service, Route: "upstream", RequestID: f.RequestID, Status: w.Status()})
+		}
 		bytesIn, bytesOut = in.count(), w.Written()
 	})
 	defer a.logAccess(res, bytesIn, bytesOut, start)

@@ -86,8 +86,17 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	}
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
+	// The route's own span (holders tried, peer hop) is the parent of the next hop's.
+	routeSpan := s.cfg.Tracer.StartHead("kasd.route", tracing.KindClient, &f.Header)
 	res, err := s.route(ctx, tgt, f, body)
 	dl.headDone()
+	if routeSpan.Recording() {
+		o := tracing.Outcome{Agent: agentID, Service: service, Route: res.route, RequestID: tgt.requestID}
+		if err != nil {
+			o.Code = api.CodeOf(err).String()
+		}
+		routeSpan.End(o)
+	}
 	var status int
 	var abort bool
 	if err != nil {

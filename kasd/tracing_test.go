@@ -77,9 +77,10 @@ func spanAttr(sp *tracepb.Span, key string) (string, int64) {
 
 // TestTracingAcrossHops: a client's W3C traceparent reaches kas-1, which forwards to kas-0, which
 // holds the agent; the service gets a traceparent too. An OTLP/HTTP collector receives one span
-// from each hop (kas-1, kas-0, agentd), all in the client's trace, each the child of the one
+// from each hop and step (kas-1's kasd.proxy and kasd.route, kas-0's kasd.forward, agentd's
+// agentd.request and agentd.upstream), all in the client's trace, each the child of the one
 // before, with the request's agent, service, route and status; the service's parent is agentd's
-// span.
+// upstream span.
 func TestTracingAcrossHops(t *testing.T) {
 	col := newOTLPCollector(t)
 	newTracer := func(svc, id string) *tracing.Tracer {
@@ -147,11 +148,12 @@ func TestTracingAcrossHops(t *testing.T) {
 	col.mu.Lock()
 	defer col.mu.Unlock()
 	entry, fwd, agent := col.spans["kasd.proxy"], col.spans["kasd.forward"], col.spans["agentd.request"]
-	if entry == nil || fwd == nil || agent == nil {
+	route, upstream := col.spans["kasd.route"], col.spans["agentd.upstream"]
+	if entry == nil || fwd == nil || agent == nil || route == nil || upstream == nil {
 		t.Fatalf("spans received: %v", col.spans)
 	}
 	id := func(b []byte) string { return hex.EncodeToString(b) }
-	for name, sp := range map[string]*tracepb.Span{"kasd.proxy": entry, "kasd.forward": fwd, "agentd.request": agent} {
+	for name, sp := range map[string]*tracepb.Span{"kasd.proxy": entry, "kasd.route": route, "kasd.forward": fwd, "agentd.request": agent, "agentd.upstream": upstream} {
 		if got := id(sp.GetTraceId()); got != clientTrace {
 			t.Errorf("%s: trace %s, want the client's %s", name, got, clientTrace)
 		}
@@ -161,8 +163,12 @@ func TestTracingAcrossHops(t *testing.T) {
 		if s, _ := spanAttr(sp, "qkas.service"); s != "web" {
 			t.Errorf("%s: service %q", name, s)
 		}
-		if sp.GetKind() != tracepb.Span_SPAN_KIND_SERVER {
-			t.Errorf("%s: kind %v", name, sp.GetKind())
+		wantKind := tracepb.Span_SPAN_KIND_SERVER
+		if name == "kasd.route" || name == "agentd.upstream" {
+			wantKind = tracepb.Span_SPAN_KIND_CLIENT
+		}
+		if sp.GetKind() != wantKind {
+			t.Errorf("%s: kind %v, want %v", name, sp.GetKind(), wantKind)
 		}
 	}
 	for _, link := range []struct {
@@ -171,8 +177,10 @@ func TestTracingAcrossHops(t *testing.T) {
 		want          string
 	}{
 		{entry, nil, "kasd.proxy", clientSpan},
-		{fwd, entry, "kasd.forward", id(entry.GetSpanId())},
+		{route, entry, "kasd.route", id(entry.GetSpanId())},
+		{fwd, route, "kasd.forward", id(route.GetSpanId())},
 		{agent, fwd, "agentd.request", id(fwd.GetSpanId())},
+		{upstream, agent, "agentd.upstream", id(agent.GetSpanId())},
 	} {
 		if got := id(link.child.GetParentSpanId()); got != link.want {
 			t.Errorf("%s: parent %s, want %s", link.name, got, link.want)
@@ -190,7 +198,10 @@ func TestTracingAcrossHops(t *testing.T) {
 	if _, status := spanAttr(agent, "http.response.status_code"); status != 200 {
 		t.Errorf("agentd status %d", status)
 	}
-	if want := "00-" + clientTrace + "-" + id(agent.GetSpanId()) + "-01"; svcTraceparent != want {
-		t.Errorf("service got traceparent %q, want %q (agentd's span)", svcTraceparent, want)
+	if _, status := spanAttr(upstream, "http.response.status_code"); status != 200 {
+		t.Errorf("agentd upstream status %d", status)
+	}
+	if want := "00-" + clientTrace + "-" + id(upstream.GetSpanId()) + "-01"; svcTraceparent != want {
+		t.Errorf("service got traceparent %q, want %q (agentd's upstream span)", svcTraceparent, want)
 	}
 }
