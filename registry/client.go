@@ -1,10 +1,12 @@
 package registry
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 )
 
 // DefaultDialTimeout is ClientConfig.DialTimeout's default.
@@ -26,6 +29,11 @@ type ClientConfig struct {
 	// CertFile and KeyFile are a client certificate; both or neither. Setting any of the three
 	// turns TLS on.
 	CAFile, CertFile, KeyFile string
+	// ClientCert and RootCAs, if set, are asked at every TLS handshake instead of reading
+	// CertFile/KeyFile and CAFile once: kasd passes certificates it reloads without a restart
+	// (internal/certreload). Either turns TLS on.
+	ClientCert func() *tls.Certificate
+	RootCAs    func() *x509.CertPool
 	// Username and Password authenticate to etcd when Username is set.
 	Username, Password string
 	// DialTimeout bounds connection attempts. Default 5s.
@@ -57,27 +65,14 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
 		return nil, errors.New("registry: etcd client certificate and key must be given together")
 	}
-	var tlsCfg *tls.Config
-	if cfg.CAFile != "" || cfg.CertFile != "" {
-		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
-		if cfg.CAFile != "" {
-			pem, err := os.ReadFile(cfg.CAFile)
-			if err != nil {
-				return nil, fmt.Errorf("registry: reading etcd CA: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("registry: no certificate found in etcd CA file %s", cfg.CAFile)
-			}
-			tlsCfg.RootCAs = pool
-		}
-		if cfg.CertFile != "" {
-			cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
-			if err != nil {
-				return nil, fmt.Errorf("registry: loading etcd client certificate: %w", err)
-			}
-			tlsCfg.Certificates = []tls.Certificate{cert}
-		}
+	tlsCfg, err := clientTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dialOptions := []grpc.DialOption{reconnectBackoff}
+	if cfg.RootCAs != nil {
+		// After clientv3's own TLS credentials, so these win.
+		dialOptions = append(dialOptions, grpc.WithTransportCredentials(&reloadingTLS{base: tlsCfg, roots: cfg.RootCAs}))
 	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Endpoints,
@@ -91,10 +86,77 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 		// refuses pings more often than every 5 s.
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
-		DialOptions:          []grpc.DialOption{reconnectBackoff},
+		DialOptions:          dialOptions,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("registry: etcd client: %w", err)
 	}
 	return c, nil
+}
+
+// clientTLS is the etcd client's TLS configuration, nil for plain connections.
+func clientTLS(cfg ClientConfig) (*tls.Config, error) {
+	if cfg.CAFile == "" && cfg.CertFile == "" && cfg.ClientCert == nil && cfg.RootCAs == nil {
+		return nil, nil
+	}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	switch {
+	case cfg.RootCAs != nil:
+		// Set per handshake by reloadingTLS (NewClient); this pool is the one at start.
+		tlsCfg.RootCAs = cfg.RootCAs()
+	case cfg.CAFile != "":
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("registry: reading etcd CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("registry: no certificate found in etcd CA file %s", cfg.CAFile)
+		}
+		tlsCfg.RootCAs = pool
+	}
+	switch {
+	case cfg.ClientCert != nil:
+		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cfg.ClientCert(), nil }
+	case cfg.CertFile != "":
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("registry: loading etcd client certificate: %w", err)
+		}
+		tlsCfg.Certificates = []tls.Certificate{cert}
+	}
+	return tlsCfg, nil
+}
+
+// reloadingTLS is gRPC's TLS transport credentials with the root CAs in use at each handshake
+// (ClientConfig.RootCAs): a clone of base with the current pool, verified by crypto/tls as
+// usual (chain and the endpoint's name, which gRPC sets from the address it dials).
+type reloadingTLS struct {
+	base  *tls.Config
+	roots func() *x509.CertPool
+}
+
+func (r *reloadingTLS) current() credentials.TransportCredentials {
+	cfg := r.base.Clone()
+	cfg.RootCAs = r.roots()
+	return credentials.NewTLS(cfg)
+}
+
+func (r *reloadingTLS) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return r.current().ClientHandshake(ctx, authority, raw)
+}
+
+func (r *reloadingTLS) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errors.New("registry: client-side credentials only")
+}
+
+func (r *reloadingTLS) Info() credentials.ProtocolInfo { return credentials.NewTLS(r.base).Info() }
+
+func (r *reloadingTLS) Clone() credentials.TransportCredentials {
+	return &reloadingTLS{base: r.base.Clone(), roots: r.roots}
+}
+
+func (r *reloadingTLS) OverrideServerName(name string) error {
+	r.base.ServerName = name
+	return nil
 }

@@ -52,8 +52,8 @@ func (o *fleetOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.peerSecretFile, "peer-secret-file", "", "base64 secret (>= 32 bytes decoded) shared by all replicas; default: generated once in --data-dir (then every replica must be given that file)")
 	fs.StringVar(&o.peerCAFile, "peer-ca-file", "", "CA to verify peers' certificates (default: not verified; replicas authenticate each other with the peer secret bound to the TLS session); re-read on SIGHUP and when it changes")
 	fs.Var(&o.etcdEndpoints, "etcd-endpoints", "etcd client URLs (repeatable, comma-separated); empty: run an embedded etcd in --data-dir")
-	fs.StringVar(&o.etcdCAFile, "etcd-ca-file", "", "CA for etcd's TLS")
-	fs.StringVar(&o.etcdCertFile, "etcd-cert-file", "", "client certificate for etcd")
+	fs.StringVar(&o.etcdCAFile, "etcd-ca-file", "", "CA for etcd's TLS (reloaded on SIGHUP and file change)")
+	fs.StringVar(&o.etcdCertFile, "etcd-cert-file", "", "client certificate for etcd (reloaded with --etcd-key-file on SIGHUP and file change)")
 	fs.StringVar(&o.etcdKeyFile, "etcd-key-file", "", "client key for etcd")
 	fs.StringVar(&o.etcdUsername, "etcd-username", "", "etcd user name")
 	fs.StringVar(&o.etcdPasswordFile, "etcd-password-file", "", "file holding the etcd password")
@@ -129,10 +129,12 @@ func startFleet(o *options, f *fleetOptions, instanceID string, certs *kasdCerts
 		}
 		password = strings.TrimSpace(string(b))
 	}
-	p.client, err = registry.NewClient(registry.ClientConfig{
-		Endpoints: endpoints, CAFile: f.etcdCAFile, CertFile: f.etcdCertFile, KeyFile: f.etcdKeyFile,
-		Username: f.etcdUsername, Password: password, Log: log,
-	})
+	etcdCfg := registry.ClientConfig{Endpoints: endpoints, Username: f.etcdUsername, Password: password, Log: log}
+	// TLS material reloaded on SIGHUP and file change, like kasd's own certificates (tls.go).
+	if err := certs.etcdTLS(&etcdCfg, f.etcdCAFile, f.etcdCertFile, f.etcdKeyFile); err != nil {
+		return nil, err
+	}
+	p.client, err = registry.NewClient(etcdCfg)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/qkas/qkas/internal/certreload"
 	"github.com/qkas/qkas/quic"
+	"github.com/qkas/qkas/registry"
 )
 
 // kasdCerts are the certificates kasd serves, each reloaded without a restart (README
@@ -29,9 +30,13 @@ type kasdCerts struct {
 	caFile string              // the development CA agents trust, "" with --tls-cert-file
 	// peer verifies peers' certificates (--peer-ca-file), nil without it. Set by startFleet
 	// before watch.
-	peer    *certreload.CAPool
-	metrics *certreload.Metrics
-	log     *zerolog.Logger
+	peer *certreload.CAPool
+	// etcdCA and etcdClient are the etcd client's --etcd-ca-file and --etcd-cert-file/
+	// --etcd-key-file, nil without them. Set by startFleet before watch.
+	etcdCA     *certreload.CAPool
+	etcdClient *certreload.KeyPair
+	metrics    *certreload.Metrics
+	log        *zerolog.Logger
 }
 
 // loadCerts loads the certificates kasd serves: --tls-cert-file/--tls-key-file, or (once) a
@@ -89,6 +94,29 @@ func (c *kasdCerts) peerCA(file string) (*certreload.CAPool, error) {
 	return p, nil
 }
 
+// etcdTLS loads the etcd client's CA bundle and certificate (each optional) as material
+// reloaded with the certificates, and sets them in cfg.
+func (c *kasdCerts) etcdTLS(cfg *registry.ClientConfig, caFile, certFile, keyFile string) error {
+	if caFile != "" {
+		p, err := certreload.NewCAPool(certreload.CAPoolConfig{Name: "etcd_ca", File: caFile, Metrics: c.metrics, Log: c.log})
+		if err != nil {
+			return fmt.Errorf("--etcd-ca-file: %w", err)
+		}
+		c.etcdCA, cfg.RootCAs = p, p.Pool
+	}
+	if certFile != "" || keyFile != "" {
+		if certFile == "" || keyFile == "" {
+			return errors.New("--etcd-cert-file and --etcd-key-file go together")
+		}
+		k, err := certreload.NewKeyPair(certreload.KeyPairConfig{Name: "etcd_client", CertFile: certFile, KeyFile: keyFile, Metrics: c.metrics, Log: c.log})
+		if err != nil {
+			return fmt.Errorf("--etcd-cert-file: %w", err)
+		}
+		c.etcdClient, cfg.ClientCert = k, k.Current
+	}
+	return nil
+}
+
 // apiTLS returns the client API's TLS configuration: nil (plain HTTP) unless a certificate was
 // given, or --api-tls-agent-cert asks for the agents' certificate.
 func (c *kasdCerts) apiTLS(o *options) *tls.Config {
@@ -120,6 +148,12 @@ func (c *kasdCerts) watch(ctx context.Context, g *errgroup.Group, log *zerolog.L
 	}
 	if c.peer != nil {
 		rs = append(rs, c.peer)
+	}
+	if c.etcdCA != nil {
+		rs = append(rs, c.etcdCA)
+	}
+	if c.etcdClient != nil {
+		rs = append(rs, c.etcdClient)
 	}
 	g.Go(func() error {
 		defer signal.Stop(hup)
