@@ -13,6 +13,7 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/quic"
+	"github.com/qkas/qkas/registry"
 )
 
 // agentConn is one live, authenticated agent connection.
@@ -36,6 +37,12 @@ type agentConn struct {
 	lastChange time.Time  // when lastRecv last changed (or the connection started)
 
 	live liveness // silence thresholds and the sampler's state (liveness.go)
+
+	// suspect is set when the registry says the replica runs as a newer process elsewhere
+	// (restarted.go): routing avoids the connection until a probe decides. suspectOf names
+	// that process (instance/process), for the log; written before suspect is queued.
+	suspect   atomic.Bool
+	suspectOf string
 
 	// streams counts the request streams kasd opened on the connection and has not finished
 	// reading; once the agent said it leaves (left), the last one to finish closes the
@@ -130,7 +137,7 @@ type agentEntry struct {
 // agentTable maps agent ids to their live connections.
 type agentTable struct {
 	maxTotal, maxPerAgent int
-	onChange              func(agentID string, conns int) // called under mu; must not block
+	onChange              func(agentID string, h registry.Holding) // called under mu; must not block
 
 	mu      sync.RWMutex // guards the fields below
 	agents  map[string]*agentEntry
@@ -184,7 +191,7 @@ func (t *agentTable) add(c *agentConn) (replaced []*agentConn, limit string, err
 	e.conns = append(slices.Clip(e.conns), c)
 	c.entry = e
 	t.total++
-	t.notifyLocked(c.agentID, len(e.conns))
+	t.notifyLocked(c.agentID, e.conns)
 	return replaced, "", nil
 }
 
@@ -208,14 +215,14 @@ func (t *agentTable) removeLocked(c *agentConn) {
 	if len(e.conns) == 0 {
 		delete(t.agents, c.agentID)
 	}
-	t.notifyLocked(c.agentID, len(e.conns))
+	t.notifyLocked(c.agentID, e.conns)
 }
 
-func (t *agentTable) notifyLocked(agentID string, n int) {
+func (t *agentTable) notifyLocked(agentID string, conns []*agentConn) {
 	close(t.changed)
 	t.changed = make(chan struct{})
 	if t.onChange != nil {
-		t.onChange(agentID, n)
+		t.onChange(agentID, registry.Holding{Connections: len(conns), Replicas: replicasOf(conns)})
 	}
 }
 

@@ -75,9 +75,14 @@ func (e *env) startFakeAgent(id string, services []string, handle func(sc *quic.
 // agentHandshake dials kasd's agent listener and sends hello; it returns once kasd has
 // welcomed the connection. The caller closes the connection and the dialer.
 func (e *env) agentHandshake(hello *api.Hello) (*quicgo.Conn, *quic.Dialer) {
-	t := e.t
+	e.t.Helper()
+	return agentHandshakeTo(e.t, e.caFile, e.agentUDP, hello)
+}
+
+// agentHandshakeTo dials addr as an agent and completes the hello with a kasd that trusts caFile.
+func agentHandshakeTo(t *testing.T, caFile, addr string, hello *api.Hello) (*quicgo.Conn, *quic.Dialer) {
 	t.Helper()
-	tlsConf, err := quic.ClientTLSConfig(e.caFile, "localhost", api.ALPNAgent)
+	tlsConf, err := quic.ClientTLSConfig(caFile, "localhost", api.ALPNAgent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +92,7 @@ func (e *env) agentHandshake(hello *api.Hello) (*quicgo.Conn, *quic.Dialer) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	qc, err := d.Dial(ctx, e.agentUDP)
+	qc, err := d.Dial(ctx, addr)
 	if err != nil {
 		t.Fatal(err)
 	}

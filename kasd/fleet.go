@@ -542,7 +542,7 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	live := conns[:0]
 	now := time.Now()
 	for _, c := range conns {
-		if !c.silent(now) {
+		if !c.silent(now) && !c.suspect.Load() {
 			live = append(live, c)
 		}
 	}

@@ -44,6 +44,7 @@ type fleetEnv struct {
 	nodes   []*node
 	client  *http.Client
 	tracers map[string]*tracing.Tracer // by node id, for nodes started after it is set (tracing_test.go)
+	config  func(*kasd.Config)         // if set, adjusts the config of nodes started after it is set
 }
 
 type node struct {
@@ -122,7 +123,7 @@ func (f *fleetEnv) startNode(id string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nd.srv, err = kasd.New(kasd.Config{
+	cfg := kasd.Config{
 		InstanceID:   id,
 		AgentAuth:    kasd.TokenFileAuth{Store: f.store},
 		ClientAuth:   &auth.Verifier{Key: f.secret, AllowAnyAgent: true},
@@ -131,7 +132,11 @@ func (f *fleetEnv) startNode(id string) *node {
 		Log:          &log,
 		Registerer:   nd.promReg,
 		Tracer:       f.tracers[id],
-	})
+	}
+	if f.config != nil {
+		f.config(&cfg)
+	}
+	nd.srv, err = kasd.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

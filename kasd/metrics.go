@@ -40,7 +40,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m := &metrics{
 		agentConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kasd_agent_connections_total",
-			Help: "Agent connections by result: accepted, replaced (retired because a newer process of the same replica connected), or the refusal code (unauthenticated, overloaded, ...).",
+			Help: "Agent connections by result: accepted, replaced (retired because a newer process of the same replica connected), restarted_elsewhere (retired: a newer process of its replica connected to another kasd, and it did not answer a probe), suspect_alive (it did), or the refusal code (unauthenticated, overloaded, ...).",
 		}, []string{"result"}),
 		limitRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kasd_limit_rejections_total",

@@ -30,7 +30,8 @@ type Server struct {
 	inflight atomic.Int64 // proxied requests in progress (local, forwarded out and in), for Shutdown
 	draining atomic.Bool  // set by BeginDrain: refuse new agents, fail /readyz
 
-	quit     chan struct{} // closed by Close: stops sampleSilence
+	quit     chan struct{}   // closed by Close: stops sampleSilence and retireSuspects
+	suspects chan *agentConn // connections for retireSuspects (restarted.go)
 	quitOnce sync.Once
 
 	// admit holds Config.MaxPendingHandshakes slots, one held by each agent connection from its
@@ -69,6 +70,8 @@ func New(cfg Config) (*Server, error) {
 	s.m = newMetrics(cfg.Registerer, s)
 	s.quit = make(chan struct{})
 	s.wg.Go(s.sampleSilence)
+	s.suspects = make(chan *agentConn, maxSuspectQueue)
+	s.wg.Go(s.retireSuspects) // restarted.go
 	if cfg.Fleet != nil {
 		f, err := newFleet(s, cfg.Fleet)
 		if err != nil {
@@ -77,7 +80,9 @@ func New(cfg Config) (*Server, error) {
 		s.fleet = f
 		reg := cfg.Fleet.Registry
 		// Publishing never blocks: the registry reconciles etcd with this desired state.
-		s.table.onChange = reg.SetAgentConnections
+		s.table.onChange = reg.SetAgent
+		// Connections of a replica's earlier process are retired once it reconnects elsewhere.
+		reg.SetReplicaHook(s.onRemoteReplicas) // restarted.go
 		moves, err := newRebalanceMetrics(cfg.Registerer)
 		if err != nil {
 			return nil, fmt.Errorf("kasd: %w", err)
@@ -419,6 +424,7 @@ func (s *Server) Close() error {
 		_ = qc.CloseWithError(quic.ConnCodeShutdown, "shutting_down: kasd closed")
 	}
 	if s.fleet != nil {
+		s.cfg.Fleet.Registry.SetReplicaHook(nil)
 		s.fleet.close()
 	}
 	s.quitOnce.Do(func() { close(s.quit) })

@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -130,7 +131,31 @@ func (i Instance) validate() error {
 
 // agentValue is the JSON value of <prefix>agents/<agent>/<instance>.
 type agentValue struct {
-	Connections int `json:"connections"`
+	Connections int       `json:"connections"`
+	Replicas    []Replica `json:"replicas,omitempty"`
+}
+
+// Replica is one agentd process an instance holds connections of. Instances publish them so
+// that each learns when a replica whose connection it holds was restarted and reconnected
+// elsewhere: the earlier process is gone, and its connections can be retired at once instead of
+// swallowing requests until they are judged silent (kasd/liveness.go).
+type Replica struct {
+	Name    string `json:"name"`    // the replica's name (agentd --replica, the pod name)
+	Process string `json:"process"` // random id of the process, new at each start
+	// Since is when the instance accepted its first connection of this process, in Unix
+	// milliseconds: a later process of the same replica connects after an earlier one died.
+	Since int64 `json:"since"`
+}
+
+// Holding is what an instance publishes about one agent: how many connections it holds and
+// of which processes (sorted by Name, then Process).
+type Holding struct {
+	Connections int
+	Replicas    []Replica
+}
+
+func (h Holding) equal(o Holding) bool {
+	return h.Connections == o.Connections && slices.Equal(h.Replicas, o.Replicas)
 }
 
 const (

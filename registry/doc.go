@@ -8,7 +8,7 @@
 // default "/qkas/", and Config.FleetID), and is attached to the publishing instance's lease:
 //
 //	<root>instances/<instance-id>         {"id":…,"peer_addr":…,"api_addr":…,"version":…,"fleet_check":…}
-//	<root>agents/<agent-id>/<instance-id> {"connections":N}
+//	<root>agents/<agent-id>/<instance-id> {"connections":N,"replicas":[{"name":…,"process":…,"since":…}]}
 //
 // A registry reads and watches its own fleet's root only: two fleets sharing one etcd (the
 // embedded one on 127.0.0.1:2379 is shared by every kasd on a machine) never see each
@@ -16,7 +16,10 @@
 //
 // An agent key exists while its instance holds at least one connection for the agent (it is
 // written on the first connection, rewritten when N changes, deleted on the last
-// disconnect). Instance IDs and fleet IDs may not contain "/"; agent IDs may (the instance ID
+// disconnect). Its replicas (SetAgent, Replica) are the agentd processes of those connections:
+// an instance that sees a newer process of a replica it holds learns that the earlier one is
+// gone (SetReplicaHook; kasd retires its connection). Values from before replicas were
+// published simply have none. Instance IDs and fleet IDs may not contain "/"; agent IDs may (the instance ID
 // is what follows the last "/"). Keys under the root that match neither form are ignored.
 //
 // # Goroutines and ownership

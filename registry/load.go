@@ -30,10 +30,10 @@ func (r *Registry) Load() Load {
 		l.Connections[id] = 0
 	}
 	for _, holders := range r.view.agents {
-		for id, n := range holders {
+		for id, h := range holders {
 			if _, live := l.Connections[id]; live {
-				l.Connections[id] += n
-				l.Total += n
+				l.Connections[id] += h.conns
+				l.Total += h.conns
 			}
 		}
 	}

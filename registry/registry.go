@@ -47,7 +47,9 @@ type Registry struct {
 	staleLease clientv3.LeaseID
 
 	mu     sync.Mutex // guards the fields below: the local desired state
-	agents map[string]int
+	agents map[string]Holding
+
+	replicaHook atomic.Pointer[func(agentID, instanceID string, replicas []Replica)] // SetReplicaHook
 
 	lagMu      sync.Mutex // guards the fields below
 	pendingLag map[string]time.Time
@@ -96,7 +98,7 @@ func New(client *clientv3.Client, cfg Config, self Instance, log zerolog.Logger,
 		cancel:       cancel,
 		kick:         make(chan struct{}, 1),
 		suspendWatch: make(chan chan struct{}),
-		agents:       make(map[string]int),
+		agents:       make(map[string]Holding),
 		pendingLag:   make(map[string]time.Time),
 		view:         newView(),
 		changed:      make(chan struct{}),
@@ -118,22 +120,41 @@ func (r *Registry) FleetID() string { return r.cfg.FleetID }
 // means none (the key is deleted). It only changes the local desired state and wakes the
 // publisher: it never waits for etcd. An empty agentID is ignored.
 func (r *Registry) SetAgentConnections(agentID string, n int) {
+	r.SetAgent(agentID, Holding{Connections: n})
+}
+
+// SetAgent is SetAgentConnections with the replicas (agentd processes) of those connections,
+// published with them (Replica; h.Replicas sorted by Name, then Process). The slice is kept:
+// the caller must not modify it afterwards.
+func (r *Registry) SetAgent(agentID string, h Holding) {
 	if agentID == "" {
 		return
 	}
 	r.mu.Lock()
 	old, had := r.agents[agentID]
 	switch {
-	case n <= 0 && !had, n > 0 && had && old == n:
+	case h.Connections <= 0 && !had, h.Connections > 0 && had && old.equal(h):
 		r.mu.Unlock()
 		return
-	case n <= 0:
+	case h.Connections <= 0:
 		delete(r.agents, agentID)
 	default:
-		r.agents[agentID] = n
+		r.agents[agentID] = h
 	}
 	r.mu.Unlock()
 	r.wakePublisher()
+}
+
+// SetReplicaHook sets the function called when the view learns the replicas another instance
+// holds for an agent (a put of its key with replicas that changed). It is called from the watch
+// goroutine with the view locked: it must not block or call back into the registry. nil removes
+// it.
+func (r *Registry) SetReplicaHook(fn func(agentID, instanceID string, replicas []Replica)) {
+	if fn == nil {
+		r.replicaHook.Store(nil)
+		return
+	}
+	r.replicaHook.Store(&fn)
 }
 
 // LocalAgents returns a copy of the local desired state: agent ID -> connections.
@@ -141,8 +162,8 @@ func (r *Registry) LocalAgents() map[string]int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make(map[string]int, len(r.agents))
-	for a, n := range r.agents {
-		out[a] = n
+	for a, h := range r.agents {
+		out[a] = h.Connections
 	}
 	return out
 }

@@ -69,7 +69,7 @@ func (r *Registry) runSession() {
 // gone; or a publish was answered "lease not found") or the registry is closed.
 func (r *Registry) holdLease(sess *concurrency.Session) {
 	id := sess.Lease()
-	p := publisher{r: r, lease: id, published: make(map[string]int)}
+	p := publisher{r: r, lease: id, published: make(map[string]Holding)}
 	bo := r.newBackoff()
 	retry := newStoppedTimer()
 	defer retry.Stop()
@@ -137,7 +137,7 @@ type publisher struct {
 	r            *Registry
 	lease        clientv3.LeaseID
 	instanceDone bool
-	published    map[string]int // agent ID -> connections written under lease
+	published    map[string]Holding // agent ID -> what was written under lease
 }
 
 // reconcile writes the difference between the desired state and what is published, in
@@ -150,8 +150,8 @@ func (p *publisher) reconcile() error {
 
 	type change struct {
 		key   string
-		agent string // "" for the instance key
-		n     int    // 0: delete
+		agent string  // "" for the instance key
+		h     Holding // zero Connections: delete
 		op    clientv3.Op
 	}
 	var changes []change
@@ -160,13 +160,13 @@ func (p *publisher) reconcile() error {
 		changes = append(changes, change{key: k, op: clientv3.OpPut(k, string(r.selfJSON), clientv3.WithLease(p.lease))})
 	}
 	for _, a := range slices.Sorted(maps.Keys(desired)) {
-		n := desired[a]
-		if old, ok := p.published[a]; ok && old == n {
+		h := desired[a]
+		if old, ok := p.published[a]; ok && old.equal(h) {
 			continue
 		}
-		v, _ := json.Marshal(agentValue{Connections: n})
+		v, _ := json.Marshal(agentValue{Connections: h.Connections, Replicas: h.Replicas})
 		k := r.cfg.agentKey(a, r.self.ID)
-		changes = append(changes, change{key: k, agent: a, n: n, op: clientv3.OpPut(k, string(v), clientv3.WithLease(p.lease))})
+		changes = append(changes, change{key: k, agent: a, h: h, op: clientv3.OpPut(k, string(v), clientv3.WithLease(p.lease))})
 	}
 	for _, a := range slices.Sorted(maps.Keys(p.published)) {
 		if _, ok := desired[a]; ok {
@@ -194,10 +194,10 @@ func (p *publisher) reconcile() error {
 			switch {
 			case c.agent == "":
 				p.instanceDone = true
-			case c.n == 0:
+			case c.h.Connections == 0:
 				delete(p.published, c.agent)
 			default:
-				p.published[c.agent] = c.n
+				p.published[c.agent] = c.h
 			}
 		}
 	}

@@ -23,12 +23,18 @@ type Holder struct {
 // view is the in-memory copy of the prefix. Guarded by Registry.viewMu.
 type view struct {
 	instances map[string]Instance
-	agents    map[string]map[string]int // agent ID -> instance ID -> connections
-	agentKeys int                       // number of agents/ keys, for the entries gauge
+	agents    map[string]map[string]holding // agent ID -> instance ID -> what it published
+	agentKeys int                           // number of agents/ keys, for the entries gauge
+}
+
+// holding is one agents/ key in the view.
+type holding struct {
+	conns    int
+	replicas []Replica
 }
 
 func newView() view {
-	return view{instances: make(map[string]Instance), agents: make(map[string]map[string]int)}
+	return view{instances: make(map[string]Instance), agents: make(map[string]map[string]holding)}
 }
 
 // apply applies one key (a put, or a delete) and reports whether the view changed.
@@ -73,17 +79,25 @@ func (v *view) apply(r *Registry, key string, value []byte, deleted bool) bool {
 			r.log.Warn().Err(err).Str("key", key).Msg("ignoring undecodable agent entry")
 			return false
 		}
-		if had && old == av.Connections {
+		if had && old.conns == av.Connections && slices.Equal(old.replicas, av.Replicas) {
 			return false
 		}
 		if holders == nil {
-			holders = make(map[string]int)
+			holders = make(map[string]holding)
 			v.agents[agentID] = holders
 		}
 		if !had {
 			v.agentKeys++
 		}
-		holders[instanceID] = av.Connections
+		if len(av.Replicas) == 0 {
+			av.Replicas = nil
+		}
+		holders[instanceID] = holding{conns: av.Connections, replicas: av.Replicas}
+		if len(av.Replicas) > 0 && instanceID != r.self.ID && !slices.Equal(old.replicas, av.Replicas) {
+			if hook := r.replicaHook.Load(); hook != nil {
+				(*hook)(agentID, instanceID, av.Replicas)
+			}
+		}
 		return true
 	default:
 		return false // someone else's key under our prefix: not ours to interpret
@@ -105,7 +119,7 @@ func (v *view) holders(agentID, exclude string) []Holder {
 		if !ok {
 			in = Instance{ID: id}
 		}
-		out = append(out, Holder{Instance: in, Connections: hs[id]})
+		out = append(out, Holder{Instance: in, Connections: hs[id].conns})
 	}
 	return out
 }

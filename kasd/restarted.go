@@ -1,0 +1,148 @@
+package kasd
+
+import (
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/qkas/qkas/quic"
+	"github.com/qkas/qkas/registry"
+)
+
+// Retiring the connections of an agent process that restarted elsewhere.
+//
+// An agentd that is killed leaves its connections open at the kasd instances that held them:
+// nothing tells them, and a connection that carries no request is judged silent only after a
+// keep-alive period (27s at the daemons' defaults; liveness.go). When the replica comes back it
+// connects anew, maybe to other instances. The instance it reconnects to retires the earlier
+// process's connection at once (agentTable.add); every instance also publishes, with its
+// connection count, the replicas (agentd processes) it holds in the registry, so that an instance
+// still holding a connection of an earlier process of a replica learns from the watch that the
+// replica now runs as a newer process elsewhere. That connection is then suspect: routing
+// prefers the agent's other connections and peers, a forwarded request is refused (the origin
+// tries another holder), and it is probed; one that answers nothing within suspectProbeWait is
+// closed as dead, so that requests sent into it since the kill fail over as unacknowledged
+// (route.go) instead of waiting for the silence threshold. One that answers is kept: two live
+// processes under one replica name, a misconfiguration, logged.
+
+// suspectProbeWait is how long a suspect connection is given to acknowledge a probe: a live
+// agent acknowledges within its 1 ms max_ack_delay plus a round trip; four smoothed round trips
+// are waited when that is longer.
+const suspectProbeWait = 300 * time.Millisecond
+
+// maxSuspectQueue bounds the connections waiting for retireSuspects; past it a suspicion is
+// dropped (and counted), and the silence sampler judges the connection as before.
+const maxSuspectQueue = 4096
+
+// replicasOf lists the agentd processes of conns, one entry per replica and process with the
+// earliest time this instance accepted a connection of it, sorted by name then process.
+func replicasOf(conns []*agentConn) []registry.Replica {
+	var out []registry.Replica
+	for _, c := range conns {
+		if c.replica == "" || c.process == "" {
+			continue
+		}
+		since := c.since.UnixMilli()
+		i := slices.IndexFunc(out, func(r registry.Replica) bool { return r.Name == c.replica && r.Process == c.process })
+		if i >= 0 {
+			out[i].Since = min(out[i].Since, since)
+			continue
+		}
+		out = append(out, registry.Replica{Name: c.replica, Process: c.process, Since: since})
+	}
+	slices.SortFunc(out, func(a, b registry.Replica) int {
+		if c := strings.Compare(a.Name, b.Name); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Process, b.Process)
+	})
+	return out
+}
+
+// onRemoteReplicas is the registry's replica hook: instanceID holds connections of replicas for
+// agentID. A connection here of an earlier process of one of those replicas (another process
+// id, first connected elsewhere later than this connection was accepted) becomes suspect. It is
+// called from the registry's watch with its view locked: it only marks and queues.
+func (s *Server) onRemoteReplicas(agentID, instanceID string, replicas []registry.Replica) {
+	s.table.mu.RLock()
+	var conns []*agentConn
+	if e := s.table.agents[agentID]; e != nil {
+		conns = e.conns // copy-on-write: safe to read after the lock
+	}
+	s.table.mu.RUnlock()
+	for _, c := range conns {
+		if c.replica == "" || c.process == "" {
+			continue
+		}
+		for _, r := range replicas {
+			if r.Name != c.replica || r.Process == c.process || r.Since <= c.since.UnixMilli() {
+				continue
+			}
+			if !c.suspect.CompareAndSwap(false, true) {
+				break
+			}
+			c.suspectOf = instanceID + "/" + r.Process
+			select {
+			case s.suspects <- c:
+			default:
+				c.suspect.Store(false)
+				s.m.limitRejections.WithLabelValues("suspect_queue").Inc()
+			}
+			break
+		}
+	}
+}
+
+// retireSuspects probes the suspect connections in batches and closes those that answer
+// nothing. One goroutine, owned by the Server: Close stops it.
+func (s *Server) retireSuspects() {
+	var batch []*agentConn
+	var before []uint64
+	for {
+		select {
+		case <-s.quit:
+			return
+		case c := <-s.suspects:
+			batch = append(batch[:0], c)
+		}
+	more:
+		for {
+			select {
+			case c := <-s.suspects:
+				batch = append(batch, c)
+			default:
+				break more
+			}
+		}
+		wait := suspectProbeWait
+		before = before[:0]
+		for _, c := range batch {
+			st := c.qc.ConnectionStats()
+			before = append(before, st.PacketsReceived)
+			wait = max(wait, min(4*st.SmoothedRTT, 2*time.Second))
+			c.probe()
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-s.quit:
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		for i, c := range batch {
+			log := s.log.With().Str("agent_id", c.agentID).Str("connection_id", c.id).Str("replica", c.replica).
+				Str("process", c.process).Str("newer_process", c.suspectOf).Logger()
+			if c.qc.ConnectionStats().PacketsReceived != before[i] {
+				c.suspect.Store(false)
+				s.m.agentConnections.WithLabelValues("suspect_alive").Inc()
+				log.Warn().Msg("agent replica runs as two live processes (same replica name): keeping both connections")
+				continue
+			}
+			s.m.agentConnections.WithLabelValues("restarted_elsewhere").Inc()
+			log.Info().Msg("agent replica restarted and reconnected elsewhere; its earlier process does not answer: retiring its connection")
+			_ = c.qc.CloseWithError(quic.ConnCodeNoError, "replaced by a newer process of replica "+c.replica+" elsewhere")
+			s.table.remove(c)
+		}
+		clear(batch)
+	}
+}
