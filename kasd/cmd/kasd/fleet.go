@@ -42,6 +42,9 @@ type fleetOptions struct {
 	registryTTL        time.Duration
 	embeddedListen     string
 	embeddedPeerListen string
+	rebalanceInterval  time.Duration
+	rebalanceTolerance float64
+	rebalanceMinAge    time.Duration
 }
 
 func (o *fleetOptions) register(fs *flag.FlagSet) {
@@ -61,6 +64,9 @@ func (o *fleetOptions) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.registryTTL, "registry-ttl", registry.DefaultTTL, "lease TTL: how long a dead kasd's entries outlive it")
 	fs.StringVar(&o.embeddedListen, "embedded-etcd-listen", registry.DefaultEmbeddedClientAddr, "client address of the embedded etcd; other local kasd processes share it (if taken by an etcd, join it)")
 	fs.StringVar(&o.embeddedPeerListen, "embedded-etcd-peer-listen", registry.DefaultEmbeddedPeerAddr, "peer address of the embedded etcd")
+	fs.DurationVar(&o.rebalanceInterval, "rebalance-interval", time.Second, "how often this kasd compares its agent connections with the fleet's average and, holding too many, asks one agent connection to move to the least loaded kasd (jittered ±50%; 0 or negative: never rebalance)")
+	fs.Float64Var(&o.rebalanceTolerance, "rebalance-tolerance", 0.1, "margin around the fleet's average connections per kasd, as a fraction of it, within which no connection is moved")
+	fs.DurationVar(&o.rebalanceMinAge, "rebalance-min-age", 5*time.Second, "a connection younger than this is never asked to move")
 }
 
 // fleetParts are the running pieces of the fleet; close stops them in order.
@@ -160,7 +166,11 @@ func startFleet(o *options, f *fleetOptions, instanceID string, certs *kasdCerts
 		cancel()
 		return nil, err
 	}
-	p.cfg = &kasd.FleetConfig{Registry: p.reg, PeerSecret: secret, PeerTLS: peerTLS, PeerQUIC: peerQUIC}
+	p.cfg = &kasd.FleetConfig{Registry: p.reg, PeerSecret: secret, PeerTLS: peerTLS, PeerQUIC: peerQUIC,
+		RebalanceInterval: f.rebalanceInterval, RebalanceTolerance: f.rebalanceTolerance, RebalanceMinAge: f.rebalanceMinAge}
+	if f.rebalanceInterval <= 0 {
+		p.cfg.RebalanceInterval = -1 // FleetConfig: 0 is the default, negative never
+	}
 	return p, nil
 }
 
