@@ -48,6 +48,7 @@ type Registry struct {
 
 	mu     sync.Mutex // guards the fields below: the local desired state
 	agents map[string]Holding
+	dirty  map[string]struct{} // agents changed since the publisher last looked (session.go)
 
 	replicaHook atomic.Pointer[func(agentID, instanceID string, replicas []Replica)] // SetReplicaHook
 
@@ -99,6 +100,7 @@ func New(client *clientv3.Client, cfg Config, self Instance, log zerolog.Logger,
 		kick:         make(chan struct{}, 1),
 		suspendWatch: make(chan chan struct{}),
 		agents:       make(map[string]Holding),
+		dirty:        make(map[string]struct{}),
 		pendingLag:   make(map[string]time.Time),
 		view:         newView(),
 		changed:      make(chan struct{}),
@@ -141,6 +143,7 @@ func (r *Registry) SetAgent(agentID string, h Holding) {
 	default:
 		r.agents[agentID] = h
 	}
+	r.dirty[agentID] = struct{}{}
 	r.mu.Unlock()
 	r.wakePublisher()
 }

@@ -138,14 +138,41 @@ type publisher struct {
 	lease        clientv3.LeaseID
 	instanceDone bool
 	published    map[string]Holding // agent ID -> what was written under lease
+	full         bool               // every desired agent was compared once (the first pass)
 }
 
 // reconcile writes the difference between the desired state and what is published, in
-// transactions of at most maxTxnOps operations; each bounded by the op timeout.
+// transactions of at most maxTxnOps operations; each bounded by the op timeout. A new
+// publisher (a new lease) compares every agent; afterwards only the agents SetAgent marked
+// dirty since the last pass are looked at, so that a restart storm of 50,000 connections does
+// not cost a pass over every agent per connection. Agents whose write failed are marked dirty
+// again for the retry.
 func (p *publisher) reconcile() error {
 	r := p.r
+	type want struct {
+		h  Holding
+		ok bool // false: not desired (delete if published)
+	}
 	r.mu.Lock()
-	desired := maps.Clone(r.agents)
+	var agents []string
+	if !p.full {
+		agents = slices.Collect(maps.Keys(r.agents))
+		for a := range p.published {
+			if _, ok := r.agents[a]; !ok {
+				agents = append(agents, a)
+			}
+		}
+		p.full = true
+	} else {
+		agents = slices.Collect(maps.Keys(r.dirty))
+	}
+	clear(r.dirty)
+	desired := make([]want, len(agents))
+	slices.Sort(agents)
+	for i, a := range agents {
+		h, ok := r.agents[a]
+		desired[i] = want{h, ok}
+	}
 	r.mu.Unlock()
 
 	type change struct {
@@ -159,23 +186,21 @@ func (p *publisher) reconcile() error {
 		k := r.cfg.instanceKey(r.self.ID)
 		changes = append(changes, change{key: k, op: clientv3.OpPut(k, string(r.selfJSON), clientv3.WithLease(p.lease))})
 	}
-	for _, a := range slices.Sorted(maps.Keys(desired)) {
-		h := desired[a]
-		if old, ok := p.published[a]; ok && old.equal(h) {
-			continue
-		}
-		v, _ := json.Marshal(agentValue{Connections: h.Connections, Replicas: h.Replicas})
+	for i, a := range agents {
+		d := desired[i]
+		old, published := p.published[a]
 		k := r.cfg.agentKey(a, r.self.ID)
-		changes = append(changes, change{key: k, agent: a, h: h, op: clientv3.OpPut(k, string(v), clientv3.WithLease(p.lease))})
-	}
-	for _, a := range slices.Sorted(maps.Keys(p.published)) {
-		if _, ok := desired[a]; ok {
-			continue
+		switch {
+		case d.ok && published && old.equal(d.h):
+		case d.ok:
+			v, _ := json.Marshal(agentValue{Connections: d.h.Connections, Replicas: d.h.Replicas})
+			changes = append(changes, change{key: k, agent: a, h: d.h, op: clientv3.OpPut(k, string(v), clientv3.WithLease(p.lease))})
+		case published:
+			changes = append(changes, change{key: k, agent: a, op: clientv3.OpDelete(k)})
 		}
-		k := r.cfg.agentKey(a, r.self.ID)
-		changes = append(changes, change{key: k, agent: a, op: clientv3.OpDelete(k)})
 	}
 
+	committed := 0
 	for batch := range slices.Chunk(changes, maxTxnOps) {
 		ops := make([]clientv3.Op, len(batch))
 		keys := make([]string, len(batch))
@@ -188,8 +213,17 @@ func (p *publisher) reconcile() error {
 		cancel()
 		if err != nil {
 			r.forgetPending(keys)
+			// What was not written is compared again at the retry.
+			r.mu.Lock()
+			for _, c := range changes[committed:] {
+				if c.agent != "" {
+					r.dirty[c.agent] = struct{}{}
+				}
+			}
+			r.mu.Unlock()
 			return err
 		}
+		committed += len(batch)
 		for _, c := range batch {
 			switch {
 			case c.agent == "":
