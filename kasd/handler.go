@@ -36,6 +36,13 @@ func (s *Server) Handler() http.Handler {
 }
 
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		// Draining: the connection is closed after this response (HTTP/2: a graceful GOAWAY),
+		// so that a client that keeps connections alive opens its next one through the load
+		// balancer, which is taking this instance out, instead of racing the close of its idle
+		// connection when the drain ends (a request written just then is lost).
+		w.Header().Set("Connection", "close")
+	}
 	p := r.URL.EscapedPath()
 	switch {
 	case p == agentsPath || p == agentsPath+"/":

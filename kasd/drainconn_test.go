@@ -1,0 +1,49 @@
+package kasd_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"testing"
+)
+
+// While draining, the client API still answers, but closes each keep-alive connection after its
+// response (Connection: close), so clients move to new connections (through the load balancer)
+// instead of sending a request into an idle connection just as the drain's end closes it.
+func TestDrainClosesKeepAliveConnections(t *testing.T) {
+	e := newEnv(t)
+	svc := echoService(t, "web")
+	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	get := func() (close bool, reused bool) {
+		t.Helper()
+		var got bool
+		trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { got = i.Reused }}
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", e.url("/api/v1/agents/alpha/proxy/web/x"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+e.token())
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(t, resp)
+		if resp.StatusCode != 200 || !strings.HasPrefix(body, "GET /x") {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		return resp.Close, got
+	}
+	get()
+	if c, reused := get(); c || !reused {
+		t.Fatalf("before the drain: Connection close %v, reused %v; want a kept connection", c, reused)
+	}
+	e.srv.BeginDrain()
+	if c, reused := get(); !c || !reused {
+		t.Fatalf("draining: Connection close %v (reused %v); want the connection closed after the response", c, reused)
+	}
+	if c, reused := get(); !c || reused {
+		t.Fatalf("draining, next request: Connection close %v, reused %v; want a new connection, closed again", c, reused)
+	}
+}
