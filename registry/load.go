@@ -30,7 +30,8 @@ func (r *Registry) Load() Load {
 		l.Connections[id] = 0
 	}
 	for _, holders := range r.view.agents {
-		for id, h := range holders {
+		for _, h := range holders {
+			id := h.instance
 			if _, live := l.Connections[id]; live {
 				l.Connections[id] += h.conns
 				l.Total += h.conns

@@ -35,9 +35,12 @@ func FuzzViewApply(f *testing.F) {
 				if len(hs) == 0 {
 					t.Fatalf("agent %q kept with no holders", a)
 				}
-				for id := range hs {
-					if id == "" || strings.Contains(id, "/") {
+				for i, h := range hs {
+					if id := h.instance; id == "" || strings.Contains(id, "/") {
 						t.Fatalf("agent %q held by bad instance id %q", a, id)
+					}
+					if i > 0 && hs[i-1].instance >= h.instance {
+						t.Fatalf("agent %q holders not strictly ordered: %q, %q", a, hs[i-1].instance, h.instance)
 					}
 				}
 				n += len(hs)
