@@ -48,7 +48,7 @@
 // Config.RequestHeaderTimeout). The agent checks it (kind, service, deadline) and either refuses
 // it with a typed error frame (service_unknown, deadline_exceeded, ...) or serves it: the
 // service's handler gets an *http.Request whose context ends with the stream and an
-// httpstream.ResponseWriter. URL services are proxied by a small proxy over upstream, a pooled
+// httpstream.ResponseWriter. URL services are proxied by a small proxy over internal/upstream, a pooled
 // HTTP/1.1 client that writes the request and reads the response in the stream's goroutine
 // (no transport goroutines), sized by Config.MaxIdleConnsPerService; a small response leaves
 // with its head and FIN in one stream write. Errors reaching the service are typed error

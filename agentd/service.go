@@ -11,6 +11,7 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/internal/upstream"
 )
 
 // ServiceHandler serves requests for a service implemented in the agent process (such as the
@@ -34,15 +35,14 @@ type service struct {
 type urlService struct {
 	name      string
 	base      *url.URL
-	transport *upstream
+	transport *upstream.Client
 	m         *metrics
 }
 
 func newURLService(name string, u *url.URL, cfg Config, m *metrics) *urlService {
 	s := &urlService{name: name, base: u, m: m}
-	s.transport = newUpstream(u, cfg.ServiceDialTimeout, cfg.MaxIdleConnsPerService)
 	// A response head kasd would refuse is refused here, with the service named.
-	s.transport.maxHead = api.MaxHeadSize
+	s.transport = upstream.New(u, upstream.Options{DialTimeout: cfg.ServiceDialTimeout, MaxIdle: cfg.MaxIdleConnsPerService, MaxHead: api.MaxHeadSize})
 	return s
 }
 

@@ -34,20 +34,32 @@
 //     API server authorizes; a path with "." or ".." segments or empty segments is denied, so a
 //     prefix rule cannot be escaped. Without a Policy everything the agent's identity may do (by
 //     the cluster's RBAC) is allowed.
-//   - Transports: ordinary requests use rest.TransportFor: pooled, HTTP/2 where the API server
-//     offers it (one TLS connection multiplexes every request, so TLS session reuse does not
-//     arise), client-go's authentication wrappers (a rotated ServiceAccount token file is
-//     re-read). They are proxied by forward on the stream's goroutine: one outgoing request
+//   - Transports: ordinary requests (everything but upgrades, watches and logs -f included) go
+//     over internal/upstream, agentd's HTTP/1.1 client for URL services: the request written
+//     and the response read on the stream's own goroutine, up to Config.MaxIdleConns (256)
+//     keep-alive connections pooled, an idle connection the API server closed detected before
+//     reuse and a bodiless request retried once on a new connection; a watch holds its
+//     connection while it runs, as kubectl's does over HTTP/1.1. Around it, everything is
+//     client-go's, from rest.Config.TransportConfig as rest.TransportFor builds it (apiTransport):
+//     the TLS configuration (transport.TLSConfigFor: the CA, the server name, defaulting to the
+//     URL's host, the client certificate, re-read from its files), the dialer (rest.Config.Dial
+//     or an exec plugin's) and the wrappers (transport.HTTPWrappersForConfig: a bearer token
+//     file re-read as the kubelet rotates it, exec and auth-provider plugins, WrapTransport, the
+//     user agent). A CA file is re-read every 5 minutes, as client-go does (caRotation). A
+//     rest.Config with its own Transport, or an API server reached through an HTTP proxy,
+//     keeps rest.TransportFor (HTTP/2 where offered). Why not rest.TransportFor throughout: its
+//     HTTP/2 connection hands every response from its reader goroutine to the request's, a
+//     scheduler wake-up each; measured, that cost 200-300 µs per request at one request at a
+//     time over a plain service (docs/kubernetes.md). One difference: client-go closes its
+//     connections when a client certificate file changes; here new connections use the new
+//     certificate, and an idle one is closed after 90 s.
+//     Ordinary requests are proxied by forward on the stream's goroutine: one outgoing request
 //     built from the incoming head, the response copied with a pooled buffer — no
 //     httputil.ReverseProxy, whose request clone and 32 KiB buffer per response were a third of
-//     the service's cost (BenchmarkServeService). HTTP/1.1 to the API server was measured and
-//     not taken: cheaper at one request at a time, but client-go keeps 25 idle connections per
-//     host, so at 64 concurrent requests connections are re-dialled with a TLS handshake each
-//     (+300-400 µs of agentd CPU per request). Requests that ask for a protocol upgrade (exec,
-//     attach, port-forward over SPDY/3.1 or WebSocket) go through httputil.ReverseProxy and a
-//     second transport built from rest.TLSConfigFor and rest.HTTPWrappersForConfig that only
-//     speaks HTTP/1.1, because an upgrade is not possible over HTTP/2; the same credentials and
-//     CA apply.
+//     the service's cost (BenchmarkServeService). Requests that ask for a protocol upgrade
+//     (exec, attach, port-forward over SPDY/3.1 or WebSocket) go through httputil.ReverseProxy
+//     and a second transport built from rest.TLSConfigFor and rest.HTTPWrappersForConfig that
+//     only speaks HTTP/1.1; the same credentials and CA apply.
 //
 // # Long-lived requests and idle limits
 //

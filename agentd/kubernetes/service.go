@@ -39,6 +39,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Log receives debug logs of proxy errors. Default: zerolog.Nop().
 	Log *zerolog.Logger
+	// MaxIdleConns is the number of idle HTTP/1.1 connections to the API server kept for
+	// ordinary requests. Default 256, as agentd's MaxIdleConnsPerService: at 64 concurrent
+	// requests none is re-dialled.
+	MaxIdleConns int
 }
 
 // LoadRESTConfig returns the in-cluster configuration (the pod's ServiceAccount token, CA and
@@ -55,7 +59,9 @@ func LoadRESTConfig(kubeconfig string) (*rest.Config, error) {
 type Service struct {
 	policy    *Policy
 	base      *url.URL          // the API server's URL (scheme, host, path prefix)
-	transport http.RoundTripper // rest.TransportFor: ordinary requests
+	transport http.RoundTripper // ordinary requests (apiTransport)
+	closeIdle func()            // closes transport's idle connections
+	kind      string            // transport's kind: transportUpstream or transportClientGo
 	upgrade   http.RoundTripper // HTTP/1.1 only: protocol upgrades
 	upgradeT  *http.Transport   // upgrade's base, for Close; nil if REST.Transport was given
 	proxy     *httputil.ReverseProxy
@@ -88,14 +94,18 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s.base = base
-	if s.transport, err = rest.TransportFor(cfg.REST); err != nil {
+	if cfg.MaxIdleConns <= 0 {
+		cfg.MaxIdleConns = 256
+	}
+	if s.transport, s.closeIdle, s.kind, err = apiTransport(cfg.REST, base, cfg.MaxIdleConns, &s.log); err != nil {
 		return nil, err
 	}
+	s.log.Debug().Str("transport", s.kind).Msg("kubernetes API server transport for ordinary requests")
 	if s.upgrade, s.upgradeT, err = upgradeTransport(cfg.REST); err != nil {
 		return nil, err
 	}
 	if s.upgrade == nil {
-		s.upgrade = s.transport
+		s.upgrade = s.transport // cfg.REST.Transport (rest.TransportFor over it) serves everything
 	}
 	if s.m, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
@@ -313,9 +323,7 @@ func (s *Service) Close() {
 	if s.upgradeT != nil {
 		s.upgradeT.CloseIdleConnections()
 	}
-	if c, ok := s.transport.(interface{ CloseIdleConnections() }); ok {
-		c.CloseIdleConnections()
-	}
+	s.closeIdle()
 }
 
 // proxyError answers a request the API server did not answer. The client sees what kind of

@@ -30,7 +30,9 @@ import (
 // kubernetes service costs over any other service (issue 13's bar: +100 µs at c=1). The
 // stand-in (agentd/kubernetes/kubetest) runs in the runner's process, kasd and agentd as real
 // processes; agentd reaches the stand-in through a kubeconfig (--kubeconfig), as it would a
-// cluster from outside. Tunnel CPU is kasd's and agentd's, per request, on the qkas paths.
+// cluster from outside (over HTTP/1.1 since agentd's kubernetes service uses internal/upstream;
+// apiserver-direct stays HTTP/2, as client-go would reach it without qkas). Tunnel CPU is
+// kasd's and agentd's, per request, on the qkas paths.
 
 // Route names of the kubernetes scenario.
 const (

@@ -1,7 +1,8 @@
-package agentd
+package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -14,7 +15,7 @@ import (
 	"time"
 )
 
-func upstreamFor(t *testing.T, h http.Handler) (*upstream, *httptest.Server, *atomic.Int64) {
+func upstreamFor(t *testing.T, h http.Handler, o Options) (*Client, *httptest.Server, *atomic.Int64) {
 	t.Helper()
 	var conns atomic.Int64
 	srv := httptest.NewUnstartedServer(h)
@@ -26,12 +27,18 @@ func upstreamFor(t *testing.T, h http.Handler) (*upstream, *httptest.Server, *at
 	srv.Start()
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
-	up := newUpstream(u, time.Second, 4)
+	if o.DialTimeout == 0 {
+		o.DialTimeout = time.Second
+	}
+	if o.MaxIdle == 0 {
+		o.MaxIdle = 4
+	}
+	up := New(u, o)
 	t.Cleanup(up.CloseIdleConnections)
 	return up, srv, &conns
 }
 
-func get(t *testing.T, up *upstream, srvURL, path string) (*http.Response, string, error) {
+func get(t *testing.T, up *Client, srvURL, path string) (*http.Response, string, error) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", srvURL+path, nil)
 	resp, err := up.RoundTrip(req)
@@ -53,7 +60,7 @@ func TestUpstreamReusesConnections(t *testing.T) {
 			return
 		}
 		io.WriteString(w, "hello")
-	}))
+	}), Options{})
 	for i := range 10 {
 		path := "/"
 		want := "hello"
@@ -74,7 +81,7 @@ func TestUpstreamReusesConnections(t *testing.T) {
 func TestUpstreamServiceClosedIdleConnection(t *testing.T) {
 	up, srv, conns := upstreamFor(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
-	}))
+	}), Options{})
 	if _, body, err := get(t, up, srv.URL, "/"); err != nil || body != "ok" {
 		t.Fatalf("%q %v", body, err)
 	}
@@ -95,11 +102,10 @@ func TestUpstreamResponseHeadLimit(t *testing.T) {
 			w.Header().Set("X-Big-"+string(rune('a'+i%26))+strings.Repeat("x", i), strings.Repeat("v", 64<<10))
 		}
 		io.WriteString(w, "ok")
-	}))
-	up.maxHead = 64 << 10
+	}), Options{MaxHead: 64 << 10})
 	_, _, err := get(t, up, srv.URL, "/")
-	if !errors.Is(err, errResponseHeadTooLarge) {
-		t.Fatalf("err = %v, want errResponseHeadTooLarge", err)
+	if !errors.Is(err, ErrResponseHeadTooLarge) {
+		t.Fatalf("err = %v, want ErrResponseHeadTooLarge", err)
 	}
 }
 
@@ -108,7 +114,7 @@ func TestUpstreamContextEndsExchange(t *testing.T) {
 	release := make(chan struct{})
 	up, srv, _ := upstreamFor(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		<-release
-	}))
+	}), Options{})
 	defer close(release)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -119,5 +125,77 @@ func TestUpstreamContextEndsExchange(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("took %v", d)
+	}
+}
+
+// With an https URL, connections are verified with Options.TLS's roots against the URL's
+// host, speak HTTP/1.1 even to a server offering HTTP/2, and are reused; a server whose
+// certificate the roots do not cover is refused before any request is sent.
+func TestUpstreamTLS(t *testing.T) {
+	var served atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		io.WriteString(w, r.Proto)
+	}))
+	srv.EnableHTTP2 = true
+	var conns atomic.Int64
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+	roots := srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+
+	up := New(u, Options{TLS: &tls.Config{RootCAs: roots}})
+	defer up.CloseIdleConnections()
+	for range 3 {
+		if _, body, err := get(t, up, srv.URL, "/"); err != nil || body != "HTTP/1.1" {
+			t.Fatalf("%q, %v; want HTTP/1.1", body, err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections for 3 requests, want 1", n)
+	}
+
+	n0 := served.Load()
+	for _, o := range []Options{{}, {TLS: &tls.Config{RootCAs: roots, ServerName: "other.example"}}} {
+		up := New(u, o)
+		_, _, err := get(t, up, srv.URL, "/")
+		up.CloseIdleConnections()
+		if err == nil {
+			t.Errorf("TLS options %+v: request to an unverified server succeeded", o.TLS)
+		} else if c := PublicCause(err); !strings.HasPrefix(c, "TLS certificate") {
+			t.Errorf("cause %q, want a TLS certificate failure", c)
+		}
+	}
+	if n := served.Load(); n != n0 {
+		t.Errorf("%d requests served over unverified connections", n-n0)
+	}
+}
+
+// After Close, a connection whose exchange was in flight is closed when it ends, not pooled,
+// and the Client still serves requests (each on a new connection).
+func TestUpstreamCloseDropsConnectionsInFlight(t *testing.T) {
+	up, srv, conns := upstreamFor(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}), Options{})
+	req, _ := http.NewRequest("GET", srv.URL+"/", nil)
+	resp, err := up.RoundTrip(req) // in flight: its body not read yet
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Close()
+	_, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for range 2 {
+		if _, body, err := get(t, up, srv.URL, "/"); err != nil || body != "ok" {
+			t.Fatalf("after Close: %q %v", body, err)
+		}
+	}
+	if n := conns.Load(); n != 3 {
+		t.Errorf("%d connections for 3 requests after Close, want 3 (none reused)", n)
 	}
 }

@@ -1,0 +1,436 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Client is an HTTP/1.1 client to one service: a pool of keep-alive connections used by the
+// calling goroutine only (see the package documentation). It is safe for concurrent use.
+type Client struct {
+	addr        string      // host:port to dial
+	tls         *tls.Config // nil for http
+	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
+	dialTimeout time.Duration // dial and TLS handshake
+	maxIdle     int
+	idleTimeout time.Duration
+	maxHead     int64 // response head limit, bytes
+
+	mu     sync.Mutex // guards the fields below
+	idle   []*upConn  // most recently used last
+	closed bool       // set by Close: no connection goes back to idle
+}
+
+// upConn is one connection to the service.
+type upConn struct {
+	nc       net.Conn
+	lr       *limitReader // under br: bounds what a response head may take
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	lastUsed time.Time
+}
+
+// limitReader fails once left reaches zero; left is set before a head and lifted after it.
+type limitReader struct {
+	r    io.Reader
+	left int64
+	n    int64 // bytes read since the last reset
+}
+
+const noLimit = int64(1<<63 - 1)
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, ErrResponseHeadTooLarge
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	l.n += int64(n)
+	return n, err
+}
+
+// Options configure a Client. The zero value is usable.
+type Options struct {
+	// TLS is the client TLS configuration for an https URL. Default: the system roots, TLS 1.2
+	// or later. It is cloned; NextProtos becomes http/1.1 only (this client speaks nothing else)
+	// and an empty ServerName becomes the URL's host (name or IP address), which the server's
+	// certificate is verified against unless InsecureSkipVerify is set, as http.Transport does.
+	TLS *tls.Config
+	// Dial opens the TCP connection. Default: a net.Dialer with a 30s keep-alive period.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// DialTimeout bounds a dial and its TLS handshake. Default 5s.
+	DialTimeout time.Duration
+	// MaxIdle is the number of idle connections kept for reuse. Default 256.
+	MaxIdle int
+	// MaxHead limits a response head (status line and header fields), bytes. Default 1 MiB.
+	MaxHead int64
+	// IdleTimeout: an idle connection older than this is closed instead of reused. Default 90s.
+	IdleTimeout time.Duration
+}
+
+// New returns a Client for the service at u (scheme http or https; its host and port are
+// dialled, its path is ignored: requests carry their own URL).
+func New(u *url.URL, o Options) *Client {
+	host, port := u.Hostname(), u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 5 * time.Second
+	}
+	if o.MaxIdle <= 0 {
+		o.MaxIdle = 256
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 90 * time.Second
+	}
+	if o.Dial == nil {
+		o.Dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
+	}
+	up := &Client{
+		addr:        net.JoinHostPort(host, port),
+		dial:        o.Dial,
+		dialTimeout: o.DialTimeout,
+		maxIdle:     o.MaxIdle,
+		idleTimeout: o.IdleTimeout,
+		maxHead:     o.MaxHead,
+	}
+	if u.Scheme == "https" {
+		if o.TLS == nil {
+			up.tls = &tls.Config{MinVersion: tls.VersionTLS12}
+		} else {
+			up.tls = o.TLS.Clone()
+		}
+		up.tls.NextProtos = []string{"http/1.1"}
+		if up.tls.ServerName == "" {
+			up.tls.ServerName = host
+		}
+	}
+	return up
+}
+
+// ErrResponseHeadTooLarge: the service's response head exceeds the limit.
+var ErrResponseHeadTooLarge = errors.New("response head too large")
+
+// RoundTrip sends req and returns the response; its body must be read to EOF or closed. A 101
+// response's body is an io.ReadWriteCloser over the connection. ctx ending aborts the exchange.
+func (u *Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	for attempt := 0; ; attempt++ {
+		c, reused, err := u.get(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := u.exchange(ctx, c, req)
+		if err == nil {
+			return resp, nil
+		}
+		_ = c.nc.Close()
+		var nothing *nothingReadError
+		if reused && attempt == 0 && errors.As(err, &nothing) && (req.Body == nil || req.Body == http.NoBody) && ctx.Err() == nil {
+			continue // the service closed the idle connection as we reused it
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, &publicError{err}
+	}
+}
+
+// publicError is a failure to reach a service whose text (PublicCause) a client may see; the
+// full error, with addresses, is its Unwrap.
+type publicError struct{ err error }
+
+func (e *publicError) Error() string { return PublicCause(e.err) }
+func (e *publicError) Unwrap() error { return e.err }
+
+// PublicCause says why a request to a service inside the cluster failed, in words a client may
+// see: the kind of failure, never the addresses, host names and certificate details that Go's
+// dial, resolver and TLS errors carry (a client outside must not learn the cluster's
+// addresses). The full error belongs in the agent's log, under the request id.
+func PublicCause(err error) string {
+	var (
+		dnsErr    *net.DNSError
+		unknownCA x509.UnknownAuthorityError
+		hostErr   x509.HostnameError
+		certErr   x509.CertificateInvalidError
+		verifyErr *tls.CertificateVerificationError
+		recordErr tls.RecordHeaderError
+		alertErr  tls.AlertError
+		netErr    net.Error
+	)
+	switch {
+	case errors.Is(err, ErrResponseHeadTooLarge):
+		return "response head too large"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection reset"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "no route to host"
+	case errors.As(err, &dnsErr):
+		return "host name not resolved"
+	case errors.As(err, &unknownCA):
+		return "TLS certificate not trusted (unknown authority)"
+	case errors.As(err, &hostErr):
+		return "TLS certificate not valid for the address"
+	case errors.As(err, &certErr):
+		return "TLS certificate invalid"
+	case errors.As(err, &verifyErr):
+		return "TLS certificate not verified"
+	case errors.As(err, &recordErr), errors.As(err, &alertErr):
+		return "TLS handshake failed"
+	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, syscall.ETIMEDOUT):
+		return "timed out"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before a response"
+	}
+	var nothing *nothingReadError
+	if errors.As(err, &nothing) {
+		return "connection failed before a response"
+	}
+	return "request failed"
+}
+
+// nothingReadError: the exchange failed before any byte of the response arrived.
+type nothingReadError struct{ err error }
+
+func (e *nothingReadError) Error() string { return e.err.Error() }
+func (e *nothingReadError) Unwrap() error { return e.err }
+
+func (u *Client) exchange(ctx context.Context, c *upConn, req *http.Request) (*http.Response, error) {
+	// The context (the stream's end, the request's deadline) interrupts reads and writes.
+	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
+	werr := req.Write(c.bw)
+	if werr == nil {
+		werr = c.bw.Flush()
+	}
+	// Even after a failed write, a response may be there (a service that answered early and
+	// closed): read it.
+	c.lr.n = 0
+	c.lr.left = u.headLimit() + int64(c.br.Size())
+	resp, err := readFinal(c.br, req)
+	c.lr.left = noLimit
+	if err != nil {
+		stop()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if errors.Is(err, ErrResponseHeadTooLarge) {
+			return nil, fmt.Errorf("%w (over %d bytes)", ErrResponseHeadTooLarge, u.headLimit())
+		}
+		if werr != nil {
+			err = werr
+		}
+		if c.lr.n == 0 {
+			return nil, &nothingReadError{err}
+		}
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		resp.Body = &upgradedConn{Conn: c.nc, r: c.br, stop: stop}
+		return resp, nil
+	}
+	resp.Body = &upBody{rc: resp.Body, u: u, c: c, stop: stop, reuse: werr == nil && !resp.Close && !req.Close}
+	return resp, nil
+}
+
+func (u *Client) headLimit() int64 {
+	if u.maxHead > 0 {
+		return u.maxHead
+	}
+	return 1 << 20
+}
+
+// readFinal reads responses until a final one (or 101), skipping at most five 1xx.
+func readFinal(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+	for range 6 {
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+	}
+	return nil, errors.New("too many 1xx responses")
+}
+
+// get returns a usable idle connection or dials a new one.
+func (u *Client) get(ctx context.Context) (*upConn, bool, error) {
+	now := time.Now()
+	for {
+		u.mu.Lock()
+		n := len(u.idle)
+		if n == 0 {
+			u.mu.Unlock()
+			break
+		}
+		c := u.idle[n-1]
+		u.idle = u.idle[:n-1]
+		u.mu.Unlock()
+		if now.Sub(c.lastUsed) < u.idleTimeout && alive(c) {
+			return c, true, nil
+		}
+		_ = c.nc.Close()
+	}
+	dctx, cancel := context.WithTimeout(ctx, u.dialTimeout)
+	defer cancel()
+	nc, err := u.dial(dctx, "tcp", u.addr)
+	if err != nil {
+		return nil, false, err
+	}
+	if u.tls != nil {
+		tc := tls.Client(nc, u.tls)
+		if err := tc.HandshakeContext(dctx); err != nil {
+			_ = nc.Close()
+			return nil, false, err
+		}
+		nc = tc
+	}
+	lr := &limitReader{r: nc, left: noLimit}
+	return &upConn{nc: nc, lr: lr, br: bufio.NewReaderSize(lr, 32<<10), bw: bufio.NewWriterSize(nc, 32<<10)}, false, nil
+}
+
+// alive reports whether an idle connection can be reused: nothing buffered, and a non-blocking
+// peek at the socket finds neither data nor EOF.
+func alive(c *upConn) bool {
+	if c.br.Buffered() > 0 {
+		return false
+	}
+	nc := c.nc
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok = false
+	_ = raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		ok = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true // never wait
+	})
+	return ok
+}
+
+// put returns a connection whose exchange completed to the pool.
+func (u *Client) put(c *upConn) {
+	c.lastUsed = time.Now()
+	u.mu.Lock()
+	if !u.closed && len(u.idle) < u.maxIdle {
+		u.idle = append(u.idle, c)
+		c = nil
+	}
+	u.mu.Unlock()
+	if c != nil {
+		_ = c.nc.Close()
+	}
+}
+
+// CloseIdleConnections closes the pooled connections.
+func (u *Client) CloseIdleConnections() {
+	u.mu.Lock()
+	idle := u.idle
+	u.idle = nil
+	u.mu.Unlock()
+	for _, c := range idle {
+		_ = c.nc.Close()
+	}
+}
+
+// Close closes the idle connections and, as each exchange in flight ends, its connection:
+// for a Client that is being replaced (a new CA bundle) and must not keep connections. It
+// does not cut requests in flight; a request made after Close still works, on a connection
+// closed after it.
+func (u *Client) Close() {
+	u.mu.Lock()
+	u.closed = true
+	u.mu.Unlock()
+	u.CloseIdleConnections()
+}
+
+// upBody returns its connection to the pool once read to EOF, or closes it.
+type upBody struct {
+	rc    io.ReadCloser
+	u     *Client
+	c     *upConn
+	stop  func() bool
+	reuse bool
+	done  bool
+}
+
+func (b *upBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	} else if err != nil {
+		b.finish(false)
+	}
+	return n, err
+}
+
+func (b *upBody) Close() error {
+	b.finish(false)
+	return nil
+}
+
+func (b *upBody) finish(eof bool) {
+	if b.done {
+		return
+	}
+	b.done = true
+	stopped := b.stop() // false: the context ended and poisoned the deadline
+	if eof && b.reuse && stopped {
+		b.u.put(b.c)
+		return
+	}
+	_ = b.c.nc.Close()
+}
+
+// upgradedConn is the service's connection after a 101: reads start with what was buffered.
+type upgradedConn struct {
+	net.Conn
+	r    *bufio.Reader
+	stop func() bool
+}
+
+func (c *upgradedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *upgradedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *upgradedConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
+}
