@@ -13,14 +13,13 @@ import (
 // instead of sending a request into an idle connection just as the drain's end closes it.
 func TestDrainClosesKeepAliveConnections(t *testing.T) {
 	e := newEnv(t)
-	svc := echoService(t, "web")
-	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
-	waitConnected(t, a, 1)
+	// The agents list: it answers 200 while draining too (the agents themselves are asked to
+	// move, so a proxied request may find none).
 	get := func() (close bool, reused bool) {
 		t.Helper()
 		var got bool
 		trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { got = i.Reused }}
-		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", e.url("/api/v1/agents/alpha/proxy/web/x"), nil)
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", e.url("/api/v1/agents"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -30,7 +29,7 @@ func TestDrainClosesKeepAliveConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 		body := readAll(t, resp)
-		if resp.StatusCode != 200 || !strings.HasPrefix(body, "GET /x") {
+		if resp.StatusCode != 200 || !strings.HasPrefix(body, "{") {
 			t.Fatalf("status %d: %s", resp.StatusCode, body)
 		}
 		return resp.Close, got
