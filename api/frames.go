@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"sync"
+	"unsafe"
 )
 
 const (
@@ -223,8 +224,11 @@ func ReadFrameHeader(r io.Reader) (FrameType, int, error) {
 // io.ErrUnexpectedEOF. Other read errors are returned wrapped with %w, so
 // CodeOf sees deadlines. Parse failures are *Error with CodeProtocol.
 func ReadFrame(r io.Reader) (Message, error) {
-	var hdr [FrameHeaderSize]byte
-	hb := hdr[:]
+	// One allocation holds the header and, when it fits, the payload: the header array would
+	// escape to the heap anyway (r is an interface), and most frames (request and response
+	// heads) are a few hundred bytes.
+	buf := make([]byte, readFrameBuffer)
+	hb := buf[:FrameHeaderSize]
 	if _, err := io.ReadFull(r, hb); err != nil {
 		if err == io.EOF {
 			return nil, io.EOF
@@ -247,19 +251,28 @@ func ReadFrame(r io.Reader) (Message, error) {
 	}
 	var payload string
 	if n > 0 {
-		buf := make([]byte, n)
+		if n <= len(buf)-FrameHeaderSize {
+			buf = buf[FrameHeaderSize : FrameHeaderSize+n]
+		} else {
+			buf = make([]byte, n)
+		}
 		if _, err := io.ReadFull(r, buf); err != nil {
 			if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, truncatedRead(t.String() + " frame payload")
 			}
 			return nil, fmt.Errorf("api: reading %s frame payload: %w", t, err)
 		}
-		// One copy into an immutable string; every string field of the
-		// message is a substring of it.
-		payload = string(buf)
+		// buf is this call's own and never written again: the payload string shares its
+		// bytes instead of copying them, and every string field of the message is a
+		// substring of it.
+		payload = unsafe.String(&buf[0], n)
 	}
 	return parsePayload(t, payload)
 }
+
+// readFrameBuffer is what ReadFrame allocates for a frame's header and payload together; a
+// larger payload gets a buffer of its own.
+const readFrameBuffer = 256
 
 func truncatedRead(what string) *Error {
 	return &Error{

@@ -68,6 +68,10 @@ func Serve(ctx context.Context, sc *quic.StreamConn, headTimeout time.Duration, 
 // context learns it too, but from a goroutine of its own (context.AfterFunc): a handler that
 // failed on the stopped stream can return before its context is canceled.
 func peerStopped(sc *quic.StreamConn) bool {
+	err := context.Cause(sc.Context())
+	if err == nil {
+		return false // the common case, without the allocation errors.As's target costs
+	}
 	var se *quicgo.StreamError
-	return errors.As(context.Cause(sc.Context()), &se) && se.Remote
+	return errors.As(err, &se) && se.Remote
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/qkas/qkas/api"
@@ -73,7 +74,7 @@ func NewRequest(ctx context.Context, sc *quic.StreamConn, f *api.Request) (*http
 		Header:     make(http.Header, len(f.Header)+2),
 		Host:       f.Host,
 		RequestURI: f.Target,
-		RemoteAddr: sc.RemoteAddr().String(),
+		RemoteAddr: remoteAddrString(sc.RemoteAddr()),
 		Body:       http.NoBody,
 	}
 	AddKVs(r.Header, f.Header, upgrade)
@@ -96,6 +97,31 @@ func NewRequest(ctx context.Context, sc *quic.StreamConn, f *api.Request) (*http
 	// it were whole; the caller recovers it and resets the stream (see Recover).
 	ctx = context.WithValue(ctx, http.ServerContextKey, streamServer)
 	return r.WithContext(ctx), done, nil
+}
+
+// lastAddr is the last remote address NewRequest formatted, with its string: every stream of a
+// connection has the same net.Addr (quic-go returns the connection's), and formatting it costs
+// three allocations per request. One entry, replaced on a miss: there is nothing to bound.
+var lastAddr atomic.Pointer[addrString]
+
+type addrString struct {
+	addr *net.UDPAddr
+	s    string
+}
+
+// remoteAddrString is a.String(), without formatting it again for the address of the last call.
+// Only *net.UDPAddr is remembered: it is compared by pointer, and never changed in place.
+func remoteAddrString(a net.Addr) string {
+	u, ok := a.(*net.UDPAddr)
+	if !ok {
+		return a.String()
+	}
+	if c := lastAddr.Load(); c != nil && c.addr == u {
+		return c.s
+	}
+	s := u.String()
+	lastAddr.Store(&addrString{addr: u, s: s})
+	return s
 }
 
 // ResponseWriter writes a handler's response on a stream as a response frame and its body. The

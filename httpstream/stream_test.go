@@ -34,17 +34,17 @@ const testALPN = "qkas-httpstream-test"
 // server side hands each stream it accepts to a handler. Cleanup closes both ends and waits for
 // every goroutine.
 type link struct {
-	t  *testing.T
+	t  testing.TB
 	qc *quicgo.Conn
 }
 
-func newLink(t *testing.T, handle func(sc *quic.StreamConn)) *link {
+func newLink(t testing.TB, handle func(sc *quic.StreamConn)) *link {
 	t.Helper()
 	return newLinkConfig(t, quic.Config{}, handle)
 }
 
 // newLinkConfig is newLink with the server's QUIC configuration.
-func newLinkConfig(t *testing.T, serverConf quic.Config, handle func(sc *quic.StreamConn)) *link {
+func newLinkConfig(t testing.TB, serverConf quic.Config, handle func(sc *quic.StreamConn)) *link {
 	t.Helper()
 	cert, caFile, err := quic.DevCertificate(t.TempDir(), nil)
 	if err != nil {

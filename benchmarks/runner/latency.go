@@ -28,6 +28,9 @@ type LatencyRun struct {
 	// B, forwarded); the proxy process (reverseproxy); the server end's process (raw-quic: its
 	// client end runs in the load generator and is not counted).
 	TunnelCPUus float64 `json:"tunnel_cpu_us_per_request"`
+	// ProcessCPUus splits TunnelCPUus by process name (kasd-a, kasd-b, agentd-bench, …): which
+	// end to profile first.
+	ProcessCPUus map[string]float64 `json:"cpu_us_per_request_by_process,omitempty"`
 }
 
 // Route names besides direct, local and forwarded (env.routes).
@@ -148,6 +151,10 @@ func (e *env) runLatency(ctx context.Context) (*LatencyResults, error) {
 		}
 		merged := make([][]*load.Result, len(routes))
 		cpu := make([]time.Duration, len(routes))
+		procCPU := make([][]time.Duration, len(routes)) // per route, per process (routes[i].procs)
+		for i, r := range routes {
+			procCPU[i] = make([]time.Duration, len(r.procs))
+		}
 		for round := range res.Rounds {
 			order := make([]int, len(routes))
 			for i := range order {
@@ -157,12 +164,19 @@ func (e *env) runLatency(ctx context.Context) (*LatencyResults, error) {
 				}
 			}
 			for _, i := range order {
-				cpu0 := cpuOf(routes[i].procs...)
+				before := make([]time.Duration, len(routes[i].procs))
+				for j, p := range routes[i].procs {
+					before[j] = cpuOf(p)
+				}
 				r, err := load.Run(ctx, load.Options{Concurrency: c, Requests: max(1, total/res.Rounds)}, fns[i])
 				if err != nil {
 					return nil, err
 				}
-				cpu[i] += cpuOf(routes[i].procs...) - cpu0
+				for j, p := range routes[i].procs {
+					d := cpuOf(p) - before[j]
+					procCPU[i][j] += d
+					cpu[i] += d
+				}
 				merged[i] = append(merged[i], r)
 			}
 		}
@@ -173,6 +187,14 @@ func (e *env) runLatency(ctx context.Context) (*LatencyResults, error) {
 			run := LatencyRun{Route: r.name, Concurrency: c, Summary: m.Summarize()}
 			if ok := m.OK(); ok > 0 {
 				run.TunnelCPUus = float64(cpu[i].Microseconds()) / float64(ok)
+				if len(r.procs) > 1 && r.name != "direct" {
+					run.ProcessCPUus = map[string]float64{}
+					for j, p := range r.procs {
+						if p != nil {
+							run.ProcessCPUus[p.name] += float64(procCPU[i][j].Microseconds()) / float64(ok)
+						}
+					}
+				}
 			}
 			if r.name == "direct" {
 				direct = run.Summary
@@ -180,7 +202,7 @@ func (e *env) runLatency(ctx context.Context) (*LatencyResults, error) {
 				run.AddedP50us = run.P50us - direct.P50us
 				run.AddedP99us = run.P99us - direct.P99us
 			}
-			e.logf("latency c=%d %-12s %s CPU %.1fµs/req", c, r.name, run.Summary, run.TunnelCPUus)
+			e.logf("latency c=%d %-12s %s CPU %.1fµs/req%s", c, r.name, run.Summary, run.TunnelCPUus, processCPU(run.ProcessCPUus))
 			res.Runs = append(res.Runs, run)
 			curves = append(curves, plot.Latencies{Name: r.name, Sorted: m.Latencies()})
 		}
@@ -261,4 +283,21 @@ func (e *env) profileLocal(ctx context.Context, st *localStack, local route) *Pr
 		p.Top += fmt.Sprintf("# go tool pprof -top %s\n%s\n", sortFlag, out)
 	}
 	return p
+}
+
+// processCPU formats a per-process CPU split for the log: " (agentd-bench 40.1, kasd-a 37.0)".
+func processCPU(m map[string]float64) string {
+	if len(m) == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s %.1f", n, m[n])
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
