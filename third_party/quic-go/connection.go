@@ -2679,7 +2679,11 @@ func (c *Conn) sendPacketsWithoutGSO(now monotime.Time) error {
 }
 
 func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
-	buf := getLargePacketBuffer()
+	// qkas patch: a batch starts in a packet-sized buffer and moves to a GSO-sized one (20 KiB)
+	// only when a second packet follows. Most sends of an idle or lightly used connection are
+	// one small packet (a PING, an ACK); each took a 20 KiB buffer from the pool, and the pool
+	// kept as many as were ever queued at once: megabytes after a burst of handshakes.
+	buf := getPacketBuffer()
 	maxSize := c.maxPacketSize()
 
 	ecn := c.sentPacketHandler.ECNMode(true)
@@ -2715,6 +2719,12 @@ func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
 		// 2. The last packet appended was a full-size packet
 		// 3. The next packet will have the same ECN marking
 		// 4. We still have enough space for another full-size packet in the buffer
+		if !dontSendMore && size == maxSize && nextECN == ecn && buf.Cap() < protocol.MaxLargePacketBufferSize {
+			large := getLargePacketBuffer() // qkas patch: a second packet follows (see above)
+			large.Data = append(large.Data, buf.Data...)
+			buf.Release()
+			buf = large
+		}
 		if !dontSendMore && size == maxSize && nextECN == ecn && buf.Len()+maxSize <= buf.Cap() {
 			continue
 		}
@@ -2735,7 +2745,7 @@ func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
 		}
 
 		ecn = nextECN
-		buf = getLargePacketBuffer()
+		buf = getPacketBuffer() // qkas patch: see above
 	}
 }
 

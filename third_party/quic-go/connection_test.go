@@ -3728,3 +3728,75 @@ func testConnectionDatagrams(t *testing.T, enabled bool) {
 	require.NoError(t, err)
 	require.Equal(t, []byte("bar"), d)
 }
+
+// qkas patch: a send starts in a packet-sized buffer and moves to a GSO-sized one only when a
+// second packet follows, so that a lone small packet (a PING, an ACK) takes no 20 KiB buffer.
+func TestConnectionGSOBatchStartsSmall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mockCtrl := gomock.NewController(t)
+		sph := mockackhandler.NewMockSentPacketHandler(mockCtrl)
+		tc := newServerTestConnection(t,
+			mockCtrl,
+			nil,
+			true,
+			connectionOptHandshakeConfirmed(),
+			connectionOptSentPacketHandler(sph),
+		)
+		sph.EXPECT().SendMode(gomock.Any()).Return(ackhandler.SendAny).AnyTimes()
+		sph.EXPECT().TimeUntilSend().AnyTimes()
+		sph.EXPECT().SentPacket(gomock.Any(), gomock.Any(), gomock.Any(), gomock.Any(), gomock.Any(), gomock.Any(), gomock.Any(), gomock.Any(), gomock.Any(), gomock.Any()).AnyTimes()
+		sph.EXPECT().GetLossDetectionTimeout().AnyTimes()
+		sph.EXPECT().ECNMode(gomock.Any()).Return(protocol.ECT1).AnyTimes()
+
+		maxPacketSize := tc.conn.maxPacketSize()
+		var caps []protocol.ByteCount
+		var expectedData []byte
+		var calls []any
+		for i, data := range [][]byte{
+			bytes.Repeat([]byte{1}, int(maxPacketSize)),
+			bytes.Repeat([]byte{2}, int(maxPacketSize)),
+			[]byte("foobar"), // ends the batch
+		} {
+			expectedData = append(expectedData, data...)
+			calls = append(calls, tc.packer.EXPECT().AppendPacket(gomock.Any(), gomock.Any(), gomock.Any(), gomock.Any()).DoAndReturn(
+				func(buffer *packetBuffer, _ protocol.ByteCount, _ monotime.Time, _ protocol.Version) (shortHeaderPacket, error) {
+					caps = append(caps, buffer.Cap())
+					buffer.Data = append(buffer.Data, data...)
+					return shortHeaderPacket{PacketNumber: protocol.PacketNumber(i)}, nil
+				},
+			))
+		}
+		calls = append(calls, tc.packer.EXPECT().AppendPacket(gomock.Any(), gomock.Any(), gomock.Any(), gomock.Any()).DoAndReturn(
+			func(buffer *packetBuffer, _ protocol.ByteCount, _ monotime.Time, _ protocol.Version) (shortHeaderPacket, error) {
+				caps = append(caps, buffer.Cap())
+				return shortHeaderPacket{}, errNothingToPack
+			},
+		))
+		gomock.InOrder(calls...)
+		done := make(chan struct{})
+		tc.sendConn.EXPECT().Write(expectedData, uint16(maxPacketSize), protocol.ECT1).DoAndReturn(
+			func([]byte, uint16, protocol.ECN) error { close(done); return nil },
+		)
+		errChan := make(chan error, 1)
+		go func() { errChan <- tc.conn.run() }()
+		tc.conn.scheduleSending()
+		synctest.Wait()
+		select {
+		case <-done:
+		default:
+			t.Fatal("should have sent a packet")
+		}
+		small, large := protocol.ByteCount(protocol.MaxPacketBufferSize), protocol.ByteCount(protocol.MaxLargePacketBufferSize)
+		require.Equal(t, []protocol.ByteCount{small, large, large, small}, caps)
+
+		tc.connRunner.EXPECT().Remove(gomock.Any()).AnyTimes()
+		tc.conn.destroy(nil)
+		synctest.Wait()
+		select {
+		case err := <-errChan:
+			require.NoError(t, err)
+		default:
+			t.Fatal("should have timed out")
+		}
+	})
+}

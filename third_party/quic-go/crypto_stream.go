@@ -90,6 +90,12 @@ func (s *baseCryptoStream) PopCryptoFrame(maxLen protocol.ByteCount) *wire.Crypt
 	}
 	f.Data = s.writeBuf[:n]
 	s.writeBuf = s.writeBuf[n:]
+	if len(s.writeBuf) == 0 {
+		// qkas patch: let the sent data go with its frames once they are acknowledged. An empty
+		// tail of the buffer kept a server's whole handshake flight (the certificate chain,
+		// ~2 KiB) for the connection's life.
+		s.writeBuf = nil
+	}
 	s.writeOffset += n
 	return f
 }

@@ -286,3 +286,19 @@ func testInitialCryptoStreamClientRandomizedSizes(t *testing.T, clientHello []by
 		require.Contains(t, string(reassembled), expectedServerName)
 	}
 }
+
+// qkas patch: once everything written has been popped, the stream keeps no buffer (the frames
+// popped keep their data until they are acknowledged).
+func TestCryptoStreamReleasesWriteBuffer(t *testing.T) {
+	str := newCryptoStream()
+	_, err := str.Write(make([]byte, 2000))
+	require.NoError(t, err)
+	f := str.PopCryptoFrame(1000)
+	require.NotNil(t, f)
+	require.NotNil(t, str.writeBuf)
+	for str.HasData() {
+		require.NotNil(t, str.PopCryptoFrame(1000))
+	}
+	require.Nil(t, str.writeBuf)
+	require.Equal(t, make([]byte, len(f.Data)), f.Data) // the first frame's data is intact
+}

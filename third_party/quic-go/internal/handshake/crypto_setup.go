@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +62,12 @@ type cryptoSetup struct {
 	aead          *updatableAEAD
 	has1RTTSealer bool
 	has1RTTOpener bool
+
+	// qkas patch: a server's ConnectionState, kept when conn is released once the handshake is
+	// over (releaseTLS); nil until then. connMu guards conn's release and connState against
+	// ConnectionState, which other goroutines call; the run loop reads conn without it.
+	connMu    sync.Mutex
+	connState *tls.ConnectionState
 }
 
 var _ CryptoSetup = &cryptoSetup{}
@@ -211,6 +218,9 @@ func (h *cryptoSetup) StartHandshake(ctx context.Context) error {
 // Close closes the crypto setup.
 // It aborts the handshake, if it is still running.
 func (h *cryptoSetup) Close() error {
+	if h.conn == nil { // qkas patch: released after the handshake (releaseTLS)
+		return nil
+	}
 	return h.conn.Close()
 }
 
@@ -224,6 +234,12 @@ func (h *cryptoSetup) HandleMessage(data []byte, encLevel protocol.EncryptionLev
 }
 
 func (h *cryptoSetup) handleMessage(data []byte, encLevel protocol.EncryptionLevel) error {
+	if h.conn == nil {
+		// qkas patch: a server released crypto/tls after the handshake (releaseTLS). A client
+		// has no post-handshake message to send in QUIC (RFC 9001 §4.4: no KeyUpdate, no
+		// post-handshake authentication); crypto/tls would answer any with this alert.
+		return tls.AlertError(10) // unexpected_message; HandleMessage makes it a crypto error
+	}
 	if err := h.conn.HandleData(encLevel.ToTLSEncryptionLevel(), data); err != nil {
 		return err
 	}
@@ -400,7 +416,23 @@ func (h *cryptoSetup) GetSessionTicket() ([]byte, error) {
 			h.logger.Errorf("unexpected event: %v", ev.Kind)
 		}
 	}
+	h.releaseTLS()
 	return ticket, nil
+}
+
+// releaseTLS (qkas patch) lets a server's crypto/tls connection go once its handshake is over:
+// GetSessionTicket is the last call a server makes into it (once, when the handshake
+// completes). It holds ~10 KiB per connection for the connection's life otherwise: the
+// handshake flight crypto/tls keeps in its event queue, its record buffers, the cloned
+// tls.Config. 1-RTT keys and key updates live in aead, not in crypto/tls. ConnectionState is
+// kept.
+func (h *cryptoSetup) releaseTLS() {
+	cs := h.conn.ConnectionState()
+	h.connMu.Lock()
+	h.connState = &cs
+	h.conn = nil
+	h.connMu.Unlock()
+	h.tlsConf = nil
 }
 
 // handleSessionTicket is called for the server when receiving the client's session ticket.
@@ -670,8 +702,14 @@ func (h *cryptoSetup) Get1RTTOpener() (ShortHeaderOpener, error) {
 }
 
 func (h *cryptoSetup) ConnectionState() ConnectionState {
+	h.connMu.Lock() // qkas patch: conn is released after the handshake (releaseTLS)
+	conn, released := h.conn, h.connState
+	h.connMu.Unlock()
+	if released != nil {
+		return ConnectionState{ConnectionState: *released, Used0RTT: h.used0RTT.Load()}
+	}
 	return ConnectionState{
-		ConnectionState: h.conn.ConnectionState(),
+		ConnectionState: conn.ConnectionState(),
 		Used0RTT:        h.used0RTT.Load(),
 	}
 }
