@@ -174,6 +174,16 @@ func buildTokenTable(agents []TokenEntry) (*tokenTable, error) {
 	return tab, nil
 }
 
+// printableASCII reports whether data holds only printable ASCII and newlines.
+func printableASCII(data []byte) bool {
+	for _, c := range data {
+		if (c < 0x20 && c != '\n') || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
 // scanCanonicalTokens reads the layout kasctl writes:
 //
 //	# comments and blank lines anywhere
@@ -186,7 +196,10 @@ func buildTokenTable(agents []TokenEntry) (*tokenTable, error) {
 // would not read as a plain string (quoted, a number, a boolean, a null), so
 // that both readers always agree (FuzzScanCanonicalTokens checks it).
 func scanCanonicalTokens(data []byte) (agents []TokenEntry, ok bool) {
-	if len(data) == 0 || bytes.IndexByte(data, '\r') >= 0 || bytes.IndexByte(data, '\t') >= 0 {
+	// Printable ASCII and newlines only: YAML refuses invalid UTF-8 and control characters
+	// anywhere, comments included, and a file kasctl writes has neither (anything else is left
+	// to the YAML decoder).
+	if len(data) == 0 || !printableASCII(data) {
 		return nil, false
 	}
 	sawKey := false
