@@ -134,7 +134,7 @@ var ErrResponseHeadTooLarge = errors.New("response head too large")
 func (u *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	for attempt := 0; ; attempt++ {
-		c, reused, err := u.get(ctx)
+		c, reused, err := u.get(ctx, req.Body != nil && req.Body != http.NoBody)
 		if err != nil {
 			return nil, err
 		}
@@ -218,7 +218,10 @@ func (e *nothingReadError) Unwrap() error { return e.err }
 func (u *Client) exchange(ctx context.Context, c *upConn, req *http.Request) (*http.Response, error) {
 	// The context (the stream's end, the request's deadline) interrupts reads and writes.
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
-	werr := req.Write(c.bw)
+	var werr error
+	if !writeHead(c.bw, req) {
+		werr = req.Write(c.bw)
+	}
 	if werr == nil {
 		werr = c.bw.Flush()
 	}
@@ -273,8 +276,15 @@ func readFinal(br *bufio.Reader, req *http.Request) (*http.Response, error) {
 	return nil, errors.New("too many 1xx responses")
 }
 
+// recentlyUsed: an idle connection whose last response ended less than this ago is reused
+// without the liveness peek (a system call per request) for a request without a body: if the
+// service closed it in that time, the request fails before any response byte and is retried
+// once on a new connection (RoundTrip). A request with a body, which is not retried, is always
+// sent on a connection that passed the peek.
+const recentlyUsed = time.Second
+
 // get returns a usable idle connection or dials a new one.
-func (u *Client) get(ctx context.Context) (*upConn, bool, error) {
+func (u *Client) get(ctx context.Context, withBody bool) (*upConn, bool, error) {
 	now := time.Now()
 	for {
 		u.mu.Lock()
@@ -286,7 +296,7 @@ func (u *Client) get(ctx context.Context) (*upConn, bool, error) {
 		c := u.idle[n-1]
 		u.idle = u.idle[:n-1]
 		u.mu.Unlock()
-		if now.Sub(c.lastUsed) < u.idleTimeout && alive(c) {
+		if idle := now.Sub(c.lastUsed); idle < u.idleTimeout && (idle < recentlyUsed && !withBody || alive(c)) {
 			return c, true, nil
 		}
 		_ = c.nc.Close()

@@ -199,3 +199,30 @@ func TestUpstreamCloseDropsConnectionsInFlight(t *testing.T) {
 		t.Errorf("%d connections for 3 requests after Close, want 3 (none reused)", n)
 	}
 }
+
+// A request with a body is never written into a connection the service closed, even one used
+// a moment ago (it would not be retried): the liveness peek discards it first.
+func TestUpstreamBodyNotSentIntoClosedConnection(t *testing.T) {
+	up, srv, conns := upstreamFor(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		io.WriteString(w, "got "+string(b))
+	}), Options{})
+	if _, body, err := get(t, up, srv.URL, "/"); err != nil || body != "got " {
+		t.Fatalf("%q %v", body, err)
+	}
+	srv.CloseClientConnections()
+	time.Sleep(20 * time.Millisecond) // well within recentlyUsed
+	req, _ := http.NewRequest("POST", srv.URL+"/", strings.NewReader("payload"))
+	resp, err := up.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("POST after the service closed the idle connection: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "got payload" {
+		t.Fatalf("body %q", b)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}
