@@ -17,9 +17,16 @@
 // Counts go to <namespace>_http_limit_hits_total{server,reason}, open connections to
 // <namespace>_http_connections{server}.
 //
+// Shutdown is http.Server's without its keep-alive race: it closes the listeners, then closes
+// each HTTP/1.1 connection only once it is idle and quiet (nothing arrived since its last
+// response, nothing waiting in its socket), so a request a client sent on a keep-alive
+// connection just before is served, not cut; HTTP/2 and whatever remains when its context ends
+// go to http.Server.Shutdown. kasd's drain relies on it (docs/faults.md).
+//
 // Ownership: Server.Serve runs on the caller's goroutine and returns when the listener closes
 // (nil after Shutdown or Close). The listener wrapper starts no goroutine; closing it releases an
-// Accept waiting for a connection slot. Shutdown and Close are http.Server's.
+// Accept waiting for a connection slot. Shutdown runs on the caller's goroutine; Close is
+// http.Server's.
 //
 // DebugHandler serves net/http/pprof; the mains serve it only when asked (--pprof), on its own
 // listener that defaults to loopback.

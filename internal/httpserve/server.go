@@ -1,25 +1,34 @@
 package httpserve
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Server is an http.Server whose Limits are applied and counted. Set TLSConfig on the embedded
-// http.Server to serve HTTPS; Shutdown and Close are http.Server's.
+// http.Server to serve HTTPS. Close is http.Server's; Shutdown is http.Server's without its
+// keep-alive race (see Shutdown).
 type Server struct {
 	*http.Server
 	name    string // the server label
 	limits  Limits
 	metrics *Metrics
 	now     func() time.Time
+
+	shuttingDown atomic.Bool // set by Shutdown before it closes the listeners
+
+	mu        sync.Mutex // guards the fields below
+	listeners []*limitListener
+	conns     map[*conn]struct{} // open connections
 }
 
 // New returns a server named name (the metrics' server label) for h with limits l (zero fields
@@ -29,7 +38,7 @@ func New(name string, h http.Handler, l Limits, m *Metrics) (*Server, error) {
 		return nil, err
 	}
 	l = l.WithDefaults()
-	s := &Server{name: name, limits: l, metrics: m, now: time.Now}
+	s := &Server{name: name, limits: l, metrics: m, now: time.Now, conns: map[*conn]struct{}{}}
 	s.Server = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
@@ -47,27 +56,110 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.TLSConfig != nil {
 		ln = tls.NewListener(ln, s.TLSConfig)
 	}
-	if err := s.Server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+	err := s.Server.Serve(ln)
+	if err == nil || errors.Is(err, http.ErrServerClosed) || s.shuttingDown.Load() && errors.Is(err, net.ErrClosed) {
+		return nil
 	}
-	return nil
+	return err
+}
+
+// Shutdown stops the server gracefully, as http.Server.Shutdown does, but without closing a
+// keep-alive connection on which a client has just sent its next request. http.Server closes
+// every connection that is idle at that moment, and a connection stays "idle" until the server
+// has read the whole head of the next request: a request sent a moment before (or one whose
+// bytes wait in the socket while a loaded machine has not yet run the server's goroutine) is cut,
+// and a client cannot tell whether it was executed. Here the listeners close first (new
+// connections are refused, which a client may safely retry elsewhere); then, until none is
+// left or ctx ends, an HTTP/1.1 connection is closed only while it is idle (or new), nothing has
+// arrived on it since its last response, and a non-blocking peek finds its socket empty. A connection
+// serving a request is closed once the response is written and it is quiet (kasd's API also
+// answers with Connection: close while draining). HTTP/2 connections and whatever is left when
+// ctx ends are http.Server.Shutdown's (GOAWAY, then close).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shuttingDown.Store(true)
+	s.mu.Lock()
+	lns := s.listeners
+	s.mu.Unlock()
+	for _, l := range lns {
+		_ = l.Close()
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for s.closeQuiet() > 0 {
+		select {
+		case <-ctx.Done():
+			return s.Server.Shutdown(ctx)
+		case <-t.C:
+		}
+	}
+	return s.Server.Shutdown(ctx)
+}
+
+// closeQuiet closes the quiet idle HTTP/1.1 connections and returns how many HTTP/1.1
+// connections are left open.
+func (s *Server) closeQuiet() int {
+	s.mu.Lock()
+	var open []*conn
+	for c := range s.conns {
+		if !c.h2.Load() {
+			open = append(open, c)
+		}
+	}
+	s.mu.Unlock()
+	left := 0
+	for _, c := range open {
+		st := http.ConnState(c.state.Load())
+		if (st == http.StateIdle || st == http.StateNew) && !c.readSinceIdle.Load() && socketEmpty(c.Conn) {
+			_ = c.Close()
+			continue
+		}
+		left++
+	}
+	return left
+}
+
+// socketEmpty reports whether nothing is waiting to be read on nc (a non-blocking peek); a
+// connection it cannot peek at counts as empty.
+func socketEmpty(nc net.Conn) bool {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	empty := true
+	// Control, not Read: the server's goroutine is blocked in a read on the connection, and
+	// Read would queue behind it. MSG_DONTWAIT makes the peek non-blocking by itself.
+	_ = raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		empty = n <= 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+	})
+	return empty
 }
 
 // Listener wraps ln in s's connection cap and the accounting of its limits. Serve does this;
 // it is exported for servers that need their own listener chain.
 func (s *Server) Listener(ln net.Listener) net.Listener {
-	return &limitListener{
+	l := &limitListener{
 		Listener: ln,
 		srv:      s,
 		sem:      make(chan struct{}, s.limits.MaxConnections),
 		done:     make(chan struct{}),
 		open:     s.metrics.connections(s.name),
 	}
+	s.mu.Lock()
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	return l
 }
 
 // connState tracks each connection's HTTP state in its wrapper, and counts idle connections the
 // server closes for IdleTimeout (HTTP/1.1 and HTTP/2 alike: both move Idle → Closed).
 func (s *Server) connState(nc net.Conn, st http.ConnState) {
+	orig := nc
 	if tc, ok := nc.(*tls.Conn); ok {
 		nc = tc.NetConn()
 	}
@@ -76,6 +168,13 @@ func (s *Server) connState(nc net.Conn, st http.ConnState) {
 		return
 	}
 	prev := http.ConnState(c.state.Swap(int32(st)))
+	if st != http.StateNew && !c.protoChecked.Swap(true) {
+		// Past StateNew the TLS handshake is done. HTTP/2 reports its states from its own
+		// server (net/http skips the hooks when it hands a connection over).
+		if tc, ok := orig.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
+			c.h2.Store(true) // Shutdown leaves it to http.Server (GOAWAY)
+		}
+	}
 	switch st {
 	case http.StateIdle:
 		c.readSinceIdle.Store(false)
@@ -96,6 +195,7 @@ type limitListener struct {
 	sem       chan struct{} // a token per open connection
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
+	closeErr  error // of the first Close
 	open      prometheus.Gauge
 }
 
@@ -117,13 +217,27 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	}
 	l.open.Inc()
 	c := &conn{Conn: nc, srv: l.srv}
-	c.release = func() { <-l.sem; l.open.Dec() }
+	c.release = func() {
+		<-l.sem
+		l.open.Dec()
+		l.srv.mu.Lock()
+		delete(l.srv.conns, c)
+		l.srv.mu.Unlock()
+	}
+	l.srv.mu.Lock()
+	l.srv.conns[c] = struct{}{}
+	l.srv.mu.Unlock()
 	return c, nil
 }
 
+// Close closes the listener once; later calls return nil (Shutdown closes it before
+// http.Server.Shutdown closes it again).
 func (l *limitListener) Close() error {
-	l.closeOnce.Do(func() { close(l.done) })
-	return l.Listener.Close()
+	l.closeOnce.Do(func() {
+		close(l.done)
+		l.closeErr = l.Listener.Close()
+	})
+	return l.closeErr
 }
 
 // conn is one served connection: it gives back its slot when closed and notices the limits
@@ -132,6 +246,8 @@ type conn struct {
 	net.Conn
 	srv           *Server
 	state         atomic.Int32 // http.ConnState, set by Server.connState
+	h2            atomic.Bool  // HTTP/2 over TLS: Shutdown leaves it to http.Server
+	protoChecked  atomic.Bool  // h2 was set (or not) after the handshake
 	readSinceIdle atomic.Bool  // bytes arrived since the connection went idle
 	idleSince     atomic.Int64 // unix nanoseconds
 	closeOnce     sync.Once

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,4 +273,117 @@ func value(c prometheus.Metric) float64 {
 		return m.Counter.GetValue()
 	}
 	return m.Gauge.GetValue()
+}
+
+// slowConn makes every read after the first wait: a server goroutine that a loaded machine has
+// not run yet, while the client's next request already sits in the socket.
+type slowConn struct {
+	*net.TCPConn
+	reads atomic.Int32
+	delay time.Duration
+}
+
+func (c *slowConn) Read(p []byte) (int, error) {
+	if c.reads.Add(1) > 1 {
+		time.Sleep(c.delay)
+	}
+	return c.TCPConn.Read(p)
+}
+
+type slowListener struct {
+	net.Listener
+	delay time.Duration
+}
+
+func (l slowListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &slowConn{TCPConn: nc.(*net.TCPConn), delay: l.delay}, nil
+}
+
+// Shutdown does not cut a keep-alive connection whose next request has arrived but not yet
+// been read (http.Server.Shutdown closes it as idle: the client's request is lost); it serves
+// the request, then closes the connection, closes quiet idle connections at once, refuses new
+// connections, and Serve returns nil.
+func TestShutdownServesRequestWaitingOnIdleConnection(t *testing.T) {
+	m, err := NewMetrics(prometheus.NewRegistry(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New("api", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Limits{}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.Serve(slowListener{Listener: ln, delay: 300 * time.Millisecond}); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	defer wg.Wait()
+	defer s.Close()
+
+	busy, err := net.Dial("tcp", ln.Addr().String()) // its next request will be waiting
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	quiet, err := net.Dial("tcp", ln.Addr().String()) // stays idle
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quiet.Close()
+	bb, bq := bufio.NewReader(busy), bufio.NewReader(quiet)
+	get(t, busy, bb)
+	get(t, quiet, bq)
+	// Both idle at the server (their goroutines asleep in the next read).
+	waitFor(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		idle := 0
+		for c := range s.conns {
+			if http.ConnState(c.state.Load()) == http.StateIdle {
+				idle++
+			}
+		}
+		return idle == 2
+	})
+	if _, err := io.WriteString(busy, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // in the socket, not read: the server's read is asleep
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(context.Background()) }()
+
+	// The quiet connection is closed at once; no new connection is taken.
+	waitClosed(t, quiet, bq, 5*time.Second)
+	if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		c.Close()
+		t.Error("a new connection was accepted during Shutdown")
+	}
+	// The waiting request is served.
+	_ = busy.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bb, nil)
+	if err != nil {
+		t.Fatalf("the request waiting on the idle connection was cut: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "ok" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
 }
