@@ -484,7 +484,11 @@ func (e *env) fleetFlags(dir string, n int) ([][]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		f := []string{"--peer-listen", peer, "--peer-secret-file", peerSecret}
+		// No rebalancing: the bench agents know kasd A only (the forwarded route goes through
+		// kasd B), so a move would bring a connection straight back to A and drain the old one
+		// within the agents' 1 s --drain-timeout, cutting a longer transfer (8 of 24
+		// throughput runs failed that way; 14 of 14 passed without it).
+		f := []string{"--peer-listen", peer, "--peer-secret-file", peerSecret, "--rebalance-interval", "0"}
 		if i == 0 {
 			f = append(f, "--embedded-etcd-listen", fmt.Sprintf("127.0.0.1:%d", etcdPort),
 				"--embedded-etcd-peer-listen", fmt.Sprintf("127.0.0.1:%d", etcdPeerPort))
