@@ -72,11 +72,12 @@ type Config struct {
 	// with a retry hint. Default 20; ModulesBurstPerAgent default 2×rate.
 	ModulesRatePerAgent  float64
 	ModulesBurstPerAgent int
-	// AgentKeepAlivePeriod is the QUIC keep-alive period of the agent listener (quic.Config).
-	// An idle agent connection that receives nothing for a period and a margin (at most 2s) is
-	// probed and, silent a second later, closed as dead (liveness.go). Default
-	// quic.DefaultKeepAlivePeriod (2s); the kasd command's --agent-keep-alive-period sets both
-	// (25s).
+	// AgentKeepAlivePeriod is the keep-alive period expected on agent connections (the agent
+	// listener's quic.Config; the kasd command's listener leaves the PINGs to agents,
+	// quic.Config.PeerKeepsAlive). An idle agent connection that receives nothing for a period
+	// and a margin (at most 2s) is probed and, silent a second later, closed as dead
+	// (liveness.go). Default quic.DefaultKeepAlivePeriod (2s); the kasd command's
+	// --agent-keep-alive-period sets both (25s).
 	AgentKeepAlivePeriod time.Duration
 	// ShutdownGrace bounds how long Shutdown waits for in-flight requests. Default 30s.
 	ShutdownGrace time.Duration

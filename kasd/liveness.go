@@ -9,7 +9,9 @@ import (
 // Liveness of agent connections at scale (docs/scale.md).
 //
 // An idle agent connection costs one keep-alive exchange per Config.AgentKeepAlivePeriod, so that
-// period is long for large fleets (25s by the daemons' flags). Silence is judged against it: an
+// period is long for large fleets (25s by the daemons' flags), and the agent sends the PING:
+// kasd's agent listener sends no keep-alives of its own (kasd/cmd/kasd, quic.Config.PeerKeepsAlive;
+// docs/scale.md). Silence is judged against it: an
 // idle connection is presumed dead only after a period and a margin (silentAfterFor) without a
 // packet and a probe that went unanswered (probeAfter). A connection that a request is using is judged much faster: a live
 // agent acknowledges what it receives within its 1 ms max_ack_delay, so one that has carried a
@@ -35,8 +37,9 @@ type liveness struct {
 }
 
 // silentAfterFor is how long an idle connection may receive nothing with keep-alives every
-// period: a keep-alive (this side's, or the agent's, whichever timer fires first) or its
-// acknowledgement arrives at least once per period plus a round trip, so a period and a margin
+// period: the agent's keep-alive arrives at least once per period plus a round trip (the kasd
+// command's agent listener sends none of its own, quic.Config.PeerKeepsAlive; a listener that
+// does gets the agent's ACK of its own keep-alive at least as often), so a period and a margin
 // (half a period, at most 2s) of silence mean nobody answers. At the 2s default of package
 // quic this is 3s, at the daemons' 25s it is 27s.
 func silentAfterFor(period time.Duration) time.Duration {

@@ -25,11 +25,12 @@ const (
 
 // Liveness defaults for agent links (kasd's agent listener, agentd's dialer, through the
 // daemons' flags), chosen for fleets of tens of thousands of idle agents per kasd: each idle
-// connection costs one keep-alive exchange (a PING and its ACK) per period, about 170 µs of
-// kasd CPU on a 2-core VM, so 50,000 agents cost about a third of a core at 25s where they
-// would cost several cores at 2s (docs/scale.md). 25s stays under the shortest common UDP NAT timeout (30s); the
-// idle timeout is more than two periods. Dead connections that a request needs are noticed
-// much sooner than this, by probing (docs/scale.md).
+// connection costs one keep-alive exchange (the agent's PING and kasd's ACK: kasd's listener
+// sets PeerKeepsAlive) per period, about 75 µs of kasd CPU on a 2-core VM, so 50,000 agents
+// cost about 15 % of a core at 25s where they would cost several cores at 2s (docs/scale.md).
+// 25s stays under the shortest common UDP NAT timeout (30s); the idle timeout is more than two
+// periods. Dead connections that a request needs are noticed much sooner than this, by
+// probing (docs/scale.md).
 const (
 	DefaultAgentKeepAlivePeriod = 25 * time.Second
 	DefaultAgentMaxIdleTimeout  = 60 * time.Second
@@ -47,6 +48,14 @@ type Config struct {
 	// MaxIdleTimeout (quic-go also caps it at half the negotiated idle timeout). Default 2s,
 	// or MaxIdleTimeout/3 if that is smaller.
 	KeepAlivePeriod time.Duration
+	// PeerKeepsAlive: this side sends no keep-alive PINGs of its own and relies on the peer's,
+	// which it acknowledges (kasd's agent listener: every agentd sends them, to keep its NAT
+	// binding open). When both sides send them, their timers, both counted from the last
+	// packet received, fire within max_ack_delay of each other, so about half of the periods
+	// carry two PINGs and two ACKs instead of one of each (docs/scale.md). KeepAlivePeriod is
+	// still validated and means the period expected from the peer; the peer's must not be
+	// longer, or the connection idles out. Default false.
+	PeerKeepsAlive bool
 	// MaxIdleTimeout: a silent peer is declared dead after this long without receiving any
 	// packet, and the connection's Context ends with a *quicgo.IdleTimeoutError. The effective
 	// value is the minimum of both peers'. Default 6s.
@@ -176,10 +185,14 @@ func (c Config) Validate() error {
 // validate c; Listen and NewDialer do.
 func (c Config) QUICConfig() *quicgo.Config {
 	c = c.WithDefaults()
+	keepAlive := c.KeepAlivePeriod
+	if c.PeerKeepsAlive {
+		keepAlive = 0 // quic-go sends no keep-alive PINGs
+	}
 	return &quicgo.Config{
 		HandshakeIdleTimeout:           c.HandshakeTimeout,
 		MaxIdleTimeout:                 c.MaxIdleTimeout,
-		KeepAlivePeriod:                c.KeepAlivePeriod,
+		KeepAlivePeriod:                keepAlive,
 		MaxIncomingStreams:             c.MaxIncomingStreams,
 		MaxIncomingUniStreams:          -1, // qkas uses bidirectional streams only
 		InitialStreamReceiveWindow:     c.InitialStreamReceiveWindow,

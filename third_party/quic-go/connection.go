@@ -1822,6 +1822,7 @@ func (c *Conn) handleUnpackedShortHeaderPacket(
 	c.firstAckElicitingPacketAfterIdleSentTime = 0
 	c.keepAlivePingSent = false
 
+	onlyPings := onlyPingAndPadding(data) // qkas patch (see below)
 	isAckEliciting, isNonProbing, pathChallenge, err := c.handleFrames(data, destConnID, protocol.Encryption1RTT, log, rcvTime)
 	if err != nil {
 		return false, nil, err
@@ -1830,7 +1831,26 @@ func (c *Conn) handleUnpackedShortHeaderPacket(
 	if err := c.receivedPacketHandler.ReceivedPacket(pn, ecn, protocol.Encryption1RTT, rcvTime, isAckEliciting); err != nil {
 		return false, nil, err
 	}
+	if isAckEliciting && onlyPings {
+		// qkas patch: a keep-alive (or a probe) is acknowledged in this run of the loop, not
+		// after max_ack_delay: nothing else would be sent with the ACK, and waiting costs the
+		// run loop a second wake-up per keep-alive period on every idle connection.
+		c.receivedPacketHandler.AckNow()
+	}
 	return isNonProbing, pathChallenge, nil
+}
+
+// onlyPingAndPadding reports whether a packet's frames are all PING (0x01) and PADDING (0x00).
+// Both are one byte long, and every other frame starts with a type byte of 2 or more, so a
+// payload is made of them alone exactly when each of its bytes is 0 or 1; the loop stops at
+// the first byte of any other packet (qkas patch).
+func onlyPingAndPadding(data []byte) bool {
+	for _, b := range data {
+		if b > byte(wire.FrameTypePing) {
+			return false
+		}
+	}
+	return len(data) > 0
 }
 
 // handleFrames parses the frames, one after the other, and handles them.

@@ -2,9 +2,12 @@
 // bin/kasd (standalone, on loopback, --pprof), connects N real agents (agentd's connection code,
 // one UDP socket each, package benchmarks/fleetsim) from this process, waits until kasd holds
 // them all and the start has settled, and prints kasd's RSS, Go heap and stack figures and
-// goroutines per connection (from kasd's /metrics and /proc), and kasd's CPU per keep-alive
-// exchange over an idle window. It is the quick loop for issue 14's memory work; `make
-// bench-scale` is the full scenario (network namespaces, restart storm).
+// goroutines per connection (from kasd's /metrics and /proc), and, over an idle window, kasd's
+// CPU and context switches per keep-alive period and agent, the datagrams to and from kasd per
+// period and agent (counted by an nftables table of its own, when run as root) and, with
+// --cpu-profile, kasd's CPU profile. It is the quick loop for issue 14's idle-cost work; `make
+// bench-scale` is the full scenario (network namespaces, restart storm). The window should be
+// longer than the keep-alive period (the default is two periods).
 //
 //	go run ./benchmarks/cmd/idlecost --kasd bin/kasd --agents 1000 --keep-alive 5s --idle 30s
 package main
@@ -43,11 +46,12 @@ func main() {
 	profile := flag.String("heap-profile", "", "write kasd's heap profile (after a GC) here")
 	extra := flag.String("kasd-flags", "", "extra kasd flags, space-separated")
 	env := flag.String("kasd-env", "", "extra kasd environment, space-separated K=V")
+	cpuProfile := flag.String("cpu-profile", "", "write kasd's CPU profile over the idle window here")
 	flag.Parse()
 	if *idle == 0 {
 		*idle = 2 * *ka
 	}
-	if err := run(*kasdBin, *n, *ka, *idle, *settle, *rate, *profile, strings.Fields(*extra), strings.Fields(*env)); err != nil {
+	if err := run(*kasdBin, *n, *ka, *idle, *settle, *rate, *profile, *cpuProfile, strings.Fields(*extra), strings.Fields(*env)); err != nil {
 		fmt.Fprintln(os.Stderr, "idlecost:", err)
 		os.Exit(1)
 	}
@@ -70,7 +74,7 @@ func freePort(network string) string {
 	return ln.Addr().String()
 }
 
-func run(kasdBin string, n int, ka, idle, settle time.Duration, rate float64, profile string, extra, env []string) error {
+func run(kasdBin string, n int, ka, idle, settle time.Duration, rate float64, profile, cpuProfile string, extra, env []string) error {
 	lim := unix.Rlimit{Cur: 1 << 20, Max: 1 << 20}
 	if unix.Setrlimit(unix.RLIMIT_NOFILE, &lim) != nil && unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil {
 		lim.Cur = lim.Max
@@ -163,10 +167,29 @@ func run(kasdBin string, n int, ka, idle, settle time.Duration, rate float64, pr
 	}
 	fmt.Printf("connected %d in %.1fs\n", n, time.Since(start).Seconds())
 	time.Sleep(settle)
-	// CPU over the idle window.
+	// CPU (and, with nftables, datagrams each way) over the idle window.
+	port := agentAddr[strings.LastIndexByte(agentAddr, ':')+1:]
+	counting := startCounting(port)
+	defer counting.stop()
+	var profDone chan error
+	if cpuProfile != "" {
+		profDone = make(chan error, 1)
+		go func() {
+			profDone <- fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pp, int(idle.Seconds())), cpuProfile)
+		}()
+	}
+	in0, out0 := counting.read()
+	sw0 := ctxSwitches(pid)
 	c0, t0 := cpuTicks(pid), time.Now()
 	time.Sleep(idle)
 	c1, t1 := cpuTicks(pid), time.Now()
+	sw1 := ctxSwitches(pid)
+	in1, out1 := counting.read()
+	if profDone != nil {
+		if err := <-profDone; err != nil {
+			fmt.Fprintln(os.Stderr, "idlecost: cpu profile:", err)
+		}
+	}
 	cpuS := float64(c1-c0) / 100
 	pct := 100 * cpuS / t1.Sub(t0).Seconds()
 	exch := float64(n) * t1.Sub(t0).Seconds() / ka.Seconds()
@@ -185,6 +208,12 @@ func run(kasdBin string, n int, ka, idle, settle time.Duration, rate float64, pr
 	fmt.Printf("heap inuse per agent %6.1f KiB, alloc %6.1f KiB, idle-not-released %6.1f KiB, stacks %5.1f KiB (totals; kasd before agents included)\n",
 		per(heapInuse), per(heapAlloc), per(heapIdle-heapRel), per(stack))
 	fmt.Printf("CPU idle             %6.2f %% of a core, %.0f µs per keep-alive exchange (%.0f exchanges)\n", pct, cpuS*1e6/exch, exch)
+	fmt.Printf("context switches     %6.2f per keep-alive exchange (kasd's threads, voluntary + involuntary: how often its Ms sleep and wake)\n", float64(sw1-sw0)/exch)
+	if counting.ok {
+		periods := float64(n) * t1.Sub(t0).Seconds() / ka.Seconds()
+		fmt.Printf("datagrams per agent per keep-alive period: %.2f to kasd, %.2f from kasd (%d, %d in the window)\n",
+			float64(in1-in0)/periods, float64(out1-out0)/periods, in1-in0, out1-out0)
+	}
 	// Live heap after two collections: the first moves sync.Pools' contents to their victim
 	// caches, the second frees them, so what is left is what the connections hold.
 	for i := 0; i < 2; i++ {
@@ -261,4 +290,95 @@ func cpuTicks(pid int) int64 {
 	u, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return u + st
+}
+
+func fetch(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return os.WriteFile(file, b, 0o644)
+}
+
+// packetCounter counts the UDP datagrams to and from kasd's agent port with an nftables table
+// of its own (root only; ok is false without it). On loopback each datagram passes the output
+// hook once.
+type packetCounter struct {
+	table string
+	ok    bool
+}
+
+func startCounting(port string) *packetCounter {
+	c := &packetCounter{table: fmt.Sprintf("idlecost_%d", os.Getpid())}
+	rules := fmt.Sprintf(`table inet %s {
+	chain out {
+		type filter hook output priority 0; policy accept;
+		udp dport %s counter comment "in"
+		udp sport %s counter comment "out"
+	}
+}
+`, c.table, port, port)
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "idlecost: no datagram counts (nft: %v %s)\n", err, strings.TrimSpace(string(out)))
+		return c
+	}
+	c.ok = true
+	return c
+}
+
+// read returns the datagrams counted to and from kasd so far.
+func (c *packetCounter) read() (in, out int64) {
+	if !c.ok {
+		return 0, 0
+	}
+	b, err := exec.Command("nft", "list", "table", "inet", c.table).Output()
+	if err != nil {
+		return 0, 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "packets" {
+				v, _ := strconv.ParseInt(f[i+1], 10, 64)
+				if strings.Contains(l, `"in"`) {
+					in = v
+				} else if strings.Contains(l, `"out"`) {
+					out = v
+				}
+			}
+		}
+	}
+	return in, out
+}
+
+func (c *packetCounter) stop() {
+	if c.ok {
+		_ = exec.Command("nft", "delete", "table", "inet", c.table).Run()
+	}
+}
+
+// ctxSwitches sums the context switches of every thread of pid.
+func ctxSwitches(pid int) int64 {
+	dirs, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	var n int64
+	for _, d := range dirs {
+		b, _ := os.ReadFile(d)
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "voluntary_ctxt_switches:") || strings.HasPrefix(l, "nonvoluntary_ctxt_switches:") {
+				v, _ := strconv.ParseInt(strings.TrimSpace(l[strings.IndexByte(l, ':')+1:]), 10, 64)
+				n += v
+			}
+		}
+	}
+	return n
 }

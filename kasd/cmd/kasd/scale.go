@@ -27,7 +27,7 @@ type scaleOptions struct {
 
 func (s *scaleOptions) register(fs *flag.FlagSet) {
 	fs.DurationVar(&s.keepAlive, "agent-keep-alive-period", quic.DefaultAgentKeepAlivePeriod,
-		"QUIC keep-alive period of agent connections: each idle agent costs one PING and its ACK per period (50,000 agents at 25s: ~4,000 datagrams/s, about a third of a core on a 2-core VM); an idle connection silent for a period plus 2s is probed, then closed; one a request is using is probed after 3s of silence and closed a second later (docs/scale.md)")
+		"keep-alive period expected from agents (agentd's --keep-alive-period must not be longer): agents send the keep-alive PINGs, kasd only acknowledges them, so each idle agent costs kasd one PING in and one ACK out per period (50,000 agents at 25s: 4,000 datagrams/s); an idle connection silent for a period plus 2s is probed, then closed; one a request is using is probed after 3s of silence and closed a second later (docs/scale.md)")
 	fs.DurationVar(&s.idleTimeout, "agent-idle-timeout", quic.DefaultAgentMaxIdleTimeout,
 		"QUIC idle timeout of agent connections (the smaller of kasd's and the agent's applies); must exceed --agent-keep-alive-period")
 	fs.IntVar(&s.receiveBuffer, "udp-receive-buffer", quic.DefaultSocketBuffer,
@@ -36,9 +36,13 @@ func (s *scaleOptions) register(fs *flag.FlagSet) {
 		"UDP send buffer (bytes) of the agent socket: SO_SNDBUFFORCE when permitted, else up to net.core.wmem_max (kasd_udp_send_buffer_bytes)")
 }
 
-// quic applies the scale flags to an agent listener's QUIC configuration.
+// quic applies the scale flags to an agent listener's QUIC configuration. kasd sends no
+// keep-alive PINGs of its own on agent connections: every agent sends them (its NAT binding
+// needs them), and when both sides did, about half the periods carried two exchanges instead
+// of one (docs/scale.md).
 func (s *scaleOptions) quic(c quic.Config) quic.Config {
 	c.KeepAlivePeriod, c.MaxIdleTimeout = s.keepAlive, s.idleTimeout
+	c.PeerKeepsAlive = true
 	c.SocketReceiveBuffer, c.SocketSendBuffer = s.receiveBuffer, s.sendBuffer
 	return c
 }

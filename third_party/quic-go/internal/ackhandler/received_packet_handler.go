@@ -64,6 +64,15 @@ func (h *ReceivedPacketHandler) ReceivedPacket(
 	}
 }
 
+// AckNow makes the ACK of the 1-RTT packets received so far due at once rather than after
+// max_ack_delay (qkas patch). The connection calls it for a packet that carries nothing but
+// PING frames: a keep-alive or a probe, after which the peer sends nothing that an ACK could
+// ride on. Delaying its ACK costs the receiver a second wake-up of its run loop (the ACK
+// alarm) and the peer a later RTT sample, for nothing.
+func (h *ReceivedPacketHandler) AckNow() {
+	h.appDataPackets.AckNow()
+}
+
 func (h *ReceivedPacketHandler) IgnorePacketsBelow(pn protocol.PacketNumber) {
 	h.appDataPackets.IgnoreBelow(pn)
 }

@@ -229,3 +229,13 @@ func (h *appDataReceivedPacketTracker) GetAckFrame(now monotime.Time, onlyIfQueu
 }
 
 func (h *appDataReceivedPacketTracker) GetAlarmTimeout() monotime.Time { return h.ackAlarm }
+
+// AckNow queues an ACK for what was received since the last one, so that it is sent with the
+// next packet (or alone) instead of when the ACK alarm fires (qkas patch: a packet of nothing
+// but PING frames, see ReceivedPacketHandler.AckNow).
+func (h *appDataReceivedPacketTracker) AckNow() {
+	if h.hasNewAck {
+		h.ackQueued = true
+		h.ackAlarm = 0
+	}
+}

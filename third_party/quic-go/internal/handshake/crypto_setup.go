@@ -322,7 +322,14 @@ func (h *cryptoSetup) NextEvent() Event {
 		return Event{Kind: EventNoEvent}
 	}
 	ev := h.events[0]
+	// qkas patch: let the consumed event go. Reslicing alone kept it in the backing array,
+	// and with it the data of every handshake message written (a server's whole flight,
+	// ServerHello to Finished with the certificate chain, ~2.4 KiB) for the connection's life.
+	h.events[0] = Event{}
 	h.events = h.events[1:]
+	if len(h.events) == 0 {
+		h.events = nil
+	}
 	return ev
 }
 

@@ -40,3 +40,24 @@ func TestServerReleasesTLSAfterHandshake(t *testing.T) {
 	require.True(t, err.(*qerr.TransportError).ErrorCode.IsCryptoError())
 	require.NoError(t, server.Close())
 }
+
+// qkas patch: once its events are consumed, neither side keeps them: the event queue's array
+// held the data of every handshake message written (a server's flight with its certificate
+// chain) for the connection's life.
+func TestCryptoSetupReleasesConsumedEvents(t *testing.T) {
+	clientConf, serverConf := getTLSConfigs()
+	client, _, clientErr, server, _, serverErr := handshakeWithTLSConf(
+		t,
+		clientConf, serverConf,
+		utils.NewRTTStats(), utils.NewRTTStats(),
+		&wire.TransportParameters{ActiveConnectionIDLimit: 2}, &wire.TransportParameters{ActiveConnectionIDLimit: 2},
+		false,
+	)
+	require.NoError(t, clientErr)
+	require.NoError(t, serverErr)
+	for name, cs := range map[string]CryptoSetup{"client": client, "server": server} {
+		for ev := cs.NextEvent(); ev.Kind != EventNoEvent; ev = cs.NextEvent() {
+		}
+		require.Zero(t, cap(cs.(*cryptoSetup).events), "%s: the consumed events are still referenced", name)
+	}
+}
