@@ -4,7 +4,13 @@
 // production, and every keep-alive, reconnect, backoff and admission retry is agentd's own.
 // Each agent serves one in-process service ("svc") answering a small body.
 //
-// The scale benchmark (benchmarks/runner/scale.go) starts it as a process of its own
-// (benchmarks/cmd/fleetsim) in a network namespace joined to kasd's by a veth pair; the
-// process needs one file descriptor per agent and raises its limit to the hard maximum.
+// The scale benchmark (benchmarks/runner/scale.go) starts it as processes of their own
+// (benchmarks/cmd/fleetsim) in a network namespace joined to kasd's by a veth pair. A process
+// needs one file descriptor per agent and raises its soft limit to the hard one; MaxAgents is
+// how many agents fit under a limit (three quarters of it: 15,000 at 20,000), and the
+// benchmark splits a larger fleet over several processes with Split (contiguous shares, each
+// agent in exactly one) and WriteTokens, and sums what each reports in its Status file.
+//
+// Invariants: Run owns one goroutine per started agent and returns only when all have
+// returned; Started and Connected may be called from any goroutine while it runs.
 package fleetsim

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,10 +11,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/qkas/qkas/benchmarks/fleetsim"
 	"github.com/qkas/qkas/benchmarks/load"
 	"github.com/qkas/qkas/benchmarks/plot"
 )
@@ -33,8 +39,19 @@ type ScaleStep struct {
 	KasdRSSKiBPerAgent  float64 `json:"kasd_rss_kib_per_agent"` // (after − before) / connected
 	KasdCPUPct          float64 `json:"kasd_cpu_pct"`           // idle fleet, % of one core over ScaleIdle
 	KasdCPUusPerAgentPS float64 `json:"kasd_cpu_us_per_agent_per_s"`
-	FleetCPUPct         float64 `json:"fleetsim_cpu_pct"` // the simulator process over the same window
-	FleetRSSMiB         float64 `json:"fleetsim_rss_mib"`
+	// The fleet's simulator processes (as many as keep each under its open-files limit, see
+	// scaleOpts), summed over them: CPU over the same window, RSS at its end.
+	FleetCPUPct float64 `json:"fleetsim_cpu_pct"`
+	FleetRSSMiB float64 `json:"fleetsim_rss_mib"`
+	// FleetProcs is how many simulator processes ran the fleet; FleetAgents each one's share of
+	// the agents, FleetConnected how many of its share each one had connected at the end of the
+	// idle window (its own count: fleetsim.Status), in the same order.
+	FleetProcs     int   `json:"fleetsim_procs"`
+	FleetAgents    []int `json:"fleetsim_agents,omitempty"`
+	FleetConnected []int `json:"fleetsim_connected,omitempty"`
+	// FleetStatusAgeS: how old the oldest of those counts was when read, when a process short
+	// of CPU had not written a fresh one within 10 s (0: all fresh).
+	FleetStatusAgeS float64 `json:"fleetsim_status_age_s,omitempty"`
 	// UDPDrops: datagrams the kernel dropped at kasd's agent socket during the idle window
 	// (kasd_udp_receive_drops_total); ConnectDrops during the fleet's start, RestartDrops in
 	// the restarted kasd until its reconnects settled.
@@ -71,7 +88,36 @@ const (
 // scalePlot is the scenario's plot file.
 const scalePlot = "scale.png"
 
+// scaleOpts tunes how the scale scenario runs its fleet.
+type scaleOpts struct {
+	// agentsPerProc caps the agents of one simulator process. 0: fleetsim.MaxAgents of the
+	// runner's own RLIMIT_NOFILE hard limit, which the processes inherit and raise their soft
+	// limit to (15,000 at this machine's 20,000). The test forces a small cap to run a
+	// split fleet at a small size.
+	agentsPerProc int
+}
+
+// perProc is the cap on one simulator process's agents.
+func (o scaleOpts) perProc() (int, error) {
+	if o.agentsPerProc > 0 {
+		return o.agentsPerProc, nil
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, fmt.Errorf("getrlimit: %w", err)
+	}
+	n := fleetsim.MaxAgents(lim.Max)
+	if n == 0 {
+		return 0, fmt.Errorf("open-files hard limit %d leaves no room for a fleet", lim.Max)
+	}
+	return n, nil
+}
+
 func (e *env) runScale(ctx context.Context) (ScaleSteps, error) {
+	return e.runScaleOpts(ctx, scaleOpts{})
+}
+
+func (e *env) runScaleOpts(ctx context.Context, o scaleOpts) (ScaleSteps, error) {
 	if err := checkNetnsTools(); err != nil {
 		return nil, skipError{"scale: " + err.Error()}
 	}
@@ -79,9 +125,13 @@ func (e *env) runScale(ctx context.Context) (ScaleSteps, error) {
 	if err != nil {
 		return nil, err
 	}
+	perProc, err := o.perProc()
+	if err != nil {
+		return nil, err
+	}
 	var steps ScaleSteps
 	for _, n := range e.sizes.ScaleAgents {
-		p, err := e.scaleStep(ctx, bin, n)
+		p, err := e.scaleStep(ctx, bin, n, perProc)
 		p.LoadAvg = loadAvg()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -90,8 +140,9 @@ func (e *env) runScale(ctx context.Context) (ScaleSteps, error) {
 			e.logf("scale %d agents: %v", n, err)
 			p.Err = err.Error()
 		} else {
-			e.logf("scale %d agents: RSS %.1f KiB/agent, idle CPU %.2f%% core, drops %d, p50 %.0f (1 agent %.0f) µs, restart settled %.1f s, %.2f attempts/agent (load %s)",
-				n, p.KasdRSSKiBPerAgent, p.KasdCPUPct, p.UDPDrops, p.RouteP50us, p.RouteP50OneAgent, p.RestartSettleS, p.AttemptsPerAgent, p.LoadAvg)
+			e.logf("scale %d agents (%d fleetsim processes, connected %v): held %d, RSS %.1f KiB/agent, idle CPU %.2f%% core, drops %d, p50 %.0f (1 agent %.0f) µs, restart settled %.1f s (%d held), %.2f attempts/agent (load %s)",
+				n, p.FleetProcs, p.FleetConnected, p.Connected, p.KasdRSSKiBPerAgent, p.KasdCPUPct, p.UDPDrops, p.RouteP50us, p.RouteP50OneAgent,
+				p.RestartSettleS, p.RestartConnected, p.AttemptsPerAgent, p.LoadAvg)
 		}
 		steps = append(steps, p)
 	}
@@ -151,14 +202,21 @@ func loadAvg() string {
 }
 
 // scaleStep measures n agents: kasd, its service and one real agentd process (for routing) in
-// one namespace, the fleet in another.
-func (e *env) scaleStep(ctx context.Context, fleetBin string, n int) (p ScaleStep, err error) {
+// one namespace, the fleet in another, run by as many simulator processes of at most perProc
+// agents as it takes.
+func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int) (p ScaleStep, err error) {
 	p.Agents = n
+	if n > fleetPorts {
+		return p, fmt.Errorf("scale: %d agents: the fleet's namespace has one address, so at most %d source ports", n, fleetPorts)
+	}
 	v, err := newVeth(ctx)
 	if err != nil {
 		return p, err
 	}
 	defer v.close()
+	if err := widenPortRange(v.agent); err != nil {
+		return p, err
+	}
 	dir := e.subdir(fmt.Sprintf("scale-%d", n))
 
 	ln, err := v.kas.Listen("tcp", "127.0.0.1:0")
@@ -178,13 +236,9 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n int) (p ScaleSte
 	if err != nil {
 		return p, err
 	}
-	fleetTokens := filepath.Join(dir, "fleet.tokens")
-	var b strings.Builder
+	fleetAgents := make([]fleetsim.Agent, 0, n)
 	for _, id := range ids[1:] {
-		fmt.Fprintf(&b, "%s %s\n", id, tokens[id])
-	}
-	if err := os.WriteFile(fleetTokens, []byte(b.String()), 0o600); err != nil {
-		return p, err
+		fleetAgents = append(fleetAgents, fleetsim.Agent{ID: id, Token: tokens[id]})
 	}
 	benchToken, err := writeToken(dir, benchAgent, tokens[benchAgent])
 	if err != nil {
@@ -241,20 +295,25 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n int) (p ScaleSte
 	// The fleet, in its own namespace: kasd sees 10.250.0.2:<port> per agent.
 	argv := []string{fleetBin,
 		"--kas-address", fmt.Sprintf("%s:%d", vethKasAddr, scaleAgentPort), "--ca-file", e.caFile,
-		"--tokens-file", fleetTokens, "--start-rate", fmt.Sprint(e.sizes.ScaleStartRate)}
+		"--status-every", "1s"}
 	if ka := e.sizes.ScaleKeepAlive; ka > 0 {
 		argv = append(argv, "--keep-alive-period", ka.String(), "--idle-timeout", (3 * ka).String())
 	}
-	fleet, err := startProc(dir, "fleetsim", v.agent.name, argv...)
+	fleet, err := startFleet(dir, v.agent.name, argv, fleetAgents, perProc, float64(e.sizes.ScaleStartRate))
 	if err != nil {
 		return p, err
 	}
 	defer fleet.stop(30 * time.Second)
+	p.FleetProcs = len(fleet.procs)
+	p.FleetAgents = fleet.shares
 	t0 := time.Now()
 	timeout := time.Minute + time.Duration(n)*time.Second/time.Duration(max(1, e.sizes.ScaleStartRate/2))
-	got, err := waitConnections(ctx, k, n+1, 15*time.Second, timeout)
+	got, err := waitConnections(ctx, k, n+1, 15*time.Second, timeout, fleet.failed)
+	if ferr := fleet.failed(); ferr != nil {
+		return p, ferr
+	}
 	if err != nil && got <= 1 {
-		return p, fmt.Errorf("%w; fleetsim log:\n%s", err, fleet.logTail())
+		return p, fmt.Errorf("%w; fleetsim log:\n%s", err, fleet.procs[0].logTail())
 	}
 	p.Connected = got - 1
 	p.ConnectS = time.Since(t0).Seconds()
@@ -276,22 +335,23 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n int) (p ScaleSte
 	p.KasdRSSBeforeMiB, p.KasdRSSMiB = float64(before)/(1<<20), float64(after)/(1<<20)
 	p.KasdRSSKiBPerAgent = float64(after-before) / 1024 / float64(max(1, p.Connected))
 	c0, _ := cpuTime(k.pid())
-	f0, _ := cpuTime(fleet.pid())
+	f0 := cpuOf(fleet.procs...)
 	d0, _ := metricSum(k, "kasd_udp_receive_drops_total", nil)
 	if err := sleepCtx(ctx, e.sizes.ScaleIdle); err != nil {
 		return p, err
 	}
 	c1, _ := cpuTime(k.pid())
-	f1, _ := cpuTime(fleet.pid())
+	f1 := cpuOf(fleet.procs...)
 	d1, _ := metricSum(k, "kasd_udp_receive_drops_total", nil)
 	idle := (c1 - c0).Seconds() / e.sizes.ScaleIdle.Seconds()
 	p.KasdCPUPct = idle * 100
 	p.KasdCPUusPerAgentPS = idle * 1e6 / float64(max(1, p.Connected))
 	p.FleetCPUPct = (f1 - f0).Seconds() / e.sizes.ScaleIdle.Seconds() * 100
-	if r, err := rssBytes(fleet.pid()); err == nil {
-		p.FleetRSSMiB = float64(r) / (1 << 20)
-	}
+	p.FleetRSSMiB = float64(fleet.rss()) / (1 << 20)
 	p.UDPDrops = int64(d1 - d0)
+	if p.FleetConnected, p.FleetStatusAgeS, err = fleet.connected(ctx); err != nil {
+		return p, err
+	}
 
 	loaded, err := measure()
 	if err != nil {
@@ -304,7 +364,146 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n int) (p ScaleSte
 	if k, err = e.restartKasd(ctx, k, &p); err != nil {
 		return p, err
 	}
-	return p, nil
+	// A simulator process that died during the restart would show as agents not coming back.
+	return p, fleet.failed()
+}
+
+// fleetPortRange is the fleet namespace's ephemeral port range: every agent's socket binds a
+// port of its own from it, and the default (32768–60999, 28,232 ports) would cap the fleet at
+// 28,232 agents (the next bind fails with EADDRINUSE). fleetPorts is what it holds, less a
+// margin for sockets of agents redialling.
+const (
+	fleetPortRange = "1024 65535"
+	fleetPorts     = 65535 - 1024 + 1 - 1024
+)
+
+// widenPortRange sets n's net.ipv4.ip_local_port_range to fleetPortRange (a per-namespace
+// sysctl: the write goes to the namespace of the thread that opens the file).
+func widenPortRange(n *netns) error {
+	return n.do(func() error {
+		const path = "/proc/sys/net/ipv4/ip_local_port_range"
+		if err := os.WriteFile(path, []byte(fleetPortRange+"\n"), 0o644); err != nil {
+			return fmt.Errorf("scale: widen the fleet's port range: %w", err)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil || strings.Join(strings.Fields(string(b)), " ") != fleetPortRange {
+			return fmt.Errorf("scale: the fleet's port range is %q after setting %q (%v)", b, fleetPortRange, err)
+		}
+		return nil
+	})
+}
+
+// simFleet is the fleet's simulator processes (benchmarks/cmd/fleetsim), each running its own
+// share of the agents from a tokens file of its own and reporting its counts in a status file.
+type simFleet struct {
+	procs  []*proc
+	shares []int    // agents of each process
+	status []string // each process's --status-file
+}
+
+// startFleet starts the fleetsim processes for agents, at most perProc each (fleetsim.Split),
+// in namespace netns: argv is the command without --tokens-file, --status-file and
+// --start-rate, which startFleet adds per process, giving each a share of rate proportional to
+// its agents so that the fleet as a whole starts rate agents a second. On error every process
+// already started is stopped.
+func startFleet(dir, netns string, argv []string, agents []fleetsim.Agent, perProc int, rate float64) (f *simFleet, err error) {
+	f = &simFleet{}
+	defer func() {
+		if err != nil {
+			f.stop(5 * time.Second)
+		}
+	}()
+	for i, share := range fleetsim.Split(agents, perProc) {
+		name := fmt.Sprintf("fleetsim-%d", i)
+		var b bytes.Buffer
+		if err := fleetsim.WriteTokens(&b, share); err != nil {
+			return f, err
+		}
+		tokens := filepath.Join(dir, name+".tokens")
+		if err := os.WriteFile(tokens, b.Bytes(), 0o600); err != nil {
+			return f, err
+		}
+		status := filepath.Join(dir, name+".status.json")
+		args := append(slices.Clip(argv), "--tokens-file", tokens, "--status-file", status,
+			"--start-rate", strconv.FormatFloat(rate*float64(len(share))/float64(len(agents)), 'f', -1, 64))
+		pr, err := startProc(dir, name, netns, args...)
+		if err != nil {
+			return f, err
+		}
+		f.procs, f.shares, f.status = append(f.procs, pr), append(f.shares, len(share)), append(f.status, status)
+	}
+	if len(f.procs) == 0 {
+		return f, errors.New("scale: a fleet of no agents")
+	}
+	return f, nil
+}
+
+// stop stops every process (SIGTERM, SIGKILL after grace), all at once, and returns when all
+// are gone. Idempotent.
+func (f *simFleet) stop(grace time.Duration) {
+	var wg sync.WaitGroup
+	for _, pr := range f.procs {
+		wg.Go(func() { pr.stop(grace) })
+	}
+	wg.Wait()
+}
+
+// failed is an error naming the first process that has exited, with its log's tail; nil while
+// all run. A fleet process only exits when stopped: any exit before is a failure of the step.
+func (f *simFleet) failed() error {
+	for _, pr := range f.procs {
+		if pr.exited() {
+			return fmt.Errorf("scale: %s exited (%v); its log:\n%s", pr.name, pr.waitErr, pr.logTail())
+		}
+	}
+	return nil
+}
+
+// rss is the processes' VmRSS summed (a process that is gone counts as zero).
+func (f *simFleet) rss() int64 {
+	var sum int64
+	for _, pr := range f.procs {
+		if r, err := rssBytes(pr.pid()); err == nil {
+			sum += r
+		}
+	}
+	return sum
+}
+
+// connected is each process's connected count from a status it wrote from now on (so that
+// every count is at least as recent as the call), in process order, and how old the oldest
+// count is. A process short of CPU may write late: after 10 s of waiting its last status is
+// taken as it is (its age tells). It checks that each process runs exactly its share.
+func (f *simFleet) connected(ctx context.Context) (out []int, staleS float64, err error) {
+	since := time.Now()
+	out = make([]int, len(f.procs))
+	for i, path := range f.status {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			s, err := fleetsim.ReadStatusFile(path)
+			fresh := err == nil && s.Time.After(since)
+			if fresh || (err == nil && time.Now().After(deadline)) {
+				if s.Agents != f.shares[i] {
+					return nil, 0, fmt.Errorf("scale: %s runs %d agents, its share is %d", f.procs[i].name, s.Agents, f.shares[i])
+				}
+				out[i] = s.Connected
+				if !fresh {
+					staleS = max(staleS, since.Sub(s.Time).Seconds())
+				}
+				break
+			}
+			if ferr := f.failed(); ferr != nil {
+				return nil, 0, ferr
+			}
+			if time.Now().After(deadline) {
+				return nil, 0, fmt.Errorf("scale: no status from %s: %v", f.procs[i].name, err)
+			}
+			if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+				return nil, 0, err
+			}
+		}
+	}
+	return out, staleS, nil
 }
 
 // restartKasd kills k (SIGKILL), starts it again with the same arguments and data dir, and
@@ -432,11 +631,15 @@ func metricValue(k *kasdProc, name string) (float64, error) { return metricSum(k
 
 // waitConnections waits until kasd reports want agent connections, or until the count has not
 // changed for settle after it first moved (under load a few connections may die or be refused:
-// the caller records the count it got). It returns the last count seen.
-func waitConnections(ctx context.Context, k *kasdProc, want int, settle, timeout time.Duration) (int, error) {
+// the caller records the count it got), or until failed returns an error (a fleet process
+// died). It returns the last count seen.
+func waitConnections(ctx context.Context, k *kasdProc, want int, settle, timeout time.Duration, failed func() error) (int, error) {
 	deadline := time.Now().Add(timeout)
 	last, since := -1, time.Now()
 	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if err := failed(); err != nil {
+			return last, err
+		}
 		v, err := metricValue(k, "kasd_agent_connections")
 		if err != nil {
 			return 0, err
