@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -147,6 +148,11 @@ func TestStartFleetSplit(t *testing.T) {
 			t.Fatalf("%s: no arguments recorded: %v", pr.name, err)
 		}
 		args := strings.Fields(string(b))
+		if _, err := exec.LookPath("nice"); err == nil {
+			if n := niceOf(t, pr.pid()); n != fleetNice {
+				t.Errorf("%s runs at nice %d, want %d (below kasd)", pr.name, n, fleetNice)
+			}
+		}
 		flag := func(name string) string {
 			i := slices.Index(args, name)
 			if i < 0 || i+1 >= len(args) {
@@ -225,4 +231,20 @@ func TestWidenPortRange(t *testing.T) {
 	if after, _ := os.ReadFile(path); !bytes.Equal(after, host) {
 		t.Errorf("the runner's own port range changed: %q → %q", host, after)
 	}
+}
+
+// niceOf is process pid's niceness (/proc/pid/stat, field 19).
+func niceOf(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	n, err := strconv.Atoi(f[16])
+	if err != nil {
+		t.Fatalf("stat %q: %v", b, err)
+	}
+	return n
 }
