@@ -234,6 +234,26 @@ func (f *fleetEnv) do(nd *node, method, agent, path string, body io.Reader) (int
 	return resp.StatusCode, string(b)
 }
 
+// warmLinks sends GETs for agent through nd until n in a row succeed, so that nd's peer links
+// to the agent's holders (dialled on first use, round robin) are up before a test's load: a
+// peer handshake under -race on a loaded machine can outlast its 1 s timeout, and a link that
+// failed is skipped for the peer retry delay, which is the whole of a short test's window.
+func (f *fleetEnv) warmLinks(nd *node, agent string, n int) {
+	f.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for ok := 0; ok < n; {
+		if time.Now().After(deadline) {
+			f.t.Fatalf("%s: no %d GETs in a row to %s succeeded within 30s", nd.id, n, agent)
+		}
+		if code, _ := f.get(nd, agent, "/"); code == http.StatusOK {
+			ok++
+		} else {
+			ok = 0
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
 // waitHolders waits until every live node's registry view agrees that agent is held by
 // exactly the given instances.
 func (f *fleetEnv) waitHolders(agent string, want ...string) {
@@ -555,6 +575,8 @@ func TestFleetDrainUnderLoad(t *testing.T) {
 	a := f.startAgent("alpha", "pod", svc.URL, f.nodes[0:2], 2)
 	waitConnected(t, a, 2)
 	f.waitHolders("alpha", "kas-0", "kas-1")
+	f.warmLinks(f.nodes[1], "alpha", 4)
+	f.warmLinks(f.nodes[2], "alpha", 4)
 
 	var ok, failed atomic.Int64
 	var lastFail atomic.Value

@@ -398,14 +398,17 @@ func TestLoadLocalAndForwarded(t *testing.T) {
 	a := f.startLoadAgent("alpha", svc.URL, f.nodes[1])
 	waitConnected(t, a, 1)
 	f.waitHolders("alpha", "kas-1")
+	f.warmLinks(f.nodes[0], "alpha", 2) // kas-0's link to kas-1 up before the load
+	local0 := counter(t, f.nodes[1].promReg, "kasd_requests_total", map[string]string{"route": "local", "code": "200"})
+	fwd0 := counter(t, f.nodes[0].promReg, "kasd_requests_total", map[string]string{"route": "forwarded", "code": "200"})
 	client := loadClient(t)
 	tok := f.token()
 	calls := randomCalls(300, 3, 200<<10)
 	runCalls(t, calls, func(i int, c call) error {
 		return c.check(client, f.nodes[i%2].api.URL, "alpha", tok, i%5 == 4)
 	})
-	local := counter(t, f.nodes[1].promReg, "kasd_requests_total", map[string]string{"route": "local", "code": "200"})
-	fwd := counter(t, f.nodes[0].promReg, "kasd_requests_total", map[string]string{"route": "forwarded", "code": "200"})
+	local := counter(t, f.nodes[1].promReg, "kasd_requests_total", map[string]string{"route": "local", "code": "200"}) - local0
+	fwd := counter(t, f.nodes[0].promReg, "kasd_requests_total", map[string]string{"route": "forwarded", "code": "200"}) - fwd0
 	if local != 150 || fwd != 150 {
 		t.Errorf("local 200s %v, forwarded 200s %v; want 150 each", local, fwd)
 	}
