@@ -127,7 +127,38 @@ type peerLink struct {
 	failedAt atomic.Int64
 	// draining is set when the peer sent GoAway on the control stream.
 	draining atomic.Bool
+	// open counts the requests in flight over the link. A draining peer waits for its origins
+	// to close their links (it cannot tell when the end of a response it sent has arrived;
+	// the origin can): this origin closes a draining link once open drops to 0.
+	open atomic.Int64
+	// drained is set when this origin closed the link for that reason.
+	drained atomic.Bool
 }
+
+// release ends one request over the link, and closes a draining link whose last request this
+// was.
+func (l *peerLink) release() {
+	if l.open.Add(-1) == 0 {
+		l.closeIfDrained()
+	}
+}
+
+// closeIfDrained closes the link when the peer is draining and no request is in flight over it:
+// every response on it has been read to its end (or abandoned), so nothing the peer still has
+// to send is lost by the close, and the peer's drain need not wait for its grace to run out. A
+// request that took the link just before is refused by the close (not sent) and goes to another
+// holder.
+func (l *peerLink) closeIfDrained() {
+	if !l.draining.Load() || l.open.Load() != 0 || l.qc == nil || l.qc.Context().Err() != nil {
+		return
+	}
+	if !l.drained.Swap(true) {
+		_ = l.qc.CloseWithError(quic.ConnCodeNoError, peerDrainedReason)
+	}
+}
+
+// peerDrainedReason is the close reason of a link its origin closed because the peer drains.
+const peerDrainedReason = "peer draining: every request on the link is done"
 
 // down reports whether the link failed less than d ago.
 func (l *peerLink) down(d time.Duration) bool {
@@ -178,7 +209,7 @@ func (f *fleet) isClosed() bool {
 
 // conn returns the live connection to inst, dialling it if needed. Concurrent callers share one
 // dial; a peer that could not be dialled is skipped for PeerRetryDelay.
-func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn, error) {
+func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*peerLink, error) {
 	f.mu.Lock()
 	l := f.links[inst.ID]
 	if l != nil && l.addr == inst.PeerAddr {
@@ -194,7 +225,7 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 			// agent much longer. Another holder, or the agent's next connection, serves it.
 			return nil, &api.Error{Code: api.CodeShuttingDown, Message: "peer " + inst.ID + " is draining", Err: errPeerUnavailable}
 		case l.qc != nil && l.qc.Context().Err() == nil:
-			return l.qc, nil
+			return l, nil
 		case l.down(f.cfg.PeerRetryDelay):
 			// Skip it for now: the caller tries another holder instead of waiting on a dial
 			// to a peer that was just lost.
@@ -244,6 +275,11 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 		qc, id := l.qc, inst.ID
 		context.AfterFunc(qc.Context(), func() {
 			l.failedAt.Store(time.Now().UnixNano())
+			if l.drained.Load() {
+				f.s.m.peerLinksDrained.Inc()
+				f.s.log.Info().Str("peer", id).Msg("peer link closed: the peer is draining and every request on the link is done")
+				return
+			}
 			if !f.isClosed() {
 				f.s.m.peerLinkLosses.Inc()
 				f.s.log.Warn().Str("peer", id).Str("cause", errString(context.Cause(qc.Context()))).Msg("peer link lost; its agents are reached through their other holders")
@@ -258,7 +294,10 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*quicgo.Conn,
 	}
 	f.s.m.peerDials.WithLabelValues(result).Inc()
 	close(l.ready)
-	return l.qc, l.err
+	if l.err != nil {
+		return nil, l.err
+	}
+	return l, nil
 }
 
 // dial connects to a peer and runs the mutual, channel-bound handshake.
@@ -325,6 +364,7 @@ func (f *fleet) watchPeer(l *peerLink, ctrl *quicgo.Stream) {
 		}
 		if _, ok := m.(*api.GoAway); ok {
 			l.draining.Store(true)
+			l.closeIfDrained() // nothing in flight: close now, else the last request's release does
 		}
 	}
 }
@@ -378,16 +418,19 @@ func (f *fleet) unhealthy(inst registry.Instance) bool {
 // what the agent will receive. Failures before anything was sent wrap errNotSent.
 func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID string, req *api.Request, body *httpstream.Body) (*http.Response, error) {
 	s := f.s
-	qc, err := f.conn(ctx, inst)
+	l, err := f.conn(ctx, inst)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, contextError(ctx.Err())
 		}
 		return nil, err
 	}
+	qc := l.qc
+	l.open.Add(1)
 	recv := qc.ConnectionStats().PacketsReceived
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {
+		l.release()
 		if ctx.Err() != nil {
 			return nil, contextError(ctx.Err())
 		}
@@ -401,6 +444,7 @@ func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID str
 		Go:                    s.goOwned,
 		Done: func(clean bool, sent, recv int64) {
 			s.m.streamDone(sent, recv)
+			l.release()
 		},
 	})
 	if err != nil && ctx.Err() == nil && qc.ConnectionStats().PacketsReceived == recv {

@@ -619,6 +619,58 @@ func TestFleetDrainUnderLoad(t *testing.T) {
 	}
 }
 
+// TestFleetDrainWaitsForOriginsToCloseLinks: kas-0, the agent's only holder, drains while
+// responses streamed from the agent are forwarded to clients of kas-1. The end of a response
+// kas-0 sent may still be in flight when its last request ends there, so kas-0 does not close
+// the peer connection itself: kas-1 closes its link once every response on it has arrived
+// (kasd_peer_links_drained_total), before kas-0's drain returns, and no link is lost.
+func TestFleetDrainWaitsForOriginsToCloseLinks(t *testing.T) {
+	f := newFleetEnv(t, 2)
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 1024) // 16 KiB
+	const chunks = 48
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/stream" {
+			fmt.Fprint(w, "ok")
+			return
+		}
+		for range chunks {
+			_, _ = w.Write(chunk)
+			w.(http.Flusher).Flush()
+			time.Sleep(10 * time.Millisecond)
+		}
+	}))
+	t.Cleanup(svc.Close)
+	a := f.startAgent("alpha", "pod", svc.URL, f.nodes[0:1], 1)
+	waitConnected(t, a, 1)
+	f.waitHolders("alpha", "kas-0")
+	f.warmLinks(f.nodes[1], "alpha", 2)
+
+	want := bytes.Repeat(chunk, chunks)
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for range 8 {
+		wg.Go(func() {
+			if code, got := f.get(f.nodes[1], "alpha", "/stream"); code != http.StatusOK || got != string(want) {
+				errs <- fmt.Sprintf("%d, %d of %d bytes", code, len(got), len(want))
+			}
+		})
+	}
+	time.Sleep(150 * time.Millisecond) // the responses are under way
+	f.drain(f.nodes[0])
+	// The origin closed its link before the holder's drain returned.
+	if n := metricValue(t, f.nodes[1].promReg, "kasd_peer_links_drained_total", "", ""); n != 1 {
+		t.Errorf("kas-1 closed %v drained links by the end of kas-0's drain, want 1", n)
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Errorf("streamed response through the drain: %s", e)
+	}
+	if n := metricValue(t, f.nodes[1].promReg, "kasd_peer_link_losses_total", "", ""); n != 0 {
+		t.Errorf("kas-1 lost %v peer links; the draining peer should leave the close to it", n)
+	}
+}
+
 // TestFleetKillUnderLoad: 120 clients send GETs and POSTs (bodies checked) through kas-2 while
 // kas-0, one of the agent's two holders, is killed. Only requests whose bytes were at kas-0 may
 // fail: a GET is retried (nothing of it reached the client), so every GET succeeds; a POST in

@@ -27,6 +27,7 @@ type metrics struct {
 	peerDials        *prometheus.CounterVec
 	peerConns        *prometheus.CounterVec
 	peerLinkLosses   prometheus.Counter
+	peerLinksDrained prometheus.Counter
 	hygiene          hygieneMetrics // headers refused or removed (origin.go)
 	// recent keeps the last requests' durations per route, for the web page's p50/p99
 	// (status.go).
@@ -93,7 +94,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m.peerLinkLosses = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kasd_peer_link_losses_total", Help: "Live peer connections that ended other than by this kasd closing (peer died, partition, drain).",
 	})
-	reg.MustRegister(m.peerLinkLosses)
+	m.peerLinksDrained = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kasd_peer_links_drained_total", Help: "Links to a draining peer that this kasd closed once every request on them had ended (the peer's drain waits for its origins to close them, so that the end of a response is not cut).",
+	})
+	reg.MustRegister(m.peerLinkLosses, m.peerLinksDrained)
 	peerLinks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_peer_links", Help: "Live connections this kasd dialled to peers.",
 	}, func() float64 { return float64(s.livePeerLinks()) })
