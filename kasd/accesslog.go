@@ -56,6 +56,7 @@ type access struct {
 	caller string // the JWT's sub
 	imp    string // the impersonated user, if any
 	route  string // local, forwarded, none
+	peer   string // the peer the last attempt was forwarded to, if any
 	code   api.Code
 	status int
 	in     countingBody // the client's request body
@@ -167,8 +168,11 @@ func (s *Server) logAccess(r *http.Request, tgt *target) {
 	ev.Int64("bytes_in", a.in.n).
 		Int64("bytes_out", a.out).
 		Dur("duration", time.Since(a.start)).
-		Str("route", a.route).
-		Str("caller", a.caller).
+		Str("route", a.route)
+	if a.peer != "" {
+		ev = ev.Str("peer", a.peer)
+	}
+	ev.Str("caller", a.caller).
 		Str("impersonate", a.imp).
 		Msg("access")
 }

@@ -213,7 +213,7 @@ func TestAccessLogAcrossHops(t *testing.T) {
 	want("entry kasd", la, map[string]any{
 		"level": "info", "agent_id": "alpha", "service": "web", "method": "POST",
 		"path": "/api/v1/agents/alpha/proxy/web/some/path", "status": 200, "bytes_in": 10,
-		"bytes_out": 5, "route": "forwarded", "caller": "ci-bot", "impersonate": "alice",
+		"bytes_out": 5, "route": "forwarded", "peer": "kas-b", "caller": "ci-bot", "impersonate": "alice",
 		"duration": nil, "instance": "kas-a",
 	})
 	if _, ok := la["code"]; ok {

@@ -150,6 +150,11 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 			h := hs[0]
 			attempts++
 			lastRoute = h.route()
+			if p, ok := h.(peerHolder); ok {
+				tgt.acc.peer = p.inst.ID // the access log names the peer of the last attempt
+			} else {
+				tgt.acc.peer = ""
+			}
 			resp, err := h.send(ctx, f, body)
 			if err == nil {
 				return routeResult{resp: resp, route: h.route()}, nil

@@ -16,6 +16,13 @@ type holderLog struct {
 	// forwardedOut holds the client requests this kasd forwarded to a peer (route
 	// "forwarded" on its own API), however they ended.
 	forwardedOut map[string]bool
+	// failedAtPeer maps the id of a client request this kasd forwarded to a peer and answered
+	// with agent_failed to that peer (the access line's "peer"): the request was sent to the
+	// peer and not retried elsewhere, which kasd does only when the peer's QUIC stack
+	// acknowledged something after the request was sent (a request the peer did not
+	// acknowledge goes to the next holder: kasd route.go, unacknowledged), so its bytes had
+	// reached the peer process.
+	failedAtPeer map[string]string
 }
 
 // readHolderLog reads the access lines logged by the kasd whose log is path since offset.
@@ -25,7 +32,7 @@ type holderLog struct {
 // elsewhere, and does) are left out: only requests the holder passed on to the agent, or was
 // passing on when it failed (agent_failed), count.
 func readHolderLog(path string, offset int64) holderLog {
-	h := holderLog{byOrigin: map[string]map[string]bool{}, forwardedOut: map[string]bool{}}
+	h := holderLog{byOrigin: map[string]map[string]bool{}, forwardedOut: map[string]bool{}, failedAtPeer: map[string]string{}}
 	f, err := os.Open(path)
 	if err != nil {
 		return h
@@ -42,9 +49,14 @@ func readHolderLog(path string, offset int64) holderLog {
 			var e struct {
 				Message   string `json:"message"`
 				RequestID string `json:"request_id"`
+				Peer      string `json:"peer"`
+				Code      string `json:"code"`
 			}
 			if json.Unmarshal(line, &e) == nil && e.Message == "access" {
 				h.forwardedOut[e.RequestID] = true
+				if e.Code == "agent_failed" && e.Peer != "" {
+					h.failedAtPeer[e.RequestID] = e.Peer
+				}
 			}
 			continue
 		}
