@@ -243,6 +243,9 @@ const refusedTokenBackoff = 5 * time.Minute
 const (
 	overloadedBackoff    = 2 * time.Second
 	overloadedBackoffMax = 32 * time.Second
+	// maxGateRetryHint caps the retry hint of a refusal before TLS (kasd's longest hint, its
+	// maxAdmissionRetry): a forged one can delay a reconnection by no more.
+	maxGateRetryHint = 2 * time.Minute
 )
 
 // reconnectDelay is how long a slot waits before its next dial, after attempt failed attempts
@@ -484,8 +487,10 @@ func (a *Agent) handshake(ctx context.Context, qc *quicgo.Conn, services []strin
 
 // refusalFromClose turns kasd's connection close reason ("<code>: <message>", with a retry hint
 // when kasd sheds load: api.CloseReason) back into a typed error when the connection was closed
-// before the Error frame could be read. A QUIC-level CONNECTION_REFUSED (quic-go's queue of
-// handshaked connections was full) is kasd being overloaded too, without a hint.
+// before the Error frame could be read. A QUIC-level CONNECTION_REFUSED is kasd being
+// overloaded too: its gate before the TLS handshake says so in the same format, with a retry
+// hint (kasd/admission.go); quic-go's own refusals (its queue of handshaked connections was
+// full) and a kasd without the quic-go patch send no reason, hence no hint.
 func refusalFromClose(err error) error {
 	var appErr *quicgo.ApplicationError
 	if errors.As(err, &appErr) && appErr.Remote {
@@ -496,6 +501,13 @@ func refusalFromClose(err error) error {
 	}
 	var trErr *quicgo.TransportError
 	if errors.As(err, &trErr) && trErr.Remote && trErr.ErrorCode == quicgo.ConnectionRefused {
+		if e, ok := api.ParseCloseReason(trErr.ErrorMessage); ok && e.Code == api.CodeOverloaded {
+			// Sent in an Initial packet, which anyone who saw the dial could forge: capped at
+			// kasd's own longest hint.
+			e.RetryAfter = min(e.RetryAfter, maxGateRetryHint)
+			e.Err = err
+			return e
+		}
 		return &api.Error{Code: api.CodeOverloaded, Message: "kasd refused the connection", Err: err}
 	}
 	return err

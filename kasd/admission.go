@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qkas/qkas/api"
 )
 
 // Admission of agent connections (docs/scale.md).
@@ -32,10 +34,12 @@ import (
 // their QUIC handshake, counted from their first Initial packet until they are accepted or
 // fail; an Initial beyond that is answered with QUIC's CONNECTION_REFUSED, before any TLS work
 // and without connection state, counted as kasd_limit_rejections_total{reason="max_tls_handshakes"}
-// and kasd_agent_connections_total{result="overloaded"}. That refusal cannot carry a retry
-// time (quic-go sends it without a reason phrase), so agentd backs off from it on its own: jitter
-// over the upper half of a window that starts at 2s and doubles (agentd/agent.go,
-// reconnectDelay).
+// and kasd_agent_connections_total{result="overloaded"}. The refusal carries its retry time in
+// its reason phrase (api.CloseReason, sent by the carried quic-go patch), booked on the same
+// timeline as the slot refusals below, at least refusalDedup ahead; agentd waits that long plus
+// full jitter over as much again. (From a kasd without the patch the phrase is empty, and agentd
+// backs off on its own: jitter over the upper half of a window that starts at 2s and doubles;
+// agentd/agent.go, reconnectDelay.)
 // Without the gate a burst of 10,000 reconnecting agents started 10,000 handshakes at once;
 // on a CPU-short kasd they all took longer than the handshake timeout, failed, and were dialled
 // again: no progress at all (docs/scale.md).
@@ -61,10 +65,17 @@ type admission struct {
 	done     int        // admissions finished in the current bucket
 	lastDone int        // admissions finished in the previous bucket
 	horizon  time.Time  // the latest retry time handed out
-	// refused remembers when each address was last refused by the gate before TLS
-	// (firstRefusal); swept of entries older than refusalDedup at most once per refusalDedup.
-	refused      map[netip.AddrPort]time.Time
+	// refused remembers when each address was last refused by the gate before TLS, and the
+	// retry time it was given (refuseTLS); swept of entries older than refusalDedup at most
+	// once per refusalDedup.
+	refused      map[netip.AddrPort]tlsRefusal
 	refusedSwept time.Time
+}
+
+// tlsRefusal is one address's last refusal by the gate before TLS.
+type tlsRefusal struct {
+	at      time.Time // when
+	retryAt time.Time // the retry time it was given
 }
 
 func newAdmission(limit int, reg prometheus.Registerer) *admission {
@@ -125,15 +136,16 @@ func (a *admission) endTLS() { a.tls.Add(-1) }
 
 // agentHandshakeGate is the agent listener's quic.HandshakeGate: it refuses, before the TLS
 // handshake, a new connection beyond Config.MaxPendingHandshakes handshakes in progress.
-func (s *Server) agentHandshakeGate(remote net.Addr) (end func(), ok bool) {
+func (s *Server) agentHandshakeGate(remote net.Addr) (end func(), reason string, ok bool) {
 	if end, ok := s.admit.beginTLS(); ok {
-		return end, true
+		return end, "", true
 	}
-	if s.admit.firstRefusal(remote) {
+	retry, first := s.admit.refuseTLS(remote)
+	if first {
 		s.m.limitRejections.WithLabelValues("max_tls_handshakes").Inc()
 		s.m.agentConnections.WithLabelValues("overloaded").Inc()
 	}
-	return nil, false
+	return nil, api.CloseReason(&api.Error{Code: api.CodeOverloaded, Message: "kasd is at its maximum of TLS handshakes", RetryAfter: retry}), false
 }
 
 // refusalDedup: Initial packets refused from one address within this long count as one
@@ -148,35 +160,38 @@ const refusalDedup = time.Second
 // beyond it refusals are counted once per packet.
 const maxRefusedAddrs = 1 << 16
 
-// firstRefusal reports whether remote was not refused within the last refusalDedup, and
-// remembers that it is now.
-func (a *admission) firstRefusal(remote net.Addr) bool {
-	ua, ok := remote.(*net.UDPAddr)
-	if !ok {
-		return true
-	}
-	addr := ua.AddrPort()
+// refuseTLS books a retry time for remote, refused by the gate before TLS, and returns how far
+// ahead it is (at least refusalDedup). first is false when remote was refused within the last
+// refusalDedup: the same dial's other Initial packets, which get the retry time already booked
+// for it instead of another place on the timeline.
+func (a *admission) refuseTLS(remote net.Addr) (retry time.Duration, first bool) {
 	now := a.now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	ua, ok := remote.(*net.UDPAddr)
+	if !ok {
+		return a.bookLocked(now, refusalDedup), true
+	}
+	addr := ua.AddrPort()
 	if now.Sub(a.refusedSwept) > refusalDedup {
-		for k, at := range a.refused {
-			if now.Sub(at) >= refusalDedup {
+		for k, r := range a.refused {
+			if now.Sub(r.at) >= refusalDedup {
 				delete(a.refused, k)
 			}
 		}
 		a.refusedSwept = now
 	}
-	if at, ok := a.refused[addr]; ok && now.Sub(at) < refusalDedup {
-		return false
+	if r, ok := a.refused[addr]; ok && now.Sub(r.at) < refusalDedup {
+		return max(r.retryAt.Sub(now), minAdmissionRetry), false
 	}
+	retry = a.bookLocked(now, refusalDedup)
 	if a.refused == nil {
-		a.refused = map[netip.AddrPort]time.Time{}
+		a.refused = map[netip.AddrPort]tlsRefusal{}
 	}
 	if len(a.refused) < maxRefusedAddrs {
-		a.refused[addr] = now
+		a.refused[addr] = tlsRefusal{at: now, retryAt: now.Add(retry)}
 	}
-	return true
+	return retry, true
 }
 
 // rollLocked moves the one-second buckets forward to now.
@@ -196,10 +211,15 @@ func (a *admission) retryAfter() time.Duration {
 	now := a.now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.bookLocked(now, minAdmissionRetry)
+}
+
+// bookLocked books the next place on the retry timeline, at least least ahead of now.
+func (a *admission) bookLocked(now time.Time, least time.Duration) time.Duration {
 	a.rollLocked(now)
 	rate := max(a.lastDone, cap(a.slots)) // admissions per second
 	step := time.Second / time.Duration(rate)
-	a.horizon = later(a.horizon, now.Add(minAdmissionRetry)).Add(step)
+	a.horizon = later(a.horizon, now.Add(least)).Add(step)
 	if max := now.Add(maxAdmissionRetry); a.horizon.After(max) {
 		a.horizon = max
 	}

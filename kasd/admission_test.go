@@ -89,8 +89,9 @@ func TestAdmissionRetrySchedule(t *testing.T) {
 }
 
 // TestAdmissionTLSGateAndRefusalDedup: the gate before TLS admits up to its limit and takes
-// back what ends; the refusals of one address within refusalDedup count once, another
-// address's and a later one's count again, and old addresses are forgotten.
+// back what ends; the refusals of one address within refusalDedup count once and share one
+// retry time, another address's and a later one's count again and book later places on the
+// retry timeline, and old addresses are forgotten.
 func TestAdmissionTLSGateAndRefusalDedup(t *testing.T) {
 	a := newAdmission(2, nil)
 	now := time.Unix(1000, 0)
@@ -110,6 +111,8 @@ func TestAdmissionTLSGateAndRefusalDedup(t *testing.T) {
 
 	x := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 4000}
 	y := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 4001}
+	var booked time.Time
+	bookedFor := map[int]time.Time{}
 	for i, c := range []struct {
 		addr  *net.UDPAddr
 		after time.Duration
@@ -122,12 +125,28 @@ func TestAdmissionTLSGateAndRefusalDedup(t *testing.T) {
 		{x, refusalDedup, true},            // a new dial, a second after the first
 	} {
 		now = now.Add(c.after)
-		if got := a.firstRefusal(c.addr); got != c.first {
+		retry, got := a.refuseTLS(c.addr)
+		if got != c.first {
 			t.Errorf("refusal %d (%v): counted %v, want %v", i, c.addr, got, c.first)
+		}
+		// A dial's first refusal books a place on the timeline, at least refusalDedup ahead
+		// (agentd comes back only after it, so its next dial is not taken for a
+		// retransmission); the same dial's other packets get the time already booked.
+		at := now.Add(retry)
+		if c.first {
+			if retry < refusalDedup {
+				t.Errorf("refusal %d (%v): retry in %v, want at least %v", i, c.addr, retry, refusalDedup)
+			}
+			if !at.After(booked) {
+				t.Errorf("refusal %d (%v): retry at %v, not after the last booked %v", i, c.addr, at, booked)
+			}
+			booked, bookedFor[c.addr.Port] = at, at
+		} else if want := bookedFor[c.addr.Port]; !at.Equal(want) {
+			t.Errorf("refusal %d (%v), a duplicate: retry at %v, want the booked %v", i, c.addr, at, want)
 		}
 	}
 	now = now.Add(3 * refusalDedup)
-	a.firstRefusal(y)
+	a.refuseTLS(y)
 	if n := len(a.refused); n != 1 {
 		t.Errorf("%d addresses remembered after the others aged out, want 1", n)
 	}

@@ -12,8 +12,8 @@ import (
 	quicgo "github.com/quic-go/quic-go"
 )
 
-// TestHandshakeGate: a refused connection fails its dial with a remote CONNECTION_REFUSED and
-// never reaches TLS; an admitted one ends its slot exactly once, at Accept; one whose handshake
+// TestHandshakeGate: a refused connection fails its dial with a remote CONNECTION_REFUSED that
+// carries the gate's reason and never reaches TLS; an admitted one ends its slot exactly once, at Accept; one whose handshake
 // fails (no common ALPN) ends it exactly once too, without Accept.
 func TestHandshakeGate(t *testing.T) {
 	serverTLS, clientTLS := testTLS(t)
@@ -25,15 +25,16 @@ func TestHandshakeGate(t *testing.T) {
 	ln := listen(t, serverTLS, Config{})
 	var open atomic.Bool
 	var begun, ended atomic.Int64
-	ln.SetHandshakeGate(func(remote net.Addr) (func(), bool) {
+	const reason = "overloaded: busy (retry_after_ms=1500)"
+	ln.SetHandshakeGate(func(remote net.Addr) (func(), string, bool) {
 		if _, ok := remote.(*net.UDPAddr); !ok {
 			t.Errorf("gate called with %T", remote)
 		}
 		if !open.Load() {
-			return nil, false
+			return nil, reason, false
 		}
 		begun.Add(1)
-		return func() { ended.Add(1) }, true
+		return func() { ended.Add(1) }, "", true
 	})
 	srv := serve(t, ln, nil)
 
@@ -44,6 +45,9 @@ func TestHandshakeGate(t *testing.T) {
 	var trErr *quicgo.TransportError
 	if !errors.As(err, &trErr) || !trErr.Remote || trErr.ErrorCode != quicgo.ConnectionRefused {
 		t.Fatalf("dial through a closed gate: %v, want a remote CONNECTION_REFUSED", err)
+	}
+	if trErr.ErrorMessage != reason {
+		t.Fatalf("refusal's reason phrase %q, want the gate's %q", trErr.ErrorMessage, reason)
 	}
 	if n := hellos.Load(); n != 0 {
 		t.Fatalf("%d ClientHellos reached TLS through a closed gate", n)

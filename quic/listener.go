@@ -91,15 +91,17 @@ func (l *Listener) Accept(ctx context.Context) (*quicgo.Conn, error) {
 // packets (a ClientHello with a post-quantum key share), and it retransmits an Initial whose
 // refusal was lost. ok false
 // refuses the connection: quic-go answers the Initial with a CONNECTION_CLOSE carrying the
-// transport error CONNECTION_REFUSED (the client's dial fails with a remote
-// *quicgo.TransportError), which costs one Initial packet sealed with keys derived from the
-// client's connection ID: no key exchange, no signature, no connection state. When ok, end is
+// transport error CONNECTION_REFUSED and reason as its reason phrase (the client's dial fails
+// with a remote *quicgo.TransportError whose ErrorMessage is reason; the carried quic-go patch
+// sends it, at most 256 bytes, third_party/README.md), which costs one Initial packet sealed
+// with keys derived from the client's connection ID: no key exchange, no signature, no
+// connection state. The reason is not authenticated: a client may only take it as a hint. When ok, end is
 // called exactly once, when the handshake ends: the connection is returned by Accept, or it
 // failed or was closed before that (handshake timeout, TLS error, Listener closed).
 //
 // A gate bounds the handshakes in progress, so that a reconnect storm is answered with cheap
 // refusals instead of thousands of key exchanges that all time out for want of CPU.
-type HandshakeGate func(remote net.Addr) (end func(), ok bool)
+type HandshakeGate func(remote net.Addr) (end func(), reason string, ok bool)
 
 // SetHandshakeGate installs g for connections that arrive from now on; nil lets every
 // handshake through (the default). Safe to call at any time.
@@ -110,10 +112,6 @@ func (l *Listener) SetHandshakeGate(g HandshakeGate) {
 	}
 	l.gate.Store(&g)
 }
-
-// errHandshakeRefused is what connContext returns to quic-go for a connection the gate
-// refused; quic-go logs it at debug level and sends CONNECTION_REFUSED.
-var errHandshakeRefused = errors.New("quic: handshake refused by the listener's gate")
 
 type handshakeKey struct{}
 
@@ -139,9 +137,10 @@ func (l *Listener) connContext(ctx context.Context, info *quicgo.ClientInfo) (co
 	if g == nil {
 		return ctx, nil
 	}
-	end, ok := (*g)(info.RemoteAddr)
+	end, reason, ok := (*g)(info.RemoteAddr)
 	if !ok {
-		return nil, errHandshakeRefused
+		// quic-go logs it at debug level and sends CONNECTION_REFUSED with the reason.
+		return nil, &quicgo.TransportError{ErrorCode: quicgo.ConnectionRefused, ErrorMessage: reason}
 	}
 	h := &gatedHandshake{end: end}
 	// No goroutine per handshake: the slot is given back by the context's own cancellation

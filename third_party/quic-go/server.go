@@ -57,6 +57,9 @@ type zeroRTTQueue struct {
 type rejectedPacket struct {
 	receivedPacket
 	hdr *wire.Header
+	// reason is the reason phrase of a CONNECTION_REFUSED (qkas patch: a ConnContext error
+	// that is a *TransportError with code ConnectionRefused gives its ErrorMessage).
+	reason string
 }
 
 // A Listener of QUIC
@@ -797,7 +800,13 @@ func (s *baseServer) handleInitialImpl(p receivedPacket, hdr *wire.Header) error
 		if err != nil {
 			cancel1(err)
 			s.logger.Debugf("Rejecting new connection due to ConnContext callback: %s", err)
-			s.refuseNewConn(p, hdr)
+			// qkas patch: the application may say why, and when to come back, in the
+			// CONNECTION_REFUSED's reason phrase.
+			var reason string
+			if te, ok := err.(*qerr.TransportError); ok && te.ErrorCode == qerr.ConnectionRefused {
+				reason = te.ErrorMessage
+			}
+			s.refuseNewConnWithReason(p, hdr, reason)
 			return nil
 		}
 		if ctx == nil {
@@ -874,9 +883,13 @@ func (s *baseServer) handleInitialImpl(p receivedPacket, hdr *wire.Header) error
 }
 
 func (s *baseServer) refuseNewConn(p receivedPacket, hdr *wire.Header) {
+	s.refuseNewConnWithReason(p, hdr, "")
+}
+
+func (s *baseServer) refuseNewConnWithReason(p receivedPacket, hdr *wire.Header, reason string) {
 	delete(s.zeroRTTQueues, hdr.DestConnectionID)
 	select {
-	case s.connectionRefusedQueue <- rejectedPacket{receivedPacket: p, hdr: hdr}:
+	case s.connectionRefusedQueue <- rejectedPacket{receivedPacket: p, hdr: hdr, reason: reason}:
 	default:
 		// drop packet if we can't send out the CONNECTION_REFUSED fast enough
 		p.buffer.Release()
@@ -1022,17 +1035,29 @@ func (s *baseServer) maybeSendInvalidToken(p rejectedPacket) {
 func (s *baseServer) sendConnectionRefused(p rejectedPacket) {
 	defer p.buffer.Release()
 	sealer, _ := handshake.NewInitialAEAD(p.hdr.DestConnectionID, protocol.PerspectiveServer, p.hdr.Version)
-	if err := s.sendError(p.remoteAddr, p.hdr, sealer, ConnectionRefused, p.info); err != nil {
+	if err := s.sendErrorWithReason(p.remoteAddr, p.hdr, sealer, ConnectionRefused, p.reason, p.info); err != nil {
 		s.logger.Debugf("Error sending CONNECTION_REFUSED error: %s", err)
 	}
 }
 
 // sendError sends the error as a response to the packet received with header hdr
 func (s *baseServer) sendError(remoteAddr net.Addr, hdr *wire.Header, sealer handshake.LongHeaderSealer, errorCode qerr.TransportErrorCode, info packetInfo) error {
+	return s.sendErrorWithReason(remoteAddr, hdr, sealer, errorCode, "", info)
+}
+
+// maxRefusalReason bounds the reason phrase of a stateless CONNECTION_CLOSE (qkas patch): the
+// packet must stay well within a datagram and within the 3x amplification limit of the
+// client's Initial (at least 1200 bytes).
+const maxRefusalReason = 256
+
+func (s *baseServer) sendErrorWithReason(remoteAddr net.Addr, hdr *wire.Header, sealer handshake.LongHeaderSealer, errorCode qerr.TransportErrorCode, reason string, info packetInfo) error {
 	b := getPacketBuffer()
 	defer b.Release()
 
-	ccf := &wire.ConnectionCloseFrame{ErrorCode: uint64(errorCode)}
+	if len(reason) > maxRefusalReason {
+		reason = reason[:maxRefusalReason]
+	}
+	ccf := &wire.ConnectionCloseFrame{ErrorCode: uint64(errorCode), ReasonPhrase: reason}
 
 	replyHdr := &wire.ExtendedHeader{}
 	replyHdr.Type = protocol.PacketTypeInitial
