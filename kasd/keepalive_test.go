@@ -80,33 +80,7 @@ func TestKasdLeavesKeepAlivesToAgents(t *testing.T) {
 		// (1s after the last packet it received).
 		expected = 2 * time.Second
 	)
-	e := newEnv(t, func(c *kasd.Config) { c.AgentKeepAlivePeriod = expected })
-	c, _, err := quic.DevCertificate(e.dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(c, api.ALPNAgent), quic.Config{
-		KeepAlivePeriod: agentKeepAlive, MaxIdleTimeout: 20 * time.Second, PeerKeepsAlive: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var serving sync.WaitGroup
-	srv := e.server()
-	serving.Go(func() { _ = srv.ServeAgents(ctx, ln) })
-	t.Cleanup(func() { cancel(); ln.Close(); serving.Wait() })
-
-	relay := newCountingRelay(t, ln.Addr().String())
-	svc := echoService(t, "web")
-	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}, func(c *agentd.Config) {
-		c.KasAddresses = []string{relay.pc.LocalAddr().String()}
-		c.QUIC.KeepAlivePeriod, c.QUIC.MaxIdleTimeout = agentKeepAlive, 20*time.Second
-	})
-	waitConnected(t, a, 1)
-	silentClosed := func() float64 {
-		return counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"})
-	}
+	_, relay, a, silentClosed := relayedIdleAgent(t, agentKeepAlive, expected)
 
 	// Idle for longer than kasd's silence threshold (3s): the agent's keep-alives alone keep
 	// the connection alive in kasd's eyes.
@@ -149,4 +123,69 @@ func TestKasdLeavesKeepAlivesToAgents(t *testing.T) {
 		t.Errorf("closed %v after kasd went deaf, before its 3s silence threshold and 1s probe could pass", took)
 	}
 	t.Logf("closed %v after kasd stopped hearing the agent", took)
+}
+
+// relayedIdleAgent starts a kasd whose agent listener is configured as the kasd command
+// configures it (no keep-alives of its own, expecting the agent's every expected), and one
+// agent sending keep-alives every agentKeepAlive through a counting relay.
+func relayedIdleAgent(t *testing.T, agentKeepAlive, expected time.Duration) (*env, *countingRelay, *agentd.Agent, func() float64) {
+	t.Helper()
+	e := newEnv(t, func(c *kasd.Config) { c.AgentKeepAlivePeriod = expected })
+	c, _, err := quic.DevCertificate(e.dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(c, api.ALPNAgent), quic.Config{
+		KeepAlivePeriod: agentKeepAlive, MaxIdleTimeout: 60 * time.Second, PeerKeepsAlive: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var serving sync.WaitGroup
+	srv := e.server()
+	serving.Go(func() { _ = srv.ServeAgents(ctx, ln) })
+	t.Cleanup(func() { cancel(); ln.Close(); serving.Wait() })
+
+	relay := newCountingRelay(t, ln.Addr().String())
+	svc := echoService(t, "web")
+	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}, func(c *agentd.Config) {
+		c.KasAddresses = []string{relay.pc.LocalAddr().String()}
+		c.QUIC.KeepAlivePeriod, c.QUIC.MaxIdleTimeout = agentKeepAlive, 60*time.Second
+	})
+	waitConnected(t, a, 1)
+	silentClosed := func() float64 {
+		return counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"})
+	}
+	return e, relay, a, silentClosed
+}
+
+// TestIdleSilentConnectionGetsHalfAPeriodToAnswer: an idle connection silent past its threshold
+// (an expected period of 6s: 6s + 2s) is probed, but closed only after half a period (3s) of
+// unanswered probes, not after 1s: a live agent on a host short of CPU can be seconds late (at
+// 50,000 simulated agents a 1s grace closed tens of thousands of live connections at once).
+// It is probed about twice in that time, not at every 500 ms sampler tick.
+func TestIdleSilentConnectionGetsHalfAPeriodToAnswer(t *testing.T) {
+	const agentKeepAlive, expected = time.Second, 6 * time.Second
+	e, relay, _, silentClosed := relayedIdleAgent(t, agentKeepAlive, expected)
+	time.Sleep(500 * time.Millisecond)
+	relay.deaf.Store(true)
+	deafAt := time.Now()
+	for silentClosed() != 1 {
+		if since := time.Since(deafAt); since > 14*time.Second {
+			t.Fatalf("the connection kasd no longer hears was not closed within %v", since)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(deafAt)
+	// The last packet came up to 1s before kasd went deaf: silence 8s, then 3s of probing.
+	if took < 9500*time.Millisecond {
+		t.Errorf("closed %v after kasd went deaf: before its 8s silence and 3s of probing could pass", took)
+	}
+	// A probe every half grace (1.5s): 2 or 3 in the 3s, not one per 500 ms tick (6 or 7).
+	probes := counter(t, e.reg, "kasd_agent_silence_probes_total", nil)
+	if probes < 1 || probes > 3 {
+		t.Errorf("%v probes before the silent connection was closed, want 1 to 3", probes)
+	}
+	t.Logf("closed %v after kasd stopped hearing the agent, after %v probes", took, probes)
 }

@@ -13,7 +13,7 @@ import (
 // kasd's agent listener sends no keep-alives of its own (kasd/cmd/kasd, quic.Config.PeerKeepsAlive;
 // docs/scale.md). Silence is judged against it: an
 // idle connection is presumed dead only after a period and a margin (silentAfterFor) without a
-// packet and a probe that went unanswered (probeAfter). A connection that a request is using is judged much faster: a live
+// packet and probes that went unanswered for half a period, at least probeAfter (idleGraceFor). A connection that a request is using is judged much faster: a live
 // agent acknowledges what it receives within its 1 ms max_ack_delay, so one that has carried a
 // request (or the probe sent when the request was first seen) and received nothing for
 // busySilence+probeAfter (4s) is closed, and the request fails over to another holder as
@@ -31,8 +31,10 @@ const busySilence = 3 * time.Second
 // Server.sampleSilence's goroutine.
 type liveness struct {
 	silentAfter time.Duration // idle silence before a probe: silentAfterFor(keep-alive period)
+	idleGrace   time.Duration // how long an idle connection may leave probes unanswered: idleGraceFor(period)
 	busySince   time.Time     // when the sampler first saw requests in flight; zero when idle
 	sampledAt   time.Time     // when the connection's packet count was last read
+	probedAt    time.Time     // when the sampler last asked for a probe (silenceProbe)
 	watch       bool          // the last verdict was not silenceOK: sample at every tick
 }
 
@@ -49,6 +51,23 @@ func silentAfterFor(period time.Duration) time.Duration {
 	return period + min(period/2, 2*time.Second)
 }
 
+// idleGraceFor is how long an idle connection, silent past its threshold, may leave kasd's
+// probes unanswered before it is closed as dead: half a keep-alive period, at least probeAfter
+// (1s at package quic's 2s default, as before; 12.5s at the daemons' 25s, so closed 39.5s after
+// its last packet, still well before the 60s idle timeout). Nothing waits on an idle
+// connection, so nothing is gained by condemning it fast, and a live agent whose process is
+// short of CPU (thousands of agents on one host, a node under pressure) can be a few seconds
+// late with its keep-alive and its acknowledgement: at 50,000 simulated agents on 2 shared
+// cores a 1s grace closed tens of thousands of live connections in one sampler tick (31.5s
+// silent), and their reconnect storm starved the agents further. A connection with requests
+// in flight keeps the fast rule (busySilence + probeAfter).
+func idleGraceFor(period time.Duration) time.Duration {
+	if period <= 0 {
+		period = quic.DefaultKeepAlivePeriod
+	}
+	return max(probeAfter, period/2)
+}
+
 // silenceLimit returns the connection's idle silence threshold (silentAfter when unset).
 func (c *agentConn) silenceLimit() time.Duration {
 	if c.live.silentAfter > 0 {
@@ -63,6 +82,7 @@ type silenceVerdict int
 const (
 	silenceOK    silenceVerdict = iota
 	silenceProbe                // send a probe: a live agent acknowledges it within 1 ms
+	silenceWait                 // silent, probed a moment ago: wait for the answer
 	silenceDead                 // presumed dead: close it
 )
 
@@ -83,6 +103,7 @@ func (c *agentConn) judgeSilence(now time.Time, fresh bool) (v silenceVerdict, q
 	defer func() { c.live.watch = v != silenceOK }()
 	c.live.sampledAt = now
 	quiet = c.sample(now, fresh)
+	grace := max(c.live.idleGrace, probeAfter)
 	switch {
 	case !busy:
 		c.live.busySince = time.Time{}
@@ -93,12 +114,18 @@ func (c *agentConn) judgeSilence(now time.Time, fresh bool) (v silenceVerdict, q
 		return silenceProbe, 0
 	default:
 		quiet = min(quiet, now.Sub(c.live.busySince))
-		limit = min(limit, busySilence)
+		limit, grace = min(limit, busySilence), probeAfter
 	}
 	switch {
-	case quiet > limit+probeAfter:
+	case quiet > limit+grace:
 		return silenceDead, quiet
+	case quiet > limit && now.Sub(c.live.probedAt) < grace/2:
+		// Probed within the last half grace (at 25s: two probes in 12.5s; QUIC retransmits a
+		// lost one meanwhile): thousands of silent connections must not cost a probe each
+		// per 500 ms tick.
+		return silenceWait, quiet
 	case quiet > limit:
+		c.live.probedAt = now
 		return silenceProbe, quiet
 	}
 	return silenceOK, quiet

@@ -12,6 +12,7 @@ import (
 
 type metrics struct {
 	agentConnections *prometheus.CounterVec
+	silenceProbes    prometheus.Counter
 	limitRejections  *prometheus.CounterVec
 	apiErrors        *prometheus.CounterVec
 	requests         *prometheus.CounterVec
@@ -97,7 +98,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m.peerLinksDrained = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kasd_peer_links_drained_total", Help: "Links to a draining peer that this kasd closed once every request on them had ended (the peer's drain waits for its origins to close them, so that the end of a response is not cut).",
 	})
-	reg.MustRegister(m.peerLinkLosses, m.peerLinksDrained)
+	m.silenceProbes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kasd_agent_silence_probes_total", Help: "Probes sent on agent connections that had received nothing for their silence threshold (a live agent acknowledges within 1 ms; one that stays silent is closed as silent_closed).",
+	})
+	reg.MustRegister(m.peerLinkLosses, m.peerLinksDrained, m.silenceProbes)
 	peerLinks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_peer_links", Help: "Live connections this kasd dialled to peers.",
 	}, func() float64 { return float64(s.livePeerLinks()) })

@@ -234,7 +234,7 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		version:  hello.AgentVersion,
 		services: sortedCopy(hello.Services),
 		since:    time.Now(),
-		live:     liveness{silentAfter: silentAfterFor(s.cfg.AgentKeepAlivePeriod)},
+		live:     liveness{silentAfter: silentAfterFor(s.cfg.AgentKeepAlivePeriod), idleGrace: idleGraceFor(s.cfg.AgentKeepAlivePeriod)},
 		qc:       qc,
 		control:  control,
 	}
@@ -493,6 +493,7 @@ func (s *Server) sampleSilence() {
 					_ = c.qc.CloseWithError(quic.ConnCodeNoError, "silent: presumed dead")
 					s.table.remove(c)
 				case silenceProbe:
+					s.m.silenceProbes.Inc()
 					c.probe()
 				}
 			}
