@@ -427,7 +427,7 @@ func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID str
 	}
 	qc := l.qc
 	l.open.Add(1)
-	recv := qc.ConnectionStats().PacketsReceived
+	mark := qc.ConnectionStats().LargestSentAppData
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {
 		l.release()
@@ -447,7 +447,7 @@ func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID str
 			l.release()
 		},
 	})
-	if err != nil && ctx.Err() == nil && qc.ConnectionStats().PacketsReceived == recv {
+	if err != nil && ctx.Err() == nil && unacked(qc, mark) {
 		err = unacknowledged(err) // the peer was gone before the request reached it
 	}
 	return resp, err
@@ -604,9 +604,9 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	defer e.inflight.Add(-1)
 	var asc *quic.StreamConn
 	var agent *agentConn
-	var recv uint64
+	var mark uint64
 	for _, c := range conns {
-		recv = c.qc.ConnectionStats().PacketsReceived
+		mark = c.qc.ConnectionStats().LargestSentAppData
 		c.streamStarted() // a connection the agent leaves is closed once its streams are done
 		octx, cancel := context.WithTimeout(sc.Context(), s.cfg.ResponseHeaderTimeout)
 		st, err := c.qc.OpenStreamSync(octx)
@@ -627,9 +627,9 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	head := api.AppendFrame(make([]byte, 0, 512), f)
 	if _, err = asc.Write(head); err != nil {
 		asc.Abort(quic.StreamCodeCanceled)
-		if agent.qc.ConnectionStats().PacketsReceived == recv {
-			// Nothing came back from the agent since the stream was opened: it never took the
-			// request, and the origin may send it to another holder.
+		if unacked(agent.qc, mark) {
+			// The agent acknowledged nothing sent since the stream was opened: it never took
+			// the request, and the origin may send it to another holder.
 			refuse(api.Errorf(api.CodeAgentNotConnected, "writing to agent %s: %v", fw.AgentID, err))
 			return
 		}
@@ -650,11 +650,11 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	}
 	s.m.forwardedIn.WithLabelValues("ok").Inc()
 	s.m.openStreams.Inc()
-	// When the agent connection dies having received nothing since the request was sent, the
+	// When the agent connection dies with nothing sent since the request acknowledged, the
 	// agent never took it (it acknowledges within 1 ms): the origin gets "refused" and sends
 	// the request to another holder.
 	refusedIfUntaken := func(error) quicgo.StreamErrorCode {
-		if agent.qc.Context().Err() != nil && agent.qc.ConnectionStats().PacketsReceived == recv {
+		if agent.qc.Context().Err() != nil && unacked(agent.qc, mark) {
 			return quic.StreamCodeRefused
 		}
 		return quic.StreamCodeCanceled

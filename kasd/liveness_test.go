@@ -1,6 +1,8 @@
 package kasd_test
 
 import (
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -63,4 +65,57 @@ func TestBusyDeadConnectionFailsOverFast(t *testing.T) {
 		t.Errorf("requests to the dark connection took %v to fail over, want a few seconds (idle timeout %v)", took, 3*keepAlive)
 	}
 	t.Logf("requests on the dark connection failed over after at most %v", took)
+}
+
+// TestStalePacketsDoNotMakeARequestLookTaken: an agent dies with packets of its own still on
+// their way to kasd (on a loaded host they sit in kasd's socket); kasd sends POSTs into the
+// dead connection, then those packets arrive. They acknowledge nothing sent after the requests,
+// so the requests were never processed: each goes to the agent's other connection and
+// succeeds. Judged by "a packet arrived since the request was sent" (the rule before), they
+// looked taken and failed with 502 (the chaos suite's agent-kill at load 28).
+func TestStalePacketsDoNotMakeARequestLookTaken(t *testing.T) {
+	e := newEnv(t, func(c *kasd.Config) { c.ResponseHeaderTimeout = 30 * time.Second })
+	svc := echoService(t, "web")
+	relay := newUDPRelay(t, e.agentUDP)
+	dark := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}, func(c *agentd.Config) {
+		c.KasAddresses = []string{relay.pc.LocalAddr().String()}
+		c.QUIC.KeepAlivePeriod = 200 * time.Millisecond // packets on their way at any moment
+	})
+	waitConnected(t, dark, 1)
+	live := e.startAgent("alpha", "pod-2", map[string]string{"web": svc.URL})
+	waitConnected(t, live, 1)
+
+	// The agent "dies": nothing reaches it any more, and what it sent last is held back.
+	relay.blackhole.Store(true)
+	relay.hold.Store(true)
+	for deadline := time.Now().Add(5 * time.Second); relay.heldCount() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the agent sent nothing to hold back")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	var last atomic.Value
+	for i := range 8 {
+		wg.Go(func() {
+			body := strings.Repeat("x", 100+i)
+			resp := e.do("POST", "/api/v1/agents/alpha/proxy/web/x", strings.NewReader(body), "Qkas-Timeout", "15s")
+			b := readAll(t, resp)
+			if resp.StatusCode != 200 {
+				failed.Add(1)
+				last.Store(fmt.Sprintf("%d %s", resp.StatusCode, b))
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond) // the POSTs went out, some into the dead connection
+	relay.hold.Store(false)            // blackhole stays: nothing new arrives
+	n := relay.flush()
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		t.Errorf("%d of 8 POSTs failed after %d stale packets of the dead agent arrived; last: %v", f, n, last.Load())
+	}
+	if r := counter(t, e.reg, "kasd_retries_total", nil); r == 0 {
+		t.Error("no request went to the dead connection first (kasd_retries_total 0): the test proves nothing")
+	}
 }

@@ -79,7 +79,30 @@ func TestSecondConnectionOfSameProcessStays(t *testing.T) {
 // drops everything, like a path gone dark or a process paused (SIGSTOP).
 type udpRelay struct {
 	pc        *net.UDPConn
+	up        net.Conn
 	blackhole atomic.Bool
+	// hold keeps client -> target datagrams instead of passing them on, until flush.
+	hold atomic.Bool
+	mu   sync.Mutex // guards held
+	held [][]byte
+}
+
+// flush passes on the datagrams held back, and says how many.
+func (r *udpRelay) flush() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, b := range r.held {
+		_, _ = r.up.Write(b)
+	}
+	n := len(r.held)
+	r.held = nil
+	return n
+}
+
+func (r *udpRelay) heldCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.held)
 }
 
 func newUDPRelay(t *testing.T, target string) *udpRelay {
@@ -92,7 +115,7 @@ func newUDPRelay(t *testing.T, target string) *udpRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &udpRelay{pc: pc}
+	r := &udpRelay{pc: pc, up: up}
 	var client atomic.Pointer[net.UDPAddr]
 	var wg sync.WaitGroup
 	wg.Go(func() { // client -> target
@@ -103,7 +126,12 @@ func newUDPRelay(t *testing.T, target string) *udpRelay {
 				return
 			}
 			client.Store(addr)
-			if !r.blackhole.Load() {
+			switch {
+			case r.hold.Load():
+				r.mu.Lock()
+				r.held = append(r.held, append([]byte(nil), buf[:n]...))
+				r.mu.Unlock()
+			case !r.blackhole.Load():
 				up.Write(buf[:n])
 			}
 		}

@@ -834,6 +834,16 @@ type ConnectionStats struct {
 	// (does not monotonically increase, because packets that are declared lost
 	// can subsequently be received).
 	PacketsLost uint64
+
+	// LargestSentAppData is one more than the largest packet number sent in the application
+	// data packet number space (0: none yet); LargestAckedAppData is one more than the largest
+	// one the peer has acknowledged. A packet the peer's QUIC stack received and processed is
+	// acknowledged within its max_ack_delay; so data written after LargestSentAppData was read
+	// has certainly not been processed by the peer as long as LargestAckedAppData does not
+	// exceed that value (qkas patch: a request sent into a connection whose peer died may then
+	// go elsewhere).
+	LargestSentAppData  uint64
+	LargestAckedAppData uint64
 }
 
 // ConnectionStats returns statistics about the connection.
@@ -853,6 +863,9 @@ func (c *Conn) ConnectionStats() ConnectionStats {
 		PacketsReceived: c.connStats.PacketsReceived.Load(),
 		BytesLost:       c.connStats.BytesLost.Load(),
 		PacketsLost:     c.connStats.PacketsLost.Load(),
+
+		LargestSentAppData:  c.connStats.LargestSentAppData.Load(),
+		LargestAckedAppData: c.connStats.LargestAckedAppData.Load(),
 	}
 }
 

@@ -308,6 +308,9 @@ func (h *sentPacketHandler) SentPacket(
 
 	pnSpace := h.getPacketNumberSpace(encLevel.PacketNumberSpace())
 	pnSpace.largestSent = pn
+	if encLevel.PacketNumberSpace() == protocol.PacketNumberSpaceAppData {
+		h.connStats.LargestSentAppData.Store(uint64(pn) + 1) // qkas patch
+	}
 	if encLevel.PacketNumberSpace() == protocol.PacketNumberSpaceAppData &&
 		h.minPNToRelaxReordering == protocol.InvalidPacketNumber {
 		h.minPNToRelaxReordering = pn
@@ -492,6 +495,9 @@ func (h *sentPacketHandler) ReceivedAck(ack *wire.AckFrame, encLevel protocol.En
 		}
 
 		pnSpace.largestAcked = max(pnSpace.largestAcked, largestAcked)
+		if encLevel == protocol.Encryption1RTT {
+			h.connStats.LargestAckedAppData.Store(uint64(pnSpace.largestAcked) + 1) // qkas patch
+		}
 	}
 	// new acked packets can advance largestAcked or update the RTT,
 	// and a larger time threshold moves the loss deadline

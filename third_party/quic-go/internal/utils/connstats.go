@@ -13,4 +13,9 @@ type ConnectionStats struct {
 	PacketsReceived atomic.Uint64
 	BytesLost       atomic.Uint64
 	PacketsLost     atomic.Uint64
+
+	// qkas patch: one more than the largest application-data packet number sent, and than
+	// the largest one acknowledged by the peer (0: none).
+	LargestSentAppData  atomic.Uint64
+	LargestAckedAppData atomic.Uint64
 }
