@@ -23,9 +23,12 @@ import (
 //
 // The hints form a schedule: each refusal is given the next free place on a timeline that
 // advances by the time one admission takes at the rate kasd has been admitting (connections
-// whose token check finished, per second, over the last full second; at least one per slot per
-// second), so refused agents come back spread at about the rate kasd admits them instead of all
-// at once: most get in at their second attempt.
+// whose token check finished, per second, over the last full second; before any was measured,
+// initialAdmissionRate), so refused agents come back spread at about the rate kasd admits them
+// instead of all at once: most get in at their second attempt. The rate is the measured one,
+// not a floor above it: with a floor of one admission per slot per second (1,000/s by
+// default) a kasd that admitted 100/s during a storm sent refused agents back ten times too
+// early, and each needed 10.6 attempts on average (10,000 agents, make bench-scale).
 
 // The QUIC/TLS handshake comes first, and it is the expensive part (a key exchange and a
 // signature, several packets): quic-go completes it before a connection is accepted. So a
@@ -49,6 +52,11 @@ const (
 	minAdmissionRetry = 500 * time.Millisecond
 	maxAdmissionRetry = 2 * time.Minute
 )
+
+// initialAdmissionRate is the admission rate the retry schedule assumes while none has been
+// measured yet (the first second of a storm, when every slot is held by a handshake still in
+// progress): per second, at most one per slot.
+const initialAdmissionRate = 50
 
 // admission bounds concurrent agent handshakes and schedules refused agents' retries.
 type admission struct {
@@ -217,7 +225,10 @@ func (a *admission) retryAfter() time.Duration {
 // bookLocked books the next place on the retry timeline, at least least ahead of now.
 func (a *admission) bookLocked(now time.Time, least time.Duration) time.Duration {
 	a.rollLocked(now)
-	rate := max(a.lastDone, cap(a.slots)) // admissions per second
+	rate := a.lastDone // admissions per second, measured over the last full second
+	if rate == 0 {
+		rate = min(initialAdmissionRate, cap(a.slots))
+	}
 	step := time.Second / time.Duration(rate)
 	a.horizon = later(a.horizon, now.Add(least)).Add(step)
 	if max := now.Add(maxAdmissionRetry); a.horizon.After(max) {

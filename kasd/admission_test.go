@@ -49,11 +49,11 @@ func TestAdmissionRetrySchedule(t *testing.T) {
 	a := newAdmission(100, nil)
 	a.now = func() time.Time { return now }
 
-	// Nothing admitted yet: assume one admission per slot per second, 10ms apart.
+	// Nothing admitted yet: assume initialAdmissionRate (50 a second), 20ms apart.
 	var prev time.Duration
 	for i := range 50 {
 		d := a.retryAfter()
-		if want := minAdmissionRetry + time.Duration(i+1)*10*time.Millisecond; d != want {
+		if want := minAdmissionRetry + time.Duration(i+1)*20*time.Millisecond; d != want {
 			t.Fatalf("refusal %d: retry after %v, want %v", i, d, want)
 		}
 		if d <= prev {
@@ -79,8 +79,21 @@ func TestAdmissionRetrySchedule(t *testing.T) {
 		t.Fatalf("at 1000 admissions/s: %v then %v, want %v then 1ms later", d1, d2, minAdmissionRetry+time.Millisecond)
 	}
 
+	// kasd admitted only 10 agents in the last second (a storm on a CPU-short host): refusals
+	// are 100ms apart, not the 10ms one admission per slot per second would say.
+	now = now.Add(3 * time.Minute) // the earlier schedule is in the past
+	for range 10 {
+		r, _ := a.tryAcquire()
+		r(true)
+	}
+	now = now.Add(time.Second)
+	d1, d2 = a.retryAfter(), a.retryAfter()
+	if d1 != minAdmissionRetry+100*time.Millisecond || d2-d1 != 100*time.Millisecond {
+		t.Fatalf("at 10 admissions/s: %v then %v, want %v then 100ms later", d1, d2, minAdmissionRetry+100*time.Millisecond)
+	}
+
 	// A backlog beyond the cap is clamped.
-	for range 130_000 { // 130 s of admissions at 1000/s
+	for range 1300 { // 130 s of admissions at 10/s
 		a.retryAfter()
 	}
 	if d := a.retryAfter(); d != maxAdmissionRetry {
