@@ -653,8 +653,8 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	// When the agent connection dies with nothing sent since the request acknowledged, the
 	// agent never took it (it acknowledges within 1 ms): the origin gets "refused" and sends
 	// the request to another holder.
-	refusedIfUntaken := func(error) quicgo.StreamErrorCode {
-		if agent.qc.Context().Err() != nil && unacked(agent.qc, mark) {
+	refusedIfUntaken := func(err error) quicgo.StreamErrorCode {
+		if (agent.qc.Context().Err() != nil || connectionError(err)) && unacked(agent.qc, mark) {
 			return quic.StreamCodeRefused
 		}
 		return quic.StreamCodeCanceled
@@ -662,6 +662,23 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	sent, got := httpstream.SpliceWith(sc, asc, refusedIfUntaken)
 	s.m.streamDone(sent, got)
 	s.logForwardedAccess(f, fw.AgentID, origin, nil, sent, got, start) // accesslog.go
+}
+
+// connectionError reports whether err ended a stream because its connection ended (closed by
+// either side, idle timeout, stateless reset, failed handshake) rather than the stream alone.
+// The connection's context is canceled only after its streams have seen the error, so a
+// splice that fails at that moment cannot tell from the context (a connection retired because
+// its agent restarted elsewhere: 22 forwarded POSTs lost in one chaos agent-kill).
+func connectionError(err error) bool {
+	var (
+		appErr   *quicgo.ApplicationError
+		trErr    *quicgo.TransportError
+		idleErr  *quicgo.IdleTimeoutError
+		resetErr *quicgo.StatelessResetError
+		hsErr    *quicgo.HandshakeTimeoutError
+	)
+	return errors.As(err, &appErr) || errors.As(err, &trErr) || errors.As(err, &idleErr) ||
+		errors.As(err, &resetErr) || errors.As(err, &hsErr)
 }
 
 // dropLinksAfterPause forgets every dialled peer link after this process was paused (SIGSTOP, a
