@@ -153,6 +153,7 @@ func (l *peerLink) closeIfDrained() {
 		return
 	}
 	if !l.drained.Swap(true) {
+		l.failedAt.Store(time.Now().UnixNano()) // down from now on: no redial for PeerRetryDelay
 		_ = l.qc.CloseWithError(quic.ConnCodeNoError, peerDrainedReason)
 	}
 }

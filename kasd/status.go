@@ -75,7 +75,8 @@ type PeerStatus struct {
 	APIAddr  string `json:"api_addr,omitempty"`
 	PeerAddr string `json:"peer_addr,omitempty"`
 	// State is what this kasd knows of the peer: "serving" (listed in the registry under a live
-	// lease, link up or not dialled yet), "draining" (it sent GoAway on the link), or
+	// lease, link up or not dialled yet), "draining" (it sent GoAway on the link, which this
+	// kasd closes once its requests on it are done), or
 	// "unreachable" (the link failed or could not be dialled less than the peer retry delay
 	// ago; requests go to other holders meanwhile).
 	State string `json:"state"`
@@ -392,6 +393,10 @@ func (f *fleet) peerStatuses(now time.Time) []PeerStatus {
 					if l.draining.Load() {
 						p.State = "draining"
 					}
+				case l.draining.Load() && l.down(f.cfg.PeerRetryDelay):
+					// This kasd closed the link to the draining peer once its requests on
+					// it were done (peerLink.closeIfDrained).
+					p.State = "draining"
 				case l.down(f.cfg.PeerRetryDelay):
 					p.State = "unreachable"
 				default:
