@@ -651,9 +651,9 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	}
 	s.m.forwardedIn.WithLabelValues("ok").Inc()
 	s.m.openStreams.Inc()
-	// When the agent connection dies with nothing sent since the request acknowledged, the
-	// agent never took it (it acknowledges within 1 ms): the origin gets "refused" and sends
-	// the request to another holder.
+	// When the agent connection dies and the agent acknowledged nothing sent since the stream
+	// was opened, it never took the request (a live agent acknowledges within 1 ms): the
+	// origin gets "refused" and sends the request to another holder.
 	refusedIfUntaken := func(err error) quicgo.StreamErrorCode {
 		if (agent.qc.Context().Err() != nil || connectionError(err)) && unacked(agent.qc, mark) {
 			return quic.StreamCodeRefused
