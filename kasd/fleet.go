@@ -439,7 +439,8 @@ func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID str
 	}
 	prefix := api.AppendFrame(nil, &api.Forward{AgentID: agentID, Origin: s.cfg.InstanceID})
 	s.m.openStreams.Inc()
-	resp, err := httpstream.RoundTrip(ctx, quic.NewStreamConn(qc, st), req, body, &httpstream.Options{
+	sc := quic.NewStreamConn(qc, st)
+	resp, err := httpstream.RoundTrip(ctx, sc, req, body, &httpstream.Options{
 		Prefix:                prefix,
 		ResponseHeaderTimeout: s.cfg.ResponseHeaderTimeout,
 		Go:                    s.goOwned,
@@ -448,7 +449,7 @@ func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID str
 			l.release()
 		},
 	})
-	if err != nil && ctx.Err() == nil && unacked(qc, mark) {
+	if err != nil && ctx.Err() == nil && untaken(sc, mark) {
 		err = unacknowledged(err) // the peer was gone before the request reached it
 	}
 	return resp, err
@@ -628,7 +629,7 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	head := api.AppendFrame(make([]byte, 0, 512), f)
 	if _, err = asc.Write(head); err != nil {
 		asc.Abort(quic.StreamCodeCanceled)
-		if unacked(agent.qc, mark) {
+		if untaken(asc, mark) {
 			// The agent acknowledged nothing sent since the stream was opened: it never took
 			// the request, and the origin may send it to another holder.
 			refuse(api.Errorf(api.CodeAgentNotConnected, "writing to agent %s: %v", fw.AgentID, err))
@@ -655,7 +656,7 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	// was opened, it never took the request (a live agent acknowledges within 1 ms): the
 	// origin gets "refused" and sends the request to another holder.
 	refusedIfUntaken := func(err error) quicgo.StreamErrorCode {
-		if (agent.qc.Context().Err() != nil || connectionError(err)) && unacked(agent.qc, mark) {
+		if (agent.qc.Context().Err() != nil || connectionError(err)) && untaken(asc, mark) {
 			return quic.StreamCodeRefused
 		}
 		return quic.StreamCodeCanceled

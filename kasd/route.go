@@ -292,7 +292,8 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 		return nil, notSent(httpstream.StreamError(err))
 	}
 	s.m.openStreams.Inc()
-	resp, err := httpstream.RoundTrip(ctx, quic.NewStreamConn(h.c.qc, st), f, body, &httpstream.Options{
+	sc := quic.NewStreamConn(h.c.qc, st)
+	resp, err := httpstream.RoundTrip(ctx, sc, f, body, &httpstream.Options{
 		ResponseHeaderTimeout: s.cfg.ResponseHeaderTimeout,
 		Go:                    s.goOwned,
 		Done: func(clean bool, sent, recv int64) {
@@ -301,10 +302,18 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 			h.c.streamDone()
 		},
 	})
-	if err != nil && ctx.Err() == nil && unacked(h.c.qc, mark) {
+	if err != nil && ctx.Err() == nil && untaken(sc, mark) {
 		err = unacknowledged(err)
 	}
 	return resp, s.attemptError(err, "agent "+h.c.agentID)
+}
+
+// untaken reports whether the request on sc certainly did not reach its peer's application:
+// the peer sent nothing on the stream (an answer, even a malformed one or a reset, means it took
+// the request, whether or not its acknowledgement has arrived yet) and acknowledged no packet
+// sent after mark (unacked).
+func untaken(sc *quic.StreamConn, mark uint64) bool {
+	return !sc.Answered() && unacked(sc.Conn(), mark)
 }
 
 // unacked reports whether the peer of qc has acknowledged no packet sent after mark (a

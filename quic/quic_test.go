@@ -520,3 +520,50 @@ func TestSlowStreamsDoNotStallOthers(t *testing.T) {
 		t.Fatalf("fast stream behind 8 unread ones: %q, %v", got, err)
 	}
 }
+
+// TestStreamConnAnswered: a stream counts as answered once Read returned something from the
+// peer — data, its FIN, or its reset — and not before, nor for a read that only timed out.
+func TestStreamConnAnswered(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	ln := listen(t, serverTLS, Config{})
+	serve(t, ln, func(sc *StreamConn) {
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(sc, b); err != nil {
+			return
+		}
+		switch b[0] {
+		case 'd':
+			_, _ = sc.Write([]byte("x"))
+			_ = sc.CloseWrite()
+			return
+		case 'f':
+			_ = sc.CloseWrite()
+			return
+		case 'r':
+			sc.Abort(StreamCodeCanceled)
+		}
+	})
+	conn := dial(t, newDialer(t, clientTLS, Config{}), ln.Addr().String())
+	for _, what := range []string{"d", "f", "r"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s, err := conn.OpenStreamSync(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := NewStreamConn(conn, s)
+		_ = sc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, err := sc.Read(make([]byte, 1)); err == nil || sc.Answered() {
+			t.Fatalf("%s: before the peer answered: read error %v, Answered %v", what, err, sc.Answered())
+		}
+		_ = sc.SetReadDeadline(time.Time{})
+		if _, err := sc.Write([]byte(what)); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.ReadAll(sc)
+		if !sc.Answered() {
+			t.Errorf("%s: the peer answered, Answered is false", what)
+		}
+		sc.Close()
+	}
+}

@@ -22,7 +22,8 @@ type StreamConn struct {
 	conn *quicgo.Conn
 	str  *quicgo.Stream
 
-	closing atomic.Bool // Close was called: Read and Write report net.ErrClosed
+	closing  atomic.Bool // Close was called: Read and Write report net.ErrClosed
+	answered atomic.Bool // Read returned data or the peer's FIN or reset: see Answered
 
 	// wmu is held across Stream.Write and Stream.Close, which quic-go forbids to overlap.
 	wmu sync.Mutex
@@ -63,10 +64,23 @@ func (c *StreamConn) Context() context.Context { return c.str.Context() }
 // reset, a *quicgo.StreamError with Remote set; after Close, net.ErrClosed.
 func (c *StreamConn) Read(p []byte) (int, error) {
 	n, err := c.str.Read(p)
+	if (n > 0 || err == io.EOF || isRemoteStreamError(err)) && !c.answered.Load() {
+		c.answered.Store(true)
+	}
 	if err != nil && err != io.EOF && c.closing.Load() {
 		err = net.ErrClosed
 	}
 	return n, err
+}
+
+// Answered reports whether the peer sent anything on this stream that Read returned: data, its
+// FIN or its reset. A peer that answered has taken what was sent to it, whether or not its
+// acknowledgement has arrived yet.
+func (c *StreamConn) Answered() bool { return c.answered.Load() }
+
+func isRemoteStreamError(err error) bool {
+	se, ok := err.(*quicgo.StreamError)
+	return ok && se.Remote
 }
 
 // Write writes to the send side. After the peer's STOP_SENDING it returns a
