@@ -16,6 +16,9 @@ type holderLog struct {
 	// forwardedOut holds the client requests this kasd forwarded to a peer (route
 	// "forwarded" on its own API), however they ended.
 	forwardedOut map[string]bool
+	// forwardedTo maps the id of a client request this kasd forwarded to the peer its access
+	// line names: the last holder it was sent to, however it ended.
+	forwardedTo map[string]string
 	// failedAtPeer maps the id of a client request this kasd forwarded to a peer and answered
 	// with agent_failed to that peer (the access line's "peer"): the request was sent to the
 	// peer and not retried elsewhere, which kasd does only when the peer's QUIC stack
@@ -32,7 +35,7 @@ type holderLog struct {
 // elsewhere, and does) are left out: only requests the holder passed on to the agent, or was
 // passing on when it failed (agent_failed), count.
 func readHolderLog(path string, offset int64) holderLog {
-	h := holderLog{byOrigin: map[string]map[string]bool{}, forwardedOut: map[string]bool{}, failedAtPeer: map[string]string{}}
+	h := holderLog{byOrigin: map[string]map[string]bool{}, forwardedOut: map[string]bool{}, forwardedTo: map[string]string{}, failedAtPeer: map[string]string{}}
 	f, err := os.Open(path)
 	if err != nil {
 		return h
@@ -54,6 +57,9 @@ func readHolderLog(path string, offset int64) holderLog {
 			}
 			if json.Unmarshal(line, &e) == nil && e.Message == "access" {
 				h.forwardedOut[e.RequestID] = true
+				if e.Peer != "" {
+					h.forwardedTo[e.RequestID] = e.Peer
+				}
 				if e.Code == "agent_failed" && e.Peer != "" {
 					h.failedAtPeer[e.RequestID] = e.Peer
 				}

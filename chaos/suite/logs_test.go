@@ -9,7 +9,7 @@ import (
 
 // What an origin kasd's access log says about the requests it forwarded: a request answered
 // agent_failed at a named peer (sent there, not retried) is failedAtPeer; a success, a failure
-// without a peer, or another code is not; the holder's own lines are read as before.
+// without a peer, or another code is not; forwardedTo names the peer of every line that has one; the holder's own lines are read as before.
 func TestReadHolderLogFailedAtPeer(t *testing.T) {
 	lines := []string{
 		`{"level":"info","instance":"kasd-1","message":"kasd started"}`,
@@ -27,6 +27,9 @@ func TestReadHolderLogFailedAtPeer(t *testing.T) {
 	h := readHolderLog(path, 0)
 	if got := h.failedAtPeer; len(got) != 1 || got["r1"] != "kasd-2" {
 		t.Errorf("failedAtPeer = %v, want only r1 at kasd-2", got)
+	}
+	if got := h.forwardedTo; len(got) != 3 || got["r1"] != "kasd-2" || got["r2"] != "kasd-2" || got["r4"] != "kasd-3" {
+		t.Errorf("forwardedTo = %v, want r1, r2 at kasd-2 and r4 at kasd-3", got)
 	}
 	for _, id := range []string{"r1", "r2", "r3", "r4"} {
 		if !h.forwardedOut[id] {
