@@ -3,6 +3,7 @@ package runner
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"github.com/qkas/qkas/benchmarks/fleetsim"
 	"github.com/qkas/qkas/benchmarks/load"
 	"github.com/qkas/qkas/benchmarks/plot"
+	"github.com/qkas/qkas/quic"
 )
 
 // ScaleStep is one agent count of the scale scenario, measured on a fresh kasd against a fleet
@@ -55,9 +57,15 @@ type ScaleStep struct {
 	// UDPDrops: datagrams the kernel dropped at kasd's agent socket during the idle window
 	// (kasd_udp_receive_drops_total); ConnectDrops during the fleet's start, RestartDrops in
 	// the restarted kasd until its reconnects settled.
-	UDPDrops     int64 `json:"udp_drops"`
-	ConnectDrops int64 `json:"udp_drops_connect"`
-	RestartDrops int64 `json:"udp_drops_restart"`
+	UDPDrops int64 `json:"udp_drops"`
+	// IdleDatagramsPerAgentPeriod: datagrams delivered to kasd's namespace during the idle
+	// window (Udp InDatagrams of /proc/<kasd pid>/net/snmp), per agent and keep-alive period.
+	// 1.0 is one keep-alive PING per period; more while quic-go's path MTU discovery is still
+	// probing on the first keep-alives of the connections (about 4 probes each way per
+	// connection: 2.5 in the first periods), or with probe timeouts on a starved host.
+	IdleDatagramsPerAgentPeriod float64 `json:"idle_datagrams_per_agent_period"`
+	ConnectDrops                int64   `json:"udp_drops_connect"`
+	RestartDrops                int64   `json:"udp_drops_restart"`
 	// Routing through kasd to the one real agentd (c=1, small GET): with the fleet connected
 	// and idle, and before it started.
 	RouteP50us       float64 `json:"route_p50_us"`
@@ -140,8 +148,8 @@ func (e *env) runScaleOpts(ctx context.Context, o scaleOpts) (ScaleSteps, error)
 			e.logf("scale %d agents: %v", n, err)
 			p.Err = err.Error()
 		} else {
-			e.logf("scale %d agents (%d fleetsim processes, connected %v): held %d, RSS %.1f KiB/agent, idle CPU %.2f%% core, drops %d, p50 %.0f (1 agent %.0f) µs, restart settled %.1f s (%d held), %.2f attempts/agent (load %s)",
-				n, p.FleetProcs, p.FleetConnected, p.Connected, p.KasdRSSKiBPerAgent, p.KasdCPUPct, p.UDPDrops, p.RouteP50us, p.RouteP50OneAgent,
+			e.logf("scale %d agents (%d fleetsim processes, connected %v): held %d, RSS %.1f KiB/agent, idle CPU %.2f%% core (%.2f datagrams/agent/period), drops %d, p50 %.0f (1 agent %.0f) µs, restart settled %.1f s (%d held), %.2f attempts/agent (load %s)",
+				n, p.FleetProcs, p.FleetConnected, p.Connected, p.KasdRSSKiBPerAgent, p.KasdCPUPct, p.IdleDatagramsPerAgentPeriod, p.UDPDrops, p.RouteP50us, p.RouteP50OneAgent,
 				p.RestartSettleS, p.RestartConnected, p.AttemptsPerAgent, p.LoadAvg)
 		}
 		steps = append(steps, p)
@@ -337,8 +345,14 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int) (p
 	c0, _ := cpuTime(k.pid())
 	f0 := cpuOf(fleet.procs...)
 	d0, _ := metricSum(k, "kasd_udp_receive_drops_total", nil)
+	snmp := fmt.Sprintf("/proc/%d/net/snmp", k.pid())
+	in0, inErr := udpDatagrams(snmp)
 	if err := sleepCtx(ctx, e.sizes.ScaleIdle); err != nil {
 		return p, err
+	}
+	if in1, err := udpDatagrams(snmp); err == nil && inErr == nil {
+		period := cmp.Or(e.sizes.ScaleKeepAlive, quic.DefaultAgentKeepAlivePeriod)
+		p.IdleDatagramsPerAgentPeriod = float64(in1-in0) / float64(max(1, p.Connected)) / (e.sizes.ScaleIdle.Seconds() / period.Seconds())
 	}
 	c1, _ := cpuTime(k.pid())
 	f1 := cpuOf(fleet.procs...)

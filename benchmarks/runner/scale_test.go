@@ -92,6 +92,12 @@ func TestScaleFleetSplit(t *testing.T) {
 		p.FleetRSSMiB <= 0 || p.FleetCPUPct <= 0 {
 		t.Errorf("figures missing: %+v", p)
 	}
+	// Every idle agent pings once per keep-alive period (quic-go's path MTU probes add up to a
+	// few more in the first periods): the window, one period long, holds about one per agent.
+	t.Logf("datagrams to kasd per agent and period: %.2f", p.IdleDatagramsPerAgentPeriod)
+	if d := p.IdleDatagramsPerAgentPeriod; d < 0.5 || d > 10 {
+		t.Errorf("datagrams to kasd per agent and period in the idle window: %.2f, want about 1 (1–3)", d)
+	}
 }
 
 // procsMentioning lists the processes whose command line contains s ("pid: cmdline").
