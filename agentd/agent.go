@@ -206,6 +206,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 			reason = c.wait(ctx, c.announced.replaced)
 		}
 		a.setSlot(slot, nil)
+		a.noteEnd(c, reason)
 		c.log.Info().Str("reason", reason).Msg("connection to kasd ended")
 		if reason == "goaway" && ctx.Err() == nil {
 			if m := c.goAwayMsg; m != nil && m.Prefer != "" && leaving == nil {

@@ -35,6 +35,16 @@ import (
 // connection is replaced make before break, like a reload's re-announce (reload.go): the slot
 // dials QUIC while the TCP connection keeps serving, then drains it. A QUIC dial that fails
 // then falls back to TCP again, so the slot is never left without a connection.
+//
+// A slow handshake is not taken for blocked UDP within quicTrust of kasd last answering over
+// QUIC (a connection made, a refusal, a stateless reset, a close from kasd): after a kasd
+// restart every agent redials at once, the handshakes queue behind kasd's CPU and its gate, and
+// agents that took the wait for a firewall moved to TCP by the thousand (2,007 of 10,000 in
+// make bench-scale), stayed there for ProbeInterval and left half-done handshakes holding the
+// gate's places. Within the window the dial waits for QUIC's own handshake timeout instead of
+// FallbackAfter, and a timeout is an ordinary failed attempt (counted in
+// agentd_transport_fallbacks_withheld_total); a network that starts dropping UDP is noticed once
+// the window has passed, or at once when it answers with ICMP unreachable.
 
 // Transport modes (Config.Transport.Mode, agentd --transport).
 const (
@@ -74,6 +84,10 @@ const (
 	DefaultProbeInterval = 5 * time.Minute
 )
 
+// quicTrust is how long after kasd last answered over QUIC a QUIC handshake that times out is
+// taken for an overloaded kasd, not for a network dropping UDP (see Transports above).
+const quicTrust = time.Minute
+
 func (c TransportConfig) withDefaults() TransportConfig {
 	if c.Mode == "" {
 		c.Mode = TransportAuto
@@ -111,6 +125,7 @@ type transports struct {
 	log zerolog.Logger
 
 	fallbacks *prometheus.CounterVec // reason
+	withheld  prometheus.Counter
 	returns   prometheus.Counter
 	probes    *prometheus.CounterVec // result
 
@@ -122,6 +137,58 @@ type transports struct {
 	last target // the address of the last fallback, which the probe dials
 
 	wake chan struct{} // signalled at each fallback: the probe loop starts its timer
+	// quicSeen is when kasd last answered over QUIC (UDP): a connection made, or a dial or
+	// connection ended by a packet from kasd (quicAnswered).
+	quicSeen time.Time
+}
+
+// sawQUIC records that kasd answered over QUIC (UDP) at now.
+func (tr *transports) sawQUIC(now time.Time) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.quicSeen = later(tr.quicSeen, now)
+}
+
+// quicTrusted reports whether kasd answered over QUIC within quicTrust before now.
+func (tr *transports) quicTrusted(now time.Time) bool {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return !tr.quicSeen.IsZero() && now.Sub(tr.quicSeen) < quicTrust
+}
+
+// quicAnswered reports whether err, which ended a QUIC dial or connection, came in a packet
+// from kasd: a stateless reset, a CONNECTION_CLOSE (a refusal before TLS, a close by kasd), a
+// version negotiation. UDP reached kasd and came back.
+func quicAnswered(err error) bool {
+	if _, ok := errors.AsType[*quicgo.StatelessResetError](err); ok {
+		return true
+	}
+	if te, ok := errors.AsType[*quicgo.TransportError](err); ok && te.Remote {
+		return true
+	}
+	if ae, ok := errors.AsType[*quicgo.ApplicationError](err); ok && ae.Remote {
+		return true
+	}
+	_, ok := errors.AsType[*quicgo.VersionNegotiationError](err)
+	return ok
+}
+
+// fallBack says whether a QUIC dial that failed with err at now should go to TCP, and why;
+// withheld is a handshake timeout not taken for blocked UDP because kasd answered over QUIC
+// within quicTrust.
+func (tr *transports) fallBack(err error, now time.Time) (reason string, ok, withheld bool) {
+	reason, ok = fallbackReason(err)
+	if ok && reason == "handshake_timeout" && tr.quicTrusted(now) {
+		return reason, false, true
+	}
+	return reason, ok, false
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // startTransports builds the agent's transport state and, in auto mode, starts the QUIC probe in
@@ -136,6 +203,10 @@ func (a *Agent) startTransports(ctx context.Context, dialer *quic.Dialer, tlsCon
 		Name: "agentd_transport_fallbacks_total",
 		Help: "Times the agent fell back from QUIC to TCP (auto transport), by reason: handshake_timeout (no QUIC handshake within --quic-fallback-after), udp_unreachable (the network refused the UDP packets).",
 	}, []string{"reason"})
+	t.withheld = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "agentd_transport_fallbacks_withheld_total",
+		Help: "QUIC handshakes that timed out within a minute of kasd answering over QUIC (auto transport): taken for an overloaded kasd, retried over QUIC instead of falling back to TCP.",
+	})
 	t.returns = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "agentd_transport_returns_total",
 		Help: "Times a QUIC probe succeeded while the agent was on TCP, moving its connections back to QUIC.",
@@ -147,6 +218,7 @@ func (a *Agent) startTransports(ctx context.Context, dialer *quic.Dialer, tlsCon
 		"Established connections to kasd by transport: quic, or tcp (QUIC carried over TCP where UDP is blocked).", []string{"transport"}, nil)
 	// An Agent runs once, so this registers once per registry.
 	_ = a.cfg.Registerer.Register(t.fallbacks)
+	_ = a.cfg.Registerer.Register(t.withheld)
 	_ = a.cfg.Registerer.Register(t.returns)
 	_ = a.cfg.Registerer.Register(t.probes)
 	_ = a.cfg.Registerer.Register(&transportCollector{a: a, desc: byTransport})
@@ -206,7 +278,11 @@ func (a *Agent) dialKasd(ctx context.Context, dialer *quic.Dialer, t target) (*q
 	if err == nil || ctx.Err() != nil {
 		return qc, err
 	}
-	reason, ok := fallbackReason(err)
+	reason, ok, withheld := tr.fallBack(err, time.Now())
+	if withheld {
+		tr.withheld.Inc()
+		return nil, err
+	}
 	if !ok {
 		return nil, err // a TLS or kasd refusal would be the same over TCP
 	}
@@ -229,7 +305,11 @@ func (a *Agent) dialKasd(ctx context.Context, dialer *quic.Dialer, t target) (*q
 func (tr *transports) dialQUIC(ctx context.Context, dialer *quic.Dialer, t target) (*quicgo.Conn, error) {
 	uctx, refused := context.WithCancelCause(ctx)
 	defer refused(nil)
-	qctx, cancel := context.WithTimeoutCause(uctx, tr.cfg.FallbackAfter, errQUICFallback)
+	fallbackAfter := tr.cfg.FallbackAfter
+	if tr.quicTrusted(time.Now()) {
+		fallbackAfter = max(fallbackAfter, time.Hour) // QUIC's own handshake timeout ends it (quicTrust)
+	}
+	qctx, cancel := context.WithTimeoutCause(uctx, fallbackAfter, errQUICFallback)
 	defer cancel()
 	if tr.cfg.Mode == TransportAuto {
 		done := make(chan struct{})
@@ -242,6 +322,9 @@ func (tr *transports) dialQUIC(ctx context.Context, dialer *quic.Dialer, t targe
 		defer func() { cancel(); <-done }()
 	}
 	qc, err := dialer.DialUDP(qctx, t.addr, t.serverName)
+	if err == nil || quicAnswered(err) {
+		tr.sawQUIC(time.Now())
+	}
 	if err != nil && ctx.Err() == nil {
 		if cause := context.Cause(qctx); errors.Is(cause, errQUICFallback) || errors.Is(cause, errUDPUnreachable) {
 			err = fmt.Errorf("%w: %w", cause, err)
@@ -335,6 +418,19 @@ func (tr *transports) dialTCP(ctx context.Context, t target) (*quicgo.Conn, erro
 		}
 	}
 	return tr.tcp.Dial(ctx, addr, t.serverName, dial)
+}
+
+// noteEnd records, in auto mode, that a QUIC (UDP) connection kasd ended itself (a GoAway, a
+// close, a stateless reset after a restart) was kasd answering over QUIC: the redial that
+// follows must not take a slow handshake for blocked UDP (quicTrust).
+func (a *Agent) noteEnd(c *agentConn, reason string) {
+	tr := a.tr
+	if tr == nil || tr.cfg.Mode != TransportAuto || quic.TransportOf(c.qc.RemoteAddr()) == TransportTCP {
+		return
+	}
+	if reason == "goaway" || quicAnswered(context.Cause(c.qc.Context())) {
+		tr.sawQUIC(time.Now())
+	}
 }
 
 // setTCP records a fallback to TCP.

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	quicgo "github.com/quic-go/quic-go"
 )
 
 func TestTransportConfig(t *testing.T) {
@@ -43,6 +45,53 @@ func TestFallbackReason(t *testing.T) {
 		r, ok := fallbackReason(c.err)
 		if r != c.reason || ok != c.ok {
 			t.Errorf("fallbackReason(%v) = %q, %v; want %q, %v", c.err, r, ok, c.reason, c.ok)
+		}
+	}
+}
+
+// A handshake timeout within quicTrust of kasd answering over QUIC is withheld from the TCP
+// fallback (kasd is overloaded: its restart storm); an ICMP unreachable, a timeout with no QUIC
+// answer yet, or one after the window still falls back. Only packets from kasd count as an
+// answer.
+func TestFallbackWithheldAfterQUICAnswered(t *testing.T) {
+	now := time.Now()
+	timeout := &quicgo.HandshakeTimeoutError{}
+	unreachable := &net.OpError{Op: "write", Err: syscall.ECONNREFUSED}
+	tr := &transports{}
+	if _, ok, withheld := tr.fallBack(timeout, now); !ok || withheld {
+		t.Errorf("no QUIC answer yet: fallback %v, withheld %v; want a fallback", ok, withheld)
+	}
+	tr.sawQUIC(now.Add(-10 * time.Second))
+	if reason, ok, withheld := tr.fallBack(timeout, now); ok || !withheld || reason != "handshake_timeout" {
+		t.Errorf("kasd answered 10s ago: fallback %v, withheld %v (%s); want withheld", ok, withheld, reason)
+	}
+	if _, ok, withheld := tr.fallBack(unreachable, now); !ok || withheld {
+		t.Errorf("UDP unreachable: fallback %v, withheld %v; want a fallback", ok, withheld)
+	}
+	if _, ok, withheld := tr.fallBack(timeout, now.Add(quicTrust)); !ok || withheld {
+		t.Errorf("kasd answered quicTrust+10s ago: fallback %v, withheld %v; want a fallback", ok, withheld)
+	}
+	tr.sawQUIC(now.Add(-time.Hour)) // an older sign does not move it back
+	if !tr.quicTrusted(now) {
+		t.Error("an older answer replaced a newer one")
+	}
+
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{&quicgo.StatelessResetError{}, true},
+		{fmt.Errorf("dial: %w", &quicgo.TransportError{ErrorCode: quicgo.ConnectionRefused, Remote: true}), true},
+		{&quicgo.ApplicationError{Remote: true}, true},
+		{&quicgo.VersionNegotiationError{}, true},
+		{&quicgo.TransportError{ErrorCode: quicgo.ConnectionRefused}, false}, // our own close
+		{&quicgo.ApplicationError{}, false},
+		{&quicgo.IdleTimeoutError{}, false},
+		{timeout, false},
+		{context.DeadlineExceeded, false},
+	} {
+		if got := quicAnswered(c.err); got != c.want {
+			t.Errorf("quicAnswered(%T %v) = %v, want %v", c.err, c.err, got, c.want)
 		}
 	}
 }
