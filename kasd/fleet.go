@@ -256,6 +256,11 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*peerLink, er
 		}
 	}
 	l = &peerLink{addr: inst.PeerAddr, ready: make(chan struct{})}
+	if old := f.links[inst.ID]; old != nil && old.draining.Load() {
+		// Redialling a peer that was draining: it still is until it accepts a link (a draining
+		// kasd refuses new ones), so the status and routing keep treating it as draining.
+		l.draining.Store(true)
+	}
 	f.links[inst.ID] = l
 	f.mu.Unlock()
 
@@ -286,12 +291,21 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*peerLink, er
 				f.s.log.Warn().Str("peer", id).Str("cause", errString(context.Cause(qc.Context()))).Msg("peer link lost; its agents are reached through their other holders")
 			}
 		})
+		l.draining.Store(false) // it accepted the link: not draining (a GoAway on it says otherwise)
 		f.wg.Go(func() { f.watchPeer(l, ctrl) })
 	}
 	if l.err != nil {
 		l.failedAt.Store(time.Now().UnixNano())
 		result = "error"
-		f.s.log.Warn().Err(l.err).Str("peer", inst.ID).Str("peer_addr", inst.PeerAddr).Msg("dialling peer failed")
+		if api.CodeOf(l.err) == api.CodeShuttingDown {
+			// The peer refused the link because it drains (serveFleetConn): as a GoAway on a
+			// live link would, this marks it draining, so the status keeps showing the drain
+			// (not "unreachable") when this kasd redials after closing the drained link.
+			l.draining.Store(true)
+			f.s.log.Info().Err(l.err).Str("peer", inst.ID).Msg("peer refused a link: it is draining")
+		} else {
+			f.s.log.Warn().Err(l.err).Str("peer", inst.ID).Str("peer_addr", inst.PeerAddr).Msg("dialling peer failed")
+		}
 	}
 	f.s.m.peerDials.WithLabelValues(result).Inc()
 	close(l.ready)

@@ -400,9 +400,17 @@ func (f *fleet) peerStatuses(now time.Time) []PeerStatus {
 				case l.down(f.cfg.PeerRetryDelay):
 					p.State = "unreachable"
 				default:
+					if l.draining.Load() {
+						// The drained link was closed over a retry delay ago: the redial
+						// below finds the peer draining still, or (restarted) serving.
+						p.State = "draining"
+					}
 					dial = true
 				}
 			default: // a dial is under way
+				if l.draining.Load() {
+					p.State = "draining" // redialling a peer that drains (fleet.conn)
+				}
 			}
 		}
 		if dial {

@@ -202,6 +202,19 @@ func TestStatusFleetPeersAndDrain(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("kas-1's drain took %v to show on kas-0, want < 2s", d)
 	}
+	// It stays shown while kas-1 drains: past the retry delay after kas-0 closed the drained link,
+	// kas-0 dials kas-1 again, and kas-1 refuses the link (shutting_down), which is the drain too,
+	// not an unreachable peer.
+	// Polled as the web UI polls, about once a second: each poll lands just after the last
+	// closed link's retry delay ran out (the poll's own redial closed it again), which showed
+	// "serving" at every poll for as long as kas-1 drained (e2e TestWebUI, once in CI).
+	for range 3 {
+		time.Sleep(time.Second + 20*time.Millisecond)
+		st, err := statusFor(t, n0.srv, f.token())
+		if err != nil || len(st.Peers) != 1 || st.Peers[0].State != "draining" {
+			t.Fatalf("%v after the drain showed: kas-0's view of kas-1 = %+v (err %v), want draining", time.Since(start).Round(time.Millisecond), st.Peers, err)
+		}
+	}
 	self, err := statusFor(t, n1.srv, f.token())
 	if err != nil {
 		t.Fatal(err)
