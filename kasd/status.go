@@ -76,7 +76,8 @@ type PeerStatus struct {
 	PeerAddr string `json:"peer_addr,omitempty"`
 	// State is what this kasd knows of the peer: "serving" (listed in the registry under a live
 	// lease, link up or not dialled yet), "draining" (it sent GoAway on the link, which this
-	// kasd closes once its requests on it are done), or
+	// kasd closes once its requests on it are done; it stays draining while this kasd redials
+	// it, until a link it accepts carries no GoAway), or
 	// "unreachable" (the link failed or could not be dialled less than the peer retry delay
 	// ago; requests go to other holders meanwhile).
 	State string `json:"state"`
