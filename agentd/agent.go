@@ -2,6 +2,7 @@ package agentd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -74,12 +75,22 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
+// sessionCacheSize is how many TLS session tickets an agent keeps: one per server name it dials.
+const sessionCacheSize = 4
+
 // Run keeps Config.Connections connections to kasd until ctx ends, then drains them and returns
 // nil once every goroutine it started has returned, including the request-body writers of
 // GitLab requests (see GitLabRoundTripper). An Agent runs once.
 func (a *Agent) Run(ctx context.Context) error {
 	tlsConf := a.cfg.TLS.Clone()
 	tlsConf.NextProtos = []string{api.ALPNAgent}
+	if tlsConf.ClientSessionCache == nil {
+		// TLS session resumption (docs/scale.md): a reconnect presents kasd's last ticket and
+		// skips the certificate chain's verification (kasd its signature); the key exchange is
+		// fresh. One entry per server name: every kasd of a fleet serving the same key accepts
+		// the others' tickets.
+		tlsConf.ClientSessionCache = tls.NewLRUClientSessionCache(sessionCacheSize)
+	}
 	dialer, err := quic.NewDialer(tlsConf, a.cfg.QUIC)
 	if err != nil {
 		return fmt.Errorf("agentd: %w", err)

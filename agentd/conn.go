@@ -71,7 +71,11 @@ func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcom
 		defer close(c.hbDone)
 		c.heartbeat(c.hbStop)
 	}()
-	c.log.Info().Msg("connected to kasd")
+	resumed := qc.ConnectionState().TLS.DidResume
+	if resumed {
+		a.m.tlsResumptions.Inc()
+	}
+	c.log.Info().Bool("tls_resumed", resumed).Msg("connected to kasd")
 	return c
 }
 

@@ -12,6 +12,7 @@ import (
 type metrics struct {
 	connections     prometheus.Gauge
 	connectAttempts *prometheus.CounterVec
+	tlsResumptions  prometheus.Counter
 	goAways         prometheus.Counter
 	probes          prometheus.Counter
 	openStreams     prometheus.Gauge
@@ -32,6 +33,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		connectAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "agentd_connect_attempts_total", Help: "Attempts to connect to kasd by result (ok, or the error code).",
 		}, []string{"result"}),
+		tlsResumptions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "agentd_tls_resumptions_total", Help: "Connections to kasd whose TLS handshake resumed a session from an earlier connection (kasd skipped its certificate and signature, this agent the chain's verification).",
+		}),
 		goAways: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "agentd_goaways_total", Help: "GoAway messages received from kasd (kasd draining).",
 		}),
@@ -65,7 +69,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "agentd_config_reloads_total", Help: "Reloads of the agent's services (SIGHUP or a config file change) by result: ok, unchanged, or error (the old services stay).",
 	}, []string{"result"})
 	reg.MustRegister(m.connectFailures, m.configReloads)
-	reg.MustRegister(m.connections, m.connectAttempts, m.goAways, m.probes, m.openStreams, m.rejections,
+	reg.MustRegister(m.connections, m.connectAttempts, m.tlsResumptions, m.goAways, m.probes, m.openStreams, m.rejections,
 		m.requests, m.duration, m.serviceErrors, m.gitlabRequests)
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "agentd_quic_transient_send_errors_total",

@@ -12,6 +12,7 @@ import (
 
 type metrics struct {
 	agentConnections *prometheus.CounterVec
+	tlsResumptions   prometheus.Counter
 	silenceProbes    prometheus.Counter
 	limitRejections  *prometheus.CounterVec
 	apiErrors        *prometheus.CounterVec
@@ -44,6 +45,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 			Name: "kasd_agent_connections_total",
 			Help: "Agent connections by result: accepted, replaced (retired because a newer process of the same replica connected), restarted_elsewhere (retired: a newer process of its replica connected to another kasd, and it did not answer a probe), suspect_alive (it did), or the refusal code (unauthenticated, overloaded, ...).",
 		}, []string{"result"}),
+		tlsResumptions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kasd_agent_tls_resumptions_total",
+			Help: "Accepted agent connections whose TLS handshake resumed a session (no certificate sent or signed); the rest of kasd_agent_connections_total{result=\"accepted\"} made a full handshake.",
+		}),
 		limitRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kasd_limit_rejections_total",
 			Help: "Requests or connections refused because a named limit was hit, by limit.",
@@ -119,7 +124,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	}, func() float64 { return float64(quic.TransientSendErrors()) })
 	reg.MustRegister(sendErrors)
 	m.hygiene = newHygieneMetrics(reg)
-	reg.MustRegister(m.agentConnections, m.limitRejections, m.apiErrors, m.requests, m.duration,
+	reg.MustRegister(m.agentConnections, m.tlsResumptions, m.limitRejections, m.apiErrors, m.requests, m.duration,
 		m.bytes, m.openStreams, m.routeWait, agents, conns, inflight)
 	return m
 }

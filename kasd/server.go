@@ -265,7 +265,11 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 	stop := s.serveAgentStreams(c)
 	defer stop()
 	s.m.agentConnections.WithLabelValues("accepted").Inc()
-	log.Info().Strs("services", c.services).Msg("agent connected")
+	resumed := qc.ConnectionState().TLS.DidResume
+	if resumed {
+		s.m.tlsResumptions.Inc()
+	}
+	log.Info().Strs("services", c.services).Bool("tls_resumed", resumed).Msg("agent connected")
 
 	// The control stream carries connection-level messages. Agents send none today; unknown
 	// frames are skipped so that newer agents can talk to this kasd. The read ends when the

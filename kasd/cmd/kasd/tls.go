@@ -37,6 +37,9 @@ type kasdCerts struct {
 	etcdClient *certreload.KeyPair
 	metrics    *certreload.Metrics
 	log        *zerolog.Logger
+	// tickets issues and accepts TLS session tickets under a key derived from the agent
+	// certificate's key (--tls-session-resumption); nil: no tickets.
+	tickets *quic.SessionTickets
 }
 
 // loadCerts loads the certificates kasd serves: --tls-cert-file/--tls-key-file, or (once) a
@@ -71,6 +74,12 @@ func loadCerts(o *options, reg prometheus.Registerer, log *zerolog.Logger) (*kas
 	}
 	if c.agent, err = certreload.NewKeyPair(agentCfg); err != nil {
 		return nil, fmt.Errorf("--tls-cert-file: %w", err)
+	}
+	if o.tlsResumption {
+		c.tickets = quic.NewSessionTickets(c.agent.Current)
+		if _, ok := quic.TicketKey(c.agent.Current()); !ok {
+			log.Warn().Msg("the TLS key cannot be exported: session tickets resume only with this process (a restart means full handshakes)")
+		}
 	}
 	if o.apiTLSCertFile != "" || o.apiTLSKeyFile != "" {
 		if o.apiTLSCertFile == "" || o.apiTLSKeyFile == "" || o.apiTLSAgentCert {
@@ -131,9 +140,15 @@ func (c *kasdCerts) apiTLS(o *options) *tls.Config {
 }
 
 // serverTLS is the TLS configuration of a QUIC listener offering alpn with the agent
-// certificate in use at each handshake.
+// certificate in use at each handshake, issuing session tickets with --tls-session-resumption.
 func (c *kasdCerts) serverTLS(alpn string) *tls.Config {
-	return c.agent.ServerConfig(quic.ServerTLSConfig(tls.Certificate{}, alpn))
+	conf := c.agent.ServerConfig(quic.ServerTLSConfig(tls.Certificate{}, alpn))
+	if c.tickets != nil {
+		c.tickets.Enable(conf)
+	} else {
+		conf.SessionTicketsDisabled = true
+	}
+	return conf
 }
 
 // watch reloads the certificates on SIGHUP and when their files change, in a goroutine of g
