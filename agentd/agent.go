@@ -2,7 +2,6 @@ package agentd
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -88,8 +87,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		// TLS session resumption (docs/scale.md): a reconnect presents kasd's last ticket and
 		// skips the certificate chain's verification (kasd its signature); the key exchange is
 		// fresh. One entry per server name: every kasd of a fleet serving the same key accepts
-		// the others' tickets.
-		tlsConf.ClientSessionCache = tls.NewLRUClientSessionCache(sessionCacheSize)
+		// the others' tickets. A ticket outlives a refused or failed attempt.
+		tlsConf.ClientSessionCache = quic.NewClientSessionCache(sessionCacheSize)
 	}
 	dialer, err := quic.NewDialer(tlsConf, a.cfg.QUIC)
 	if err != nil {

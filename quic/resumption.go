@@ -98,3 +98,23 @@ func TicketKey(cert *tls.Certificate) (key [32]byte, ok bool) {
 	copy(key[:], b)
 	return key, true
 }
+
+// NewClientSessionCache returns a client session cache of up to size tickets (one per server
+// name) that keeps a ticket when a handshake using it fails. crypto/tls drops the ticket of a
+// failed resumption attempt, and in a restart storm most failures are kasd refusing or being
+// too slow (CONNECTION_REFUSED, a handshake timeout), not the ticket: the next attempt would
+// then be a full handshake, when the storm most needs cheap ones. A ticket kasd no longer
+// accepts costs nothing: the handshake goes on as a full one and brings a new ticket.
+func NewClientSessionCache(size int) tls.ClientSessionCache {
+	return keepTickets{tls.NewLRUClientSessionCache(size)}
+}
+
+type keepTickets struct{ tls.ClientSessionCache }
+
+// Put stores cs; a nil cs (crypto/tls forgetting a ticket after a failed handshake, or one
+// whose certificate has expired, which crypto/tls checks again at every use) is ignored.
+func (k keepTickets) Put(key string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		k.ClientSessionCache.Put(key, cs)
+	}
+}

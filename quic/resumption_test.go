@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/tls"
 	"io"
+	"net"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -19,8 +20,10 @@ type ticketCache struct {
 	puts chan struct{}
 }
 
-func newTicketCache() *ticketCache {
-	return &ticketCache{ClientSessionCache: tls.NewLRUClientSessionCache(4), puts: make(chan struct{}, 16)}
+func newTicketCache() *ticketCache { return wrapTicketCache(tls.NewLRUClientSessionCache(4)) }
+
+func wrapTicketCache(c tls.ClientSessionCache) *ticketCache {
+	return &ticketCache{ClientSessionCache: c, puts: make(chan struct{}, 16)}
 }
 
 func (c *ticketCache) Put(key string, cs *tls.ClientSessionState) {
@@ -207,5 +210,49 @@ func TestTicketKeyDeterministic(t *testing.T) {
 	}
 	if _, ok := quic.TicketKey(nil); ok {
 		t.Error("TicketKey(nil) ok")
+	}
+}
+
+// TestClientSessionCacheKeepsTicketThroughFailure: crypto/tls forgets the ticket of a handshake
+// that fails (kasd refused it, or did not answer in time); NewClientSessionCache keeps it, so the
+// next attempt still resumes.
+func TestClientSessionCacheKeepsTicketThroughFailure(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cache tls.ClientSessionCache
+		keeps bool
+	}{
+		{"NewClientSessionCache", quic.NewClientSessionCache(4), true},
+		{"crypto/tls LRU", tls.NewLRUClientSessionCache(4), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newResumeEnv(t)
+			e.cache = wrapTicketCache(tc.cache)
+			e.client.ClientSessionCache = e.cache
+			tickets := quic.NewSessionTickets(func() *tls.Certificate { return &e.cert })
+			e.dial(e.server(tickets))
+
+			// A kasd that does not answer: the handshake, offering the ticket, times out.
+			silent, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer silent.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			if qc, err := quic.Dial(ctx, silent.LocalAddr().String(), e.client, quic.Config{}); err == nil {
+				_ = qc.CloseWithError(0, "")
+				t.Fatal("dialled a socket that never answers")
+			}
+
+			resumed := e.dial(e.server(tickets))
+			switch {
+			case tc.keeps && !resumed:
+				t.Error("the ticket was lost with the failed handshake")
+			case !tc.keeps && resumed:
+				// crypto/tls kept it itself: NewClientSessionCache is then no longer needed.
+				t.Log("crypto/tls's own cache kept the ticket through a failed handshake")
+			}
+		})
 	}
 }
