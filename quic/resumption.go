@@ -32,6 +32,7 @@ const ticketKeyInfo = "qkas agent session tickets v1"
 // Enable sets it on a server tls.Config.
 type SessionTickets struct {
 	current func() *tls.Certificate
+	purpose string // mixed into the key: tickets of one listener do not resume at another
 
 	mu   sync.Mutex
 	last *tls.Certificate // the certificate keys was derived from
@@ -39,9 +40,11 @@ type SessionTickets struct {
 }
 
 // NewSessionTickets returns ticket keys that follow current, the certificate served now
-// (a reloading key pair's Current, for example).
-func NewSessionTickets(current func() *tls.Certificate) *SessionTickets {
-	return &SessionTickets{current: current}
+// (a reloading key pair's Current, for example). purpose (an ALPN protocol, say) is mixed into
+// the key, so that listeners serving one certificate for different purposes do not accept each
+// other's tickets.
+func NewSessionTickets(current func() *tls.Certificate, purpose string) *SessionTickets {
+	return &SessionTickets{current: current, purpose: purpose}
 }
 
 // Enable makes conf issue and accept tickets under the derived keys. A private key that cannot
@@ -73,7 +76,7 @@ func (s *SessionTickets) keyConfig() *tls.Config {
 	defer s.mu.Unlock()
 	if cert != s.last {
 		s.last, s.keys = cert, nil
-		if key, ok := TicketKey(cert); ok {
+		if key, ok := TicketKey(cert, s.purpose); ok {
 			s.keys = &tls.Config{}
 			s.keys.SetSessionTicketKeys([][32]byte{key})
 		}
@@ -81,9 +84,9 @@ func (s *SessionTickets) keyConfig() *tls.Config {
 	return s.keys
 }
 
-// TicketKey derives the session ticket key of cert from its private key; ok is false if cert
-// is nil or its key cannot be exported.
-func TicketKey(cert *tls.Certificate) (key [32]byte, ok bool) {
+// TicketKey derives the session ticket key of cert and purpose from cert's private key; ok is
+// false if cert is nil or its key cannot be exported.
+func TicketKey(cert *tls.Certificate, purpose string) (key [32]byte, ok bool) {
 	if cert == nil || cert.PrivateKey == nil {
 		return key, false
 	}
@@ -91,7 +94,7 @@ func TicketKey(cert *tls.Certificate) (key [32]byte, ok bool) {
 	if err != nil {
 		return key, false
 	}
-	b, err := hkdf.Key(sha256.New, der, nil, ticketKeyInfo, len(key))
+	b, err := hkdf.Key(sha256.New, der, nil, ticketKeyInfo+" "+purpose, len(key))
 	if err != nil {
 		return key, false
 	}

@@ -131,10 +131,10 @@ func (e *resumeEnv) server(tickets *quic.SessionTickets) *tls.Config {
 func TestSessionTicketsSurviveRestart(t *testing.T) {
 	e := newResumeEnv(t)
 	current := func() *tls.Certificate { return &e.cert }
-	if e.dial(e.server(quic.NewSessionTickets(current))) {
+	if e.dial(e.server(quic.NewSessionTickets(current, "qkas-test"))) {
 		t.Fatal("the first handshake resumed")
 	}
-	if !e.dial(e.server(quic.NewSessionTickets(current))) {
+	if !e.dial(e.server(quic.NewSessionTickets(current, "qkas-test"))) {
 		t.Error("a new listener with the same key did not resume the session")
 	}
 	if e.dial(e.server(nil)) {
@@ -145,7 +145,7 @@ func TestSessionTicketsSurviveRestart(t *testing.T) {
 	other := newResumeEnv(t)
 	var cur atomic.Pointer[tls.Certificate]
 	cur.Store(&e.cert)
-	tickets := quic.NewSessionTickets(cur.Load)
+	tickets := quic.NewSessionTickets(cur.Load, "qkas-test")
 	conf := e.server(tickets)
 	conf.Certificates, conf.GetCertificate = nil, func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cur.Load(), nil }
 	e.dial(conf) // the cached ticket is the last listener's, under crypto/tls's own keys
@@ -164,11 +164,11 @@ func TestSessionTicketsSurviveRestart(t *testing.T) {
 	// A key that cannot be exported: crypto/tls's keys, this listener only.
 	hidden := e.cert
 	hidden.PrivateKey = opaqueSigner{e.cert.PrivateKey.(crypto.Signer)}
-	if _, ok := quic.TicketKey(&hidden); ok {
+	if _, ok := quic.TicketKey(&hidden, ""); ok {
 		t.Fatal("TicketKey exported an opaque signer")
 	}
 	opaque := quic.ServerTLSConfig(hidden, "qkas-test")
-	quic.NewSessionTickets(func() *tls.Certificate { return &hidden }).Enable(opaque)
+	quic.NewSessionTickets(func() *tls.Certificate { return &hidden }, "qkas-test").Enable(opaque)
 	e.client.ClientSessionCache = newTicketCache()
 	e.cache = e.client.ClientSessionCache.(*ticketCache)
 	if e.dial(opaque) {
@@ -196,9 +196,9 @@ func TestTicketKeyDeterministic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ka, ok1 := quic.TicketKey(&a)
-	kb, ok2 := quic.TicketKey(&b)
-	kc, ok3 := quic.TicketKey(&c)
+	ka, ok1 := quic.TicketKey(&a, "x")
+	kb, ok2 := quic.TicketKey(&b, "x")
+	kc, ok3 := quic.TicketKey(&c, "x")
 	if !ok1 || !ok2 || !ok3 {
 		t.Fatal("TicketKey failed on an ECDSA key")
 	}
@@ -208,7 +208,10 @@ func TestTicketKeyDeterministic(t *testing.T) {
 	if ka == kc {
 		t.Error("two keys gave the same ticket key")
 	}
-	if _, ok := quic.TicketKey(nil); ok {
+	if ky, _ := quic.TicketKey(&a, "y"); ky == ka {
+		t.Error("two purposes gave the same ticket key")
+	}
+	if _, ok := quic.TicketKey(nil, "x"); ok {
 		t.Error("TicketKey(nil) ok")
 	}
 }
@@ -229,7 +232,7 @@ func TestClientSessionCacheKeepsTicketThroughFailure(t *testing.T) {
 			e := newResumeEnv(t)
 			e.cache = wrapTicketCache(tc.cache)
 			e.client.ClientSessionCache = e.cache
-			tickets := quic.NewSessionTickets(func() *tls.Certificate { return &e.cert })
+			tickets := quic.NewSessionTickets(func() *tls.Certificate { return &e.cert }, "qkas-test")
 			e.dial(e.server(tickets))
 
 			// A kasd that does not answer: the handshake, offering the ticket, times out.

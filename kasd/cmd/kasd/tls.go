@@ -37,9 +37,9 @@ type kasdCerts struct {
 	etcdClient *certreload.KeyPair
 	metrics    *certreload.Metrics
 	log        *zerolog.Logger
-	// tickets issues and accepts TLS session tickets under a key derived from the agent
-	// certificate's key (--tls-session-resumption); nil: no tickets.
-	tickets *quic.SessionTickets
+	// tickets: the QUIC listeners issue and accept TLS session tickets under a key derived
+	// from the agent certificate's key and the listener's ALPN (--tls-session-resumption).
+	tickets bool
 }
 
 // loadCerts loads the certificates kasd serves: --tls-cert-file/--tls-key-file, or (once) a
@@ -75,9 +75,8 @@ func loadCerts(o *options, reg prometheus.Registerer, log *zerolog.Logger) (*kas
 	if c.agent, err = certreload.NewKeyPair(agentCfg); err != nil {
 		return nil, fmt.Errorf("--tls-cert-file: %w", err)
 	}
-	if o.tlsResumption {
-		c.tickets = quic.NewSessionTickets(c.agent.Current)
-		if _, ok := quic.TicketKey(c.agent.Current()); !ok {
+	if c.tickets = o.tlsResumption; c.tickets {
+		if _, ok := quic.TicketKey(c.agent.Current(), ""); !ok {
 			log.Warn().Msg("the TLS key cannot be exported: session tickets resume only with this process (a restart means full handshakes)")
 		}
 	}
@@ -143,8 +142,8 @@ func (c *kasdCerts) apiTLS(o *options) *tls.Config {
 // certificate in use at each handshake, issuing session tickets with --tls-session-resumption.
 func (c *kasdCerts) serverTLS(alpn string) *tls.Config {
 	conf := c.agent.ServerConfig(quic.ServerTLSConfig(tls.Certificate{}, alpn))
-	if c.tickets != nil {
-		c.tickets.Enable(conf)
+	if c.tickets {
+		quic.NewSessionTickets(c.agent.Current, alpn).Enable(conf)
 	} else {
 		conf.SessionTicketsDisabled = true
 	}
