@@ -74,8 +74,8 @@ type admission struct {
 	lastDone int        // admissions finished in the previous bucket
 	horizon  time.Time  // the latest retry time handed out
 	// refused remembers when each address was last refused by the gate before TLS, and the
-	// retry time it was given (refuseTLS); swept of entries older than refusalDedup at most
-	// once per refusalDedup.
+	// retry time it was given (refuseTLS); swept of refusals that no longer hold
+	// (tlsRefusal.holds) at most once per refusalDedup.
 	refused      map[netip.AddrPort]tlsRefusal
 	refusedSwept time.Time
 }
@@ -144,9 +144,20 @@ func (a *admission) endTLS() { a.tls.Add(-1) }
 
 // agentHandshakeGate is the agent listener's quic.HandshakeGate: it refuses, before the TLS
 // handshake, a new connection beyond Config.MaxPendingHandshakes handshakes in progress.
+//
+// An address refused a moment ago stays refused until the retry time it was given, even when a
+// place is free: its dial is over (or about to be, once a refusal reaches it), and what arrives
+// from it meanwhile is the rest of that dial's first flight or its retransmission. Admitted, such
+// a packet starts a connection from a fragment of a ClientHello whose client has gone: a
+// handshake that never completes and holds its place until quic-go's handshake timeout. In a
+// reconnect storm that is most of the places (first flights come in pairs of Initial packets:
+// a place freed between the two went to the second), and admissions fell to a few a second
+// with every place held (docs/scale.md "Refused dials held their places").
 func (s *Server) agentHandshakeGate(remote net.Addr) (end func(), reason string, ok bool) {
-	if end, ok := s.admit.beginTLS(); ok {
-		return end, "", true
+	if !s.admit.refusedUntilRetry(remote) {
+		if end, ok := s.admit.beginTLS(); ok {
+			return end, "", true
+		}
 	}
 	retry, first := s.admit.refuseTLS(remote)
 	if first {
@@ -168,6 +179,26 @@ const refusalDedup = time.Second
 // beyond it refusals are counted once per packet.
 const maxRefusedAddrs = 1 << 16
 
+// refusedUntilRetry reports whether remote was refused by the gate before TLS and has not
+// reached its retry time yet (nor refusalDedup since the refusal).
+func (a *admission) refusedUntilRetry(remote net.Addr) bool {
+	ua, ok := remote.(*net.UDPAddr)
+	if !ok {
+		return false
+	}
+	now := a.now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r, ok := a.refused[ua.AddrPort()]
+	return ok && r.holds(now)
+}
+
+// holds reports whether the refusal still stands at now: before its retry time, or within
+// refusalDedup of it.
+func (r tlsRefusal) holds(now time.Time) bool {
+	return now.Before(r.retryAt) || now.Sub(r.at) < refusalDedup
+}
+
 // refuseTLS books a retry time for remote, refused by the gate before TLS, and returns how far
 // ahead it is (at least refusalDedup). first is false when remote was refused within the last
 // refusalDedup: the same dial's other Initial packets, which get the retry time already booked
@@ -183,7 +214,7 @@ func (a *admission) refuseTLS(remote net.Addr) (retry time.Duration, first bool)
 	addr := ua.AddrPort()
 	if now.Sub(a.refusedSwept) > refusalDedup {
 		for k, r := range a.refused {
-			if now.Sub(r.at) >= refusalDedup {
+			if !r.holds(now) {
 				delete(a.refused, k)
 			}
 		}

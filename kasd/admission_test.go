@@ -4,6 +4,11 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/qkas/qkas/api"
 )
 
 func TestAdmissionLimit(t *testing.T) {
@@ -163,4 +168,75 @@ func TestAdmissionTLSGateAndRefusalDedup(t *testing.T) {
 	if n := len(a.refused); n != 1 {
 		t.Errorf("%d addresses remembered after the others aged out, want 1", n)
 	}
+}
+
+// TestTLSGateHoldsRefusalUntilRetry: an address refused by the gate before TLS is refused again
+// until its retry time, even with a place free: what it sends meanwhile is the rest of the
+// refused dial's first flight (the second Initial packet of a post-quantum ClientHello) or a
+// retransmission of it, and admitted it would start a handshake whose client has gone. Another
+// address takes the free place, and the refused one is admitted once its retry time has come.
+func TestTLSGateHoldsRefusalUntilRetry(t *testing.T) {
+	s := &Server{admit: newAdmission(1, nil)}
+	s.m = newMetrics(prometheus.NewRegistry(), s)
+	now := time.Unix(1000, 0)
+	s.admit.now = func() time.Time { return now }
+	x := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 4000}
+	y := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 2), Port: 4000}
+	z := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 3), Port: 4000}
+
+	end, _, ok := s.agentHandshakeGate(y) // the only place
+	if !ok {
+		t.Fatal("the first handshake was refused")
+	}
+	_, reason, ok := s.agentHandshakeGate(x) // x's first Initial: refused
+	if ok {
+		t.Fatal("a handshake beyond the limit was admitted")
+	}
+	retry := retryOf(t, reason)
+	if retry < refusalDedup {
+		t.Fatalf("retry after %v (%q), want at least %v", retry, reason, refusalDedup)
+	}
+	end() // a place is free
+
+	now = now.Add(time.Millisecond) // x's second Initial packet
+	if _, again, ok := s.agentHandshakeGate(x); ok {
+		t.Fatal("the second packet of a refused first flight took the free place")
+	} else if got := retryOf(t, again); got > retry || got < retry-time.Millisecond {
+		t.Errorf("the second packet was told %v, want the booked %v", got, retry)
+	}
+	now = now.Add(refusalDedup / 2) // a retransmission, before the retry time
+	if _, _, ok := s.agentHandshakeGate(x); ok {
+		t.Fatal("a retransmission before the retry time took the free place")
+	}
+	end, _, ok = s.agentHandshakeGate(z)
+	if !ok {
+		t.Fatal("another agent did not get the free place")
+	}
+	end()
+	now = now.Add(retry) // past x's retry time (a second ahead at least): its new dial is admitted
+	if _, _, ok := s.agentHandshakeGate(x); !ok {
+		t.Fatal("the refused agent's dial after its retry time was refused")
+	}
+	if n := overloadedCount(t, s.m); n != 1 {
+		t.Errorf("%v refusals counted, want 1 (one dial)", n)
+	}
+}
+
+func retryOf(t *testing.T, reason string) time.Duration {
+	t.Helper()
+	e, ok := api.ParseCloseReason(reason)
+	if !ok {
+		t.Fatalf("close reason %q does not parse", reason)
+	}
+	return e.RetryAfter
+}
+
+// overloadedCount is kasd_agent_connections_total{result="overloaded"}.
+func overloadedCount(t *testing.T, m *metrics) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := m.agentConnections.WithLabelValues("overloaded").Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetCounter().GetValue()
 }
