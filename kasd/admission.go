@@ -3,6 +3,7 @@ package kasd
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,8 +24,8 @@ import (
 //
 // The hints form a schedule: each refusal is given the next free place on a timeline that
 // advances by the time one admission takes at the rate kasd has been admitting (connections
-// whose token check finished, per second, over the last full second; before any was measured,
-// initialAdmissionRate), so refused agents come back spread at about the rate kasd admits them
+// whose token check finished, per second: the best full second of the last rateWindow; before
+// any was measured, initialAdmissionRate), so refused agents come back spread at about the rate kasd admits them
 // instead of all at once: most get in at their second attempt. The rate is the measured one,
 // not a floor above it: with a floor of one admission per slot per second (1,000/s by
 // default) a kasd that admitted 100/s during a storm sent refused agents back ten times too
@@ -58,6 +59,9 @@ const (
 // progress): per second, at most one per slot.
 const initialAdmissionRate = 50
 
+// rateWindow is how many one-second buckets of admissions the retry schedule's rate looks at.
+const rateWindow = 10
+
 // admission bounds concurrent agent handshakes and schedules refused agents' retries.
 type admission struct {
 	slots chan struct{}
@@ -68,11 +72,13 @@ type admission struct {
 	tlsLimit int64        // QUIC/TLS handshakes allowed in progress (beginTLS)
 	tls      atomic.Int64 // QUIC/TLS handshakes in progress
 
-	mu       sync.Mutex // guards the fields below
-	second   time.Time  // start of the current one-second bucket
-	done     int        // admissions finished in the current bucket
-	lastDone int        // admissions finished in the previous bucket
-	horizon  time.Time  // the latest retry time handed out
+	mu     sync.Mutex // guards the fields below
+	second time.Time  // start of the current one-second bucket
+	done   int        // admissions finished in the current bucket
+	// recent holds the admissions finished in each of the last len(recent) full seconds,
+	// the newest at recent[0] (rollLocked).
+	recent  [rateWindow]int
+	horizon time.Time // the latest retry time handed out
 	// refused remembers when each address was last refused by the gate before TLS, and the
 	// retry time it was given (refuseTLS); swept of refusals that no longer hold
 	// (tlsRefusal.holds) at most once per refusalDedup.
@@ -235,13 +241,29 @@ func (a *admission) refuseTLS(remote net.Addr) (retry time.Duration, first bool)
 
 // rollLocked moves the one-second buckets forward to now.
 func (a *admission) rollLocked(now time.Time) {
-	switch d := now.Sub(a.second); {
-	case d < time.Second:
-	case d < 2*time.Second:
-		a.second, a.lastDone, a.done = a.second.Add(time.Second), a.done, 0
-	default:
-		a.second, a.lastDone, a.done = now, 0, 0
+	d := now.Sub(a.second)
+	if d < time.Second {
+		return
 	}
+	if d >= rateWindow*time.Second {
+		a.second, a.done, a.recent = now, 0, [rateWindow]int{}
+		return
+	}
+	for ; d >= time.Second; d -= time.Second {
+		copy(a.recent[1:], a.recent[:rateWindow-1])
+		a.recent[0], a.done = a.done, 0
+		a.second = a.second.Add(time.Second)
+	}
+}
+
+// rateLocked is the admission rate the retry schedule runs at: the most admissions kasd
+// finished in one second over the last rateWindow seconds. Not the last second alone: while
+// handshakes pile up in a storm, a second's admissions fall to a tenth of what kasd managed a
+// few seconds before and manages again a few seconds later, and every refusal booked at that
+// rate pushed the schedule towards its 2-minute cap while kasd then sat idle (10,000 agents,
+// make bench-scale, docs/scale.md).
+func (a *admission) rateLocked() int {
+	return slices.Max(a.recent[:])
 }
 
 // retryAfter books the next place on the retry timeline for a refused agent and returns how
@@ -256,7 +278,7 @@ func (a *admission) retryAfter() time.Duration {
 // bookLocked books the next place on the retry timeline, at least least ahead of now.
 func (a *admission) bookLocked(now time.Time, least time.Duration) time.Duration {
 	a.rollLocked(now)
-	rate := a.lastDone // admissions per second, measured over the last full second
+	rate := a.rateLocked() // admissions per second, the best second of the last rateWindow
 	if rate == 0 {
 		rate = min(initialAdmissionRate, cap(a.slots))
 	}

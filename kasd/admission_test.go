@@ -240,3 +240,37 @@ func overloadedCount(t *testing.T, m *metrics) float64 {
 	}
 	return d.GetCounter().GetValue()
 }
+
+// A second in which the storm's pile of handshakes let few through does not stretch the
+// schedule: it runs at the best second of the last rateWindow, and forgets a second older than
+// that.
+func TestAdmissionRateIsTheBestRecentSecond(t *testing.T) {
+	now := time.Unix(1000, 0)
+	a := newAdmission(1000, nil)
+	a.now = func() time.Time { return now }
+	admit := func(n int) {
+		for range n {
+			r, _ := a.tryAcquire()
+			r(true)
+		}
+	}
+	step := func() time.Duration { // the distance between two places booked now
+		a.retryAfter()
+		b1 := a.backlog()
+		a.retryAfter()
+		return a.backlog() - b1
+	}
+	admit(200) // second 0: 200 admissions
+	now = now.Add(time.Second)
+	admit(10) // second 1: the pile-up, 10
+	now = now.Add(time.Second)
+	if s := step(); s != 5*time.Millisecond {
+		t.Fatalf("after seconds of 200 and 10 admissions: places %v apart, want 5ms (200/s)", s)
+	}
+	now = now.Add(rateWindow * time.Second) // the busy second ages out; nothing since
+	admit(10)
+	now = now.Add(time.Second)
+	if s := step(); s != 100*time.Millisecond {
+		t.Fatalf("%v after the busy second, with 10 admissions in the last: places %v apart, want 100ms", rateWindow*time.Second, s)
+	}
+}

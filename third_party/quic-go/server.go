@@ -288,7 +288,7 @@ func newServer(
 		receivedPackets:           make(chan receivedPacket, protocol.MaxServerUnprocessedPackets),
 		versionNegotiationQueue:   make(chan receivedPacket, 4),
 		invalidTokenQueue:         make(chan rejectedPacket, 4),
-		connectionRefusedQueue:    make(chan rejectedPacket, 4),
+		connectionRefusedQueue:    make(chan rejectedPacket, connectionRefusedQueueLen),
 		retryQueue:                make(chan rejectedPacket, 8),
 		newConn:                   newConnection,
 		qlogger:                   qlogger,
@@ -881,6 +881,13 @@ func (s *baseServer) handleInitialImpl(p receivedPacket, hdr *wire.Header) error
 	go conn.run()
 	return nil
 }
+
+// connectionRefusedQueueLen is how many CONNECTION_REFUSED packets may wait for the send
+// queue. qkas patch: upstream queues 4 and drops the rest; a server refusing a reconnect storm
+// (kasd's gate before the TLS handshake, through ConnContext) refuses hundreds of Initials in a
+// burst while its send goroutine waits for a CPU, and a client whose refusal was dropped keeps
+// retransmitting its Initial until its handshake timeout instead of backing off.
+const connectionRefusedQueueLen = 256
 
 func (s *baseServer) refuseNewConn(p receivedPacket, hdr *wire.Header) {
 	s.refuseNewConnWithReason(p, hdr, "")
