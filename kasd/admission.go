@@ -206,9 +206,9 @@ func (r tlsRefusal) holds(now time.Time) bool {
 }
 
 // refuseTLS books a retry time for remote, refused by the gate before TLS, and returns how far
-// ahead it is (at least refusalDedup). first is false when remote was refused within the last
-// refusalDedup: the same dial's other Initial packets, which get the retry time already booked
-// for it instead of another place on the timeline.
+// ahead it is (at least refusalDedup). first is false while remote's last refusal holds
+// (tlsRefusal.holds): the same dial's other Initial packets and its retransmissions, which get
+// the retry time already booked for it instead of another place on the timeline.
 func (a *admission) refuseTLS(remote net.Addr) (retry time.Duration, first bool) {
 	now := a.now()
 	a.mu.Lock()
@@ -226,7 +226,10 @@ func (a *admission) refuseTLS(remote net.Addr) (retry time.Duration, first bool)
 		}
 		a.refusedSwept = now
 	}
-	if r, ok := a.refused[addr]; ok && now.Sub(r.at) < refusalDedup {
+	if r, ok := a.refused[addr]; ok && r.holds(now) {
+		// The same dial's other Initial, or a retransmission: its client was told retryAt (or
+		// will be, when this refusal reaches it), and a refusal it never hears must not book a
+		// later place it would be held to.
 		return max(r.retryAt.Sub(now), minAdmissionRetry), false
 	}
 	retry = a.bookLocked(now, refusalDedup)

@@ -208,6 +208,17 @@ func TestTLSGateHoldsRefusalUntilRetry(t *testing.T) {
 	if _, _, ok := s.agentHandshakeGate(x); ok {
 		t.Fatal("a retransmission before the retry time took the free place")
 	}
+	// A later retransmission, past refusalDedup but before the retry time: refused with the
+	// same retry time, not a later one (the client was told the first and hears no other).
+	if retry <= refusalDedup*3/2+time.Millisecond {
+		t.Fatalf("retry %v leaves no room for a late retransmission", retry)
+	}
+	now = now.Add(refusalDedup)
+	if _, late, ok := s.agentHandshakeGate(x); ok {
+		t.Fatal("a late retransmission before the retry time took the free place")
+	} else if got, want := retryOf(t, late), retry-refusalDedup*3/2-time.Millisecond; got > want+time.Millisecond || got < want-time.Millisecond {
+		t.Errorf("a late retransmission was told %v, want the first refusal's time (%v from now)", got, want)
+	}
 	end, _, ok = s.agentHandshakeGate(z)
 	if !ok {
 		t.Fatal("another agent did not get the free place")
