@@ -1,20 +1,15 @@
 package main
 
 import (
-	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
-	"github.com/qkas/qkas/agentd"
 	"github.com/qkas/qkas/auth"
 	"github.com/qkas/qkas/quic"
 )
@@ -39,32 +34,12 @@ func TestAgentResumesTLSAfterRestart(t *testing.T) {
 	agentAddr := pc.LocalAddr().String()
 	pc.Close()
 	obs := freeAddr(t)
-	// kasd runs in-process until the returned stop is called.
 	start := func(extra ...string) (stop func()) {
 		t.Helper()
-		args := append([]string{"--fleet=false", "--data-dir", filepath.Join(dir, "data"),
+		return runKasd(t, obs, append([]string{"--fleet=false", "--data-dir", filepath.Join(dir, "data"),
 			"--agent-tokens-file", tokens, "--api-jwt-secret-file", secret, "--log-level", "error", "--log-format", "json",
 			"--agent-listen", agentAddr, "--agent-listen-tcp", "off", "--api-listen", "127.0.0.1:0",
-			"--observability-listen", obs, "--shutdown-grace", "1s"}, extra...)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- run(ctx, args) }()
-		stop = func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("run: %v", err)
-				}
-			case <-time.After(20 * time.Second):
-				t.Fatal("kasd did not stop")
-			}
-		}
-		waitUntil(t, "kasd to be ready", func() bool {
-			code, _ := statusOrZero("http://" + obs + "/readyz")
-			return code == 200
-		})
-		return stop
+			"--observability-listen", obs, "--shutdown-grace", "1s"}, extra...))
 	}
 
 	stop := start()
@@ -74,23 +49,7 @@ func TestAgentResumesTLSAfterRestart(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	reg := prometheus.NewRegistry()
-	nop := zerolog.Nop()
-	agent, err := agentd.New(agentd.Config{KasAddresses: []string{agentAddr}, Token: tok, Connections: 1,
-		TLS: &tls.Config{RootCAs: pool}, Handlers: map[string]agentd.ServiceHandler{"echo": echoService{}},
-		Log: &nop, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- agent.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-agentDone; err != nil {
-			t.Error(err)
-		}
-	}()
+	agent, reg := startEchoAgent(t, agentAddr, tok, pool)
 	resumed := func() float64 { return gathered(t, reg, "agentd_tls_resumptions_total") }
 	waitUntil(t, "the agent to connect", func() bool { return agent.Connected() == 1 })
 	if n := resumed(); n != 0 {
@@ -119,16 +78,6 @@ func TestAgentResumesTLSAfterRestart(t *testing.T) {
 	if n := metric(t, obs, "kasd_agent_tls_resumptions_total"); n != 0 {
 		t.Errorf("kasd without tickets resumed %v sessions", n)
 	}
-}
-
-// statusOrZero is status without failing the test: 0 when the server does not answer yet.
-func statusOrZero(url string) (int, error) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return 0, err
-	}
-	resp.Body.Close()
-	return resp.StatusCode, nil
 }
 
 // gathered returns the value of the unlabelled counter name in reg, 0 if absent.

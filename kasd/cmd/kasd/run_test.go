@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,37 +39,50 @@ func startKasd(t *testing.T, extra ...string) string {
 		t.Fatal(err)
 	}
 	obs := freeAddr(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
 	args := append([]string{"--fleet=false", "--data-dir", filepath.Join(dir, "data"),
 		"--agent-tokens-file", tokens, "--api-jwt-secret-file", secret, "--log-level", "error", "--log-format", "json",
 		"--agent-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--observability-listen", obs,
 		"--shutdown-grace", "1s"}, extra...)
+	t.Cleanup(runKasd(t, obs, args))
+	return obs
+}
+
+// runKasd runs kasd in-process with args until the returned stop is called (once), and returns
+// when its /readyz on obs answers 200.
+func runKasd(t *testing.T, obs string, args []string) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
 	go func() { done <- run(ctx, args) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("run: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Error("kasd did not stop")
 			}
-		case <-time.After(20 * time.Second):
-			t.Error("kasd did not stop")
-		}
-	})
+		})
+	}
 	for i := 0; ; i++ {
 		if resp, err := http.Get("http://" + obs + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return obs
+				return stop
 			}
 		}
 		if i > 200 {
+			stop()
 			t.Fatal("kasd not ready")
 		}
 		select {
 		case err := <-done:
-			done <- err // for Cleanup
+			done <- err // for stop
+			stop()
 			t.Fatalf("kasd exited: %v", err)
 		case <-time.After(50 * time.Millisecond):
 		}

@@ -145,23 +145,7 @@ func TestTLSCertificateReload(t *testing.T) {
 	}
 
 	// An agent connected before the rotation.
-	reg := prometheus.NewRegistry()
-	nop := zerolog.Nop()
-	agent, err := agentd.New(agentd.Config{KasAddresses: []string{agentAddr}, Token: tok, Connections: 1,
-		TLS: &tls.Config{RootCAs: pool}, Handlers: map[string]agentd.ServiceHandler{"echo": echoService{}},
-		Log: &nop, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- agent.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-agentDone; err != nil {
-			t.Error(err)
-		}
-	}()
+	agent, reg := startEchoAgent(t, agentAddr, tok, pool)
 	waitUntil(t, "the agent to connect", func() bool { return agent.Connected() == 1 })
 	key, err := auth.ReadSecretFile(filepath.Join(dir, "jwt.secret"))
 	if err != nil {
@@ -327,4 +311,28 @@ func TestAPITLSCertificateReload(t *testing.T) {
 	if c := metric(t, obs, `kasd_tls_reloads_total{cert="api",result="ok"}`); c < 1 {
 		t.Errorf("api reloads counted %v", c)
 	}
+}
+
+// startEchoAgent runs an agentd serving "echo" with token tok, connected to kasd at addr and
+// trusting pool, until the test ends; it returns the agent and its metrics registry.
+func startEchoAgent(t *testing.T, addr, tok string, pool *x509.CertPool) (*agentd.Agent, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	nop := zerolog.Nop()
+	agent, err := agentd.New(agentd.Config{KasAddresses: []string{addr}, Token: tok, Connections: 1,
+		TLS: &tls.Config{RootCAs: pool}, Handlers: map[string]agentd.ServiceHandler{"echo": echoService{}},
+		Log: &nop, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return agent, reg
 }
