@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/x509"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -27,12 +26,7 @@ func TestAgentResumesTLSAfterRestart(t *testing.T) {
 	if err := os.WriteFile(tokens, []byte("agents:\n- id: a1\n  token_sha256: "+auth.TokenSHA256(tok)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentAddr := pc.LocalAddr().String()
-	pc.Close()
+	agentAddr := freeUDPAddr(t)
 	obs := freeAddr(t)
 	start := func(extra ...string) (stop func()) {
 		t.Helper()

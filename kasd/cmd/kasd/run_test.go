@@ -25,6 +25,17 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// freeUDPAddr returns a loopback UDP address free a moment ago.
+func freeUDPAddr(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().String()
+}
+
 // startKasd runs a standalone kasd in-process with extra flags and returns its observability
 // address; it is stopped when the test ends.
 func startKasd(t *testing.T, extra ...string) string {

@@ -116,12 +116,7 @@ func TestTLSCertificateReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentAddr := pc.LocalAddr().String()
-	pc.Close()
+	agentAddr := freeUDPAddr(t)
 	apiAddr := freeAddr(t)
 	obs := startKasd(t, "--tls-cert-file", certFile, "--tls-key-file", keyFile, "--agent-listen", agentAddr,
 		"--api-listen", apiAddr, "--api-jwt-secret-file", filepath.Join(dir, "jwt.secret"),
