@@ -25,8 +25,8 @@ import (
 // The hints form a schedule: each refusal is given the next free place on a timeline that
 // advances by the time one admission takes at the rate kasd has been admitting (connections
 // whose token check finished, per second: the best full second of the last rateWindow; before
-// any was measured, initialAdmissionRate), so refused agents come back spread at about the rate kasd admits them
-// instead of all at once: most get in at their second attempt. The rate is the measured one,
+// any was measured, initialAdmissionRate), so refused agents come back spread at about the
+// rate kasd admits them instead of all at once: most get in at their second attempt. The rate is the measured one,
 // not a floor above it: with a floor of one admission per slot per second (1,000/s by
 // default) a kasd that admitted 100/s during a storm sent refused agents back ten times too
 // early, and each needed 10.6 attempts on average (10,000 agents, make bench-scale).
@@ -158,7 +158,7 @@ func (a *admission) endTLS() { a.tls.Add(-1) }
 // handshake that never completes and holds its place until quic-go's handshake timeout. In a
 // reconnect storm that is most of the places (first flights come in pairs of Initial packets:
 // a place freed between the two went to the second), and admissions fell to a few a second
-// with every place held (docs/scale.md "Refused dials held their places").
+// with every place held (docs/scale.md "Refused dials").
 func (s *Server) agentHandshakeGate(remote net.Addr) (end func(), reason string, ok bool) {
 	if !s.admit.refusedUntilRetry(remote) {
 		if end, ok := s.admit.beginTLS(); ok {
