@@ -110,7 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.apiTLSAgentCert, "api-tls-agent-cert", false, "serve the client API over HTTPS with the certificate agents see (--tls-cert-file, or the development certificate in --data-dir)")
 	fs.StringVar(&o.tlsCertFile, "tls-cert-file", "", "TLS certificate for agents and peers (default: a development certificate in --data-dir); re-read on SIGHUP and when it changes, a bad file keeps the one in use")
 	fs.StringVar(&o.tlsKeyFile, "tls-key-file", "", "TLS key for --tls-cert-file")
-	fs.BoolVar(&o.tlsResumption, "tls-session-resumption", true, "let agents and peers resume TLS sessions (a reconnect skips the certificate and its signature, still with a fresh key exchange): tickets are encrypted under a key derived from the TLS key, so they survive a restart and every kasd with the same key accepts them; false sends no tickets")
+	fs.BoolVar(&o.tlsResumption, "tls-session-resumption", true, "let agents resume their TLS sessions (a reconnect skips the certificate and its signature, still with a fresh key exchange): tickets are encrypted under a key derived from the TLS key, so they survive a restart and every kasd with the same key accepts them; false sends no tickets")
 	fs.Var(&o.tlsHosts, "tls-hosts", "extra host names or IPs for the development certificate (repeatable, comma-separated)")
 	fs.DurationVar(&o.routeTimeout, "route-timeout", 5*time.Second, "how long a request waits for its agent to connect before 503")
 	fs.DurationVar(&o.responseHdrTimeout, "response-header-timeout", 60*time.Second, "how long to wait for a response header from the agent before 504")
