@@ -464,8 +464,17 @@ func (a *Agent) connect(ctx context.Context, dialer *quic.Dialer, t target) (*ag
 	return c, nil
 }
 
+// welcomeWait is how long an agent connected over QUIC waits for kasd's Welcome after its Hello:
+// twice the QUIC handshake timeout, 10s at the default, as long as kasd's own
+// --handshake-timeout gives the agent for its Hello. A kasd that completed the QUIC handshake is
+// alive, and a slow Welcome is a kasd busy admitting a reconnect storm: an agent that gave up
+// after the handshake timeout (5s) dialled again and paid a new handshake and a new place in
+// kasd's queue for a connection kasd was about to accept (in 10,000-agent restarts on 2 shared
+// cores kasd accepted about 1,150 more connections than there were agents; docs/scale.md).
+func welcomeWait(handshake time.Duration) time.Duration { return 2 * handshake }
+
 func (a *Agent) handshake(ctx context.Context, qc *quicgo.Conn, services []string) (*api.Welcome, *quicgo.Stream, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.QUIC.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, welcomeWait(a.cfg.QUIC.HandshakeTimeout))
 	defer cancel()
 	control, err := qc.OpenStreamSync(ctx)
 	if err != nil {
