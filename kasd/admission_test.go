@@ -285,3 +285,64 @@ func TestAdmissionRateIsTheBestRecentSecond(t *testing.T) {
 		t.Fatalf("%v after the busy second, with 10 admissions in the last: places %v apart, want 100ms", rateWindow*time.Second, s)
 	}
 }
+
+// TestTLSGateFollowsCompletionRate: the gate before TLS lets in two seconds' worth of the
+// handshakes kasd completed in its best recent second (at least minTLSAllowed), keeps that size
+// through seconds in which nothing completes (a collapse), and goes back to its limit after
+// rateWindow seconds without any event.
+func TestTLSGateFollowsCompletionRate(t *testing.T) {
+	a := newAdmission(1000, nil)
+	now := time.Unix(1000, 0)
+	a.now = func() time.Time { return now }
+	accept := func(n int) {
+		for range n {
+			r, ok := a.tryAcquire()
+			if !ok {
+				t.Fatal("no slot")
+			}
+			r(true)
+		}
+	}
+	inProgress := func() int64 { // how many handshakes the gate lets start now
+		var ends []func()
+		for {
+			end, ok := a.beginTLS()
+			if !ok {
+				break
+			}
+			ends = append(ends, end)
+		}
+		for _, end := range ends {
+			end()
+		}
+		return int64(len(ends))
+	}
+	if n := inProgress(); n != 1000 {
+		t.Fatalf("%d let in before any completion, want the limit 1000", n)
+	}
+	accept(150) // second 0
+	now = now.Add(time.Second)
+	accept(100) // second 1
+	now = now.Add(time.Second)
+	accept(1)
+	if n := inProgress(); n != 300 {
+		t.Fatalf("%d let in after a best second of 150 completions, want 300", n)
+	}
+	now = now.Add(5 * time.Second) // a collapse: refusals, nothing completes
+	a.retryAfter()
+	if n := inProgress(); n != 300 {
+		t.Fatalf("%d let in after seconds without completions, want still 300", n)
+	}
+	now = now.Add(4 * time.Second)
+	accept(10) // the 150 and the 100 have aged out; 10 a second now
+	now = now.Add(time.Second)
+	a.retryAfter()
+	if n := inProgress(); n != minTLSAllowed {
+		t.Fatalf("%d let in at 10 completions a second, want the floor %d", n, minTLSAllowed)
+	}
+	now = now.Add((rateWindow + 1) * time.Second) // quiet
+	a.retryAfter()
+	if n := inProgress(); n != 1000 {
+		t.Fatalf("%d let in after a quiet while, want the limit 1000", n)
+	}
+}
