@@ -69,24 +69,16 @@ type admission struct {
 
 	inProgress atomic.Int64
 
-	tlsLimit int64        // QUIC/TLS handshakes allowed in progress at most (beginTLS)
+	tlsLimit int64        // QUIC/TLS handshakes allowed in progress (beginTLS)
 	tls      atomic.Int64 // QUIC/TLS handshakes in progress
-	// tlsAllowed is the handshakes allowed in progress now: tlsLimit, or less once kasd has
-	// measured how many it completes a second (tlsAllowedFor); set by rollLocked.
-	tlsAllowed atomic.Int64
 
 	mu     sync.Mutex // guards the fields below
 	second time.Time  // start of the current one-second bucket
 	done   int        // admissions finished in the current bucket
 	// recent holds the admissions finished in each of the last len(recent) full seconds,
 	// the newest at recent[0] (rollLocked).
-	recent [rateWindow]int
-	// tlsDone and recentTLS count the QUIC/TLS handshakes completed (connections accepted)
-	// in the current second and in each of the last rateWindow full seconds, as done and
-	// recent do for admissions.
-	tlsDone   int
-	recentTLS [rateWindow]int
-	horizon   time.Time // the latest retry time handed out
+	recent  [rateWindow]int
+	horizon time.Time // the latest retry time handed out
 	// refused remembers when each address was last refused by the gate before TLS, and the
 	// retry time it was given (refuseTLS); swept of refusals that no longer hold
 	// (tlsRefusal.holds) at most once per refusalDedup.
@@ -102,16 +94,11 @@ type tlsRefusal struct {
 
 func newAdmission(limit int, reg prometheus.Registerer) *admission {
 	a := &admission{slots: make(chan struct{}, limit), now: time.Now, tlsLimit: int64(limit)}
-	a.tlsAllowed.Store(a.tlsLimit)
 	if reg != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kasd_admission_tls_handshakes",
 			Help: "Agent connections in their QUIC/TLS handshake (from their first Initial packet until accepted or failed; at most --max-pending-handshakes, the excess is refused with CONNECTION_REFUSED before any TLS work).",
 		}, func() float64 { return float64(a.tls.Load()) }))
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "kasd_admission_tls_allowed",
-			Help: "Agent QUIC/TLS handshakes the gate before TLS lets in progress now: two seconds' worth at the best rate kasd completed them in a second lately (at least 64), at most --max-pending-handshakes.",
-		}, func() float64 { return float64(a.tlsAllowed.Load()) }))
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kasd_admission_handshakes",
 			Help: "Agent connections accepted whose token has not been checked yet (each holds an admission slot; at most --max-pending-handshakes).",
@@ -128,10 +115,6 @@ func newAdmission(limit int, reg prometheus.Registerer) *admission {
 // connection got through (its token was checked), which counts towards the admission rate.
 // Calls after the first do nothing.
 func (a *admission) tryAcquire() (release func(admitted bool), ok bool) {
-	a.mu.Lock()
-	a.rollLocked(a.now())
-	a.tlsDone++ // a connection accepted: its QUIC/TLS handshake completed
-	a.mu.Unlock()
 	select {
 	case a.slots <- struct{}{}:
 	default:
@@ -156,7 +139,7 @@ func (a *admission) tryAcquire() (release func(admitted bool), ok bool) {
 // beginTLS takes a place among the QUIC/TLS handshakes in progress if one is free; end gives
 // it back.
 func (a *admission) beginTLS() (end func(), ok bool) {
-	if a.tls.Add(1) > a.tlsAllowed.Load() {
+	if a.tls.Add(1) > a.tlsLimit {
 		a.tls.Add(-1)
 		return nil, false
 	}
@@ -267,40 +250,13 @@ func (a *admission) rollLocked(now time.Time) {
 	}
 	if d >= rateWindow*time.Second {
 		a.second, a.done, a.recent = now, 0, [rateWindow]int{}
-		a.tlsDone, a.recentTLS = 0, [rateWindow]int{}
-		a.tlsAllowed.Store(a.tlsLimit)
 		return
 	}
 	for ; d >= time.Second; d -= time.Second {
 		copy(a.recent[1:], a.recent[:rateWindow-1])
 		a.recent[0], a.done = a.done, 0
-		copy(a.recentTLS[1:], a.recentTLS[:rateWindow-1])
-		a.recentTLS[0], a.tlsDone = a.tlsDone, 0
 		a.second = a.second.Add(time.Second)
 	}
-	if r := slices.Max(a.recentTLS[:]); r > 0 {
-		// Seconds without a completion keep the last size: in a collapse nothing completes,
-		// and that is no reason to let more in. rateWindow seconds without any event at all
-		// reset it (above).
-		a.tlsAllowed.Store(tlsAllowedFor(r, a.tlsLimit))
-	}
-}
-
-// tlsHandshakeBudget is how long a QUIC/TLS handshake may wait for kasd's CPU at the rate kasd
-// completes them: the gate before TLS lets in at most that many seconds' worth. Past a few
-// seconds the clients give up (agentd's handshake timeout is 5s) and retransmit meanwhile, and
-// kasd spends its CPU on handshakes nobody waits for any more: with 1,000 in progress on 2
-// shared cores, completions fell from ~250 to 10–20 a second for a minute (docs/scale.md
-// "Refused dials").
-const tlsHandshakeBudget = 2 * time.Second
-
-// minTLSAllowed is the fewest handshakes the gate lets in progress whatever the measured rate.
-const minTLSAllowed = 64
-
-// tlsAllowedFor is the gate's size for a kasd that completed at most perSecond handshakes in
-// one second lately: tlsHandshakeBudget's worth, within [minTLSAllowed, limit].
-func tlsAllowedFor(perSecond int, limit int64) int64 {
-	return min(limit, max(minTLSAllowed, int64(perSecond)*int64(tlsHandshakeBudget/time.Second)))
 }
 
 // rateLocked is the admission rate the retry schedule runs at: the most admissions kasd
