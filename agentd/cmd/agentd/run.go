@@ -24,12 +24,14 @@ import (
 	"github.com/qkas/qkas/internal/buildinfo"
 	"github.com/qkas/qkas/internal/cliconfig"
 	"github.com/qkas/qkas/internal/httpserve"
+	"github.com/qkas/qkas/internal/procs"
 	"github.com/qkas/qkas/internal/tracing"
 	"github.com/qkas/qkas/quic"
 )
 
 type options struct {
-	showVersion         bool // --version: print the build and exit
+	gomaxprocs          procs.Setting // --gomaxprocs, internal/procs
+	showVersion         bool          // --version: print the build and exit
 	config              string
 	kasAddresses        cliconfig.StringList
 	tokenFile           string
@@ -61,6 +63,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.SetOutput(stderr)
 	cliconfig.SetUsage(fs, envPrefix)
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	o.gomaxprocs = procs.Auto
+	fs.Var(&o.gomaxprocs, "gomaxprocs", procs.Usage)
 	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names (services: {NAME: URL} or service: ...); the command line and the environment win; services are reloaded when it changes and on SIGHUP")
 	fs.Var(&o.kasAddresses, "kas-address", "kasd agent address host:port (repeatable, comma-separated)")
 	o.transport.register(fs) // transport.go
@@ -160,6 +164,10 @@ func run(ctx context.Context, args []string) error {
 	if err := buildinfo.Register(reg, "agentd", buildinfo.Get(version, revision)); err != nil {
 		return err
 	}
+	procCtl, err := procs.New(procs.Config{Setting: o.gomaxprocs, Namespace: "agentd", Registerer: reg, Log: &log})
+	if err != nil {
+		return err
+	}
 	httpMetrics, err := httpserve.NewMetrics(reg, "agentd")
 	if err != nil {
 		return err
@@ -228,6 +236,7 @@ func run(ctx context.Context, args []string) error {
 		defer debugLn.Close()
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return procCtl.Run(gctx) }) // GOMAXPROCS follows the load (--gomaxprocs)
 	g.Go(func() error { return agent.Run(gctx) })
 	// Services are reloaded on SIGHUP and when --config changes (README "Reloading agentd's
 	// services"): flags, environment and file are read again as at start; only the URL

@@ -78,3 +78,19 @@ func captureStdout(t *testing.T, f func()) string {
 	b, _ := io.ReadAll(r)
 	return string(b)
 }
+
+// TestGOMAXPROCSFlag: --gomaxprocs takes auto (the default), runtime or a number, and refuses
+// anything else by name.
+func TestGOMAXPROCSFlag(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil || o.gomaxprocs.String() != "auto" {
+		t.Fatalf("default --gomaxprocs = %v, %v; want auto", o.gomaxprocs, err)
+	}
+	if o, err = parseFlags([]string{"--gomaxprocs", "3"}, io.Discard); err != nil || o.gomaxprocs.String() != "3" {
+		t.Fatalf("--gomaxprocs 3: %v, %v", o.gomaxprocs, err)
+	}
+	t.Setenv("KASD_GOMAXPROCS", "two")
+	if _, err := parseFlags(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "KASD_GOMAXPROCS") {
+		t.Fatalf("KASD_GOMAXPROCS=two: err = %v, want one naming the variable", err)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/qkas/qkas/internal/buildinfo"
 	"github.com/qkas/qkas/internal/cliconfig"
 	"github.com/qkas/qkas/internal/httpserve"
+	"github.com/qkas/qkas/internal/procs"
 	"github.com/qkas/qkas/internal/tracing"
 	"github.com/qkas/qkas/kasd"
 	"github.com/qkas/qkas/kasd/webui"
@@ -27,7 +28,8 @@ import (
 )
 
 type options struct {
-	showVersion         bool // --version: print the build and exit
+	gomaxprocs          procs.Setting // --gomaxprocs, internal/procs
+	showVersion         bool          // --version: print the build and exit
 	config              string
 	agentListen         string
 	agentListenTCP      string // transport.go
@@ -86,6 +88,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.SetOutput(stderr)
 	cliconfig.SetUsage(fs, envPrefix)
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	o.gomaxprocs = procs.Auto
+	fs.Var(&o.gomaxprocs, "gomaxprocs", procs.Usage)
 	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names; the command line and the environment win")
 	fs.StringVar(&o.agentListen, "agent-listen", ":8150", "UDP address for agent QUIC connections; agents whose UDP is blocked connect over TCP on the same port number (see --agent-listen-tcp)")
 	fs.StringVar(&o.agentListenTCP, "agent-listen-tcp", "", "TCP address for agents whose UDP is blocked (QUIC carried over TLS/TCP, docs/transport.md); default: the host and port number of --agent-listen; \"off\" disables")
@@ -192,6 +196,10 @@ func run(ctx context.Context, args []string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := buildinfo.Register(reg, "kasd", buildinfo.Get(version, revision)); err != nil {
+		return err
+	}
+	procCtl, err := procs.New(procs.Config{Setting: o.gomaxprocs, Namespace: "kasd", Registerer: reg, Log: &log})
+	if err != nil {
 		return err
 	}
 	certs, err := loadCerts(o, reg, &log) // reloaded on SIGHUP and file change, tls.go
@@ -350,6 +358,7 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return procCtl.Run(gctx) })    // GOMAXPROCS follows the load (--gomaxprocs)
 	watchTokens(gctx, g, agentAuthenticator, log, reg) // SIGHUP and file changes, scale.go
 	certs.watch(gctx, g, &log)                         // SIGHUP and file changes, tls.go
 	if jwks != nil {
