@@ -95,7 +95,6 @@ type Controller struct {
 	changes *prometheus.CounterVec
 	initial int  // GOMAXPROCS before New
 	adjust  bool // Run follows the load
-	owns    bool // holds the process-wide claim
 
 	procs int // current, set by Run's goroutine only
 	low   int // consecutive samples that needed fewer Ps
