@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -165,5 +166,46 @@ func TestDialConnect(t *testing.T) {
 	_, err = dialConnect(ctx, dead, "10.1.2.3:8150")
 	if f := classifyConnect(err); f.Code != ConnectProxyUnreachable {
 		t.Errorf("dead proxy: code %s (%v), want %s", f.Code, err, ConnectProxyUnreachable)
+	}
+}
+
+// TestUDPProbeWaitsForSlowDials: a dial that is over within udpProbeAfter opens no probe socket
+// and sends kasd nothing (a reconnect storm is thousands of such dials); one that lasts longer
+// finds a refusing network (loopback, a port nobody listens on: ICMP port unreachable) soon
+// after.
+func TestUDPProbeWaitsForSlowDials(t *testing.T) {
+	var dials atomic.Int32
+	dial := func(raddr *net.UDPAddr) (*net.UDPConn, error) {
+		dials.Add(1)
+		return net.DialUDP("udp", nil, raddr)
+	}
+	closed, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := closed.LocalAddr().(*net.UDPAddr)
+	closed.Close() // nothing listens there now
+
+	ctx, cancel := context.WithTimeout(context.Background(), udpProbeAfter/2)
+	defer cancel()
+	if err := watchUDPUnreachable(ctx, dial, addr); err != nil {
+		t.Fatalf("a dial over before the first probe: %v", err)
+	}
+	if n := dials.Load(); n != 0 {
+		t.Fatalf("a dial over before udpProbeAfter opened %d probe sockets", n)
+	}
+
+	ctx, cancel = context.WithTimeout(context.Background(), 10*udpProbeAfter)
+	defer cancel()
+	began := time.Now()
+	err = watchUDPUnreachable(ctx, dial, addr)
+	if !errors.Is(err, errUDPUnreachable) {
+		t.Fatalf("a slow dial to a refusing port: %v, want errUDPUnreachable", err)
+	}
+	if took := time.Since(began); took < udpProbeAfter {
+		t.Fatalf("refusal reported after %v, before the first probe was due (%v)", took, udpProbeAfter)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d probe sockets, want 1", n)
 	}
 }
