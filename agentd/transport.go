@@ -344,8 +344,9 @@ var errUDPUnreachable = errors.New("the network refused UDP to kasd")
 // handshake takes a few round trips. Probing from the start (every 250 ms, as before 2026-12-02)
 // cost most in a reconnect storm, where thousands of dials wait on a busy kasd at once: each
 // opened a socket and sent kasd four datagrams a second, and in a 10,000-agent restart the
-// probes took ~12 % of the fleet simulator's CPU while handshakes piled up (docs/scale.md). A network that refuses UDP still sends the agent to TCP about a second after
-// the dial began, well before --quic-fallback-after (3s).
+// probes took ~12 % of the fleet simulator's CPU while handshakes piled up (docs/scale.md). A
+// network that refuses UDP still sends the agent to TCP about a second after the dial began,
+// well before --quic-fallback-after (3s).
 const (
 	udpProbeAfter = time.Second
 	udpProbeEvery = time.Second
@@ -354,8 +355,9 @@ const (
 // watchUDPUnreachable tells, while ctx lasts, whether the network refuses UDP to addr. quic-go's
 // socket is unconnected, and Linux reports ICMP errors (port or host unreachable, a firewall's
 // reject) only to connected sockets, so a connected socket sends a one-byte datagram to addr,
-// after udpProbeAfter and then every udpProbeEvery (kasd's QUIC stack drops datagrams that short unanswered) and reads: a
-// refusal comes back as ECONNREFUSED, EHOSTUNREACH or ENETUNREACH, a local firewall's as EPERM.
+// after udpProbeAfter and then every udpProbeEvery (kasd's QUIC stack drops datagrams that
+// short unanswered), and reads: a refusal comes back as ECONNREFUSED, EHOSTUNREACH or
+// ENETUNREACH, a local firewall's as EPERM.
 // It returns that error wrapped in errUDPUnreachable, or nil when ctx ends first.
 func watchUDPUnreachable(ctx context.Context, dial func(*net.UDPAddr) (*net.UDPConn, error), addr *net.UDPAddr) error {
 	first := time.NewTimer(udpProbeAfter)
