@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/qkas/qkas/internal/rawio"
 )
 
 // transientSendErrors counts datagrams that the kernel refused to send for a reason that does
@@ -18,13 +20,15 @@ var transientSendErrors atomic.Uint64
 func TransientSendErrors() uint64 { return transientSendErrors.Load() }
 
 // lossyUDPConn is the UDP socket handed to quic-go: a *net.UDPConn (so quic-go keeps its
-// batched reads, GSO and ECN) whose sends turn transient errors into loss.
-type lossyUDPConn struct{ *net.UDPConn }
+// batched reads, GSO and ECN) whose sends turn transient errors into loss, and whose datagram
+// sends and batched reads (quic-go uses the ReadBatch it finds) are raw system calls
+// (internal/rawio: they keep the Go scheduler out of every packet).
+type lossyUDPConn struct{ *rawio.UDP }
 
-func newLossyUDPConn(c *net.UDPConn) *lossyUDPConn { return &lossyUDPConn{c} }
+func newLossyUDPConn(c *net.UDPConn) *lossyUDPConn { return &lossyUDPConn{rawio.NewUDP(c)} }
 
 func (c *lossyUDPConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
-	n, oobn, err := c.UDPConn.WriteMsgUDP(b, oob, addr)
+	n, oobn, err := c.UDP.WriteMsgUDP(b, oob, addr)
 	if err != nil && transientSendError(err) {
 		transientSendErrors.Add(1)
 		return len(b), len(oob), nil

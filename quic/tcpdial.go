@@ -10,6 +10,8 @@ import (
 	"time"
 
 	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/qkas/qkas/internal/rawio"
 )
 
 // TCPDialer dials QUIC connections carried over TLS/TCP (see "QUIC over TCP" in tcpframe.go),
@@ -69,7 +71,7 @@ func (d *TCPDialer) Dial(ctx context.Context, addr *net.TCPAddr, serverName stri
 	}
 	outer := tlsConf.Clone()
 	outer.NextProtos = []string{TCPALPN}
-	tc := tls.Client(raw, outer)
+	tc := tls.Client(rawio.Conn(raw), outer) // raw reads and writes: internal/rawio
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("quic: dial tcp %s: tls: %w", addr, err)

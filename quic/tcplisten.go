@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/qkas/qkas/internal/rawio"
 )
 
 // Limits of a TCPListener.
@@ -440,7 +442,7 @@ type tcpPeer struct {
 func (p *tcpPeer) serve() {
 	m := p.m
 	defer m.conns.Add(-1)
-	tc := tls.Server(p.raw, m.tlsConf)
+	tc := tls.Server(rawio.Conn(p.raw), m.tlsConf) // raw reads and writes: internal/rawio
 	_ = p.raw.SetDeadline(time.Now().Add(m.handshakeTimeout))
 	// Close ends the handshake if the mux closes meanwhile.
 	stop := context.AfterFunc(m.ctx, func() { p.raw.Close() })

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qkas/qkas/internal/rawio"
 )
 
 // Server is an http.Server whose Limits are applied and counted. Set TLSConfig on the embedded
@@ -216,7 +218,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 	}
 	l.open.Inc()
-	c := &conn{Conn: nc, srv: l.srv}
+	c := &conn{Conn: rawio.Conn(nc), srv: l.srv} // raw reads and writes: internal/rawio
 	c.release = func() {
 		<-l.sem
 		l.open.Dec()

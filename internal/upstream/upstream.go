@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/qkas/qkas/internal/rawio"
 )
 
 // Client is an HTTP/1.1 client to one service: a pool of keep-alive connections used by the
@@ -307,6 +309,7 @@ func (u *Client) get(ctx context.Context, withBody bool) (*upConn, bool, error) 
 	if err != nil {
 		return nil, false, err
 	}
+	nc = rawio.Conn(nc) // raw reads and writes on a TCP connection: internal/rawio
 	if u.tls != nil {
 		tc := tls.Client(nc, u.tls)
 		if err := tc.HandshakeContext(dctx); err != nil {
