@@ -233,7 +233,11 @@ func (f *fleet) startKasd(ctx context.Context) error {
 			"--peer-secret-file", filepath.Join(dir, "peer.secret"), "--etcd-endpoints", strings.Join(endpoints, ","),
 			"--route-timeout", routeTimeout.String(), "--response-header-timeout", headerTimeout.String(),
 			"--shutdown-grace", shutdownGrace.String(), "--drain-delay", drainDelay.String(),
-			"--log-format", "json", "--log-level", "info"}
+			"--log-format", "json", "--log-level", "info",
+			// The access logs are the suite's evidence of where a request's bytes were
+			// (logs.go), read right after a fault: each line must be in the file as soon as it
+			// is logged, not a batch later (the default, 100ms).
+			"--log-flush-interval", "0"}
 		p, err := startProc(k.id, k.ns.name, filepath.Join(f.logs, k.id+".log"), argv)
 		if err != nil {
 			return err

@@ -47,6 +47,7 @@ type options struct {
 	accessLogSample     float64 // --access-log-sample
 	logLevel            string
 	logFormat           string
+	logFlush            time.Duration
 	otelEndpoint        string // --otel-endpoint, see tracing.go
 	kubernetes          kubernetesOptions
 	gitlabProxyListen   string
@@ -84,6 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Float64Var(&o.accessLogSample, "access-log-sample", 1, "fraction (0..1) of successful requests the access log records, chosen by a hash of the request id as kasd does; errors and impersonated (Kubernetes audit) requests are always logged")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+	cliconfig.LogFlushFlag(fs, &o.logFlush)
 	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", tracing.EndpointUsage)
 	o.kubernetes.register(fs)
 	fs.StringVar(&o.gitlabProxyListen, "gitlab-proxy-listen", "127.0.0.1:8155", "TCP address where in-cluster components reach GitLab through kasd at /modules/{module}/{path}; empty disables")
@@ -140,10 +142,11 @@ func run(ctx context.Context, args []string) error {
 		fmt.Println(buildinfo.Get(version, revision).String("agentd"))
 		return nil
 	}
-	log, err := cliconfig.NewLogger(o.logLevel, o.logFormat)
+	log, logOut, err := cliconfig.NewLogger(o.logLevel, o.logFormat, o.logFlush)
 	if err != nil {
 		return err
 	}
+	defer logOut.Close() // the last batch of log lines
 	if o.tokenFile == "" {
 		return errors.New("--token-file is required")
 	}

@@ -73,6 +73,7 @@ type options struct {
 	webApps             cliconfig.StringList // --web-app
 	logLevel            string
 	logFormat           string
+	logFlush            time.Duration
 	apiHTTP             httpserve.Limits     // --api-read-header-timeout, --api-idle-timeout, ...
 	obsHTTP             httpserve.Limits     // --observability-read-header-timeout, ...
 	debug               httpserve.DebugFlags // --pprof, --pprof-listen
@@ -133,6 +134,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Var(&o.webApps, "web-app", "agent/service (or agent/*) served as a web app: without the origin policy's Content-Security-Policy: sandbox, and keeping its cookies (Path rewritten under its prefix). Its scripts then run as kasd's origin: list only services you trust as much as kasd (repeatable, comma-separated)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+	cliconfig.LogFlushFlag(fs, &o.logFlush)
 	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", tracing.EndpointUsage)
 	o.apiHTTP.RegisterFlags(fs, "api", "client API", httpserve.Limits{
 		ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20, MaxConnections: 10000,
@@ -171,10 +173,11 @@ func run(ctx context.Context, args []string) error {
 		fmt.Println(buildinfo.Get(version, revision).String("kasd"))
 		return nil
 	}
-	log, err := cliconfig.NewLogger(o.logLevel, o.logFormat)
+	log, logOut, err := cliconfig.NewLogger(o.logLevel, o.logFormat, o.logFlush)
 	if err != nil {
 		return err
 	}
+	defer logOut.Close() // the last batch of log lines
 	if o.apiJWTSecretFile == "" {
 		return errors.New("--api-jwt-secret-file is required (create one with 'kasctl secret -o FILE')")
 	}
