@@ -138,6 +138,7 @@ func (u *UDP) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err er
 		s.msg.SetControllen(len(oob))
 	}
 	s.n, s.errno = 0, 0
+	raceReleaseMerge()
 	werr := u.rc.Write(s.fn)
 	n, errno := s.n, s.errno
 	s.iov.Base, s.msg.Control = nil, nil // do not keep the caller's buffers reachable from the pool
@@ -151,6 +152,7 @@ func (u *UDP) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err er
 		}
 		return 0, 0, &net.OpError{Op: "write", Net: "udp", Source: u.LocalAddr(), Addr: dst, Err: werr}
 	}
+	raceReadRange(b[:n])
 	return n, len(oob), nil
 }
 
@@ -238,7 +240,10 @@ func (u *UDP) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		ms[i].NN = int(h.Hdr.Controllen)
 		ms[i].Flags = int(h.Hdr.Flags)
 		ms[i].Addr = r.addr(i)
+		raceWriteRange(ms[i].Buffers[0][:ms[i].N])
+		raceWriteRange(ms[i].OOB[:ms[i].NN])
 	}
+	raceAcquire()
 	return n, nil
 }
 
@@ -332,6 +337,7 @@ type ioCall struct {
 	buf   []byte
 	n     int
 	errno syscall.Errno
+	zero  bool // a write of a non-empty buffer wrote nothing
 	fn    func(fd uintptr) bool
 }
 
@@ -355,6 +361,10 @@ func (c *ioCall) write(fd uintptr) bool {
 		n, _, e := syscall.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&c.buf[0])), uintptr(len(c.buf)))
 		switch e {
 		case 0:
+			if n == 0 {
+				c.zero = true // as net: io.ErrUnexpectedEOF rather than a loop
+				return true
+			}
 			c.n += int(n)
 			c.buf = c.buf[n:]
 		case syscall.EINTR:
@@ -393,6 +403,8 @@ func (c *tcpConn) Read(b []byte) (int, error) {
 	if n == 0 {
 		return 0, io.EOF
 	}
+	raceWriteRange(b[:n])
+	raceAcquire()
 	return n, nil
 }
 
@@ -400,14 +412,19 @@ func (c *tcpConn) Write(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
+	raceReleaseMerge()
 	c.wmu.Lock()
-	c.w.buf, c.w.n, c.w.errno = b, 0, 0
+	c.w.buf, c.w.n, c.w.errno, c.w.zero = b, 0, 0, false
 	err := c.rc.Write(c.w.fn)
-	n, errno := c.w.n, c.w.errno
+	n, errno, zero := c.w.n, c.w.errno, c.w.zero
 	c.w.buf = nil
 	c.wmu.Unlock()
+	raceReadRange(b[:n])
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError("write", errno)
+	}
+	if err == nil && zero {
+		err = io.ErrUnexpectedEOF
 	}
 	if err != nil {
 		return n, c.opError("write", err)
