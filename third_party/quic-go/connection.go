@@ -587,11 +587,7 @@ func (c *Conn) run() (err error) {
 	if err := c.handleHandshakeEvents(monotime.Now()); err != nil {
 		return err
 	}
-	go func() {
-		if err := c.sendQueue.Run(); err != nil {
-			c.destroyImpl(err)
-		}
-	}()
+	c.sendQueue.Start(c.destroyImpl) // qkas patch: a writer goroutine only while packets wait
 
 	if c.perspective == protocol.PerspectiveClient {
 		c.scheduleSending() // so the ClientHello actually gets sent
@@ -957,11 +953,7 @@ func (c *Conn) switchToNewPath(tr *Transport, now monotime.Time) {
 	}
 	c.sendQueue.Close()
 	c.sendQueue = newSendQueue(c.conn)
-	go func() {
-		if err := c.sendQueue.Run(); err != nil {
-			c.destroyImpl(err)
-		}
-	}()
+	c.sendQueue.Start(c.destroyImpl) // qkas patch: a writer goroutine only while packets wait
 }
 
 func (c *Conn) handleHandshakeComplete(now monotime.Time) error {

@@ -1923,7 +1923,7 @@ func TestConnectionPacketPacing(t *testing.T) {
 			connectionOptSender(sender),
 			connectionOptHandshakeConfirmed(),
 		)
-		sender.EXPECT().Run()
+		sender.EXPECT().Start(gomock.Any())
 
 		const step = 50 * time.Millisecond
 
@@ -2042,7 +2042,7 @@ func TestConnectionPacingAndSendQueue(t *testing.T) {
 			connectionOptSender(sender),
 			connectionOptHandshakeConfirmed(),
 		)
-		sender.EXPECT().Run()
+		sender.EXPECT().Start(gomock.Any())
 
 		sendQueueAvailable := make(chan struct{})
 		pacingDeadline := monotime.Now().Add(-time.Millisecond)
@@ -2746,7 +2746,7 @@ func testConnectionSendQueue(t *testing.T, enableGSO bool) {
 			connectionOptSentPacketHandler(sph),
 		)
 
-		sender.EXPECT().Run().MaxTimes(1)
+		sender.EXPECT().Start(gomock.Any()).MaxTimes(1)
 		sender.EXPECT().WouldBlock()
 		sender.EXPECT().WouldBlock().Return(true).Times(2)
 		available := make(chan struct{})

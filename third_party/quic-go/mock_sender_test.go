@@ -115,40 +115,38 @@ func (c *MockSenderCloseCall) DoAndReturn(f func()) *MockSenderCloseCall {
 	return c
 }
 
-// Run mocks base method.
-func (m *MockSender) Run() error {
+// Start mocks base method.
+func (m *MockSender) Start(onError func(error)) {
 	m.ctrl.T.Helper()
-	ret := m.ctrl.Call(m, "Run")
-	ret0, _ := ret[0].(error)
-	return ret0
+	m.ctrl.Call(m, "Start", onError)
 }
 
-// Run indicates an expected call of Run.
-func (mr *MockSenderMockRecorder) Run() *MockSenderRunCall {
+// Start indicates an expected call of Start.
+func (mr *MockSenderMockRecorder) Start(onError any) *MockSenderStartCall {
 	mr.mock.ctrl.T.Helper()
-	call := mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Run", reflect.TypeOf((*MockSender)(nil).Run))
-	return &MockSenderRunCall{Call: call}
+	call := mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Start", reflect.TypeOf((*MockSender)(nil).Start), onError)
+	return &MockSenderStartCall{Call: call}
 }
 
-// MockSenderRunCall wrap *gomock.Call
-type MockSenderRunCall struct {
+// MockSenderStartCall wrap *gomock.Call
+type MockSenderStartCall struct {
 	*gomock.Call
 }
 
 // Return rewrite *gomock.Call.Return
-func (c *MockSenderRunCall) Return(arg0 error) *MockSenderRunCall {
-	c.Call = c.Call.Return(arg0)
+func (c *MockSenderStartCall) Return() *MockSenderStartCall {
+	c.Call = c.Call.Return()
 	return c
 }
 
 // Do rewrite *gomock.Call.Do
-func (c *MockSenderRunCall) Do(f func() error) *MockSenderRunCall {
+func (c *MockSenderStartCall) Do(f func(func(error))) *MockSenderStartCall {
 	c.Call = c.Call.Do(f)
 	return c
 }
 
 // DoAndReturn rewrite *gomock.Call.DoAndReturn
-func (c *MockSenderRunCall) DoAndReturn(f func() error) *MockSenderRunCall {
+func (c *MockSenderStartCall) DoAndReturn(f func(func(error))) *MockSenderStartCall {
 	c.Call = c.Call.DoAndReturn(f)
 	return c
 }

@@ -3,6 +3,7 @@ package quic
 import (
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -32,11 +33,7 @@ func TestSendQueueSendOnePacket(t *testing.T) {
 			func([]byte, uint16, protocol.ECN) error { close(written); return nil },
 		)
 
-		done := make(chan struct{})
-		go func() {
-			q.Run()
-			close(done)
-		}()
+		q.Start(func(err error) { t.Errorf("unexpected write error: %v", err) })
 
 		q.Send(getPacketWithContents([]byte("foobar")), 10, protocol.ECT1)
 		synctest.Wait()
@@ -47,13 +44,17 @@ func TestSendQueueSendOnePacket(t *testing.T) {
 			t.Fatal("write should have returned")
 		}
 
-		q.Close()
+		closed := make(chan struct{})
+		go func() {
+			q.Close()
+			close(closed)
+		}()
 		synctest.Wait()
 
 		select {
-		case <-done:
+		case <-closed:
 		default:
-			t.Fatal("Run should have returned")
+			t.Fatal("Close should have returned")
 		}
 	})
 }
@@ -77,11 +78,7 @@ func TestSendQueueBlocking(t *testing.T) {
 			},
 		).AnyTimes()
 
-		done := make(chan struct{})
-		go func() {
-			q.Run()
-			close(done)
-		}()
+		q.Start(func(err error) { t.Errorf("unexpected write error: %v", err) })
 
 		// +1, since one packet will be queued in the Write call
 		for i := range sendQueueCapacity + 1 {
@@ -143,11 +140,6 @@ func TestSendQueueBlocking(t *testing.T) {
 		default:
 			t.Fatal("Close should have returned")
 		}
-		select {
-		case <-done:
-		default:
-			t.Fatal("Run should have returned")
-		}
 	})
 }
 
@@ -160,8 +152,8 @@ func TestSendQueueWriteError(t *testing.T) {
 		c.EXPECT().Write(gomock.Any(), gomock.Any(), gomock.Any()).Return(assert.AnError)
 		q.Send(getPacketWithContents([]byte("foobar")), 6, protocol.ECNNon)
 
-		errChan := make(chan error, 1)
-		go func() { errChan <- q.Run() }()
+		errChan := make(chan error, 2)
+		q.Start(func(err error) { errChan <- err })
 
 		synctest.Wait()
 
@@ -169,7 +161,7 @@ func TestSendQueueWriteError(t *testing.T) {
 		case err := <-errChan:
 			require.ErrorIs(t, err, assert.AnError)
 		default:
-			t.Fatal("Run should have returned")
+			t.Fatal("the write error should have been reported")
 		}
 
 		// further calls to Send should not block
@@ -188,6 +180,45 @@ func TestSendQueueWriteError(t *testing.T) {
 		default:
 			t.Fatal("Send should have returned")
 		}
+		require.Empty(t, errChan, "an error is reported once")
+		q.Close() // returns: the queue stopped
+	})
+}
+
+// qkas patch: the writer goroutine exists only while packets wait to be written.
+func TestSendQueueWriterOnlyWhileBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mockCtrl := gomock.NewController(t)
+		c := NewMockSendConn(mockCtrl)
+		q := newSendQueue(c)
+		var got []string
+		c.EXPECT().Write(gomock.Any(), gomock.Any(), gomock.Any()).DoAndReturn(
+			func(b []byte, _ uint16, _ protocol.ECN) error { got = append(got, string(b)); return nil },
+		).AnyTimes()
+
+		// Packets queued before Start wait for it.
+		q.Send(getPacketWithContents([]byte("a")), 0, protocol.ECNNon)
+		synctest.Wait()
+		require.Empty(t, got)
+
+		before := runtime.NumGoroutine()
+		q.Start(func(err error) { t.Errorf("unexpected write error: %v", err) })
+		synctest.Wait()
+		require.Equal(t, []string{"a"}, got)
+		require.Equal(t, before, runtime.NumGoroutine(), "no goroutine stays once the queue is empty")
+
+		for _, p := range []string{"b", "c", "d"} {
+			q.Send(getPacketWithContents([]byte(p)), 0, protocol.ECNNon)
+		}
+		synctest.Wait()
+		require.Equal(t, []string{"a", "b", "c", "d"}, got, "in order")
+		require.Equal(t, before, runtime.NumGoroutine())
+
+		q.Close()
+		q.Send(getPacketWithContents([]byte("e")), 0, protocol.ECNNon) // after Close: dropped
+		synctest.Wait()
+		require.Equal(t, []string{"a", "b", "c", "d"}, got)
+		require.Equal(t, before, runtime.NumGoroutine())
 	})
 }
 
