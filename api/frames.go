@@ -224,11 +224,11 @@ func ReadFrameHeader(r io.Reader) (FrameType, int, error) {
 // io.ErrUnexpectedEOF. Other read errors are returned wrapped with %w, so
 // CodeOf sees deadlines. Parse failures are *Error with CodeProtocol.
 func ReadFrame(r io.Reader) (Message, error) {
-	// One allocation holds the header and, when it fits, the payload: the header array would
-	// escape to the heap anyway (r is an interface), and most frames (request and response
-	// heads) are a few hundred bytes.
-	buf := make([]byte, readFrameBuffer)
-	hb := buf[:FrameHeaderSize]
+	// The header goes into a small allocation of its own (it escapes: r is an interface) and the
+	// payload into one made once its length is known, exactly that long. So a reader waiting on
+	// an idle stream (kasd's control-stream reader, one per agent connection) holds 8 bytes
+	// while it waits, and a message, whose strings share the payload's bytes, keeps no slack.
+	hb := make([]byte, FrameHeaderSize)
 	if _, err := io.ReadFull(r, hb); err != nil {
 		if err == io.EOF {
 			return nil, io.EOF
@@ -251,11 +251,7 @@ func ReadFrame(r io.Reader) (Message, error) {
 	}
 	var payload string
 	if n > 0 {
-		if n <= len(buf)-FrameHeaderSize {
-			buf = buf[FrameHeaderSize : FrameHeaderSize+n]
-		} else {
-			buf = make([]byte, n)
-		}
+		buf := make([]byte, n)
 		if _, err := io.ReadFull(r, buf); err != nil {
 			if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, truncatedRead(t.String() + " frame payload")
@@ -269,10 +265,6 @@ func ReadFrame(r io.Reader) (Message, error) {
 	}
 	return parsePayload(t, payload)
 }
-
-// readFrameBuffer is what ReadFrame allocates for a frame's header and payload together; a
-// larger payload gets a buffer of its own.
-const readFrameBuffer = 256
 
 func truncatedRead(what string) *Error {
 	return &Error{

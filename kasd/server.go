@@ -221,6 +221,9 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 	}
 	agentID, err := s.cfg.AgentAuth.Authenticate(WithAgentSource(ctx, qc.RemoteAddr()), hello.Token)
 	releaseSlot(err == nil)
+	// The handshake's context is done with: let go of it (and its place among the connection
+	// context's children) now rather than when the connection ends.
+	cancel()
 	if err != nil {
 		s.refuse(qc, control, asAPIError(err, api.CodeUnauthenticated), log)
 		return
@@ -238,7 +241,7 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		qc:       qc,
 		control:  control,
 	}
-	log = log.With().Str("agent_id", agentID).Str("connection_id", c.id).Str("replica", c.replica).Logger()
+	log = connLogger(log, c)
 	replaced, limit, err := s.table.add(c)
 	for _, old := range replaced {
 		// A new process of the same replica: the old one is gone (killed, restarted), and its
@@ -271,9 +274,9 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 	}
 	log.Info().Strs("services", c.services).Bool("tls_resumed", resumed).Msg("agent connected")
 
-	// The control stream carries connection-level messages. Agents send none today; unknown
-	// frames are skipped so that newer agents can talk to this kasd. The read ends when the
-	// connection ends.
+	// The control stream carries connection-level messages: GoAway when the agent leaves, pings
+	// (ignored) when it heard nothing for a while; unknown frames are skipped so that newer
+	// agents can talk to this kasd. The read ends when the connection ends.
 	for {
 		m, err := api.ReadFrame(control)
 		if err != nil {
@@ -291,7 +294,15 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		}
 	}
 	_ = qc.CloseWithError(quic.ConnCodeNoError, "")
+	// A logger's fields take a 512-byte buffer (zerolog); none is kept while the connection
+	// idles (the read loop above does not log), so the last line's logger is made again.
+	log = connLogger(s.log.With().Str("remote", qc.RemoteAddr().String()).Logger(), c)
 	log.Info().Str("reason", errString(context.Cause(qc.Context()))).Msg("agent disconnected")
+}
+
+// connLogger is log with the fields of agent connection c.
+func connLogger(log zerolog.Logger, c *agentConn) zerolog.Logger {
+	return log.With().Str("agent_id", c.agentID).Str("connection_id", c.id).Str("replica", c.replica).Logger()
 }
 
 func (s *Server) checkHello(h *api.Hello) error {
