@@ -94,3 +94,19 @@ func TestGOMAXPROCSFlag(t *testing.T) {
 		t.Fatalf("KASD_GOMAXPROCS=two: err = %v, want one naming the variable", err)
 	}
 }
+
+// TestGOGCFlag: --gogc takes auto (the default), runtime or a number, and refuses anything else
+// by name.
+func TestGOGCFlag(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil || o.gogc.String() != "auto" {
+		t.Fatalf("default --gogc = %v, %v; want auto", o.gogc, err)
+	}
+	if o, err = parseFlags([]string{"--gogc", "50"}, io.Discard); err != nil || o.gogc.String() != "50" {
+		t.Fatalf("--gogc 50: %v, %v", o.gogc, err)
+	}
+	t.Setenv("KASD_GOGC", "off")
+	if _, err := parseFlags(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "KASD_GOGC") {
+		t.Fatalf("KASD_GOGC=off: err = %v, want one naming the variable", err)
+	}
+}

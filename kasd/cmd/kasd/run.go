@@ -19,6 +19,7 @@ import (
 	"github.com/qkas/qkas/auth"
 	"github.com/qkas/qkas/internal/buildinfo"
 	"github.com/qkas/qkas/internal/cliconfig"
+	"github.com/qkas/qkas/internal/gcpercent"
 	"github.com/qkas/qkas/internal/httpserve"
 	"github.com/qkas/qkas/internal/procs"
 	"github.com/qkas/qkas/internal/tracing"
@@ -28,8 +29,9 @@ import (
 )
 
 type options struct {
-	gomaxprocs          procs.Setting // --gomaxprocs, internal/procs
-	showVersion         bool          // --version: print the build and exit
+	gomaxprocs          procs.Setting     // --gomaxprocs, internal/procs
+	gogc                gcpercent.Setting // --gogc, internal/gcpercent
+	showVersion         bool              // --version: print the build and exit
 	config              string
 	agentListen         string
 	agentListenTCP      string // transport.go
@@ -91,6 +93,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	o.gomaxprocs = procs.Auto
 	fs.Var(&o.gomaxprocs, "gomaxprocs", procs.Usage)
+	o.gogc = gcpercent.Auto
+	fs.Var(&o.gogc, "gogc", gcpercent.Usage)
 	fs.StringVar(&o.config, "config", "", "YAML file whose keys are flag names; the command line and the environment win")
 	fs.StringVar(&o.agentListen, "agent-listen", ":8150", "UDP address for agent QUIC connections; agents whose UDP is blocked connect over TCP on the same port number (see --agent-listen-tcp)")
 	fs.StringVar(&o.agentListenTCP, "agent-listen-tcp", "", "TCP address for agents whose UDP is blocked (QUIC carried over TLS/TCP, docs/transport.md); default: the host and port number of --agent-listen; \"off\" disables")
@@ -202,6 +206,10 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	procCtl, err := procs.New(procs.Config{Setting: o.gomaxprocs, Namespace: "kasd", Registerer: reg, Log: &log})
+	if err != nil {
+		return err
+	}
+	gcCtl, err := gcpercent.New(gcpercent.Config{Setting: o.gogc, Namespace: "kasd", Registerer: reg, Log: &log})
 	if err != nil {
 		return err
 	}
@@ -362,6 +370,7 @@ func run(ctx context.Context, args []string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return procCtl.Run(gctx) })    // GOMAXPROCS follows the load (--gomaxprocs)
+	g.Go(func() error { return gcCtl.Run(gctx) })      // GOGC follows the allocation rate (--gogc)
 	watchTokens(gctx, g, agentAuthenticator, log, reg) // SIGHUP and file changes, scale.go
 	certs.watch(gctx, g, &log)                         // SIGHUP and file changes, tls.go
 	if jwks != nil {
