@@ -489,6 +489,7 @@ func (a *Agent) handshake(ctx context.Context, qc *quicgo.Conn, services []strin
 		Replica:      a.cfg.Replica,
 		Process:      a.process,
 		Services:     services,
+		Features:     api.FeatureControlOnStreams,
 	}
 	if err := api.WriteFrame(control, hello); err != nil {
 		return nil, nil, refusalFromClose(err)

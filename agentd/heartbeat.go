@@ -1,9 +1,11 @@
 package agentd
 
 import (
+	"context"
 	"time"
 
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/quic"
 )
 
 // heartbeatPadding makes the packet that carries a Ping clearly larger than the 42 bytes below
@@ -47,14 +49,36 @@ func (c *agentConn) heartbeat(stop <-chan struct{}) {
 		}
 		lastChange = time.Now() // at most one probe per window while silent
 		c.a.m.probes.Inc()
-		c.ctrlMu.Lock()
-		_ = c.control.SetWriteDeadline(time.Now().Add(period))
-		err := api.WriteFrame(c.control, ping)
-		c.ctrlMu.Unlock()
-		if err != nil {
+		if err := c.sendControl(ping, period); err != nil {
 			return
 		}
 	}
+}
+
+// sendControl sends a connection-level message (Ping, GoAway) to kasd within timeout: on a
+// stream of its own, the frame and FIN, when kasd agreed to api.FeatureControlOnStreams in
+// Welcome (kasd then does not read the control stream, which saves it a goroutine per idle
+// connection); on the control stream otherwise.
+func (c *agentConn) sendControl(m api.Message, timeout time.Duration) error {
+	if c.welcome.Features&api.FeatureControlOnStreams == 0 {
+		c.ctrlMu.Lock()
+		defer c.ctrlMu.Unlock()
+		_ = c.control.SetWriteDeadline(time.Now().Add(timeout))
+		return api.WriteFrame(c.control, m)
+	}
+	ctx, cancel := context.WithTimeout(c.qc.Context(), timeout)
+	defer cancel()
+	st, err := c.qc.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	st.CancelRead(quic.StreamCodeNoError) // kasd answers nothing
+	_ = st.SetWriteDeadline(time.Now().Add(timeout))
+	if err := api.WriteFrame(st, m); err != nil {
+		st.CancelWrite(quic.StreamCodeCanceled)
+		return err
+	}
+	return st.Close()
 }
 
 // goAwayLinger is how long a leaving connection keeps accepting streams after telling kasd
@@ -69,11 +93,7 @@ func (c *agentConn) announceLeaving() {
 	if c.qc.Context().Err() != nil {
 		return
 	}
-	c.ctrlMu.Lock()
-	_ = c.control.SetWriteDeadline(time.Now().Add(time.Second))
-	err := api.WriteFrame(c.control, &api.GoAway{Reason: "agent leaving this connection"})
-	c.ctrlMu.Unlock()
-	if err != nil {
+	if err := c.sendControl(&api.GoAway{Reason: "agent leaving this connection"}, time.Second); err != nil {
 		return
 	}
 	t := time.NewTimer(goAwayLinger)

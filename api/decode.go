@@ -150,14 +150,21 @@ func parsePayload(t FrameType, p string) (Message, error) {
 			}
 		}
 		h.Process = d.string("process")
+		if d.err == nil && d.remaining() > 0 { // optional: appended after process
+			h.Features = d.uvarint("features")
+		}
 		m = h
 	case TypeWelcome:
-		m = &Welcome{
+		w := &Welcome{
 			Version:      d.uvarint("version"),
 			AgentID:      d.string("agent_id"),
 			ConnectionID: d.string("connection_id"),
 			InstanceID:   d.string("instance_id"),
 		}
+		if d.err == nil && d.remaining() > 0 { // optional: appended after instance_id
+			w.Features = d.uvarint("features")
+		}
+		m = w
 	case TypeError:
 		m = &Error{
 			Code:       d.code("code"),

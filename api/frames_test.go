@@ -47,8 +47,10 @@ func sampleMessages() []Message {
 		&Hello{},
 		&Hello{Version: ProtocolVersion, Token: "glagent-secret", AgentVersion: "v1.2.3", Replica: "agentd-0", Services: []string{"kubernetes", "prometheus", ""}},
 		&Hello{Version: 1 << 63, Token: "tøkén ✓", Services: []string{"日本語"}},
+		&Hello{Version: ProtocolVersion, Token: "t", Process: "p-1", Features: FeatureControlOnStreams | 1<<40},
 		&Welcome{},
 		&Welcome{Version: 1, AgentID: "42", ConnectionID: "c-1", InstanceID: "kasd-a"},
+		&Welcome{Version: ProtocolVersion, AgentID: "42", ConnectionID: "c-1", InstanceID: "kasd-a", Features: FeatureControlOnStreams},
 		&Error{},
 		&Error{Code: CodeOverloaded, Message: "too many streams", RetryAfter: 1500 * time.Millisecond},
 		&Error{Code: CodeNotHolder, Message: "agent 42 is held by kasd-b"},
@@ -1027,6 +1029,37 @@ func TestParseAllocations(t *testing.T) {
 		})
 		if want := float64(2 + lists); allocs > want {
 			t.Errorf("%s: %v allocations per parse, want at most %v", m.Type(), allocs, want)
+		}
+	}
+}
+
+// TestFeaturesOptional: a Hello or Welcome from a peer older than feature bits (its payload ends
+// after process / instance_id) parses with no features, and one with features parses them.
+func TestFeaturesOptional(t *testing.T) {
+	for _, m := range []Message{
+		&Hello{Version: ProtocolVersion, Token: "t", Replica: "r", Process: "p", Features: FeatureControlOnStreams},
+		&Welcome{Version: ProtocolVersion, AgentID: "1", ConnectionID: "c", InstanceID: "i", Features: FeatureControlOnStreams},
+	} {
+		full := m.AppendPayload(nil)
+		old := full[:len(full)-1] // the features uvarint (1 byte here) cut: an older writer's payload
+		for _, tc := range []struct {
+			payload []byte
+			want    uint64
+		}{{full, FeatureControlOnStreams}, {old, 0}} {
+			got, err := parsePayload(m.Type(), string(tc.payload))
+			if err != nil {
+				t.Fatalf("%s payload of %d bytes: %v", m.Type(), len(tc.payload), err)
+			}
+			var features uint64
+			switch g := got.(type) {
+			case *Hello:
+				features = g.Features
+			case *Welcome:
+				features = g.Features
+			}
+			if features != tc.want {
+				t.Errorf("%s payload of %d bytes: features %#x, want %#x", m.Type(), len(tc.payload), features, tc.want)
+			}
 		}
 	}
 }

@@ -47,7 +47,21 @@ type Hello struct {
 	// restarted): kasd retires its connections at once instead of routing into them until they
 	// time out. "" (an agent that does not say) retires nothing.
 	Process string
+	// Features are the Feature bits the agent supports (an optional field, appended: a Hello
+	// that ends after Process has none).
+	Features uint64
 }
+
+// Feature bits of Hello.Features and Welcome.Features. The agent says what it supports, kasd
+// answers with the bits it supports too, and a feature is in use on the connection when
+// Welcome carries it. Unknown bits are ignored.
+const (
+	// FeatureControlOnStreams: the agent sends its connection-level messages (Ping, GoAway) on
+	// bidirectional streams it opens, one frame per stream and then FIN, instead of on the
+	// control stream; kasd then never reads the control stream after Welcome, which saves a
+	// goroutine per idle agent connection.
+	FeatureControlOnStreams uint64 = 1 << 0
+)
 
 func (*Hello) Type() FrameType { return TypeHello }
 
@@ -60,13 +74,14 @@ func (m *Hello) AppendPayload(b []byte) []byte {
 	for _, s := range m.Services {
 		b = appendString(b, s)
 	}
-	return appendString(b, m.Process)
+	b = appendString(b, m.Process)
+	return appendUvarint(b, m.Features)
 }
 
 // String redacts the token so that logging a Hello never leaks it.
 func (m *Hello) String() string {
-	return fmt.Sprintf("Hello{Version:%d Token:%s AgentVersion:%q Replica:%q Services:%q Process:%q}",
-		m.Version, redact(m.Token), m.AgentVersion, m.Replica, m.Services, m.Process)
+	return fmt.Sprintf("Hello{Version:%d Token:%s AgentVersion:%q Replica:%q Services:%q Process:%q Features:%#x}",
+		m.Version, redact(m.Token), m.AgentVersion, m.Replica, m.Services, m.Process, m.Features)
 }
 
 // GoString redacts the token too (%#v).
@@ -81,6 +96,7 @@ func (m *Hello) LogValue() slog.Value {
 		slog.String("replica", m.Replica),
 		slog.String("process", m.Process),
 		slog.Any("services", m.Services),
+		slog.Uint64("features", m.Features),
 	)
 }
 
@@ -97,6 +113,10 @@ type Welcome struct {
 	AgentID      string
 	ConnectionID string
 	InstanceID   string // kasd instance that holds the connection
+	// Features are the Feature bits in use on this connection: those of the agent's Hello
+	// that kasd supports (an optional field, appended: a Welcome that ends after InstanceID
+	// has none).
+	Features uint64
 }
 
 func (*Welcome) Type() FrameType { return TypeWelcome }
@@ -106,7 +126,7 @@ func (m *Welcome) AppendPayload(b []byte) []byte {
 	b = appendString(b, m.AgentID)
 	b = appendString(b, m.ConnectionID)
 	b = appendString(b, m.InstanceID)
-	return b
+	return appendUvarint(b, m.Features)
 }
 
 // Type makes *Error the TypeError message: code uvarint, message string,

@@ -36,6 +36,12 @@ func Serve(ctx context.Context, sc *quic.StreamConn, headTimeout time.Duration, 
 		return Served{Refusal: e}
 	}
 	_ = sc.SetReadDeadline(time.Time{})
+	return ServeHead(ctx, sc, f, check, handle)
+}
+
+// ServeHead is Serve for a stream whose head f was read by the caller (who read the stream's
+// first frame to learn what kind of stream it is).
+func ServeHead(ctx context.Context, sc *quic.StreamConn, f *api.Request, check func(*api.Request) *api.Error, handle func(w *ResponseWriter, r *http.Request, f *api.Request)) Served {
 	if e := check(f); e != nil {
 		Refuse(sc, e)
 		return Served{Head: f, Refusal: e}

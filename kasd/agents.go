@@ -31,6 +31,9 @@ type agentConn struct {
 
 	ctrlMu  sync.Mutex // guards writes to control
 	control *quicgo.Stream
+	// controlOnStreams: the agent sends Ping and GoAway on streams it opens
+	// (api.FeatureControlOnStreams), and kasd does not read control after Welcome.
+	controlOnStreams bool
 
 	statMu     sync.Mutex // guards the fields below
 	lastRecv   uint64     // packets received at lastChange

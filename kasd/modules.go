@@ -18,52 +18,70 @@ import (
 // moduleHeadTimeout bounds reading the head of a stream an agent opened.
 const moduleHeadTimeout = 30 * time.Second
 
-// serveAgentStreams serves the streams an agent opens on its connection: GitLab module requests
-// (kind gitlab), each proxied by Config.Modules with that connection's agent token; without
-// Config.Modules they are refused at once with not_found, never left unanswered. It returns a
-// function that stops serving and waits for the accept loop and every stream it started.
+// serveAgentStreams serves the streams the agent of c opens on its connection until the
+// connection ends or ctx is done, then waits for every stream it started: GitLab module
+// requests (kind gitlab), each proxied by Config.Modules with that connection's agent token
+// (without Config.Modules they are refused at once with not_found, never left unanswered),
+// and, with api.FeatureControlOnStreams, the agent's connection-level messages.
 //
 // Budgets (docs/security.md): a stream beyond Config.MaxStreamsFromAgent open streams of
 // this agent, across its connections, is reset with quic.StreamCodeRefused as soon as it is
 // accepted (no goroutine, no head read), counted as max_agent_streams_per_agent; a request
 // beyond Config.ModulesRatePerAgent is answered overloaded, counted as modules_rate_per_agent.
 //
-// A stream's request context ends when the stream ends (the agent reset it), when the
-// connection ends, or when stop is called, so a handler waiting on GitLab returns promptly and
-// stop does not wait for GitLab's timeouts.
-func (s *Server) serveAgentStreams(c *agentConn) (stop func()) {
-	ctx, cancel := context.WithCancel(c.qc.Context())
+// A stream's request context derives from ctx: it ends when the stream ends (the agent reset
+// it), when the connection ends, or when ctx is canceled, so a handler waiting on GitLab
+// returns promptly and the wait for the streams does not wait for GitLab's timeouts.
+func (s *Server) serveAgentStreams(ctx context.Context, c *agentConn) {
 	var streams sync.WaitGroup
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			st, err := c.qc.AcceptStream(ctx)
-			if err != nil {
-				return
-			}
-			sc := quic.NewStreamConn(c.qc, st)
-			if !s.budgets.acquireStream(c.agentID, s.cfg.MaxStreamsFromAgent) {
-				s.m.limitRejections.WithLabelValues("max_agent_streams_per_agent").Inc()
-				sc.Abort(quic.StreamCodeRefused)
-				continue
-			}
-			streams.Go(func() {
-				defer s.budgets.releaseStream(c.agentID)
-				s.serveModuleStream(ctx, c, sc)
-			})
+	defer streams.Wait()
+	for {
+		st, err := c.qc.AcceptStream(ctx)
+		if err != nil {
+			return
 		}
-	}()
-	return func() {
-		cancel()
-		<-done // no stream is added once the accept loop has returned
-		streams.Wait()
+		sc := quic.NewStreamConn(c.qc, st)
+		if !s.budgets.acquireStream(c.agentID, s.cfg.MaxStreamsFromAgent) {
+			s.m.limitRejections.WithLabelValues("max_agent_streams_per_agent").Inc()
+			sc.Abort(quic.StreamCodeRefused)
+			continue
+		}
+		streams.Go(func() {
+			defer s.budgets.releaseStream(c.agentID)
+			s.serveAgentStream(ctx, c, sc)
+		})
+	}
+}
+
+// serveAgentStream serves one stream the agent of c opened: a GitLab module request or, when
+// the agent sends its connection-level messages on streams (api.FeatureControlOnStreams), a
+// Ping or GoAway followed by FIN.
+func (s *Server) serveAgentStream(ctx context.Context, c *agentConn, sc *quic.StreamConn) {
+	if !c.controlOnStreams {
+		s.serveModuleStream(ctx, c, sc, nil)
+		return
+	}
+	_ = sc.SetReadDeadline(time.Now().Add(moduleHeadTimeout))
+	m, err := api.ReadFrame(sc)
+	if err != nil {
+		httpstream.Refuse(sc, api.Errorf(api.CodeProtocol, "bad stream head: %v", err))
+		return
+	}
+	_ = sc.SetReadDeadline(time.Time{})
+	switch m := m.(type) {
+	case *api.Request:
+		s.serveModuleStream(ctx, c, sc, m)
+	case *api.GoAway, *api.Ping:
+		s.controlMessage(c, m)
+		_ = sc.Close()
+	default:
+		httpstream.Refuse(sc, api.Errorf(api.CodeProtocol, "a stream from an agent starts with request, go_away or ping, not %s", m.Type()))
 	}
 }
 
 // serveModuleStream proxies one agent request to GitLab's modules endpoint with the token of the
 // connection it arrived on, never another agent's.
-func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.StreamConn) {
+func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.StreamConn, head *api.Request) {
 	check := func(f *api.Request) *api.Error {
 		if e := s.checkModuleRequest(f); e != nil {
 			return e
@@ -75,7 +93,7 @@ func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.S
 		}
 		return nil
 	}
-	httpstream.Serve(ctx, sc, moduleHeadTimeout, check, func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
+	handle := func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
 		// The module in the head and in the path must agree, so metrics and checks see the
 		// truth.
 		if !strings.HasPrefix(r.URL.EscapedPath(), "/modules/"+f.Service+"/") {
@@ -85,7 +103,12 @@ func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.S
 		s.inflight.Add(1)
 		defer s.inflight.Add(-1)
 		s.cfg.Modules.ServeHTTP(w, r.WithContext(gitlab.WithAgentToken(r.Context(), c.token)))
-	})
+	}
+	if head == nil {
+		httpstream.Serve(ctx, sc, moduleHeadTimeout, check, handle)
+		return
+	}
+	httpstream.ServeHead(ctx, sc, head, check, handle)
 }
 
 // checkModuleRequest vets the head of a stream an agent opened.

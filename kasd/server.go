@@ -256,7 +256,9 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		return
 	}
 	defer s.table.remove(c)
-	welcome := &api.Welcome{Version: api.ProtocolVersion, AgentID: agentID, ConnectionID: c.id, InstanceID: s.cfg.InstanceID}
+	welcome := &api.Welcome{Version: api.ProtocolVersion, AgentID: agentID, ConnectionID: c.id, InstanceID: s.cfg.InstanceID,
+		Features: hello.Features & supportedFeatures}
+	c.controlOnStreams = welcome.Features&api.FeatureControlOnStreams != 0
 	c.ctrlMu.Lock()
 	err = api.WriteFrame(control, welcome)
 	c.ctrlMu.Unlock()
@@ -265,39 +267,65 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		return
 	}
 	_ = control.SetDeadline(time.Time{})
-	stop := s.serveAgentStreams(c)
-	defer stop()
 	s.m.agentConnections.WithLabelValues("accepted").Inc()
 	resumed := qc.ConnectionState().TLS.DidResume
 	if resumed {
 		s.m.tlsResumptions.Inc()
 	}
-	log.Info().Strs("services", c.services).Bool("tls_resumed", resumed).Msg("agent connected")
+	log.Info().Strs("services", c.services).Bool("tls_resumed", resumed).Bool("control_on_streams", c.controlOnStreams).Msg("agent connected")
 
-	// The control stream carries connection-level messages: GoAway when the agent leaves, pings
-	// (ignored) when it heard nothing for a while; unknown frames are skipped so that newer
-	// agents can talk to this kasd. The read ends when the connection ends.
-	for {
-		m, err := api.ReadFrame(control)
-		if err != nil {
-			if !errors.Is(err, api.ErrUnknownFrameType) {
-				break
-			}
-			continue
-		}
-		if _, ok := m.(*api.GoAway); ok {
-			// The agent leaves this connection: route no new request to it. Requests in
-			// flight finish; kasd closes the connection when they are done (agentLeft), having
-			// read every byte of their responses.
-			s.table.remove(c)
-			c.agentLeft()
-		}
+	if c.controlOnStreams {
+		// Connection-level messages arrive on streams the agent opens (serveAgentStream):
+		// this goroutine accepts them, and the control stream is not read. The accept ends
+		// when the connection ends.
+		s.serveAgentStreams(qc.Context(), c)
+	} else {
+		ctx, cancel := context.WithCancel(qc.Context())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.serveAgentStreams(ctx, c)
+		}()
+		s.readControl(c)
+		cancel()
+		<-done
 	}
 	_ = qc.CloseWithError(quic.ConnCodeNoError, "")
 	// A logger's fields take a 512-byte buffer (zerolog); none is kept while the connection
 	// idles (the read loop above does not log), so the last line's logger is made again.
 	log = connLogger(s.log.With().Str("remote", qc.RemoteAddr().String()).Logger(), c)
 	log.Info().Str("reason", errString(context.Cause(qc.Context()))).Msg("agent disconnected")
+}
+
+// supportedFeatures are the api.Feature bits this kasd implements.
+const supportedFeatures = api.FeatureControlOnStreams
+
+// readControl reads the control stream of an agent that sends its connection-level messages
+// there (no api.FeatureControlOnStreams): GoAway when the agent leaves, pings (ignored) when it
+// heard nothing for a while; unknown frames are skipped so that newer agents can talk to this
+// kasd. It returns when the stream or the connection ends.
+func (s *Server) readControl(c *agentConn) {
+	for {
+		m, err := api.ReadFrame(c.control)
+		if err != nil {
+			if !errors.Is(err, api.ErrUnknownFrameType) {
+				return
+			}
+			continue
+		}
+		s.controlMessage(c, m)
+	}
+}
+
+// controlMessage acts on a connection-level message from the agent of c.
+func (s *Server) controlMessage(c *agentConn, m api.Message) {
+	if _, ok := m.(*api.GoAway); ok {
+		// The agent leaves this connection: route no new request to it. Requests in flight
+		// finish; kasd closes the connection when they are done (agentLeft), having read
+		// every byte of their responses.
+		s.table.remove(c)
+		c.agentLeft()
+	}
 }
 
 // connLogger is log with the fields of agent connection c.
