@@ -474,7 +474,7 @@ func (s *Server) ServePeers(ctx context.Context, ln *quic.Listener) error {
 	if s.fleet == nil {
 		return errors.New("kasd: ServePeers without a fleet configuration")
 	}
-	return s.acceptLoop(ctx, ln, "peer", s.servePeerConn)
+	return s.acceptLoop(ctx, ln, "peer", func(qc *quicgo.Conn) func() { s.servePeerConn(qc); return nil })
 }
 
 // servePeerConn authenticates a peer and serves the Forward streams it opens.

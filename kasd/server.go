@@ -108,7 +108,10 @@ func (s *Server) ServeAgents(ctx context.Context, ln *quic.Listener) error {
 
 // acceptLoop accepts connections from ln until ctx ends or ln is closed (then it returns nil)
 // and serves each in a goroutine that the Server owns: Close closes the connection and waits.
-func (s *Server) acceptLoop(ctx context.Context, ln quicAcceptor, what string, serve func(*quicgo.Conn)) error {
+//
+// serve may hand the rest of a connection's life to a new goroutine by returning it as then
+// (see serveAgentConn); the Server owns that one too.
+func (s *Server) acceptLoop(ctx context.Context, ln quicAcceptor, what string, serve func(*quicgo.Conn) (then func())) error {
 	for {
 		qc, err := ln.Accept(ctx)
 		if err != nil {
@@ -123,8 +126,17 @@ func (s *Server) acceptLoop(ctx context.Context, ln quicAcceptor, what string, s
 		}
 		go func() {
 			defer s.wg.Done()
-			defer s.untrack(qc)
-			serve(qc)
+			then := serve(qc)
+			if then == nil {
+				s.untrack(qc)
+				return
+			}
+			s.wg.Add(1) // while this goroutine's count is still held: Close waits for both
+			go func() {
+				defer s.wg.Done()
+				defer s.untrack(qc)
+				then()
+			}()
 		}()
 	}
 }
@@ -162,18 +174,19 @@ var serviceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 
 const maxServicesPerAgent = 256
 
-// serveAgentConn runs one agent connection: Hello, authentication, Welcome, then the control
-// stream until the connection ends.
-func (s *Server) serveAgentConn(qc *quicgo.Conn) {
+// serveAgentConn runs one agent connection's handshake: Hello, authentication, Welcome. It
+// returns the rest of the connection's life (serveAgent) for acceptLoop to run in a new
+// goroutine, or nil when it refused the connection.
+func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 	log := s.log.With().Str("remote", qc.RemoteAddr().String()).Logger()
 	if s.draining.Load() {
 		s.refuse(qc, nil, api.Errorf(api.CodeShuttingDown, "kasd is draining; connect to another instance"), log)
-		return
+		return nil
 	}
 	if s.table.full() {
 		s.m.limitRejections.WithLabelValues("max_agent_connections").Inc()
 		s.refuse(qc, nil, api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", s.cfg.MaxAgentConnections), log)
-		return
+		return nil
 	}
 	// Hold an admission slot until the token is checked: an unauthenticated peer may keep a
 	// connection (and this goroutine) for HandshakeTimeout, so their number is bounded, and a
@@ -187,7 +200,7 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 			Message:    fmt.Sprintf("kasd is handling its maximum of %d agent handshakes", s.cfg.MaxPendingHandshakes),
 			RetryAfter: s.admit.retryAfter(),
 		}, log)
-		return
+		return nil
 	}
 	release := func() { releaseSlot(false) }
 	defer release()
@@ -197,12 +210,12 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 	if err != nil && closedBeforeHello(qc) {
 		// An agent probing whether QUIC gets through again (transport.go): not a refusal.
 		s.m.agentConnections.WithLabelValues("probe").Inc()
-		return
+		return nil
 	}
 	if err != nil {
 		s.m.limitRejections.WithLabelValues("handshake_timeout").Inc()
 		s.refuse(qc, nil, api.Errorf(api.CodeProtocol, "no control stream within %s", s.cfg.HandshakeTimeout), log)
-		return
+		return nil
 	}
 	deadline, _ := ctx.Deadline()
 	_ = control.SetDeadline(deadline)
@@ -212,12 +225,12 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 			s.m.limitRejections.WithLabelValues("handshake_timeout").Inc()
 		}
 		s.refuse(qc, control, asAPIError(err, api.CodeProtocol), log)
-		return
+		return nil
 	}
 	hello := m.(*api.Hello)
 	if err := s.checkHello(hello); err != nil {
 		s.refuse(qc, control, asAPIError(err, api.CodeBadRequest), log)
-		return
+		return nil
 	}
 	agentID, err := s.cfg.AgentAuth.Authenticate(WithAgentSource(ctx, qc.RemoteAddr()), hello.Token)
 	releaseSlot(err == nil)
@@ -226,20 +239,22 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 	cancel()
 	if err != nil {
 		s.refuse(qc, control, asAPIError(err, api.CodeUnauthenticated), log)
-		return
+		return nil
 	}
+	features := hello.Features & supportedFeatures
 	c := &agentConn{
-		id:       fmt.Sprintf("%s-%d", s.cfg.InstanceID, s.connSeq.Add(1)),
-		agentID:  agentID,
-		token:    hello.Token,
-		replica:  hello.Replica,
-		process:  hello.Process,
-		version:  hello.AgentVersion,
-		services: sortedCopy(hello.Services),
-		since:    time.Now(),
-		live:     liveness{silentAfter: silentAfterFor(s.cfg.AgentKeepAlivePeriod), idleGrace: idleGraceFor(s.cfg.AgentKeepAlivePeriod)},
-		qc:       qc,
-		control:  control,
+		controlOnStreams: features&api.FeatureControlOnStreams != 0,
+		id:               fmt.Sprintf("%s-%d", s.cfg.InstanceID, s.connSeq.Add(1)),
+		agentID:          agentID,
+		token:            hello.Token,
+		replica:          hello.Replica,
+		process:          hello.Process,
+		version:          hello.AgentVersion,
+		services:         sortedCopy(hello.Services),
+		since:            time.Now(),
+		live:             liveness{silentAfter: silentAfterFor(s.cfg.AgentKeepAlivePeriod), idleGrace: idleGraceFor(s.cfg.AgentKeepAlivePeriod)},
+		qc:               qc,
+		control:          control,
 	}
 	log = connLogger(log, c)
 	replaced, limit, err := s.table.add(c)
@@ -253,18 +268,17 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 	if err != nil {
 		s.m.limitRejections.WithLabelValues(limit).Inc()
 		s.refuse(qc, control, asAPIError(err, api.CodeOverloaded), log)
-		return
+		return nil
 	}
-	defer s.table.remove(c)
 	welcome := &api.Welcome{Version: api.ProtocolVersion, AgentID: agentID, ConnectionID: c.id, InstanceID: s.cfg.InstanceID,
-		Features: hello.Features & supportedFeatures}
-	c.controlOnStreams = welcome.Features&api.FeatureControlOnStreams != 0
+		Features: features}
 	c.ctrlMu.Lock()
 	err = api.WriteFrame(control, welcome)
 	c.ctrlMu.Unlock()
 	if err != nil {
+		s.table.remove(c)
 		log.Debug().Err(err).Msg("writing welcome failed")
-		return
+		return nil
 	}
 	_ = control.SetDeadline(time.Time{})
 	s.m.agentConnections.WithLabelValues("accepted").Inc()
@@ -273,14 +287,22 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		s.m.tlsResumptions.Inc()
 	}
 	log.Info().Strs("services", c.services).Bool("tls_resumed", resumed).Bool("control_on_streams", c.controlOnStreams).Msg("agent connected")
+	// The connection's life goes on in a new goroutine, with a new stack: this one's grew in
+	// the handshake and the token check, and the runtime shrinks a parked goroutine's stack
+	// only at collections, rare in an idle kasd (--gogc=auto).
+	return func() { s.serveAgent(c) }
+}
 
+// serveAgent runs an accepted agent connection until it ends, then forgets it.
+func (s *Server) serveAgent(c *agentConn) {
+	defer s.table.remove(c)
 	if c.controlOnStreams {
 		// Connection-level messages arrive on streams the agent opens (serveAgentStream):
 		// this goroutine accepts them, and the control stream is not read. The accept ends
 		// when the connection ends.
-		s.serveAgentStreams(qc.Context(), c)
+		s.serveAgentStreams(c.qc.Context(), c)
 	} else {
-		ctx, cancel := context.WithCancel(qc.Context())
+		ctx, cancel := context.WithCancel(c.qc.Context())
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -290,11 +312,11 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) {
 		cancel()
 		<-done
 	}
-	_ = qc.CloseWithError(quic.ConnCodeNoError, "")
+	_ = c.qc.CloseWithError(quic.ConnCodeNoError, "")
 	// A logger's fields take a 512-byte buffer (zerolog); none is kept while the connection
-	// idles (the read loop above does not log), so the last line's logger is made again.
-	log = connLogger(s.log.With().Str("remote", qc.RemoteAddr().String()).Logger(), c)
-	log.Info().Str("reason", errString(context.Cause(qc.Context()))).Msg("agent disconnected")
+	// idles, so the last line's logger is made now.
+	log := connLogger(s.log.With().Str("remote", c.qc.RemoteAddr().String()).Logger(), c)
+	log.Info().Str("reason", errString(context.Cause(c.qc.Context()))).Msg("agent disconnected")
 }
 
 // supportedFeatures are the api.Feature bits this kasd implements.

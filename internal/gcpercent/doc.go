@@ -25,7 +25,7 @@
 //   - Up at once: a need above the current GOGC is applied within one interval, so a burst
 //     of requests never waits for a slower collector setting for longer than that.
 //   - Down slowly: only after the need has stayed below 80 % of the current GOGC for Hold
-//     (30 s) in a row, and then to the highest need seen during that time: no flapping.
+//     (20 s) in a row, and then to the highest need seen during that time: no flapping.
 //
 // Lowering GOGC lowers the heap goal; the runtime's background scavenger then returns the
 // memory above it to the operating system.

@@ -22,7 +22,7 @@ const (
 	DefaultMax      = 100
 	DefaultBudget   = 0.02 // cores
 	DefaultInterval = time.Second
-	DefaultHold     = 30 * time.Second
+	DefaultHold     = 20 * time.Second
 	downRatio       = 0.8 // the need must stay below this share of the current GOGC to lower it
 	releaseEvery    = 5 * time.Minute
 )
@@ -164,7 +164,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c.changes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: cfg.Namespace + "_gogc_changes_total",
-		Help: "Times --gogc=auto changed GOGC, by direction (up: the allocation rate rose; down: it stayed lower for 30 s). The value is go_gc_gogc_percent.",
+		Help: "Times --gogc=auto changed GOGC, by direction (up: the allocation rate rose; down: it stayed lower for 20 s). The value is go_gc_gogc_percent.",
 	}, []string{"direction"})
 	c.releases = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: cfg.Namespace + "_gc_memory_releases_total",

@@ -64,7 +64,7 @@ func (f *fakeGC) set(n int) int {
 
 func newTestController(t *testing.T, f *fakeGC, reg prometheus.Registerer) *Controller {
 	t.Helper()
-	c, err := New(Config{Setting: Auto, Namespace: "test", Registerer: reg,
+	c, err := New(Config{Setting: Auto, Namespace: "test", Registerer: reg, Hold: 30 * time.Second,
 		set: f.set, release: f.release, read: func() Sample { return Sample{} }, env: func(string) (string, bool) { return "", false }})
 	if err != nil {
 		t.Fatal(err)
