@@ -43,8 +43,8 @@ type ScaleStep struct {
 	KasdRSSMiB              float64 `json:"kasd_rss_mib"`
 	KasdRSSKiBPerAgent      float64 `json:"kasd_rss_kib_per_agent"` // (after − before) / connected
 	KasdRSSEarlyKiBPerAgent float64 `json:"kasd_rss_early_kib_per_agent"`
-	KasdCPUPct          float64 `json:"kasd_cpu_pct"`           // idle fleet, % of one core over ScaleIdle
-	KasdCPUusPerAgentPS float64 `json:"kasd_cpu_us_per_agent_per_s"`
+	KasdCPUPct              float64 `json:"kasd_cpu_pct"` // idle fleet, % of one core over ScaleIdle
+	KasdCPUusPerAgentPS     float64 `json:"kasd_cpu_us_per_agent_per_s"`
 	// The fleet's simulator processes (as many as keep each under its open-files limit, see
 	// scaleOpts), summed over them: CPU over the same window, RSS at its end.
 	FleetCPUPct float64 `json:"fleetsim_cpu_pct"`
