@@ -459,7 +459,7 @@ func details(r *Results) string {
 		}
 	}
 	if s := r.Scale; s != nil {
-		w("\n## 4. Scale\n\nA fleet of real agentd agents (benchmarks/fleetsim: agentd.Agent each with its own UDP socket, many per process) in a network namespace of its own, so kasd sees one source address and port per agent; one real agentd process for routing latency. Idle CPU, datagrams and drops over %v, kasd RSS at its end (in brackets: 5 s after the start, its high-water mark) (datagrams to kasd per agent and keep-alive period: 1.00 is one PING each; more while quic-go's path MTU discovery probes on the connections' first keep-alives, see docs/scale.md); restart: kill -9 of kasd and a restart on the same data dir.\n\n", r.Sizes.ScaleIdle)
+		w("\n## 4. Scale\n\nA fleet of real agentd agents (benchmarks/fleetsim: agentd.Agent each with its own UDP socket, many per process) in a network namespace of its own, so kasd sees one source address and port per agent; one real agentd process for routing latency. Idle CPU, datagrams and drops over %v; kasd RSS 5 s after the start (the start's high-water mark) and, in brackets, at the idle window's end (datagrams to kasd per agent and keep-alive period: 1.00 is one PING each; more while quic-go's path MTU discovery probes on the connections' first keep-alives, see docs/scale.md); restart: kill -9 of kasd and a restart on the same data dir.\n\n", r.Sizes.ScaleIdle)
 		w("| agents | held by kasd | connect | kasd RSS before → after | RSS per agent | kasd idle CPU | datagrams to kasd per agent and period | fleetsim CPU | drops idle / start / restart | p50 (1 agent) | p99 (1 agent) | restart settled | held after | attempts per agent | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range s {
 			if p.Err != "" {
@@ -467,7 +467,7 @@ func details(r *Results) string {
 				continue
 			}
 			w("| %d | %d | %.1f s | %.0f → %.0f MiB | %.1f (%.1f) KiB | %.2f%% core | %.2f | %.1f%% | %d / %d / %d | %.0f (%.0f) µs | %.0f (%.0f) µs | %.1f s | %s | %.2f | %s |\n", p.Agents, p.Connected, p.ConnectS,
-				p.KasdRSSBeforeMiB, p.KasdRSSMiB, p.KasdRSSKiBPerAgent, p.KasdRSSEarlyKiBPerAgent, p.KasdCPUPct, p.IdleDatagramsPerAgentPeriod, p.FleetCPUPct, p.UDPDrops, p.ConnectDrops, p.RestartDrops,
+				p.KasdRSSBeforeMiB, p.KasdRSSMiB, p.KasdRSSKiBPerAgent, p.KasdRSSEndKiBPerAgent, p.KasdCPUPct, p.IdleDatagramsPerAgentPeriod, p.FleetCPUPct, p.UDPDrops, p.ConnectDrops, p.RestartDrops,
 				p.RouteP50us, p.RouteP50OneAgent, p.RouteP99us, p.RouteP99OneAgent, p.RestartSettleS, settled(p), p.AttemptsPerAgent, p.LoadAvg)
 		}
 		w("\n![%s](%s)\n", scalePlot, scalePlot)

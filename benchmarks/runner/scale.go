@@ -35,16 +35,17 @@ type ScaleStep struct {
 	// the fleet took to reach that (its agents start at ScaleStartRate per second).
 	Connected int     `json:"connected"`
 	ConnectS  float64 `json:"connect_s"`
-	// Kasd's RSS (/proc/<pid>/status VmRSS) with only the routing agent, and with the fleet idle:
-	// at the end of the idle window (KasdRSSMiB, KasdRSSKiBPerAgent), and 5 s after the start
-	// (KasdRSSEarlyKiBPerAgent: the start's high-water mark, before kasd's --gogc=auto has
-	// lowered GOGC and returned memory; until 2026-12-02 the only figure).
-	KasdRSSBeforeMiB        float64 `json:"kasd_rss_before_mib"`
-	KasdRSSMiB              float64 `json:"kasd_rss_mib"`
-	KasdRSSKiBPerAgent      float64 `json:"kasd_rss_kib_per_agent"` // (after − before) / connected
-	KasdRSSEarlyKiBPerAgent float64 `json:"kasd_rss_early_kib_per_agent"`
-	KasdCPUPct              float64 `json:"kasd_cpu_pct"` // idle fleet, % of one core over ScaleIdle
-	KasdCPUusPerAgentPS     float64 `json:"kasd_cpu_us_per_agent_per_s"`
+	// Kasd's RSS (/proc/<pid>/status VmRSS) with only the routing agent, and with the fleet idle
+	// (5 s after the start: the start's high-water mark, comparable with every earlier run);
+	// KasdRSSEndKiBPerAgent again at the end of the idle window (since 2026-12-02: with
+	// --gogc=auto it can fall just after kasd returned memory, before the stacks of the
+	// connections' loops grew again at their next keep-alive, so it is not a steady state).
+	KasdRSSBeforeMiB      float64 `json:"kasd_rss_before_mib"`
+	KasdRSSMiB            float64 `json:"kasd_rss_mib"`
+	KasdRSSKiBPerAgent    float64 `json:"kasd_rss_kib_per_agent"` // (after − before) / connected
+	KasdRSSEndKiBPerAgent float64 `json:"kasd_rss_end_kib_per_agent"`
+	KasdCPUPct            float64 `json:"kasd_cpu_pct"` // idle fleet, % of one core over ScaleIdle
+	KasdCPUusPerAgentPS   float64 `json:"kasd_cpu_us_per_agent_per_s"`
 	// The fleet's simulator processes (as many as keep each under its open-files limit, see
 	// scaleOpts), summed over them: CPU over the same window, RSS at its end.
 	FleetCPUPct float64 `json:"fleetsim_cpu_pct"`
@@ -152,8 +153,8 @@ func (e *env) runScaleOpts(ctx context.Context, o scaleOpts) (ScaleSteps, error)
 			e.logf("scale %d agents: %v", n, err)
 			p.Err = err.Error()
 		} else {
-			e.logf("scale %d agents (%d fleetsim processes, connected %v): held %d, RSS %.1f KiB/agent (%.1f early), idle CPU %.2f%% core (%.2f datagrams/agent/period), drops %d, p50 %.0f (1 agent %.0f) µs, restart settled %.1f s (%d held), %.2f attempts/agent (load %s)",
-				n, p.FleetProcs, p.FleetConnected, p.Connected, p.KasdRSSKiBPerAgent, p.KasdRSSEarlyKiBPerAgent, p.KasdCPUPct, p.IdleDatagramsPerAgentPeriod, p.UDPDrops, p.RouteP50us, p.RouteP50OneAgent,
+			e.logf("scale %d agents (%d fleetsim processes, connected %v): held %d, RSS %.1f KiB/agent (%.1f at the idle window's end), idle CPU %.2f%% core (%.2f datagrams/agent/period), drops %d, p50 %.0f (1 agent %.0f) µs, restart settled %.1f s (%d held), %.2f attempts/agent (load %s)",
+				n, p.FleetProcs, p.FleetConnected, p.Connected, p.KasdRSSKiBPerAgent, p.KasdRSSEndKiBPerAgent, p.KasdCPUPct, p.IdleDatagramsPerAgentPeriod, p.UDPDrops, p.RouteP50us, p.RouteP50OneAgent,
 				p.RestartSettleS, p.RestartConnected, p.AttemptsPerAgent, p.LoadAvg)
 		}
 		steps = append(steps, p)
@@ -340,11 +341,12 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int) (p
 	if v, err := metricValue(k, "kasd_agent_connections"); err == nil {
 		p.Connected = int(v) - 1 // agents still joining when the wait for them ended
 	}
-	early, err := rssBytes(k.pid())
+	after, err := rssBytes(k.pid())
 	if err != nil {
 		return p, err
 	}
-	p.KasdRSSEarlyKiBPerAgent = float64(early-before) / 1024 / float64(max(1, p.Connected))
+	p.KasdRSSBeforeMiB, p.KasdRSSMiB = float64(before)/(1<<20), float64(after)/(1<<20)
+	p.KasdRSSKiBPerAgent = float64(after-before) / 1024 / float64(max(1, p.Connected))
 	c0, _ := cpuTime(k.pid())
 	f0 := cpuOf(fleet.procs...)
 	d0, _ := metricSum(k, "kasd_udp_receive_drops_total", nil)
@@ -366,12 +368,9 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int) (p
 	p.FleetCPUPct = (f1 - f0).Seconds() / e.sizes.ScaleIdle.Seconds() * 100
 	p.FleetRSSMiB = float64(fleet.rss()) / (1 << 20)
 	p.UDPDrops = int64(d1 - d0)
-	after, err := rssBytes(k.pid())
-	if err != nil {
-		return p, err
+	if end, err := rssBytes(k.pid()); err == nil {
+		p.KasdRSSEndKiBPerAgent = float64(end-before) / 1024 / float64(max(1, p.Connected))
 	}
-	p.KasdRSSBeforeMiB, p.KasdRSSMiB = float64(before)/(1<<20), float64(after)/(1<<20)
-	p.KasdRSSKiBPerAgent = float64(after-before) / 1024 / float64(max(1, p.Connected))
 	if p.FleetConnected, p.FleetStatusAgeS, err = fleet.connected(ctx); err != nil {
 		return p, err
 	}

@@ -27,8 +27,10 @@
 //   - Down slowly: only after the need has stayed below 80 % of the current GOGC for Hold
 //     (20 s) in a row, and then to the highest need seen during that time: no flapping.
 //
-// Lowering GOGC lowers the heap goal; the runtime's background scavenger then returns the
-// memory above it to the operating system.
+// Lowering GOGC lowers the heap goal, but the runtime's scavenger keeps what the last
+// collection had in use plus 10 %, so the high-water mark of a reconnect storm (at GOGC=100)
+// would stay. After a step down the controller therefore calls debug.FreeOSMemory (a
+// collection, then every free page back to the operating system), at most once per 5 minutes.
 //
 // Settings: "auto" (kasd's default), "runtime" (leave GOGC to Go: 100, or the GOGC
 // environment variable), or a number (a fixed GOGC; "off" is not offered: kasd must
@@ -38,6 +40,7 @@
 // GOGC it found. GOGC belongs to the process, so only one Controller adjusts it at a time: a
 // second one (two daemons in one test process) leaves it alone and says so.
 //
-// Metrics: <namespace>_gogc_changes_total{direction="up"|"down"}; the current value is the Go
-// collector's go_gc_gogc_percent.
+// Metrics: <namespace>_gogc_changes_total{direction="up"|"down"},
+// <namespace>_gc_memory_releases_total; the current value is the Go collector's
+// go_gc_gogc_percent.
 package gcpercent

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
@@ -99,7 +98,7 @@ type Config struct {
 	read    func() Sample
 	set     func(int) int
 	env     func(string) (string, bool)
-	release func() // two collections, then free memory back to the OS
+	release func() // a collection, then free memory back to the OS
 }
 
 // Controller applies a Setting; with "auto" its Run follows the allocation rate.
@@ -137,10 +136,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.env = os.LookupEnv
 	}
 	if cfg.release == nil {
-		cfg.release = func() {
-			runtime.GC()
-			debug.FreeOSMemory() // a second collection, then the scavenger
-		}
+		cfg.release = debug.FreeOSMemory // a collection, then every free page back to the OS
 	}
 	if cfg.Min <= 0 {
 		cfg.Min = DefaultMin
@@ -168,7 +164,7 @@ func New(cfg Config) (*Controller, error) {
 	}, []string{"direction"})
 	c.releases = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: cfg.Namespace + "_gc_memory_releases_total",
-		Help: "Times --gogc=auto, having lowered GOGC, ran two collections and returned free heap memory to the operating system (at most once per 5 minutes).",
+		Help: "Times --gogc=auto, having lowered GOGC, ran a collection and returned free heap memory to the operating system (at most once per 5 minutes).",
 	})
 	if cfg.Registerer != nil {
 		for _, m := range []prometheus.Collector{c.changes, c.releases} {
@@ -252,8 +248,7 @@ func (c *Controller) observe(s Sample, dt time.Duration, now time.Time) {
 	c.cfg.set(next)
 	if dir == "down" && (c.released.IsZero() || now.Sub(c.released) >= releaseEvery) {
 		// The heap's high-water mark (a reconnect storm's, at GOGC=100) is not given back by the
-		// runtime's scavenger, which keeps what the last collection had in use plus 10 %, nor
-		// are the stacks it grew until two collections have halved them.
+		// runtime's scavenger, which keeps what the last collection had in use plus 10 %.
 		c.released = now
 		c.releases.Inc()
 		c.cfg.release()
