@@ -2,8 +2,6 @@ package agentd
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"testing"
 	"time"
 
@@ -11,7 +9,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qkas/qkas/api"
-	"github.com/qkas/qkas/quic"
 )
 
 // TestControlMessagesFollowTheWelcome: the agent offers api.FeatureControlOnStreams in its
@@ -24,14 +21,7 @@ func TestControlMessagesFollowTheWelcome(t *testing.T) {
 		features uint64
 	}{{"kasd agrees", api.FeatureControlOnStreams}, {"older kasd", 0}} {
 		t.Run(tc.name, func(t *testing.T) {
-			cert, leaf := selfSigned(t, "kasd.test")
-			roots := x509.NewCertPool()
-			roots.AddCert(leaf)
-			ln, err := quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
+			ln, clientTLS := fakeKasdListener(t)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			type seen struct {
@@ -86,7 +76,7 @@ func TestControlMessagesFollowTheWelcome(t *testing.T) {
 			}()
 			nop := zerolog.Nop()
 			a, err := New(Config{KasAddresses: []string{ln.Addr().String()}, Token: "t", Connections: 1,
-				TLS:      &tls.Config{RootCAs: roots, ServerName: "kasd.test"},
+				TLS:      clientTLS,
 				Handlers: map[string]ServiceHandler{"none": noService{}}, Log: &nop, Registerer: prometheus.NewRegistry()})
 			if err != nil {
 				t.Fatal(err)

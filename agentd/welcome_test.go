@@ -20,14 +20,7 @@ import (
 // its first connection: the agent waits welcomeWait, not the handshake timeout, and dials once.
 func TestAgentWaitsForASlowWelcome(t *testing.T) {
 	const handshake = 300 * time.Millisecond
-	cert, leaf := selfSigned(t, "kasd.test")
-	roots := x509.NewCertPool()
-	roots.AddCert(leaf)
-	ln, err := quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln, clientTLS := fakeKasdListener(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dials := make(chan struct{}, 16)
@@ -54,7 +47,7 @@ func TestAgentWaitsForASlowWelcome(t *testing.T) {
 	}()
 	nop := zerolog.Nop()
 	a, err := New(Config{KasAddresses: []string{ln.Addr().String()}, Token: "t", Connections: 1,
-		TLS: &tls.Config{RootCAs: roots, ServerName: "kasd.test"}, QUIC: quic.Config{HandshakeTimeout: handshake},
+		TLS: clientTLS, QUIC: quic.Config{HandshakeTimeout: handshake},
 		Handlers: map[string]ServiceHandler{"none": noService{}}, Log: &nop, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +68,21 @@ func TestAgentWaitsForASlowWelcome(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Error(err)
 	}
+}
+
+// fakeKasdListener is a QUIC listener with the agent ALPN for a hand-written kasd, closed when
+// the test ends, and the TLS configuration an agent needs to trust it.
+func fakeKasdListener(t *testing.T) (*quic.Listener, *tls.Config) {
+	t.Helper()
+	cert, leaf := selfSigned(t, "kasd.test")
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	ln, err := quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln, &tls.Config{RootCAs: roots, ServerName: "kasd.test"}
 }
 
 // noService answers nothing; the agent needs a service to start.

@@ -82,6 +82,13 @@ func (e *env) agentHandshake(hello *api.Hello) (*quicgo.Conn, *quic.Dialer) {
 // agentHandshakeTo dials addr as an agent and completes the hello with a kasd that trusts caFile.
 func agentHandshakeTo(t *testing.T, caFile, addr string, hello *api.Hello) (*quicgo.Conn, *quic.Dialer) {
 	t.Helper()
+	qc, _, _, d := agentHandshakeFull(t, caFile, addr, hello)
+	return qc, d
+}
+
+// agentHandshakeFull is agentHandshakeTo that also returns the control stream and kasd's Welcome.
+func agentHandshakeFull(t *testing.T, caFile, addr string, hello *api.Hello) (*quicgo.Conn, *quicgo.Stream, *api.Welcome, *quic.Dialer) {
+	t.Helper()
 	tlsConf, err := quic.ClientTLSConfig(caFile, "localhost", api.ALPNAgent)
 	if err != nil {
 		t.Fatal(err)
@@ -104,10 +111,12 @@ func agentHandshakeTo(t *testing.T, caFile, addr string, hello *api.Hello) (*qui
 		t.Fatal(err)
 	}
 	_ = control.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := api.ReadExpect(control, api.TypeWelcome); err != nil {
+	m, err := api.ReadExpect(control, api.TypeWelcome)
+	if err != nil {
 		t.Fatalf("agent handshake: %v", err)
 	}
-	return qc, d
+	_ = control.SetReadDeadline(time.Time{})
+	return qc, control, m.(*api.Welcome), d
 }
 
 func (fa *fakeAgent) seen() []string {

@@ -13,43 +13,15 @@ import (
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/qkas/qkas/api"
-	"github.com/qkas/qkas/quic"
 )
 
 // rawAgent dials kasd as an agent with hello and returns the connection, its control stream
-// and kasd's Welcome.
+// and kasd's Welcome; the connection is closed when the test ends.
 func (e *env) rawAgent(hello *api.Hello) (*quicgo.Conn, *quicgo.Stream, *api.Welcome) {
-	t := e.t
-	t.Helper()
-	tlsConf, err := quic.ClientTLSConfig(e.caFile, "localhost", api.ALPNAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := quic.NewDialer(tlsConf, quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	qc, err := d.Dial(ctx, e.agentUDP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qc.CloseWithError(0, ""); d.Close() })
-	control, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := api.WriteFrame(control, hello); err != nil {
-		t.Fatal(err)
-	}
-	_ = control.SetReadDeadline(time.Now().Add(10 * time.Second))
-	m, err := api.ReadExpect(control, api.TypeWelcome)
-	if err != nil {
-		t.Fatalf("agent handshake: %v", err)
-	}
-	_ = control.SetReadDeadline(time.Time{})
-	return qc, control, m.(*api.Welcome)
+	e.t.Helper()
+	qc, control, w, d := agentHandshakeFull(e.t, e.caFile, e.agentUDP, hello)
+	e.t.Cleanup(func() { qc.CloseWithError(0, ""); d.Close() })
+	return qc, control, w
 }
 
 // controlReaders counts kasd's goroutines reading an agent's control stream.

@@ -7,12 +7,13 @@ import (
 	"os"
 	"runtime/debug"
 	"runtime/metrics"
-	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/qkas/qkas/internal/autoflag"
 )
 
 // Defaults of the "auto" setting.
@@ -29,48 +30,19 @@ const (
 // Usage is the --gogc flag's help text.
 const Usage = `GOGC: "auto" keeps the heap close to the live heap while the process allocates little (an idle kasd holding many agents) and returns to Go's default 100 under load, spending at most 2 % of a core on the collector for it; "runtime" leaves it to Go; a number fixes it; a GOGC environment variable wins`
 
-// Setting is a parsed --gogc value.
-type Setting struct {
-	auto  bool
-	fixed int // > 0: exactly this; 0 with !auto: the runtime's
-}
+// Setting is a parsed --gogc value: "auto", "runtime" or a positive number.
+type Setting = autoflag.Setting
 
-// Auto is kasd's default setting.
-var Auto = Setting{auto: true}
+// Auto is the default setting.
+var Auto = autoflag.Auto
 
 // Parse reads "auto", "runtime" or a positive number.
 func Parse(s string) (Setting, error) {
-	switch s {
-	case "auto", "":
-		return Auto, nil
-	case "runtime":
-		return Setting{}, nil
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		return Setting{}, fmt.Errorf(`--gogc: want "auto", "runtime" or a positive number, not %q`, s)
-	}
-	return Setting{fixed: n}, nil
-}
-
-// Set implements flag.Value.
-func (s *Setting) Set(v string) error {
-	parsed, err := Parse(v)
+	v, err := autoflag.Parse(s)
 	if err != nil {
-		return err
+		return v, fmt.Errorf("--gogc: %w", err)
 	}
-	*s = parsed
-	return nil
-}
-
-func (s Setting) String() string {
-	switch {
-	case s.auto:
-		return "auto"
-	case s.fixed > 0:
-		return strconv.Itoa(s.fixed)
-	}
-	return "runtime"
+	return v, nil
 }
 
 // Sample is what the policy reads from the runtime at one instant.
@@ -178,10 +150,10 @@ func New(cfg Config) (*Controller, error) {
 		return c, nil
 	}
 	switch {
-	case cfg.Setting.fixed > 0:
-		cfg.set(cfg.Setting.fixed)
-		c.log.Info().Int("gogc", cfg.Setting.fixed).Msg("GOGC fixed by --gogc")
-	case cfg.Setting.auto:
+	case cfg.Setting.Fixed > 0:
+		cfg.set(cfg.Setting.Fixed)
+		c.log.Info().Int("gogc", cfg.Setting.Fixed).Msg("GOGC fixed by --gogc")
+	case cfg.Setting.Auto:
 		c.adjust = true
 	}
 	return c, nil

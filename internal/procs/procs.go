@@ -6,12 +6,13 @@ import (
 	"math"
 	"os"
 	"runtime"
-	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/qkas/qkas/internal/autoflag"
 )
 
 // Defaults of the "auto" setting.
@@ -25,48 +26,19 @@ const (
 // Usage is the --gomaxprocs flag's help text.
 const Usage = `GOMAXPROCS: "auto" follows the CPU use (one P at low load, where thread wake-ups cost more than they give; up to the runtime's default as the load grows), "runtime" leaves it to Go (CPUs or the container's CPU limit), or a number; a GOMAXPROCS environment variable wins`
 
-// Setting is a parsed --gomaxprocs value.
-type Setting struct {
-	auto  bool
-	fixed int // > 0: exactly this; 0 with !auto: the runtime's default
-}
+// Setting is a parsed --gomaxprocs value: "auto", "runtime" or a positive number.
+type Setting = autoflag.Setting
 
 // Auto is the default setting.
-var Auto = Setting{auto: true}
+var Auto = autoflag.Auto
 
 // Parse reads "auto", "runtime" or a positive number.
 func Parse(s string) (Setting, error) {
-	switch s {
-	case "auto", "":
-		return Auto, nil
-	case "runtime":
-		return Setting{}, nil
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		return Setting{}, fmt.Errorf(`--gomaxprocs: want "auto", "runtime" or a positive number, not %q`, s)
-	}
-	return Setting{fixed: n}, nil
-}
-
-// Set implements flag.Value.
-func (s *Setting) Set(v string) error {
-	parsed, err := Parse(v)
+	v, err := autoflag.Parse(s)
 	if err != nil {
-		return err
+		return v, fmt.Errorf("--gomaxprocs: %w", err)
 	}
-	*s = parsed
-	return nil
-}
-
-func (s Setting) String() string {
-	switch {
-	case s.auto:
-		return "auto"
-	case s.fixed > 0:
-		return strconv.Itoa(s.fixed)
-	}
-	return "runtime"
+	return v, nil
 }
 
 // Config configures a Controller. Zero fields take the defaults above.
@@ -148,10 +120,10 @@ func New(cfg Config) (*Controller, error) {
 		return c, nil
 	}
 	switch {
-	case cfg.Setting.fixed > 0:
-		cfg.set(cfg.Setting.fixed)
-		c.log.Info().Int("gomaxprocs", cfg.Setting.fixed).Msg("GOMAXPROCS fixed by --gomaxprocs")
-	case !cfg.Setting.auto:
+	case cfg.Setting.Fixed > 0:
+		cfg.set(cfg.Setting.Fixed)
+		c.log.Info().Int("gomaxprocs", cfg.Setting.Fixed).Msg("GOMAXPROCS fixed by --gomaxprocs")
+	case !cfg.Setting.Auto:
 	case c.cfg.Max <= 1:
 		// Nothing to choose: one CPU.
 	case !sampled(cfg.cpuTime):

@@ -21,8 +21,8 @@ func TestParse(t *testing.T) {
 		{"auto", Auto, false},
 		{"", Auto, false},
 		{"runtime", Setting{}, false},
-		{"1", Setting{fixed: 1}, false},
-		{"16", Setting{fixed: 16}, false},
+		{"1", Setting{Fixed: 1}, false},
+		{"16", Setting{Fixed: 16}, false},
 		{"0", Setting{}, true},
 		{"-2", Setting{}, true},
 		{"two", Setting{}, true},
@@ -189,7 +189,7 @@ func TestAutoDoesNotFlap(t *testing.T) {
 
 func TestFixedAndRuntimeSettings(t *testing.T) {
 	f := newFakeRuntime(8)
-	newTestController(t, f, Setting{fixed: 3}, nil)
+	newTestController(t, f, Setting{Fixed: 3}, nil)
 	if got := f.current(); got != 3 {
 		t.Fatalf("--gomaxprocs=3 set %d", got)
 	}
