@@ -67,6 +67,10 @@ func checkParsed(t *testing.T, m Message, n int, in []byte) {
 		optionalAbsent = v.FleetID == "" // absent in hellos from before fleet ids
 	case *GoAway:
 		optionalAbsent = v.Prefer == "" // absent in go_aways from before rebalancing
+	case *Hello:
+		optionalAbsent = v.Features == 0 // absent in hellos from before feature bits
+	case *Welcome:
+		optionalAbsent = v.Features == 0 // absent in welcomes from before feature bits
 	}
 	if optionalAbsent {
 		limit++
