@@ -616,19 +616,10 @@ runLoop:
 		// 1st: handle undecryptable packets, if any.
 		// This can only occur before completion of the handshake.
 		if len(c.undecryptablePacketsToProcess) > 0 {
-			var processedUndecryptablePacket bool
-			queue := c.undecryptablePacketsToProcess
-			c.undecryptablePacketsToProcess = nil
-			for _, p := range queue {
-				// undecryptable packets are only queued during the handshake, i.e. on the active path
-				processed, err := c.handleOnePacket(p.receivedPacket, p.checksum, activePathID)
-				if err != nil {
-					c.setCloseError(&closeError{err: err})
-					break runLoop
-				}
-				if processed {
-					processedUndecryptablePacket = true
-				}
+			processedUndecryptablePacket, err := c.handleUndecryptablePackets()
+			if err != nil {
+				c.setCloseError(&closeError{err: err})
+				break runLoop
 			}
 			if processedUndecryptablePacket {
 				// if we processed any undecryptable packets, jump to the resetting of the timers directly
@@ -1067,6 +1058,33 @@ func (c *Conn) handleOnePacket(
 	datagramPayloadChecksum qlog.DatagramPayloadChecksum, // only for logging
 	path pathID, // only for logging
 ) (wasProcessed bool, _ error) {
+	// qkas patch: a datagram that starts with a short header packet holds nothing else (a
+	// short header packet extends to the datagram's end). It is handled here, without the
+	// loop over coalesced long header packets below, whose locals made this function's stack
+	// frame 752 bytes on the run loop's hot path (see handleShortHeaderPacket). What is done is
+	// what the loop does for it.
+	if len(rp.data) > 0 && !wire.IsLongHeaderPacket(rp.data[0]) {
+		c.sentPacketHandler.ReceivedBytes(rp.Size(), rp.rcvTime)
+		processed, err := c.handleShortHeaderPacket(rp, false, datagramPayloadChecksum, path)
+		if err != nil {
+			return false, err
+		}
+		rp.buffer.MaybeRelease()
+		c.blocked = blockModeNone
+		return processed, nil
+	}
+	return c.handleCoalescedPacket(rp, datagramPayloadChecksum, path)
+}
+
+// handleCoalescedPacket handles a datagram that starts with a long header packet (or is
+// empty). qkas patch: split out of handleOnePacket (see there).
+//
+//go:noinline
+func (c *Conn) handleCoalescedPacket(
+	rp receivedPacket,
+	datagramPayloadChecksum qlog.DatagramPayloadChecksum, // only for logging
+	path pathID, // only for logging
+) (wasProcessed bool, _ error) {
 	c.sentPacketHandler.ReceivedBytes(rp.Size(), rp.rcvTime)
 
 	if wire.IsVersionNegotiationPacket(rp.data) {
@@ -1184,6 +1202,11 @@ func (c *Conn) handleOnePacket(
 	return wasProcessed, nil
 }
 
+// qkas patch: handleShortHeaderPacket is the run loop's hot path for every 1-RTT packet. Its
+// rare branches (qlog events, debug logging, a packet from a new path) live in functions of
+// their own (go:noinline), so that their locals do not enlarge this function's stack frame: with
+// them inlined the frame was 1,168 bytes, and an idle connection's run loop outgrew a 4 KiB
+// stack at every keep-alive after a collection had shrunk it (docs: third_party/README.md).
 func (c *Conn) handleShortHeaderPacket(
 	p receivedPacket,
 	isCoalesced bool,
@@ -1202,15 +1225,7 @@ func (c *Conn) handleShortHeaderPacket(
 	destConnID, err := wire.ParseConnectionID(p.data, c.srcConnIDLen)
 	if err != nil {
 		if c.qlogger != nil {
-			c.qlogger.RecordEvent(qlog.PacketDropped{
-				Header: qlog.PacketHeader{
-					PacketType:   qlog.PacketType1RTT,
-					PacketNumber: protocol.InvalidPacketNumber,
-				},
-				Raw:                     qlog.RawInfo{Length: len(p.data), PayloadLength: qlog.OmitLength},
-				DatagramPayloadChecksum: datagramPayloadChecksum,
-				Trigger:                 qlog.PacketDropHeaderParseError,
-			})
+			c.qlogDropped1RTT(protocol.InvalidPacketNumber, len(p.data), datagramPayloadChecksum, qlog.PacketDropHeaderParseError)
 		}
 		return false, nil
 	}
@@ -1233,22 +1248,13 @@ func (c *Conn) handleShortHeaderPacket(
 	c.largestRcvdAppData = max(c.largestRcvdAppData, pn)
 
 	if c.logger.Debug() {
-		c.logger.Debugf("<- Reading packet %d (%d bytes) for connection %s, 1-RTT", pn, p.Size(), destConnID)
-		wire.LogShortHeader(c.logger, destConnID, pn, pnLen, keyPhase)
+		c.logShortHeaderReceived(destConnID, pn, pnLen, keyPhase, p.Size())
 	}
 
 	if c.receivedPacketHandler.IsPotentiallyDuplicate(pn, protocol.PacketNumberSpaceAppData) {
 		c.logger.Debugf("Dropping (potentially) duplicate packet.")
 		if c.qlogger != nil {
-			c.qlogger.RecordEvent(qlog.PacketDropped{
-				Header: qlog.PacketHeader{
-					PacketType:   qlog.PacketType1RTT,
-					PacketNumber: pn,
-				},
-				Raw:                     qlog.RawInfo{Length: int(p.Size()), PayloadLength: qlog.OmitLength},
-				DatagramPayloadChecksum: datagramPayloadChecksum,
-				Trigger:                 qlog.PacketDropDuplicate,
-			})
+			c.qlogDropped1RTT(pn, int(p.Size()), datagramPayloadChecksum, qlog.PacketDropDuplicate)
 		}
 		return false, nil
 	}
@@ -1257,45 +1263,12 @@ func (c *Conn) handleShortHeaderPacket(
 	// The path is created before handling the frames, so that the packet can be logged with the path's tuple.
 	checkPath := c.perspective == protocol.PerspectiveServer && !addrsEqual(p.remoteAddr, c.RemoteAddr())
 	if checkPath {
-		if c.pathManager == nil {
-			c.pathManager = newPathManager(
-				c.connIDManager.GetConnIDForPath,
-				c.connIDManager.RetireConnIDForPath,
-				c.logger,
-			)
-		}
-		if id, isNew, ok := c.pathManager.GetOrCreatePath(p.remoteAddr, p.rcvTime); ok {
-			path = id
-			if isNew && c.qlogger != nil {
-				c.qlogger.RecordEvent(tupleAssignedEvent(strconv.FormatInt(int64(id), 10), c.conn.LocalAddr(), p.remoteAddr))
-			}
-		}
+		path = c.pathForPacket(p, path)
 	}
 
 	var log func([]qlog.Frame)
 	if c.qlogger != nil {
-		var tuple string
-		if path != activePathID {
-			tuple = strconv.FormatInt(int64(path), 10)
-		}
-		log = func(frames []qlog.Frame) {
-			c.qlogger.RecordEvent(qlog.PacketReceived{
-				Header: qlog.PacketHeader{
-					PacketType:       qlog.PacketType1RTT,
-					DestConnectionID: destConnID,
-					PacketNumber:     pn,
-					KeyPhaseBit:      keyPhase,
-				},
-				Raw: qlog.RawInfo{
-					Length:        int(p.Size()),
-					PayloadLength: int(p.Size() - wire.ShortHeaderLen(destConnID, pnLen)),
-				},
-				DatagramPayloadChecksum: datagramPayloadChecksum,
-				Frames:                  frames,
-				ECN:                     toQlogECN(p.ecn),
-				Tuple:                   tuple,
-			})
-		}
+		log = c.qlog1RTTReceived(p, destConnID, pn, pnLen, keyPhase, datagramPayloadChecksum, path)
 	}
 	isNonProbing, pathChallenge, err := c.handleUnpackedShortHeaderPacket(destConnID, pn, data, p.ecn, p.rcvTime, log)
 	if err != nil {
@@ -1310,6 +1283,103 @@ func (c *Conn) handleShortHeaderPacket(
 	if !checkPath {
 		return true, nil
 	}
+	return c.handlePacketOnPath(p, pn, path, pathChallenge, isNonProbing, datagramPayloadChecksum)
+}
+
+// qkas patch: split out of handleShortHeaderPacket (see there).
+//
+//go:noinline
+func (c *Conn) qlogDropped1RTT(pn protocol.PacketNumber, length int, datagramPayloadChecksum qlog.DatagramPayloadChecksum, trigger qlog.PacketDropReason) {
+	c.qlogger.RecordEvent(qlog.PacketDropped{
+		Header: qlog.PacketHeader{
+			PacketType:   qlog.PacketType1RTT,
+			PacketNumber: pn,
+		},
+		Raw:                     qlog.RawInfo{Length: length, PayloadLength: qlog.OmitLength},
+		DatagramPayloadChecksum: datagramPayloadChecksum,
+		Trigger:                 trigger,
+	})
+}
+
+// qkas patch: split out of handleShortHeaderPacket (see there).
+//
+//go:noinline
+func (c *Conn) logShortHeaderReceived(destConnID protocol.ConnectionID, pn protocol.PacketNumber, pnLen protocol.PacketNumberLen, keyPhase protocol.KeyPhaseBit, size protocol.ByteCount) {
+	c.logger.Debugf("<- Reading packet %d (%d bytes) for connection %s, 1-RTT", pn, size, destConnID)
+	wire.LogShortHeader(c.logger, destConnID, pn, pnLen, keyPhase)
+}
+
+// qkas patch: split out of handleShortHeaderPacket (see there).
+//
+//go:noinline
+func (c *Conn) qlog1RTTReceived(
+	p receivedPacket,
+	destConnID protocol.ConnectionID,
+	pn protocol.PacketNumber,
+	pnLen protocol.PacketNumberLen,
+	keyPhase protocol.KeyPhaseBit,
+	datagramPayloadChecksum qlog.DatagramPayloadChecksum,
+	path pathID,
+) func([]qlog.Frame) {
+	var tuple string
+	if path != activePathID {
+		tuple = strconv.FormatInt(int64(path), 10)
+	}
+	size, ecn := p.Size(), p.ecn
+	return func(frames []qlog.Frame) {
+		c.qlogger.RecordEvent(qlog.PacketReceived{
+			Header: qlog.PacketHeader{
+				PacketType:       qlog.PacketType1RTT,
+				DestConnectionID: destConnID,
+				PacketNumber:     pn,
+				KeyPhaseBit:      keyPhase,
+			},
+			Raw: qlog.RawInfo{
+				Length:        int(size),
+				PayloadLength: int(size - wire.ShortHeaderLen(destConnID, pnLen)),
+			},
+			DatagramPayloadChecksum: datagramPayloadChecksum,
+			Frames:                  frames,
+			ECN:                     toQlogECN(ecn),
+			Tuple:                   tuple,
+		})
+	}
+}
+
+// pathForPacket returns the path of a packet a server received from an address other than the
+// active path's, creating the path. qkas patch: split out of handleShortHeaderPacket (see there).
+//
+//go:noinline
+func (c *Conn) pathForPacket(p receivedPacket, path pathID) pathID {
+	if c.pathManager == nil {
+		c.pathManager = newPathManager(
+			c.connIDManager.GetConnIDForPath,
+			c.connIDManager.RetireConnIDForPath,
+			c.logger,
+		)
+	}
+	if id, isNew, ok := c.pathManager.GetOrCreatePath(p.remoteAddr, p.rcvTime); ok {
+		path = id
+		if isNew && c.qlogger != nil {
+			c.qlogger.RecordEvent(tupleAssignedEvent(strconv.FormatInt(int64(id), 10), c.conn.LocalAddr(), p.remoteAddr))
+		}
+	}
+	return path
+}
+
+// handlePacketOnPath probes or switches to the path of a packet a server received from an
+// address other than the active path's. qkas patch: split out of handleShortHeaderPacket (see
+// there).
+//
+//go:noinline
+func (c *Conn) handlePacketOnPath(
+	p receivedPacket,
+	pn protocol.PacketNumber,
+	path pathID,
+	pathChallenge *wire.PathChallengeFrame,
+	isNonProbing bool,
+	datagramPayloadChecksum qlog.DatagramPayloadChecksum,
+) (wasProcessed bool, _ error) {
 	destConnID, frames, shouldSwitchPath := c.pathManager.HandlePacket(p.remoteAddr, p.rcvTime, pathChallenge, isNonProbing)
 	if len(frames) > 0 {
 		probe, buf, err := c.packer.PackPathProbePacket(destConnID, frames, c.version)
@@ -1318,7 +1388,7 @@ func (c *Conn) handleShortHeaderPacket(
 		}
 		c.logger.Debugf("sending path probe packet to %s", p.remoteAddr)
 		c.logShortHeaderPacketWithDatagramPayloadChecksum(probe, protocol.ECNNon, buf.Len(), false, datagramPayloadChecksum, strconv.FormatInt(int64(path), 10))
-		c.registerPackedShortHeaderPacket(probe, protocol.ECNNon, p.rcvTime)
+		c.registerPackedShortHeaderPacket(&probe, protocol.ECNNon, p.rcvTime)
 		c.sendQueue.SendProbe(buf, p.remoteAddr, p.info)
 	}
 	// We only switch paths in response to the highest-numbered non-probing packet,
@@ -2171,7 +2241,7 @@ func (c *Conn) handlePathChallengeFrame(f *wire.PathChallengeFrame, path pathID,
 		return err
 	}
 	c.logShortHeaderPacketWithDatagramPayloadChecksum(probe, protocol.ECNNon, buf.Len(), false, 0, strconv.FormatInt(int64(path), 10))
-	c.registerPackedShortHeaderPacket(probe, protocol.ECNNon, now)
+	c.registerPackedShortHeaderPacket(&probe, protocol.ECNNon, now)
 	tr.WriteTo(buf.Data, c.conn.RemoteAddr())
 	return nil
 }
@@ -2274,6 +2344,28 @@ func (c *Conn) handleDatagramFrame(f *wire.DatagramFrame) error {
 	}
 	c.datagramQueue.HandleDatagramFrame(f)
 	return nil
+}
+
+// handleUndecryptablePackets handles the packets queued during the handshake for keys that
+// have become available since. qkas patch: split out of run (upstream's loop inlined there),
+// whose stack frame is at the bottom of every path of the run loop (see
+// handleShortHeaderPacket); the order and the error handling are upstream's.
+//
+//go:noinline
+func (c *Conn) handleUndecryptablePackets() (processedAny bool, _ error) {
+	queue := c.undecryptablePacketsToProcess
+	c.undecryptablePacketsToProcess = nil
+	for _, p := range queue {
+		// undecryptable packets are only queued during the handshake, i.e. on the active path
+		processed, err := c.handleOnePacket(p.receivedPacket, p.checksum, activePathID)
+		if err != nil {
+			return processedAny, err
+		}
+		if processed {
+			processedAny = true
+		}
+	}
+	return processedAny, nil
 }
 
 func (c *Conn) setCloseError(e *closeError) {
@@ -2599,23 +2691,15 @@ func (c *Conn) triggerSending(now monotime.Time) error {
 	}
 }
 
+// qkas patch: sendPackets runs for every packet an established connection sends. Path probes,
+// MTU probes and handshake packets are sent by functions of their own (go:noinline), so that
+// their locals do not enlarge this function's stack frame (584 bytes with them inlined; see
+// handleShortHeaderPacket). The order of the checks is upstream's.
 func (c *Conn) sendPackets(now monotime.Time) error {
 	if c.perspective == protocol.PerspectiveClient && c.handshakeConfirmed {
 		if pm := c.pathManagerOutgoing.Load(); pm != nil {
-			connID, frame, tr, ok := pm.NextPathToProbe()
-			if ok {
-				probe, buf, err := c.packer.PackPathProbePacket(connID, []ackhandler.Frame{frame}, c.version)
-				if err != nil {
-					return err
-				}
-				c.logger.Debugf("sending path probe packet from %s", c.LocalAddr())
-				h, _ := c.connIDGenerator.Handler((*packetHandlerMap)(tr))
-				c.logShortHeaderPacketWithDatagramPayloadChecksum(probe, protocol.ECNNon, buf.Len(), false, 0, strconv.FormatInt(int64(h.id), 10))
-				c.registerPackedShortHeaderPacket(probe, protocol.ECNNon, now)
-				tr.WriteTo(buf.Data, c.conn.RemoteAddr())
-				// There's (likely) more data to send. Loop around again.
-				c.scheduleSending()
-				return nil
+			if sent, err := c.sendPathProbePacket(pm, now); sent || err != nil {
+				return err
 			}
 		}
 	}
@@ -2625,49 +2709,87 @@ func (c *Conn) sendPackets(now monotime.Time) error {
 	// Performance-wise, this doesn't matter, since we only send a very small (<10) number of
 	// MTU probe packets per connection.
 	if c.handshakeConfirmed && c.mtuDiscoverer != nil && c.mtuDiscoverer.ShouldSendProbe(now) {
-		ping, size := c.mtuDiscoverer.GetPing(now)
-		p, buf, err := c.packer.PackMTUProbePacket(ping, size, c.version)
-		if err != nil {
-			return err
-		}
-		ecn := c.sentPacketHandler.ECNMode(true)
-		c.logShortHeaderPacket(p, ecn, buf.Len())
-		c.registerPackedShortHeaderPacket(p, ecn, now)
-		c.sendQueue.Send(buf, 0, ecn)
-		// There's (likely) more data to send. Loop around again.
-		c.scheduleSending()
-		return nil
+		return c.sendMTUProbePacket(now)
 	}
 
 	if offset := c.connFlowController.GetWindowUpdate(now); offset > 0 {
 		c.framer.QueueControlFrame(&wire.MaxDataFrame{MaximumData: offset})
 	}
 	if !c.handshakeConfirmed {
-		packet, err := c.packer.PackCoalescedPacket(false, c.maxPacketSize(), now, c.version)
-		if err != nil || packet == nil {
-			return err
-		}
-		if !c.sentFirstPacket && c.perspective == protocol.PerspectiveClient && c.qlogger != nil {
-			c.qlogger.RecordEvent(qlog.ConnectionStateUpdated{State: qlog.ConnectionStateAttempted})
-		}
-		c.sentFirstPacket = true
-		if err := c.sendPackedCoalescedPacket(packet, c.sentPacketHandler.ECNMode(packet.IsOnlyShortHeaderPacket()), now); err != nil {
-			return err
-		}
-		//nolint:exhaustive // only need to handle pacing-related events here
-		switch c.sentPacketHandler.SendMode(now) {
-		case ackhandler.SendPacingLimited:
-			c.resetPacingDeadline()
-		case ackhandler.SendAny:
-			c.pacingDeadline = deadlineSendImmediately
-		}
-		return nil
+		return c.sendHandshakePackets(now)
 	}
 
 	if c.conn.capabilities().GSO {
 		return c.sendPacketsWithGSO(now)
 	}
 	return c.sendPacketsWithoutGSO(now)
+}
+
+// sendPathProbePacket sends a client's probe of a new path, if one is due. qkas patch: split
+// out of sendPackets (see there).
+//
+//go:noinline
+func (c *Conn) sendPathProbePacket(pm *pathManagerOutgoing, now monotime.Time) (sent bool, _ error) {
+	connID, frame, tr, ok := pm.NextPathToProbe()
+	if !ok {
+		return false, nil
+	}
+	probe, buf, err := c.packer.PackPathProbePacket(connID, []ackhandler.Frame{frame}, c.version)
+	if err != nil {
+		return true, err
+	}
+	c.logger.Debugf("sending path probe packet from %s", c.LocalAddr())
+	h, _ := c.connIDGenerator.Handler((*packetHandlerMap)(tr))
+	c.logShortHeaderPacketWithDatagramPayloadChecksum(probe, protocol.ECNNon, buf.Len(), false, 0, strconv.FormatInt(int64(h.id), 10))
+	c.registerPackedShortHeaderPacket(&probe, protocol.ECNNon, now)
+	tr.WriteTo(buf.Data, c.conn.RemoteAddr())
+	// There's (likely) more data to send. Loop around again.
+	c.scheduleSending()
+	return true, nil
+}
+
+// sendMTUProbePacket sends a path MTU probe. qkas patch: split out of sendPackets (see there).
+//
+//go:noinline
+func (c *Conn) sendMTUProbePacket(now monotime.Time) error {
+	ping, size := c.mtuDiscoverer.GetPing(now)
+	p, buf, err := c.packer.PackMTUProbePacket(ping, size, c.version)
+	if err != nil {
+		return err
+	}
+	ecn := c.sentPacketHandler.ECNMode(true)
+	c.logShortHeaderPacket(&p, ecn, buf.Len())
+	c.registerPackedShortHeaderPacket(&p, ecn, now)
+	c.sendQueue.Send(buf, 0, ecn)
+	// There's (likely) more data to send. Loop around again.
+	c.scheduleSending()
+	return nil
+}
+
+// sendHandshakePackets sends before the handshake is confirmed. qkas patch: split out of
+// sendPackets (see there).
+//
+//go:noinline
+func (c *Conn) sendHandshakePackets(now monotime.Time) error {
+	packet, err := c.packer.PackCoalescedPacket(false, c.maxPacketSize(), now, c.version)
+	if err != nil || packet == nil {
+		return err
+	}
+	if !c.sentFirstPacket && c.perspective == protocol.PerspectiveClient && c.qlogger != nil {
+		c.qlogger.RecordEvent(qlog.ConnectionStateUpdated{State: qlog.ConnectionStateAttempted})
+	}
+	c.sentFirstPacket = true
+	if err := c.sendPackedCoalescedPacket(packet, c.sentPacketHandler.ECNMode(packet.IsOnlyShortHeaderPacket()), now); err != nil {
+		return err
+	}
+	//nolint:exhaustive // only need to handle pacing-related events here
+	switch c.sentPacketHandler.SendMode(now) {
+	case ackhandler.SendPacingLimited:
+		c.resetPacingDeadline()
+	case ackhandler.SendAny:
+		c.pacingDeadline = deadlineSendImmediately
+	}
+	return nil
 }
 
 func (c *Conn) sendPacketsWithoutGSO(now monotime.Time) error {
@@ -2803,8 +2925,8 @@ func (c *Conn) maybeSendAckOnlyPacket(now monotime.Time) error {
 		}
 		return err
 	}
-	c.logShortHeaderPacket(p, ecn, buf.Len())
-	c.registerPackedShortHeaderPacket(p, ecn, now)
+	c.logShortHeaderPacket(&p, ecn, buf.Len())
+	c.registerPackedShortHeaderPacket(&p, ecn, now)
 	c.sendQueue.Send(buf, 0, ecn)
 	return nil
 }
@@ -2857,12 +2979,16 @@ func (c *Conn) appendOneShortHeaderPacket(buf *packetBuffer, maxSize protocol.By
 		return 0, err
 	}
 	size := buf.Len() - startLen
-	c.logShortHeaderPacket(p, ecn, size)
-	c.registerPackedShortHeaderPacket(p, ecn, now)
+	c.logShortHeaderPacket(&p, ecn, size)
+	c.registerPackedShortHeaderPacket(&p, ecn, now)
 	return size, nil
 }
 
-func (c *Conn) registerPackedShortHeaderPacket(p shortHeaderPacket, ecn protocol.ECN, now monotime.Time) {
+// qkas patch: registerPackedShortHeaderPacket and logShortHeaderPacket take the packet by
+// pointer (upstream: by value). shortHeaderPacket holds a connection ID (an array), so it is
+// passed in memory: 128 bytes copied into the caller's frame for each call, on the path of
+// every packet sent (see handleShortHeaderPacket).
+func (c *Conn) registerPackedShortHeaderPacket(p *shortHeaderPacket, ecn protocol.ECN, now monotime.Time) {
 	if p.IsPathProbePacket {
 		c.sentPacketHandler.SentPacket(
 			now,

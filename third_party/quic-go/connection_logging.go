@@ -108,8 +108,12 @@ func (c *Conn) logLongHeaderPacket(p *longHeaderPacket, ecn protocol.ECN, datagr
 	}
 }
 
-func (c *Conn) logShortHeaderPacket(p shortHeaderPacket, ecn protocol.ECN, size protocol.ByteCount) {
-	c.logShortHeaderPacketWithDatagramPayloadChecksum(p, ecn, size, false, 0, "")
+// qkas patch: p by pointer (see registerPackedShortHeaderPacket); nothing is logged unless
+// debug logging or qlog is on.
+func (c *Conn) logShortHeaderPacket(p *shortHeaderPacket, ecn protocol.ECN, size protocol.ByteCount) {
+	if c.logger.Debug() || c.qlogger != nil {
+		c.logShortHeaderPacketWithDatagramPayloadChecksum(*p, ecn, size, false, 0, "")
+	}
 }
 
 func (c *Conn) logShortHeaderPacketWithDatagramPayloadChecksum(p shortHeaderPacket, ecn protocol.ECN, size protocol.ByteCount, isCoalesced bool, datagramPayloadChecksum qlog.DatagramPayloadChecksum, tuple string) {

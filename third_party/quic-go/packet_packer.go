@@ -504,7 +504,7 @@ func (p *packetPacker) appendPacket(
 	maxPacketSize protocol.ByteCount,
 	now monotime.Time,
 	v protocol.Version,
-) (shortHeaderPacket, error) {
+) (shp shortHeaderPacket, _ error) {
 	sealer, err := p.cryptoSetup.Get1RTTSealer()
 	if err != nil {
 		return shortHeaderPacket{}, err
@@ -512,13 +512,18 @@ func (p *packetPacker) appendPacket(
 	pn, pnLen := p.pnManager.PeekPacketNumber(protocol.PacketNumberSpaceAppData)
 	connID := p.getDestConnID()
 	hdrLen := wire.ShortHeaderLen(connID, pnLen)
-	pl := p.maybeGetShortHeaderPacket(sealer, hdrLen, maxPacketSize, onlyAck, now, v)
+	// qkas patch: maybeGetShortHeaderPacket's body here, and appendShortHeaderPacketTo, which
+	// takes the packet's parts by pointer. This function's frame is on the stack while the
+	// payload is composed and while the packet is sealed, the two deepest parts of sending a
+	// packet; with appendShortHeaderPacket's arguments and result, passed in memory (a
+	// connection ID is an array), it was 528 bytes (see Conn.handleShortHeaderPacket).
+	maxPayloadSize := maxPacketSize - hdrLen - protocol.ByteCount(sealer.Overhead())
+	pl := p.maybeGetAppDataPacket(maxPayloadSize, onlyAck, true, now, v)
 	if pl.length == 0 {
 		return shortHeaderPacket{}, errNothingToPack
 	}
-	kp := sealer.KeyPhase()
-
-	return p.appendShortHeaderPacket(buf, connID, pn, pnLen, kp, pl, 0, maxPacketSize, sealer, false, v)
+	err = p.appendShortHeaderPacketTo(&shp, buf, &connID, pn, pnLen, sealer.KeyPhase(), &pl, 0, maxPacketSize, sealer, false, v)
+	return shp, err
 }
 
 func (p *packetPacker) maybeGetCryptoPacket(
@@ -987,6 +992,26 @@ func (p *packetPacker) appendShortHeaderPacket(
 	isMTUProbePacket bool,
 	v protocol.Version,
 ) (shortHeaderPacket, error) {
+	var shp shortHeaderPacket
+	err := p.appendShortHeaderPacketTo(&shp, buffer, &connID, pn, pnLen, kp, &pl, padding, maxPacketSize, sealer, isMTUProbePacket, v)
+	return shp, err
+}
+
+// appendShortHeaderPacketTo is appendShortHeaderPacket with the connection ID, the payload
+// and the result passed by pointer. qkas patch: see appendPacket.
+func (p *packetPacker) appendShortHeaderPacketTo(
+	shp *shortHeaderPacket,
+	buffer *packetBuffer,
+	connID *protocol.ConnectionID,
+	pn protocol.PacketNumber,
+	pnLen protocol.PacketNumberLen,
+	kp protocol.KeyPhaseBit,
+	pl *payload,
+	padding, maxPacketSize protocol.ByteCount,
+	sealer sealer,
+	isMTUProbePacket bool,
+	v protocol.Version,
+) error {
 	var paddingLen protocol.ByteCount
 	if pl.length < 4-protocol.ByteCount(pnLen) {
 		paddingLen = 4 - protocol.ByteCount(pnLen) - pl.length
@@ -995,28 +1020,28 @@ func (p *packetPacker) appendShortHeaderPacket(
 
 	startLen := len(buffer.Data)
 	raw := buffer.Data[startLen:]
-	raw, err := wire.AppendShortHeader(raw, connID, pn, pnLen, kp)
+	raw, err := wire.AppendShortHeader(raw, *connID, pn, pnLen, kp)
 	if err != nil {
-		return shortHeaderPacket{}, err
+		return err
 	}
 	payloadOffset := protocol.ByteCount(len(raw))
 
-	raw, err = p.appendPacketPayload(raw, pl, paddingLen, v)
+	raw, err = p.appendPacketPayload(raw, *pl, paddingLen, v)
 	if err != nil {
-		return shortHeaderPacket{}, err
+		return err
 	}
 	if !isMTUProbePacket {
 		if size := protocol.ByteCount(len(raw) + sealer.Overhead()); size > maxPacketSize {
-			return shortHeaderPacket{}, fmt.Errorf("PacketPacker BUG: packet too large (%d bytes, allowed %d bytes)", size, maxPacketSize)
+			return errPacketTooLarge(size, maxPacketSize)
 		}
 	}
 	raw = p.encryptPacket(raw, sealer, pn, payloadOffset, protocol.ByteCount(pnLen))
 	buffer.Data = buffer.Data[:len(buffer.Data)+len(raw)]
 
 	if newPN := p.pnManager.PopPacketNumber(protocol.PacketNumberSpaceAppData); newPN != pn {
-		return shortHeaderPacket{}, fmt.Errorf("packetPacker BUG: Peeked and Popped packet numbers do not match: expected %d, got %d", pn, newPN)
+		return errPacketNumberMismatch(pn, newPN)
 	}
-	return shortHeaderPacket{
+	*shp = shortHeaderPacket{
 		PacketNumber:         pn,
 		PacketNumberLen:      pnLen,
 		KeyPhase:             kp,
@@ -1024,9 +1049,24 @@ func (p *packetPacker) appendShortHeaderPacket(
 		Frames:               pl.frames,
 		Ack:                  pl.ack,
 		Length:               protocol.ByteCount(len(raw)),
-		DestConnID:           connID,
+		DestConnID:           *connID,
 		IsPathMTUProbePacket: isMTUProbePacket,
-	}, nil
+	}
+	return nil
+}
+
+// errPacketTooLarge and errPacketNumberMismatch make appendShortHeaderPacket's errors. qkas
+// patch: upstream called fmt.Errorf there, whose variadic arguments took room in the stack frame
+// of a function on the path of every packet sent (see Conn.handleShortHeaderPacket).
+//
+//go:noinline
+func errPacketTooLarge(size, maxPacketSize protocol.ByteCount) error {
+	return fmt.Errorf("PacketPacker BUG: packet too large (%d bytes, allowed %d bytes)", size, maxPacketSize)
+}
+
+//go:noinline
+func errPacketNumberMismatch(pn, newPN protocol.PacketNumber) error {
+	return fmt.Errorf("packetPacker BUG: Peeked and Popped packet numbers do not match: expected %d, got %d", pn, newPN)
 }
 
 // appendPacketPayload serializes the payload of a packet into the raw byte slice.
