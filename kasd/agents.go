@@ -134,7 +134,8 @@ func (c *agentConn) sendGoAway(reason string) {
 type agentEntry struct {
 	conns    []*agentConn // copy-on-write; replaced under agentTable.mu, read under its read lock
 	rr       atomic.Uint64
-	inflight atomic.Int64
+	inflight atomic.Int64 // requests in flight: agentTable.startRequest counts one, its end Add(-1)
+	inBusy   atomic.Bool  // in agentTable.busy (silence.go)
 }
 
 // agentTable maps agent ids to their live connections.
@@ -146,6 +147,10 @@ type agentTable struct {
 	agents  map[string]*agentEntry
 	total   int
 	changed chan struct{} // closed and replaced on every change
+	gen     uint64        // incremented on every change (the silence sampler's list follows it)
+
+	busyMu sync.Mutex               // guards busy
+	busy   map[*agentEntry]struct{} // entries that may have requests in flight (silence.go)
 }
 
 func newAgentTable(maxTotal, maxPerAgent int) *agentTable {
@@ -154,6 +159,7 @@ func newAgentTable(maxTotal, maxPerAgent int) *agentTable {
 		maxPerAgent: maxPerAgent,
 		agents:      map[string]*agentEntry{},
 		changed:     make(chan struct{}),
+		busy:        map[*agentEntry]struct{}{},
 	}
 }
 
@@ -222,6 +228,7 @@ func (t *agentTable) removeLocked(c *agentConn) {
 }
 
 func (t *agentTable) notifyLocked(agentID string, conns []*agentConn) {
+	t.gen++
 	close(t.changed)
 	t.changed = make(chan struct{})
 	if t.onChange != nil {
@@ -283,14 +290,13 @@ func (t *agentTable) waitChange() <-chan struct{} {
 
 // all returns every connection, for shutdown.
 func (t *agentTable) all() []*agentConn {
-	return t.appendConns(nil)
-}
-
-// appendConns appends every connection to dst and returns it: the silence sampler reuses one
-// slice instead of allocating one of every connection twice a second.
-func (t *agentTable) appendConns(dst []*agentConn) []*agentConn {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
+	return t.appendConnsLocked(nil)
+}
+
+// appendConnsLocked appends every connection to dst. t.mu must be held.
+func (t *agentTable) appendConnsLocked(dst []*agentConn) []*agentConn {
 	dst = slices.Grow(dst, t.total)
 	for _, e := range t.agents {
 		dst = append(dst, e.conns...)

@@ -611,8 +611,7 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 		return
 	}
 	e := conns[0].entry
-	if e.inflight.Add(1) > int64(s.cfg.MaxInflightPerAgent) {
-		e.inflight.Add(-1)
+	if !s.table.startRequest(e, s.cfg.MaxInflightPerAgent) {
 		s.m.limitRejections.WithLabelValues("max_inflight_per_agent").Inc()
 		refuse(&api.Error{Code: api.CodeOverloaded, Message: "too many requests in flight to agent " + fw.AgentID, RetryAfter: time.Second})
 		return

@@ -36,6 +36,7 @@ type liveness struct {
 	sampledAt   time.Time     // when the connection's packet count was last read
 	probedAt    time.Time     // when the sampler last asked for a probe (silenceProbe)
 	watch       bool          // the last verdict was not silenceOK: sample at every tick
+	idx         int           // index in the sampler's list (silenceSampler)
 }
 
 // silentAfterFor is how long an idle connection may receive nothing with keep-alives every
