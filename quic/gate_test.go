@@ -56,13 +56,19 @@ func TestHandshakeGate(t *testing.T) {
 	// Admitted: the slot ends at Accept, once.
 	open.Store(true)
 	dial(t, newDialer(t, clientTLS, Config{}), ln.Addr().String())
+	var accepted *quicgo.Conn
 	select {
-	case <-srv.conns:
+	case accepted = <-srv.conns:
 	case <-ctx.Done():
 		t.Fatal("the admitted connection was not accepted")
 	}
 	if b, e := begun.Load(), ended.Load(); b != 1 || e != 1 {
 		t.Fatalf("after Accept: %d slots taken, %d ended; want 1 and 1", b, e)
+	}
+	// The connection's context keeps its slot record for the connection's life, but not the
+	// gate's closure nor the AfterFunc's context.
+	if h := accepted.Context().Value(handshakeKey{}).(*gatedHandshake); h.end != nil || h.stop != nil {
+		t.Fatal("an accepted connection still holds its gate slot's closures")
 	}
 
 	// A failed handshake ends its slot without Accept.

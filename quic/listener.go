@@ -77,8 +77,14 @@ func (l *Listener) Accept(ctx context.Context) (*quicgo.Conn, error) {
 	qc, err := l.ln.Accept(ctx)
 	if err == nil {
 		if h, ok := qc.Context().Value(handshakeKey{}).(*gatedHandshake); ok {
-			h.stop()
+			stopped := h.stop()
 			h.finish()
+			if stopped {
+				// The AfterFunc will not run, so nothing else reads h: the connection's context
+				// keeps h for the connection's life, but not the closures and the AfterFunc's
+				// context (~200 bytes per connection).
+				h.end, h.stop = nil, nil
+			}
 		}
 	}
 	return qc, err
