@@ -182,8 +182,12 @@ func (c *Controller) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case now := <-t.C:
-			c.observe(c.cfg.read(), now.Sub(c.lastTime), now)
+		case <-t.C:
+			// The wall time is read with the counters, not taken from the tick (a tick
+			// received late would pair one interval's time with another's allocations).
+			s := c.cfg.read()
+			now := time.Now()
+			c.observe(s, now.Sub(c.lastTime), now)
 			c.lastTime = now
 		}
 	}

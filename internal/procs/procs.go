@@ -162,8 +162,12 @@ func (c *Controller) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case now := <-t.C:
+		case <-t.C:
+			// The wall time is read with the CPU time, not taken from the tick: a tick
+			// received late (a loaded host) would pair one interval's wall time with
+			// another's CPU time and misjudge the use both ways.
 			cpu, _ := c.cfg.cpuTime()
+			now := time.Now()
 			wall := now.Sub(lastAt)
 			if wall <= 0 {
 				continue
