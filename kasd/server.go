@@ -293,25 +293,45 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 	return func() { s.serveAgent(c) }
 }
 
-// serveAgent runs an accepted agent connection until it ends, then forgets it.
+// serveAgent runs an accepted agent connection until it ends, then forgets it. An idle
+// connection's goroutine waits here for the agent's next stream for the connection's life, so
+// the frames below it are kept small: parked in AcceptStream it uses under 1 KiB of stack, and
+// the runtime shrinks its stack to 2 KiB at a collection (with the logging and the older agent's
+// goroutine inline, serveAgent's own frame was 720 bytes and the stack stayed at 4 KiB).
 func (s *Server) serveAgent(c *agentConn) {
-	defer s.table.remove(c)
 	if c.controlOnStreams {
 		// Connection-level messages arrive on streams the agent opens (serveAgentStream):
 		// this goroutine accepts them, and the control stream is not read. The accept ends
 		// when the connection ends.
 		s.serveAgentStreams(c.qc.Context(), c)
 	} else {
-		ctx, cancel := context.WithCancel(c.qc.Context())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			s.serveAgentStreams(ctx, c)
-		}()
-		s.readControl(c)
-		cancel()
-		<-done
+		s.serveAgentWithControl(c)
 	}
+	s.agentGone(c)
+}
+
+// serveAgentWithControl serves an agent that sends its connection-level messages on the
+// control stream (an agentd without api.FeatureControlOnStreams): this goroutine reads it,
+// another accepts the agent's streams.
+//
+//go:noinline
+func (s *Server) serveAgentWithControl(c *agentConn) {
+	ctx, cancel := context.WithCancel(c.qc.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.serveAgentStreams(ctx, c)
+	}()
+	s.readControl(c)
+	cancel()
+	<-done
+}
+
+// agentGone forgets a connection whose serving ended, closes it and logs it.
+//
+//go:noinline
+func (s *Server) agentGone(c *agentConn) {
+	s.table.remove(c)
 	_ = c.qc.CloseWithError(quic.ConnCodeNoError, "")
 	// A logger's fields take a 512-byte buffer (zerolog); none is kept while the connection
 	// idles, so the last line's logger is made now.
