@@ -558,7 +558,7 @@ func (a *Agent) reportSocket(d *quic.Dialer) {
 		ev = a.log.Warn().Str("hint", "raise net.core.rmem_max and net.core.wmem_max, or grant CAP_NET_ADMIN (docs/scale.md)")
 	}
 	ev.Int("receive_buffer", b.Receive).Int("send_buffer", b.Send).Bool("forced", b.ReceiveForced || b.SendForced).
-		Int("wanted", max(want.SocketReceiveBuffer, want.SocketSendBuffer)).Msg("UDP socket buffers")
+		Int("wanted", max(want.SocketReceiveBuffer, want.SocketSendBuffer)).Bool("gro", d.GRO()).Msg("UDP socket buffers")
 	// An Agent runs once, so this registers once per registry.
 	_ = a.cfg.Registerer.Register(quic.NewSocketCollector("agentd", map[string]quic.Socket{"kasd": d}))
 }

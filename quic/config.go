@@ -98,6 +98,13 @@ type Config struct {
 	// where permitted, else up to net.core.rmem_max/wmem_max); what was obtained is reported
 	// by SocketBuffers. Default DefaultSocketBuffer (7 MiB); negative leaves the system's size.
 	SocketReceiveBuffer, SocketSendBuffer int
+	// NoUDPGRO turns off the receiving of coalesced datagrams (UDP_GRO, Linux 5.0+) on the
+	// Listener's or Dialer's socket. With it on (the default), a run of full-size datagrams
+	// from one peer — a sender's GSO batch on loopback or veth, back-to-back datagrams through a
+	// NIC's GRO — reaches the process in one read and one copy instead of one each, and is
+	// split again before quic-go sees it (internal/rawio). Whether the kernel accepted is
+	// reported by GRO.
+	NoUDPGRO bool
 	// RootCAs, Dialer only: if not nil, each dial verifies the server with the pool it returns
 	// at that moment instead of the tls.Config's RootCAs, so that a CA bundle reloaded without
 	// a restart (internal/certreload) applies to new connections. Default nil.

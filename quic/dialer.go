@@ -56,7 +56,7 @@ func NewDialer(tlsConf *tls.Config, cfg Config) (*Dialer, error) {
 		tlsConf: tlsConf,
 		cfg:     cfg.WithDefaults(),
 		pc:      pc,
-		tr:      &quicgo.Transport{Conn: newLossyUDPConn(pc), StatelessResetKey: cfg.StatelessResetKey},
+		tr:      &quicgo.Transport{Conn: newLossyUDPConn(pc, cfg.NoUDPGRO), StatelessResetKey: cfg.StatelessResetKey},
 	}, nil
 }
 
@@ -169,7 +169,7 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, cfg Config) (*q
 	}
 	// quicgo.Dial makes a single-use transport: it is closed when the connection ends (or on a
 	// failed dial), but it does not close a socket it did not create.
-	conn, err := quicgo.Dial(ctx, newLossyUDPConn(pc), udpAddr, tlsConf, cfg.QUICConfig())
+	conn, err := quicgo.Dial(ctx, newLossyUDPConn(pc, cfg.NoUDPGRO), udpAddr, tlsConf, cfg.QUICConfig())
 	if err != nil {
 		pc.Close()
 		return nil, fmt.Errorf("quic: dial %s: %w", addr, err)

@@ -60,7 +60,7 @@ func ListenPacketConn(pc net.PacketConn, tlsConf *tls.Config, cfg Config) (*List
 	}
 	sizeSocket(pc, cfg) // before quic-go sees it: quic-go then finds the buffers large enough
 	l := &Listener{pc: pc}
-	l.tr = &quicgo.Transport{Conn: lossy(pc), StatelessResetKey: cfg.StatelessResetKey, ConnContext: l.connContext}
+	l.tr = &quicgo.Transport{Conn: lossy(pc, cfg.NoUDPGRO), StatelessResetKey: cfg.StatelessResetKey, ConnContext: l.connContext}
 	l.ln, err = l.tr.Listen(tlsConf, cfg.QUICConfig())
 	if err != nil {
 		l.tr.Close()

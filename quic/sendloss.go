@@ -25,7 +25,14 @@ func TransientSendErrors() uint64 { return transientSendErrors.Load() }
 // (internal/rawio: they keep the Go scheduler out of every packet).
 type lossyUDPConn struct{ *rawio.UDP }
 
-func newLossyUDPConn(c *net.UDPConn) *lossyUDPConn { return &lossyUDPConn{rawio.NewUDP(c)} }
+// newLossyUDPConn wraps c, with UDP_GRO on unless noGRO (Config.NoUDPGRO).
+func newLossyUDPConn(c *net.UDPConn, noGRO bool) *lossyUDPConn {
+	u := rawio.NewUDP(c)
+	if !noGRO {
+		u.EnableGRO() // refused by kernels before 5.0: the socket reads as before
+	}
+	return &lossyUDPConn{u}
+}
 
 func (c *lossyUDPConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
 	n, oobn, err := c.UDP.WriteMsgUDP(b, oob, addr)
@@ -52,9 +59,9 @@ func transientSendError(err error) bool {
 }
 
 // lossy wraps pc when it is a UDP socket; other packet conns (tests) are used as they are.
-func lossy(pc net.PacketConn) net.PacketConn {
+func lossy(pc net.PacketConn, noGRO bool) net.PacketConn {
 	if u, ok := pc.(*net.UDPConn); ok {
-		return newLossyUDPConn(u)
+		return newLossyUDPConn(u, noGRO)
 	}
 	return pc
 }

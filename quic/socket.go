@@ -150,6 +150,17 @@ func (l *Listener) ReceiveDrops() (uint64, error) { return socketDropsOf(l.pc) }
 // ReceiveDrops reports how many datagrams the kernel dropped for the Dialer's socket.
 func (d *Dialer) ReceiveDrops() (uint64, error) { return socketDropsOf(d.pc) }
 
+// GRO reports whether the Listener's socket receives coalesced datagrams (Config.NoUDPGRO).
+func (l *Listener) GRO() bool { return groOf(l.tr.Conn) }
+
+// GRO reports whether the Dialer's shared socket receives coalesced datagrams.
+func (d *Dialer) GRO() bool { return groOf(d.tr.Conn) }
+
+func groOf(pc net.PacketConn) bool {
+	c, ok := pc.(*lossyUDPConn)
+	return ok && c.UDP.GRO()
+}
+
 var errNotUDP = errors.New("quic: not a UDP socket")
 
 func socketBuffersOf(pc net.PacketConn) (SocketBuffers, error) {
@@ -172,6 +183,7 @@ func socketDropsOf(pc net.PacketConn) (uint64, error) {
 type Socket interface {
 	SocketBuffers() (SocketBuffers, error)
 	ReceiveDrops() (uint64, error)
+	GRO() bool
 }
 
 // SocketCollector exports the buffer sizes and kernel drop counts of named sockets, read when
@@ -180,12 +192,13 @@ type Socket interface {
 //	<namespace>_udp_receive_buffer_bytes{socket}  usable receive buffer the kernel granted
 //	<namespace>_udp_send_buffer_bytes{socket}     usable send buffer the kernel granted
 //	<namespace>_udp_receive_drops_total{socket}   datagrams the kernel dropped for the socket
+//	<namespace>_udp_gro{socket}                   1 if the socket receives coalesced datagrams
 //
 // A socket whose figures cannot be read is left out of that scrape.
 type SocketCollector struct {
 	sockets            map[string]Socket
 	recvDesc, sendDesc *prometheus.Desc
-	dropsDesc          *prometheus.Desc
+	dropsDesc, groDesc *prometheus.Desc
 }
 
 // NewSocketCollector returns a collector for sockets, keyed by the socket label's value.
@@ -198,6 +211,8 @@ func NewSocketCollector(namespace string, sockets map[string]Socket) *SocketColl
 			"Usable UDP send buffer the kernel granted the socket.", []string{"socket"}, nil),
 		dropsDesc: prometheus.NewDesc(namespace+"_udp_receive_drops_total",
 			"Datagrams the kernel dropped for the socket, mostly because its receive buffer was full (/proc/net/udp drops).", []string{"socket"}, nil),
+		groDesc: prometheus.NewDesc(namespace+"_udp_gro",
+			"1 if the socket receives coalesced datagrams (UDP_GRO: a run of datagrams from one peer in one read), 0 if off or refused by the kernel.", []string{"socket"}, nil),
 	}
 }
 
@@ -206,6 +221,7 @@ func (c *SocketCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.recvDesc
 	ch <- c.sendDesc
 	ch <- c.dropsDesc
+	ch <- c.groDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -218,6 +234,11 @@ func (c *SocketCollector) Collect(ch chan<- prometheus.Metric) {
 		if n, err := s.ReceiveDrops(); err == nil {
 			ch <- prometheus.MustNewConstMetric(c.dropsDesc, prometheus.CounterValue, float64(n), name)
 		}
+		gro := 0.0
+		if s.GRO() {
+			gro = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.groDesc, prometheus.GaugeValue, gro, name)
 	}
 }
 

@@ -26,6 +26,12 @@
 //
 //   - [UDP] wraps a *net.UDPConn for quic-go: WriteMsgUDP with one raw sendmsg, and ReadBatch
 //     (the interface quic-go's batched reader looks for) with one raw recvmmsg.
+//   - [UDP.EnableGRO] turns on the receiving of coalesced datagrams (UDP_GRO): a run of
+//     datagrams from one peer — a sender's GSO batch on loopback or veth, back-to-back
+//     datagrams through a NIC's GRO — arrives in one read of up to 64 KiB, and ReadBatch
+//     splits it into the caller's messages as if the kernel had delivered them one by one.
+//     The 64 KiB buffers come from a pool for the system call only (gro_linux.go): a socket
+//     waiting for data holds none.
 //   - [Conn] wraps a TCP connection so that Read and Write use raw read and write.
 //
 // Errors are those net returns: a *net.OpError wrapping an *os.SyscallError (quic-go and

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -25,6 +26,7 @@ type UDP struct {
 
 	senders sync.Pool // *udpSender
 
+	gro      atomic.Bool // EnableGRO succeeded: ReadBatch reads coalesced datagrams (gro_linux.go)
 	rmu      sync.Mutex
 	recv     udpReceiver
 	fallback *ipv4.PacketConn // for batches this file does not lay out (more than one buffer)
@@ -51,6 +53,7 @@ func NewUDP(c *net.UDPConn) *UDP {
 		return s
 	}
 	u.recv.fn = u.recv.call
+	u.recv.groFn = u.recv.groCall
 	return u
 }
 
@@ -166,6 +169,8 @@ type udpReceiver struct {
 	n     int
 	errno syscall.Errno
 	fn    func(fd uintptr) bool // r.call, bound once
+	groFn func(fd uintptr) bool // r.groCall, bound once
+	gro   groState              // gro_linux.go
 
 	// The last source address returned: consecutive datagrams from one peer (the usual case)
 	// share one *net.UDPAddr instead of allocating one each.
@@ -205,6 +210,9 @@ func (u *UDP) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		r.hdrs = make([]unix.Mmsghdr, len(ms))
 		r.iovs = make([]unix.Iovec, len(ms))
 		r.names = make([]unix.RawSockaddrInet6, len(ms))
+	}
+	if u.gro.Load() {
+		return u.readGRO(ms, flags)
 	}
 	for i := range ms {
 		h := &r.hdrs[i]

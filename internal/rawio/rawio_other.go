@@ -24,3 +24,9 @@ func (u *UDP) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 
 // Conn returns c as it is.
 func Conn(c net.Conn) net.Conn { return c }
+
+// EnableGRO does nothing here: UDP_GRO is Linux only.
+func (u *UDP) EnableGRO() bool { return false }
+
+// GRO reports false.
+func (u *UDP) GRO() bool { return false }

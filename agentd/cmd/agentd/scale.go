@@ -14,6 +14,7 @@ type scaleOptions struct {
 	idleTimeout   time.Duration // --idle-timeout
 	receiveBuffer int           // --udp-receive-buffer
 	sendBuffer    int           // --udp-send-buffer
+	gro           bool          // --udp-gro
 }
 
 func (s *scaleOptions) register(fs *flag.FlagSet) {
@@ -25,6 +26,8 @@ func (s *scaleOptions) register(fs *flag.FlagSet) {
 		"UDP receive buffer (bytes) of the agent's socket: SO_RCVBUFFORCE when permitted, else up to net.core.rmem_max; exported as agentd_udp_receive_buffer_bytes (negative: the system default)")
 	fs.IntVar(&s.sendBuffer, "udp-send-buffer", quic.DefaultSocketBuffer,
 		"UDP send buffer (bytes) of the agent's socket: SO_SNDBUFFORCE when permitted, else up to net.core.wmem_max (agentd_udp_send_buffer_bytes)")
+	fs.BoolVar(&s.gro, "udp-gro", true,
+		"receive coalesced datagrams (UDP_GRO, Linux 5.0+): kasd's run of full-size packets (a request body, an upload) is read in one system call and split again, which cuts the receive cost of bulk transfers; agentd_udp_gro says whether the kernel accepted")
 }
 
 func (s *scaleOptions) quic() quic.Config {
@@ -33,5 +36,6 @@ func (s *scaleOptions) quic() quic.Config {
 		MaxIdleTimeout:      s.idleTimeout,
 		SocketReceiveBuffer: s.receiveBuffer,
 		SocketSendBuffer:    s.sendBuffer,
+		NoUDPGRO:            !s.gro,
 	}
 }

@@ -99,7 +99,7 @@ func startFleet(o *options, f *fleetOptions, instanceID string, certs *kasdCerts
 		return nil, fmt.Errorf("--fleet-id: %w", err)
 	}
 	var peerTLS *tls.Config
-	var peerQUIC quic.Config
+	peerQUIC := quic.Config{NoUDPGRO: !o.scale.gro}
 	if f.peerCAFile != "" {
 		if peerTLS, err = quic.ClientTLSConfig(f.peerCAFile, ""); err != nil {
 			return nil, fmt.Errorf("--peer-ca-file: %w", err)
@@ -109,7 +109,7 @@ func startFleet(o *options, f *fleetOptions, instanceID string, certs *kasdCerts
 			return nil, err
 		}
 	}
-	p.peerLn, err = quic.Listen(f.peerListen, certs.serverTLS(api.ALPNPeer), quic.Config{})
+	p.peerLn, err = quic.Listen(f.peerListen, certs.serverTLS(api.ALPNPeer), quic.Config{NoUDPGRO: !o.scale.gro})
 	if err != nil {
 		return nil, fmt.Errorf("--peer-listen: %w", err)
 	}

@@ -23,6 +23,7 @@ type scaleOptions struct {
 	idleTimeout   time.Duration // --agent-idle-timeout
 	receiveBuffer int           // --udp-receive-buffer
 	sendBuffer    int           // --udp-send-buffer
+	gro           bool          // --udp-gro
 }
 
 func (s *scaleOptions) register(fs *flag.FlagSet) {
@@ -34,6 +35,7 @@ func (s *scaleOptions) register(fs *flag.FlagSet) {
 		"UDP receive buffer (bytes) of the agent socket: SO_RCVBUFFORCE when permitted (CAP_NET_ADMIN), else up to net.core.rmem_max; what was obtained is logged and exported as kasd_udp_receive_buffer_bytes (negative: the system default)")
 	fs.IntVar(&s.sendBuffer, "udp-send-buffer", quic.DefaultSocketBuffer,
 		"UDP send buffer (bytes) of the agent socket: SO_SNDBUFFORCE when permitted, else up to net.core.wmem_max (kasd_udp_send_buffer_bytes)")
+	fs.BoolVar(&s.gro, "udp-gro", true, "receive coalesced datagrams on the agent and peer sockets (UDP_GRO, Linux 5.0+): a peer's run of full-size packets is read in one system call and split again, which cuts the receive cost of bulk transfers (docs/performance.md); kasd_udp_gro says whether the kernel accepted")
 }
 
 // quic applies the scale flags to an agent listener's QUIC configuration. kasd sends no
@@ -44,6 +46,7 @@ func (s *scaleOptions) quic(c quic.Config) quic.Config {
 	c.KeepAlivePeriod, c.MaxIdleTimeout = s.keepAlive, s.idleTimeout
 	c.PeerKeepsAlive = true
 	c.SocketReceiveBuffer, c.SocketSendBuffer = s.receiveBuffer, s.sendBuffer
+	c.NoUDPGRO = !s.gro
 	return c
 }
 
@@ -62,7 +65,7 @@ func (s *scaleOptions) reportSockets(log zerolog.Logger, reg prometheus.Register
 		}
 		ev.Str("socket", name).Int("receive_buffer", b.Receive).Int("send_buffer", b.Send).
 			Bool("forced", b.ReceiveForced || b.SendForced).Int("wanted", max(s.receiveBuffer, s.sendBuffer)).
-			Msg("UDP socket buffers")
+			Bool("gro", sock.GRO()).Msg("UDP socket buffers")
 	}
 	return reg.Register(quic.NewSocketCollector("kasd", sockets))
 }
