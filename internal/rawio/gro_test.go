@@ -297,3 +297,39 @@ func TestGROReportDoesNotWaitForAReader(t *testing.T) {
 	case <-time.After(5 * time.Second):
 	}
 }
+
+// One small datagram per read, the idle keep-alive case: what GRO's chunk costs a read that
+// has nothing to coalesce.
+func BenchmarkReadSmallDatagram(b *testing.B) {
+	for _, gro := range []bool{false, true} {
+		b.Run(fmt.Sprintf("gro=%v", gro), func(b *testing.B) {
+			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			rx := NewUDP(c)
+			if gro && !rx.EnableGRO() {
+				b.Skip("no UDP_GRO")
+			}
+			tc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tc.Close()
+			tx := NewUDP(tc)
+			dst := c.LocalAddr().(*net.UDPAddr)
+			ms := messages(8)
+			p := make([]byte, 60)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := tx.WriteMsgUDP(p, nil, dst); err != nil {
+					b.Fatal(err)
+				}
+				if n, err := rx.ReadBatch(ms, 0); err != nil || n != 1 {
+					b.Fatal(n, err)
+				}
+			}
+		})
+	}
+}
