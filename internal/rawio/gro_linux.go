@@ -32,7 +32,7 @@ import (
 const (
 	groSlotSize = 1 << 16 // a UDP payload is at most 65,507 bytes: no batch is ever cut
 	groSlots    = 8       // quic-go's batch size
-	groOOBSize  = 128     // room for TOS/TCLASS, PKTINFO and UDP_GRO control messages
+	groOOBSize  = 256     // room for UDP_GRO, TOS/TCLASS and PKTINFO of both families (~150 bytes at most)
 )
 
 // groChunk is the memory of one GRO read.

@@ -37,6 +37,7 @@ func main() {
 	reference := flag.String("reference", "", "run nothing: with --readme, quote this results directory (a committed reference run) in the README's headline")
 	readme := flag.String("readme", "", "with --reference: the README whose headline (between its markers) is replaced")
 	scaleAgents := flag.String("scale-agents", "", "comma-separated simulated agent counts, overriding the preset's (e.g. 10000,50000)")
+	scaleRate := flag.Int("scale-start-rate", 0, "fleet agents started per second in the scale scenario, overriding the preset's (1000); lower it where the fleet shares the machine's cores with kasd")
 	flag.Parse()
 	switch {
 	case *reportDir != "":
@@ -56,10 +57,16 @@ func main() {
 	}
 
 	cfg := runner.Config{Preset: *preset, ResultsDir: *results, BinDir: *bin, KeepWork: *keep, Log: os.Stderr}
-	if *scaleAgents != "" {
+	if *scaleAgents != "" || *scaleRate != 0 {
 		sizes, err := runner.Preset(*preset)
-		if err == nil {
+		if err == nil && *scaleAgents != "" {
 			sizes.ScaleAgents, err = parseInts(*scaleAgents)
+		}
+		if err == nil && *scaleRate < 0 {
+			err = fmt.Errorf("--scale-start-rate: %d agents a second", *scaleRate)
+		}
+		if *scaleRate > 0 {
+			sizes.ScaleStartRate = *scaleRate
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "qkasbench:", err)
