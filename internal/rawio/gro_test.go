@@ -41,6 +41,18 @@ func datagram(i, size int) []byte {
 	return b
 }
 
+// groPair returns a receiver with GRO on and a sender, on loopback; it skips where the kernel
+// has no UDP_GRO.
+func groPair(t *testing.T) (rx, tx *UDP) {
+	t.Helper()
+	rx = listenUDP(t, "udp4", "127.0.0.1:0")
+	tx = listenUDP(t, "udp4", "127.0.0.1:0")
+	if !rx.EnableGRO() {
+		t.Skip("UDP_GRO refused by this kernel")
+	}
+	return rx, tx
+}
+
 func enableTOS(t *testing.T, u *UDP) {
 	t.Helper()
 	var serr error
@@ -71,11 +83,7 @@ func tosOf(t *testing.T, m ipv4.Message) (tos byte, gro bool) {
 // batch's source address and control messages (ECN) but not the UDP_GRO one, across as many
 // calls as the caller's batch needs; a plain datagram between two batches keeps its place.
 func TestGROSplitsCoalescedDatagrams(t *testing.T) {
-	rx := listenUDP(t, "udp4", "127.0.0.1:0")
-	tx := listenUDP(t, "udp4", "127.0.0.1:0")
-	if !rx.EnableGRO() {
-		t.Skip("UDP_GRO refused by this kernel")
-	}
+	rx, tx := groPair(t)
 	if !rx.GRO() {
 		t.Fatal("GRO() false after EnableGRO succeeded")
 	}
@@ -158,11 +166,7 @@ func TestGROSplitsCoalescedDatagrams(t *testing.T) {
 // The kernel really coalesces (else the test above proves only the plain path): with GRO on,
 // one recvmmsg of a GSO batch returns one buffer with a UDP_GRO control message.
 func TestGROKernelCoalesces(t *testing.T) {
-	rx := listenUDP(t, "udp4", "127.0.0.1:0")
-	tx := listenUDP(t, "udp4", "127.0.0.1:0")
-	if !rx.EnableGRO() {
-		t.Skip("UDP_GRO refused by this kernel")
-	}
+	rx, tx := groPair(t)
 	batch := append(datagram(0, 1000), datagram(1, 1000)...)
 	if _, _, err := tx.WriteMsgUDP(batch, gsoControl(1000, 0), rx.LocalAddr().(*net.UDPAddr)); err != nil {
 		t.Skipf("GSO send refused here: %v", err)
@@ -188,11 +192,7 @@ func TestGROKernelCoalesces(t *testing.T) {
 // A datagram larger than the caller's buffer is cut as the kernel would cut it (MSG_TRUNC),
 // and an empty datagram is handed out as one empty message.
 func TestGROTruncatesAndKeepsEmptyDatagrams(t *testing.T) {
-	rx := listenUDP(t, "udp4", "127.0.0.1:0")
-	tx := listenUDP(t, "udp4", "127.0.0.1:0")
-	if !rx.EnableGRO() {
-		t.Skip("UDP_GRO refused by this kernel")
-	}
+	rx, tx := groPair(t)
 	dst := rx.LocalAddr().(*net.UDPAddr)
 	big := datagram(7, 3000)
 	for _, p := range [][]byte{big, {}, []byte("after")} {
