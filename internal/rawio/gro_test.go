@@ -259,7 +259,7 @@ func FuzzSplitGROControl(f *testing.F) {
 	f.Fuzz(func(t *testing.T, oob []byte) {
 		rest, seg := splitGROControl(append([]byte{}, oob...))
 		if len(rest) > len(oob) || seg < 0 {
-			t.Fatal(fmt.Sprintf("rest %d of %d bytes, seg %d", len(rest), len(oob), seg))
+			t.Fatalf("rest %d of %d bytes, seg %d", len(rest), len(oob), seg)
 		}
 		// What is left holds no UDP_GRO message: splitting it again changes nothing.
 		again, seg2 := splitGROControl(append([]byte{}, rest...))
