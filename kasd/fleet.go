@@ -117,10 +117,11 @@ type fleet struct {
 
 // peerLink is the one connection to a peer instance; dialled once, shared by every request.
 type peerLink struct {
-	addr  string
-	ready chan struct{} // closed when the dial finished; then qc or err is set
-	qc    *quicgo.Conn
-	err   error
+	addr    string
+	ready   chan struct{} // closed when the dial finished; then qc or err is set
+	qc      *quicgo.Conn
+	err     error
+	readyAt time.Time // when the dial finished (set before ready is closed)
 
 	// failedAt is when the dial failed or the connection died (unix nanoseconds; 0 while
 	// healthy). Set by the dial or by a context.AfterFunc on the connection.
@@ -308,6 +309,7 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*peerLink, er
 		}
 	}
 	f.s.m.peerDials.WithLabelValues(result).Inc()
+	l.readyAt = time.Now()
 	close(l.ready)
 	if l.err != nil {
 		return nil, l.err
@@ -696,11 +698,14 @@ func connectionError(err error) bool {
 		errors.As(err, &resetErr) || errors.As(err, &hsErr)
 }
 
-// dropLinksAfterPause forgets every dialled peer link after this process was paused (SIGSTOP, a
-// VM freeze) for longer than the peer idle timeout: the peers have closed their ends, and a
-// request sent into one of these links would wait for the local idle timer to notice. The next
-// request to a peer dials it anew.
-func (f *fleet) dropLinksAfterPause(paused time.Duration) {
+// dropLinksAfterPause forgets the dialled peer links that went through a pause of this process
+// (SIGSTOP, a VM freeze) longer than the peer idle timeout: the peers have closed their ends,
+// and a request sent into one of these links would wait for the local idle timer to notice.
+// The next request to a peer dials it anew. pausedAfter is the latest the pause can have
+// begun (the last sampler tick before it, plus a tick): a link made after that instant was
+// dialled after the process resumed — its idle timer fired first and routing redialled before
+// the sampler saw the gap — and carries requests sent since; it is kept.
+func (f *fleet) dropLinksAfterPause(pausedAfter time.Time, paused time.Duration) {
 	if paused < f.cfg.PeerQUIC.MaxIdleTimeout {
 		return
 	}
@@ -711,6 +716,9 @@ func (f *fleet) dropLinksAfterPause(paused time.Duration) {
 		case <-l.ready:
 		default:
 			continue // still dialling: a dial that started after the pause
+		}
+		if l.readyAt.After(pausedAfter) {
+			continue // made after the pause
 		}
 		delete(f.links, id)
 		links = append(links, l)

@@ -188,10 +188,12 @@ func (s *Server) sampleSilence() {
 			// freeze): start every silence anew rather than condemn live connections.
 			gap := now.Sub(prev)
 			fresh := gap > 3*time.Second
-			prev = now
 			if fresh && s.fleet != nil {
-				s.fleet.dropLinksAfterPause(gap) // fleet.go: the peers closed them meanwhile
+				// fleet.go: the peers closed them meanwhile; the pause began at most a
+				// tick after the last one.
+				s.fleet.dropLinksAfterPause(prev.Add(silenceSample), gap)
 			}
+			prev = now
 			p.tick(now, fresh)
 		}
 	}
