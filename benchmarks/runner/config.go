@@ -66,6 +66,11 @@ type Sizes struct {
 	// ScaleKeepAlive, when set, is the fleet's keep-alive period (idle timeout three times
 	// it) instead of agentd's defaults (25s, 60s): the tiny preset's restart settles in seconds.
 	ScaleKeepAlive time.Duration `json:"scale_keep_alive,omitempty"`
+	// ScaleKasdCPUs, when set, is a taskset(1) CPU list that kasd alone runs on in the scale
+	// scenario; the fleet, the routing agentd and its service and the runner run on the other
+	// CPUs, as if the fleet were on machines of its own (make bench-scale: CPU 0 where there
+	// are two or more). Empty: everything shares every CPU.
+	ScaleKasdCPUs string `json:"scale_kasd_cpus,omitempty"`
 
 	// FailoverInterval paces the steady request stream; FailoverAfter is how long the stream
 	// runs after the kill.

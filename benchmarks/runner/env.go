@@ -157,6 +157,7 @@ type kasdOpts struct {
 	pprofListen string // /debug/pprof/ (the observability port on kasd without --pprof)
 	tokensFile  string
 	extra       []string // more flags (fleet)
+	cpus        string   // taskset CPU list kasd runs on; empty: any
 }
 
 // kasdProc is a running kasd and the client that reaches its API and observability port.
@@ -209,7 +210,7 @@ func (e *env) startKasd(ctx context.Context, o kasdOpts) (*kasdProc, error) {
 		argv = append(argv, "--fleet=false")
 	}
 	argv = append(argv, o.extra...)
-	p, err := startProc(dir, o.id, o.ns.String(), argv...)
+	p, err := startProc(dir, o.id, o.ns.String(), pinned(o.cpus, argv)...)
 	if err != nil {
 		return nil, err
 	}
@@ -333,6 +334,7 @@ type agentOpts struct {
 	tokenFile string
 	services  []string // NAME=URL
 	conns     int
+	cpus      string // taskset CPU list agentd runs on; empty: any
 }
 
 func (e *env) startAgent(o agentOpts) (*proc, error) {
@@ -349,7 +351,7 @@ func (e *env) startAgent(o agentOpts) (*proc, error) {
 	if strings.Contains(e.agentHelp, "-gitlab-proxy-listen") {
 		argv = append(argv, "--gitlab-proxy-listen=")
 	}
-	return startProc(dir, "agentd-"+o.id, o.ns.String(), argv...)
+	return startProc(dir, "agentd-"+o.id, o.ns.String(), pinned(o.cpus, argv)...)
 }
 
 func listenLoopback() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }

@@ -53,9 +53,13 @@ type ScaleStep struct {
 	// FleetProcs is how many simulator processes ran the fleet; FleetAgents each one's share of
 	// the agents, FleetConnected how many of its share each one had connected at the end of the
 	// idle window (its own count: fleetsim.Status), in the same order.
-	FleetProcs     int   `json:"fleetsim_procs"`
-	FleetAgents    []int `json:"fleetsim_agents,omitempty"`
-	FleetConnected []int `json:"fleetsim_connected,omitempty"`
+	FleetProcs int `json:"fleetsim_procs"`
+	// KasdCPUs and OtherCPUs: the CPU lists kasd and everything else ran on
+	// (Sizes.ScaleKasdCPUs); empty when all shared every CPU.
+	KasdCPUs       string `json:"kasd_cpus,omitempty"`
+	OtherCPUs      string `json:"other_cpus,omitempty"`
+	FleetAgents    []int  `json:"fleetsim_agents,omitempty"`
+	FleetConnected []int  `json:"fleetsim_connected,omitempty"`
 	// FleetStatusAgeS: how old the oldest of those counts was when read, when a process short
 	// of CPU had not written a fresh one within 10 s (0: all fresh).
 	FleetStatusAgeS float64 `json:"fleetsim_status_age_s,omitempty"`
@@ -142,9 +146,26 @@ func (e *env) runScaleOpts(ctx context.Context, o scaleOpts) (ScaleSteps, error)
 	if err != nil {
 		return nil, err
 	}
+	var cpus cpuSplit
+	if e.sizes.ScaleKasdCPUs != "" {
+		if cpus, err = splitCPUs(e.sizes.ScaleKasdCPUs); err != nil {
+			return nil, fmt.Errorf("scale: %w", err)
+		}
+		if _, err := exec.LookPath("taskset"); err != nil {
+			return nil, fmt.Errorf("scale: kasd's CPUs %q need taskset (util-linux): %w", cpus.kasd, err)
+		}
+		// The runner measures routing latency and serves the routed service: it is on the
+		// fleet's side, as a client and a cluster would be.
+		restore, err := pinSelf(cpus.restSet)
+		if err != nil {
+			return nil, fmt.Errorf("scale: %w", err)
+		}
+		defer restore()
+		e.logf("scale: kasd on CPU %s; the fleet, the routing agentd and the runner on CPU %s", cpus.kasd, cpus.rest)
+	}
 	var steps ScaleSteps
 	for _, n := range e.sizes.ScaleAgents {
-		p, err := e.scaleStep(ctx, bin, n, perProc)
+		p, err := e.scaleStep(ctx, bin, n, perProc, cpus)
 		p.LoadAvg = loadAvg()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -217,8 +238,9 @@ func loadAvg() string {
 // scaleStep measures n agents: kasd, its service and one real agentd process (for routing) in
 // one namespace, the fleet in another, run by as many simulator processes of at most perProc
 // agents as it takes.
-func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int) (p ScaleStep, err error) {
+func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int, cpus cpuSplit) (p ScaleStep, err error) {
 	p.Agents = n
+	p.KasdCPUs, p.OtherCPUs = cpus.kasd, cpus.rest
 	if n > fleetPorts {
 		return p, fmt.Errorf("scale: %d agents: the fleet's namespace has one address, so at most %d source ports", n, fleetPorts)
 	}
@@ -261,13 +283,13 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int) (p
 	k, err := e.startKasd(ctx, kasdOpts{id: "kasd-scale", ns: v.kas, tokensFile: tokensFile,
 		agentListen: fmt.Sprintf("0.0.0.0:%d", scaleAgentPort),
 		apiListen:   fmt.Sprintf("127.0.0.1:%d", scaleAPIPort),
-		obsListen:   fmt.Sprintf("127.0.0.1:%d", scaleObsPort)})
+		obsListen:   fmt.Sprintf("127.0.0.1:%d", scaleObsPort), cpus: cpus.kasd})
 	if err != nil {
 		return p, err
 	}
 	defer func() { k.stop(5 * time.Second) }() // k is replaced by the restart
 	agent, err := e.startAgent(agentOpts{id: benchAgent, ns: v.kas, kas: []string{fmt.Sprintf("127.0.0.1:%d", scaleAgentPort)},
-		tokenFile: benchToken, services: []string{"svc=http://" + svc.addr()}})
+		tokenFile: benchToken, services: []string{"svc=http://" + svc.addr()}, cpus: cpus.rest})
 	if err != nil {
 		return p, err
 	}
@@ -312,7 +334,7 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int) (p
 	if ka := e.sizes.ScaleKeepAlive; ka > 0 {
 		argv = append(argv, "--keep-alive-period", ka.String(), "--idle-timeout", (3 * ka).String())
 	}
-	fleet, err := startFleet(dir, v.agent.name, argv, fleetAgents, perProc, float64(e.sizes.ScaleStartRate))
+	fleet, err := startFleet(dir, v.agent.name, argv, fleetAgents, perProc, float64(e.sizes.ScaleStartRate), cpus.rest)
 	if err != nil {
 		return p, err
 	}
@@ -430,9 +452,9 @@ const fleetNice = 10
 // startFleet starts the fleetsim processes for agents, at most perProc each (fleetsim.Split),
 // in namespace netns: argv is the command without --tokens-file, --status-file and
 // --start-rate, which startFleet adds per process, giving each a share of rate proportional to
-// its agents so that the fleet as a whole starts rate agents a second. On error every process
-// already started is stopped.
-func startFleet(dir, netns string, argv []string, agents []fleetsim.Agent, perProc int, rate float64) (f *simFleet, err error) {
+// its agents so that the fleet as a whole starts rate agents a second, on CPUs cpus (a taskset
+// list; empty: any). On error every process already started is stopped.
+func startFleet(dir, netns string, argv []string, agents []fleetsim.Agent, perProc int, rate float64, cpus string) (f *simFleet, err error) {
 	f = &simFleet{}
 	defer func() {
 		if err != nil {
@@ -452,6 +474,7 @@ func startFleet(dir, netns string, argv []string, agents []fleetsim.Agent, perPr
 		status := filepath.Join(dir, name+".status.json")
 		args := append(slices.Clip(argv), "--tokens-file", tokens, "--status-file", status,
 			"--start-rate", strconv.FormatFloat(rate*float64(len(share))/float64(len(agents)), 'f', -1, 64))
+		args = pinned(cpus, args)
 		if nice, err := exec.LookPath("nice"); err == nil {
 			// In production the agents run on other machines; here they share kasd's cores,
 			// and a fleet busy with its own handshakes must not starve kasd's socket reader.

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/qkas/qkas/benchmarks/fleetsim"
 )
 
@@ -119,8 +121,9 @@ func procsMentioning(s string) []string {
 
 // TestStartFleetSplit checks startFleet's split without root or kasd: stand-in processes (a
 // shell recording its arguments) get one tokens file each, the files partition the fleet in
-// order with at most the cap each, the start rates add up to the fleet's, the death of one
-// process is reported as the step's failure, and stop leaves none running.
+// order with at most the cap each, the start rates add up to the fleet's, each runs on the
+// CPUs given (where taskset and two CPUs exist), the death of one process is reported as the
+// step's failure, and stop leaves none running.
 func TestStartFleetSplit(t *testing.T) {
 	dir := t.TempDir()
 	script := filepath.Join(dir, "fake-fleetsim")
@@ -131,7 +134,22 @@ func TestStartFleetSplit(t *testing.T) {
 	for i := range 25 {
 		agents = append(agents, fleetsim.Agent{ID: fmt.Sprintf("sim-%d", i), Token: fmt.Sprintf("tok-%d", i)})
 	}
-	f, err := startFleet(dir, "", []string{script, "--kas-address", "x"}, agents, 10, 90)
+	var allowed, want unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &allowed); err != nil {
+		t.Fatal(err)
+	}
+	cpus := ""
+	if _, err := exec.LookPath("taskset"); err == nil && allowed.Count() >= 2 {
+		last := 0
+		for c := range maxCPU + 1 {
+			if allowed.IsSet(c) {
+				last = c
+			}
+		}
+		want.Set(last)
+		cpus = strconv.Itoa(last)
+	}
+	f, err := startFleet(dir, "", []string{script, "--kas-address", "x"}, agents, 10, 90, cpus)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +175,15 @@ func TestStartFleetSplit(t *testing.T) {
 		if _, err := exec.LookPath("nice"); err == nil {
 			if n := niceOf(t, pr.pid()); n != fleetNice {
 				t.Errorf("%s runs at nice %d, want %d (below kasd)", pr.name, n, fleetNice)
+			}
+		}
+		if cpus != "" {
+			var got unix.CPUSet
+			if err := unix.SchedGetaffinity(pr.pid(), &got); err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("%s runs on CPUs %s, want %s", pr.name, formatCPUs(got), cpus)
 			}
 		}
 		flag := func(name string) string {

@@ -38,6 +38,7 @@ func main() {
 	readme := flag.String("readme", "", "with --reference: the README whose headline (between its markers) is replaced")
 	scaleAgents := flag.String("scale-agents", "", "comma-separated simulated agent counts, overriding the preset's (e.g. 10000,50000)")
 	scaleRate := flag.Int("scale-start-rate", 0, "fleet agents started per second in the scale scenario, overriding the preset's (1000); lower it where the fleet shares the machine's cores with kasd")
+	scaleKasdCPUs := flag.String("scale-kasd-cpus", "", "CPU list (taskset -c syntax, e.g. 0) kasd alone runs on in the scale scenario; the fleet, the routing agentd and the runner get the other CPUs, as if the fleet ran on machines of its own (default: all share every CPU)")
 	flag.Parse()
 	switch {
 	case *reportDir != "":
@@ -57,7 +58,7 @@ func main() {
 	}
 
 	cfg := runner.Config{Preset: *preset, ResultsDir: *results, BinDir: *bin, KeepWork: *keep, Log: os.Stderr}
-	if *scaleAgents != "" || *scaleRate != 0 {
+	if *scaleAgents != "" || *scaleRate != 0 || *scaleKasdCPUs != "" {
 		sizes, err := runner.Preset(*preset)
 		if err == nil && *scaleAgents != "" {
 			sizes.ScaleAgents, err = parseInts(*scaleAgents)
@@ -68,6 +69,7 @@ func main() {
 		if *scaleRate > 0 {
 			sizes.ScaleStartRate = *scaleRate
 		}
+		sizes.ScaleKasdCPUs = *scaleKasdCPUs
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "qkasbench:", err)
 			os.Exit(2)
