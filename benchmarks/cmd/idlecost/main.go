@@ -24,6 +24,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -48,6 +50,8 @@ func main() {
 	extra := flag.String("kasd-flags", "", "extra kasd flags, space-separated")
 	env := flag.String("kasd-env", "", "extra kasd environment, space-separated K=V")
 	cpuProfile := flag.String("cpu-profile", "", "write kasd's CPU profile over the idle window here")
+	flag.StringVar(&fleetCPUProfile, "fleet-cpu-profile", "", "write the agents' (this process's) CPU profile over the idle window here")
+	flag.StringVar(&fleetHeapProfile, "fleet-heap-profile", "", "write the agents' (this process's) heap profile, after two GCs, here")
 	flag.Parse()
 	if *settle == 0 {
 		// quic-go's path MTU discovery sends its probes (about 4 from each side, each
@@ -81,6 +85,10 @@ func freePort(network string) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// The agents' own profiles: the fleet simulator's cost per agent limits how large a fleet one
+// machine can simulate beside kasd.
+var fleetCPUProfile, fleetHeapProfile string
 
 func run(kasdBin string, n int, ka, idle, settle time.Duration, rate float64, profile, cpuProfile string, extra, env []string) error {
 	lim := unix.Rlimit{Cur: 1 << 20, Max: 1 << 20}
@@ -186,11 +194,26 @@ func run(kasdBin string, n int, ka, idle, settle time.Duration, rate float64, pr
 			profDone <- fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pp, int(idle.Seconds())), cpuProfile)
 		}()
 	}
+	if fleetCPUProfile != "" {
+		pf, err := os.Create(fleetCPUProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+	}
 	in0, out0 := counting.read()
 	sw0 := ctxSwitches(pid)
+	self0 := cpuTicks(os.Getpid())
 	c0, t0 := cpuTicks(pid), time.Now()
 	time.Sleep(idle)
 	c1, t1 := cpuTicks(pid), time.Now()
+	self1 := cpuTicks(os.Getpid())
+	if fleetCPUProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	sw1 := ctxSwitches(pid)
 	in1, out1 := counting.read()
 	if profDone != nil {
@@ -233,6 +256,28 @@ func run(kasdBin string, n int, ka, idle, settle time.Duration, rate float64, pr
 		resp.Body.Close()
 		if profile != "" && i == 1 {
 			_ = os.WriteFile(profile, b, 0o644)
+		}
+	}
+	selfS := float64(self1-self0) / 100
+	fmt.Printf("agents' CPU idle     %6.2f %% of a core, %.0f µs per keep-alive exchange (this process: the fleet's side)\n",
+		100*selfS/t1.Sub(t0).Seconds(), selfS*1e6/exch)
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Printf("agents' after 2 GCs  live heap %5.1f KiB + stacks %5.1f KiB per agent, RSS %5.1f KiB per agent (this process)\n",
+		per(float64(ms.HeapAlloc)), per(float64(ms.StackInuse)), float64(rssKiB(os.Getpid()))/float64(n))
+	if fleetHeapProfile != "" {
+		hf, err := os.Create(fleetHeapProfile)
+		if err != nil {
+			return err
+		}
+		err = pprof.Lookup("heap").WriteTo(hf, 0)
+		if cerr := hf.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
 		}
 	}
 	hl, _ := metric(obs, "go_memstats_heap_alloc_bytes")
