@@ -28,9 +28,7 @@ type agentConn struct {
 
 	ctx        context.Context // ends when the connection ends or drain stops accepting
 	stop       context.CancelFunc
-	ctrlMu     sync.Mutex    // serialises writes on control (heartbeats)
-	hbStop     chan struct{} // closed by drain to stop the heartbeat
-	hbDone     chan struct{} // closed when the heartbeat has returned
+	ctrlMu     sync.Mutex    // serialises writes on control (GoAway)
 	acceptDone chan struct{} // closed when the accept loop has returned
 	ctrlDone   chan struct{} // closed when the control reader has returned
 	goAway     chan struct{} // closed when kasd sent GoAway
@@ -44,8 +42,11 @@ type agentConn struct {
 	handlers sync.WaitGroup // running serveStream calls
 }
 
-// startConn starts the connection's accept loop, control reader and heartbeat. All three
-// goroutines, and one per stream, are owned by the agentConn: drain waits for them.
+// startConn starts the connection's accept loop and control reader. Both goroutines, and one
+// per stream, are owned by the agentConn: drain waits for them. There is no heartbeat: a kasd
+// that crashed and restarted answers the connection's next keep-alive PING with a stateless
+// reset (quic-go patch change 12 pads it to the size a reset answers), and a kasd that is gone
+// is noticed at the idle timeout.
 func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcome) *agentConn {
 	c := &agentConn{
 		a:          a,
@@ -65,11 +66,6 @@ func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcom
 	go func() {
 		defer close(c.ctrlDone)
 		c.readControl()
-	}()
-	c.hbStop, c.hbDone = make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(c.hbDone)
-		c.heartbeat(c.hbStop)
 	}()
 	resumed := qc.ConnectionState().TLS.DidResume
 	if resumed {
@@ -187,8 +183,6 @@ func (c *agentConn) drain() {
 	_ = c.qc.CloseWithError(quic.ConnCodeNoError, "agent closing")
 	<-handlersDone
 	<-c.acceptDone
-	close(c.hbStop)
-	<-c.hbDone
 	<-c.ctrlDone
 }
 

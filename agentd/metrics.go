@@ -14,7 +14,6 @@ type metrics struct {
 	connectAttempts *prometheus.CounterVec
 	tlsResumptions  prometheus.Counter
 	goAways         prometheus.Counter
-	probes          prometheus.Counter
 	openStreams     prometheus.Gauge
 	rejections      *prometheus.CounterVec
 	requests        *prometheus.CounterVec
@@ -38,9 +37,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		goAways: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "agentd_goaways_total", Help: "GoAway messages received from kasd (kasd draining).",
-		}),
-		probes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "agentd_silence_probes_total", Help: "Padded Pings sent because a connection received nothing for a keep-alive period (a restarted kasd answers them with a stateless reset).",
 		}),
 		openStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "agentd_open_streams", Help: "Request streams currently open.",
@@ -69,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "agentd_config_reloads_total", Help: "Reloads of the agent's services (SIGHUP or a config file change) by result: ok, unchanged, or error (the old services stay).",
 	}, []string{"result"})
 	reg.MustRegister(m.connectFailures, m.configReloads)
-	reg.MustRegister(m.connections, m.connectAttempts, m.tlsResumptions, m.goAways, m.probes, m.openStreams, m.rejections,
+	reg.MustRegister(m.connections, m.connectAttempts, m.tlsResumptions, m.goAways, m.openStreams, m.rejections,
 		m.requests, m.duration, m.serviceErrors, m.gitlabRequests)
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "agentd_quic_transient_send_errors_total",

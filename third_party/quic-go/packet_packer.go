@@ -330,6 +330,24 @@ func (p *packetPacker) shortHeaderPacketLength(connID protocol.ConnectionID, pnL
 	return wire.ShortHeaderLen(connID, pnLen) + pl.length + paddingLen
 }
 
+// resettablePadding is the padding that makes an ack-eliciting short header packet, length
+// bytes before sealing (header, payload and padding so far), larger than
+// protocol.MinStatelessResetSize once sealed: a peer that lost the connection's state (a server
+// that crashed and restarted with the same stateless reset key) answers only packets larger
+// than that with a stateless reset (Transport.maybeSendStatelessReset), and a keep-alive PING
+// alone is about 25 bytes. With it, a restarted server resets an idle connection at the
+// client's next keep-alive instead of the client waiting for its idle timeout. Packets that are
+// not ack-eliciting (ACK-only, CONNECTION_CLOSE) stay as they are. qkas patch (change 12).
+func resettablePadding(pl *payload, length protocol.ByteCount, overhead int) protocol.ByteCount {
+	if len(pl.streamFrames) == 0 && !ackhandler.HasAckElicitingFrames(pl.frames) {
+		return 0 // ACK-only, CONNECTION_CLOSE: nothing answers these but a reset
+	}
+	if sealed := length + protocol.ByteCount(overhead); sealed <= protocol.MinStatelessResetSize {
+		return protocol.MinStatelessResetSize + 1 - sealed
+	}
+	return 0
+}
+
 // size is the expected size of the packet, if no padding was applied.
 func (p *packetPacker) initialPaddingLen(frames []ackhandler.Frame, currentSize, maxPacketSize protocol.ByteCount) protocol.ByteCount {
 	// For the server, only ack-eliciting Initial packets need to be padded.
@@ -1017,8 +1035,15 @@ func (p *packetPacker) appendShortHeaderPacketTo(
 		paddingLen = 4 - protocol.ByteCount(pnLen) - pl.length
 	}
 	paddingLen += padding
-
 	startLen := len(buffer.Data)
+	if padding == 0 && startLen == 0 {
+		// qkas patch (change 12): large enough to be answered by a stateless reset. Only a
+		// packet alone in its datagram so far: a coalesced packet's size was planned before
+		// (shortHeaderPacketLength), and a tiny one at the end of a GSO batch follows
+		// datagrams large enough anyway; callers that pad (probes) make it large already.
+		paddingLen += resettablePadding(pl, wire.ShortHeaderLen(*connID, pnLen)+pl.length+paddingLen, sealer.Overhead())
+	}
+
 	raw := buffer.Data[startLen:]
 	raw, err := wire.AppendShortHeader(raw, *connID, pn, pnLen, kp)
 	if err != nil {
