@@ -5,6 +5,8 @@ import (
 	"io"
 	"slices"
 	"time"
+
+	"github.com/qkas/qkas/quic"
 )
 
 // Scenario names, in the order they run.
@@ -71,6 +73,11 @@ type Sizes struct {
 	// CPUs, as if the fleet were on machines of its own (make bench-scale: CPU 0 where there
 	// are two or more). Empty: everything shares every CPU.
 	ScaleKasdCPUs string `json:"scale_kasd_cpus,omitempty"`
+	// ScaleSettle is how long the fleet idles after kasd's RSS is read (5 s after the last agent
+	// joined) before the idle window: quic-go's path MTU discovery rides a connection's first
+	// ~4 keep-alives, so a window that starts right after a long start measures the search,
+	// not steady state (make bench-scale: 4 keep-alive periods). 0: at once.
+	ScaleSettle time.Duration `json:"scale_settle,omitempty"`
 
 	// FailoverInterval paces the steady request stream; FailoverAfter is how long the stream
 	// runs after the kill.
@@ -115,6 +122,7 @@ func Preset(name string) (Sizes, error) {
 		s, _ := Preset("quick")
 		s.ScaleAgents = []int{1000, 5000, 10000, 20000, 50000}
 		s.ScaleIdle, s.ScaleLatencyRequests, s.ScaleStartRate = 30*time.Second, 2000, 1000
+		s.ScaleSettle = 4 * quic.DefaultAgentKeepAlivePeriod
 		return s, nil
 	}
 	return Sizes{}, fmt.Errorf("unknown preset %q (quick, full, tiny, scale)", name)

@@ -459,7 +459,7 @@ func details(r *Results) string {
 		}
 	}
 	if s := r.Scale; s != nil {
-		w("\n## 4. Scale\n\nA fleet of real agentd agents (benchmarks/fleetsim: agentd.Agent each with its own UDP socket, many per process) in a network namespace of its own, so kasd sees one source address and port per agent; one real agentd process for routing latency. Idle CPU, datagrams and drops over %v; kasd RSS 5 s after the start (the start's high-water mark) and, in brackets, at the idle window's end (datagrams to kasd per agent and keep-alive period: 1.00 is one PING each; more while quic-go's path MTU discovery probes on the connections' first keep-alives, see docs/scale.md); restart: kill -9 of kasd and a restart on the same data dir.\n\n", r.Sizes.ScaleIdle)
+		w("\n## 4. Scale\n\nA fleet of real agentd agents (benchmarks/fleetsim: agentd.Agent each with its own UDP socket, many per process) in a network namespace of its own, so kasd sees one source address and port per agent; one real agentd process for routing latency. Idle CPU, datagrams and drops over %v, %v after kasd's RSS is read; kasd RSS 5 s after the start (the start's high-water mark) and, in brackets, at the idle window's end (datagrams to kasd per agent and keep-alive period: 1.00 is one PING each; more while quic-go's path MTU discovery probes on the connections' first keep-alives, see docs/scale.md); restart: kill -9 of kasd and a restart on the same data dir.\n\n", r.Sizes.ScaleIdle, r.Sizes.ScaleSettle)
 		if len(s) > 0 && s[0].KasdCPUs != "" {
 			w("kasd ran alone on CPU %s; the fleet, the routing agentd, its service and the runner on CPU %s (`--scale-kasd-cpus`): kasd's CPU is a share of one core it had to itself.\n\n", s[0].KasdCPUs, s[0].OtherCPUs)
 		}

@@ -369,6 +369,9 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int, cp
 	}
 	p.KasdRSSBeforeMiB, p.KasdRSSMiB = float64(before)/(1<<20), float64(after)/(1<<20)
 	p.KasdRSSKiBPerAgent = float64(after-before) / 1024 / float64(max(1, p.Connected))
+	if err := sleepCtx(ctx, e.sizes.ScaleSettle); err != nil {
+		return p, err
+	}
 	c0, _ := cpuTime(k.pid())
 	f0 := cpuOf(fleet.procs...)
 	d0, _ := metricSum(k, "kasd_udp_receive_drops_total", nil)
