@@ -214,13 +214,24 @@ func TestRebalanceAfterRestart(t *testing.T) {
 	f.nodes[2] = f.startNodeAt("kas-2", agentAddr, peerAddr, rebalanceFleet)
 	took := waitFor("rebalance onto the restarted kasd", 30*time.Second, func() bool { return balanced(f.nodeConnections(), want) })
 	t.Logf("kas-2 back: balanced in %v: %v", took.Round(100*time.Millisecond), f.nodeConnections())
-	moved := f.moves() - movesBefore
-	// Settled: nothing more moves while the fleet is within its margin.
+	// The test's balance has a margin of its own: the rebalancer may still be finishing its
+	// last moves (under load, the test can see "balanced" a move or two early). Settled is no
+	// move for 1.5s; after that nothing more may move while the fleet is within its margin.
+	balancedAt := time.Now()
+	last, quietSince := f.moves(), balancedAt
+	for deadline := time.Now().Add(15 * time.Second); time.Since(quietSince) < 1500*time.Millisecond && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		if m := f.moves(); m != last {
+			last, quietSince = m, time.Now()
+		}
+	}
+	moved := last - movesBefore
 	time.Sleep(2 * time.Second)
 	close(stop)
 	wg.Wait()
 	extra := f.moves() - movesBefore - moved
-	t.Logf("%d requests, %d failed; %d connections moved to balance, %d more after", sent.Load(), failed.Load(), moved, extra)
+	t.Logf("%d requests, %d failed; %d connections moved to balance (the last %v after it looked balanced), %d more after",
+		sent.Load(), failed.Load(), moved, quietSince.Sub(balancedAt).Round(100*time.Millisecond), extra)
 	if failed.Load() > 0 {
 		t.Errorf("%d of %d requests failed while connections moved; first: %v", failed.Load(), sent.Load(), firstErr.Load())
 	}
@@ -228,7 +239,7 @@ func TestRebalanceAfterRestart(t *testing.T) {
 		t.Errorf("only %d requests sent: the load did not run", sent.Load())
 	}
 	// kas-2's share is a third: a storm (or a thrash) would move many more.
-	if share := want / 3; moved > 2*share+2 || extra > 4 {
+	if share := want / 3; moved > 2*share+2 || extra > 2 {
 		t.Errorf("%d moves to rebalance 0/%d/%d and %d after it settled; want about %d, then none", moved, want/2, want/2, extra, share)
 	}
 	if !balanced(f.nodeConnections(), want) {
