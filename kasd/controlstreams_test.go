@@ -104,8 +104,11 @@ func TestControlOnStreams(t *testing.T) {
 	if w.Features != 0 {
 		t.Fatalf("Welcome features %#x for an agent that offered none", w.Features)
 	}
-	if n := controlReaders(t); n != readers+1 {
-		t.Fatalf("%d control-stream readers with an older agent connected, want %d", n, readers+1)
+	// kasd starts the reader once Welcome is written: it may not have run yet.
+	for deadline := time.Now().Add(5 * time.Second); controlReaders(t) != readers+1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d control-stream readers with an older agent connected, want %d", controlReaders(t), readers+1)
+		}
 	}
 	// Its streams are module requests only: a GoAway there is a bad request head.
 	m, err = sendOnStream(t, old, &api.GoAway{Reason: "leaving"})
