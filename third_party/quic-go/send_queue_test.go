@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -192,8 +193,15 @@ func TestSendQueueWriterOnlyWhileBusy(t *testing.T) {
 		c := NewMockSendConn(mockCtrl)
 		q := newSendQueue(c)
 		var got []string
+		var hold chan struct{} // while set, Write blocks until it is closed
 		c.EXPECT().Write(gomock.Any(), gomock.Any(), gomock.Any()).DoAndReturn(
-			func(b []byte, _ uint16, _ protocol.ECN) error { got = append(got, string(b)); return nil },
+			func(b []byte, _ uint16, _ protocol.ECN) error {
+				if hold != nil {
+					<-hold
+				}
+				got = append(got, string(b))
+				return nil
+			},
 		).AnyTimes()
 
 		// Packets queued before Start wait for it.
@@ -201,25 +209,48 @@ func TestSendQueueWriterOnlyWhileBusy(t *testing.T) {
 		synctest.Wait()
 		require.Empty(t, got)
 
-		before := runtime.NumGoroutine()
 		q.Start(func(err error) { t.Errorf("unexpected write error: %v", err) })
 		synctest.Wait()
 		require.Equal(t, []string{"a"}, got)
-		require.Equal(t, before, runtime.NumGoroutine(), "no goroutine stays once the queue is empty")
+		require.Zero(t, sendQueueWriters(), "no goroutine stays once the queue is empty")
 
 		for _, p := range []string{"b", "c", "d"} {
 			q.Send(getPacketWithContents([]byte(p)), 0, protocol.ECNNon)
 		}
 		synctest.Wait()
 		require.Equal(t, []string{"a", "b", "c", "d"}, got, "in order")
-		require.Equal(t, before, runtime.NumGoroutine())
+		require.Zero(t, sendQueueWriters())
+
+		// While a write is under way there is exactly one writer.
+		hold = make(chan struct{})
+		q.Send(getPacketWithContents([]byte("x")), 0, protocol.ECNNon)
+		synctest.Wait()
+		require.Equal(t, 1, sendQueueWriters())
+		close(hold)
+		synctest.Wait()
+		hold = nil
+		require.Zero(t, sendQueueWriters())
+		got = got[:4]
 
 		q.Close()
 		q.Send(getPacketWithContents([]byte("e")), 0, protocol.ECNNon) // after Close: dropped
 		synctest.Wait()
 		require.Equal(t, []string{"a", "b", "c", "d"}, got)
-		require.Equal(t, before, runtime.NumGoroutine())
+		require.Zero(t, sendQueueWriters())
 	})
+}
+
+// sendQueueWriters counts the goroutines running a send queue's writer. It looks at stacks,
+// not at runtime.NumGoroutine: goroutines of other tests come and go while this one runs.
+func sendQueueWriters() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "(*sendQueue).drain(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
 }
 
 func TestSendQueueSendProbe(t *testing.T) {
