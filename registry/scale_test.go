@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/rs/zerolog"
 )
@@ -69,8 +70,13 @@ func TestRegistryAtScale(t *testing.T) {
 	took, cpu := time.Since(start), cpuTime()-cpu0
 	t.Logf("%d agents (%d SetAgent calls over %v) in kas-2's view after %v: %.0f keys/s, CPU %v (%.1f µs per agent, both registries and etcd)",
 		n, 2*n, storm, took.Round(time.Millisecond), float64(n)/took.Seconds(), cpu.Round(time.Millisecond), float64(cpu.Microseconds())/float64(n))
+}
 
-	// The view's own cost per agent key, measured on a view alone.
+// TestViewHeapPerKey measures the view's own heap per agent key, on a view alone (no registry
+// or etcd in the process whose garbage would blur it), with values as the publisher writes
+// them, applied as the watch applies them (a key string per event).
+func TestViewHeapPerKey(t *testing.T) {
+	n := scaleAgents(t)
 	v := newView()
 	r := &Registry{cfg: Config{}.WithDefaults(), self: Instance{ID: "kas-x"}, log: zerolog.Nop()}
 	vals := make([][]byte, n)
@@ -81,13 +87,77 @@ func TestRegistryAtScale(t *testing.T) {
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	for i := range n {
-		v.apply(r, r.cfg.agentKey(fmt.Sprintf("agent-%06d", i), "kas-1"), vals[i], false)
+		for _, inst := range []string{"kas-1", "kas-2"} {
+			v.apply(r, r.cfg.agentKey(fmt.Sprintf("agent-%06d", i), inst), vals[i], false)
+		}
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&m1)
-	if v.agentKeys != n {
-		t.Fatalf("view holds %d agent keys, want %d", v.agentKeys, n)
+	if v.agentKeys != 2*n {
+		t.Fatalf("view holds %d agent keys, want %d", v.agentKeys, 2*n)
 	}
-	t.Logf("view: %.0f bytes of heap per agent key (one replica each)", float64(m1.HeapAlloc-m0.HeapAlloc)/float64(n))
+	perKey := (float64(m1.HeapAlloc) - float64(m0.HeapAlloc)) / float64(2*n)
+	t.Logf("view: %.0f bytes of heap per agent key (%d agents on 2 instances, one replica each)", perKey, n)
 	runtime.KeepAlive(v)
+	runtime.KeepAlive(vals) // else freeing them during the loop offsets the view's growth
+}
+
+// TestViewKeepsNoEventMemory checks what the view keeps per agent key, which at 300,000 keys is
+// most of kasd's registry memory: no part of an event's key string (a map entry's key is
+// replaced by every assignment, so a substring would keep the whole key alive), replicas in a
+// slice of their exact size (JSON decoding grows one to 4), and each instance's ID once.
+func TestViewKeepsNoEventMemory(t *testing.T) {
+	v := newView()
+	r := &Registry{cfg: Config{}.WithDefaults(), self: Instance{ID: "kas-x"}, log: zerolog.Nop()}
+	var keys []string // every key string passed to apply, kept alive to compare addresses
+	apply := func(key string, value []byte, deleted bool) {
+		keys = append(keys, key)
+		v.apply(r, key, value, deleted)
+	}
+	within := func(s string) bool {
+		p := uintptr(unsafe.Pointer(unsafe.StringData(s)))
+		for _, k := range keys {
+			b := uintptr(unsafe.Pointer(unsafe.StringData(k)))
+			if p >= b && p < b+uintptr(len(k)) {
+				return true
+			}
+		}
+		return false
+	}
+	apply(r.cfg.instanceKey("kas-1"), []byte(`{"id":"kas-1","peer_addr":"kas-1:8443"}`), false)
+	apply(r.cfg.instanceKey("kas-2"), []byte(`{"id":"kas-2","peer_addr":"kas-2:8443"}`), false)
+	val := []byte(`{"connections":1,"replicas":[{"name":"agentd-1","process":"p1","since":1}]}`)
+	for _, inst := range []string{"kas-1", "kas-2", "kas-3"} {
+		apply(r.cfg.agentKey("agent-1", inst), val, false)
+		apply(r.cfg.agentKey("agent-2", inst), val, false)
+	}
+	apply(r.cfg.agentKey("agent-2", "kas-3"), nil, true) // a delete assigns the entry as well
+	two := []byte(`{"connections":2,"replicas":[{"name":"a","process":"p1","since":1},{"name":"b","process":"p2","since":2}]}`)
+	apply(r.cfg.agentKey("agent-1", "kas-2"), two, false)
+
+	if v.agentKeys != 5 {
+		t.Fatalf("view holds %d agent keys, want 5", v.agentKeys)
+	}
+	for agentID, hs := range v.agents {
+		if within(agentID) {
+			t.Errorf("agent %q: the map key is part of an event's key string", agentID)
+		}
+		for _, h := range hs {
+			if within(h.instance) {
+				t.Errorf("agent %q, instance %q: the instance ID is part of an event's key", agentID, h.instance)
+			}
+			if in, ok := v.instances[h.instance]; ok && unsafe.StringData(in.ID) != unsafe.StringData(h.instance) {
+				t.Errorf("agent %q, instance %q: a copy of the instance's ID, not the instance entry's", agentID, h.instance)
+			}
+			if cap(h.replicas) != len(h.replicas) {
+				t.Errorf("agent %q, instance %q: %d replicas in a slice of %d", agentID, h.instance, len(h.replicas), cap(h.replicas))
+			}
+		}
+	}
+	if got := len(v.agents["agent-1"]); got != 3 {
+		t.Fatalf("agent-1 has %d holders, want 3", got)
+	}
+	if got := v.agents["agent-1"][1].replicas; len(got) != 2 || got[1].Name != "b" {
+		t.Errorf("agent-1 on kas-2: replicas %+v, want a and b", got)
+	}
 }

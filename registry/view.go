@@ -46,6 +46,16 @@ func newView() view {
 	return view{instances: make(map[string]Instance), agents: make(map[string][]holding)}
 }
 
+// instanceName returns id as a string of its own, shared with the instance's entry when the view
+// has one: a handful of instances hold every agent key, and each key keeping a copy of its
+// instance's ID was 16 bytes per key.
+func (v *view) instanceName(id string) string {
+	if in, ok := v.instances[id]; ok && in.ID == id {
+		return in.ID
+	}
+	return strings.Clone(id)
+}
+
 // apply applies one key (a put, or a delete) and reports whether the view changed.
 func (v *view) apply(r *Registry, key string, value []byte, deleted bool) bool {
 	kind, agentID, instanceID := r.cfg.parseKey(key)
@@ -63,7 +73,7 @@ func (v *view) apply(r *Registry, key string, value []byte, deleted bool) bool {
 			r.log.Warn().Err(err).Str("key", key).Msg("ignoring undecodable instance")
 			return false
 		}
-		in.ID = instanceID // the key is authoritative
+		in.ID = strings.Clone(instanceID) // the key is authoritative; a string of its own (agent keys share it)
 		if old, ok := v.instances[instanceID]; ok && old == in {
 			return false
 		}
@@ -83,11 +93,14 @@ func (v *view) apply(r *Registry, key string, value []byte, deleted bool) bool {
 			if len(holders) == 1 {
 				delete(v.agents, agentID)
 			} else {
-				v.agents[agentID] = slices.Delete(holders, i, i+1)
+				// A string of its own: assigning to a map entry replaces its key too, and agentID
+				// is a substring of the event's whole key.
+				v.agents[strings.Clone(agentID)] = slices.Delete(holders, i, i+1)
 			}
 			return true
 		}
-		var av agentValue
+		// Room for the usual one replica, so that decoding it does not grow the slice to 4.
+		av := agentValue{Replicas: make([]Replica, 0, 1)}
 		if err := json.Unmarshal(value, &av); err != nil {
 			r.log.Warn().Err(err).Str("key", key).Msg("ignoring undecodable agent entry")
 			return false
@@ -95,17 +108,20 @@ func (v *view) apply(r *Registry, key string, value []byte, deleted bool) bool {
 		if had && old.conns == av.Connections && slices.Equal(old.replicas, av.Replicas) {
 			return false
 		}
-		if len(av.Replicas) == 0 {
+		switch {
+		case len(av.Replicas) == 0:
 			av.Replicas = nil
+		case cap(av.Replicas) > len(av.Replicas):
+			av.Replicas = slices.Clone(av.Replicas) // exact size: it may be kept for the agent's life
 		}
 		if had {
 			holders[i].conns, holders[i].replicas = av.Connections, av.Replicas
 		} else {
 			v.agentKeys++
-			if holders == nil {
-				agentID = strings.Clone(agentID) // not a substring keeping the whole key alive
-			}
-			h := holding{instance: strings.Clone(instanceID), conns: av.Connections, replicas: av.Replicas}
+			// Not a substring keeping the whole key alive (assigning to an existing entry
+			// replaces its key as well).
+			agentID = strings.Clone(agentID)
+			h := holding{instance: v.instanceName(instanceID), conns: av.Connections, replicas: av.Replicas}
 			v.agents[agentID] = slices.Insert(holders, i, h)
 		}
 		if len(av.Replicas) > 0 && instanceID != r.self.ID && !slices.Equal(old.replicas, av.Replicas) {
