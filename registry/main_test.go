@@ -59,7 +59,13 @@ type testRegistry struct {
 // newTestRegistry starts a registry for instance id with its own client and metrics registry.
 func newTestRegistry(t *testing.T, e *Embedded, id string, ttl time.Duration) testRegistry {
 	t.Helper()
-	c := newTestClient(t, e.Endpoints())
+	return newTestRegistryAt(t, e.Endpoints(), id, ttl)
+}
+
+// newTestRegistryAt is newTestRegistry for any etcd's endpoints.
+func newTestRegistryAt(t *testing.T, endpoints []string, id string, ttl time.Duration) testRegistry {
+	t.Helper()
+	c := newTestClient(t, endpoints)
 	reg := prometheus.NewRegistry()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Timestamp().Logger()
 	r, err := New(c, Config{TTL: ttl}, Instance{ID: id, PeerAddr: id + ":8443", APIAddr: id + ":8080", Version: "test"}, log, reg)
