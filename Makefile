@@ -109,15 +109,16 @@ bench-quick: build
 # to AGENTS (the largest step); SCALE_RATE= agents started per second (default 1000: lower it where
 # the fleet shares kasd's cores); SCALE_KASD_CPUS= the CPUs kasd alone runs on, the fleet and the
 # runner getting the others (default CPU 0 on a machine of two or more: the agents of a real fleet
-# run elsewhere; SCALE_KASD_CPUS= with nothing shares every CPU). Needs root (namespaces); results
-# in benchmarks/results/scale-last.
+# run elsewhere; SCALE_KASD_CPUS= with nothing shares every CPU); SCALE_SETTLE= how long the fleet
+# idles before the idle window (default 100s; e.g. 8m for memory at steady state). Needs root
+# (namespaces); results in benchmarks/results/scale-last.
 AGENTS ?= 50000
 SCALE_KASD_CPUS ?= $(shell [ "$$(nproc)" -ge 2 ] && echo 0)
 SCALE_STEPS = $(shell for s in 1000 5000 10000 20000 50000; do [ $$s -lt $(AGENTS) ] && printf '%s,' $$s; done)$(AGENTS)
 
 bench-scale: build
 	@$(BENCH_NFT)
-	$(GO) run ./benchmarks/cmd/qkasbench --preset scale --scenarios scale --scale-agents $(SCALE_STEPS) $(if $(SCALE_RATE),--scale-start-rate $(SCALE_RATE)) $(if $(SCALE_KASD_CPUS),--scale-kasd-cpus $(SCALE_KASD_CPUS)) --bin $(BIN) --latest benchmarks/results/scale-last
+	$(GO) run ./benchmarks/cmd/qkasbench --preset scale --scenarios scale --scale-agents $(SCALE_STEPS) $(if $(SCALE_RATE),--scale-start-rate $(SCALE_RATE)) $(if $(SCALE_KASD_CPUS),--scale-kasd-cpus $(SCALE_KASD_CPUS)) $(if $(SCALE_SETTLE),--scale-settle $(SCALE_SETTLE)) --bin $(BIN) --latest benchmarks/results/scale-last
 
 clean:
 	rm -rf $(BIN) kasd-data demo-data

@@ -39,6 +39,7 @@ func main() {
 	scaleAgents := flag.String("scale-agents", "", "comma-separated simulated agent counts, overriding the preset's (e.g. 10000,50000)")
 	scaleRate := flag.Int("scale-start-rate", 0, "fleet agents started per second in the scale scenario, overriding the preset's (1000); lower it where the fleet shares the machine's cores with kasd")
 	scaleKasdCPUs := flag.String("scale-kasd-cpus", "", "CPU list (taskset -c syntax, e.g. 0) kasd alone runs on in the scale scenario; the fleet, the routing agentd and the runner get the other CPUs, as if the fleet ran on machines of its own (default: all share every CPU)")
+	scaleSettle := flag.Duration("scale-settle", 0, "how long the fleet idles in the scale scenario between kasd's RSS reading and the idle window, overriding the preset's (scale: 100s, four keep-alive periods, path MTU discovery over); longer for memory at steady state (stacks shrink and free pages go back over minutes)")
 	flag.Parse()
 	switch {
 	case *reportDir != "":
@@ -58,7 +59,7 @@ func main() {
 	}
 
 	cfg := runner.Config{Preset: *preset, ResultsDir: *results, BinDir: *bin, KeepWork: *keep, Log: os.Stderr}
-	if *scaleAgents != "" || *scaleRate != 0 || *scaleKasdCPUs != "" {
+	if *scaleAgents != "" || *scaleRate != 0 || *scaleKasdCPUs != "" || *scaleSettle != 0 {
 		sizes, err := runner.Preset(*preset)
 		if err == nil && *scaleAgents != "" {
 			sizes.ScaleAgents, err = parseInts(*scaleAgents)
@@ -68,6 +69,12 @@ func main() {
 		}
 		if *scaleRate > 0 {
 			sizes.ScaleStartRate = *scaleRate
+		}
+		if err == nil && *scaleSettle < 0 {
+			err = fmt.Errorf("--scale-settle: %v", *scaleSettle)
+		}
+		if *scaleSettle > 0 {
+			sizes.ScaleSettle = *scaleSettle
 		}
 		sizes.ScaleKasdCPUs = *scaleKasdCPUs
 		if err != nil {
