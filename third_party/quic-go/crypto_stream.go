@@ -69,6 +69,10 @@ func (s *baseCryptoStream) Finish() error {
 		}
 	}
 	s.finished = true
+	// qkas patch: nothing is pushed to a finished stream (HandleCryptoFrame returns first), so
+	// its frame sorter goes: its map, grown by a ClientHello that came in several frames, stayed
+	// for the connection's life (~1 KiB).
+	s.queue = frameSorter{}
 	return nil
 }
 

@@ -1,0 +1,93 @@
+package quic
+
+import (
+	"testing"
+
+	"github.com/quic-go/quic-go/internal/protocol"
+	"github.com/quic-go/quic-go/internal/wire"
+
+	"github.com/stretchr/testify/require"
+)
+
+// qkas patch: data received in order never makes the frame sorter's map.
+func TestFrameSorterInOrderMakesNoMap(t *testing.T) {
+	s := newFrameSorter()
+	var offset protocol.ByteCount
+	for i := range 100 {
+		data := []byte{byte(i), byte(i), byte(i)}
+		cb, tr := getFrameSorterTestCallback(t)
+		require.NoError(t, s.Push(data, offset, cb))
+		require.True(t, s.HasMoreData())
+		p := make([]byte, 2)
+		require.NoError(t, s.Peek(offset, p))
+		require.Equal(t, data[:2], p)
+		off, got, done := s.Pop()
+		require.Equal(t, offset, off)
+		require.Equal(t, data, got)
+		done()
+		require.True(t, tr.WasCalled())
+		require.False(t, s.HasMoreData())
+		offset += 3
+	}
+	require.Nil(t, s.queue, "in-order data made the map")
+	require.Equal(t, 1, s.gaps.Len())
+	require.Equal(t, byteInterval{Start: offset, End: protocol.MaxByteCount}, s.gaps.Front().Value)
+
+	// A duplicate of what was read is still a duplicate, and its buffer is released.
+	cb, tr := getFrameSorterTestCallback(t)
+	require.NoError(t, s.Push([]byte("xyz"), offset-3, cb))
+	require.True(t, tr.WasCalled())
+	require.False(t, s.HasMoreData())
+
+	// Data that arrives while head is occupied moves head to the map, in order.
+	require.NoError(t, s.Push([]byte("abc"), offset, nil))
+	require.NoError(t, s.Push([]byte("ghi"), offset+6, nil))
+	require.NoError(t, s.Push([]byte("def"), offset+3, nil))
+	require.NotNil(t, s.queue)
+	p := make([]byte, 9)
+	require.NoError(t, s.Peek(offset, p))
+	require.Equal(t, "abcdefghi", string(p))
+	var read []byte
+	for s.HasMoreData() {
+		_, data, _ := s.Pop()
+		read = append(read, data...)
+	}
+	require.Equal(t, "abcdefghi", string(read))
+
+	// An overlapping retransmission of head replaces it as upstream replaces a shorter entry.
+	offset += 9
+	require.NoError(t, s.Push([]byte("ab"), offset, nil))
+	require.NoError(t, s.Push([]byte("abcd"), offset, nil))
+	_, data, _ := s.Pop()
+	require.Equal(t, "abcd", string(data))
+	require.False(t, s.HasMoreData())
+}
+
+// qkas patch: a crypto stream lets its frame sorter go once it is finished.
+func TestCryptoStreamReleasesFrameSorter(t *testing.T) {
+	str := newCryptoStream()
+	// a message in three frames, out of order (as a scrambled ClientHello arrives)
+	require.NoError(t, str.HandleCryptoFrame(&wire.CryptoFrame{Offset: 6, Data: []byte("ghi")}))
+	require.NoError(t, str.HandleCryptoFrame(&wire.CryptoFrame{Offset: 3, Data: []byte("def")}))
+	require.NoError(t, str.HandleCryptoFrame(&wire.CryptoFrame{Offset: 0, Data: []byte("abc")}))
+	require.NotNil(t, str.queue.queue)
+	var got []byte
+	for {
+		data := str.GetCryptoData()
+		if data == nil {
+			break
+		}
+		got = append(got, data...)
+	}
+	require.Equal(t, "abcdefghi", string(got))
+	require.NoError(t, str.Finish())
+	require.Nil(t, str.queue.queue)
+	require.Nil(t, str.queue.gaps)
+
+	// A retransmission after the change of encryption level is still ignored, new data still
+	// refused, and nothing is read.
+	require.NoError(t, str.HandleCryptoFrame(&wire.CryptoFrame{Offset: 3, Data: []byte("def")}))
+	require.Nil(t, str.GetCryptoData())
+	require.Error(t, str.HandleCryptoFrame(&wire.CryptoFrame{Offset: 9, Data: []byte("jkl")}))
+	require.NoError(t, str.Finish())
+}
