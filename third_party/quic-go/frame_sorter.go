@@ -69,7 +69,7 @@ func (s *frameSorter) push(data []byte, offset protocol.ByteCount, doneCb func()
 	end := offset + protocol.ByteCount(len(data))
 
 	// qkas patch: the in-order fast path (see head), and the map made on first use.
-	if !s.hasHead && len(s.queue) == 0 && start == s.readPos {
+	if !s.hasHead && len(s.queue) == 0 && start == s.readPos && s.gaps.Len() == 1 {
 		if gap := s.gaps.Front(); gap.Value.Start == start && end < gap.Value.End {
 			gap.Value.Start = end
 			s.head = frameSorterEntry{Data: data, DoneCb: doneCb}
@@ -77,10 +77,8 @@ func (s *frameSorter) push(data []byte, offset protocol.ByteCount, doneCb func()
 			return nil
 		}
 	}
-	if s.queue == nil {
-		s.queue = make(map[protocol.ByteCount]frameSorterEntry)
-	}
 	if s.hasHead {
+		s.makeQueue()
 		s.queue[s.readPos] = s.head
 		s.head = frameSorterEntry{}
 		s.hasHead = false
@@ -198,8 +196,16 @@ func (s *frameSorter) push(data []byte, offset protocol.ByteCount, doneCb func()
 		return errors.New("too many gaps in received data")
 	}
 
+	s.makeQueue()
 	s.queue[start] = frameSorterEntry{Data: data, DoneCb: doneCb}
 	return nil
+}
+
+// makeQueue makes the map on first use (qkas patch).
+func (s *frameSorter) makeQueue() {
+	if s.queue == nil {
+		s.queue = make(map[protocol.ByteCount]frameSorterEntry)
+	}
 }
 
 func (s *frameSorter) findStartGap(offset protocol.ByteCount) (*list.Element[byteInterval], bool) {

@@ -39,25 +39,44 @@ func TestFrameSorterInOrderMakesNoMap(t *testing.T) {
 	require.True(t, tr.WasCalled())
 	require.False(t, s.HasMoreData())
 
-	// Data that arrives while head is occupied moves head to the map, in order.
-	require.NoError(t, s.Push([]byte("abc"), offset, nil))
+	require.Nil(t, s.queue, "a duplicate made the map")
+
+	// A duplicate of head while it waits is dropped (its buffer released), head is kept.
+	cbHead, trHead := getFrameSorterTestCallback(t)
+	require.NoError(t, s.Push([]byte("abc"), offset, cbHead))
+	require.True(t, s.hasHead)
+	cbDup, trDup := getFrameSorterTestCallback(t)
+	require.NoError(t, s.Push([]byte("abc"), offset, cbDup))
+	require.True(t, trDup.WasCalled())
+	require.False(t, trHead.WasCalled())
+
+	// Data that arrives while head waits moves head into the map, at its offset.
 	require.NoError(t, s.Push([]byte("ghi"), offset+6, nil))
+	require.False(t, s.hasHead)
+	require.Contains(t, s.queue, offset)
 	require.NoError(t, s.Push([]byte("def"), offset+3, nil))
-	require.NotNil(t, s.queue)
 	p := make([]byte, 9)
 	require.NoError(t, s.Peek(offset, p))
 	require.Equal(t, "abcdefghi", string(p))
 	var read []byte
 	for s.HasMoreData() {
-		_, data, _ := s.Pop()
+		_, data, done := s.Pop()
+		if done != nil {
+			done()
+		}
 		read = append(read, data...)
 	}
 	require.Equal(t, "abcdefghi", string(read))
+	require.True(t, trHead.WasCalled())
 
-	// An overlapping retransmission of head replaces it as upstream replaces a shorter entry.
+	// A longer retransmission of head replaces it, as upstream replaces a shorter entry, and
+	// releases head's buffer.
 	offset += 9
-	require.NoError(t, s.Push([]byte("ab"), offset, nil))
+	cbShort, trShort := getFrameSorterTestCallback(t)
+	require.NoError(t, s.Push([]byte("ab"), offset, cbShort))
+	require.True(t, s.hasHead)
 	require.NoError(t, s.Push([]byte("abcd"), offset, nil))
+	require.True(t, trShort.WasCalled())
 	_, data, _ := s.Pop()
 	require.Equal(t, "abcd", string(data))
 	require.False(t, s.HasMoreData())
@@ -87,6 +106,7 @@ func TestCryptoStreamReleasesFrameSorter(t *testing.T) {
 	// A retransmission after the change of encryption level is still ignored, new data still
 	// refused, and nothing is read.
 	require.NoError(t, str.HandleCryptoFrame(&wire.CryptoFrame{Offset: 3, Data: []byte("def")}))
+	require.NoError(t, str.HandleCryptoFrame(&wire.CryptoFrame{Offset: 0, Data: []byte("abc")}))
 	require.Nil(t, str.GetCryptoData())
 	require.Error(t, str.HandleCryptoFrame(&wire.CryptoFrame{Offset: 9, Data: []byte("jkl")}))
 	require.NoError(t, str.Finish())
