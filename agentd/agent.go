@@ -448,6 +448,14 @@ func (a *Agent) setSlot(slot int, c *agentConn) {
 
 // connect dials t and performs the Hello/Welcome exchange on the control stream.
 func (a *Agent) connect(ctx context.Context, dialer *quic.Dialer, t target) (*agentConn, error) {
+	if slots := a.cfg.ConnectSlots; slots != nil {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		defer func() { <-slots }()
+	}
 	qc, err := a.dialKasd(ctx, dialer, t) // QUIC or TCP (transport.go)
 	if err != nil {
 		return nil, refusalFromClose(err)

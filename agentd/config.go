@@ -57,6 +57,13 @@ type Config struct {
 	// Transport chooses QUIC, TCP, or QUIC falling back to TCP and back (transport.go). Zero
 	// value: auto, fallback after 3s, probe every 5m, no proxy.
 	Transport TransportConfig
+	// ConnectSlots, when set, is shared by agents that run in one process (the fleet simulator,
+	// benchmarks/fleetsim): a connect — the dial, the QUIC and TLS handshakes, Hello and Welcome —
+	// holds one of its cap() slots, and waits for one before it dials. It models agents that each
+	// have a CPU of their own: thousands of handshakes at once in one process starve each other
+	// past their timeouts, which separate agents would not. A wait for a slot is not an attempt.
+	// nil (agentd's default): no limit.
+	ConnectSlots chan struct{}
 	// Backoff paces reconnects. Zero value: quic.Backoff defaults (100ms doubling to 10s, ±20%).
 	Backoff quic.Backoff
 	// Log receives structured logs. Default: zerolog.Nop().

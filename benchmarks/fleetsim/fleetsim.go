@@ -44,6 +44,12 @@ type Config struct {
 	QUIC quic.Config
 	// Log receives the fleet's warnings (agents that cannot be built). Default: nop.
 	Log *zerolog.Logger
+	// MaxConnecting bounds the agents of this fleet that connect at once (dial, handshakes,
+	// Hello and Welcome; agentd.Config.ConnectSlots); the others wait their turn without
+	// dialling. Real agents each have a CPU of their own; thousands of handshakes at once in one
+	// process, on one core, starve each other past their timeouts and redial, which measures the
+	// simulator, not kasd. 0: no limit.
+	MaxConnecting int
 }
 
 // Fleet is a running set of agents.
@@ -91,6 +97,10 @@ func New(cfg Config) (*Fleet, error) {
 		q.MaxIdleTimeout = quic.DefaultAgentMaxIdleTimeout
 	}
 	f := &Fleet{agents: make([]*agentd.Agent, 0, len(cfg.Agents))}
+	var slots chan struct{}
+	if cfg.MaxConnecting > 0 {
+		slots = make(chan struct{}, cfg.MaxConnecting)
+	}
 	for _, a := range cfg.Agents {
 		ag, err := agentd.New(agentd.Config{
 			KasAddresses: cfg.KasAddresses,
@@ -102,7 +112,8 @@ func New(cfg Config) (*Fleet, error) {
 			Version:      "fleetsim",
 			Log:          cfg.Log,
 			// Each agent's metrics go to a private registry, as in its own process.
-			Registerer: prometheus.NewRegistry(),
+			Registerer:   prometheus.NewRegistry(),
+			ConnectSlots: slots,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("fleetsim: agent %s: %w", a.ID, err)

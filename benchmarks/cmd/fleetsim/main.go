@@ -33,6 +33,7 @@ type config struct {
 	kas, caFile, serverName, tokensFile, statusFile string
 	rate                                            float64
 	keepAlive, idle, every                          time.Duration
+	maxConnecting                                   int
 }
 
 func main() {
@@ -43,6 +44,7 @@ func main() {
 	flag.StringVar(&c.tokensFile, "tokens-file", "", "one \"id token\" line per agent (required)")
 	flag.StringVar(&c.statusFile, "status-file", "", "write the agent counts there as JSON every --status-every and at exit (fleetsim.Status)")
 	flag.Float64Var(&c.rate, "start-rate", 2000, "agents started per second (0: all at once)")
+	flag.IntVar(&c.maxConnecting, "max-connecting", 64, "agents of this process connecting at once (dial, handshakes, Hello); the others wait without dialling, as agents with CPUs of their own would not starve each other (0: no limit)")
 	flag.DurationVar(&c.keepAlive, "keep-alive-period", quic.DefaultAgentKeepAlivePeriod, "agents' QUIC keep-alive period (agentd's default)")
 	flag.DurationVar(&c.idle, "idle-timeout", quic.DefaultAgentMaxIdleTimeout, "agents' QUIC idle timeout (agentd's default)")
 	flag.DurationVar(&c.every, "status-every", 5*time.Second, "how often to print (and write) the connected count")
@@ -86,6 +88,7 @@ func run(c config) error {
 	f, err := fleetsim.New(fleetsim.Config{
 		KasAddresses: strings.Split(c.kas, ","), TLS: tlsConf, Agents: agents,
 		QUIC: quic.Config{KeepAlivePeriod: c.keepAlive, MaxIdleTimeout: c.idle}, Log: &log,
+		MaxConnecting: c.maxConnecting,
 	})
 	if err != nil {
 		return err
