@@ -11,6 +11,10 @@
 // benchmark splits a larger fleet over several processes with Split (contiguous shares, each
 // agent in exactly one) and WriteTokens, and sums what each reports in its Status file.
 //
+// Config.MaxConnecting bounds how many of the process's agents connect at once
+// (agentd.Config.ConnectSlots): real agents each have a CPU of their own, and thousands of
+// handshakes at once in one process on one core starve each other past their timeouts.
+//
 // Invariants: Run owns one goroutine per started agent and returns only when all have
 // returned; Started and Connected may be called from any goroutine while it runs.
 package fleetsim
