@@ -8,7 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
-	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -19,26 +18,7 @@ func TestConnectSlotsBoundConnects(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dials := make(chan struct{}, 16)
-	go func() {
-		for {
-			qc, err := ln.Accept(ctx)
-			if err != nil {
-				return
-			}
-			dials <- struct{}{}
-			go func() {
-				control, err := qc.AcceptStream(ctx)
-				if err != nil {
-					return
-				}
-				if _, err := api.ReadExpect(control, api.TypeHello); err != nil {
-					return
-				}
-				_ = api.WriteFrame(control, &api.Welcome{Version: api.ProtocolVersion, AgentID: "a1", ConnectionID: "c1", InstanceID: "kas-1"})
-				<-qc.Context().Done()
-			}()
-		}
-	}()
+	go acceptAgents(ctx, ln, dials, 0)
 	slots := make(chan struct{}, 1)
 	slots <- struct{}{} // another agent is connecting
 	nop := zerolog.Nop()

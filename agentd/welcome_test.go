@@ -24,27 +24,7 @@ func TestAgentWaitsForASlowWelcome(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dials := make(chan struct{}, 16)
-	go func() { // a kasd that welcomes every agent 1.5 handshake timeouts after its Hello
-		for {
-			qc, err := ln.Accept(ctx)
-			if err != nil {
-				return
-			}
-			dials <- struct{}{}
-			go func() {
-				control, err := qc.AcceptStream(ctx)
-				if err != nil {
-					return
-				}
-				if _, err := api.ReadExpect(control, api.TypeHello); err != nil {
-					return
-				}
-				time.Sleep(handshake * 3 / 2)
-				_ = api.WriteFrame(control, &api.Welcome{Version: api.ProtocolVersion, AgentID: "a1", ConnectionID: "c1", InstanceID: "kas-1"})
-				<-qc.Context().Done()
-			}()
-		}
-	}()
+	go acceptAgents(ctx, ln, dials, handshake*3/2) // welcomes each agent 1.5 handshake timeouts after its Hello
 	nop := zerolog.Nop()
 	a, err := New(Config{KasAddresses: []string{ln.Addr().String()}, Token: "t", Connections: 1,
 		TLS: clientTLS, QUIC: quic.Config{HandshakeTimeout: handshake},
@@ -67,6 +47,30 @@ func TestAgentWaitsForASlowWelcome(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Error(err)
+	}
+}
+
+// acceptAgents is a hand-written kasd on ln until ctx ends: it counts each connection on dials,
+// reads the agent's Hello and sends a Welcome delay later.
+func acceptAgents(ctx context.Context, ln *quic.Listener, dials chan<- struct{}, delay time.Duration) {
+	for {
+		qc, err := ln.Accept(ctx)
+		if err != nil {
+			return
+		}
+		dials <- struct{}{}
+		go func() {
+			control, err := qc.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			if _, err := api.ReadExpect(control, api.TypeHello); err != nil {
+				return
+			}
+			time.Sleep(delay)
+			_ = api.WriteFrame(control, &api.Welcome{Version: api.ProtocolVersion, AgentID: "a1", ConnectionID: "c1", InstanceID: "kas-1"})
+			<-qc.Context().Done()
+		}()
 	}
 }
 
