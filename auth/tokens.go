@@ -293,8 +293,8 @@ func plainString(v []byte) bool {
 	if len(v) != hex.EncodedLen(sha256.Size) {
 		return false
 	}
-	if v[0] == '0' && (v[1] == 'b' || v[1] == 'B') {
-		return false // "0b0101…" and "0B…" are binary integers to YAML: leave them to it
+	if v[0] == '0' && (v[1] == 'b' || v[1] == 'B') && strings.Trim(string(v[2:]), "01") == "" {
+		return false // "0b0101…" and "0B0101…" are binary integers to YAML: leave them to it
 	}
 	digitsOrE, es := true, 0
 	for _, c := range v {

@@ -360,6 +360,7 @@ func FuzzScanCanonicalTokens(f *testing.F) {
 	f.Add([]byte("# c\nagents:\n  - token_sha256: " + h + "\n    id: on1\n"))
 	f.Add([]byte("agents:\n- id: e5\n  token_sha256: " + strings.Repeat("1", 63) + "e\n"))
 	f.Add([]byte("agents:\n- id: Null\n  token_sha256: 0x" + h[2:] + "\n"))
+	f.Add([]byte("agents:\n- id: b\n  token_sha256: 0b" + strings.Repeat("1", 61) + "a\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkSameAsYAML(t, data)
 	})
