@@ -28,7 +28,7 @@ type frameSorterEntry struct {
 type frameSorter struct {
 	queue   map[protocol.ByteCount]frameSorterEntry
 	readPos protocol.ByteCount
-	gaps    *list.List[byteInterval]
+	gaps    *list.List[byteInterval] // qkas patch: nil stands for one gap, [gapStart, MaxByteCount)
 
 	// qkas patch: data that arrives in order, with nothing else queued, waits in head (at
 	// readPos) instead of the map, and the map is made only when data arrives out of order. A
@@ -37,16 +37,27 @@ type frameSorter struct {
 	// and every stream paid the map's allocations.
 	head    frameSorterEntry
 	hasHead bool
+
+	// qkas patch: while gaps is nil, the received data is one run from 0 and gapStart is where
+	// the one gap begins. The list (and its first element) is made only when data arrives out
+	// of order (gapList), so the zero frameSorter is ready to use and a stream that receives in
+	// order allocates nothing for it.
+	gapStart protocol.ByteCount
 }
 
 var errDuplicateStreamData = errors.New("duplicate stream data")
 
 func newFrameSorter() *frameSorter {
-	s := frameSorter{
-		gaps: list.NewWithPool[byteInterval](&byteIntervalElementPool),
+	return &frameSorter{} // qkas patch: the gap list is made on first use (gapList)
+}
+
+// gapList returns the list of gaps, made from gapStart on first use (qkas patch).
+func (s *frameSorter) gapList() *list.List[byteInterval] {
+	if s.gaps == nil {
+		s.gaps = list.NewWithPool[byteInterval](&byteIntervalElementPool)
+		s.gaps.PushFront(byteInterval{Start: s.gapStart, End: protocol.MaxByteCount})
 	}
-	s.gaps.PushFront(byteInterval{Start: 0, End: protocol.MaxByteCount})
-	return &s
+	return s.gaps
 }
 
 func (s *frameSorter) Push(data []byte, offset protocol.ByteCount, doneCb func()) error {
@@ -68,15 +79,23 @@ func (s *frameSorter) push(data []byte, offset protocol.ByteCount, doneCb func()
 	start := offset
 	end := offset + protocol.ByteCount(len(data))
 
-	// qkas patch: the in-order fast path (see head), and the map made on first use.
-	if !s.hasHead && len(s.queue) == 0 && start == s.readPos && s.gaps.Len() == 1 {
-		if gap := s.gaps.Front(); gap.Value.Start == start && end < gap.Value.End {
+	// qkas patch: the in-order fast path (see head), and the map and gap list made on first use.
+	if !s.hasHead && len(s.queue) == 0 && start == s.readPos {
+		if s.gaps == nil {
+			if start == s.gapStart && end < protocol.MaxByteCount {
+				s.gapStart = end
+				s.head = frameSorterEntry{Data: data, DoneCb: doneCb}
+				s.hasHead = true
+				return nil
+			}
+		} else if gap := s.gaps.Front(); s.gaps.Len() == 1 && gap.Value.Start == start && end < gap.Value.End {
 			gap.Value.Start = end
 			s.head = frameSorterEntry{Data: data, DoneCb: doneCb}
 			s.hasHead = true
 			return nil
 		}
 	}
+	s.gapList()
 	if s.hasHead {
 		s.makeQueue()
 		s.queue[s.readPos] = s.head
@@ -264,7 +283,7 @@ func (s *frameSorter) Pop() (protocol.ByteCount, []byte, func()) {
 	}
 	offset := s.readPos
 	s.readPos += protocol.ByteCount(len(entry.Data))
-	if s.gaps.Front().Value.End <= s.readPos {
+	if s.gaps != nil && s.gaps.Front().Value.End <= s.readPos { // qkas patch: nil gaps end at MaxByteCount
 		panic("frame sorter BUG: read position higher than a gap")
 	}
 	return offset, entry.Data, entry.DoneCb

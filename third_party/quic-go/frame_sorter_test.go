@@ -109,15 +109,15 @@ func TestFrameSorterGapHandling(t *testing.T) {
 	}
 
 	checkGaps := func(t *testing.T, s *frameSorter, expectedGaps []byteInterval) {
-		if s.gaps.Len() != len(expectedGaps) {
+		if s.gapList().Len() != len(expectedGaps) {
 			fmt.Println("Gaps:")
-			for gap := s.gaps.Front(); gap != nil; gap = gap.Next() {
+			for gap := s.gapList().Front(); gap != nil; gap = gap.Next() {
 				fmt.Printf("\t%d - %d\n", gap.Value.Start, gap.Value.End)
 			}
-			require.Equal(t, len(expectedGaps), s.gaps.Len())
+			require.Equal(t, len(expectedGaps), s.gapList().Len())
 		}
 		var i int
-		for gap := s.gaps.Front(); gap != nil; gap = gap.Next() {
+		for gap := s.gapList().Front(); gap != nil; gap = gap.Next() {
 			require.Equal(t, expectedGaps[i], gap.Value)
 			i++
 		}
@@ -1373,7 +1373,7 @@ func TestFrameSorterTooManyGaps(t *testing.T) {
 	for i := range protocol.MaxStreamFrameSorterGaps {
 		require.NoError(t, s.Push([]byte("foobar"), protocol.ByteCount(i*7), nil))
 	}
-	require.Equal(t, protocol.MaxStreamFrameSorterGaps, s.gaps.Len())
+	require.Equal(t, protocol.MaxStreamFrameSorterGaps, s.gapList().Len())
 	err := s.Push([]byte("foobar"), protocol.ByteCount(protocol.MaxStreamFrameSorterGaps*7)+100, nil)
 	require.EqualError(t, err, "too many gaps in received data")
 }
@@ -1451,8 +1451,8 @@ func testFrameSorterRandomized(t *testing.T, dataLen protocol.ByteCount, injectD
 			callbacks = append(callbacks, tr)
 		}
 	}
-	require.Equal(t, 1, s.gaps.Len())
-	require.Equal(t, byteInterval{Start: num * dataLen, End: protocol.MaxByteCount}, s.gaps.Front().Value)
+	require.Equal(t, 1, s.gapList().Len())
+	require.Equal(t, byteInterval{Start: num * dataLen, End: protocol.MaxByteCount}, s.gapList().Front().Value)
 
 	// read all data
 	var read []byte

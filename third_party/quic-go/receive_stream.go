@@ -21,7 +21,7 @@ type ReceiveStream struct {
 
 	sender streamSender
 
-	frameQueue               *frameSorter
+	frameQueue               frameSorter // qkas patch: by value (the zero frameSorter is ready to use)
 	finalOffset              protocol.ByteCount
 	receiveFinalSizeCallback func(int64)
 
@@ -66,7 +66,6 @@ func newReceiveStream(
 		streamID:       streamID,
 		sender:         sender,
 		flowController: flowController,
-		frameQueue:     newFrameSorter(),
 		readChan:       make(chan struct{}, 1),
 		readOnce:       make(chan struct{}, 1),
 		finalOffset:    protocol.MaxByteCount,
