@@ -51,8 +51,9 @@ type Config struct {
 	// AccessLog configures the info line logged per request (accesslog.go). Zero value: every
 	// request is logged.
 	AccessLog AccessLogConfig
-	// DrainTimeout bounds how long in-flight requests may continue on a connection after kasd
-	// sent GoAway or after Run's context ended. Default 30s.
+	// DrainTimeout bounds how long in-flight requests (kasd's, and the GitLab module requests
+	// this agent sent) may continue on a connection being drained: after kasd sent GoAway,
+	// after a services reload or a move, or after Run's context ended. Default 30s.
 	DrainTimeout time.Duration
 	// Transport chooses QUIC, TCP, or QUIC falling back to TCP and back (transport.go). Zero
 	// value: auto, fallback after 3s, probe every 5m, no proxy.

@@ -37,9 +37,58 @@ type agentConn struct {
 	// nil for QUIC connections. Set by connect before the slot sees c.
 	quicBack <-chan struct{}
 
-	hmu      sync.Mutex     // guards hclosed
+	hmu      sync.Mutex     // guards hclosed, oclosed and outbound
 	hclosed  bool           // set by drain: streams that arrive later are refused
 	handlers sync.WaitGroup // running serveStream calls
+	// outbound counts the GitLab requests on streams this agent opened on c whose response
+	// has not been read to its end (or closed); oclosed, set by drain, sends later ones to
+	// another connection, and outboundDone is closed once it is set and outbound is 0.
+	oclosed      bool
+	outbound     int
+	outboundDone chan struct{}
+}
+
+// startOutbound counts a GitLab request about to open a stream on c; false once c drains.
+func (c *agentConn) startOutbound() bool {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	if c.oclosed {
+		return false
+	}
+	c.outbound++
+	return true
+}
+
+// draining says whether drain has begun: GitLab requests go to another connection.
+func (c *agentConn) draining() bool {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	return c.oclosed
+}
+
+// endOutbound ends what startOutbound counted: the request failed, or its response was read
+// to the end or closed.
+func (c *agentConn) endOutbound() {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	c.outbound--
+	if c.outbound == 0 && c.oclosed {
+		close(c.outboundDone)
+	}
+}
+
+// closeOutbound stops new GitLab requests on c and returns a channel closed once those in
+// flight are done.
+func (c *agentConn) closeOutbound() <-chan struct{} {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	if !c.oclosed {
+		c.oclosed = true
+		if c.outbound == 0 {
+			close(c.outboundDone)
+		}
+	}
+	return c.outboundDone
 }
 
 // startConn starts the connection's accept loop and control reader. Both goroutines, and one
@@ -57,6 +106,8 @@ func (a *Agent) startConn(qc *quicgo.Conn, control *quicgo.Stream, w *api.Welcom
 		acceptDone: make(chan struct{}),
 		ctrlDone:   make(chan struct{}),
 		goAway:     make(chan struct{}),
+
+		outboundDone: make(chan struct{}),
 	}
 	c.ctx, c.stop = context.WithCancel(qc.Context())
 	go func() {
@@ -150,11 +201,22 @@ func (c *agentConn) wait(ctx context.Context, reload <-chan struct{}) string {
 // to close it (kasd has then read every response) before closing it itself.
 const drainCloseWait = time.Second
 
-// drain stops accepting streams, lets in-flight requests (upgraded ones included) finish within
-// DrainTimeout, closes the connection and waits for the connection's goroutines.
+// drain lets the GitLab requests in flight on c finish, then stops accepting streams, lets
+// kasd's in-flight requests (upgraded ones included) finish, all within DrainTimeout, closes
+// the connection and waits for the connection's goroutines.
+//
+// The GitLab requests come first because kasd closes a connection the agent said it leaves
+// once kasd's own requests on it are done: only the agent knows when it has read a module
+// response to its end, so it says it leaves only then. Until then c serves kasd as before (a
+// replacement connection, if any, serves it too).
 func (c *agentConn) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.a.cfg.DrainTimeout)
 	defer cancel()
+	select {
+	case <-c.closeOutbound():
+	case <-ctx.Done():
+	case <-c.qc.Context().Done():
+	}
 	c.announceLeaving()
 	c.hmu.Lock()
 	c.hclosed = true

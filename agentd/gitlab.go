@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httputil"
 	"sort"
@@ -156,18 +157,51 @@ func (t *GitLabRoundTripper) roundTrip(req *http.Request) (*http.Response, error
 		if err != nil {
 			return nil, err
 		}
+		if !c.startOutbound() {
+			continue // c began draining after it was picked; live no longer returns it
+		}
 		st, err := c.qc.OpenStreamSync(ctx)
 		if err != nil {
+			c.endOutbound()
 			if ctx.Err() == nil && attempt+1 < gitlabOpenAttempts {
 				continue // the connection died after it was picked; nothing was sent yet
 			}
 			return nil, httpstream.StreamError(err)
 		}
-		return httpstream.RoundTrip(ctx, quic.NewStreamConn(c.qc, st), frame, body, &httpstream.Options{
+		resp, err := httpstream.RoundTrip(ctx, quic.NewStreamConn(c.qc, st), frame, body, &httpstream.Options{
 			ResponseHeaderTimeout: headerTimeout,
 			Go:                    t.Agent.goOwned,
 		})
+		if err != nil || resp.Body == nil || resp.Body == http.NoBody || resp.StatusCode == http.StatusSwitchingProtocols {
+			c.endOutbound()
+			return resp, err
+		}
+		resp.Body = &outboundBody{ReadCloser: resp.Body, done: c.endOutbound}
+		return resp, nil
 	}
+}
+
+// outboundBody is the body of a GitLab response: the first error from Read (io.EOF included)
+// or Close tells its connection the request is done (agentConn.endOutbound), so a draining
+// connection waits for it.
+type outboundBody struct {
+	io.ReadCloser
+	done func()
+	once sync.Once
+}
+
+func (b *outboundBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.once.Do(b.done)
+	}
+	return n, err
+}
+
+func (b *outboundBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
 }
 
 // pick returns a live connection, round-robin over slots, waiting up to ConnectWait for one.
@@ -202,8 +236,8 @@ func (t *GitLabRoundTripper) pick(ctx context.Context) (*agentConn, error) {
 	}
 }
 
-// live returns the next live connection in slot order, or nil. Connections that got GoAway or
-// whose QUIC connection ended are skipped.
+// live returns the next live connection in slot order, or nil. Connections that got GoAway,
+// are draining or whose QUIC connection ended are skipped.
 func (t *GitLabRoundTripper) live() *agentConn {
 	a := t.Agent
 	a.mu.Lock()
@@ -221,6 +255,9 @@ func (t *GitLabRoundTripper) live() *agentConn {
 		case <-c.qc.Context().Done():
 			continue
 		default:
+		}
+		if c.draining() {
+			continue
 		}
 		conns = append(conns, c)
 	}

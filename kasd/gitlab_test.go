@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -493,5 +494,73 @@ func TestGitLabModuleRedirectNotFollowed(t *testing.T) {
 	}
 	if n := len(e.moduleRequests()); n != 1 {
 		t.Errorf("GitLab received %d module requests, want 1", n)
+	}
+}
+
+// A GitLab module request in flight on a connection the agent re-announces (a services reload:
+// make before break) is not cut: the agent says it leaves the old connection only once its
+// module responses on it were read to the end. (kasd closes a connection the agent left as soon
+// as kasd's own requests on it are done, and cannot know when the agent has read a module
+// response: before, the response below lost its second half.)
+func TestGitLabRequestSurvivesReannounce(t *testing.T) {
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-d", gitlab.AgentInfo{AgentID: 401})
+	// A drain timeout longer than the wait below: the response must outlive a drain that
+	// does not wait for it, not the timeout that bounds one that does.
+	a := e.startAgent("tok-d", "pod-1", map[string]string{"web": echoService(t, "pod-1").URL}, func(c *agentd.Config) {
+		c.DrainTimeout = 20 * time.Second
+	})
+	proxy := httptest.NewServer(a.GitLabHandler())
+	t.Cleanup(proxy.Close)
+	waitConnected(t, a, 1)
+
+	gate := make(chan struct{})
+	e.gl.SetModuleHandler("slow", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write([]byte("first\n"))
+		http.NewResponseController(w).Flush()
+		select {
+		case <-gate:
+		case <-time.After(20 * time.Second):
+		}
+		w.Write([]byte("second\n"))
+	}))
+
+	resp, err := noFollow.Get(proxy.URL + "/modules/slow/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, len("first\n"))
+	if _, err := io.ReadFull(resp.Body, first); err != nil {
+		t.Fatal(err)
+	}
+	before := a.Instances()
+	// A services reload: the slot re-announces on a new connection and drains the old one.
+	echo := echoService(t, "pod-1b")
+	if err := a.ReloadServices(func() (map[string]*url.URL, error) {
+		u, _ := url.Parse(echo.URL)
+		return map[string]*url.URL{"web2": u}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Give a drain that did not wait time to cut the response (announce, linger 250ms, wait
+	// for kasd's close, at most 1s).
+	time.Sleep(2500 * time.Millisecond)
+	// Meanwhile, module requests go to the new connection.
+	e.gl.SetModuleHandler("quick", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("quick"))
+	}))
+	if got, err := noFollow.Get(proxy.URL + "/modules/quick/x"); err != nil {
+		t.Fatal(err)
+	} else if b, _ := io.ReadAll(got.Body); got.StatusCode != http.StatusOK || string(b) != "quick" {
+		t.Fatalf("module request during the drain: %d %q", got.StatusCode, b)
+	} else {
+		got.Body.Close()
+	}
+	close(gate)
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || string(rest) != "second\n" {
+		t.Fatalf("module response cut by the re-announce's drain: read %q, err %v (instances before %v, now %v)", rest, err, before, a.Instances())
 	}
 }
