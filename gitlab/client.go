@@ -223,5 +223,5 @@ func ctxError(ctx context.Context) error {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return &api.Error{Code: api.CodeDeadlineExceeded, Message: "deadline exceeded waiting for GitLab", Err: err}
 	}
-	return err
+	return &api.Error{Code: api.CodeClientCanceled, Message: "the caller went away before GitLab answered", Err: err}
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -185,7 +186,11 @@ func (c *Client) serveModule(w http.ResponseWriter, r *http.Request) {
 	}
 	label := c.metrics.moduleLabel(module)
 	if err := c.waitRateLimit(r.Context()); err != nil {
-		c.metrics.moduleRequests.WithLabelValues(label, codeError).Inc()
+		code := codeError
+		if api.CodeOf(err) == api.CodeClientCanceled {
+			code = strconv.Itoa(api.CodeClientCanceled.HTTPStatus())
+		}
+		c.metrics.moduleRequests.WithLabelValues(label, code).Inc()
 		api.WriteHTTPError(w, err)
 		return
 	}
@@ -271,8 +276,13 @@ func (c *Client) modifyModuleResponse(resp *http.Response) error {
 func (c *Client) moduleError(w http.ResponseWriter, r *http.Request, err error) {
 	ctx := r.Context()
 	if ctx.Err() != nil {
-		// The caller went away or its deadline passed; the answer may not be read.
-		api.WriteHTTPError(w, ctxError(ctx))
+		// The caller went away or its deadline passed; the answer may not be read. A caller
+		// that went away is counted as 499, not as GitLab failing to answer.
+		err := ctxError(ctx)
+		if route, ok := ctx.Value(moduleRouteKey{}).(*moduleRoute); ok && api.CodeOf(err) == api.CodeClientCanceled {
+			route.status = api.CodeClientCanceled.HTTPStatus()
+		}
+		api.WriteHTTPError(w, err)
 		return
 	}
 	var ae *api.Error

@@ -1,6 +1,7 @@
 package gitlab_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -432,5 +433,46 @@ func TestModuleGitLabUnreachable(t *testing.T) {
 	c.ModuleHandler().ServeHTTP(rec, req)
 	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get(api.HeaderError) != "auth_unavailable" {
 		t.Errorf("status %d %q: %s", rec.Code, rec.Header().Get(api.HeaderError), rec.Body)
+	}
+}
+
+// A caller that goes away while GitLab has not answered is counted as 499 (client_canceled),
+// not as GitLab failing to answer ("error").
+func TestModuleCallerCancelCounted(t *testing.T) {
+	e := newEnv(t, nil)
+	e.gl.AddAgent("tok", agent1)
+	arrived := make(chan struct{})
+	release := make(chan struct{})
+	defer close(release)
+	e.gl.SetModuleHandler("slow", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	ctx, cancel := context.WithCancel(gitlab.WithAgentToken(t.Context(), "tok"))
+	req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/modules/slow/x", nil)
+	rec := httptest.NewRecorder()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.client.ModuleHandler().ServeHTTP(rec, req)
+	}()
+	select {
+	case <-arrived:
+	case <-done:
+		t.Fatalf("answered before GitLab got the request: %d %s", rec.Code, rec.Body)
+	}
+	cancel()
+	<-done
+	if got := rec.Header().Get(api.HeaderError); got != "client_canceled" {
+		t.Errorf("error code %q, want client_canceled", got)
+	}
+	if n := e.counter(t, "kasd_gitlab_module_requests_total", map[string]string{"module": "slow", "code": "499"}); n != 1 {
+		t.Errorf("module_requests_total{499} = %v, want 1", n)
+	}
+	if n := e.counter(t, "kasd_gitlab_module_requests_total", map[string]string{"module": "slow", "code": "error"}); n != 0 {
+		t.Errorf("module_requests_total{error} = %v, want 0", n)
 	}
 }
