@@ -79,7 +79,14 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	body := httpstream.NewBody(r.Body, 0)
 	if f.ContentLength == 0 {
 		body = nil
-	} else if len(r.Trailer) > 0 {
+	} else {
+		// The agent may answer before the upload ends (a full-duplex service, an early 401 or
+		// 413): without this, net/http's HTTP/1.1 server, writing the response head, would
+		// read and discard the rest of the body under the body writer and close it. (HTTP/2
+		// is full duplex already: the call's error says so.)
+		_ = http.NewResponseController(w).EnableFullDuplex()
+	}
+	if body != nil && len(r.Trailer) > 0 {
 		// Declared trailers (gRPC-style clients) travel at the end of a framed body.
 		body.Trailer = r.Trailer
 		f.Flags |= api.FlagFramed
