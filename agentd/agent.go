@@ -254,17 +254,21 @@ const refusedTokenBackoff = 5 * time.Minute
 const (
 	overloadedBackoff    = 2 * time.Second
 	overloadedBackoffMax = 32 * time.Second
-	// maxGateRetryHint caps the retry hint of a refusal before TLS (kasd's longest hint, its
-	// maxAdmissionRetry): a forged one can delay a reconnection by no more.
-	maxGateRetryHint = 2 * time.Minute
 )
+
+// maxRetryHint caps the retry hint of every refusal (Error frame, close reason, or the
+// reason phrase of a CONNECTION_REFUSED before TLS, which anyone who saw the dial could forge)
+// at kasd's longest, its maxAdmissionRetry. The wire allows up to MaxInt64 ns: uncapped, a hint
+// above MaxInt64/2 overflowed hint + jitter into a negative delay (the slot redialled in a
+// tight loop), and one of years left the agent disconnected for good.
+const maxRetryHint = 2 * time.Minute
 
 // reconnectDelay is how long a slot waits before its next dial, after attempt failed attempts
 // (refusedToken of them in a row refused the token; err is the last failure, nil after a
 // connection ended):
 //   - kasd refused with a retry hint (admission during a reconnect storm, draining): at least
 //     the hint, plus full jitter over as much again, so refused agents arrive back spread over
-//     the schedule kasd gave them;
+//     the schedule kasd gave them; the hint is capped at maxRetryHint;
 //   - a refused token: full jitter over the upper half of 30s·2^(refusedToken-1), at most
 //     refusedTokenBackoff;
 //   - kasd refused as overloaded without a hint (CONNECTION_REFUSED before the TLS
@@ -279,6 +283,7 @@ func reconnectDelay(b quic.Backoff, attempt, refusedToken int, err error, rnd fu
 		return ceiling/2 + jitter(ceiling/2)
 	}
 	if hint := api.RetryAfterOf(err); hint > 0 {
+		hint = min(hint, maxRetryHint) // then hint + jitter(hint) cannot overflow
 		return hint + jitter(hint)
 	}
 	if api.CodeOf(err) == api.CodeOverloaded {
@@ -531,9 +536,8 @@ func refusalFromClose(err error) error {
 	var trErr *quicgo.TransportError
 	if errors.As(err, &trErr) && trErr.Remote && trErr.ErrorCode == quicgo.ConnectionRefused {
 		if e, ok := api.ParseCloseReason(trErr.ErrorMessage); ok && e.Code == api.CodeOverloaded {
-			// Sent in an Initial packet, which anyone who saw the dial could forge: capped at
-			// kasd's own longest hint.
-			e.RetryAfter = min(e.RetryAfter, maxGateRetryHint)
+			// Sent in an Initial packet, which anyone who saw the dial could forge: its hint is
+			// capped, as every refusal's, by reconnectDelay (maxRetryHint).
 			e.Err = err
 			return e
 		}

@@ -78,3 +78,33 @@ func TestReconnectDelayWithoutHint(t *testing.T) {
 		t.Errorf("CONNECTION_REFUSED read as %v", err)
 	}
 }
+
+// TestReconnectDelayCapsRetryHint: whatever retry hint a refusal carries (kasd's Error frame or
+// close reason, up to api's cap of MaxInt64 ns), the wait stays within [0, 2·maxRetryHint). A
+// hint above MaxInt64/2 once overflowed hint + jitter into a negative delay (the slot redialled
+// at once, in a tight loop), and one of years left the agent disconnected for good.
+func TestReconnectDelayCapsRetryHint(t *testing.T) {
+	const maxInt64 = time.Duration(1<<63 - 1)
+	zero, one := func() float64 { return 0 }, func() float64 { return 0.999999 }
+	for _, tc := range []struct {
+		hint   time.Duration
+		lo, hi time.Duration // the delays with rnd 0 and rnd just under 1
+	}{
+		{0, time.Second, 2 * time.Second}, // no hint: overloaded's own window (attempt 0)
+		{3 * time.Second, 3 * time.Second, 6 * time.Second},
+		{maxRetryHint, maxRetryHint, 2 * maxRetryHint},
+		{maxInt64/2 + 1, maxRetryHint, 2 * maxRetryHint},
+		{maxInt64, maxRetryHint, 2 * maxRetryHint},
+	} {
+		// As agentd reads it from an Error frame, and from a close reason.
+		frame := &api.Error{Code: api.CodeOverloaded, Message: "busy", RetryAfter: tc.hint}
+		closeErr := &quicgo.ApplicationError{Remote: true, ErrorCode: quicgo.ApplicationErrorCode(quic.ConnCodeRefused),
+			ErrorMessage: api.CloseReason(frame)}
+		for _, err := range []error{frame, refusalFromClose(fmt.Errorf("quic: dial x: %w", closeErr))} {
+			lo, hi := reconnectDelay(quic.Backoff{}, 0, 0, err, zero), reconnectDelay(quic.Backoff{}, 0, 0, err, one)
+			if lo != tc.lo || hi < tc.hi*99/100 || hi >= tc.hi {
+				t.Errorf("hint %v (%v): delays %v..%v, want %v..%v", tc.hint, err, lo, hi, tc.lo, tc.hi)
+			}
+		}
+	}
+}

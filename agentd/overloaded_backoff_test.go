@@ -57,11 +57,11 @@ func TestReconnectDelayHonoursGateRetryHint(t *testing.T) {
 			t.Errorf("attempt %d: delays %v..%v, want 3.5s..7s", attempt, lo, hi)
 		}
 	}
-	// The hint is unauthenticated (an Initial packet): capped at kasd's longest.
+	// The hint is unauthenticated (an Initial packet): the wait is capped at kasd's longest.
 	long := refusalFromClose(&quicgo.TransportError{Remote: true, ErrorCode: quicgo.ConnectionRefused,
 		ErrorMessage: "overloaded: busy (retry_after_ms=3600000)"})
-	if d := api.RetryAfterOf(long); d != maxGateRetryHint {
-		t.Errorf("an hour's hint read as %v, want the cap %v", d, maxGateRetryHint)
+	if lo, hi := reconnectDelay(b, 0, 0, long, zero), reconnectDelay(b, 0, 0, long, one); lo != maxRetryHint || hi >= 2*maxRetryHint {
+		t.Errorf("an hour's hint: delays %v..%v, want %v..%v", lo, hi, maxRetryHint, 2*maxRetryHint)
 	}
 	// A reason that is not kasd's format (another server, a kasd without the quic-go patch
 	// sends none) leaves agentd's own backoff.
