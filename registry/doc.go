@@ -14,6 +14,11 @@
 // embedded one on 127.0.0.1:2379 is shared by every kasd on a machine) never see each
 // other's instances or agents, so a kasd never forwards to another fleet's kasd.
 //
+// An agent key's value is at most 64 KiB (maxAgentValueSize, far under etcd's 1.5 MiB request
+// limit): an agent whose replicas would not fit is published with those that do. A key etcd
+// still refuses on its own (too large for an etcd configured smaller, say) is logged, counted and
+// skipped, and the other keys of its transaction are published (session.go, commitOrSplit).
+//
 // An agent key exists while its instance holds at least one connection for the agent (it is
 // written on the first connection, rewritten when N changes, deleted on the last
 // disconnect). Its replicas (SetAgent, Replica) are the agentd processes of those connections:
@@ -86,7 +91,8 @@
 // Registered on the Registerer given to New (never the global default):
 // kasd_registry_entries{kind} (keys in the view), kasd_registry_lease_state (1 held, 0
 // lost), kasd_registry_leases_granted_total, kasd_registry_watch_resyncs_total{reason},
-// kasd_registry_watch_lag_seconds and kasd_registry_publish_errors_total. etcd records no
+// kasd_registry_watch_lag_seconds, kasd_registry_publish_errors_total and
+// kasd_registry_publish_limited_total{reason} (replicas_truncated, refused). etcd records no
 // commit time, so the watch lag is defined for this instance's own writes only: the time
 // from sending a write to etcd until the watch applies it to the view (a round trip plus
 // the watch delivery delay).

@@ -20,6 +20,9 @@ type metrics struct {
 	resyncs       *prometheus.CounterVec
 	watchLag      prometheus.Histogram
 	publishErrors prometheus.Counter
+	// publishLimited counts agent keys published with fewer replicas, and keys skipped
+	// (session.go: limitedReplicas, limitedRefused).
+	publishLimited *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -50,6 +53,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "kasd_registry_publish_errors_total",
 			Help: "Failed attempts to write this instance's desired state to etcd (each is retried).",
 		}),
+		publishLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kasd_registry_publish_limited_total",
+			Help: "Keys published in part or not at all, by reason: replicas_truncated (an agent's value would exceed 64 KiB: published with the replicas that fit), refused (etcd refused the key's write on its own, e.g. too large: skipped until it changes, the others are published).",
+		}, []string{"reason"}),
 	}
 	for _, kind := range []string{"instances", "agents"} {
 		m.entries.WithLabelValues(kind)
@@ -57,8 +64,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, reason := range []string{resyncCompacted, resyncError, resyncClosed} {
 		m.resyncs.WithLabelValues(reason)
 	}
+	for _, reason := range []string{limitedReplicas, limitedRefused} {
+		m.publishLimited.WithLabelValues(reason)
+	}
 	if reg != nil {
-		cs := []prometheus.Collector{m.entries, m.leaseState, m.leasesGranted, m.resyncs, m.watchLag, m.publishErrors}
+		cs := []prometheus.Collector{m.entries, m.leaseState, m.leasesGranted, m.resyncs, m.watchLag, m.publishErrors, m.publishLimited}
 		for i, c := range cs {
 			if err := reg.Register(c); err != nil {
 				for _, done := range cs[:i] { // all or nothing

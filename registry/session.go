@@ -12,11 +12,31 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // maxTxnOps is how many puts/deletes one publishing transaction carries. etcd refuses
 // transactions with more than --max-txn-ops (default 128) operations.
 const maxTxnOps = 64
+
+// maxAgentValueSize bounds the encoded value of an agent key. Its replicas come from the
+// agents' Hellos, one per connection: kasd bounds each name and process id, not what they
+// encode to (JSON writes a control character in 6 bytes). Unbounded, one agent's value could be
+// larger than etcd accepts in a request (--max-request-bytes, 1.5 MiB by default), and etcd
+// refused the whole transaction that carried it. 64 KiB holds about 600 replicas with 63-byte
+// names, ten times what --max-connections-per-agent (64) lets one agent have. Over it, the
+// agent is published with the replicas that fit (logged, counted in
+// kasd_registry_publish_limited_total{reason="replicas_truncated"}): its connection count,
+// which routing needs, always is. (maxTxnOps values this large exceed etcd's limit together:
+// such a transaction is refused and its operations are then committed one at a time.)
+const maxAgentValueSize = 64 << 10
+
+// Reasons of kasd_registry_publish_limited_total.
+const (
+	limitedReplicas = "replicas_truncated" // an agent published with fewer replicas (maxAgentValueSize)
+	limitedRefused  = "refused"            // a key etcd refused on its own, skipped
+)
 
 // runSession is the session goroutine: it owns the lease (grant, keep-alive through an etcd
 // concurrency.Session, re-grant after loss) and the publisher that reconciles etcd to the local
@@ -146,7 +166,7 @@ type publisher struct {
 // publisher (a new lease) compares every agent; afterwards only the agents SetAgent marked
 // dirty since the last pass are looked at, so that a restart storm of 50,000 connections does
 // not cost a pass over every agent per connection. Agents whose write failed are marked dirty
-// again for the retry.
+// again for the retry; a key etcd refuses on its own is skipped (commitOrSplit).
 func (p *publisher) reconcile() error {
 	r := p.r
 	type want struct {
@@ -175,12 +195,6 @@ func (p *publisher) reconcile() error {
 	}
 	r.mu.Unlock()
 
-	type change struct {
-		key   string
-		agent string  // "" for the instance key
-		h     Holding // zero Connections: delete
-		op    clientv3.Op
-	}
 	var changes []change
 	if !p.instanceDone {
 		k := r.cfg.instanceKey(r.self.ID)
@@ -193,7 +207,12 @@ func (p *publisher) reconcile() error {
 		switch {
 		case d.ok && published && old.equal(d.h):
 		case d.ok:
-			v, _ := json.Marshal(agentValue{Connections: d.h.Connections, Replicas: d.h.Replicas})
+			v, kept := agentValueJSON(d.h)
+			if kept < len(d.h.Replicas) {
+				r.m.publishLimited.WithLabelValues(limitedReplicas).Inc()
+				r.log.Warn().Str("agent_id", a).Int("replicas", len(d.h.Replicas)).Int("published", kept).
+					Msg("agent key larger than maxAgentValueSize: publishing the replicas that fit")
+			}
 			changes = append(changes, change{key: k, agent: a, h: d.h, op: clientv3.OpPut(k, string(v), clientv3.WithLease(p.lease))})
 		case published:
 			changes = append(changes, change{key: k, agent: a, op: clientv3.OpDelete(k)})
@@ -202,17 +221,7 @@ func (p *publisher) reconcile() error {
 
 	committed := 0
 	for batch := range slices.Chunk(changes, maxTxnOps) {
-		ops := make([]clientv3.Op, len(batch))
-		keys := make([]string, len(batch))
-		for i, c := range batch {
-			ops[i], keys[i] = c.op, c.key
-		}
-		r.notePending(keys)
-		ctx, cancel := context.WithTimeout(r.ctx, r.opTimeout)
-		_, err := r.client.Txn(ctx).Then(ops...).Commit()
-		cancel()
-		if err != nil {
-			r.forgetPending(keys)
+		if err := p.commitOrSplit(batch); err != nil {
 			// What was not written is compared again at the retry.
 			r.mu.Lock()
 			for _, c := range changes[committed:] {
@@ -224,18 +233,98 @@ func (p *publisher) reconcile() error {
 			return err
 		}
 		committed += len(batch)
-		for _, c := range batch {
-			switch {
-			case c.agent == "":
-				p.instanceDone = true
-			case c.h.Connections == 0:
-				delete(p.published, c.agent)
-			default:
-				p.published[c.agent] = c.h
-			}
+	}
+	return nil
+}
+
+// change is one operation of a publish: a put or delete of the instance key or an agent key.
+type change struct {
+	key   string
+	agent string  // "" for the instance key
+	h     Holding // zero Connections: delete
+	op    clientv3.Op
+}
+
+// commit writes changes in one transaction, bounded by the op timeout, and records them as
+// published.
+func (p *publisher) commit(changes []change) error {
+	r := p.r
+	ops := make([]clientv3.Op, len(changes))
+	keys := make([]string, len(changes))
+	for i, c := range changes {
+		ops[i], keys[i] = c.op, c.key
+	}
+	r.notePending(keys)
+	ctx, cancel := context.WithTimeout(r.ctx, r.opTimeout)
+	_, err := r.client.Txn(ctx).Then(ops...).Commit()
+	cancel()
+	if err != nil {
+		r.forgetPending(keys)
+		return err
+	}
+	for _, c := range changes {
+		switch {
+		case c.agent == "":
+			p.instanceDone = true
+		case c.h.Connections == 0:
+			delete(p.published, c.agent)
+		default:
+			p.published[c.agent] = c.h
 		}
 	}
 	return nil
+}
+
+// commitOrSplit commits changes in one transaction. If etcd refuses it for what it is (refused:
+// one operation too large, say), retrying it would fail forever and publish none of the
+// others: the operations are committed one at a time instead, and one refused on its own is
+// logged, counted and skipped. A skipped key is not marked dirty: it is tried again when its
+// agent changes (or under a new lease), and what was published for it before stays. Any other
+// error is returned (the caller retries with backoff).
+func (p *publisher) commitOrSplit(changes []change) error {
+	err := p.commit(changes)
+	switch {
+	case err == nil || !refused(err):
+		return err
+	case len(changes) == 1:
+		c := changes[0]
+		p.r.m.publishLimited.WithLabelValues(limitedRefused).Inc()
+		p.r.log.Warn().Err(err).Str("key", c.key[:min(len(c.key), 256)]).Int("key_bytes", len(c.key)).
+			Msg("etcd refused this key's write: skipped until it changes; the others are published")
+		return nil
+	}
+	for i := range changes {
+		if err := p.commitOrSplit(changes[i : i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// refused reports whether a write was refused for what it is rather than for etcd's state:
+// InvalidArgument from etcd (request too large, malformed), or ResourceExhausted from gRPC
+// itself (a message larger than the client sends or etcd receives; etcd's own
+// ResourceExhausted, "database space exceeded", is its state). Sent again, it would be refused
+// again.
+func refused(err error) bool {
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		return ee.Code() == codes.InvalidArgument
+	}
+	code := status.Code(err)
+	return code == codes.InvalidArgument || code == codes.ResourceExhausted
+}
+
+// agentValueJSON is the value of an agent key for h, with its first kept replicas: all of
+// them, or, when the value would be larger than maxAgentValueSize, half as many until it fits
+// (none at worst: the connection count is always published).
+func agentValueJSON(h Holding) (v []byte, kept int) {
+	for kept = len(h.Replicas); ; kept /= 2 {
+		v, _ = json.Marshal(agentValue{Connections: h.Connections, Replicas: h.Replicas[:kept]})
+		if len(v) <= maxAgentValueSize || kept == 0 {
+			return v, kept
+		}
+	}
 }
 
 // notePending records when our own writes were sent, for the watch lag metric.
