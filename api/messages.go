@@ -52,6 +52,14 @@ type Hello struct {
 	Features uint64
 }
 
+// Bounds of the Hello fields kasd keeps (and publishes in the registry: the replica and
+// process of every connection); kasd refuses a longer one as bad_request.
+const (
+	MaxReplicaLen      = 253 // a DNS name (a pod name)
+	MaxProcessLen      = 64  // agentd sends a base-36 uint64, at most 13 bytes
+	MaxAgentVersionLen = 128 // printable too
+)
+
 // Feature bits of Hello.Features and Welcome.Features. The agent says what it supports, kasd
 // answers with the bits it supports too, and a feature is in use on the connection when
 // Welcome carries it. Unknown bits are ignored.

@@ -89,6 +89,18 @@ func agentHandshakeTo(t *testing.T, caFile, addr string, hello *api.Hello) (*qui
 // agentHandshakeFull is agentHandshakeTo that also returns the control stream and kasd's Welcome.
 func agentHandshakeFull(t *testing.T, caFile, addr string, hello *api.Hello) (*quicgo.Conn, *quicgo.Stream, *api.Welcome, *quic.Dialer) {
 	t.Helper()
+	qc, control, w, d, err := sendHello(t, caFile, addr, hello)
+	if err != nil {
+		t.Fatalf("agent handshake: %v", err)
+	}
+	return qc, control, w, d
+}
+
+// sendHello dials addr as an agent, sends hello and reads kasd's answer: a Welcome, or the
+// error that refused the connection (an *api.Error for a refusal). The caller closes the
+// connection and the dialer.
+func sendHello(t *testing.T, caFile, addr string, hello *api.Hello) (*quicgo.Conn, *quicgo.Stream, *api.Welcome, *quic.Dialer, error) {
+	t.Helper()
 	tlsConf, err := quic.ClientTLSConfig(caFile, "localhost", api.ALPNAgent)
 	if err != nil {
 		t.Fatal(err)
@@ -113,10 +125,60 @@ func agentHandshakeFull(t *testing.T, caFile, addr string, hello *api.Hello) (*q
 	_ = control.SetReadDeadline(time.Now().Add(10 * time.Second))
 	m, err := api.ReadExpect(control, api.TypeWelcome)
 	if err != nil {
-		t.Fatalf("agent handshake: %v", err)
+		return qc, control, nil, d, err
 	}
 	_ = control.SetReadDeadline(time.Time{})
-	return qc, control, m.(*api.Welcome), d
+	return qc, control, m.(*api.Welcome), d, nil
+}
+
+// TestAgentHelloFieldsBounded: the Hello fields kasd keeps are bounded (api.MaxReplicaLen,
+// MaxProcessLen, MaxAgentVersionLen; the version printable too): a violation is refused as
+// bad_request before the token is checked and counted by field, and fields at their bounds
+// are accepted. The replica name and process id of every connection are published in the
+// agent's registry key: unbounded, a process id of a few KiB per connection made that key
+// larger than etcd accepts, and this kasd stopped publishing
+// (registry.TestOversizeAgentValueIsTruncated).
+func TestAgentHelloFieldsBounded(t *testing.T) {
+	e := newEnv(t)
+	for i, tc := range []struct {
+		name   string
+		edit   func(h *api.Hello)
+		reason string // kasd_limit_rejections_total's; "" for a connection that is accepted
+	}{
+		{"at the bounds", func(h *api.Hello) {
+			h.Replica = strings.Repeat("r", api.MaxReplicaLen)
+			h.Process = strings.Repeat("p", api.MaxProcessLen)
+			h.AgentVersion = strings.Repeat("v", api.MaxAgentVersionLen)
+		}, ""},
+		{"replica too long", func(h *api.Hello) { h.Replica = strings.Repeat("r", api.MaxReplicaLen+1) }, "hello_replica"},
+		{"process too long", func(h *api.Hello) { h.Process = strings.Repeat("p", api.MaxProcessLen+1) }, "hello_process"},
+		{"process of 15 KiB", func(h *api.Hello) { h.Process = strings.Repeat("p", 15<<10) }, "hello_process"},
+		{"agent version too long", func(h *api.Hello) { h.AgentVersion = strings.Repeat("v", api.MaxAgentVersionLen+1) }, "hello_agent_version"},
+		{"agent version not printable", func(h *api.Hello) { h.AgentVersion = "v1\x1b[2J" }, "hello_agent_version"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hello := &api.Hello{Version: api.ProtocolVersion, Token: e.tokens["alpha"], AgentVersion: "v1",
+				Replica: "pod-1", Process: fmt.Sprint("p", i), Services: []string{"web"}}
+			tc.edit(hello)
+			labels := map[string]string{"reason": tc.reason}
+			before := counter(t, e.reg, "kasd_limit_rejections_total", labels)
+			qc, _, _, d, err := sendHello(t, e.caFile, e.agentUDP, hello)
+			defer d.Close()
+			defer qc.CloseWithError(0, "")
+			if tc.reason == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if code := api.CodeOf(err); code != api.CodeBadRequest {
+				t.Fatalf("answered %v (code %v), want a bad_request refusal", err, code)
+			}
+			if n := counter(t, e.reg, "kasd_limit_rejections_total", labels) - before; n != 1 {
+				t.Errorf("kasd_limit_rejections_total{reason=%q} grew by %v, want 1", tc.reason, n)
+			}
+		})
+	}
 }
 
 func (fa *fakeAgent) seen() []string {

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	quicgo "github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
@@ -388,10 +391,28 @@ func (s *Server) checkHello(h *api.Hello) error {
 			return api.Errorf(api.CodeBadRequest, "invalid service name %q", name)
 		}
 	}
-	if len(h.Replica) > 253 {
-		return api.Errorf(api.CodeBadRequest, "replica name longer than 253 bytes")
+	// The replica and process of every connection are published in the agent's registry key,
+	// the version in agent listings: a few KiB each would make that key larger than etcd
+	// accepts (the registry bounds it too, registry.maxAgentValueSize).
+	if len(h.Replica) > api.MaxReplicaLen {
+		s.m.limitRejections.WithLabelValues("hello_replica").Inc()
+		return api.Errorf(api.CodeBadRequest, "replica name longer than %d bytes", api.MaxReplicaLen)
+	}
+	if len(h.Process) > api.MaxProcessLen {
+		s.m.limitRejections.WithLabelValues("hello_process").Inc()
+		return api.Errorf(api.CodeBadRequest, "process id longer than %d bytes", api.MaxProcessLen)
+	}
+	if len(h.AgentVersion) > api.MaxAgentVersionLen || !printable(h.AgentVersion) {
+		s.m.limitRejections.WithLabelValues("hello_agent_version").Inc()
+		return api.Errorf(api.CodeBadRequest, "agent version longer than %d bytes or not printable", api.MaxAgentVersionLen)
 	}
 	return nil
+}
+
+// printable reports whether s is UTF-8 without control characters: the agent version is shown
+// to operators (status page, agent listings, logs) as the agent sent it.
+func printable(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) })
 }
 
 // refuse tells the agent why it is refused, counts it, and closes the connection. The reason is
