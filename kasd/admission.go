@@ -48,7 +48,8 @@ import (
 // on a CPU-short kasd they all took longer than the handshake timeout, failed, and were dialled
 // again: no progress at all (docs/scale.md).
 
-// Bounds of the RetryAfter hint given to refused agents.
+// Bounds of the RetryAfter hint given to refused agents. agentd caps every hint at
+// maxAdmissionRetry (agentd/agent.go, maxRetryHint): raising it here needs raising it there.
 const (
 	minAdmissionRetry = 500 * time.Millisecond
 	maxAdmissionRetry = 2 * time.Minute
