@@ -135,8 +135,14 @@ var ErrResponseHeadTooLarge = errors.New("response head too large")
 // response's body is an io.ReadWriteCloser over the connection. ctx ending aborts the exchange.
 func (u *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
+	// Only a request without a body that may be replayed is sent again after a reused
+	// connection failed before any response byte: a service may have acted on a POST and then
+	// closed the connection without an answer (a handler that panicked, a crash). Any other
+	// request gets the liveness peek before a reused connection instead (as net/http's
+	// Transport: GET, HEAD, OPTIONS, TRACE, or an Idempotency-Key).
+	retry := (req.Body == nil || req.Body == http.NoBody) && replayable(req)
 	for attempt := 0; ; attempt++ {
-		c, reused, err := u.get(ctx, req.Body != nil && req.Body != http.NoBody)
+		c, reused, err := u.get(ctx, !retry)
 		if err != nil {
 			return nil, err
 		}
@@ -146,7 +152,7 @@ func (u *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		_ = c.nc.Close()
 		var nothing *nothingReadError
-		if reused && attempt == 0 && errors.As(err, &nothing) && (req.Body == nil || req.Body == http.NoBody) && ctx.Err() == nil {
+		if reused && attempt == 0 && errors.As(err, &nothing) && retry && ctx.Err() == nil {
 			continue // the service closed the idle connection as we reused it
 		}
 		if ctx.Err() != nil {
@@ -154,6 +160,18 @@ func (u *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, &publicError{err}
 	}
+}
+
+// replayable reports whether req may be sent twice: its method is idempotent by definition, or
+// the client made it so with an Idempotency-Key (net/http's rule).
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := req.Header["Idempotency-Key"]
+	_, xkey := req.Header["X-Idempotency-Key"]
+	return key || xkey
 }
 
 // publicError is a failure to reach a service whose text (PublicCause) a client may see; the

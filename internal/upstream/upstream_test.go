@@ -226,3 +226,44 @@ func TestUpstreamBodyNotSentIntoClosedConnection(t *testing.T) {
 		t.Errorf("%d connections, want 2", n)
 	}
 }
+
+// A request without a body that is not replayable is never sent twice: a service that acted on
+// a POST and closed the connection without an answer (here a handler that panics, as a crash
+// would) gets it once, and the caller an error. A replayable one (an Idempotency-Key) is
+// retried once on a new connection, as a GET is.
+func TestUpstreamNeverRepeatsNonIdempotentRequest(t *testing.T) {
+	var posts atomic.Int64
+	up, srv, _ := upstreamFor(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && posts.Add(1) <= 2 { // the first attempt of each POST below
+			panic(http.ErrAbortHandler) // acted on, then the connection closes without an answer
+		}
+		io.WriteString(w, "ok")
+	}), Options{})
+	post := func(key string) (*http.Response, error) {
+		if _, body, err := get(t, up, srv.URL, "/warm"); err != nil || body != "ok" {
+			t.Fatalf("warm-up: %q %v", body, err) // leaves a pooled connection for the POST
+		}
+		req, _ := http.NewRequest("POST", srv.URL+"/launch", nil)
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		resp, err := up.RoundTrip(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	if _, err := post(""); err == nil {
+		t.Error("a POST whose connection closed without an answer succeeded")
+	}
+	if n := posts.Load(); n != 1 {
+		t.Fatalf("the service received the POST %d times, want 1", n)
+	}
+	if _, err := post("k1"); err != nil {
+		t.Errorf("a POST with an Idempotency-Key was not retried: %v", err)
+	}
+	if n := posts.Load(); n != 3 {
+		t.Errorf("the service received %d POSTs in all, want 3", n)
+	}
+}
