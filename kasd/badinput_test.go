@@ -605,3 +605,42 @@ func TestMalformedClientBody(t *testing.T) {
 		t.Errorf("%v malformed client bodies counted as 502", n)
 	}
 }
+
+// An agent's error frame with code client_canceled (agentd sends it when its call to the
+// service ended with its context, e.g. when its drain timeout cancels the connection's) is a
+// failure of the agent's, not kasd's client going away: the client gets a 502, not the 200 with
+// an empty body net/http sent when kasd wrote nothing.
+func TestAgentClientCanceledFrameIsAgentFailure(t *testing.T) {
+	for _, code := range []api.Code{api.CodeClientCanceled} {
+		t.Run(code.String(), func(t *testing.T) {
+			e := newEnv(t)
+			e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+				httpstream.Refuse(sc, &api.Error{Code: code, Message: "request canceled"})
+			})
+			resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/x", nil)
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(api.HeaderError) != "agent_failed" {
+				t.Fatalf("agent's %s error frame: client got %d %q (Qkas-Error %q); want 502 agent_failed", code, resp.StatusCode, body, resp.Header.Get(api.HeaderError))
+			}
+		})
+	}
+}
+
+// A Content-Length in an agent's header list is not passed on: the length is the response
+// frame's content_length. Here the list says 5 and the body (unknown length, ended by FIN) is
+// 10 bytes: the client gets all 10, not a response net/http cuts at 5 and counts as canceled.
+func TestAgentContentLengthHeaderIgnored(t *testing.T) {
+	e := newEnv(t)
+	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		head := &api.Response{Status: 200, Header: []api.KV{{Key: "Content-Length", Value: "5"}}, ContentLength: -1}
+		_, _ = sc.Write(append(api.AppendFrame(nil, head), "0123456789"...))
+		_ = sc.CloseWrite()
+	})
+	resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/x", nil)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || string(body) != "0123456789" {
+		t.Fatalf("status %d, body %q, err %v; want 200 and the agent's 10 bytes", resp.StatusCode, body, err)
+	}
+}

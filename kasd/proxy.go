@@ -66,6 +66,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	ctx, dl, err := s.requestDeadlines(r) // deadline.go
 	if err != nil {
 		tgt.acc.fail(api.CodeBadRequest)
+		s.m.apiErrors.WithLabelValues(api.CodeBadRequest.String()).Inc()
 		s.writeProxyError(w, r, tgt, err)
 		return
 	}
@@ -172,10 +173,16 @@ func (s *Server) setHead(f *api.Request, r *http.Request, rest string) {
 // with. A client that went away is counted as client_canceled and gets nothing.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, tgt *target, err error) int {
 	var re *httpstream.RemoteError
-	if errors.As(err, &re) {
+	remote := errors.As(err, &re)
+	if remote {
 		err = re.Err // the typed answer of the agent or the peer
 	}
 	e := asAPIError(err, api.CodeAgentFailed)
+	if remote && (e.Code == api.CodeClientCanceled || e.Code.HTTPStatus() < 400) {
+		// client_canceled is kasd's own record of its client going away, never an answer: from
+		// an agent (agentd's request context ended under it) it is a failure of the agent's.
+		e = &api.Error{Code: api.CodeAgentFailed, Message: "the agent gave up the request (" + e.Code.String() + "): " + e.Message, Err: err}
+	}
 	if r.Context().Err() != nil && !errors.Is(r.Context().Err(), context.DeadlineExceeded) {
 		e = &api.Error{Code: api.CodeClientCanceled, Message: "the client went away", Err: err}
 	}
@@ -196,7 +203,9 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 	defer resp.Body.Close()
 	h := w.Header()
 	for k, vs := range resp.Header {
-		if k != api.HeaderError {
+		// Qkas-Error only kasd sets; Content-Length comes from the frame's content_length
+		// (below), never from the header list, which could contradict it.
+		if k != api.HeaderError && k != "Content-Length" {
 			h[k] = vs
 		}
 	}
@@ -204,7 +213,8 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return s.upgrade(w, tgt, resp)
 	}
-	if resp.ContentLength >= 0 && r.Method != http.MethodHead {
+	if resp.ContentLength >= 0 {
+		// For HEAD, the length the GET would have (RFC 9110 §9.3.2), as the service said it.
 		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
 	}
 	w.WriteHeader(resp.StatusCode)

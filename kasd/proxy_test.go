@@ -522,3 +522,50 @@ func TestRequestTrailers(t *testing.T) {
 		}
 	}
 }
+
+// A service's answer to HEAD carries the Content-Length of the GET (RFC 9110 section 9.3.2;
+// http.ServeContent, object stores and registries do it, and clients use HEAD to learn a size).
+// The length travels in the response frame (content_length), and kasd sets the header from it
+// for HEAD too.
+func TestHeadKeepsContentLength(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1234")
+		w.Header().Set("Content-Type", "application/octet-stream")
+		if r.Method != http.MethodHead {
+			_, _ = w.Write(make([]byte, 1234))
+		}
+	}))
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	direct, err := http.Head(svc.URL + "/file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct.Body.Close()
+	resp := e.do("HEAD", "/api/v1/agents/alpha/proxy/web/file", nil)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if got, want := resp.Header.Get("Content-Length"), direct.Header.Get("Content-Length"); got != want {
+		t.Errorf("HEAD through kasd: Content-Length %q, the service sent %q", got, want)
+	}
+}
+
+// A malformed Qkas-Timeout or Qkas-Deadline is answered 400 bad_request and counted in
+// kasd_api_errors_total, as every other refusal of serveProxy.
+func TestBadTimeoutHeaderCounted(t *testing.T) {
+	e := newEnv(t)
+	for _, h := range []string{"Qkas-Timeout", "Qkas-Deadline"} {
+		resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/x", nil, h, "soon")
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("%s: soon: status %d, want 400", h, resp.StatusCode)
+		}
+	}
+	if got := counter(t, e.reg, "kasd_api_errors_total", map[string]string{"code": "bad_request"}); got != 2 {
+		t.Errorf("kasd_api_errors_total{code=bad_request} = %v after two 400 answers, want 2", got)
+	}
+}
