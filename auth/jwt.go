@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -384,6 +385,9 @@ func checkHeader(h map[string]any) string {
 	return ""
 }
 
+// claimNames are the claims ClientClaims decodes (its own and jwt.RegisteredClaims').
+var claimNames = []string{"agents", "impersonate", "iss", "sub", "aud", "exp", "nbf", "iat", "jti"}
+
 // checkRawClaims checks what the typed claims cannot show, on the JSON of the
 // (already signature-checked) payload: the types of exp, nbf and iat, the
 // presence and shape of agents and impersonate, and control characters.
@@ -402,6 +406,15 @@ func (v *Verifier) checkRawClaims(token string) string {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(payload, &raw); err != nil {
 		return "malformed token"
+	}
+	// encoding/json fills ClientClaims matching names without regard to case, the last
+	// match winning: "Agents" or "EXP" would replace the claim checked below unchecked.
+	for k := range raw {
+		for _, name := range claimNames {
+			if k != name && strings.EqualFold(k, name) {
+				return "claim " + strconv.Quote(k) + " differs from " + name + " only in case; claim names are case-sensitive"
+			}
+		}
 	}
 	for _, name := range []string{"exp", "nbf", "iat"} {
 		if r, ok := raw[name]; ok && !isJSONNumber(r) {

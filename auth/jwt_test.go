@@ -491,3 +491,32 @@ func TestVerifiedCache(t *testing.T) {
 		t.Fatalf("cache holds %d entries, limit 2", n)
 	}
 }
+
+// encoding/json matches struct fields without regard to case, but the claim checks read the
+// exact names: a claim spelled in another case (it would replace the checked one in the typed
+// claims, unchecked) is refused.
+func TestClaimNamesAreCaseSensitive(t *testing.T) {
+	exp, iat := jsonNum(testEpoch.Add(time.Minute)), jsonNum(testEpoch)
+	base := `{"aud":"gitlab-kas","iss":"qkas","sub":"ci","exp":` + exp + `,"iat":` + iat
+	t.Run("wildcard without --api-allow-wildcard", func(t *testing.T) {
+		v := testVerifier() // AllowAnyAgent false
+		c, err := v.Verify(signRaw(t, "", base+`,"agents":["a"],"Agents":["*"]}`))
+		if err == nil {
+			t.Fatalf("accepted; Agents = %q, AllowsAgent(victim) = %v", c.Agents, c.AllowsAgent("victim"))
+		}
+	})
+	t.Run("impersonate uid dropped silently", func(t *testing.T) {
+		v := testVerifier()
+		c, err := v.Verify(signRaw(t, "", base+`,"agents":["a"],"Impersonate":{"user":"alice","uid":"42"}}`))
+		if err == nil {
+			t.Fatalf("accepted, uid dropped: impersonate = %+v", c.Impersonate)
+		}
+	})
+	t.Run("exp as a string", func(t *testing.T) {
+		v := testVerifier()
+		c, err := v.Verify(signRaw(t, "", `{"aud":"gitlab-kas","iss":"qkas","sub":"ci","Exp":"`+exp+`","agents":["a"]}`))
+		if err == nil {
+			t.Fatalf("accepted a string exp: %v", c.ExpiresAt)
+		}
+	})
+}
