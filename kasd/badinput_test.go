@@ -644,3 +644,21 @@ func TestAgentContentLengthHeaderIgnored(t *testing.T) {
 		t.Fatalf("status %d, body %q, err %v; want 200 and the agent's 10 bytes", resp.StatusCode, body, err)
 	}
 }
+
+// A client request with more header fields than a request head may carry is refused by kasd as
+// too_large (413), not sent to the agent, which refuses the head (a 502 blamed on the agent).
+func TestClientTooManyHeaderFields(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(svc.Close)
+	waitConnected(t, e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}), 1)
+	var hdr []string
+	for i := range api.MaxHeaderFields + 10 {
+		hdr = append(hdr, fmt.Sprintf("X-H%d", i), "v")
+	}
+	resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/", nil, hdr...)
+	body := readAll(t, resp)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get(api.HeaderError) != "too_large" {
+		t.Fatalf("status %d (Qkas-Error %q): %s; want 413 too_large", resp.StatusCode, resp.Header.Get(api.HeaderError), body)
+	}
+}

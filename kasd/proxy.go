@@ -74,6 +74,13 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	tgt.dl, f.Deadline = dl, dl.agentDeadline()
 	s.setHead(f, r, rest)
 	s.requestHygiene(f, r, tgt)
+	if len(f.Header) > api.MaxHeaderFields {
+		// The agent would refuse the head (a 502 blamed on it): the client's fault, said here.
+		tgt.acc.fail(api.CodeTooLarge)
+		s.m.apiErrors.WithLabelValues(api.CodeTooLarge.String()).Inc()
+		s.writeProxyError(w, r, tgt, api.Errorf(api.CodeTooLarge, "%d request header fields; at most %d reach an agent", len(f.Header), api.MaxHeaderFields))
+		return
+	}
 	// The client's traceparent (if any) is the parent; the head carries this span's on.
 	span := s.cfg.Tracer.StartHead("kasd.proxy", tracing.KindServer, &f.Header) // nil Tracer: no cost
 	tgt.countBody(r)

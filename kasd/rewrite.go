@@ -183,9 +183,10 @@ func rewriteRefresh(v, prefix, host string) (string, bool) {
 	return v[:start] + nu + v[end:], true
 }
 
-// rewriteCookiePath puts the Path attribute of a Set-Cookie value under prefix. A cookie
-// without Path gets the request path's directory from the browser, which is under the prefix
-// already.
+// rewriteCookiePath puts every Path attribute of a Set-Cookie value under prefix (a browser
+// honours the last one: rewriting only the first let "Path=/a; Path=/" set a cookie for the
+// whole origin). A cookie without Path gets the request path's directory from the browser,
+// which is under the prefix already.
 func rewriteCookiePath(v, prefix string) string {
 	off := 0
 	for off < len(v) {
@@ -209,13 +210,15 @@ func rewriteCookiePath(v, prefix string) string {
 		}
 		val := strings.TrimSpace(eq[1:])
 		if val == "" || val[0] != '/' || underPrefix(val, prefix) {
-			return v
+			continue
 		}
 		nv := prefix + val
 		if val == "/" {
 			nv = prefix + "/"
 		}
-		return v[:off+lead] + "Path=" + nv + v[off+len(attr):]
+		repl := "Path=" + nv
+		v = v[:off+lead] + repl + v[off+len(attr):]
+		off += lead + len(repl)
 	}
 	return v
 }

@@ -198,3 +198,23 @@ func BenchmarkResponseHygiene(b *testing.B) {
 		s.responseHygiene(h, r, tgt)
 	}
 }
+
+// A browser honours the last Path attribute of a Set-Cookie (RFC 6265 5.3, as net/http's
+// parser): every Path is put under the prefix, so a second one cannot set the cookie for kasd's
+// whole origin.
+func TestCookieEveryPathUnderPrefix(t *testing.T) {
+	for _, in := range []string{
+		"sid=x; Path=/a; Path=/",
+		"sid=x; Path=" + testPrefix + "/ui; Path=/",
+	} {
+		out := rewriteCookiePath(in, testPrefix)
+		h := http.Header{"Set-Cookie": {out}}
+		c := (&http.Response{Header: h}).Cookies()
+		if len(c) != 1 {
+			t.Fatalf("cookies %v", c)
+		}
+		if !strings.HasPrefix(c[0].Path, testPrefix) {
+			t.Errorf("rewriteCookiePath(%q) = %q: effective Path %q is outside %s", in, out, c[0].Path, testPrefix)
+		}
+	}
+}
