@@ -2,6 +2,7 @@ package httpstream
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net/http/httptest"
 	"testing"
@@ -75,8 +76,9 @@ func TestCopyBufferGrowsForBulk(t *testing.T) {
 // error, never a silently shortened stream.
 func TestCopyStreamShortWrite(t *testing.T) {
 	_, err := copyStream(shortWriter{}, bytes.NewReader(make([]byte, 100)))
-	if err != io.ErrShortWrite {
-		t.Fatalf("err = %v, want io.ErrShortWrite", err)
+	var we *writeError
+	if !errors.As(err, &we) || !errors.Is(err, io.ErrShortWrite) {
+		t.Fatalf("err = %v, want io.ErrShortWrite as a *writeError", err)
 	}
 }
 

@@ -12,9 +12,13 @@ import (
 
 // Splice copies a→b and b→a until both directions end, then closes both. A clean end of one
 // direction (EOF) is passed on as a half-close (CloseWrite, FIN) when the writer supports it, so
-// the other direction keeps going; an error in either direction aborts both (streams are reset,
-// never ended as if complete). It uses pooled buffers and one goroutine besides the caller's,
-// which it waits for. It returns the bytes copied each way.
+// the other direction keeps going. A peer that stops reading (STOP_SENDING: a write fails with
+// its remote stream error) ends that direction only, and is passed on upstream: the stream the
+// bytes came from stops reading with the same code, and the other direction keeps going (an
+// agent that answered and reads no more of the request body has still sent a complete
+// response). Any other error, reading or writing, aborts both (streams are reset, never ended
+// as if complete). It uses pooled buffers and one goroutine besides the caller's, which it
+// waits for. It returns the bytes copied each way.
 func Splice(a, b io.ReadWriteCloser) (ab, ba int64) { return SpliceWith(a, b, nil) }
 
 // SpliceWith is Splice where codeFor chooses the reset code for a failure that is not a peer's
@@ -34,6 +38,15 @@ type closeWriter interface{ CloseWrite() error }
 
 func pipe(dst, src io.ReadWriteCloser, codeFor func(error) quicgo.StreamErrorCode) int64 {
 	n, err := copyStream(dst, src)
+	var we *writeError
+	if se := (*quicgo.StreamError)(nil); errors.As(err, &we) && errors.As(we.err, &se) && se.Remote {
+		// dst's reader stopped reading (STOP_SENDING; quic-go has reset dst's send side with its
+		// code). That ends this direction, not the exchange: the reader may have answered
+		// already, and its answer is still on its way the other way. Tell the writer upstream
+		// to stop sending too, as this one was told.
+		stopReading(src, se.ErrorCode)
+		return n
+	}
 	if err != nil {
 		// A peer's reset code is passed on: a refusal (StreamCodeRefused) must still say
 		// "not processed" at the far end.
@@ -57,6 +70,19 @@ func pipe(dst, src io.ReadWriteCloser, codeFor func(error) quicgo.StreamErrorCod
 	return n
 }
 
+// stopReading stops reading c with code (STOP_SENDING on a stream); its other direction goes on.
+// Anything that is not a stream is left as it is: Splice closes it at the end.
+func stopReading(c io.Closer, code quicgo.StreamErrorCode) {
+	switch x := c.(type) {
+	case *quic.StreamConn:
+		x.Stream().CancelRead(code)
+	case *upgradedStream:
+		x.sc.Stream().CancelRead(code)
+	case *upgradedBody:
+		x.x.sc.Stream().CancelRead(code)
+	}
+}
+
 // abort ends c with an error: a stream is reset with code, anything else closed.
 func abort(c io.Closer, code quicgo.StreamErrorCode) {
 	switch x := c.(type) {
@@ -71,8 +97,14 @@ func abort(c io.Closer, code quicgo.StreamErrorCode) {
 	}
 }
 
+// writeError marks a failure of copyStream's writes (as opposed to its reads).
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
+func (e *writeError) Unwrap() error { return e.err }
+
 // copyStream copies src to dst until EOF (a nil error) or a failure, with a pooled buffer
-// that grows for bulk transfers (copyBuf).
+// that grows for bulk transfers (copyBuf). A failure to write is a *writeError.
 func copyStream(dst io.Writer, src io.Reader) (int64, error) {
 	cb := newCopyBuf()
 	defer cb.release()
@@ -84,10 +116,10 @@ func copyStream(dst io.Writer, src io.Reader) (int64, error) {
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {
-				return total, werr
+				return total, &writeError{werr}
 			}
 			if w != n {
-				return total, io.ErrShortWrite
+				return total, &writeError{io.ErrShortWrite}
 			}
 			cb.used(n)
 		}
