@@ -41,20 +41,51 @@ type Options struct {
 
 // Body is a request body that can be sent again while everything read from it so far is still
 // in its replay buffer: a request that a holder refused is sent to the next one with its body.
-// Attempts use it one after the other, never at the same time (RoundTrip waits for its body
-// writer before it returns a refusal).
+//
+// A read of the client's body belongs to the Body, not to the attempt that started it: an
+// attempt that fails while its body writer waits for the client is not waited for (a silent
+// client would hold the retry, and everything waiting for it, until its next byte). The next
+// attempt's reader takes over that read: it waits for it and gets its bytes from the replay
+// buffer. A read never straddles the replay limit, and one that starts past it makes the body
+// not replayable at once, so a replay never misses a byte. Only the latest attempt's reader
+// starts reads.
+//
+// Stop ends the body's use once the request is over; Interrupt lets it end a read that waits
+// for a client.
 type Body struct {
-	rc      io.ReadCloser
-	limit   int
-	buf     []byte      // the first bytes read from rc, while they fit in limit
-	over    atomic.Bool // more than limit bytes were read: no replay (read by RoundTrip while a writer runs)
-	eof     bool
-	readErr atomic.Pointer[error] // the error rc returned: the client's fault, not the agent's
+	rc    io.ReadCloser
+	limit int
 
 	// Trailer, if set, is read once the body has ended and sent as the trailers of a framed
 	// body (api.FlagFramed): net/http fills a server request's Trailer at the body's EOF.
 	Trailer http.Header
+	// Interrupt, if set, makes a read of rc in progress return soon, with an error (kasd sets
+	// the client connection's read deadline). Stop calls it with the body's lock held, only
+	// while a read is in progress: it must not block. Set it before the body is used.
+	Interrupt func()
+
+	mu      sync.Mutex // guards the fields below
+	cond    sync.Cond  // L is &mu; broadcast when a read of rc ends and by Stop
+	buf     []byte     // the first bytes read from rc, while they fit in limit
+	read    int64      // bytes read from rc
+	over    bool       // a read past limit started: no replay
+	reading bool       // a read of rc is in progress (mu is not held during it)
+	eof     bool
+	readErr error // the error rc returned: the client's fault, not the agent's
+	stopped bool
+	cur     *cursor // the latest attempt's reader: the only one that starts reads of rc
 }
+
+// ErrBodyStopped is what a read of a Body returns after Stop.
+var ErrBodyStopped = errors.New("request body stopped")
+
+// errSuperseded: a reader of an attempt that has ended would read the client's body, which is
+// now the next attempt's.
+var errSuperseded = errors.New("request body taken over by a later attempt")
+
+// errNotReplayable: an earlier attempt read body bytes past the replay buffer, so a later
+// attempt cannot send the body whole.
+var errNotReplayable = errors.New("request body no longer replayable")
 
 // NewBody wraps rc (nil for no body) with a replay buffer of limit bytes
 // (DefaultReplayLimit if 0).
@@ -65,21 +96,54 @@ func NewBody(rc io.ReadCloser, limit int) *Body {
 	if limit <= 0 {
 		limit = DefaultReplayLimit
 	}
-	return &Body{rc: rc, limit: limit}
+	b := &Body{rc: rc, limit: limit}
+	b.cond.L = &b.mu
+	return b
 }
 
 // Replayable reports whether every byte read so far can be sent again.
-func (b *Body) Replayable() bool { return b == nil || !b.over.Load() }
+func (b *Body) Replayable() bool {
+	if b == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.over
+}
 
-// Err returns the error reading the client's body returned, if any.
+// Err returns the error reading the client's body returned, if any (not ErrBodyStopped: a
+// read that Stop interrupted is not the client's fault).
 func (b *Body) Err() error {
 	if b == nil {
 		return nil
 	}
-	if p := b.readErr.Load(); p != nil {
-		return *p
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.readErr
+}
+
+// Stop ends the body's use, once nothing will send it any more (the request is over, or the
+// owner is closing): no read of rc starts after it, and a read in progress is interrupted
+// (Interrupt) — the writer of an attempt that failed may still be waiting for the client.
+// Readers then get ErrBodyStopped. It reports whether it interrupted a read. Idempotent; nil
+// is a no-op. Call it before the request's handler returns: Interrupt may act on the client's
+// connection, which serves the next request after that.
+func (b *Body) Stop() (interrupted bool) {
+	if b == nil {
+		return false
 	}
-	return nil
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopped {
+		return false
+	}
+	b.stopped = true
+	if b.reading && b.Interrupt != nil {
+		b.Interrupt()
+		interrupted = true
+	}
+	b.cond.Broadcast()
+	return interrupted
 }
 
 // Close closes the underlying body.
@@ -90,41 +154,76 @@ func (b *Body) Close() error {
 	return b.rc.Close()
 }
 
-// cursor reads the body from its start: the replay buffer first, then the rest of rc.
+// cursor is one attempt's reader of the body, from its start: the replay buffer first, then
+// the rest of rc.
 type cursor struct {
 	b   *Body
-	pos int
+	off int64 // body bytes this cursor returned
+}
+
+// newCursor makes the reader of a new attempt, which takes the body over from earlier ones.
+func (b *Body) newCursor() *cursor {
+	c := &cursor{b: b}
+	b.mu.Lock()
+	b.cur = c
+	b.mu.Unlock()
+	return c
 }
 
 func (c *cursor) Read(p []byte) (int, error) {
 	b := c.b
-	if c.pos < len(b.buf) {
-		n := copy(p, b.buf[c.pos:])
-		c.pos += n
-		return n, nil
-	}
-	if b.eof {
-		return 0, io.EOF
-	}
-	if err := b.Err(); err != nil {
-		return 0, err
-	}
-	n, err := b.rc.Read(p)
-	if n > 0 {
-		if !b.over.Load() && len(b.buf)+n <= b.limit {
-			b.buf = append(b.buf, p[:n]...)
-			c.pos += n
-		} else {
-			b.over.Store(true)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for {
+		if c.off < int64(len(b.buf)) {
+			n := copy(p, b.buf[c.off:])
+			c.off += int64(n)
+			return n, nil
 		}
+		if !b.reading {
+			break
+		}
+		b.cond.Wait() // an earlier attempt's read: its bytes are ours too, if they fit the buffer
+	}
+	switch {
+	case c.off < b.read:
+		return 0, errNotReplayable
+	case b.eof:
+		return 0, io.EOF
+	case b.readErr != nil:
+		return 0, &clientBodyError{b.readErr}
+	case b.stopped:
+		return 0, ErrBodyStopped
+	case c != b.cur:
+		return 0, errSuperseded
+	}
+	wasOver := b.over
+	if room := b.limit - len(b.buf); !b.over && room > 0 {
+		p = p[:min(len(p), room)] // a read either fits the replay buffer or is past it
+	} else {
+		b.over = true // before the read: a retry decided meanwhile must not count on its bytes
+	}
+	b.reading = true
+	b.mu.Unlock()
+	n, err := b.rc.Read(p)
+	b.mu.Lock()
+	b.reading = false
+	b.cond.Broadcast()
+	b.read += int64(n)
+	c.off += int64(n)
+	if !b.over {
+		b.buf = append(b.buf, p[:n]...)
+	} else if n == 0 && !wasOver {
+		b.over = false // nothing was read past the buffer after all (the body ended at it)
 	}
 	switch {
 	case err == io.EOF:
 		b.eof = true
+	case err != nil && b.stopped:
+		err = ErrBodyStopped // Stop interrupted the read: not the client's fault
 	case err != nil:
-		readErr := err
-		b.readErr.Store(&readErr)
-		err = &clientBodyError{readErr}
+		b.readErr = err
+		err = &clientBodyError{err}
 	}
 	return n, err
 }
@@ -174,7 +273,7 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, bod
 	var cur *cursor
 	small := false
 	if body != nil {
-		cur = &cursor{b: body}
+		cur = body.newCursor()
 		f.Flags |= api.FlagBody
 		small = f.ContentLength > 0 && f.ContentLength <= smallBody && !f.Has(api.FlagFramed)
 		if !small && (f.ContentLength < 0 || f.ContentLength > int64(body.limit)) {
@@ -224,7 +323,7 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, bod
 
 	var writer *bodyWriter
 	if body != nil && !small && !peerStopped {
-		writer = &bodyWriter{x: x, cur: cur, framed: f.Has(api.FlagFramed), done: make(chan struct{})}
+		writer = &bodyWriter{x: x, cur: cur, framed: f.Has(api.FlagFramed)}
 		if f.Has(api.FlagGated) {
 			writer.gate = make(chan struct{})
 			writer.replay = body.limit
@@ -234,7 +333,6 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, bod
 			start = func(f func()) bool { go f(); return true }
 		}
 		if !start(writer.run) {
-			close(writer.done)
 			x.finish(false)
 			return nil, api.Errorf(api.CodeShuttingDown, "closing")
 		}
@@ -243,10 +341,10 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, bod
 	resp, err := x.readResponse(frame, writer)
 	if err != nil {
 		if writer != nil {
+			// The writer ends at its next step; it is not waited for: one waiting for the
+			// client's next bytes would hold this request (and whatever waits for it) until
+			// they come. A next attempt takes its read over (Body); Stop interrupts it.
 			writer.stop()
-			if body.Replayable() {
-				<-writer.done // the next attempt reads the body: this one must be done with it
-			}
 			if e := body.Err(); e != nil {
 				return nil, clientBodyFailure(body, e)
 			}
@@ -368,7 +466,6 @@ type bodyWriter struct {
 	replay   int
 	gateOnce sync.Once
 	stopped  atomic.Bool
-	done     chan struct{}
 }
 
 func (w *bodyWriter) open() {
@@ -383,7 +480,6 @@ func (w *bodyWriter) stop() {
 }
 
 func (w *bodyWriter) run() {
-	defer close(w.done)
 	sc := w.x.sc
 	var dst io.Writer = sc
 	var fw *framedWriter
@@ -430,8 +526,9 @@ func (w *bodyWriter) run() {
 			return
 		}
 		if err != nil {
-			// The client's body failed (bad chunked encoding, client gone): the request
-			// must not look complete to the agent.
+			// The client's body failed (bad chunked encoding, client gone), or this writer's
+			// attempt is over (Stop, a later attempt): the request must not look complete
+			// to the agent.
 			sc.Abort(quic.StreamCodeCanceled)
 			return
 		}

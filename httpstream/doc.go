@@ -15,7 +15,11 @@
 // a request whose body is larger or of unknown length is FlagGated: bytes beyond the replay
 // buffer wait for the peer's Accepted frame, so a refusal (an Error frame before the response,
 // *RemoteError) always leaves the body replayable and the caller may send it elsewhere.
-// RoundTrip returns a refusal only after its body writer has finished with the body.
+// RoundTrip does not wait for its body writer when the attempt fails: a writer waiting for a
+// silent client would hold the request until the client's next byte. The next attempt takes
+// over the read in progress (Body serializes its reads), and the caller ends the body with
+// Body.Stop once the request is over, which interrupts a read still waiting for the client
+// (Body.Interrupt); the writer then ends. The caller's Options.Go owner waits for it.
 // The response's body ends the exchange: read to EOF, the stream is closed cleanly; closed
 // early, or at the end of the request context, it is reset. Options.Done is called once.
 //

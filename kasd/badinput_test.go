@@ -36,9 +36,15 @@ type fakeAgent struct {
 }
 
 func (e *env) startFakeAgent(id string, services []string, handle func(sc *quic.StreamConn, f *api.Request)) *fakeAgent {
+	e.t.Helper()
+	return e.startFakeReplica(id, "fake-"+id, services, handle)
+}
+
+// startFakeReplica is startFakeAgent for one of several replicas of the agent.
+func (e *env) startFakeReplica(id, replica string, services []string, handle func(sc *quic.StreamConn, f *api.Request)) *fakeAgent {
 	t := e.t
 	t.Helper()
-	qc, d := e.agentHandshake(&api.Hello{Version: api.ProtocolVersion, Token: e.tokens[id], AgentVersion: "fake", Replica: "fake-" + id, Services: services})
+	qc, d := e.agentHandshake(&api.Hello{Version: api.ProtocolVersion, Token: e.tokens[id], AgentVersion: "fake", Replica: replica, Services: services})
 	fa := &fakeAgent{qc: qc}
 	var wg sync.WaitGroup
 	wg.Go(func() {

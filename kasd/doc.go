@@ -7,12 +7,15 @@
 // mounted by the caller on its own http.Server), as tailscale's derp server is handed
 // connections. It owns one goroutine per agent or peer connection (handshake, then the control
 // stream), one goroutine accepting the streams an agent opens (GitLab module requests) with one
-// goroutine per such stream, one per forwarded-in stream (splice), at most one body writer per
-// proxied request with a body, one sampler noting which agent connections went silent, and, in
-// a fleet, one rebalancer asking an agent connection at a time to move to the least loaded
-// kasd (rebalance.go).
+// goroutine per such stream, one per forwarded-in stream (splice), one body writer per attempt
+// of a proxied request with a body (a failed attempt's writer may still wait for the client's
+// next bytes: it ends with the request's body, which the handler ends before it returns,
+// trackUpload), one sampler noting which agent connections went silent, and, in a fleet, one
+// rebalancer asking an agent connection at a time to move to the least loaded kasd
+// (rebalance.go).
 // Close closes every connection and waits for all of these: a stream's context ends with the
-// stream, the connection or Close, so a handler waiting on GitLab returns promptly. BeginDrain
+// stream, the connection or Close, so a handler waiting on GitLab returns promptly, and a body
+// writer still waiting for a client closeUploadWait after Close began is interrupted. BeginDrain
 // fails /readyz, refuses new agents and forwarded requests, and sends GoAway to peers and
 // agents (they make before break); Shutdown then waits for requests in flight — local,
 // forwarded out and forwarded in, each counted from its first byte — bounded by its context,

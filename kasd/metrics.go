@@ -30,7 +30,8 @@ type metrics struct {
 	peerConns        *prometheus.CounterVec
 	peerLinkLosses   prometheus.Counter
 	peerLinksDrained prometheus.Counter
-	hygiene          hygieneMetrics // headers refused or removed (origin.go)
+	uploadsCut       prometheus.Counter // request bodies Close interrupted (server.go stopUploads)
+	hygiene          hygieneMetrics     // headers refused or removed (origin.go)
 	// recent keeps the last requests' durations per route, for the web page's p50/p99
 	// (status.go).
 	recent recentLatencies
@@ -106,7 +107,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m.silenceProbes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kasd_agent_silence_probes_total", Help: "Probes sent on agent connections that had received nothing for their silence threshold (a live agent acknowledges within 1 ms; one that stays silent is closed as silent_closed).",
 	})
-	reg.MustRegister(m.peerLinkLosses, m.peerLinksDrained, m.silenceProbes)
+	m.uploadsCut = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kasd_close_uploads_cut_total", Help: "Request bodies whose client had still not sent them when kasd closed (after the drain and closeUploadWait): the read waiting for the client was interrupted, so that closing does not wait for it.",
+	})
+	reg.MustRegister(m.peerLinkLosses, m.peerLinksDrained, m.silenceProbes, m.uploadsCut)
 	peerLinks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_peer_links", Help: "Live connections this kasd dialled to peers.",
 	}, func() float64 { return float64(s.livePeerLinks()) })

@@ -94,6 +94,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		// is full duplex already: the call's error says so.)
 		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
+	defer s.trackUpload(w, body)() // server.go: the body ends with the request, and at Close
 	if body != nil && len(r.Trailer) > 0 {
 		// Declared trailers (gRPC-style clients) travel at the end of a framed body.
 		body.Trailer = r.Trailer

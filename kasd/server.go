@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"regexp"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/httpstream"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -52,7 +54,9 @@ type Server struct {
 	conns        map[*quicgo.Conn]struct{} // every agent QUIC connection, authenticated or not
 	// peerCtrls are the control streams of accepted peer connections (GoAway on Shutdown).
 	peerCtrls map[*peerCtrl]struct{}
-	wg        sync.WaitGroup // agent connection handlers and request-body writers
+	// uploads are the bodies of client requests in progress (trackUpload), which Close ends.
+	uploads map[*httpstream.Body]struct{}
+	wg      sync.WaitGroup // agent connection handlers and request-body writers
 }
 
 // New checks cfg and builds a Server.
@@ -67,6 +71,7 @@ func New(cfg Config) (*Server, error) {
 		table:     newAgentTable(cfg.MaxAgentConnections, cfg.MaxConnectionsPerAgent),
 		conns:     map[*quicgo.Conn]struct{}{},
 		peerCtrls: map[*peerCtrl]struct{}{},
+		uploads:   map[*httpstream.Body]struct{}{},
 
 		admit: newAdmission(cfg.MaxPendingHandshakes, cfg.Registerer),
 	}
@@ -537,8 +542,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(err, s.Close())
 }
 
-// Close closes every agent connection at once and waits for the server's goroutines.
-// It is idempotent.
+// Close closes every agent connection at once and waits for the server's goroutines. Request
+// bodies still waiting for their clients are cut after closeUploadWait (stopUploads): Close
+// never waits for a client. It is idempotent.
 func (s *Server) Close() error {
 	s.draining.Store(true)
 	s.mu.Lock()
@@ -556,6 +562,77 @@ func (s *Server) Close() error {
 		s.fleet.close()
 	}
 	s.quitOnce.Do(func() { close(s.quit) })
+	s.stopUploads()
 	s.wg.Wait()
 	return nil
+}
+
+// closeUploadWait is how long Close lets the handlers of requests still in progress answer
+// (their agent and peer connections are closed: 502 or 503) and end their bodies themselves,
+// before it interrupts the reads of request bodies that still wait for a client.
+const closeUploadWait = time.Second
+
+// trackUpload makes body, the request body of a client request (nil for none), end with the
+// request: its reads can be interrupted through the client connection's read deadline
+// (Body.Interrupt), and Close ends it. The handler defers the returned func, which ends it
+// (Body.Stop): a body writer still waiting for the client's next bytes then ends too. Without
+// it, a client that stalls mid-upload keeps that writer, which Close waits for, forever.
+//
+// Setting the read deadline is a last resort: on HTTP/1.1 the failed read also ends the
+// request's context (net/http takes it for the client going away), so it only ever happens
+// once the handler has answered, or at Close.
+func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body) (end func()) {
+	if body == nil {
+		return func() {}
+	}
+	rc := http.NewResponseController(w)
+	body.Interrupt = func() { _ = rc.SetReadDeadline(time.Now()) }
+	s.mu.Lock()
+	s.uploads[body] = struct{}{}
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.uploads, body)
+		s.mu.Unlock()
+		body.Stop() // before the handler returns: Interrupt acts on the client's connection
+	}
+}
+
+// stopUploads ends, for Close, the request bodies of the requests still in progress, so that
+// Close never waits for a client: their handlers get closeUploadWait to answer and end them,
+// then the reads still waiting for a client are interrupted, counted
+// (kasd_close_uploads_cut_total) and logged. Their writers then end, and Close waits for them.
+func (s *Server) stopUploads() {
+	deadline := time.Now().Add(closeUploadWait)
+	for {
+		s.mu.Lock()
+		n := len(s.uploads)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.mu.Lock()
+	bodies := make([]*httpstream.Body, 0, len(s.uploads))
+	for b := range s.uploads {
+		bodies = append(bodies, b)
+	}
+	s.mu.Unlock()
+	cut := 0
+	for _, b := range bodies {
+		// A body its handler ended meanwhile is not interrupted again (Stop is idempotent),
+		// and a handler ends its body before returning: this never acts on a connection that
+		// serves another request already.
+		if b.Stop() {
+			cut++
+		}
+	}
+	if cut > 0 {
+		s.m.uploadsCut.Add(float64(cut))
+		s.log.Warn().Int("uploads", cut).Int("requests", len(bodies)).Msg("kasd closed: request bodies still waiting for their clients were cut")
+	}
 }
