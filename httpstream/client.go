@@ -146,6 +146,42 @@ func (b *Body) Stop() (interrupted bool) {
 	return interrupted
 }
 
+// StopWait is Stop, then waits up to d for a read of rc in progress to return. A net/http
+// server request's body must not be read once its handler has returned: the server reads the
+// connection again then (the rest of the body, the next request), and a read still in progress
+// makes it panic ("invalid concurrent Body.Read call"; with full duplex, golang/go#68560).
+func (b *Body) StopWait(d time.Duration) {
+	if b == nil {
+		return
+	}
+	b.Stop()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.reading {
+		return
+	}
+	deadline := time.Now().Add(d)
+	t := time.AfterFunc(d, func() {
+		b.mu.Lock()
+		b.cond.Broadcast()
+		b.mu.Unlock()
+	})
+	defer t.Stop()
+	for b.reading && time.Now().Before(deadline) {
+		b.cond.Wait()
+	}
+}
+
+// AtEOF reports whether a read of rc returned io.EOF.
+func (b *Body) AtEOF() bool {
+	if b == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.eof
+}
+
 // Close closes the underlying body.
 func (b *Body) Close() error {
 	if b == nil {

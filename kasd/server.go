@@ -594,7 +594,16 @@ func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body) (end 
 		s.mu.Lock()
 		delete(s.uploads, body)
 		s.mu.Unlock()
-		body.Stop() // before the handler returns: Interrupt acts on the client's connection
+		// Before the handler returns, and until a read in progress has returned: Interrupt acts
+		// on the client's connection, which net/http reads again once the handler is done.
+		body.StopWait(time.Second)
+		if !body.AtEOF() {
+			// The rest of the body is not read: with full duplex, net/http would read it after
+			// the handler returns and, at its end, start a background read that its read of the
+			// next request then collides with (a panic, golang/go#68560). The read deadline
+			// ends that; the connection is not reused.
+			_ = rc.SetReadDeadline(time.Now())
+		}
 	}
 }
 
