@@ -403,6 +403,7 @@ func clientBodyFailure(body *Body, err error) error {
 // readResponse reads frames up to the final response head.
 func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Response, error) {
 	informational := 0
+	accepted := false // accepted or an interim response came: the request is being processed
 	for {
 		m, err := api.ReadFrame(x.sc)
 		if err != nil {
@@ -413,9 +414,18 @@ func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Res
 		}
 		switch m := m.(type) {
 		case *api.Error:
+			if accepted {
+				// A refusal can no longer come (api/SPEC.md): taken as one, it would send a
+				// request the acceptor may have processed to another holder.
+				return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: fmt.Sprintf("%s error frame after the request was accepted", m.Code), Err: api.ErrUnexpectedFrame})
+			}
 			x.finish(false)
 			return nil, &RemoteError{Err: m}
 		case *api.Accepted:
+			if accepted {
+				return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: "a second accepted frame, or one after an interim response", Err: api.ErrUnexpectedFrame})
+			}
+			accepted = true
 			if writer != nil {
 				writer.open()
 			}
@@ -427,6 +437,7 @@ func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Res
 				if informational++; informational > api.MaxInformational {
 					return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: fmt.Sprintf("more than %d informational responses", api.MaxInformational), Err: ErrTooManyInformational})
 				}
+				accepted = true // a response implies accepted
 				continue
 			}
 			if writer != nil {

@@ -668,3 +668,49 @@ func TestClientTooManyHeaderFields(t *testing.T) {
 		t.Fatalf("status %d (Qkas-Error %q): %s; want 413 too_large", resp.StatusCode, resp.Header.Get(api.HeaderError), body)
 	}
 }
+
+// An error frame after accepted breaks the protocol (a refusal can no longer come): kasd does
+// not take it for a refusal, so a POST the agent may have processed is not sent to another
+// holder; the client gets a 502 naming the agent. A second accepted frame is refused the same
+// way.
+func TestErrorAfterAcceptedIsNotRetried(t *testing.T) {
+	for _, second := range []api.Message{&api.Error{Code: api.CodeNotHolder, Message: "not mine after all"}, &api.Accepted{}} {
+		t.Run(second.Type().String(), func(t *testing.T) {
+			e := newEnv(t)
+			var got atomic.Int64
+			handle := func(sc *quic.StreamConn, f *api.Request) {
+				if got.Add(1) > 1 {
+					_, _ = io.Copy(io.Discard, sc)
+					_, _ = sc.Write(append(api.AppendFrame(nil, &api.Response{Status: 200, ContentLength: 2}), "ok"...))
+					_ = sc.CloseWrite()
+					return
+				}
+				if err := httpstream.Accept(sc, f); err != nil {
+					sc.Abort(quic.StreamCodeInternal)
+					return
+				}
+				_, _ = io.Copy(io.Discard, sc) // processed
+				_, _ = sc.Write(api.AppendFrame(nil, second))
+				_ = sc.CloseWrite()
+			}
+			e.startFakeReplica("alpha", "fake-a", []string{"web"}, handle)
+			e.startFakeReplica("alpha", "fake-b", []string{"web"}, handle)
+			pr, pw := io.Pipe()
+			go func() { _, _ = pw.Write([]byte("launch")); _ = pw.Close() }() // chunked: gated
+			req, _ := http.NewRequest("POST", e.url("/api/v1/agents/alpha/proxy/web/launch"), pr)
+			req.Header.Set("Authorization", "Bearer "+e.token())
+			resp, err := e.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if n := got.Load(); n != 1 {
+				t.Errorf("the POST reached %d holders, want 1", n)
+			}
+			if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "agent alpha") {
+				t.Errorf("status %d %q: %s; want a 502 naming the agent", resp.StatusCode, resp.Header.Get(api.HeaderError), body)
+			}
+		})
+	}
+}
