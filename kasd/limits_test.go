@@ -338,3 +338,36 @@ func mustURL(t *testing.T, s string) *url.URL {
 	}
 	return u
 }
+
+// TestRefusedHelloFreesHandshakeSlot: a connection refused for its Hello gives its admission
+// slot back before kasd lingers for the agent to read the refusal (500 ms), so a storm of bad
+// Hellos does not shut out good ones: with one slot, a good agent right behind a bad Hello is
+// welcomed, not refused as overloaded.
+func TestRefusedHelloFreesHandshakeSlot(t *testing.T) {
+	e := newEnv(t, func(c *kasd.Config) { c.MaxPendingHandshakes = 1 })
+	hello := func(replica string) *api.Hello {
+		return &api.Hello{Version: api.ProtocolVersion, Token: e.tokens["alpha"], AgentVersion: "v1",
+			Replica: replica, Process: "p1", Services: []string{"web"}}
+	}
+	for _, bad := range []*api.Hello{
+		hello(strings.Repeat("r", api.MaxReplicaLen+1)), // bad_request
+		{Version: api.ProtocolVersion + 1},              // wrong protocol version
+	} {
+		qc, _, _, d, err := sendHello(t, e.caFile, e.agentUDP, bad)
+		if err == nil {
+			t.Fatalf("hello %+v was welcomed", bad)
+		}
+		// The refused connection is left open: kasd lingers on it.
+		good, _, _, gd, err := sendHello(t, e.caFile, e.agentUDP, hello("pod-1"))
+		if err != nil {
+			t.Fatalf("a good agent behind a refused Hello (%v): %v", api.CodeOf(err), err)
+		}
+		_ = good.CloseWithError(0, "")
+		gd.Close()
+		_ = qc.CloseWithError(0, "")
+		d.Close()
+	}
+	if n := counter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "max_pending_handshakes"}); n != 0 {
+		t.Fatalf("max_pending_handshakes rejections = %v, want 0", n)
+	}
+}

@@ -232,11 +232,13 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 		if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
 			s.m.limitRejections.WithLabelValues("handshake_timeout").Inc()
 		}
+		release() // refuse lingers for the agent to read why: not in a handshake slot
 		s.refuse(qc, control, asAPIError(err, api.CodeProtocol), log)
 		return nil
 	}
 	hello := m.(*api.Hello)
 	if err := s.checkHello(hello); err != nil {
+		release()
 		s.refuse(qc, control, asAPIError(err, api.CodeBadRequest), log)
 		return nil
 	}
