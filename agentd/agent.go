@@ -239,8 +239,8 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 }
 
 // refusedTokenBackoff bounds the wait after a refused token (unauthenticated, forbidden, a
-// protocol version kasd does not speak): a new token needs an operator and kasd's tokens file
-// (or GitLab) to change, so retrying every few seconds only adds load; the wait doubles from
+// protocol version kasd does not speak) or Hello (bad_request): a new token or configuration
+// needs an operator and kasd's tokens file (or GitLab, or the agent's flags) to change, so retrying every few seconds only adds load; the wait doubles from
 // half a minute up to this.
 const refusedTokenBackoff = 5 * time.Minute
 
@@ -549,7 +549,10 @@ func refusalFromClose(err error) error {
 // permanent reports refusals that retrying soon will not fix.
 func permanent(err error) bool {
 	switch api.CodeOf(err) {
-	case api.CodeUnauthenticated, api.CodeForbidden, api.CodeUnsupportedVersion:
+	case api.CodeUnauthenticated, api.CodeForbidden, api.CodeUnsupportedVersion,
+		// kasd refused the Hello itself (a service name, replica or process it does not
+		// accept): this agent's configuration must change first.
+		api.CodeBadRequest:
 		return true
 	}
 	return false
