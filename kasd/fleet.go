@@ -222,7 +222,7 @@ func (f *fleet) conn(ctx context.Context, inst registry.Instance) (*peerLink, er
 			return nil, ctx.Err()
 		}
 		switch {
-		case l.draining.Load() && l.qc.Context().Err() == nil:
+		case l.draining.Load() && l.qc != nil && l.qc.Context().Err() == nil:
 			// The peer is shutting down: it takes no new request, and it does not hold the
 			// agent much longer. Another holder, or the agent's next connection, serves it.
 			return nil, &api.Error{Code: api.CodeShuttingDown, Message: "peer " + inst.ID + " is draining", Err: errPeerUnavailable}
