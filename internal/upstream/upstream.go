@@ -41,6 +41,9 @@ type upConn struct {
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	lastUsed time.Time
+	// w is the body writer of the exchange in progress, nil for a request without a body
+	// (here rather than in upBody, which the body-less path allocates per request).
+	w *bodyWriter
 }
 
 // limitReader fails once left reaches zero; left is set before a head and lifted after it.
@@ -238,6 +241,9 @@ func (e *nothingReadError) Unwrap() error { return e.err }
 func (u *Client) exchange(ctx context.Context, c *upConn, req *http.Request) (*http.Response, error) {
 	// The context (the stream's end, the request's deadline) interrupts reads and writes.
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
+	if req.Body != nil && req.Body != http.NoBody {
+		return u.exchangeBody(ctx, c, req, stop)
+	}
 	var werr error
 	if !writeHead(c.bw, req) {
 		werr = req.Write(c.bw)
@@ -253,19 +259,7 @@ func (u *Client) exchange(ctx context.Context, c *upConn, req *http.Request) (*h
 	c.lr.left = noLimit
 	if err != nil {
 		stop()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if errors.Is(err, ErrResponseHeadTooLarge) {
-			return nil, fmt.Errorf("%w (over %d bytes)", ErrResponseHeadTooLarge, u.headLimit())
-		}
-		if werr != nil {
-			err = werr
-		}
-		if c.lr.n == 0 {
-			return nil, &nothingReadError{err}
-		}
-		return nil, err
+		return nil, u.exchangeError(ctx, c, err, werr)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		resp.Body = &upgradedConn{Conn: c.nc, r: c.br, stop: stop}
@@ -273,6 +267,125 @@ func (u *Client) exchange(ctx context.Context, c *upConn, req *http.Request) (*h
 	}
 	resp.Body = &upBody{rc: resp.Body, u: u, c: c, stop: stop, reuse: werr == nil && !resp.Close && !req.Close}
 	return resp, nil
+}
+
+// exchangeBody is exchange for a request with a body: a bodyWriter goroutine writes the
+// request while this one reads the response, so that a service may answer before it has read
+// the whole body (a 413 or 401 to a large upload) or answer as it reads (full duplex). The
+// writer is joined before exchangeBody returns an error or a 101, and otherwise by the
+// response body's end (upBody.finish).
+func (u *Client) exchangeBody(ctx context.Context, c *upConn, req *http.Request, stop func() bool) (*http.Response, error) {
+	w := &bodyWriter{c: c, body: req.Body, done: make(chan struct{})}
+	go w.run(req)
+	c.lr.n = 0
+	c.lr.left = u.headLimit() + int64(c.br.Size())
+	resp, err := readFinal(c.br, req)
+	c.lr.left = noLimit
+	if err != nil {
+		stop()
+		w.stop()
+		return nil, u.exchangeError(ctx, c, err, w.err)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The connection becomes the caller's, who writes to it: the request body must be
+		// written first (as it was before the response was read, before the writer goroutine).
+		<-w.done
+		resp.Body = &upgradedConn{Conn: c.nc, r: c.br, stop: stop}
+		return resp, nil
+	}
+	c.w = w
+	resp.Body = &upBody{rc: resp.Body, u: u, c: c, stop: stop, reuse: !resp.Close && !req.Close}
+	return resp, nil
+}
+
+// exchangeError is the error of an exchange whose response head could not be read (err) after
+// the request was written with werr: the context's end, the head limit, else the write's error
+// if it failed (the read's is then only its consequence), marked when no response byte came.
+func (u *Client) exchangeError(ctx context.Context, c *upConn, err, werr error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if errors.Is(err, ErrResponseHeadTooLarge) {
+		return fmt.Errorf("%w (over %d bytes)", ErrResponseHeadTooLarge, u.headLimit())
+	}
+	if werr != nil {
+		err = werr
+	}
+	if c.lr.n == 0 {
+		return &nothingReadError{err}
+	}
+	return err
+}
+
+// bodyWriter writes a request with a body (Request.Write: head, body, chunked framing and
+// trailers) in a goroutine of the exchange, as http.Transport's writeLoop does, while the
+// exchange reads the response. The exchange always waits for done. Request.Write encodes the
+// head and the body's framing together, so the head is written here too, not by the caller.
+type bodyWriter struct {
+	c    *upConn
+	body io.Closer
+	err  error // the write's error; read only after done is closed
+	done chan struct{}
+}
+
+// stop ends a writer that has not finished and waits for it: closing the connection ends a
+// write to it, closing the request body (which a RoundTripper may do from another goroutine)
+// ends a read of a body whose Close interrupts its Read. A read of the body that Close does
+// not interrupt is waited for: until then the body is not written, as before the writer
+// goroutine, when that read blocked RoundTrip itself.
+func (w *bodyWriter) stop() {
+	select {
+	case <-w.done:
+		return
+	default:
+	}
+	_ = w.c.nc.Close()
+	_ = w.body.Close()
+	<-w.done
+}
+
+func (w *bodyWriter) run(req *http.Request) {
+	defer close(w.done)
+	err := req.Write(w.c.bw)
+	if err == nil {
+		err = w.c.bw.Flush()
+	}
+	w.err = err
+	var op *net.OpError
+	if err != nil && !(errors.As(err, &op) && op.Op == "write") {
+		// Not the connection failing (the request body's read failed, or it was shorter than
+		// its Content-Length): the service would wait for the rest of a body that will not
+		// come, so the connection is closed, which also ends the response's read. A failed
+		// write to the connection leaves it open: a response the service sent before it
+		// stopped reading (and closed) is still there to be read.
+		_ = w.c.nc.Close()
+	}
+}
+
+// maxWriteWait is how long a response's end waits for its request's body writer before closing
+// the connection (as http.Transport's maxWriteWaitBeforeConnReuse): a service that read the
+// whole body before it answered leaves the writer only its last steps.
+const maxWriteWait = 50 * time.Millisecond
+
+// wait reports whether the body was written whole, waiting at most maxWriteWait (none for a
+// response that did not end at EOF).
+func (w *bodyWriter) wait(eof bool) bool {
+	select {
+	case <-w.done:
+		return w.err == nil
+	default:
+	}
+	if !eof {
+		return false
+	}
+	t := time.NewTimer(maxWriteWait)
+	defer t.Stop()
+	select {
+	case <-w.done:
+		return w.err == nil
+	case <-t.C:
+		return false
+	}
 }
 
 func (u *Client) headLimit() int64 {
@@ -404,7 +517,10 @@ func (u *Client) Close() {
 	u.CloseIdleConnections()
 }
 
-// upBody returns its connection to the pool once read to EOF, or closes it.
+// upBody returns its connection to the pool once read to EOF, or closes it. For a request with
+// a body it also ends the exchange's body writer (c.w): the connection is pooled only if the
+// body was written whole, else closed (which stops a writer blocked on it), and the writer is
+// waited for.
 type upBody struct {
 	rc    io.ReadCloser
 	u     *Client
@@ -438,6 +554,14 @@ func (b *upBody) finish(eof bool) {
 	}
 	b.done = true
 	stopped := b.stop() // false: the context ended and poisoned the deadline
+	if w := b.c.w; w != nil {
+		b.c.w = nil
+		if !w.wait(eof && b.reuse && stopped) {
+			w.stop() // the body was not written whole: the connection is closed
+			_ = b.c.nc.Close()
+			return
+		}
+	}
 	if eof && b.reuse && stopped {
 		b.u.put(b.c)
 		return
