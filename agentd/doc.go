@@ -50,7 +50,9 @@
 // service's handler gets an *http.Request whose context ends with the stream and an
 // httpstream.ResponseWriter. URL services are proxied by a small proxy over internal/upstream, a pooled
 // HTTP/1.1 client that writes the request and reads the response in the stream's goroutine
-// (no transport goroutines), sized by Config.MaxIdleConnsPerService; a small response leaves
+// (no transport goroutines; a request body is written by a goroutine of the request's own,
+// waited for before the handler returns, so that the service may answer before or while it
+// reads it), sized by Config.MaxIdleConnsPerService; a small response leaves
 // with its head and FIN in one stream write. Errors reaching the service are typed error
 // frames (service_unavailable naming the service), never HTTP bodies with a forged Qkas-Error.
 //
