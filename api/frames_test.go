@@ -1063,3 +1063,21 @@ func TestFeaturesOptional(t *testing.T) {
 		}
 	}
 }
+
+// TestRequestPayloadLen: PayloadLen is the length AppendPayload writes, for every request in
+// the round-trip set and at the edges of the varint lengths (FuzzParseFrame checks it for every
+// request it parses).
+func TestRequestPayloadLen(t *testing.T) {
+	reqs := []*Request{{}, {Deadline: time.Unix(-1, 0), ContentLength: -1, Flags: 1 << 63},
+		{Target: strings.Repeat("t", 127), Header: []KV{{strings.Repeat("k", 128), strings.Repeat("v", 16383)}, {"", strings.Repeat("w", 16384)}}}}
+	for _, m := range sampleMessages() {
+		if r, ok := m.(*Request); ok {
+			reqs = append(reqs, r)
+		}
+	}
+	for _, r := range reqs {
+		if got, want := r.PayloadLen(), len(r.AppendPayload(nil)); got != want {
+			t.Errorf("PayloadLen = %d, AppendPayload wrote %d bytes: %+v", got, want, r)
+		}
+	}
+}

@@ -59,6 +59,11 @@ func checkParsed(t *testing.T, m Message, n int, in []byte) {
 	if FrameType(in[0]) != m.Type() {
 		t.Fatalf("type %s parsed as %s", FrameType(in[0]), m.Type())
 	}
+	if r, ok := m.(*Request); ok {
+		if got, want := r.PayloadLen(), len(r.AppendPayload(nil)); got != want {
+			t.Fatalf("PayloadLen = %d, AppendPayload wrote %d bytes: %#v", got, want, r)
+		}
+	}
 	// An optional field that was absent is written back: one byte (an empty string) more.
 	limit := n
 	optionalAbsent := false

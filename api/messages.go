@@ -317,6 +317,15 @@ func (m *Request) AppendPayload(b []byte) []byte {
 	return b
 }
 
+// PayloadLen is len(m.AppendPayload(nil)), computed without encoding: a sender checks a head
+// against MaxHeadSize before it opens a stream for it.
+func (m *Request) PayloadLen() int {
+	return uvarintLen(uint64(m.Kind)) + stringLen(m.Service) + stringLen(m.RequestID) +
+		varintLen(deadlineToNanos(m.Deadline)) + kvsLen(m.Meta) + stringLen(m.Method) +
+		stringLen(m.Target) + stringLen(m.Host) + kvsLen(m.Header) + varintLen(m.ContentLength) +
+		uvarintLen(m.Flags)
+}
+
 // Has reports whether flag is set.
 func (m *Request) Has(flag uint64) bool { return m.Flags&flag != 0 }
 
@@ -432,6 +441,24 @@ func appendKVs(b []byte, kvs []KV) []byte {
 func appendString(b []byte, s string) []byte {
 	b = appendUvarint(b, uint64(len(s)))
 	return append(b, s...)
+}
+
+func stringLen(s string) int { return uvarintLen(uint64(len(s))) + len(s) }
+
+func varintLen(v int64) int {
+	u := uint64(v) << 1
+	if v < 0 {
+		u = ^u
+	}
+	return uvarintLen(u)
+}
+
+func kvsLen(kvs []KV) int {
+	n := uvarintLen(uint64(len(kvs)))
+	for _, kv := range kvs {
+		n += stringLen(kv.Key) + stringLen(kv.Value)
+	}
+	return n
 }
 
 func uvarintLen(v uint64) int {

@@ -669,6 +669,43 @@ func TestClientTooManyHeaderFields(t *testing.T) {
 	}
 }
 
+// A client request head that no stream can carry (over api.MaxHeadSize encoded, under the API's
+// header limits) is the client's fault and said at once: 413 too_large, counted as an API error,
+// not tried on a holder (it waited for the route timeout, was counted as retries and as an
+// agent's response_head_too_large). A head just under the limit reaches the service.
+func TestClientHeadOverMaxHeadSize(t *testing.T) {
+	e := newEnv(t)
+	var got atomic.Int64
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Store(int64(len(r.Header.Get("X-Big"))))
+	}))
+	t.Cleanup(svc.Close)
+	waitConnected(t, e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}), 1)
+	resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/", nil, "X-Big", strings.Repeat("a", api.MaxHeadSize))
+	body := readAll(t, resp)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get(api.HeaderError) != "too_large" {
+		t.Fatalf("status %d (Qkas-Error %q): %s; want 413 too_large", resp.StatusCode, resp.Header.Get(api.HeaderError), body)
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"kasd_api_errors_total", map[string]string{"code": "too_large"}, 1},
+		{"kasd_retries_total", nil, 0},
+		{"kasd_limit_rejections_total", map[string]string{"reason": "response_head_too_large"}, 0},
+	} {
+		if n := counter(t, e.reg, c.name, c.labels); n != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, n, c.want)
+		}
+	}
+	size := api.MaxHeadSize - 1024
+	resp = e.do("GET", "/api/v1/agents/alpha/proxy/web/", nil, "X-Big", strings.Repeat("a", size))
+	if body := readAll(t, resp); resp.StatusCode != 200 || got.Load() != int64(size) {
+		t.Fatalf("a head under the limit: status %d, service saw %d bytes of X-Big: %s", resp.StatusCode, got.Load(), body)
+	}
+}
+
 // An error frame after accepted breaks the protocol (a refusal can no longer come): kasd does
 // not take it for a refusal, so a POST the agent may have processed is not sent to another
 // holder; the client gets a 502 naming the agent. A second accepted frame is refused the same

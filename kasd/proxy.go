@@ -81,6 +81,14 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		s.writeProxyError(w, r, tgt, api.Errorf(api.CodeTooLarge, "%d request header fields; at most %d reach an agent", len(f.Header), api.MaxHeaderFields))
 		return
 	}
+	if n := f.PayloadLen() + headReserve; n > api.MaxHeadSize {
+		// No stream could carry the head (api.EncodeFrame refuses it): said here, at once,
+		// not as a request no holder took until the route timeout.
+		tgt.acc.fail(api.CodeTooLarge)
+		s.m.apiErrors.WithLabelValues(api.CodeTooLarge.String()).Inc()
+		s.writeProxyError(w, r, tgt, api.Errorf(api.CodeTooLarge, "the request head (path, query and header fields) is %d bytes encoded; at most %d reach an agent", n-headReserve, api.MaxHeadSize-headReserve))
+		return
+	}
 	// The client's traceparent (if any) is the parent; the head carries this span's on.
 	span := s.cfg.Tracer.StartHead("kasd.proxy", tracing.KindServer, &f.Header) // nil Tracer: no cost
 	tgt.countBody(r)
@@ -135,6 +143,10 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		panic(http.ErrAbortHandler)
 	}
 }
+
+// headReserve is the room a request head leaves under api.MaxHeadSize for what kasd adds to it
+// after the size check: trace context (traceparent, 55 bytes) and the body flags.
+const headReserve = 256
 
 // setHead fills f's HTTP head from the client's request: the path below the service, the
 // client's headers without hop-by-hop ones, dropHeaders and Impersonate-* (impersonation only
