@@ -57,6 +57,8 @@ func (a *Agent) logAccess(res httpstream.Served, bytesIn, bytesOut int64, start 
 	case res.Canceled:
 		code = api.CodeClientCanceled
 		status = code.HTTPStatus()
+	case res.HeadError != nil:
+		code = api.CodeServiceUnavailable // status is its 502 already
 	}
 	imp, impersonated := f.MetaValue("impersonate-user")
 	failed := status >= 400 || code != api.CodeOK

@@ -313,5 +313,9 @@ func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
 			status = api.CodeClientCanceled.HTTPStatus() // kasd (its client) went away first
 		}
 		a.m.observe(res.Head.Service, status, time.Since(start))
+		if res.HeadError != nil {
+			a.m.limits.WithLabelValues("response_head_too_large").Inc()
+			a.m.serviceErrors.WithLabelValues(res.Head.Service).Inc()
+		}
 	}
 }

@@ -22,6 +22,7 @@ type metrics struct {
 	gitlabRequests  *prometheus.CounterVec // module, code
 	connectFailures *prometheus.CounterVec // code (ConnectCode, connerr.go)
 	configReloads   *prometheus.CounterVec // result: ok, unchanged, error (reload.go)
+	limits          *prometheus.CounterVec // reason
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -64,7 +65,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.configReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "agentd_config_reloads_total", Help: "Reloads of the agent's services (SIGHUP or a config file change) by result: ok, unchanged, or error (the old services stay).",
 	}, []string{"result"})
-	reg.MustRegister(m.connectFailures, m.configReloads)
+	m.limits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "agentd_limit_rejections_total", Help: "Limits of the stream protocol a service's answer hit, by reason (response_head_too_large: a response head over 64 KiB or 512 fields; the client got a 502 service_unavailable).",
+	}, []string{"reason"})
+	reg.MustRegister(m.connectFailures, m.configReloads, m.limits)
 	reg.MustRegister(m.connections, m.connectAttempts, m.tlsResumptions, m.goAways, m.openStreams, m.rejections,
 		m.requests, m.duration, m.serviceErrors, m.gitlabRequests)
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{

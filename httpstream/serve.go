@@ -20,6 +20,10 @@ type Served struct {
 	// Canceled: the peer went away (stopped or reset the stream, its client gone) before the
 	// response was complete.
 	Canceled bool
+	// HeadError: the handler's response head was over the limits (api.MaxHeadSize,
+	// api.MaxHeaderFields) and the peer got a service_unavailable error frame instead; Status
+	// is then that error's.
+	HeadError error
 }
 
 // Serve runs the acceptor side of one request stream: it reads the head within headTimeout,
@@ -62,11 +66,13 @@ func ServeHead(ctx context.Context, sc *quic.StreamConn, f *api.Request, check f
 		defer w.Recover()
 		handle(w, r, f)
 	}()
-	out := Served{Head: f, Status: w.Status()}
+	out := Served{Head: f}
 	if err := r.Context().Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) || peerStopped(sc) {
 		out.Canceled = true
 	}
 	w.Finish()
+	// After Finish, which may send the head (and find it over the limits).
+	out.Status, out.HeadError = w.Status(), w.HeadError()
 	return out
 }
 

@@ -143,6 +143,9 @@ type ResponseWriter struct {
 	bufp    *[]byte // the pooled buffer behind buf, if any
 	framed  *framedWriter
 	err     error // the first write error; later writes return it
+	// headErr: the response head was over the limits and an error frame went in its place
+	// (appendHead); the response ends there.
+	headErr error
 	infos   int
 	upgrade net.Conn // set once upgraded
 }
@@ -174,8 +177,10 @@ func (w *ResponseWriter) WriteHeader(code int) {
 		// Interim responses (103 Early Hints) are passed on, up to the limit; never 100
 		// Continue, which kasd answers to its client itself.
 		if code != http.StatusContinue && w.infos < api.MaxInformational {
-			w.infos++
-			w.writeNow(w.head(code, 0))
+			if h := w.head(code, 0); len(h) > 0 {
+				w.infos++
+				w.writeNow(h)
+			}
 		}
 		return
 	}
@@ -197,7 +202,10 @@ func (w *ResponseWriter) WriteHeader(code int) {
 // head encodes the response head for status.
 func (w *ResponseWriter) head(status int, cl int64) []byte { return w.appendHead(nil, status, cl) }
 
-// appendHead appends the response head for status to dst.
+// appendHead appends the response head for status to dst. A head over the limits (a service
+// answering with more header bytes or fields than a head may carry) is replaced by an error
+// frame, service_unavailable, and the response ends there: HeadError says why, Status is the
+// error's, and nothing more is written. An interim (1xx) head over the limits is dropped.
 func (w *ResponseWriter) appendHead(dst []byte, status int, cl int64) []byte {
 	m := &api.Response{Status: status, ContentLength: cl}
 	m.Header = HeaderKVs(make([]api.KV, 0, len(w.header)+1), w.header, status == http.StatusSwitchingProtocols, "Content-Length")
@@ -210,7 +218,12 @@ func (w *ResponseWriter) appendHead(dst []byte, status int, cl int64) []byte {
 		err = &api.Error{Code: api.CodeTooLarge, Message: strconv.Itoa(len(m.Header)) + " header fields, max " + strconv.Itoa(api.MaxHeaderFields), Err: api.ErrHeadTooLarge}
 	}
 	if err != nil {
+		if status < 200 && status != http.StatusSwitchingProtocols {
+			return dst[:len(dst):len(dst)]
+		}
 		// A head over the limit: the peer gets a typed error, not a broken stream.
+		w.headErr = err
+		w.status = api.CodeServiceUnavailable.HTTPStatus()
 		return api.AppendFrame(dst[:len(dst):len(dst)], &api.Error{Code: api.CodeServiceUnavailable, Message: "response head too large: " + err.Error(), Err: err})
 	}
 	return b
@@ -266,6 +279,17 @@ func (w *ResponseWriter) sendHead() error {
 	// The head goes in front of the pending body bytes, in one pooled buffer and one write.
 	op := getBuf()
 	out := w.appendHead(*op, w.status, w.cl)
+	if w.headErr != nil {
+		// The error frame alone: the body and what the handler writes next are dropped.
+		w.releaseBuf()
+		_, err := w.writeRaw(out)
+		*op = out
+		putBuf(op)
+		if err == nil {
+			w.err = w.headErr
+		}
+		return w.err
+	}
 	if len(w.buf) > 0 {
 		if w.framed != nil {
 			// Pending bytes become the first data frame.
@@ -328,6 +352,10 @@ func (w *ResponseWriter) Finish() {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
+	if w.headErr != nil {
+		w.endAfterHeadError()
+		return
+	}
 	if !w.sent && w.cl < 0 && w.framed == nil && !w.noBody {
 		w.cl = w.written // the whole body is known now
 	}
@@ -337,6 +365,10 @@ func (w *ResponseWriter) Finish() {
 		return
 	}
 	_ = w.sendHead()
+	if w.headErr != nil {
+		w.endAfterHeadError()
+		return
+	}
 	if w.framed != nil {
 		trailers := http.Header{}
 		for k, vs := range w.header {
@@ -355,6 +387,18 @@ func (w *ResponseWriter) Finish() {
 	w.drainFIN()
 	_ = w.sc.Close()
 }
+
+// endAfterHeadError ends a response whose head was replaced by an error frame: with FIN, not a
+// reset, which could discard the frame before the peer read it.
+func (w *ResponseWriter) endAfterHeadError() {
+	w.releaseBuf()
+	w.drainFIN()
+	_ = w.sc.Close()
+}
+
+// HeadError returns why the response head was replaced by an error frame (over the limits),
+// or nil.
+func (w *ResponseWriter) HeadError() error { return w.headErr }
 
 // trailerKey reports whether header key k is a trailer: declared in the Trailer header, or
 // prefixed with http.TrailerPrefix.
@@ -396,7 +440,10 @@ func (w *ResponseWriter) Upgrade() (io.ReadWriteCloser, error) {
 		return nil, errors.New("httpstream: response already sent")
 	}
 	w.status, w.sent = http.StatusSwitchingProtocols, true
-	if _, err := w.writeRaw(w.head(http.StatusSwitchingProtocols, -1)); err != nil {
+	if _, err := w.writeRaw(w.head(http.StatusSwitchingProtocols, -1)); err != nil || w.headErr != nil {
+		if err == nil {
+			err = w.headErr
+		}
 		return nil, err
 	}
 	w.upgrade = w.sc
@@ -453,9 +500,15 @@ func (c *hijackedConn) Write(p []byte) (int, error) {
 	w.header = resp.Header
 	rest := c.head[end+4:]
 	c.head = nil
-	out := append(w.head(resp.StatusCode, -1), rest...)
+	out := w.head(resp.StatusCode, -1)
+	if w.headErr == nil {
+		out = append(out, rest...)
+	}
 	if _, err := c.StreamConn.Write(out); err != nil {
 		return 0, err
+	}
+	if w.headErr != nil {
+		return 0, w.headErr // the handler stops: its connection ends with the error frame
 	}
 	return len(p), nil
 }

@@ -11,14 +11,17 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	quicgo "github.com/quic-go/quic-go"
 
+	"github.com/qkas/qkas/agentd"
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/httpstream"
 	"github.com/qkas/qkas/quic"
@@ -703,6 +706,48 @@ func TestClientHeadOverMaxHeadSize(t *testing.T) {
 	resp = e.do("GET", "/api/v1/agents/alpha/proxy/web/", nil, "X-Big", strings.Repeat("a", size))
 	if body := readAll(t, resp); resp.StatusCode != 200 || got.Load() != int64(size) {
 		t.Fatalf("a head under the limit: status %d, service saw %d bytes of X-Big: %s", resp.StatusCode, got.Load(), body)
+	}
+}
+
+// A service whose response head is over the limits (more than 512 fields, or over 64 KiB)
+// gets the client a 502 service_unavailable, and agentd counts it as what it is: a 502 in
+// agentd_requests_total, a service error and a limit hit (it was counted as a 200 and in no
+// limit metric), without the service's body after the error frame.
+func TestServiceResponseHeadOverLimitsCounted(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fields" {
+			for i := range api.MaxHeaderFields + 88 {
+				w.Header().Set("X-F"+strconv.Itoa(i), "v")
+			}
+		} else {
+			w.Header().Set("X-Big", strings.Repeat("b", api.MaxHeadSize))
+		}
+		_, _ = w.Write([]byte("the service's body"))
+	}))
+	t.Cleanup(svc.Close)
+	reg := prometheus.NewRegistry()
+	waitConnected(t, e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}, func(c *agentd.Config) { c.Registerer = reg }), 1)
+	for _, path := range []string{"/fields", "/bytes"} {
+		resp := e.do("GET", "/api/v1/agents/alpha/proxy/web"+path, nil)
+		body := readAll(t, resp)
+		if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(api.HeaderError) != "service_unavailable" || strings.Contains(body, "the service's body") {
+			t.Fatalf("%s: status %d (Qkas-Error %q): %s; want 502 service_unavailable", path, resp.StatusCode, resp.Header.Get(api.HeaderError), body)
+		}
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"agentd_requests_total", map[string]string{"service": "web", "code": "200"}, 0},
+		{"agentd_requests_total", map[string]string{"service": "web", "code": "502"}, 2},
+		{"agentd_service_errors_total", map[string]string{"service": "web"}, 2},
+		{"agentd_limit_rejections_total", map[string]string{"reason": "response_head_too_large"}, 2},
+	} {
+		if n := counter(t, reg, c.name, c.labels); n != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, n, c.want)
+		}
 	}
 }
 
