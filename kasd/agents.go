@@ -41,11 +41,16 @@ type agentConn struct {
 
 	live liveness // silence thresholds and the sampler's state (liveness.go)
 
-	// suspect is set when the registry says the replica runs as a newer process elsewhere
-	// (restarted.go): routing avoids the connection until a probe decides. suspectOf names
-	// that process (instance/process), for the log; written before suspect is queued.
+	// suspect is set when the replica runs as a newer process, here (agentTable.add) or
+	// elsewhere (the registry): routing avoids the connection until a probe decides
+	// (restarted.go). suspectOf says where that process runs; only the goroutine that set
+	// suspect writes it, before queueing the connection, and retireSuspects reads it.
 	suspect   atomic.Bool
-	suspectOf string
+	suspectOf suspicion
+	// aliveBeside is the newer process of the replica that this connection's process was found
+	// alive beside (restarted.go): that process is then no reason to suspect this process's
+	// connections again (foundAliveBeside).
+	aliveBeside atomic.Pointer[string]
 
 	// streams counts the request streams kasd opened on the connection and has not finished
 	// reading; once the agent said it leaves (left), the last one to finish closes the
@@ -171,23 +176,24 @@ func (t *agentTable) full() bool {
 }
 
 // add registers c, or returns the limit it hit (its metric reason) and an overloaded error.
-// Connections of an earlier process of c's replica (same agent and replica, another process id)
-// leave the table and are returned: that process is gone, and the caller closes them.
-func (t *agentTable) add(c *agentConn) (replaced []*agentConn, limit string, err error) {
+// older lists the connections of earlier processes of c's replica (same agent and replica,
+// another process id first seen here before c's): such a process may be gone (killed,
+// restarted: its connections would swallow requests until their idle timeout) or still alive
+// (an in-place upgrade starts the new process before it stops the old one, which finishes its
+// requests; or two agentd share a replica name). They stay in the table: the caller suspects
+// them, and only those that do not answer a probe are retired (restarted.go). A connection of a
+// process first seen after c's is not listed: an earlier process that reconnects does not push
+// out a newer one (a process is as old as its earliest connection in the table: one that held
+// no connection here any more looks new, and the other is probed once, and kept if it answers).
+// older is returned even when c is refused: a newer process did connect.
+func (t *agentTable) add(c *agentConn) (older []*agentConn, limit string, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if e := t.agents[c.agentID]; e != nil && c.replica != "" && c.process != "" {
-		for _, old := range e.conns {
-			if old.replica == c.replica && old.process != c.process {
-				replaced = append(replaced, old)
-			}
-		}
-		for _, old := range replaced {
-			t.removeLocked(old)
-		}
+	if e := t.agents[c.agentID]; e != nil {
+		older = earlierProcesses(e.conns, c)
 	}
 	if t.total >= t.maxTotal {
-		return replaced, "max_agent_connections", api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", t.maxTotal)
+		return older, "max_agent_connections", api.Errorf(api.CodeOverloaded, "kasd holds its maximum of %d agent connections", t.maxTotal)
 	}
 	e := t.agents[c.agentID]
 	if e == nil {
@@ -195,13 +201,39 @@ func (t *agentTable) add(c *agentConn) (replaced []*agentConn, limit string, err
 		t.agents[c.agentID] = e
 	}
 	if len(e.conns) >= t.maxPerAgent {
-		return replaced, "max_connections_per_agent", api.Errorf(api.CodeOverloaded, "agent %s already holds the maximum of %d connections", c.agentID, t.maxPerAgent)
+		return older, "max_connections_per_agent", api.Errorf(api.CodeOverloaded, "agent %s already holds the maximum of %d connections", c.agentID, t.maxPerAgent)
 	}
 	e.conns = append(slices.Clip(e.conns), c)
 	c.entry = e
 	t.total++
 	t.notifyLocked(c.agentID, e.conns)
-	return replaced, "", nil
+	return older, "", nil
+}
+
+// earlierProcesses returns the connections in conns of c's replica whose process was first seen
+// (the earliest since of its connections in conns) before c's process, but was not found alive
+// beside it already.
+func earlierProcesses(conns []*agentConn, c *agentConn) []*agentConn {
+	if c.replica == "" || c.process == "" {
+		return nil
+	}
+	firstSeen := func(process string, since time.Time) time.Time {
+		for _, o := range conns {
+			if o.replica == c.replica && o.process == process && o.since.Before(since) {
+				since = o.since
+			}
+		}
+		return since
+	}
+	mine := firstSeen(c.process, c.since)
+	var out []*agentConn
+	for _, o := range conns {
+		if o.replica == c.replica && o.process != c.process && firstSeen(o.process, o.since).Before(mine) &&
+			!foundAliveBeside(conns, o, c.process) {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 func (t *agentTable) remove(c *agentConn) {

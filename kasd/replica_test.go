@@ -12,8 +12,8 @@ import (
 	"github.com/qkas/qkas/kasd"
 )
 
-// deadReplica connects as agent id, replica and process, then behaves like a process that was
-// killed: it answers nothing (its connection stays up until closed).
+// deadReplica connects as agent id, replica and process, then sends nothing of its own (its
+// QUIC stack still acknowledges what kasd sends, and its connection stays up until closed).
 func (e *env) deadReplica(id, replica, process string, services []string) (closed <-chan struct{}) {
 	e.t.Helper()
 	qc, d := e.agentHandshake(&api.Hello{Version: api.ProtocolVersion, Token: e.tokens[id], AgentVersion: "dead", Replica: replica, Process: process, Services: services})
@@ -21,20 +21,30 @@ func (e *env) deadReplica(id, replica, process string, services []string) (close
 	return qc.Context().Done()
 }
 
-// A replica that restarts (a new process, same replica name) retires its earlier process's
-// connection at once: no request is routed into the dead connection, which would otherwise
-// swallow requests until its idle timeout.
+// killedReplica connects as agent id, replica and process through a relay, then is killed:
+// nothing gets through the relay any more, so kasd's probes go unanswered (and the test's end
+// of the connection never learns that kasd closed it).
+func (e *env) killedReplica(id, replica, process string, services []string) {
+	e.t.Helper()
+	relay := newUDPRelay(e.t, e.agentUDP)
+	qc, d := agentHandshakeTo(e.t, e.caFile, relay.pc.LocalAddr().String(), &api.Hello{Version: api.ProtocolVersion,
+		Token: e.tokens[id], AgentVersion: "killed", Replica: replica, Process: process, Services: services})
+	e.t.Cleanup(func() { qc.CloseWithError(0, ""); d.Close() })
+	relay.blackhole.Store(true)
+}
+
+// A replica that restarts (a new process, same replica name) retires its earlier, dead process's
+// connection as soon as a probe goes unanswered (300 ms), long before the 3s silence threshold
+// or the 6s idle timeout: no request is routed into the dead connection, which would otherwise
+// swallow requests until then. (A live earlier process is kept: replica_replace_test.go.)
 func TestRestartedReplicaRetiresOldConnection(t *testing.T) {
 	e := newEnv(t)
 	svc := echoService(t, "web")
-	dead := e.deadReplica("alpha", "pod-1", "old-process", []string{"web"})
+	e.killedReplica("alpha", "pod-1", "old-process", []string{"web"})
 	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
 	waitConnected(t, a, 1)
-	select {
-	case <-dead:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the earlier process's connection was not closed")
-	}
+	connected := time.Now()
+	// Sent while the dead connection is suspect and probed: routed to the new process.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	failed := 0
@@ -50,12 +60,23 @@ func TestRestartedReplicaRetiresOldConnection(t *testing.T) {
 			}
 		})
 	}
+	for counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "replaced"}) != 1 {
+		if time.Since(connected) > 2*time.Second {
+			t.Fatalf("the earlier process's connection was not retired within 2s (silent_closed=%v)",
+				counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"}))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("retired %v after the new process connected", time.Since(connected).Round(time.Millisecond))
 	wg.Wait()
 	if failed > 0 {
 		t.Errorf("%d of 100 requests failed", failed)
 	}
 	if got := counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "replaced"}); got != 1 {
 		t.Errorf("kasd_agent_connections_total{result=replaced} = %v, want 1", got)
+	}
+	if got := counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "suspect_alive"}); got != 0 {
+		t.Errorf("kasd_agent_connections_total{result=suspect_alive} = %v, want 0", got)
 	}
 }
 

@@ -267,13 +267,12 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 		control:          control,
 	}
 	log = connLogger(log, c)
-	replaced, limit, err := s.table.add(c)
-	for _, old := range replaced {
-		// A new process of the same replica: the old one is gone (killed, restarted), and its
-		// connections would only swallow requests until their idle timeout.
-		s.m.agentConnections.WithLabelValues("replaced").Inc()
-		log.Info().Str("old_connection_id", old.id).Msg("agent replica restarted: retiring the connection of its earlier process")
-		_ = old.qc.CloseWithError(quic.ConnCodeNoError, "replaced by a newer process of replica "+c.replica)
+	older, limit, err := s.table.add(c)
+	for _, old := range older {
+		// A newer process of old's replica: old's process may be gone (killed, restarted), its
+		// connection swallowing requests until its idle timeout, or alive and finishing its
+		// requests (an upgrade). Routing prefers c meanwhile; a probe decides (restarted.go).
+		s.suspectEarlier(old, s.cfg.InstanceID, c.process, true)
 	}
 	if err != nil {
 		s.m.limitRejections.WithLabelValues(limit).Inc()

@@ -22,8 +22,8 @@
 // An agent key exists while its instance holds at least one connection for the agent (it is
 // written on the first connection, rewritten when N changes, deleted on the last
 // disconnect). Its replicas (SetAgent, Replica) are the agentd processes of those connections:
-// an instance that sees a newer process of a replica it holds learns that the earlier one is
-// gone (SetReplicaHook; kasd retires its connection). Values from before replicas were
+// an instance that sees a newer process of a replica it holds learns that the earlier one may
+// be gone (SetReplicaHook; kasd probes its connection, and retires it if it does not answer). Values from before replicas were
 // published simply have none. Instance IDs and fleet IDs may not contain "/"; agent IDs may (the instance ID
 // is what follows the last "/"). Keys under the root that match neither form are ignored.
 //

@@ -84,7 +84,8 @@ type ScaleStep struct {
 	// After kill -9 of kasd and its restart on the same data dir (same stateless-reset key):
 	// seconds from the kill until kasd held the whole fleet again (or, if it never did, until
 	// the last change), how many it held then, and the agent connection attempts the new kasd
-	// saw per agent (kasd_agent_connections_total, every result but replaced/silent_closed) by
+	// saw per agent (kasd_agent_connections_total, every result but the verdicts on held
+	// connections: replaced, restarted_elsewhere, suspect_alive, silent_closed) by
 	// result. Attempts lost before reaching kasd (dropped handshakes) are not counted.
 	RestartSettleS   float64            `json:"restart_settle_s"`
 	RestartConnected int                `json:"restart_connected"`
@@ -605,7 +606,8 @@ func (e *env) restartKasd(ctx context.Context, k *kasdProc, p *ScaleStep) (*kasd
 	}
 	var attempts float64
 	for r, v := range results {
-		if r == "replaced" || r == "silent_closed" {
+		switch r {
+		case "replaced", "restarted_elsewhere", "suspect_alive", "silent_closed":
 			continue
 		}
 		attempts += v
