@@ -15,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/internal/filewatch"
 	"github.com/qkas/qkas/quic"
 )
@@ -207,8 +208,11 @@ func WatchConfig(ctx context.Context, path string, signals <-chan os.Signal, rel
 // ReloadServices).
 func validateServices(services map[string]*url.URL, handlers map[string]ServiceHandler) []error {
 	var errs []error
-	if len(services)+len(handlers) == 0 {
+	if n := len(services) + len(handlers); n == 0 {
 		errs = append(errs, errors.New("at least one service is required"))
+	} else if n > api.MaxServices {
+		// kasd refuses such a Hello (bad_request): the agent would retry for ever.
+		errs = append(errs, fmt.Errorf("%d services, kasd accepts at most %d (URL services and in-process handlers together)", n, api.MaxServices))
 	}
 	for name := range handlers {
 		if _, dup := services[name]; dup {

@@ -328,3 +328,34 @@ func counterValue(t *testing.T, c interface{ Write(*dto.Metric) error }) float64
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestTooManyServices: kasd refuses a Hello with more than api.MaxServices services, so the
+// agent refuses to start with more, and a reload to more keeps the current services.
+func TestTooManyServices(t *testing.T) {
+	services := func(n int) map[string]*url.URL {
+		m := map[string]*url.URL{}
+		for i := range n {
+			m[fmt.Sprintf("s%d", i)] = &url.URL{Scheme: "http", Host: "127.0.0.1:1"}
+		}
+		return m
+	}
+	cfg := Config{KasAddresses: []string{"127.0.0.1:1"}, Token: "t", TLS: &tls.Config{}, Log: testLogger(t)}
+	cfg.Services = services(api.MaxServices + 1)
+	if _, err := New(cfg); err == nil {
+		t.Fatalf("New with %d services: no error", api.MaxServices+1)
+	}
+	cfg.Services = services(api.MaxServices)
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New with %d services: %v", api.MaxServices, err)
+	}
+	if err := a.ReloadServices(func() (map[string]*url.URL, error) { return services(api.MaxServices + 1), nil }); err == nil {
+		t.Fatalf("reload to %d services: no error", api.MaxServices+1)
+	}
+	if got := counterValue(t, a.m.configReloads.WithLabelValues("error")); got != 1 {
+		t.Errorf(`agentd_config_reloads_total{result="error"} = %v, want 1`, got)
+	}
+	if got := len(a.svcs.Load().names); got != api.MaxServices {
+		t.Errorf("%d services after the refused reload, want %d", got, api.MaxServices)
+	}
+}

@@ -58,6 +58,9 @@ const (
 	MaxReplicaLen      = 253 // a DNS name (a pod name)
 	MaxProcessLen      = 64  // agentd sends a base-36 uint64, at most 13 bytes
 	MaxAgentVersionLen = 128 // printable too
+	// MaxServices bounds hello.services: kasd keeps the list for every connection and checks
+	// each request's service against it. agentd refuses to start (or to reload) with more.
+	MaxServices = 256
 )
 
 // Feature bits of Hello.Features and Welcome.Features. The agent says what it supports, kasd

@@ -59,7 +59,7 @@
 //     been checked; without a free slot the connection is refused at once with overloaded and
 //     a retry time scheduled at the rate kasd admits agents (admission.go, docs/scale.md);
 //   - the agent handshake time (Config.HandshakeTimeout, handshake_timeout);
-//   - services offered in one Hello (256, max_services);
+//   - services offered in one Hello (api.MaxServices, 256, max_services);
 //   - agent connections in total (Config.MaxAgentConnections, max_agent_connections) and per
 //     agent (Config.MaxConnectionsPerAgent, max_connections_per_agent);
 //   - in-flight requests per agent (Config.MaxInflightPerAgent, max_inflight_per_agent);

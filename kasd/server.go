@@ -180,8 +180,6 @@ func (s *Server) goOwned(f func()) bool {
 
 var serviceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 
-const maxServicesPerAgent = 256
-
 // serveAgentConn runs one agent connection's handshake: Hello, authentication, Welcome. It
 // returns the rest of the connection's life (serveAgent) for acceptLoop to run in a new
 // goroutine, or nil when it refused the connection.
@@ -388,9 +386,9 @@ func (s *Server) checkHello(h *api.Hello) error {
 	if err := api.CheckVersion(h.Version); err != nil {
 		return err
 	}
-	if len(h.Services) > maxServicesPerAgent {
+	if len(h.Services) > api.MaxServices {
 		s.m.limitRejections.WithLabelValues("max_services").Inc()
-		return api.Errorf(api.CodeBadRequest, "an agent may offer at most %d services", maxServicesPerAgent)
+		return api.Errorf(api.CodeBadRequest, "an agent may offer at most %d services", api.MaxServices)
 	}
 	for _, name := range h.Services {
 		if !serviceNameRE.MatchString(name) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qkas/qkas/api"
 )
 
 // TestReloadWiring: agentd reloads its services when --config changes and on SIGHUP; a bad file
@@ -73,6 +76,13 @@ func TestReloadWiring(t *testing.T) {
 	waitMetric("error", "1")
 	write("services: {web: [not a url}\n")
 	waitMetric("error", "2")
+	var many strings.Builder // more services than kasd accepts (api.MaxServices)
+	many.WriteString("services:\n")
+	for i := range api.MaxServices + 1 {
+		fmt.Fprintf(&many, "  s%d: http://127.0.0.1:1\n", i)
+	}
+	write(many.String())
+	waitMetric("error", "3")
 	write("services: {web: http://127.0.0.1:1, api: http://127.0.0.1:2}\n")
 	waitMetric("ok", "1")
 	waitMetric("unchanged", "1")

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/qkas/qkas/agentd"
+	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/internal/buildinfo"
 	"github.com/qkas/qkas/internal/cliconfig"
 	"github.com/qkas/qkas/internal/httpserve"
@@ -127,6 +128,9 @@ func parseServices(list []string) (map[string]*url.URL, error) {
 		}
 		out[name] = u
 	}
+	if len(out) > api.MaxServices {
+		return nil, fmt.Errorf("--service: %d services, kasd accepts at most %d", len(out), api.MaxServices)
+	}
 	return out, nil
 }
 
@@ -197,6 +201,9 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer closeHandlers()
+	if n := len(services) + len(handlers); n > api.MaxServices {
+		return fmt.Errorf("--service: %d services with the built-in ones (--kubernetes), kasd accepts at most %d", n, api.MaxServices)
+	}
 	agent, err := agentd.New(agentd.Config{
 		KasAddresses:           o.kasAddresses,
 		Token:                  strings.TrimSpace(string(tok)),

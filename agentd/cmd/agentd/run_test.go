@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qkas/qkas/api"
 )
 
 func freeAddr(t *testing.T) string {
@@ -110,5 +113,26 @@ func TestHTTPLimitFlags(t *testing.T) {
 	}
 	if o.gitlabProxyHTTP.IdleTimeout != 7*time.Second || o.obsHTTP.MaxConnections != 3 {
 		t.Fatalf("gitlab proxy %+v, observability %+v", o.gitlabProxyHTTP, o.obsHTTP)
+	}
+}
+
+// TestTooManyServicesRefused: more --service than kasd accepts in a Hello stops agentd at start,
+// naming the flag, instead of retrying a refused Hello for ever.
+func TestTooManyServicesRefused(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("t"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--kas-address", "127.0.0.1:1", "--token-file", tok, "--kubernetes=false",
+		"--gitlab-proxy-listen", "", "--observability-listen", "", "--log-level", "error", "--log-format", "json"}
+	for i := range api.MaxServices + 1 {
+		args = append(args, "--service", fmt.Sprintf("s%d=http://127.0.0.1:1", i))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := run(ctx, args)
+	if err == nil || !strings.Contains(err.Error(), "--service") {
+		t.Fatalf("run with %d services: %v, want an error naming --service", api.MaxServices+1, err)
 	}
 }
