@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -312,11 +313,14 @@ func sleep(ctx context.Context, d time.Duration) error {
 type target struct {
 	addr       *net.UDPAddr
 	serverName string
+	// configured is the KasAddresses entry addr was resolved from; when resolving failed (no
+	// addr), the entries that failed, so that the failure's log line names them.
+	configured string
 }
 
 func (t target) String() string {
 	if t.addr == nil {
-		return ""
+		return t.configured
 	}
 	return t.addr.String()
 }
@@ -329,10 +333,12 @@ func (t target) String() string {
 func (a *Agent) nextTarget(ctx context.Context, slot int) (target, int, error) {
 	var all []target
 	var errs []error
+	var failed []string
 	for _, addr := range a.cfg.KasAddresses {
 		host, addrs, err := quic.ResolveAll(ctx, addr)
 		if err != nil {
 			errs = append(errs, err)
+			failed = append(failed, addr)
 			continue
 		}
 		name := host
@@ -340,11 +346,11 @@ func (a *Agent) nextTarget(ctx context.Context, slot int) (target, int, error) {
 			name = a.cfg.TLS.ServerName
 		}
 		for _, ua := range addrs {
-			all = append(all, target{addr: ua, serverName: name})
+			all = append(all, target{addr: ua, serverName: name, configured: addr})
 		}
 	}
 	if len(all) == 0 {
-		return target{}, 0, errors.Join(errs...)
+		return target{configured: strings.Join(failed, ",")}, 0, errors.Join(errs...)
 	}
 	held, heldInstances, seen, move := a.placementState(slot)
 	start := int((a.nextAddr.Add(1) - 1) % uint64(len(all)))

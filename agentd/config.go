@@ -4,8 +4,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,8 +19,8 @@ import (
 
 // Config configures an Agent. Defaults are applied by WithDefaults; Validate checks the result.
 type Config struct {
-	// KasAddresses are the kasd agent endpoints ("host:port"). Required. Connection slots are
-	// spread over them.
+	// KasAddresses are the kasd agent endpoints ("host:port", port 1..65535; a DNS name is
+	// resolved at each dial). Required. Connection slots are spread over them.
 	KasAddresses []string
 	// Token is the agent token sent in Hello. Required.
 	Token string
@@ -76,6 +78,22 @@ type Config struct {
 	Tracer *tracing.Tracer
 }
 
+// validateKasAddress checks that addr is host:port with a host (an IP or a DNS name, resolved
+// at each dial) and a numeric port 1..65535: a malformed one could only fail every dial.
+func validateKasAddress(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("kas address (--kas-address) %q: want host:port: %w", addr, err)
+	}
+	if host == "" {
+		return fmt.Errorf("kas address (--kas-address) %q: no host", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("kas address (--kas-address) %q: port must be 1..65535", addr)
+	}
+	return nil
+}
+
 var serviceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 
 // WithDefaults returns c with defaults filled in.
@@ -116,6 +134,11 @@ func (c Config) Validate() error {
 	var errs []error
 	if len(c.KasAddresses) == 0 {
 		errs = append(errs, errors.New("at least one kas address is required"))
+	}
+	for _, addr := range c.KasAddresses {
+		if err := validateKasAddress(addr); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.Token == "" {
 		errs = append(errs, errors.New("an agent token is required"))

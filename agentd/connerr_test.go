@@ -275,3 +275,70 @@ func TestConnectFailuresLoggedAndCounted(t *testing.T) {
 		})
 	}
 }
+
+// TestMalformedKasAddressRefused: an address that could only fail every dial stops the agent at
+// New, naming the flag; a DNS name is resolved at each dial and accepted.
+func TestMalformedKasAddressRefused(t *testing.T) {
+	for _, tt := range []struct {
+		addr string
+		ok   bool
+	}{
+		{"bogus", false},
+		{"127.0.0.1:99999", false},
+		{"127.0.0.1:0", false},
+		{":8150", false},
+		{"kas.example.com:https", false},
+		{"kas.example.com:8150", true},
+		{"127.0.0.1:8150", true},
+		{"[::1]:65535", true},
+	} {
+		_, err := New(Config{KasAddresses: []string{tt.addr}, Token: "t", TLS: &tls.Config{},
+			Services: map[string]*url.URL{"web": {Scheme: "http", Host: "127.0.0.1:1"}}})
+		if tt.ok && err != nil {
+			t.Errorf("New with --kas-address %q: %v", tt.addr, err)
+		}
+		if !tt.ok && (err == nil || !strings.Contains(err.Error(), "--kas-address")) {
+			t.Errorf("New with --kas-address %q: %v, want an error naming --kas-address", tt.addr, err)
+		}
+	}
+}
+
+// TestUnresolvedKasAddressLogged: when no kasd address resolves, the failure's log line names
+// the configured addresses (it had an empty kas_address).
+func TestUnresolvedKasAddressLogged(t *testing.T) {
+	var logs syncBuffer
+	log := zerolog.New(&logs)
+	a, err := New(Config{KasAddresses: []string{"127.0.0.1:1"}, Token: "t", TLS: &tls.Config{},
+		Services: map[string]*url.URL{"web": {Scheme: "http", Host: "127.0.0.1:1"}},
+		Backoff:  quic.Backoff{Initial: 20 * time.Millisecond, Max: 50 * time.Millisecond},
+		Log:      &log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A name that fails to resolve without asking DNS (Validate refuses it; this stands for a
+	// DNS name that does not resolve).
+	a.cfg.KasAddresses = []string{"kas-0", "kas-1:notaport"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(logs.lines("connecting to kasd failed")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	lines := logs.lines("connecting to kasd failed")
+	if len(lines) == 0 {
+		t.Fatal("no failure logged")
+	}
+	var line struct {
+		KasAddress string `json:"kas_address"`
+	}
+	if err := json.Unmarshal([]byte(lines[0]), &line); err != nil {
+		t.Fatal(err)
+	}
+	if line.KasAddress != "kas-0,kas-1:notaport" {
+		t.Fatalf("kas_address %q in %s, want the configured addresses", line.KasAddress, lines[0])
+	}
+}
