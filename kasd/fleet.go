@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -46,7 +47,8 @@ type FleetConfig struct {
 	// ±50 %. Default 1s; negative: never.
 	RebalanceInterval time.Duration
 	// RebalanceTolerance is the margin around the fleet's average, as a fraction of it, within
-	// which nothing moves (nor when the most and least loaded differ by one). Default 0.1.
+	// which nothing moves (nor when the most and least loaded differ by one). Default 0.1;
+	// negative: no margin (connections move until the most and least loaded differ by one).
 	RebalanceTolerance float64
 	// RebalanceMinAge: a connection younger than this is never asked to move, so that a
 	// connection that just arrived (or just moved) stays. Default 5s.
@@ -70,7 +72,7 @@ func (c *FleetConfig) withDefaults() *FleetConfig {
 	if out.RebalanceInterval == 0 {
 		out.RebalanceInterval = time.Second
 	}
-	if out.RebalanceTolerance <= 0 {
+	if out.RebalanceTolerance == 0 {
 		out.RebalanceTolerance = 0.1
 	}
 	if out.RebalanceMinAge == 0 {
@@ -91,6 +93,9 @@ func (c *FleetConfig) validate(instanceID string) error {
 	}
 	if err := c.PeerQUIC.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("fleet: %w", err))
+	}
+	if t := c.RebalanceTolerance; math.IsNaN(t) || math.IsInf(t, 0) {
+		errs = append(errs, fmt.Errorf("fleet: rebalance tolerance %v is not a finite number", t))
 	}
 	return errors.Join(errs...)
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"strings"
 	"testing"
 
 	quicgo "github.com/quic-go/quic-go"
@@ -31,5 +33,19 @@ func TestConnectionError(t *testing.T) {
 		if got := connectionError(c.err); got != c.want {
 			t.Errorf("connectionError(%T %v) = %v, want %v", c.err, c.err, got, c.want)
 		}
+	}
+}
+
+// RebalanceTolerance: 0 takes the default 0.1, a negative value (kasd's --rebalance-tolerance 0)
+// is kept and means no margin, NaN is refused.
+func TestRebalanceToleranceDefaults(t *testing.T) {
+	if got := (&FleetConfig{}).withDefaults().RebalanceTolerance; got != 0.1 {
+		t.Errorf("default tolerance %v, want 0.1", got)
+	}
+	if got := (&FleetConfig{RebalanceTolerance: -1}).withDefaults().RebalanceTolerance; got >= 0 {
+		t.Errorf("tolerance -1 became %v, want it kept (no margin)", got)
+	}
+	if err := (&FleetConfig{RebalanceTolerance: math.NaN()}).withDefaults().validate(""); err == nil || !strings.Contains(err.Error(), "rebalance tolerance") {
+		t.Errorf("NaN tolerance: %v", err)
 	}
 }

@@ -132,7 +132,7 @@ func (s *Server) rebalanceOnce(rb *rebalancer, now time.Time) *agentConn {
 		return nil
 	}
 	mean := float64(total) / float64(n)
-	margin := f.cfg.RebalanceTolerance * mean
+	margin := max(f.cfg.RebalanceTolerance, 0) * mean // negative: no margin (FleetConfig)
 	// The least loaded instance that can take a connection now.
 	target, least := "", math.MaxInt
 	for _, inst := range f.reg.Instances() {

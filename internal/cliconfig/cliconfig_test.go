@@ -57,3 +57,59 @@ func TestApplyErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestPositiveNotNegativeNotZero(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.Int("n", 0, "")
+	fs.Int64("n64", 0, "")
+	fs.Uint64("u", 0, "")
+	fs.Float64("f", 0, "")
+	fs.Duration("d", 0, "")
+	all := []string{"n", "n64", "u", "f", "d"}
+	set := func(v string) {
+		t.Helper()
+		for _, name := range all {
+			val := v
+			if name == "u" && v[0] == '-' {
+				val = "1" // unsigned
+			}
+			if name == "d" {
+				val += "s"
+			}
+			if err := fs.Set(name, val); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, tt := range []struct {
+		value                          string
+		positive, notNegative, nonZero bool
+	}{
+		{"1", true, true, true},
+		{"0", false, true, false},
+		{"-1", false, false, true},
+	} {
+		set(tt.value)
+		for _, c := range []struct {
+			name  string
+			check func(*flag.FlagSet, ...string) error
+			ok    bool
+		}{{"Positive", Positive, tt.positive}, {"NotNegative", NotNegative, tt.notNegative}, {"NotZero", NotZero, tt.nonZero}} {
+			err := c.check(fs, all...)
+			if (err == nil) != c.ok {
+				t.Errorf("%s with %s: %v", c.name, tt.value, err)
+			}
+			if err != nil && !strings.Contains(err.Error(), "--n64 ") {
+				t.Errorf("%s with %s: %v does not name the flag", c.name, tt.value, err)
+			}
+		}
+	}
+	for _, v := range []string{"NaN", "Inf"} {
+		if err := fs.Set("f", v); err != nil {
+			t.Fatal(err)
+		}
+		if err := NotNegative(fs, "f"); err == nil {
+			t.Errorf("NotNegative accepted %s", v)
+		}
+	}
+}

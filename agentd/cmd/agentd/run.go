@@ -109,6 +109,19 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			return nil, err
 		}
 	}
+	// agentd.Config takes 0 for its defaults: a 0 given here is refused, not replaced in silence.
+	if o.connections < 1 || o.connections > 16 {
+		return nil, fmt.Errorf("--kas-connections must be 1..16, got %d", o.connections)
+	}
+	if err := errors.Join(
+		cliconfig.Positive(fs, "max-idle-conns-per-service", "drain-timeout", "keep-alive-period", "idle-timeout",
+			"quic-fallback-after", "quic-probe-interval",
+			"gitlab-proxy-read-header-timeout", "gitlab-proxy-idle-timeout", "gitlab-proxy-max-header-bytes", "gitlab-proxy-max-connections",
+			"observability-read-header-timeout", "observability-idle-timeout", "observability-max-header-bytes", "observability-max-connections"),
+		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"), // negative: the system default
+	); err != nil {
+		return nil, err
+	}
 	return o, nil
 }
 

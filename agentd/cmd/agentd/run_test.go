@@ -136,3 +136,28 @@ func TestTooManyServicesRefused(t *testing.T) {
 		t.Fatalf("run with %d services: %v, want an error naming --service", api.MaxServices+1, err)
 	}
 }
+
+// TestLimitFlagsRefuseWhatTheyWouldReplace: agentd.Config takes 0 for "the default", so a 0 for
+// a limit is refused, as a negative one is, instead of running with the default.
+func TestLimitFlagsRefuseWhatTheyWouldReplace(t *testing.T) {
+	for _, args := range [][]string{
+		{"--kas-connections", "0"},
+		{"--kas-connections", "17"},
+		{"--max-idle-conns-per-service", "0"},
+		{"--drain-timeout", "0s"},
+		{"--drain-timeout", "-1s"},
+		{"--keep-alive-period", "0s"},
+		{"--quic-fallback-after", "0s"},
+		{"--gitlab-proxy-max-connections", "0"},
+		{"--observability-max-header-bytes", "-1"},
+		{"--udp-send-buffer", "0"},
+	} {
+		_, err := parseFlags(args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), args[0]) {
+			t.Errorf("%v: %v, want an error naming %s", args, err, args[0])
+		}
+	}
+	if _, err := parseFlags([]string{"--kas-connections", "16", "--udp-send-buffer", "-1"}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+}

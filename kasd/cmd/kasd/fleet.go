@@ -65,7 +65,7 @@ func (o *fleetOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.embeddedListen, "embedded-etcd-listen", registry.DefaultEmbeddedClientAddr, "client address of the embedded etcd; other local kasd processes share it (if taken by an etcd, join it)")
 	fs.StringVar(&o.embeddedPeerListen, "embedded-etcd-peer-listen", registry.DefaultEmbeddedPeerAddr, "peer address of the embedded etcd")
 	fs.DurationVar(&o.rebalanceInterval, "rebalance-interval", time.Second, "how often this kasd compares its agent connections with the fleet's average and, holding too many, asks one agent connection to move to the least loaded kasd (jittered ±50%; 0 or negative: never rebalance)")
-	fs.Float64Var(&o.rebalanceTolerance, "rebalance-tolerance", 0.1, "margin around the fleet's average connections per kasd, as a fraction of it, within which no connection is moved")
+	fs.Float64Var(&o.rebalanceTolerance, "rebalance-tolerance", 0.1, "margin around the fleet's average connections per kasd, as a fraction of it, within which no connection is moved (0: no margin, connections move until every kasd is within one connection of another)")
 	fs.DurationVar(&o.rebalanceMinAge, "rebalance-min-age", 5*time.Second, "a connection younger than this is never asked to move")
 }
 
@@ -166,12 +166,22 @@ func startFleet(o *options, f *fleetOptions, instanceID string, certs *kasdCerts
 		cancel()
 		return nil, err
 	}
-	p.cfg = &kasd.FleetConfig{Registry: p.reg, PeerSecret: secret, PeerTLS: peerTLS, PeerQUIC: peerQUIC,
-		RebalanceInterval: f.rebalanceInterval, RebalanceTolerance: f.rebalanceTolerance, RebalanceMinAge: f.rebalanceMinAge}
-	if f.rebalanceInterval <= 0 {
-		p.cfg.RebalanceInterval = -1 // FleetConfig: 0 is the default, negative never
-	}
+	p.cfg = &kasd.FleetConfig{Registry: p.reg, PeerSecret: secret, PeerTLS: peerTLS, PeerQUIC: peerQUIC}
+	f.rebalance(p.cfg)
 	return p, nil
+}
+
+// rebalance sets the rebalancing fields of c from the flags. FleetConfig takes 0 for its
+// defaults, so a 0 the operator gave is passed on as FleetConfig's negative value of the same
+// meaning: --rebalance-interval 0 never rebalances, --rebalance-tolerance 0 keeps no margin.
+func (f *fleetOptions) rebalance(c *kasd.FleetConfig) {
+	c.RebalanceInterval, c.RebalanceTolerance, c.RebalanceMinAge = f.rebalanceInterval, f.rebalanceTolerance, f.rebalanceMinAge
+	if f.rebalanceInterval <= 0 {
+		c.RebalanceInterval = -1
+	}
+	if f.rebalanceTolerance == 0 {
+		c.RebalanceTolerance = -1
+	}
 }
 
 // checkFleetSecret refuses to join a fleet whose running instances were given another peer

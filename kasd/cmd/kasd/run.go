@@ -162,6 +162,23 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			return nil, err
 		}
 	}
+	// The libraries take a zero limit for their default: a 0 given here is refused, not
+	// replaced in silence.
+	if err := errors.Join(
+		cliconfig.Positive(fs, "route-timeout", "response-header-timeout", "handshake-timeout", "shutdown-grace",
+			"max-pending-handshakes", "max-agent-connections", "max-connections-per-agent", "max-inflight-per-agent",
+			"max-incoming-streams", "max-agent-streams-per-agent", "modules-rate-per-agent",
+			"agent-connection-window", "agent-stream-window",
+			"agent-auth-failure-burst", "agent-auth-failure-rate", "agent-auth-max-sources",
+			"api-jwt-max-validity", "api-jwks-refresh",
+			"api-read-header-timeout", "api-idle-timeout", "api-max-header-bytes", "api-max-connections",
+			"observability-read-header-timeout", "observability-idle-timeout", "observability-max-header-bytes", "observability-max-connections",
+			"agent-keep-alive-period", "agent-idle-timeout", "registry-ttl", "rebalance-min-age"),
+		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance"), // 0: none; --rebalance-tolerance 0: no margin
+		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),  // negative: the system default
+	); err != nil {
+		return nil, err
+	}
 	return o, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/kasd"
 )
 
 func freeAddr(t *testing.T) string {
@@ -151,5 +152,48 @@ func TestHTTPLimitFlags(t *testing.T) {
 	}
 	if o.apiHTTP.ReadHeaderTimeout <= 0 || o.apiHTTP.MaxHeaderBytes <= 0 || o.apiHTTP.MaxConnections <= 0 || o.obsHTTP.IdleTimeout <= 0 {
 		t.Fatalf("a limit without a default: api %+v, observability %+v", o.apiHTTP, o.obsHTTP)
+	}
+}
+
+// TestLimitFlagsRefuseWhatTheyWouldReplace: kasd.Config and its parts take 0 for "the
+// default", so a 0 for a limit is refused, as a negative one is, instead of running with the
+// default; a flag where 0 means something (none, no margin) refuses only negative values.
+func TestLimitFlagsRefuseWhatTheyWouldReplace(t *testing.T) {
+	for _, args := range [][]string{
+		{"--api-max-connections", "0"},
+		{"--api-max-header-bytes", "0"},
+		{"--max-agent-connections", "0"},
+		{"--max-agent-connections", "-1"},
+		{"--max-incoming-streams", "0"},
+		{"--route-timeout", "0s"},
+		{"--shutdown-grace", "0s"},
+		{"--modules-rate-per-agent", "0"},
+		{"--observability-idle-timeout", "0s"},
+		{"--drain-delay", "-1s"},
+		{"--rebalance-tolerance", "-1"},
+		{"--rebalance-tolerance", "NaN"},
+		{"--udp-receive-buffer", "0"},
+	} {
+		_, err := parseFlags(args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), args[0]) {
+			t.Errorf("%v: %v, want an error naming %s", args, err, args[0])
+		}
+	}
+	o, err := parseFlags([]string{"--drain-delay", "0s", "--rebalance-tolerance", "0", "--udp-receive-buffer", "-1"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fc kasd.FleetConfig
+	o.fleet.rebalance(&fc)
+	if fc.RebalanceTolerance >= 0 {
+		t.Errorf("--rebalance-tolerance 0 passed as %v, want FleetConfig's negative (no margin), not 0 (the default 0.1)", fc.RebalanceTolerance)
+	}
+	o, err = parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.fleet.rebalance(&fc)
+	if fc.RebalanceTolerance != 0.1 {
+		t.Errorf("default --rebalance-tolerance passed as %v, want 0.1", fc.RebalanceTolerance)
 	}
 }
