@@ -45,19 +45,20 @@ func ApplyEnv(fs *flag.FlagSet, prefix string, lookup func(string) (string, bool
 	return err
 }
 
-// EnvHelp is the paragraph the mains' usage prints about the environment and the config file.
-func EnvHelp(prefix string) string {
+// EnvHelp is the paragraph the mains' usage prints about the environment and the config file;
+// example is one of the program's own flags, shown with its variable.
+func EnvHelp(prefix, example string) string {
 	return fmt.Sprintf("Every flag can also be set in the environment as %s_<FLAG> (upper case, dashes as\n"+
-		"underscores: --route-timeout is %s) or in the --config file (keys are flag\n"+
+		"underscores: --%s is %s) or in the --config file (keys are flag\n"+
 		"names). The command line wins over the environment, which wins over the config file.\n",
-		prefix, EnvName(prefix, "route-timeout"))
+		prefix, example, EnvName(prefix, example))
 }
 
-// SetUsage makes fs's usage print a synopsis, EnvHelp(prefix) and the flags.
-func SetUsage(fs *flag.FlagSet, prefix string) {
+// SetUsage makes fs's usage print a synopsis, EnvHelp(prefix, example) and the flags.
+func SetUsage(fs *flag.FlagSet, prefix, example string) {
 	fs.Usage = func() {
 		w := fs.Output()
-		fmt.Fprintf(w, "usage: %s [flags]\n\n%s\nflags:\n", fs.Name(), EnvHelp(prefix))
+		fmt.Fprintf(w, "usage: %s [flags]\n\n%s\nflags:\n", fs.Name(), EnvHelp(prefix, example))
 		fs.PrintDefaults()
 	}
 }

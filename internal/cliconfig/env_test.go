@@ -125,7 +125,7 @@ func TestSetUsage(t *testing.T) {
 	var b strings.Builder
 	fs.SetOutput(&b)
 	fs.Duration("route-timeout", time.Second, "how long")
-	SetUsage(fs, "KASD")
+	SetUsage(fs, "KASD", "route-timeout")
 	if err := fs.Parse([]string{"-h"}); err != flag.ErrHelp {
 		t.Fatal(err)
 	}

@@ -80,3 +80,15 @@ func captureStdout(t *testing.T, f func()) string {
 	b, _ := io.ReadAll(r)
 	return string(b)
 }
+
+// TestUsageExampleIsAgentdFlag: the help's example of an environment variable names a flag
+// agentd has (it showed kasd's --route-timeout).
+func TestUsageExampleIsAgentdFlag(t *testing.T) {
+	var b strings.Builder
+	if _, err := parseFlags([]string{"-h"}, &b); err == nil {
+		t.Fatal("-h: no flag.ErrHelp")
+	}
+	if !strings.Contains(b.String(), "--kas-address is AGENTD_KAS_ADDRESS") || strings.Contains(b.String(), "route-timeout") {
+		t.Fatalf("usage:\n%s", b.String())
+	}
+}

@@ -63,7 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("agentd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cliconfig.SetUsage(fs, envPrefix)
+	cliconfig.SetUsage(fs, envPrefix, "kas-address")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	o.gomaxprocs = procs.Auto
 	fs.Var(&o.gomaxprocs, "gomaxprocs", procs.Usage)

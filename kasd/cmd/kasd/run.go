@@ -89,7 +89,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("kasd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cliconfig.SetUsage(fs, envPrefix)
+	cliconfig.SetUsage(fs, envPrefix, "route-timeout")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	o.gomaxprocs = procs.Auto
 	fs.Var(&o.gomaxprocs, "gomaxprocs", procs.Usage)
