@@ -59,7 +59,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		}
 		agentID, service, rest, ok := parseProxyPath(p[len(agentsPath)+1:])
 		if !ok {
-			s.writePathError(w, r, api.Errorf(api.CodeNotFound, "unknown API path; use %s/{agent}/proxy/{service}/{path}", agentsPath))
+			s.writePathError(w, r, proxyPathError(p[len(agentsPath)+1:]))
 			return
 		}
 		s.serveProxy(w, r, agentID, service, rest)
@@ -93,10 +93,46 @@ func parseProxyPath(p string) (agentID, service, rest string, ok bool) {
 	return agentID, service, rest, true
 }
 
+// proxyPathError says why parseProxyPath refused p: a path of the proxy's shape whose agent id
+// or service name is not one is the client's mistake, told as such (400, with the rule); any
+// other path is unknown (404).
+func proxyPathError(p string) error {
+	agentEsc, after, found := strings.Cut(p, "/")
+	if found && strings.HasPrefix(after, proxyInfix[1:]) {
+		serviceEsc, _, _ := strings.Cut(after[len(proxyInfix)-1:], "/")
+		if err := nameError("agent id", agentEsc); err != nil {
+			return err
+		}
+		if err := nameError("service name", serviceEsc); err != nil {
+			return err
+		}
+	}
+	return api.Errorf(api.CodeNotFound, "unknown API path; use %s/{agent}/proxy/{service}/{path}", agentsPath)
+}
+
+// nameError says what is wrong with the escaped agent id or service name esc, or nil.
+func nameError(what, esc string) error {
+	s, err := url.PathUnescape(esc)
+	switch {
+	case err != nil:
+		return api.Errorf(api.CodeBadRequest, "invalid %s: bad percent-encoding", what)
+	case s == "":
+		return api.Errorf(api.CodeBadRequest, "empty %s", what)
+	case len(s) > maxNameLen:
+		return api.Errorf(api.CodeBadRequest, "%s longer than %d characters", what, maxNameLen)
+	case !validName(s):
+		return api.Errorf(api.CodeBadRequest, "invalid %s %q: letters, digits, '.', '_' and '-', starting with a letter or digit", what, s)
+	}
+	return nil
+}
+
+// maxNameLen is the longest agent id or service name (validName).
+const maxNameLen = 63
+
 // validName reports whether s is a valid agent ID or service name: serviceNameRE,
 // ^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$, written out because it runs on every request.
 func validName(s string) bool {
-	if len(s) == 0 || len(s) > 63 {
+	if len(s) == 0 || len(s) > maxNameLen {
 		return false
 	}
 	for i := 0; i < len(s); i++ {

@@ -1,0 +1,35 @@
+package kasd
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/qkas/qkas/api"
+)
+
+// A path of the proxy's shape with a name that is not one is a 400 that says which name and
+// why; any other path under /api/v1/agents/ is an unknown path (404).
+func TestProxyPathError(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		code api.Code
+		msg  string
+	}{
+		{strings.Repeat("a", 300) + "/proxy/web/", api.CodeBadRequest, "agent id longer than 63 characters"},
+		{"-alpha/proxy/web/x", api.CodeBadRequest, `invalid agent id "-alpha": letters, digits`},
+		{"%zz/proxy/web/", api.CodeBadRequest, "invalid agent id: bad percent-encoding"},
+		{"alpha/proxy/" + strings.Repeat("s", 64), api.CodeBadRequest, "service name longer than 63 characters"},
+		{"alpha/proxy/w%20b/", api.CodeBadRequest, `invalid service name "w b"`},
+		{"alpha/proxy/", api.CodeBadRequest, "empty service name"},
+		{"alpha/proxies/web/", api.CodeNotFound, "unknown API path"},
+		{"alpha", api.CodeNotFound, "unknown API path"},
+	} {
+		if _, _, _, ok := parseProxyPath(tc.path); ok {
+			t.Fatalf("parseProxyPath(%q) accepted it", tc.path)
+		}
+		err := proxyPathError(tc.path)
+		if api.CodeOf(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%q: %v (%s), want %s containing %q", tc.path, err, api.CodeOf(err), tc.code, tc.msg)
+		}
+	}
+}
