@@ -206,9 +206,7 @@ func run(ctx context.Context) error {
 		fmt.Printf("%-30s %-14s %9v %9v %9v %12s\n", r.name, fmtStatus(status[i]), p50.Round(time.Microsecond),
 			pct(lat[i], 90).Round(time.Microsecond), pct(lat[i], 99).Round(time.Microsecond), added)
 	}
-	// The token rides in the URL fragment, which the browser never sends; the page keeps it in
-	// the tab's sessionStorage and takes it out of the address bar.
-	fmt.Printf("\nWeb page of the fleet (kasd-2's view; the token is valid for 1h):\n  http://%s/ui/#token=%s\n", kases[1].api, jwt)
+	printWebPage(os.Stdout, keep, kases[1].api, jwt)
 	if keep {
 		if promBin == "" {
 			fmt.Printf("(Install Debian's prometheus for a Prometheus behind the agent and live graphs on the page.)\n")
@@ -225,6 +223,18 @@ func run(ctx context.Context) error {
 	}
 	fmt.Println("\nshutting down")
 	return nil
+}
+
+// printWebPage prints the URL of the fleet's web page, only when the fleet stays up to serve it
+// (DEMO_KEEP=1): otherwise the demo shuts down at once and the URL would be dead when read.
+func printWebPage(w io.Writer, keep bool, apiAddr, jwt string) {
+	if !keep {
+		fmt.Fprintf(w, "\n(Run with DEMO_KEEP=1 to keep the fleet up and get the URL of its web page.)\n")
+		return
+	}
+	// The token rides in the URL fragment, which the browser never sends; the page keeps it in
+	// the tab's sessionStorage and takes it out of the address bar.
+	fmt.Fprintf(w, "\nWeb page of the fleet (kasd-2's view; the token is valid for 1h):\n  http://%s/ui/#token=%s\n", apiAddr, jwt)
 }
 
 func get(c *http.Client, url, jwt string) (int, time.Duration) {
