@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -680,6 +681,28 @@ func (b *responseBody) Read(p []byte) (int, error) {
 func (b *responseBody) Close() error {
 	b.x.finish(false)
 	return nil
+}
+
+// readyWait is how long ReadReady waits for a body's first bytes before it says a Read would
+// wait: a stream's head goes to the client alone after at most this long.
+const readyWait = time.Millisecond
+
+// ReadReady reports whether a Read returns without waiting (more than readyWait) for the peer:
+// body bytes, the stream's end or its reset are there. A one-byte Peek, which consumes
+// nothing, under a read deadline readyWait ahead: quic-go (like net.Conn) checks an expired
+// deadline before the data it holds, so a deadline of now would say "not ready" even for bytes
+// already there. The deadline costs no system call, and a body that follows its head closely
+// (an agent that flushed the head alone because its service was slower) still leaves with it.
+func (b *responseBody) ReadReady() bool {
+	if b.r.err != nil {
+		return true
+	}
+	str := b.x.sc.Stream()
+	var one [1]byte
+	_ = str.SetReadDeadline(time.Now().Add(readyWait))
+	_, err := str.Peek(one[:])
+	_ = str.SetReadDeadline(time.Time{})
+	return !errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // upgradedBody is the far side of an upgraded (101) stream: an io.ReadWriteCloser, as

@@ -20,15 +20,34 @@ func Streaming(resp *http.Response) bool {
 // ErrClientWrite marks a failure to write to the client: the client went away.
 var ErrClientWrite = errors.New("writing to the client failed")
 
+// ReadyReader is a body that can tell, without waiting, whether its next Read returns at once:
+// bytes of the body, its end or its error are already there. The bodies of internal/upstream's
+// responses and of RoundTrip's implement it.
+type ReadyReader interface {
+	ReadReady() bool
+}
+
 // CopyBody copies body to w with a pooled buffer (32 KiB, 256 KiB once a read fills it: see
 // copyBuf), flushing after each read when flush is set. A write (or flush) failure is returned
 // wrapped in ErrClientWrite; a read failure as is.
+//
+// With flush set (a stream: see Streaming), the head written with WriteHeader is flushed before
+// the first Read unless body is a ReadyReader that is ready. Both writers under CopyBody
+// (net/http's, httpstream's) hold the head until the first write or flush, and a watch, a
+// logs -f or an event stream may send its first bytes minutes after its head: the head must
+// not wait for them (the client's header timeout runs meanwhile). A body that came with its
+// head (the usual fast chunked response) leaves with it in one write, as before.
 func CopyBody(w http.ResponseWriter, body io.Reader, flush bool) (int64, error) {
 	cb := newCopyBuf()
 	defer cb.release()
 	var rc *http.ResponseController
 	if flush {
 		rc = http.NewResponseController(w)
+		if r, ok := body.(ReadyReader); !ok || !r.ReadReady() {
+			if err := rc.Flush(); err != nil {
+				return 0, errors.Join(ErrClientWrite, err)
+			}
+		}
 	}
 	var total int64
 	for {

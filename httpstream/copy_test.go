@@ -85,3 +85,57 @@ func TestCopyStreamShortWrite(t *testing.T) {
 type shortWriter struct{}
 
 func (shortWriter) Write(p []byte) (int, error) { return len(p) / 2, nil }
+
+// readyBody is a body that says whether its bytes are there, and records, through its
+// recorder, whether the head was flushed before its first Read.
+type readyBody struct {
+	ready       bool
+	rec         *httptest.ResponseRecorder
+	flushedHead bool // the head was flushed when the first Read came
+	reads       int
+}
+
+func (b *readyBody) ReadReady() bool { return b.ready }
+
+func (b *readyBody) Read(p []byte) (int, error) {
+	if b.reads++; b.reads == 1 {
+		b.flushedHead = b.rec.Flushed
+		return copy(p, "data: 1\n\n"), nil
+	}
+	return 0, io.EOF
+}
+
+// TestCopyBodyFlushesHeadOfLateStream: a stream's head is flushed before a first Read that
+// would wait (a watch's first event may come minutes after its head), and only then: a body
+// that came with its head leaves with it, one write; a response of known length never flushes.
+func TestCopyBodyFlushesHeadOfLateStream(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		ready     bool
+		stream    bool
+		wantFirst bool // head flushed before the first Read
+	}{
+		{"stream, body late", false, true, true},
+		{"stream, body there", true, true, false},
+		{"known length, body late", false, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			rec.WriteHeader(200)
+			b := &readyBody{ready: tc.ready, rec: rec}
+			if _, err := CopyBody(rec, b, tc.stream); err != nil {
+				t.Fatal(err)
+			}
+			if b.flushedHead != tc.wantFirst {
+				t.Errorf("head flushed before the first read = %v, want %v", b.flushedHead, tc.wantFirst)
+			}
+		})
+	}
+	// A body that cannot tell is taken as late.
+	rec := httptest.NewRecorder()
+	rec.WriteHeader(200)
+	b := &readyBody{rec: rec}
+	if _, err := CopyBody(rec, struct{ io.Reader }{b}, true); err != nil || !b.flushedHead {
+		t.Errorf("a body without ReadReady: head flushed first = %v (%v), want true", b.flushedHead, err)
+	}
+}

@@ -218,7 +218,8 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, tgt *target,
 
 // writeResponse passes the agent's response to the client: its head (without Qkas-Error, which
 // only kasd sets), then its body, flushed per write only when it is a stream (SSE, unknown
-// length). abort is true when the body broke after the head was written.
+// length; its head is flushed before a first byte that is late, see httpstream.CopyBody).
+// abort is true when the body broke after the head was written.
 func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *target, resp *http.Response) (status int, abort bool) {
 	defer resp.Body.Close()
 	h := w.Header()

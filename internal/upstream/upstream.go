@@ -548,6 +548,11 @@ func (b *upBody) Close() error {
 	return nil
 }
 
+// ReadReady reports whether the service's bytes are already buffered, so that a Read does not
+// wait for the service (httpstream.ReadyReader: a stream's head is sent before a Read that
+// would wait). Bytes of a chunked body's framing count too: the service is sending.
+func (b *upBody) ReadReady() bool { return b.done || b.c.br.Buffered() > 0 }
+
 func (b *upBody) finish(eof bool) {
 	if b.done {
 		return

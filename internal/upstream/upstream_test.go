@@ -267,3 +267,43 @@ func TestUpstreamNeverRepeatsNonIdempotentRequest(t *testing.T) {
 		t.Errorf("the service received %d POSTs in all, want 3", n)
 	}
 }
+
+// A response body says whether the service's bytes are already buffered (agentd sends a
+// stream's head and first bytes in one write) or still to come (agentd sends the head first).
+func TestUpstreamBodyReadReady(t *testing.T) {
+	release := make(chan struct{})
+	up, srv, _ := upstreamFor(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		if r.URL.Path == "/late" {
+			w.WriteHeader(200)
+			w.(http.Flusher).Flush() // the head alone
+			<-release
+		}
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+	}), Options{})
+	for _, tc := range []struct {
+		path string
+		want bool
+	}{{"/together", true}, {"/late", false}} {
+		req, _ := http.NewRequest("GET", srv.URL+tc.path, nil)
+		resp, err := up.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := resp.Body.(interface{ ReadReady() bool }).ReadReady(); got != tc.want {
+			t.Errorf("%s: ReadReady = %v, want %v", tc.path, got, tc.want)
+		}
+		if !tc.want {
+			close(release)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "data: 1\n\n" || err != nil {
+			t.Errorf("%s: body %q, %v", tc.path, b, err)
+		}
+		if !resp.Body.(interface{ ReadReady() bool }).ReadReady() {
+			t.Errorf("%s: ReadReady after the end = false", tc.path)
+		}
+	}
+}
