@@ -243,10 +243,15 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 	tgt.acc.out = n
 	switch {
 	case err == nil:
+		trailers := false
 		for k, vs := range resp.Trailer {
 			if k != api.HeaderError {
 				h[http.TrailerPrefix+k] = vs
+				trailers = true
 			}
+		}
+		if trailers {
+			keepTrailers(w, n)
 		}
 		return resp.StatusCode, false
 	case errors.Is(err, httpstream.ErrClientWrite) || r.Context().Err() != nil:
@@ -263,6 +268,7 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 			code = api.CodeDeadlineExceeded
 		}
 		if endClean {
+			keepTrailers(w, n) // endAtDeadline set Qkas-Error
 			s.m.apiErrors.WithLabelValues(code.String()).Inc()
 			tgt.acc.code = code
 			return code.HTTPStatus(), false
@@ -271,6 +277,18 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		tgt.acc.code = code
 		s.log.Debug().Str("agent_id", tgt.agentID).Str("request_id", tgt.requestID).Err(err).Msg("response body cut")
 		return code.HTTPStatus(), true
+	}
+}
+
+// keepTrailers makes the trailers set after a body of written bytes reach the client. net/http
+// took its copy of the head at WriteHeader; with nothing written since, it would send that
+// head at the handler's end with Content-Length: 0 and no trailers (HTTP/1.1). A flush sends
+// it now, chunked, as httputil.ReverseProxy does for a response with trailers. CopyBody has
+// flushed the head of a stream whose body was late already; this is for a body that was there
+// at once and empty (a "trailers only" answer), one write more for it.
+func keepTrailers(w http.ResponseWriter, written int64) {
+	if written == 0 {
+		_ = http.NewResponseController(w).Flush() // a failure is the client's; the end shows it
 	}
 }
 

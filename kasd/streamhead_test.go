@@ -44,6 +44,27 @@ func TestStreamHeadBeforeFirstEvent(t *testing.T) {
 	}
 }
 
+// kasd passes on the trailers of a framed response whose body is empty (a gRPC-style
+// "trailers only" answer): net/http must not be left to compute Content-Length: 0 for it,
+// which drops the trailers on HTTP/1.1 (httputil.ReverseProxy flushes the head for this).
+func TestEmptyFramedBodyKeepsTrailers(t *testing.T) {
+	e := newEnv(t)
+	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		out := api.AppendFrame(nil, &api.Response{Status: 200, ContentLength: -1, Flags: api.FlagFramed})
+		out = api.AppendFrame(out, &api.Trailers{Header: []api.KV{{Key: "X-Status", Value: "7"}}})
+		sc.Write(out)
+		sc.Close()
+	})
+	resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/", nil)
+	body := readAll(t, resp)
+	if resp.StatusCode != 200 || body != "" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if resp.Trailer.Get("X-Status") != "7" {
+		t.Errorf("trailers %v (Content-Length %d, TE %v), want X-Status: 7", resp.Trailer, resp.ContentLength, resp.TransferEncoding)
+	}
+}
+
 // kasd's own part of the head delay: an agent that sends the head of a streamed response at
 // once and its first bytes two seconds later; the client must get the head at once.
 func TestKasdFlushesStreamHead(t *testing.T) {
