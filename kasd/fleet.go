@@ -681,7 +681,21 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 		}
 		return quic.StreamCodeCanceled
 	}
+	// The origin's reset (its client left, a deadline passed) ends sc's send side, which the
+	// splice sees only at its next write to sc: for a body-less request the origin→agent
+	// direction ended at the FIN, and the agent→origin one waits on the agent, maybe for ever
+	// (a quiet watch), holding the agent stream, the service connection and this agent's
+	// in-flight slot. Pass the origin's code on to the agent at once. Not code 0: that is the
+	// origin's Close before reading to EOF (it has a complete answer and stops the upload,
+	// STOP_SENDING, which the splice passes on as such).
+	stopWatch := context.AfterFunc(sc.Context(), func() {
+		var se *quicgo.StreamError
+		if errors.As(context.Cause(sc.Context()), &se) && se.Remote && se.ErrorCode != quic.StreamCodeNoError {
+			asc.Abort(se.ErrorCode)
+		}
+	})
 	sent, got := httpstream.SpliceWith(sc, asc, refusedIfUntaken)
+	stopWatch()
 	s.m.streamDone(sent, got)
 	s.logForwardedAccess(f, fw.AgentID, origin, nil, sent, got, start) // accesslog.go
 }
