@@ -331,7 +331,17 @@ type clientConn struct {
 	r *bufio.Reader
 }
 
-func (c *clientConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+// Read drains what net/http buffered, then reads the connection itself. Never through r once
+// it is empty: r reads net/http's connReader, which takes the client's EOF (a half-close: FIN,
+// and it goes on reading) for the client going away and cancels the request's context, and
+// with it the upgraded stream (RoundTrip resets it when its context ends), cutting the
+// direction still going to the client.
+func (c *clientConn) Read(p []byte) (int, error) {
+	if c.r.Buffered() > 0 {
+		return c.r.Read(p)
+	}
+	return c.Conn.Read(p)
+}
 
 func (c *clientConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {

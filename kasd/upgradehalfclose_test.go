@@ -1,0 +1,153 @@
+package kasd_test
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// upgradeService switches to "test/1" and then, concurrently, reads the client's bytes to EOF
+// and writes down bytes of pattern; with serverFirst it half-closes its side (FIN) as soon as
+// it has written them, before the client is done, and reports what it read on got; otherwise it
+// waits for the client's EOF and then writes "sum=<sha256> n=<count>\n" and closes.
+func upgradeService(t *testing.T, down, expect int, serverFirst bool, got chan<- string) *httptest.Server {
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "test/1" {
+			http.Error(w, "no upgrade", 400)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test/1\r\n\r\n")
+		brw.Flush()
+		wrote := make(chan struct{})
+		go func() {
+			defer close(wrote)
+			c.Write(pat(down))
+			if serverFirst {
+				c.(*net.TCPConn).CloseWrite()
+			}
+		}()
+		h := sha256.New()
+		var n int64
+		if serverFirst {
+			// The client does not half-close: read exactly what it sends.
+			n, err = io.CopyN(h, brw.Reader, int64(expect))
+		} else {
+			n, err = io.Copy(h, brw.Reader)
+		}
+		res := fmt.Sprintf("sum=%s n=%d", hex.EncodeToString(h.Sum(nil)), n)
+		if err != nil {
+			res += " err=" + err.Error()
+		}
+		<-wrote
+		if serverFirst {
+			got <- res
+			return
+		}
+		io.WriteString(c, res+"\n")
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func pat(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*13+i/251) % 253
+	}
+	return b
+}
+
+func sumOf(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+// upgradeThrough dials kasd's API at base, upgrades path, sends up bytes and, with
+// clientHalfClose, half-closes (FIN), then reads everything kasd sends until EOF.
+func upgradeThrough(t *testing.T, base, path, tok string, up []byte, clientHalfClose bool) ([]byte, error) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: kas\r\nAuthorization: Bearer %s\r\nConnection: Upgrade\r\nUpgrade: test/1\r\n\r\n", path, tok)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	go func() {
+		c.Write(up)
+		if clientHalfClose {
+			c.(*net.TCPConn).CloseWrite()
+		}
+	}()
+	return io.ReadAll(br)
+}
+
+// Upgraded streams through both routes, with large transfers each way checked byte for byte:
+// the client half-closes first (FIN, and it goes on reading) and the service answers after the
+// client's EOF. The client's FIN must not end the stream.
+func TestUpgradeClientHalfClosesFirst(t *testing.T) {
+	const size = 3 << 20
+	f := newFleetEnv(t, 2)
+	svc := upgradeService(t, size, 0, false, nil)
+	a := f.startAgent("alpha", "pod-a", svc.URL, []*node{f.nodes[1]}, 1)
+	waitConnected(t, a, 1)
+	f.waitHolders("alpha", "kas-1")
+	up := pat(size + 12345)
+	want := append(pat(size), []byte(fmt.Sprintf("sum=%s n=%d\n", sumOf(up), len(up)))...)
+	for _, tc := range []struct {
+		route string
+		nd    *node
+	}{{"local", f.nodes[1]}, {"forwarded", f.nodes[0]}} {
+		out, err := upgradeThrough(t, tc.nd.api.URL, "/api/v1/agents/alpha/proxy/web/x", f.token(), up, true)
+		if err != nil || !bytes.Equal(out, want) {
+			t.Errorf("%s: got %d bytes (%v), want %d; tail %q", tc.route, len(out), err, len(want), tail(out))
+		}
+	}
+}
+
+func tail(b []byte) string {
+	if len(b) > 80 {
+		b = b[len(b)-80:]
+	}
+	return string(b)
+}
+
+func TestUpgradeHalfCloseDirectControl(t *testing.T) {
+	const size = 3 << 20
+	gotc := make(chan string, 1)
+	clientFirst := upgradeService(t, size, 0, false, nil)
+	serverFirst := upgradeService(t, size, size+12345, true, gotc)
+	up := pat(size + 12345)
+	out, err := upgradeThrough(t, clientFirst.URL, "/x", "t", up, true)
+	want := append(pat(size), []byte(fmt.Sprintf("sum=%s n=%d\n", sumOf(up), len(up)))...)
+	if err != nil || !bytes.Equal(out, want) {
+		t.Errorf("client first: got %d bytes (%v), want %d", len(out), err, len(want))
+	}
+	out, err = upgradeThrough(t, serverFirst.URL, "/x", "t", up, false)
+	if err != nil || !bytes.Equal(out, pat(size)) {
+		t.Errorf("service first: got %d bytes (%v), want %d", len(out), err, size)
+	}
+	if res, want := <-gotc, fmt.Sprintf("sum=%s n=%d", sumOf(up), len(up)); res != want {
+		t.Errorf("service read %s, want %s", res, want)
+	}
+}
