@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	quicgo "github.com/quic-go/quic-go"
+
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/quic"
 )
@@ -47,23 +49,39 @@ func Accept(sc *quic.StreamConn, f *api.Request) error {
 var acceptedFrame = api.AppendFrame(nil, &api.Accepted{})
 
 // NewRequest builds the *http.Request for a handler from the request head f read from sc. Its
-// context is ctx, ended when the stream ends (the peer reset or stopped it, or the connection
-// died) and at f's deadline; call the returned cancel when the handler is done. Its body reads
-// the stream. URL holds the target's path and query only.
+// context is ctx, ended when the stream fails (the peer reset or stopped it, or the connection
+// died) and at f's deadline; call the returned cancel when the handler is done. On an upgrade
+// request, this side's own FIN does not end it: after a 101 the directions of the stream end one
+// at a time, and the service's half-close, passed on, must not cut what the client still sends.
+// Its body reads the stream. URL holds the target's path and query only.
 func NewRequest(ctx context.Context, sc *quic.StreamConn, f *api.Request) (*http.Request, context.CancelFunc, error) {
 	u, err := url.ParseRequestURI(f.Target)
 	if err != nil {
 		return nil, nil, api.Errorf(api.CodeBadRequest, "request target %q: %v", f.Target, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(sc.Context(), cancel)
+	upgrade := f.Has(api.FlagUpgrade)
+	var stop func() bool
+	if upgrade {
+		// sc.Context() also ends at this side's FIN (cause quicgo.ErrStreamClosed), which on an
+		// upgraded stream ends one direction only; a failure after that is seen by whoever
+		// still reads the stream. Any other stream's FIN ends its response: the request is
+		// done (and this closure would cost every request an allocation).
+		cancelOnFailure := cancel // not the variable: cancel changes below
+		stop = context.AfterFunc(sc.Context(), func() {
+			if !errors.Is(context.Cause(sc.Context()), quicgo.ErrStreamClosed) {
+				cancelOnFailure()
+			}
+		})
+	} else {
+		stop = context.AfterFunc(sc.Context(), cancel)
+	}
 	if !f.Deadline.IsZero() {
 		var cancelDeadline context.CancelFunc
 		ctx, cancelDeadline = context.WithDeadline(ctx, f.Deadline)
 		prev := cancel
 		cancel = func() { cancelDeadline(); prev() }
 	}
-	upgrade := f.Has(api.FlagUpgrade)
 	// Built here and copied once by WithContext (which the context needs): not allocated twice.
 	r := http.Request{
 		Method:     f.Method,

@@ -13,6 +13,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/qkas/qkas/agentd"
+	agentk8s "github.com/qkas/qkas/agentd/kubernetes"
 )
 
 // upgradeService switches to "test/1" and then, concurrently, reads the client's bytes to EOF
@@ -149,5 +154,100 @@ func TestUpgradeHalfCloseDirectControl(t *testing.T) {
 	}
 	if res, want := <-gotc, fmt.Sprintf("sum=%s n=%d", sumOf(up), len(up)); res != want {
 		t.Errorf("service read %s, want %s", res, want)
+	}
+}
+
+// The service half-closes at once (a greeting, then FIN) and only then does the client send:
+// the client's bytes must still reach the service, through both routes (an upgraded stream is
+// two independent directions).
+func TestUpgradeServiceHalfClosesFirst(t *testing.T) {
+	const size = 1 << 20
+	f := newFleetEnv(t, 2)
+	gotc := make(chan string, 1)
+	svc := upgradeService(t, 16, size, true, gotc)
+	a := f.startAgent("alpha", "pod-a", svc.URL, []*node{f.nodes[1]}, 1)
+	waitConnected(t, a, 1)
+	f.waitHolders("alpha", "kas-1")
+	up := pat(size)
+	for _, tc := range []struct {
+		route, base, path string
+	}{
+		{"direct (control)", svc.URL, "/x"},
+		{"local", f.nodes[1].api.URL, "/api/v1/agents/alpha/proxy/web/x"},
+		{"forwarded", f.nodes[0].api.URL, "/api/v1/agents/alpha/proxy/web/x"},
+	} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(tc.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: kas\r\nAuthorization: Bearer %s\r\nConnection: Upgrade\r\nUpgrade: test/1\r\n\r\n", tc.path, f.token())
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 101 {
+			t.Fatalf("%s: %v %v", tc.route, resp, err)
+		}
+		greeting, err := io.ReadAll(br) // up to the service's FIN
+		if err != nil || !bytes.Equal(greeting, pat(16)) {
+			t.Errorf("%s: greeting %q, %v", tc.route, greeting, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		_, werr := c.Write(up)
+		select {
+		case res := <-gotc:
+			if want := fmt.Sprintf("sum=%s n=%d", sumOf(up), len(up)); res != want {
+				t.Errorf("%s: the service read %s, want %s (client write error %v)", tc.route, res, want, werr)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s: the service never got the client's bytes", tc.route)
+		}
+		c.Close()
+	}
+}
+
+// The same through the kubernetes service (exec, attach, port-forward go through
+// httputil.ReverseProxy, which closes the API server's connection when the request's context
+// ends): the API server half-closes first, and the client's bytes still reach it.
+func TestKubernetesUpgradeServiceHalfClosesFirst(t *testing.T) {
+	const size = 1 << 20
+	e := newEnv(t)
+	gotc := make(chan string, 1)
+	apiServer := upgradeService(t, 16, size, true, gotc)
+	svc, err := agentk8s.New(agentk8s.Config{REST: &rest.Config{Host: apiServer.URL, BearerToken: kubeSAToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "alpha-0", nil, func(c *agentd.Config) {
+		c.Handlers = map[string]agentd.ServiceHandler{"kubernetes": svc}
+	})
+	waitConnected(t, a, 1)
+	c, err := net.Dial("tcp", strings.TrimPrefix(e.url(""), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "POST /api/v1/agents/alpha/proxy/kubernetes/api/v1/namespaces/default/pods/p1/exec?command=cat HTTP/1.1\r\nHost: kas\r\nAuthorization: Bearer %s\r\nConnection: Upgrade\r\nUpgrade: test/1\r\nContent-Length: 0\r\n\r\n", e.token())
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("%v %v %s", resp, err, b)
+	}
+	greeting, err := io.ReadAll(br) // up to the API server's FIN
+	if err != nil || !bytes.Equal(greeting, pat(16)) {
+		t.Errorf("greeting %q, %v", greeting, err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	up := pat(size)
+	_, werr := c.Write(up)
+	select {
+	case res := <-gotc:
+		if want := fmt.Sprintf("sum=%s n=%d", sumOf(up), len(up)); res != want {
+			t.Errorf("the API server read %s, want %s (client write error %v)", res, want, werr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("the API server never got the client's bytes")
 	}
 }
