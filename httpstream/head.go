@@ -24,7 +24,8 @@ var hopHeaders = map[string]bool{
 }
 
 // HeaderKVs appends h to kvs without hop-by-hop fields, the fields named by its Connection
-// header, and the keys in drop (canonical). With upgrade set, Upgrade is kept (and Connection:
+// header, trailers set early (http.TrailerPrefix keys: they go in the trailers, and are no field
+// names), and the keys in drop (canonical). With upgrade set, Upgrade is kept (and Connection:
 // Upgrade is implied by FlagUpgrade). Fields with an empty name are skipped.
 func HeaderKVs(kvs []api.KV, h http.Header, upgrade bool, drop ...string) []api.KV {
 	var named []string // fields the Connection header names: rare
@@ -37,7 +38,7 @@ func HeaderKVs(kvs []api.KV, h http.Header, upgrade bool, drop ...string) []api.
 	}
 	for k, vs := range h {
 		keep := upgrade && k == "Upgrade"
-		if k == "" || !keep && (hopHeaders[k] || contains(named, k)) || contains(drop, k) {
+		if k == "" || !keep && (hopHeaders[k] || contains(named, k)) || contains(drop, k) || strings.HasPrefix(k, http.TrailerPrefix) {
 			continue
 		}
 		for _, v := range vs {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -360,7 +361,8 @@ func (w *ResponseWriter) FlushError() error {
 }
 
 // Finish ends the response after the handler returned: the head if it was not sent (with the
-// exact content length of what was written), the pending body, trailers, then FIN. A handler
+// exact content length of what was written, or framed if the handler set trailers by then),
+// the pending body, trailers, then FIN. A handler
 // that wrote less than its declared Content-Length gets the stream reset: the peer must not take
 // a truncated body for a complete one. It also ends the receive side.
 func (w *ResponseWriter) Finish() {
@@ -375,7 +377,13 @@ func (w *ResponseWriter) Finish() {
 		return
 	}
 	if !w.sent && w.cl < 0 && w.framed == nil && !w.noBody {
-		w.cl = w.written // the whole body is known now
+		if hasTrailerPrefix(w.header) {
+			// Trailers set before the head left (http.TrailerPrefix, undeclared, as net/http
+			// allows): they need a framed body, whatever its length.
+			w.framed = &framedWriter{w: writerFunc(w.writeRaw)}
+		} else {
+			w.cl = w.written // the whole body is known now
+		}
 	}
 	if w.cl >= 0 && w.written < w.cl && !w.noBody {
 		w.releaseBuf()
@@ -417,6 +425,16 @@ func (w *ResponseWriter) endAfterHeadError() {
 // HeadError returns why the response head was replaced by an error frame (over the limits),
 // or nil.
 func (w *ResponseWriter) HeadError() error { return w.headErr }
+
+// hasTrailerPrefix reports whether h has a key with http.TrailerPrefix.
+func hasTrailerPrefix(h http.Header) bool {
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
+}
 
 // trailerKey reports whether header key k is a trailer: declared in the Trailer header, or
 // prefixed with http.TrailerPrefix.
