@@ -91,6 +91,13 @@ func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api
 		for k := range resp.Trailer {
 			h.Add("Trailer", k)
 		}
+	} else if resp.ContentLength < 0 && len(resp.TransferEncoding) > 0 && resp.TransferEncoding[0] == "chunked" {
+		// A chunked body may end with trailers the head did not declare (net/http lets a
+		// handler set http.TrailerPrefix keys at any time; http.ReadResponse puts them in
+		// resp.Trailer at EOF): a framed body carries them, as httputil.ReverseProxy would.
+		if fw, ok := w.(interface{ FrameBody() }); ok {
+			fw.FrameBody()
+		}
 	}
 	if resp.ContentLength >= 0 {
 		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}

@@ -161,6 +161,7 @@ type ResponseWriter struct {
 	buf     []byte  // pending bytes: nothing of the head is written before the first flush
 	bufp    *[]byte // the pooled buffer behind buf, if any
 	framed  *framedWriter
+	frame   bool  // FrameBody: frame the body even without a declared trailer
 	err     error // the first write error; later writes return it
 	// headErr: the response head was over the limits and an error frame went in its place
 	// (appendHead); the response ends there.
@@ -213,10 +214,17 @@ func (w *ResponseWriter) WriteHeader(code int) {
 			w.cl = n
 		}
 	}
-	if len(w.header["Trailer"]) > 0 && !w.noBody {
+	if (w.frame || len(w.header["Trailer"]) > 0) && !w.noBody {
 		w.framed = &framedWriter{w: writerFunc(w.writeRaw)}
 	}
 }
+
+// FrameBody makes the body framed (data frames, then a trailers frame) even though the header
+// declares no trailer, so that trailers known only at its end (http.TrailerPrefix keys set
+// before Finish) reach the peer: for a proxy passing on a body that may end with trailers its
+// head did not declare (HTTP/1.1 chunked). Call it before WriteHeader; a response without a
+// body (HEAD, 204, 304) stays unframed.
+func (w *ResponseWriter) FrameBody() { w.frame = true }
 
 // head encodes the response head for status.
 func (w *ResponseWriter) head(status int, cl int64) []byte { return w.appendHead(nil, status, cl) }

@@ -39,3 +39,27 @@ func TestTrailerSetBeforeHeadSent(t *testing.T) {
 		}
 	}
 }
+
+// FrameBody frames a body whose head declares no trailer, so that trailers set after the head
+// left (a proxied chunked body's, known at its end) still reach the peer.
+func TestFrameBodyCarriesUndeclaredTrailers(t *testing.T) {
+	l := newLink(t, serveHTTP(func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
+		w.FrameBody()
+		io.WriteString(w, "streamed")
+		w.Flush() // the head leaves without a trailer declared
+		w.Header().Set(http.TrailerPrefix+"X-Sum", "abc")
+	}))
+	req := newRequest(t, "GET", "/t", nil)
+	resp, err := httpstream.RoundTrip(context.Background(), l.open(), frameFor(t, req), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(b) != "streamed" {
+		t.Fatalf("body %q, %v", b, err)
+	}
+	if resp.Trailer.Get("X-Sum") != "abc" {
+		t.Errorf("trailers %v, want X-Sum: abc", resp.Trailer)
+	}
+}

@@ -1,6 +1,7 @@
 package kasd_test
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -25,5 +26,37 @@ func TestServiceDeclaredTrailersEmptyBody(t *testing.T) {
 	body := readAll(t, resp)
 	if resp.StatusCode != 200 || body != "" {
 		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+}
+
+// Trailers a service sets without declaring them (http.TrailerPrefix, as Go services and
+// gRPC-style servers do) reach the client, as they do through httputil.ReverseProxy.
+func TestServiceUndeclaredResponseTrailers(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("body"))
+		w.(http.Flusher).Flush()
+		w.Header().Set(http.TrailerPrefix+"X-Sum", "abc")
+	}))
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	// Direct to the service, the trailer is there.
+	dr, err := http.Get(svc.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(dr.Body)
+	dr.Body.Close()
+	if dr.Trailer.Get("X-Sum") != "abc" {
+		t.Fatalf("direct: trailers %v", dr.Trailer)
+	}
+	resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/", nil)
+	body := readAll(t, resp)
+	if resp.StatusCode != 200 || body != "body" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if resp.Trailer.Get("X-Sum") != "abc" {
+		t.Errorf("through kasd: trailers %v, want X-Sum: abc", resp.Trailer)
 	}
 }
