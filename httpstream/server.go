@@ -166,6 +166,9 @@ type ResponseWriter struct {
 	// headErr: the response head was over the limits and an error frame went in its place
 	// (appendHead); the response ends there.
 	headErr error
+	// ended: an error frame ended the response (WriteError before the head, or headErr):
+	// nothing more is written, and Finish ends the stream with FIN.
+	ended   bool
 	infos   int
 	upgrade net.Conn // set once upgraded
 }
@@ -249,7 +252,7 @@ func (w *ResponseWriter) appendHead(dst []byte, status int, cl int64) []byte {
 			return dst[:len(dst):len(dst)]
 		}
 		// A head over the limit: the peer gets a typed error, not a broken stream.
-		w.headErr = err
+		w.headErr, w.ended = err, true
 		w.status = api.CodeServiceUnavailable.HTTPStatus()
 		return api.AppendFrame(dst[:len(dst):len(dst)], &api.Error{Code: api.CodeServiceUnavailable, Message: "response head too large: " + err.Error(), Err: err})
 	}
@@ -380,8 +383,8 @@ func (w *ResponseWriter) Finish() {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
-	if w.headErr != nil {
-		w.endAfterHeadError()
+	if w.ended {
+		w.endAfterError()
 		return
 	}
 	if !w.sent && w.cl < 0 && w.framed == nil && !w.noBody {
@@ -399,8 +402,8 @@ func (w *ResponseWriter) Finish() {
 		return
 	}
 	_ = w.sendHead()
-	if w.headErr != nil {
-		w.endAfterHeadError()
+	if w.ended {
+		w.endAfterError()
 		return
 	}
 	if w.framed != nil {
@@ -422,9 +425,13 @@ func (w *ResponseWriter) Finish() {
 	_ = w.sc.Close()
 }
 
-// endAfterHeadError ends a response whose head was replaced by an error frame: with FIN, not a
-// reset, which could discard the frame before the peer read it.
-func (w *ResponseWriter) endAfterHeadError() {
+// errEnded is what writes return after an error frame ended the response.
+var errEnded = errors.New("httpstream: the response ended with an error frame")
+
+// endAfterError ends a response that an error frame ended (in place of its head): with FIN,
+// not a reset, which could discard the frame before the peer read it, and nothing after the
+// frame (no body, no trailers).
+func (w *ResponseWriter) endAfterError() {
 	w.releaseBuf()
 	w.drainFIN()
 	_ = w.sc.Close()
@@ -574,8 +581,12 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 // response); anywhere else it is api.WriteHTTPError. w may wrap a *ResponseWriter (Unwrap).
 func WriteError(w http.ResponseWriter, err error) {
 	if sw := unwrapWriter(w); sw != nil {
+		if sw.ended {
+			return // an error frame went already (a head over the limits); Finish ends with FIN
+		}
 		if !sw.sent && sw.upgrade == nil {
-			sw.sent = true
+			sw.sent, sw.ended = true, true
+			sw.releaseBuf()
 			sw.status = api.CodeOf(err).HTTPStatus()
 			e := &api.Error{Code: api.CodeOf(err), Message: err.Error(), RetryAfter: retryAfter(err)}
 			var ae *api.Error
@@ -583,6 +594,9 @@ func WriteError(w http.ResponseWriter, err error) {
 				e.Message = ae.Message
 			}
 			sw.writeNow(api.AppendFrame(nil, e))
+			if sw.err == nil {
+				sw.err = errEnded // the handler's next writes fail: nothing follows the frame
+			}
 			return
 		}
 		if sw.sent {

@@ -751,6 +751,38 @@ func TestServiceResponseHeadOverLimitsCounted(t *testing.T) {
 	}
 }
 
+// A service whose response head is over the limits and whose body is streamed (flushed,
+// chunked) or larger than 16 KiB: the head leaves during the body copy, which returns the head
+// error; the service handler's WriteError must not reset the stream (which could discard the
+// error frame: the client got 502 agent_failed "the peer reset the stream") but leave the
+// response ended with FIN after the frame.
+func TestHeadOverLimitsStreamedBodyNotReset(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := range api.MaxHeaderFields + 88 {
+			w.Header().Set("X-F"+strconv.Itoa(i), "v")
+		}
+		if r.URL.Path == "/stream" {
+			w.Write([]byte("data: 1\n\n"))
+			w.(http.Flusher).Flush()
+			return
+		}
+		w.Write([]byte(strings.Repeat("x", 64<<10)))
+	}))
+	t.Cleanup(svc.Close)
+	reg := prometheus.NewRegistry()
+	waitConnected(t, e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}, func(c *agentd.Config) { c.Registerer = reg }), 1)
+	for _, path := range []string{"/large", "/stream"} {
+		for i := 0; i < 20; i++ {
+			resp := e.do("GET", "/api/v1/agents/alpha/proxy/web"+path, nil)
+			body := readAll(t, resp)
+			if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(api.HeaderError) != "service_unavailable" {
+				t.Fatalf("%s #%d: status %d (Qkas-Error %q): %.200s; want 502 service_unavailable", path, i, resp.StatusCode, resp.Header.Get(api.HeaderError), body)
+			}
+		}
+	}
+}
+
 // An error frame after accepted breaks the protocol (a refusal can no longer come): kasd does
 // not take it for a refusal, so a POST the agent may have processed is not sent to another
 // holder; the client gets a 502 naming the agent. A second accepted frame is refused the same
