@@ -102,7 +102,9 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		// is full duplex already: the call's error says so.)
 		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
-	defer s.trackUpload(w, body)() // server.go: the body ends with the request, and at Close
+	endUpload := s.trackUpload(w, body) // server.go: the body ends with the request, and at Close
+	lingerUpload := false
+	defer func() { endUpload(lingerUpload) }()
 	if body != nil && len(r.Trailer) > 0 {
 		// Declared trailers (gRPC-style clients) travel at the end of a framed body.
 		body.Trailer = r.Trailer
@@ -114,6 +116,16 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	routeSpan := s.cfg.Tracer.StartHead("kasd.route", tracing.KindClient, &f.Header)
 	res, err := s.route(ctx, tgt, f, body)
 	dl.headDone()
+	if err != nil && body != nil && !body.AtEOF() {
+		// kasd answers an error (a deadline, a failed agent) while the client still sends: the
+		// connection ends after this response, and net/http reads and drops the rest of the
+		// upload for a moment first (trackUpload's linger), so that the close does not reset
+		// the connection before the client read the answer. (Not reused: a connection reused
+		// after such a body would read the next request while that read was still going, a
+		// panic, golang/go#68560.)
+		w.Header().Set("Connection", "close")
+		lingerUpload = true
+	}
 	if routeSpan.Recording() {
 		o := tracing.Outcome{Agent: agentID, Service: service, Route: res.route, RequestID: tgt.requestID}
 		if err != nil {

@@ -580,21 +580,38 @@ const closeUploadWait = time.Second
 // Setting the read deadline is a last resort: on HTTP/1.1 the failed read also ends the
 // request's context (net/http takes it for the client going away), so it only ever happens
 // once the handler has answered, or at Close.
-func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body) (end func()) {
+func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body) (end func(linger bool)) {
 	if body == nil {
-		return func() {}
+		return func(bool) {}
 	}
 	rc := http.NewResponseController(w)
-	body.Interrupt = func() { _ = rc.SetReadDeadline(time.Now()) }
+	var ending atomic.Bool
+	body.Interrupt = func() {
+		if !ending.Load() {
+			_ = rc.SetReadDeadline(time.Now())
+		}
+	}
 	s.mu.Lock()
 	s.uploads[body] = struct{}{}
 	s.mu.Unlock()
-	return func() {
+	return func(linger bool) {
 		s.mu.Lock()
 		delete(s.uploads, body)
 		s.mu.Unlock()
 		// Before the handler returns, and until a read in progress has returned: Interrupt acts
 		// on the client's connection, which net/http reads again once the handler is done.
+		// With linger (kasd answered an error with Connection: close while the client still
+		// sends), the read deadline is rstAvoidance away instead of now: a read that fails
+		// leaves its error in net/http's chunked reader, which then could not read (and drop)
+		// the rest before it closes, and closing with unread bytes resets the connection,
+		// often before the client read the answer (a 504 for Qkas-Deadline mid-upload reached
+		// clients as "connection reset by peer").
+		if linger && !body.AtEOF() {
+			ending.Store(true)
+			_ = rc.SetReadDeadline(time.Now().Add(rstAvoidance))
+			body.StopWait(rstAvoidance + 100*time.Millisecond)
+			return
+		}
 		body.StopWait(time.Second)
 		if !body.AtEOF() {
 			// The rest of the body is not read: with full duplex, net/http would read it after
@@ -605,6 +622,10 @@ func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body) (end 
 		}
 	}
 }
+
+// rstAvoidance is how long the client's unread upload is still read, and dropped, after its
+// handler answered (as net/http's closeWriteAndWait waits before closing).
+const rstAvoidance = 500 * time.Millisecond
 
 // stopUploads ends, for Close, the request bodies of the requests still in progress, so that
 // Close never waits for a client: their handlers get closeUploadWait to answer and end them,
