@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/quic"
 )
 
 // errBodyTooLong: the peer sent more body bytes than the head's content length.
@@ -27,6 +28,44 @@ type bodyReader struct {
 
 func newBodyReader(r io.Reader, contentLength int64, framed bool, trailer http.Header) *bodyReader {
 	return &bodyReader{r: r, remaining: contentLength, framed: framed, trailer: trailer}
+}
+
+// requestBody is the body of a request NewRequest builds: a bodyReader of the stream whose
+// Close stops reading it. Whoever reads the body closes it when done, and a proxy closes it to
+// end a Read blocked on the client: internal/upstream's bodyWriter (as net/http's Transport)
+// closes the body when the service's response ends first. That happens when a service answers
+// early (a 401 after the first chunk of an upload) to a client that waits for the answer before
+// it sends more: a Close that interrupted nothing left the proxy waiting for the client, and the
+// answer, held until the handler returned, never reached it.
+//
+// Close stops the receive side with STOP_SENDING code 0, not a read deadline: code 0 tells the
+// opener (kasd) that this side answers without the rest of the body, so it stops the upload and
+// reads the answer as a complete one (api/SPEC.md); otherwise the upload would go on into a
+// stream nobody reads. After the body's end was read (its FIN) nothing is sent. The body of an
+// upgrade request does not stop the stream: after a 101 its receive side carries the upgraded
+// protocol. Close is idempotent and safe concurrently with a Read (quic-go's CancelRead is
+// both); a Read it interrupts, or a later one, returns a *quicgo.StreamError (Remote false).
+type requestBody struct {
+	bodyReader
+	sc      *quic.StreamConn
+	upgrade bool
+}
+
+// newRequestBody returns the body of the request f read from sc; the trailers of a framed body
+// go to trailer.
+func newRequestBody(sc *quic.StreamConn, f *api.Request, trailer http.Header) *requestBody {
+	return &requestBody{
+		bodyReader: bodyReader{r: sc, remaining: f.ContentLength, framed: f.Has(api.FlagFramed), trailer: trailer},
+		sc:         sc,
+		upgrade:    f.Has(api.FlagUpgrade),
+	}
+}
+
+func (b *requestBody) Close() error {
+	if !b.upgrade {
+		b.sc.Stream().CancelRead(quic.StreamCodeNoError)
+	}
+	return nil
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {

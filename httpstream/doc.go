@@ -28,7 +28,8 @@
 // The acceptor of a stream reads the head (ReadRequest), refuses it (Refuse) or accepts it
 // (Accept, for gated requests), builds the handler's *http.Request (NewRequest: its context
 // ends with the stream, but not at this side's FIN on an upgraded stream, whose other direction
-// goes on) and answers through a ResponseWriter, whose Finish sends what is
+// goes on; closing its body stops reading the stream, STOP_SENDING code 0, which ends a Read
+// blocked on the peer) and answers through a ResponseWriter, whose Finish sends what is
 // pending and FIN after the handler returns. A response of known small size leaves in one
 // stream write with FIN. Upgrades switch the stream to raw bytes (Upgrade, or Hijack for
 // httputil.ReverseProxy).

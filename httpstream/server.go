@@ -54,7 +54,8 @@ var acceptedFrame = api.AppendFrame(nil, &api.Accepted{})
 // died) and at f's deadline; call the returned cancel when the handler is done. On an upgrade
 // request, this side's own FIN does not end it: after a 101 the directions of the stream end one
 // at a time, and the service's half-close, passed on, must not cut what the client still sends.
-// Its body reads the stream. URL holds the target's path and query only.
+// Its body reads the stream, and its Close stops the stream's receive side (see requestBody).
+// URL holds the target's path and query only.
 func NewRequest(ctx context.Context, sc *quic.StreamConn, f *api.Request) (*http.Request, context.CancelFunc, error) {
 	u, err := url.ParseRequestURI(f.Target)
 	if err != nil {
@@ -105,7 +106,7 @@ func NewRequest(ctx context.Context, sc *quic.StreamConn, f *api.Request) (*http
 		if f.Has(api.FlagFramed) {
 			r.Trailer = http.Header{}
 		}
-		r.Body = io.NopCloser(newBodyReader(sc, f.ContentLength, f.Has(api.FlagFramed), r.Trailer))
+		r.Body = newRequestBody(sc, f, r.Trailer)
 		if f.ContentLength < 0 {
 			r.TransferEncoding = []string{"chunked"}
 		}

@@ -141,3 +141,57 @@ func TestStopInterruptsStalledBody(t *testing.T) {
 		t.Error("a second Stop interrupted again")
 	}
 }
+
+// The body NewRequest builds ends a Read blocked on a client that paused its upload when it is
+// closed (as internal/upstream closes it when the service's response ends first), from another
+// goroutine and more than once; the opener then stops the upload and takes the answer as a
+// complete one. Its Close used to interrupt nothing: agentd waited for the client's next bytes
+// and held a service's early answer (a 401 after the first chunk) from a client that waited
+// for it.
+func TestRequestBodyCloseInterruptsRead(t *testing.T) {
+	errNotInterrupted := errors.New("not interrupted in 5s")
+	interrupted := make(chan error, 1)
+	l := newLink(t, serveHTTP(func(w *httpstream.ResponseWriter, r *http.Request, f *api.Request) {
+		if _, err := io.ReadFull(r.Body, make([]byte, 5)); err != nil {
+			w.Abort()
+			return
+		}
+		read := make(chan error, 1)
+		go func() {
+			_, err := r.Body.Read(make([]byte, 1<<10)) // blocks: the client waits for the answer
+			read <- err
+		}()
+		time.Sleep(20 * time.Millisecond)
+		_ = r.Body.Close()
+		_ = r.Body.Close()
+		select {
+		case err := <-read:
+			interrupted <- err
+		case <-time.After(5 * time.Second):
+			interrupted <- errNotInterrupted
+		}
+		http.Error(w, "nope", http.StatusUnauthorized)
+	}))
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() { _, _ = pw.Write([]byte("first")) }() // then the client waits for the answer
+	var res result
+	resp, err := httpstream.RoundTrip(context.Background(), l.open(), frameFor(t, newRequest(t, "POST", "/upload", pr)), httpstream.NewBody(pr, 0), res.opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || string(got) != "nope\n" {
+		t.Fatalf("got %d %q (%v), want 401 \"nope\\n\"", resp.StatusCode, got, err)
+	}
+	if err := <-interrupted; err == nil || err == errNotInterrupted {
+		t.Fatalf("a Read blocked on the stream returned %v after Close", err)
+	}
+	// The client goes on; the opener's writer stops at the agent's STOP_SENDING (code 0), and
+	// the exchange is clean: the answer was whole.
+	go func() { _, _ = pw.Write(make([]byte, 64<<10)); _ = pw.Close() }()
+	if calls, clean, _, _ := res.done(t); calls != 1 || !clean {
+		t.Errorf("Done: %d calls, clean %v; want 1, true", calls, clean)
+	}
+}

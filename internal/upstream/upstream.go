@@ -330,9 +330,10 @@ type bodyWriter struct {
 
 // stop ends a writer that has not finished and waits for it: closing the connection ends a
 // write to it, closing the request body (which a RoundTripper may do from another goroutine)
-// ends a read of a body whose Close interrupts its Read. A read of the body that Close does
-// not interrupt is waited for: until then the body is not written, as before the writer
-// goroutine, when that read blocked RoundTrip itself.
+// ends a read of a body whose Close interrupts its Read, as agentd's does (httpstream.NewRequest:
+// a client that waits for an early answer before it sends more would otherwise hold it). A
+// read of the body that Close does not interrupt is waited for: until then the body is not
+// written, as before the writer goroutine, when that read blocked RoundTrip itself.
 func (w *bodyWriter) stop() {
 	select {
 	case <-w.done:
