@@ -138,6 +138,15 @@ func (dl *deadlines) totalPassed() bool {
 	return dl != nil && dl.total > 0 && (dl.ctx.Err() == context.DeadlineExceeded || !time.Now().Before(dl.totalAt))
 }
 
+// countDeadline counts the client's Qkas-Deadline once, when it ended the request: before the
+// response head (the route's error) or during the body (endAtDeadline).
+func (s *Server) countDeadline(dl *deadlines) {
+	if !dl.counted {
+		dl.counted = true
+		s.m.limitRejections.WithLabelValues("qkas_deadline").Inc()
+	}
+}
+
 // endAtDeadline is called when the response body broke after the head was written. If the
 // break is the client's Qkas-Deadline, it is counted as such, and a body without a declared
 // length ends cleanly with the trailer Qkas-Error: deadline_exceeded (endClean true: the
@@ -148,10 +157,7 @@ func (s *Server) endAtDeadline(w http.ResponseWriter, tgt *target, resp *http.Re
 	if !dl.totalPassed() {
 		return false, false
 	}
-	if !dl.counted {
-		dl.counted = true
-		s.m.limitRejections.WithLabelValues("qkas_deadline").Inc()
-	}
+	s.countDeadline(dl)
 	if resp.ContentLength >= 0 {
 		return true, false
 	}

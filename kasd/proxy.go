@@ -136,6 +136,9 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	var status int
 	var abort bool
 	if err != nil {
+		if api.CodeOf(err) == api.CodeDeadlineExceeded && tgt.dl.totalPassed() && tgt.dl.state.Load() != headTimedOut {
+			s.countDeadline(tgt.dl) // Qkas-Timeout counts itself when it fires
+		}
 		status = s.proxyError(w, r, tgt, err)
 	} else {
 		status, abort = s.writeResponse(w, r, tgt, res.resp)
