@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/url"
 	"regexp"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -88,8 +87,9 @@ func validateKasAddress(addr string) error {
 	if host == "" {
 		return fmt.Errorf("kas address (--kas-address) %q: no host", addr)
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("kas address (--kas-address) %q: port must be 1..65535", addr)
+	// A service name ("https") is looked up as the dial does (quic.ResolveAll).
+	if n, err := net.LookupPort("udp", port); err != nil || n < 1 {
+		return fmt.Errorf("kas address (--kas-address) %q: port must be 1..65535 or a known service name", addr)
 	}
 	return nil
 }

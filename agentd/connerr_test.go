@@ -287,7 +287,8 @@ func TestMalformedKasAddressRefused(t *testing.T) {
 		{"127.0.0.1:99999", false},
 		{"127.0.0.1:0", false},
 		{":8150", false},
-		{"kas.example.com:https", false},
+		{"kas.example.com:domain", true}, // a service name, resolved as the dial does (udp "domain" is built into Go)
+		{"kas.example.com:no-such-service", false},
 		{"kas.example.com:8150", true},
 		{"127.0.0.1:8150", true},
 		{"[::1]:65535", true},
