@@ -128,7 +128,8 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 	var (
 		deadline    time.Time
 		waitFrom    time.Time
-		tried       map[string]int // failed attempts by holder key
+		tried       map[string]int       // failed attempts by holder key
+		retryAt     map[string]time.Time // peers whose link was lost: tried again from then
 		lastErr     error
 		lastRoute   = "none"
 		attempts    int
@@ -172,6 +173,16 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 				tried[h.key()]++
 			} else {
 				tried[h.key()] = maxPeerAttempts
+				if _, peer := h.(peerHolder); peer && errors.Is(err, errNotSent) && s.fleet != nil {
+					// The link to the peer was lost or could not be dialled, and the request
+					// never reached it: fleet.conn dials it again after PeerRetryDelay, which
+					// the wait below must not sleep through (a lost link changes neither the
+					// table nor the registry).
+					if retryAt == nil {
+						retryAt = map[string]time.Time{}
+					}
+					retryAt[h.key()] = time.Now().Add(s.fleet.cfg.PeerRetryDelay)
+				}
 			}
 			switch d {
 			case nextHolder:
@@ -191,7 +202,13 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 			deadline = time.Now().Add(s.cfg.RouteTimeout)
 			waitFrom = time.Now()
 		}
-		timer := time.NewTimer(time.Until(deadline))
+		wake := deadline
+		for _, at := range retryAt {
+			if at.Before(wake) {
+				wake = at
+			}
+		}
+		timer := time.NewTimer(time.Until(wake))
 		select {
 		case <-tableChanged:
 		case <-fleetChanged:
@@ -199,6 +216,12 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 		case <-timer.C:
 		}
 		timer.Stop()
+		for key, at := range retryAt {
+			if !time.Now().Before(at) {
+				delete(retryAt, key)
+				delete(tried, key) // its link may be dialled again
+			}
+		}
 		if err := ctx.Err(); err != nil {
 			s.observeWait(waitFrom)
 			return routeResult{route: lastRoute}, contextError(err)
