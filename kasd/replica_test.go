@@ -102,6 +102,8 @@ type udpRelay struct {
 	pc        *net.UDPConn
 	up        net.Conn
 	blackhole atomic.Bool
+	// droppedDown counts target -> client datagrams dropped by the blackhole.
+	droppedDown atomic.Int64
 	// hold keeps client -> target datagrams instead of passing them on, until flush.
 	hold atomic.Bool
 	mu   sync.Mutex // guards held
@@ -164,7 +166,10 @@ func newUDPRelay(t *testing.T, target string) *udpRelay {
 			if err != nil {
 				return
 			}
-			if a := client.Load(); a != nil && !r.blackhole.Load() {
+			switch a := client.Load(); {
+			case r.blackhole.Load():
+				r.droppedDown.Add(1)
+			case a != nil:
 				pc.WriteToUDP(buf[:n], a)
 			}
 		}

@@ -156,7 +156,7 @@ func (s *Server) retireSuspects() {
 		before = before[:0]
 		for _, c := range batch {
 			st := c.qc.ConnectionStats()
-			before = append(before, st.PacketsReceived)
+			before = append(before, st.LargestSentAppData)
 			wait = max(wait, min(4*st.SmoothedRTT, 2*time.Second))
 			c.probe()
 		}
@@ -171,7 +171,10 @@ func (s *Server) retireSuspects() {
 			w := c.suspectOf
 			log := s.log.With().Str("agent_id", c.agentID).Str("connection_id", c.id).Str("replica", c.replica).
 				Str("process", c.process).Stringer("newer_process", w).Logger()
-			if c.qc.ConnectionStats().PacketsReceived != before[i] {
+			// Alive only if the peer acknowledged a packet sent after the probe's mark: packets
+			// it sent before it died, still queued in this process's socket, are no answer
+			// (the rule of unacked in route.go).
+			if !unacked(c.qc, before[i]) {
 				c.aliveBeside.Store(&w.process)
 				c.suspect.Store(false)
 				s.m.agentConnections.WithLabelValues("suspect_alive").Inc()

@@ -81,6 +81,61 @@ func TestReplicaRestartedElsewhereRetiresOldConnection(t *testing.T) {
 	}
 }
 
+// A killed process's last packets, still on their way (queued in kasd's socket or a router)
+// when kasd probes its connection, are no answer to the probe: only an acknowledgement of a
+// packet sent after the probe is. Counting packets received instead judged the dead process
+// alive, kept its connection and sent requests into it until it went silent.
+func TestStalePacketsAreNoAnswerToProbe(t *testing.T) {
+	f := newFleetEnv(t, 0)
+	f.config = scaleKeepAlive
+	k0, k1 := f.startNode("kas-0"), f.startNode("kas-1")
+	f.nodes = append(f.nodes, k0, k1)
+	svc := echoService(t, "web")
+
+	relay := newUDPRelay(t, k0.agentLn.Addr().String())
+	qc, control, _, d := agentHandshakeFull(t, f.caFile, relay.pc.LocalAddr().String(), &api.Hello{
+		Version: api.ProtocolVersion, Token: f.tokens["alpha"], AgentVersion: "old",
+		Replica: "pod-1", Process: "old-process", Services: []string{"web"},
+	})
+	t.Cleanup(func() { qc.CloseWithError(0, ""); d.Close() })
+	f.waitHolders("alpha", "kas-0")
+
+	// The process's last words: held on the way to kas-0, then it dies.
+	relay.hold.Store(true)
+	if err := api.WriteFrame(control, &api.Ping{Padding: make([]byte, 64)}); err != nil {
+		t.Fatal(err)
+	}
+	for relay.heldCount() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	relay.blackhole.Store(true)
+	killed := time.Now()
+	downBefore := relay.droppedDown.Load()
+
+	a := f.startAgent("alpha", "pod-1", svc.URL, []*node{k1}, 1) // the restarted process
+	waitConnected(t, a, 1)
+	// kas-0 probes the old connection (the first datagram it sends since the kill); the held
+	// packets arrive while it waits for the answer.
+	for relay.droppedDown.Load() == downBefore {
+		if time.Since(killed) > 10*time.Second {
+			t.Fatal("kas-0 sent nothing to the old connection: no probe")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := relay.flush(); n == 0 {
+		t.Fatal("nothing held")
+	}
+	for counter(t, k0.promReg, "kasd_agent_connections_total", map[string]string{"result": "restarted_elsewhere"}) != 1 {
+		if n := counter(t, k0.promReg, "kasd_agent_connections_total", map[string]string{"result": "suspect_alive"}); n != 0 {
+			t.Fatalf("kas-0 judged the dead process alive from packets it sent before it died (suspect_alive=%v)", n)
+		}
+		if time.Since(killed) > 5*time.Second {
+			t.Fatal("kas-0 did not retire the dead process's connection within 5s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Two live processes under one replica name (a misconfiguration): the probe is answered, and
 // neither connection is closed.
 func TestReplicaNameSharedByLiveProcessesKeepsBoth(t *testing.T) {
