@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -151,5 +152,53 @@ func TestPeerLinkBlipRequestsRetryAfterRedialDelay(t *testing.T) {
 	t.Logf("%d ok, %d failed that started in the dark, %d failed that started after the heal", ok, badDuring, badAfterHeal)
 	if badAfterHeal > 0 || badDuring > 0 {
 		t.Errorf("%d requests that started after the path to kas-0 healed failed, and %d that started while it was dark (none reached kas-0; all had RouteTimeout %v to wait for the link)", badAfterHeal, badDuring, 3*time.Second)
+	}
+}
+
+// A request that never reached an agent because the path to its only holder stayed dark for the
+// whole route timeout gets 503 agent_not_connected, so that the client knows it was not
+// processed and may send it again, whatever its method: not the 502 agent_failed of a request
+// that may have been executed. Concurrent POSTs, none of which the service may see.
+func TestNeverSentRequestIsUnavailable(t *testing.T) {
+	f := newFleetEnv(t, 0)
+	n0, relay := f.startNodeViaRelay("kas-0")
+	f.nodes = append(f.nodes, n0, f.startNode("kas-1"))
+	var served atomic.Int64
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			served.Add(1)
+		}
+		io.Copy(io.Discard, r.Body)
+	}))
+	t.Cleanup(svc.Close)
+	a := f.startAgent("alpha", "pod-a", svc.URL, f.nodes[0:1], 1)
+	waitConnected(t, a, 1)
+	f.waitHolders("alpha", "kas-0")
+	f.warmLinks(f.nodes[1], "alpha", 3)
+
+	relay.blackhole.Store(true) // kas-1's path to kas-0 goes dark for longer than the route timeout
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codes := map[string]int{}
+	for i := range 40 {
+		wg.Go(func() {
+			code, body := f.do(f.nodes[1], "POST", "alpha", "/", strings.NewReader(strings.Repeat("x", 100+i)))
+			key := fmt.Sprint(code)
+			if code == http.StatusServiceUnavailable && strings.Contains(body, "agent_not_connected") {
+				key = "503 agent_not_connected"
+			} else {
+				t.Logf("%d %.200s", code, body)
+			}
+			mu.Lock()
+			codes[key]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if n := served.Load(); n != 0 {
+		t.Fatalf("the service saw %d POSTs through a dark path", n)
+	}
+	if codes["503 agent_not_connected"] != 40 {
+		t.Errorf("answers %v, want all 40 503 agent_not_connected: none reached the agent", codes)
 	}
 }

@@ -232,6 +232,16 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 	}
 	s.observeWait(waitFrom)
 	if lastErr != nil {
+		if errors.Is(lastErr, errNotSent) {
+			// Every attempt failed before the request reached an agent, and no other holder
+			// appeared: the agent is unreachable, and the request was not processed, so the
+			// client may send it again, whatever its method (503 with Retry-After, not the
+			// 502 of a request that may have been executed).
+			s.m.limitRejections.WithLabelValues("route_timeout").Inc()
+			return routeResult{route: lastRoute}, &api.Error{Code: api.CodeAgentNotConnected,
+				Message:    "agent " + tgt.agentID + " is not reachable (the request was not sent): " + errString(lastErr),
+				RetryAfter: time.Second, Err: lastErr}
+		}
 		return routeResult{route: lastRoute}, lastErr
 	}
 	s.m.limitRejections.WithLabelValues("route_timeout").Inc()
