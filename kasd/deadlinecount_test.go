@@ -1,8 +1,12 @@
 package kasd_test
 
 import (
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
 )
 
 // A Qkas-Deadline that passes before the response head is answered 504 deadline_exceeded but
@@ -33,5 +37,71 @@ func TestDeadlineBeforeHeadIsCounted(t *testing.T) {
 		if n := counter(t, f.nodes[0].promReg, "kasd_limit_rejections_total", map[string]string{"reason": reason}); n != 1 {
 			t.Errorf("kasd_limit_rejections_total{reason=%q} = %v, want 1", reason, n)
 		}
+	}
+}
+
+// A response of known length whose body has not begun when the Qkas-Deadline passes (the
+// service sent its head, then stalled) has reached the client with nothing, and gets 504
+// deadline_exceeded, not a connection closed without a word (the client's "EOF"), on both
+// routes, counted as qkas_deadline once; a body that breaks before its first byte (the
+// service's connection dies) gets 502 service_unavailable. agentd holds such a head until the
+// body's first bytes (httpstream.ResponseWriter), so kasd sees neither head.
+func TestKnownLengthStallBeforeFirstByteGetsStatus(t *testing.T) {
+	f := newFleetEnv(t, 2)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/stall" && r.URL.Path != "/break" {
+			io.WriteString(w, "ok")
+			return
+		}
+		w.Header().Set("Content-Length", "1000")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		if r.URL.Path == "/break" {
+			time.Sleep(200 * time.Millisecond)
+			panic(http.ErrAbortHandler) // the service's connection dies before the body
+		}
+		select {
+		case <-r.Context().Done():
+		case <-time.After(3 * time.Second):
+		}
+	}))
+	t.Cleanup(svc.Close)
+	a := f.startAgent("alpha", "pod", svc.URL, f.nodes[0:1], 1)
+	waitConnected(t, a, 1)
+	f.waitHolders("alpha", "kas-0")
+	f.warmLinks(f.nodes[1], "alpha", 1)
+	for _, c := range []struct {
+		node       int
+		path, hdr  string
+		status     int
+		code, name string
+	}{
+		{0, "/stall", "Qkas-Deadline", 504, "deadline_exceeded", "local deadline"},
+		{1, "/stall", "Qkas-Deadline", 504, "deadline_exceeded", "forwarded deadline"},
+		{0, "/break", "", 502, "service_unavailable", "local break"},
+		{1, "/break", "", 502, "service_unavailable", "forwarded break"},
+	} {
+		req, _ := http.NewRequest("GET", f.nodes[c.node].api.URL+"/api/v1/agents/alpha/proxy/web"+c.path, nil)
+		req.Header.Set("Authorization", "Bearer "+f.token())
+		if c.hdr != "" {
+			req.Header.Set(c.hdr, "500ms")
+		}
+		resp, err := f.client.Do(req)
+		if err != nil {
+			t.Errorf("%s: no answer: %v", c.name, err)
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.status || !strings.Contains(string(b), c.code) {
+			t.Errorf("%s: %d %q, want %d %s", c.name, resp.StatusCode, b, c.status, c.code)
+		}
+	}
+	var n float64
+	for _, nd := range f.nodes {
+		n += counter(t, nd.promReg, "kasd_limit_rejections_total", map[string]string{"reason": "qkas_deadline"})
+	}
+	if n != 2 {
+		t.Errorf("qkas_deadline counted %v times, want 2", n)
 	}
 }
