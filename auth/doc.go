@@ -70,6 +70,8 @@
 //   - [MaxSecretFileBytes] (64 KiB) and [MaxTokensFileBytes] (256 MiB, about
 //     2.4 million agents): largest secret file and agent tokens file read. A
 //     [TokenStore] looks a token up in O(1) and reloads atomically
-//     ([TokenStore.Reload]): a bad file leaves the previous one in use.
+//     ([TokenStore.Reload]): a bad file leaves the previous one in use, and a
+//     good one is announced to [TokenStore.OnReload]'s callers (kasd then
+//     disconnects agents whose token it no longer lists).
 //   - Agent ids match ^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$ ([ValidateAgentID]).
 package auth

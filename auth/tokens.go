@@ -82,6 +82,10 @@ type TokenStore struct {
 	reloadMu     sync.Mutex // serialises Reload
 	reloads      atomic.Uint64
 	reloadErrors atomic.Uint64
+
+	hookMu  sync.Mutex // guards the fields below
+	hooks   map[int]func()
+	hookSeq int
 }
 
 // tokenTable is one loaded file: entries in file order (for Entries) and an
@@ -365,7 +369,37 @@ func (s *TokenStore) Reload() error {
 	}
 	s.tab.Store(tab)
 	s.reloads.Add(1)
+	s.hookMu.Lock()
+	hooks := make([]func(), 0, len(s.hooks))
+	for _, f := range s.hooks {
+		hooks = append(hooks, f)
+	}
+	s.hookMu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
 	return nil
+}
+
+// OnReload makes every successful [TokenStore.Reload] call f once the new file is in use
+// (lookups from then on see it), in Reload's goroutine before Reload returns, so that
+// whoever admitted agents with the previous file can check them again: kasd disconnects an
+// agent whose token the new file no longer lists. stop removes f; f is not called after stop
+// returns unless a Reload was already calling it.
+func (s *TokenStore) OnReload(f func()) (stop func()) {
+	s.hookMu.Lock()
+	defer s.hookMu.Unlock()
+	if s.hooks == nil {
+		s.hooks = map[int]func(){}
+	}
+	s.hookSeq++
+	id := s.hookSeq
+	s.hooks[id] = f
+	return func() {
+		s.hookMu.Lock()
+		delete(s.hooks, id)
+		s.hookMu.Unlock()
+	}
 }
 
 // Path is the file the store was loaded from ("" for ParseTokens).

@@ -432,3 +432,41 @@ func TestWatchTokenStore(t *testing.T) {
 		t.Fatalf("ReloadCounts = %d, %d", ok, failed)
 	}
 }
+
+// TestTokenStoreOnReload: a successful reload calls the hooks once the new file is in use; a
+// failed one calls none; a stopped hook is not called again.
+func TestTokenStoreOnReload(t *testing.T) {
+	tok := NewAgentToken()
+	path := filepath.Join(t.TempDir(), "tokens.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("agents:\n- id: a\n  token_sha256: " + TokenSHA256(tok) + "\n")
+	s, err := LoadTokenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls []bool // whether tok was still valid when the hook ran
+	stop := s.OnReload(func() { _, ok := s.Lookup(tok); calls = append(calls, ok) })
+	write("agents:\n- id: b\n  token_sha256: " + TokenSHA256(NewAgentToken()) + "\n")
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	write("agents: [")
+	if err := s.Reload(); err == nil {
+		t.Fatal("a malformed file reloaded")
+	}
+	if !slices.Equal(calls, []bool{false}) {
+		t.Fatalf("hook calls = %v, want one, with the new file in use", calls)
+	}
+	stop()
+	write("agents:\n- id: a\n  token_sha256: " + TokenSHA256(tok) + "\n")
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 1 {
+		t.Fatalf("a stopped hook was called: %v", calls)
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/quic"
 )
 
 // TokenFileAuth authenticates agents against a tokens file (standalone mode): the token's
@@ -29,6 +30,42 @@ func (a TokenFileAuth) Authenticate(_ context.Context, token string) (string, er
 		return id, nil
 	}
 	return "", api.Errorf(api.CodeUnauthenticated, "agent token not recognized")
+}
+
+// stillValid implements revocableAuth: the token still names agentID in the file in use.
+func (a TokenFileAuth) stillValid(token, agentID string) bool {
+	id, ok := a.Store.Lookup(token)
+	return ok && id == agentID
+}
+
+// onChange implements revocableAuth: f runs after each successful reload of the tokens file.
+func (a TokenFileAuth) onChange(f func()) (stop func()) { return a.Store.OnReload(f) }
+
+// revocableAuth is an AgentAuthenticator whose verdict on a token it admitted can change (a
+// reloaded agent tokens file that no longer lists the token, or lists it for another agent).
+// The Server checks every connection again after each change and closes those whose token
+// is no longer valid for their agent (revokeAgents); a connection whose handshake raced the
+// change is checked again once it is in the table, so none slips between the two.
+type revocableAuth interface {
+	stillValid(token, agentID string) bool
+	onChange(f func()) (stop func())
+}
+
+// revokeAgents closes every agent connection whose token the authenticator no longer admits
+// for its agent, at once: the agent's requests in flight on it end with an error (a revoked
+// token is presumed leaked, so nothing more runs on its behalf), and its reconnections are
+// refused (unauthenticated). Counted in kasd_agent_connections_total{result="revoked"}.
+func (s *Server) revokeAgents() {
+	for _, c := range s.table.all() {
+		if s.revocable.stillValid(c.token, c.agentID) {
+			continue
+		}
+		s.table.remove(c) // no new request is routed to it
+		s.m.agentConnections.WithLabelValues("revoked").Inc()
+		log := connLogger(s.log.With().Str("remote", c.qc.RemoteAddr().String()).Logger(), c)
+		log.Warn().Msg("agent disconnected: its token is no longer valid for it (agent tokens file reloaded)")
+		_ = c.qc.CloseWithError(quic.ConnCodeRefused, api.CloseReason(api.Errorf(api.CodeUnauthenticated, "agent token revoked")))
+	}
 }
 
 type agentSourceKey struct{}

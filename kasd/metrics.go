@@ -44,7 +44,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m := &metrics{
 		agentConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kasd_agent_connections_total",
-			Help: "Agent connections by result: accepted, replaced (retired: a newer process of its replica connected to this kasd, and it did not answer a probe), restarted_elsewhere (retired: the same, the newer process connected to another kasd), suspect_alive (it answered, and is kept: an upgrade that has yet to stop it, or two live processes under one replica name), or the refusal code (unauthenticated, overloaded, ...).",
+			Help: "Agent connections by result: accepted, replaced (retired: a newer process of its replica connected to this kasd, and it did not answer a probe), restarted_elsewhere (retired: the same, the newer process connected to another kasd), suspect_alive (it answered, and is kept: an upgrade that has yet to stop it, or two live processes under one replica name), revoked (closed: a reload of the agent tokens file no longer lists its token), or the refusal code (unauthenticated, overloaded, ...).",
 		}, []string{"result"}),
 		tlsResumptions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kasd_agent_tls_resumptions_total",

@@ -44,6 +44,11 @@ type Server struct {
 	// (admission.go).
 	admit *admission
 
+	// revocable is Config.AgentAuth when its verdicts can change (a reloaded tokens file);
+	// stopRevoke stops its change notifications (Close). Both nil otherwise.
+	revocable  revocableAuth
+	stopRevoke func()
+
 	status statusState // StatusFor's peer probes (status.go); has its own lock
 
 	budgets agentBudgets // per-agent stream and modules budgets (modules.go); has its own lock
@@ -99,6 +104,10 @@ func New(cfg Config) (*Server, error) {
 			rb := &rebalancer{moving: map[*agentConn]time.Time{}, stays: map[string]time.Time{}, moves: moves}
 			s.wg.Go(func() { s.rebalanceLoop(rb) }) // rebalance.go; ends with Close
 		}
+	}
+	if ra, ok := cfg.AgentAuth.(revocableAuth); ok {
+		s.revocable = ra
+		s.stopRevoke = ra.onChange(s.revokeAgents) // agentauth.go
 	}
 	return s, nil
 }
@@ -266,6 +275,13 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 	}
 	log = connLogger(log, c)
 	older, limit, err := s.table.add(c)
+	if err == nil && s.revocable != nil && !s.revocable.stillValid(c.token, agentID) {
+		// The tokens file was reloaded without this token between the check above and the
+		// add: revokeAgents, which runs after the reload, may have missed c (agentauth.go).
+		s.table.remove(c)
+		s.refuse(qc, control, api.Errorf(api.CodeUnauthenticated, "agent token revoked"), log)
+		return nil
+	}
 	for _, old := range older {
 		// A newer process of old's replica: old's process may be gone (killed, restarted), its
 		// connection swallowing requests until its idle timeout, or alive and finishing its
@@ -545,6 +561,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // bodies still waiting for their clients are cut after closeUploadWait (stopUploads): Close
 // never waits for a client. It is idempotent.
 func (s *Server) Close() error {
+	if s.stopRevoke != nil {
+		s.stopRevoke()
+	}
 	s.draining.Store(true)
 	s.mu.Lock()
 	s.closed = true
