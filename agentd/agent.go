@@ -29,10 +29,9 @@ type Agent struct {
 	log zerolog.Logger
 	m   *metrics
 
-	svcs    atomic.Pointer[serviceSet] // the services now (reload.go)
-	tr      *transports                // QUIC or TCP, fallback and return (transport.go); set by Run
-	svcMu   sync.Mutex                 // serialises reloads; guards retired
-	retired []*urlService              // URL services removed by reloads, for closeIdleServices
+	svcs  atomic.Pointer[serviceSet] // the services now (reload.go)
+	tr    *transports                // QUIC or TCP, fallback and return (transport.go); set by Run
+	svcMu sync.Mutex                 // serialises reloads
 
 	nextAddr atomic.Uint64
 	process  string // random id of this process, sent in Hello

@@ -111,10 +111,10 @@ func (a *Agent) ReloadServices(load func() (map[string]*url.URL, error)) error {
 	next := a.newServiceSet(services, a.cfg.Handlers, old)
 	for _, us := range old.urls {
 		if !slices.Contains(next.urls, us) {
-			// Requests in flight keep their connection; it is closed when they return it
-			// to the pool after Run (closeIdleServices) at the latest.
-			us.transport.CloseIdleConnections()
-			a.retired = append(a.retired, us)
+			// Requests in flight keep their connection, closed as each ends (a request that
+			// took the old set just before the swap still works, on a connection of its own):
+			// returned to the retired pool, it stayed open until agentd exited.
+			us.transport.Close()
 		}
 	}
 	a.svcs.Store(next)
@@ -124,14 +124,11 @@ func (a *Agent) ReloadServices(load func() (map[string]*url.URL, error)) error {
 	return nil
 }
 
-// closeIdleServices closes the idle connections of every URL service, current and retired.
+// closeIdleServices closes the idle connections of every URL service (retired ones keep none).
 func (a *Agent) closeIdleServices() {
 	a.svcMu.Lock()
 	defer a.svcMu.Unlock()
 	for _, us := range a.svcs.Load().urls {
-		us.transport.CloseIdleConnections()
-	}
-	for _, us := range a.retired {
 		us.transport.CloseIdleConnections()
 	}
 }

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -357,5 +359,98 @@ func TestTooManyServices(t *testing.T) {
 	}
 	if got := len(a.svcs.Load().names); got != api.MaxServices {
 		t.Errorf("%d services after the refused reload, want %d", got, api.MaxServices)
+	}
+}
+
+// trackedBackend answers "<name> <path>" padded to size bytes once release is closed (nil:
+// at once), and counts its open connections and the requests that reached it.
+func trackedBackend(t *testing.T, name string, release <-chan struct{}, size int) (u *url.URL, open, reached *atomic.Int64) {
+	t.Helper()
+	open, reached = new(atomic.Int64), new(atomic.Int64)
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		if release != nil {
+			<-release
+		}
+		head := fmt.Sprintf("%s %s ", name, r.URL.Path)
+		fmt.Fprint(w, head+strings.Repeat("x", size-len(head)))
+	}))
+	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	s.Start()
+	t.Cleanup(s.Close)
+	u, _ = url.Parse(s.URL)
+	return u, open, reached
+}
+
+// TestRetiredServiceClosesConnections: requests in flight to a service that a reload moves to
+// another URL, or removes, all complete (bodies checked), and the connections they used to the
+// old URL are closed as they end: they went back to the retired service's pool and stayed
+// open until agentd exited, up to --max-idle-conns-per-service of them per reload.
+func TestRetiredServiceClosesConnections(t *testing.T) {
+	for _, change := range []string{"moved", "removed"} {
+		t.Run(change, func(t *testing.T) {
+			const n, size = 120, 8 << 10
+			release := make(chan struct{})
+			old, open, reached := trackedBackend(t, "old", release, size)
+			moved, _, _ := trackedBackend(t, "new", nil, size)
+			other, _, _ := trackedBackend(t, "other", nil, size)
+			e, a := newReloadEnv(t, map[string]*url.URL{"web": old, "other": other}, 2)
+
+			var wg sync.WaitGroup
+			var failed atomic.Int64
+			var firstErr atomic.Value
+			for i := range n {
+				wg.Go(func() {
+					path := fmt.Sprintf("/r%d", i)
+					status, body, err := e.get("web", path)
+					want := "old " + path + " "
+					if err != nil || status != http.StatusOK || len(body) != size || !strings.HasPrefix(body, want) || strings.Trim(body[len(want):], "x") != "" {
+						failed.Add(1)
+						firstErr.CompareAndSwap(nil, fmt.Sprintf("%s: %d %.60q (%d bytes) %v", path, status, body, len(body), err))
+					}
+				})
+			}
+			released := false
+			defer func() {
+				if !released {
+					close(release)
+				}
+				wg.Wait()
+			}()
+			deadline := time.Now().Add(20 * time.Second)
+			for reached.Load() < n {
+				if time.Now().After(deadline) {
+					t.Fatalf("only %d of %d requests reached the service (%d failed; first: %v)", reached.Load(), n, failed.Load(), firstErr.Load())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			next := map[string]*url.URL{"web": moved, "other": other}
+			if change == "removed" {
+				next = map[string]*url.URL{"other": other}
+			}
+			if err := a.ReloadServices(func() (map[string]*url.URL, error) { return next, nil }); err != nil {
+				t.Fatal(err)
+			}
+			close(release)
+			released = true
+			wg.Wait()
+			if f := failed.Load(); f > 0 {
+				t.Fatalf("%d of %d requests in flight during the reload failed; first: %v", f, n, firstErr.Load())
+			}
+			deadline = time.Now().Add(10 * time.Second)
+			for open.Load() > 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d connections to the retired service's URL still open after its requests ended", open.Load())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
 	}
 }
