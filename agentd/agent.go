@@ -168,11 +168,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 			if ctx.Err() != nil {
 				return
 			}
-			result := "error"
-			if code := api.CodeOf(err); code != api.CodeInternal {
-				result = code.String()
-			}
-			a.m.connectAttempts.WithLabelValues(result).Inc()
+			a.countAttempt(err)
 			if permanent(err) {
 				refusedToken++
 			}
@@ -185,7 +181,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 			continue
 		}
 		attempt, refusedToken = 0, 0
-		a.m.connectAttempts.WithLabelValues("ok").Inc()
+		a.countAttempt(nil)
 		a.learnInstance(tgt, c.welcome.InstanceID)
 		if (a.heldByOtherSlot(slot, c.welcome.InstanceID) || a.moveAvoids(slot, c.welcome.InstanceID)) && dupes < ntargets {
 			// Another slot already holds this kasd instance, or it is the one this slot is
@@ -236,6 +232,19 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 			return
 		}
 	}
+}
+
+// countAttempt counts a connect attempt (a slot's dial or a re-announce's) that ended with err
+// (nil: connected) in agentd_connect_attempts_total{result}.
+func (a *Agent) countAttempt(err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+		if code := api.CodeOf(err); code != api.CodeInternal {
+			result = code.String()
+		}
+	}
+	a.m.connectAttempts.WithLabelValues(result).Inc()
 }
 
 // refusedTokenBackoff bounds the wait after a refused token (unauthenticated, forbidden, a

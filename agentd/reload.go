@@ -148,7 +148,7 @@ func (a *Agent) reannounce(ctx context.Context, slot int, dialer *quic.Dialer, o
 			nc, err = a.connect(ctx, dialer, tgt)
 		}
 		if err == nil {
-			a.m.connectAttempts.WithLabelValues("ok").Inc()
+			a.countAttempt(nil)
 			a.setSlot(slot, nc)
 			nc.log.Info().Strs("services", nc.announced.names).Msg("services re-announced to kasd on a new connection; draining the old one")
 			wg.Go(func() { old.drain() })
@@ -157,6 +157,7 @@ func (a *Agent) reannounce(ctx context.Context, slot int, dialer *quic.Dialer, o
 		if ctx.Err() != nil {
 			return old
 		}
+		a.countAttempt(err) // as a slot's dial: in agentd_connect_attempts_total{result} too
 		delay := reconnectDelay(a.cfg.Backoff, attempt, 0, err, rand.Float64)
 		a.connectFailed(err, tgt, attempt, delay)
 		old.log.Warn().Msg("kasd keeps the old list of services until the agent reconnects")

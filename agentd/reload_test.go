@@ -76,7 +76,10 @@ type testKasd struct {
 }
 
 // startTestKasd starts a kasd, stopped when the test ends (after the agents started later).
-func startTestKasd(t *testing.T) *testKasd {
+func startTestKasd(t *testing.T) *testKasd { return startTestKasdWith(t, nil) }
+
+// startTestKasdWith is startTestKasd with configure applied to kasd's Config.
+func startTestKasdWith(t *testing.T, configure func(*kasd.Config)) *testKasd {
 	t.Helper()
 	dir := t.TempDir()
 	secret := []byte("0123456789abcdef0123456789abcdef-test-secret")
@@ -89,14 +92,18 @@ func startTestKasd(t *testing.T) *testKasd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := kasd.New(kasd.Config{
+	cfg := kasd.Config{
 		InstanceID: "kas-test",
 		AgentAuth:  kasd.TokenFileAuth{Store: store},
 		ClientAuth: &auth.Verifier{Key: secret, AllowAnyAgent: true},
 		// A request finding no connection of its agent fails at once instead of waiting for
 		// one: a reload that left the agent without a connection for a moment fails requests.
 		RouteTimeout: time.Millisecond,
-	})
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	srv, err := kasd.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,5 +459,48 @@ func TestRetiredServiceClosesConnections(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// TestReannounceFailureCounted: a re-announce whose dial kasd refuses (here kasd holds its
+// maximum of agent connections, so the reload's new connection is refused while the old one
+// keeps serving) is counted in agentd_connect_attempts_total{result}, as every other failed
+// connect is: it was counted in agentd_connect_failures_total{code} only, so the attempts'
+// failure ratio left it out.
+func TestReannounceFailureCounted(t *testing.T) {
+	k := startTestKasdWith(t, func(c *kasd.Config) { c.MaxAgentConnections = 1 })
+	web1, web2 := backend(t, "web1"), backend(t, "web2")
+	a, err := New(Config{
+		KasAddresses: []string{k.agentAddr}, Token: k.token, TLS: k.tls, Services: map[string]*url.URL{"web": web1},
+		Connections: 1, Backoff: quic.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAgent(t, a)
+	deadline := time.Now().Add(10 * time.Second)
+	for a.Connected() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("agent not connected")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := a.ReloadServices(func() (map[string]*url.URL, error) { return map[string]*url.URL{"web": web2}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	failures := a.m.connectFailures.WithLabelValues(ConnectOverloaded.String())
+	for counterValue(t, failures) < 1 {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatal("the re-announce was not refused")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The old connection still serves, with the new services.
+	if status, body, err := k.env.get("web", "/x"); status != http.StatusOK || body != "web2 /x" {
+		t.Fatalf("during the failing re-announce: %d %q %v", status, body, err)
+	}
+	if got := counterValue(t, a.m.connectAttempts.WithLabelValues("overloaded")); got < 1 {
+		t.Errorf("agentd_connect_attempts_total{result=overloaded} = %v after %v refused re-announce dials, want them counted",
+			got, counterValue(t, failures))
 	}
 }
