@@ -138,6 +138,7 @@ func (a *Agent) closeIdleServices() {
 // slot: the new one, or old if ctx ended or old ended (its caller then sees why from old.wait).
 // The first dial goes to tgt, old's address, so that the agent stays on the same kasd.
 func (a *Agent) reannounce(ctx context.Context, slot int, dialer *quic.Dialer, old *agentConn, tgt target, wg *sync.WaitGroup) *agentConn {
+	refusedToken := 0 // as runSlot's: a refused token or Hello waits 30s doubling
 	for attempt := 0; ; attempt++ {
 		var err error
 		if attempt > 0 {
@@ -158,7 +159,10 @@ func (a *Agent) reannounce(ctx context.Context, slot int, dialer *quic.Dialer, o
 			return old
 		}
 		a.countAttempt(err) // as a slot's dial: in agentd_connect_attempts_total{result} too
-		delay := reconnectDelay(a.cfg.Backoff, attempt, 0, err, rand.Float64)
+		if permanent(err) {
+			refusedToken++
+		}
+		delay := reconnectDelay(a.cfg.Backoff, attempt, refusedToken, err, rand.Float64)
 		a.connectFailed(err, tgt, attempt, delay)
 		old.log.Warn().Msg("kasd keeps the old list of services until the agent reconnects")
 		t := time.NewTimer(delay)

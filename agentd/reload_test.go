@@ -504,3 +504,60 @@ func TestReannounceFailureCounted(t *testing.T) {
 			got, counterValue(t, failures))
 	}
 }
+
+// revocableAuth accepts the agent's token until revoked is set, then refuses it as kasd does a
+// token removed from its tokens file.
+type revocableAuth struct {
+	kasd.AgentAuthenticator
+	revoked *atomic.Bool
+}
+
+func (r revocableAuth) Authenticate(ctx context.Context, token string) (string, error) {
+	if r.revoked.Load() {
+		return "", api.Errorf(api.CodeUnauthenticated, "agent token not recognized")
+	}
+	return r.AgentAuthenticator.Authenticate(ctx, token)
+}
+
+// TestReannounceRefusedTokenBacksOff: a re-announce that kasd refuses for its token (revoked
+// since the agent connected) waits as a slot's refused dial does, 30s doubling (README): it
+// redialled with the ordinary backoff, every 10s at most, for as long as the token stayed
+// refused, while the old connection went on serving.
+func TestReannounceRefusedTokenBacksOff(t *testing.T) {
+	var revoked atomic.Bool
+	k := startTestKasdWith(t, func(c *kasd.Config) { c.AgentAuth = revocableAuth{c.AgentAuth, &revoked} })
+	web1, web2 := backend(t, "web1"), backend(t, "web2")
+	a, err := New(Config{
+		KasAddresses: []string{k.agentAddr}, Token: k.token, TLS: k.tls, Services: map[string]*url.URL{"web": web1},
+		Connections: 1, Backoff: quic.Backoff{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAgent(t, a)
+	deadline := time.Now().Add(10 * time.Second)
+	for a.Connected() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("agent not connected")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	revoked.Store(true)
+	if err := a.ReloadServices(func() (map[string]*url.URL, error) { return map[string]*url.URL{"web": web2}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	refused := a.m.connectFailures.WithLabelValues(ConnectTokenRefused.String())
+	for counterValue(t, refused) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the re-announce was not refused")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // ten times the backoff's maximum
+	if n := counterValue(t, refused); n != 1 {
+		t.Errorf("%v re-announce dials refused for the token within a second, want 1 (then 15-30s)", n)
+	}
+	if status, body, err := k.env.get("web", "/x"); status != http.StatusOK || body != "web2 /x" {
+		t.Errorf("the old connection no longer serves: %d %q %v", status, body, err)
+	}
+}
