@@ -31,7 +31,10 @@
 //     connection return once the context is done.
 //   - Connections: a connection is in the idle pool or owned by exactly one exchange. It goes
 //     back to the pool only when its response body was read to EOF, the request and response
-//     allowed keep-alive, the request's context did not end and, for a request with a body,
+//     allowed keep-alive, the request's context did not end, nothing past the response's end
+//     is buffered (a service that sends more than its framing says, such as a body on a 204 or
+//     a HEAD answer: read as the next request's response, those bytes would hand it another
+//     client's answer) and, for a request with a body,
 //     the body writer finished without error (waited for at most 50ms after the response's
 //     EOF); any other end closes it. A body writer that fails other than on the connection
 //     (the request body's Read failed, or it was shorter than its Content-Length) closes the
@@ -41,7 +44,9 @@
 //     than IdleTimeout is closed.
 //   - Reuse and retry: an idle connection is checked before reuse with a non-blocking peek
 //     (a system call): one the service closed (or that holds unexpected bytes) is discarded.
-//     A request without a body skips the peek on a connection used within the last second.
+//     A request without a body skips the peek on a connection used within the last second,
+//     unless that connection's last response had no body by its framing (HEAD, 204, 304,
+//     Content-Length: 0): a service that sends one anyway may send it just after the head.
 //     A request without a body that fails on a reused connection before any response byte is
 //     retried once on a new connection (the service closed it as we reused it); nothing else
 //     is retried, so a request with a body is only ever sent on a connection that passed the

@@ -41,6 +41,11 @@ type upConn struct {
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	lastUsed time.Time
+	// emptyLast: the last response had no body by its framing (an answer to HEAD, a 204, a
+	// 304, Content-Length: 0). A service that sends a body anyway, a common bug, may send it
+	// after the head, after the connection went back to the pool: its next reuse peeks
+	// (alive) even when recentlyUsed would skip it.
+	emptyLast bool
 	// w is the body writer of the exchange in progress, nil for a request without a body
 	// (here rather than in upBody, which the body-less path allocates per request).
 	w *bodyWriter
@@ -265,6 +270,7 @@ func (u *Client) exchange(ctx context.Context, c *upConn, req *http.Request) (*h
 		resp.Body = &upgradedConn{Conn: c.nc, r: c.br, stop: stop}
 		return resp, nil
 	}
+	c.emptyLast = resp.Body == http.NoBody
 	resp.Body = &upBody{rc: resp.Body, u: u, c: c, stop: stop, reuse: werr == nil && !resp.Close && !req.Close}
 	return resp, nil
 }
@@ -294,6 +300,7 @@ func (u *Client) exchangeBody(ctx context.Context, c *upConn, req *http.Request,
 		return resp, nil
 	}
 	c.w = w
+	c.emptyLast = resp.Body == http.NoBody
 	resp.Body = &upBody{rc: resp.Body, u: u, c: c, stop: stop, reuse: !resp.Close && !req.Close}
 	return resp, nil
 }
@@ -430,7 +437,7 @@ func (u *Client) get(ctx context.Context, withBody bool) (*upConn, bool, error) 
 		c := u.idle[n-1]
 		u.idle = u.idle[:n-1]
 		u.mu.Unlock()
-		if idle := now.Sub(c.lastUsed); idle < u.idleTimeout && (idle < recentlyUsed && !withBody || alive(c)) {
+		if idle := now.Sub(c.lastUsed); idle < u.idleTimeout && (idle < recentlyUsed && !withBody && !c.emptyLast || alive(c)) {
 			return c, true, nil
 		}
 		_ = c.nc.Close()
@@ -568,7 +575,11 @@ func (b *upBody) finish(eof bool) {
 			return
 		}
 	}
-	if eof && b.reuse && stopped {
+	// Bytes already there after the response's end are none of this exchange's (more than
+	// its Content-Length, a body on a 204, 304 or HEAD answer, anything after a chunked
+	// body's end): read as the next request's response, they would hand one client's answer,
+	// or one the service forged, to another, and shift every later one on the connection.
+	if eof && b.reuse && stopped && b.c.br.Buffered() == 0 {
 		b.u.put(b.c)
 		return
 	}
