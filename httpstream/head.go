@@ -107,6 +107,11 @@ func SetHTTP(f *api.Request, r *http.Request, drop ...string) {
 		f.Method = http.MethodGet
 	}
 	f.Target = r.URL.RequestURI()
+	if q := r.URL.RawQuery; q != "" {
+		if tq := TargetQuery(q); tq != q { // RequestURI ends with "?" + RawQuery
+			f.Target = f.Target[:len(f.Target)-len(q)] + tq
+		}
+	}
 	f.Host = r.Host
 	if f.Host == "" {
 		f.Host = r.URL.Host
@@ -128,3 +133,32 @@ func SetHTTP(f *api.Request, r *http.Request, drop ...string) {
 		f.Flags |= api.FlagFramed
 	}
 }
+
+// TargetQuery returns the raw query q as a request frame's target may carry it (api/SPEC.md:
+// visible ASCII, no '#'). net/http's server accepts a query with raw bytes above 0x7e (UTF-8
+// sent unencoded, as curl sends it) and with '#'; such bytes are percent-encoded here, as a
+// browser would have sent them, which a service's query parser decodes to the same values. A
+// query that needs nothing (the usual case) is returned as is, without allocating.
+func TargetQuery(q string) string {
+	i := 0
+	for i < len(q) && targetByte(q[i]) {
+		i++
+	}
+	if i == len(q) {
+		return q
+	}
+	const hex = "0123456789ABCDEF"
+	b := make([]byte, i, len(q)+16)
+	copy(b, q[:i])
+	for ; i < len(q); i++ {
+		if c := q[i]; targetByte(c) {
+			b = append(b, c)
+		} else {
+			b = append(b, '%', hex[c>>4], hex[c&15])
+		}
+	}
+	return string(b)
+}
+
+// targetByte: a byte a frame's target carries as it is (api's validTarget).
+func targetByte(c byte) bool { return c > ' ' && c < 0x7f && c != '#' }

@@ -170,7 +170,7 @@ func (s *Server) setHead(f *api.Request, r *http.Request, rest string) {
 	f.Method = r.Method
 	f.Target = rest
 	if r.URL.RawQuery != "" {
-		f.Target += "?" + r.URL.RawQuery
+		f.Target += "?" + httpstream.TargetQuery(r.URL.RawQuery) // raw UTF-8 or '#' percent-encoded
 	}
 	f.Host = f.Service
 	upgrade := httpstream.IsUpgrade(r)
