@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/httpstream"
 	"github.com/qkas/qkas/internal/upstream"
@@ -84,6 +86,11 @@ func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api
 		h[k] = vs
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if e := switchError(s.name, r.Header, resp.Header); e != nil {
+			s.m.serviceErrors.WithLabelValues(s.name).Inc()
+			httpstream.WriteError(w, e)
+			return
+		}
 		s.upgrade(w, resp)
 		return
 	}
@@ -178,6 +185,25 @@ func (s *urlService) upgrade(w http.ResponseWriter, resp *http.Response) {
 		return
 	}
 	httpstream.Splice(front, back)
+}
+
+// switchError refuses a 101 that does not switch to the protocol the request asked for, as
+// httputil.ReverseProxy does: a 101 to a request that asked for no switch (its stream cannot
+// be switched), to another protocol than the one asked for, or naming none is no answer to it.
+func switchError(name string, req, resp http.Header) *api.Error {
+	asked, got := upgradeType(req), upgradeType(resp)
+	if asked != "" && strings.EqualFold(asked, got) {
+		return nil
+	}
+	return api.Errorf(api.CodeServiceUnavailable, "service %s switched protocols to %q; the request asked for %q", name, got, asked)
+}
+
+// upgradeType is the protocol a head's Upgrade names, if its Connection has the upgrade token.
+func upgradeType(h http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
 }
 
 // unknownService is the refusal of a request for a service this agent does not offer: it names
