@@ -196,11 +196,16 @@ func (c *Client) serveModule(w http.ResponseWriter, r *http.Request) {
 	}
 	route := &moduleRoute{target: target, token: token}
 	start := time.Now()
+	// Counted in a defer: ReverseProxy aborts with http.ErrAbortHandler when the body copy
+	// fails (GitLab cut its answer short, the agent went away mid-body), and such requests
+	// were sent to GitLab too.
+	defer func() {
+		c.metrics.duration.WithLabelValues(endpointModules).Observe(time.Since(start).Seconds())
+		code := codeLabel(route.status)
+		c.metrics.requests.WithLabelValues(endpointModules, code).Inc()
+		c.metrics.moduleRequests.WithLabelValues(label, code).Inc()
+	}()
 	c.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), moduleRouteKey{}, route)))
-	c.metrics.duration.WithLabelValues(endpointModules).Observe(time.Since(start).Seconds())
-	code := codeLabel(route.status)
-	c.metrics.requests.WithLabelValues(endpointModules, code).Inc()
-	c.metrics.moduleRequests.WithLabelValues(label, code).Inc()
 }
 
 // splitModulePath splits an escaped "/modules/{module}/{rest}" into a valid module name

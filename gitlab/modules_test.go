@@ -476,3 +476,63 @@ func TestModuleCallerCancelCounted(t *testing.T) {
 		t.Errorf("module_requests_total{error} = %v, want 0", n)
 	}
 }
+
+// A module request whose response could not be relayed to its end (GitLab cut the body
+// short, or the caller went away mid-body: ReverseProxy aborts the handler with
+// http.ErrAbortHandler) is counted like any other request to GitLab, by GitLab's status.
+func TestModuleAbortedResponseCounted(t *testing.T) {
+	e := newEnv(t, nil)
+	e.gl.AddAgent("tok", agent1)
+	e.gl.SetModuleHandler("cut", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1000")
+		w.Write(make([]byte, 100))
+		http.NewResponseController(w).Flush()
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			conn.Close()
+		}
+	}))
+	e.gl.SetModuleHandler("endless", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 32<<10)
+		for r.Context().Err() == nil {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+			http.NewResponseController(w).Flush()
+		}
+	}))
+	srv := e.frontend(t)
+	client := noRedirects(t)
+
+	req, _ := http.NewRequest("GET", srv.URL+"/modules/cut/x", nil)
+	req.Header.Set(testTokenHeader, "tok")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err == nil {
+		t.Error("a body GitLab cut short ended cleanly")
+	}
+	resp.Body.Close()
+	if n := e.eventuallyCounter(t, "kasd_gitlab_module_requests_total", map[string]string{"module": "cut", "code": "200"}, 1); n != 1 {
+		t.Errorf("module_requests_total{cut,200} = %v, want 1", n)
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ = http.NewRequestWithContext(ctx, "GET", srv.URL+"/modules/endless/x", nil)
+	req.Header.Set(testTokenHeader, "tok")
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	cancel() // the caller goes away mid-body
+	resp.Body.Close()
+	if n := e.eventuallyCounter(t, "kasd_gitlab_module_requests_total", map[string]string{"module": "endless", "code": "200"}, 1); n != 1 {
+		t.Errorf("module_requests_total{endless,200} = %v, want 1", n)
+	}
+	if n := e.eventuallyCounter(t, "kasd_gitlab_requests_total", map[string]string{"endpoint": "modules", "code": "200"}, 2); n != 2 {
+		t.Errorf("requests_total{modules,200} = %v, want 2", n)
+	}
+}
