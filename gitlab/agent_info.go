@@ -206,7 +206,7 @@ func (c *Client) fetchAgentInfo(ctx context.Context, agentToken string) (*AgentI
 	if err := c.signRequest(req); err != nil {
 		return nil, unavailable("signing request", err)
 	}
-	req.Header.Set("Authorization", "Bearer "+agentToken)
+	setAgentToken(req.Header, agentToken)
 	req.Header.Set("Accept", "application/json")
 
 	start := time.Now()

@@ -28,6 +28,10 @@ import (
 const (
 	// JWTHeader carries the JWT that proves a request comes from kas.
 	JWTHeader = "Gitlab-Kas-Api-Request"
+	// AgentkTokenHeader and AgentTokenHeader carry the agent token, as Authorization: Bearer
+	// does (setAgentToken): each GitLab version reads it from one of them.
+	AgentkTokenHeader = "Gitlab-Agentk-Api-Request"
+	AgentTokenHeader  = "Gitlab-Agent-Api-Request"
 	// JWTIssuer and JWTAudience are the iss and aud claims GitLab requires.
 	JWTIssuer   = "gitlab-kas"
 	JWTAudience = "gitlab"
@@ -146,7 +150,7 @@ func (c *Client) Close() error {
 }
 
 // signRequest sets the headers every request to GitLab carries: a fresh JWT and the
-// User-Agent. It does not touch Authorization.
+// User-Agent. It does not touch the agent token (setAgentToken).
 func (c *Client) signRequest(r *http.Request) error {
 	token, err := c.mintJWT(time.Now())
 	if err != nil {
@@ -176,6 +180,19 @@ func (c *Client) mintJWT(now time.Time) (string, error) {
 		return "", fmt.Errorf("gitlab: sign JWT: %w", err)
 	}
 	return s, nil
+}
+
+// setAgentToken presents the agent token in every header a GitLab version reads it from
+// (lib/gitlab/auth/auth_finders.rb, cluster_agent_token_from_authorization_token): older
+// GitLab reads "Authorization: Bearer" only; then Authorization if present, else
+// Gitlab-Agentk-Api-Request; today's GitLab never reads Authorization, but
+// Gitlab-Agentk-Api-Request if present, else Gitlab-Agent-Api-Request (the header it moves
+// to). All three are set, to the same token, replacing whatever the request had: a token in
+// any of them that kasd did not put there would be the one GitLab acts on.
+func setAgentToken(h http.Header, token string) {
+	h.Set("Authorization", "Bearer "+token)
+	h.Set(AgentkTokenHeader, token)
+	h.Set(AgentTokenHeader, token)
 }
 
 // overloaded is the error returned when the client-side rate limit refuses a request.

@@ -9,9 +9,15 @@
 //	                                exp now+5s, a random jti; minted per request
 //	User-Agent: kasd/<version>
 //	Authorization: Bearer <agent token>
+//	Gitlab-Agentk-Api-Request: <agent token>
+//	Gitlab-Agent-Api-Request: <agent token>
 //
 // which is what GitLab checks (lib/gitlab/kas.rb verify_api_request, then the agent token in
-// api/internal/kubernetes.rb). A client-side rate limit (Config.RateLimit/Burst) bounds the
+// api/internal/kubernetes.rb). The token goes in all three headers because GitLab versions
+// read it from different ones (lib/gitlab/auth/auth_finders.rb): older ones from
+// Authorization only, then Authorization if present else Gitlab-Agentk-Api-Request, today's
+// never from Authorization but from Gitlab-Agentk-Api-Request if present, else
+// Gitlab-Agent-Api-Request. gitlabtest plays each (TokenLookup). A client-side rate limit (Config.RateLimit/Burst) bounds the
 // load kasd puts on GitLab; a wait longer than Config.RateLimitMaxWait or the context's
 // deadline fails at once with api.CodeOverloaded. Redirects are never followed.
 //
@@ -47,7 +53,8 @@
 //
 //   - The agent token presented to GitLab for a module request is always the one in that
 //     request's context (WithAgentToken); it is never cached per module, per connection in this
-//     package, or taken from the incoming Authorization header, which is replaced.
+//     package, or taken from the incoming request: its Authorization, Gitlab-Agentk-Api-Request
+//     and Gitlab-Agent-Api-Request headers are replaced.
 //   - No agent token, JWT or secret is ever logged or put into an error message. Errors carry
 //     the GitLab URL and status at most.
 //   - Client owns one goroutine per AgentInfo caller waiting for a GitLab lookup; each ends

@@ -2,6 +2,7 @@ package gitlab_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/gitlab"
+	"github.com/qkas/qkas/gitlab/gitlabtest"
 )
 
 func TestJWTAcceptedByStandIn(t *testing.T) {
@@ -114,7 +116,7 @@ func TestStandInChecksJWT(t *testing.T) {
 			if tc.token != "" {
 				req.Header.Set(gitlab.JWTHeader, tc.token)
 			}
-			req.Header.Set("Authorization", "Bearer tok")
+			req.Header.Set("Gitlab-Agentk-Api-Request", "tok")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -124,6 +126,77 @@ func TestStandInChecksJWT(t *testing.T) {
 				t.Errorf("status %d, want %d", resp.StatusCode, tc.status)
 			}
 		})
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
+
+// The agent token reaches GitLab where each GitLab version reads it (today's GitLab reads
+// Gitlab-Agentk-Api-Request or Gitlab-Agent-Api-Request, older ones Authorization), and a
+// module request reaches GitLab as the agent of its context whatever token the caller put in
+// any of those headers.
+func TestAgentTokenForEveryGitLabVersion(t *testing.T) {
+	for _, lookup := range gitlabtest.Lookups {
+		t.Run(lookup.String(), func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.gl.SetTokenLookup(lookup)
+			e.gl.AddAgent("tok-a", agent1)
+			e.gl.AddAgent("tok-b", gitlab.AgentInfo{AgentID: 43})
+			if info, err := e.client.AgentInfo(t.Context(), "tok-a"); err != nil || info.AgentID != agent1.AgentID {
+				t.Errorf("agent_info: %+v, %v", info, err)
+			}
+			srv := e.frontend(t)
+			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/modules/foo/x", nil)
+			req.Header.Set(testTokenHeader, "tok-a")
+			req.Header.Set("Authorization", "Bearer tok-b")
+			req.Header.Set("Gitlab-Agentk-Api-Request", "tok-b")
+			req.Header.Set("Gitlab-Agent-Api-Request", "tok-b")
+			resp, err := noRedirects(t).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var echo gitlabtest.Echo
+			if err := json.NewDecoder(resp.Body).Decode(&echo); err != nil || resp.StatusCode != http.StatusOK || echo.AgentID != agent1.AgentID {
+				t.Errorf("the module request reached GitLab as agent %d (%d, %v), want %d", echo.AgentID, resp.StatusCode, err, agent1.AgentID)
+			}
+		})
+	}
+}
+
+// The stand-in playing today's GitLab ignores Authorization, as GitLab does.
+func TestStandInCurrentIgnoresAuthorization(t *testing.T) {
+	e := newEnv(t, nil)
+	e.gl.AddAgent("tok", agent1)
+	jwtToken, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+		Issuer: gitlab.JWTIssuer, Audience: jwt.ClaimStrings{gitlab.JWTAudience},
+		IssuedAt: jwt.NewNumericDate(time.Now()), ExpiresAt: jwt.NewNumericDate(time.Now().Add(5 * time.Second)),
+	}).SignedString(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		header map[string]string
+		status int
+	}{
+		{"authorization", map[string]string{"Authorization": "Bearer tok"}, 401},
+		{"agentk", map[string]string{"Gitlab-Agentk-Api-Request": "tok"}, 200},
+		{"agent", map[string]string{"Gitlab-Agent-Api-Request": "tok"}, 200},
+		{"empty agentk wins", map[string]string{"Gitlab-Agentk-Api-Request": "", "Gitlab-Agent-Api-Request": "tok"}, 401},
+	} {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.gl.URL+gitlab.AgentInfoPath, nil)
+		req.Header.Set(gitlab.JWTHeader, jwtToken)
+		for k, v := range tc.header {
+			req.Header[k] = []string{v}
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s: status %d, want %d", tc.name, resp.StatusCode, tc.status)
+		}
 	}
 	http.DefaultClient.CloseIdleConnections()
 }

@@ -157,8 +157,9 @@ type moduleRouteKey struct{}
 // ModuleHandler serves requests whose URL path is /modules/{module}/{path...} (plus query)
 // by proxying them to GitLab's /api/v4/internal/kubernetes/modules/{module}/{path...}.
 // Bodies are streamed both ways; redirects are returned as they are; hop-by-hop headers and
-// Cookie are dropped; Authorization is replaced by the agent token from the request context
-// (WithAgentToken). A request without one gets 401: that is a wiring bug in the caller.
+// Cookie are dropped; Authorization, Gitlab-Agentk-Api-Request and Gitlab-Agent-Api-Request
+// are replaced by the agent token from the request context (WithAgentToken). A request
+// without one gets 401: that is a wiring bug in the caller.
 func (c *Client) ModuleHandler() http.Handler {
 	return http.HandlerFunc(c.serveModule)
 }
@@ -259,11 +260,12 @@ func (c *Client) rewriteModule(pr *httputil.ProxyRequest) {
 	for _, k := range []string{"Connection", "Upgrade", "Te", "Proxy-Connection", "Proxy-Authorization", "Proxy-Authenticate", "Keep-Alive", "Trailer", "Transfer-Encoding"} {
 		h.Del(k)
 	}
-	h.Del("Authorization")
 	// GitLab authenticates kas requests by the JWT and the agent token only; an agent's
 	// request must not ride on a user's session.
 	h.Del("Cookie")
-	h.Set("Authorization", "Bearer "+route.token)
+	// Authorization and the agent token headers are replaced, never passed on: GitLab would
+	// act on a token the caller put there, whoever's it is.
+	setAgentToken(h, route.token)
 	if err := c.signRequest(out); err != nil {
 		// Cannot happen short of crypto/rand failing. Send no JWT: GitLab answers 401.
 		h.Del(JWTHeader)

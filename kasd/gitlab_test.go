@@ -442,7 +442,14 @@ func TestGitLabModuleTokenIsolation(t *testing.T) {
 	for id, a := range agents {
 		for i := range perAgent {
 			wg.Go(func() {
-				resp, err := noFollow.Get(a.proxy.URL + "/modules/who/x?caller=" + a.proxy.URL + "&i=" + strconv.Itoa(i))
+				req, _ := http.NewRequest("GET", a.proxy.URL+"/modules/who/x?caller="+a.proxy.URL+"&i="+strconv.Itoa(i), nil)
+				// The caller names the other agent's token in every header a GitLab version
+				// reads it from: GitLab must still see this agent's.
+				other := map[int64]string{501: "tok-b", 502: "tok-a"}[id]
+				req.Header.Set("Authorization", "Bearer "+other)
+				req.Header.Set("Gitlab-Agentk-Api-Request", other)
+				req.Header.Set("Gitlab-Agent-Api-Request", other)
+				resp, err := noFollow.Do(req)
 				if err != nil {
 					t.Error(err)
 					return

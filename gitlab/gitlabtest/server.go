@@ -1,8 +1,10 @@
 // Package gitlabtest is a stand-in GitLab for tests. It checks what GitLab checks on every
 // internal kas request, in GitLab's order: first the Gitlab-Kas-Api-Request JWT (HS256 only,
 // signed with the shared secret, iss "gitlab-kas", aud containing "gitlab", exp/nbf/iat valid
-// with a 1s leeway), then the agent token in "Authorization: Bearer". A failed check is a 401
-// with a JSON message, as GitLab answers. It records every request it receives.
+// with a 1s leeway), then the agent token, from the header the GitLab version it plays reads
+// it from (TokenLookup; by default today's GitLab: Gitlab-Agentk-Api-Request, else
+// Gitlab-Agent-Api-Request, never Authorization). A failed check is a 401 with a JSON message,
+// as GitLab answers. It records every request it receives.
 package gitlabtest
 
 import (
@@ -38,6 +40,43 @@ type Recorded struct {
 	Time        time.Time
 }
 
+// TokenLookup is where the stand-in reads the agent token from, as one GitLab version does
+// (lib/gitlab/auth/auth_finders.rb, cluster_agent_token_from_authorization_token).
+type TokenLookup int
+
+const (
+	// LookupCurrent is today's GitLab: the Gitlab-Agentk-Api-Request header if the request
+	// has it (even empty), else Gitlab-Agent-Api-Request. Authorization is not read.
+	LookupCurrent TokenLookup = iota
+	// LookupTransitional is GitLab during the move away from Authorization (issue 406582):
+	// "Authorization: Bearer" if the request has an Authorization header, else
+	// Gitlab-Agentk-Api-Request.
+	LookupTransitional
+	// LookupAuthorization is GitLab before that move: "Authorization: Bearer" only.
+	LookupAuthorization
+)
+
+// Lookups lists every TokenLookup, for tests that run against each GitLab version.
+var Lookups = []TokenLookup{LookupCurrent, LookupTransitional, LookupAuthorization}
+
+func (l TokenLookup) String() string {
+	switch l {
+	case LookupCurrent:
+		return "current"
+	case LookupTransitional:
+		return "transitional"
+	case LookupAuthorization:
+		return "authorization"
+	}
+	return "unknown"
+}
+
+// The headers GitLab has read the agent token from besides Authorization.
+const (
+	agentkTokenHeader = "Gitlab-Agentk-Api-Request"
+	agentTokenHeader  = "Gitlab-Agent-Api-Request"
+)
+
 type agent struct {
 	info    gitlab.AgentInfo
 	revoked bool
@@ -53,6 +92,7 @@ type Server struct {
 	mu             sync.Mutex // guards the fields below
 	agents         map[string]*agent
 	down           bool
+	lookup         TokenLookup
 	modules        map[string]http.Handler
 	agentInfo      http.Handler
 	requests       []Recorded
@@ -100,6 +140,13 @@ func (s *Server) SetDown(down bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.down = down
+}
+
+// SetTokenLookup makes the stand-in read agent tokens as the GitLab version l stands for.
+func (s *Server) SetTokenLookup(l TokenLookup) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lookup = l
 }
 
 // SetModuleHandler sets what modules/{module}/... answers once the JWT and agent token are
@@ -207,7 +254,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": "401 Unauthorized"})
 		return
 	}
-	info, ok := s.agentFor(r.Header.Get("Authorization"))
+	info, ok := s.agentFor(r.Header)
 	if !ok {
 		rec.Rejected = "agent token"
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": "401 Unauthorized"})
@@ -268,18 +315,45 @@ func (s *Server) verifyJWT(token string) error {
 	return err
 }
 
-func (s *Server) agentFor(authorization string) (gitlab.AgentInfo, bool) {
-	token, ok := strings.CutPrefix(authorization, "Bearer ")
-	if !ok || token == "" {
-		return gitlab.AgentInfo{}, false
-	}
+// agentFor finds the agent whose token h presents, where the GitLab version played reads it.
+func (s *Server) agentFor(h http.Header) (gitlab.AgentInfo, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var token string
+	switch s.lookup {
+	case LookupCurrent:
+		if _, ok := h[agentkTokenHeader]; ok {
+			token = h.Get(agentkTokenHeader)
+		} else {
+			token = h.Get(agentTokenHeader)
+		}
+	case LookupTransitional:
+		if h.Get("Authorization") != "" {
+			token = bearer(h.Get("Authorization"))
+		} else {
+			token = h.Get(agentkTokenHeader)
+		}
+	case LookupAuthorization:
+		token = bearer(h.Get("Authorization"))
+	}
+	if token == "" {
+		return gitlab.AgentInfo{}, false
+	}
 	a, ok := s.agents[token]
 	if !ok || a.revoked {
 		return gitlab.AgentInfo{}, false
 	}
 	return a.info, true
+}
+
+// bearer returns the token of an "Authorization: Bearer" (or "Token") header, "" if it has none.
+func bearer(authorization string) string {
+	for _, scheme := range []string{"Bearer ", "Token "} {
+		if t, ok := strings.CutPrefix(authorization, scheme); ok {
+			return strings.TrimSpace(t)
+		}
+	}
+	return ""
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
