@@ -634,11 +634,16 @@ var streamServer = &http.Server{}
 
 // Recover is deferred by whoever calls a handler with a ResponseWriter: a handler that panics
 // with http.ErrAbortHandler (a response it could not complete) gets the stream reset, never
-// ended as if complete. Other panics are passed on.
+// ended as if complete. Other panics are passed on. A response an error frame already ended
+// (a head over the limits: the handler's next write failed, and httputil.ReverseProxy aborts
+// on that) is not reset: the reset could discard the frame, and Finish ends it with FIN.
 func (w *ResponseWriter) Recover() {
 	if v := recover(); v != nil {
 		if v != http.ErrAbortHandler {
 			panic(v)
+		}
+		if w.ended {
+			return
 		}
 		w.err = http.ErrAbortHandler
 		w.Abort()

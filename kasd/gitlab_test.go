@@ -571,3 +571,29 @@ func TestGitLabRequestSurvivesReannounce(t *testing.T) {
 		t.Fatalf("module response cut by the re-announce's drain: read %q, err %v (instances before %v, now %v)", rest, err, before, a.Instances())
 	}
 }
+
+// GitLab's answer with a head over the limits of a response frame (a header of 70 KiB) gets
+// the typed error kasd sends in its place (502 service_unavailable, "response head too
+// large"), not a reset stream (502 agent_failed, "the peer reset the stream"): ReverseProxy
+// aborts its handler when its body write fails after the error frame, and the abort reset the
+// stream the error frame had ended.
+func TestGitLabResponseHeadTooLarge(t *testing.T) {
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-h", gitlab.AgentInfo{AgentID: 701})
+	a := e.startGitLabAgent("tok-h", "pod-1", quic.Backoff{})
+	waitConnected(t, a.Agent, 1)
+	e.gl.SetModuleHandler("bighead", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Big", strings.Repeat("a", 70<<10))
+		w.Write([]byte("body"))
+	}))
+	for i := range 20 {
+		resp, err := noFollow.Get(a.proxy.URL + "/modules/bighead/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(t, resp)
+		if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(api.HeaderError) != "service_unavailable" || !strings.Contains(body, "response head too large") {
+			t.Fatalf("request %d: %d %q %s, want 502 service_unavailable (response head too large)", i, resp.StatusCode, resp.Header.Get(api.HeaderError), body)
+		}
+	}
+}
