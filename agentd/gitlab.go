@@ -147,6 +147,11 @@ func (t *GitLabRoundTripper) roundTrip(req *http.Request) (*http.Response, error
 	ctx := req.Context()
 	frame := &api.Request{Kind: api.KindGitLab, Service: module, RequestID: newRequestID()}
 	httpstream.SetHTTP(frame, req)
+	if len(frame.Header) > api.MaxHeaderFields {
+		// kasd would refuse the head as a protocol error (a 502 blamed on the agent): the
+		// caller's fault, said here, as api.EncodeFrame says it of a head over the size limit.
+		return nil, api.Errorf(api.CodeTooLarge, "%d request header fields; at most %d reach GitLab", len(frame.Header), api.MaxHeaderFields)
+	}
 	body := httpstream.NewBody(req.Body, 0)
 	headerTimeout := t.ResponseHeaderTimeout
 	if headerTimeout == 0 {

@@ -597,3 +597,28 @@ func TestGitLabResponseHeadTooLarge(t *testing.T) {
 		}
 	}
 }
+
+// A caller's request with more header fields than a request head may carry is 413
+// too_large, the caller's fault, as on kasd's API, not 502 protocol_error from kasd refusing
+// the head the agent sent.
+func TestGitLabRequestTooManyHeaderFields(t *testing.T) {
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-f", gitlab.AgentInfo{AgentID: 702})
+	a := e.startGitLabAgent("tok-f", "pod-1", quic.Backoff{})
+	waitConnected(t, a.Agent, 1)
+	req, _ := http.NewRequest("GET", a.proxy.URL+"/modules/echo/x", nil)
+	for i := range api.MaxHeaderFields + 1 {
+		req.Header.Set("X-H"+strconv.Itoa(i), "v")
+	}
+	resp, err := noFollow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get(api.HeaderError) != "too_large" {
+		t.Errorf("%d %q %s, want 413 too_large", resp.StatusCode, resp.Header.Get(api.HeaderError), body)
+	}
+	if n := len(e.moduleRequests()); n != 0 {
+		t.Errorf("GitLab received %d module requests", n)
+	}
+}
