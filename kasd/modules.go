@@ -2,6 +2,7 @@ package kasd
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -64,7 +65,7 @@ func (s *Server) serveAgentStream(ctx context.Context, c *agentConn, sc *quic.St
 	_ = sc.SetReadDeadline(time.Now().Add(moduleHeadTimeout))
 	m, err := api.ReadFrame(sc)
 	if err != nil {
-		httpstream.Refuse(sc, api.Errorf(api.CodeProtocol, "bad stream head: %v", err))
+		s.refuseAgentStreamHead(sc, err)
 		return
 	}
 	_ = sc.SetReadDeadline(time.Time{})
@@ -75,8 +76,25 @@ func (s *Server) serveAgentStream(ctx context.Context, c *agentConn, sc *quic.St
 		s.controlMessage(c, m)
 		_ = sc.Close()
 	default:
+		s.m.limitRejections.WithLabelValues("protocol_error").Inc()
 		httpstream.Refuse(sc, api.Errorf(api.CodeProtocol, "a stream from an agent starts with request, go_away or ping, not %s", m.Type()))
 	}
+}
+
+// refuseAgentStreamHead refuses a stream the agent opened whose head could not be read, and
+// counts it: over api.MaxHeadSize (or api.MaxHeaderFields) as agent_stream_head_too_large, not
+// within moduleHeadTimeout as agent_stream_head_timeout, anything else malformed as
+// protocol_error.
+func (s *Server) refuseAgentStreamHead(sc *quic.StreamConn, err error) {
+	reason := "protocol_error"
+	switch {
+	case errors.Is(err, api.ErrFrameTooLarge), errors.Is(err, api.ErrHeadTooLarge):
+		reason = "agent_stream_head_too_large"
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		reason = "agent_stream_head_timeout"
+	}
+	s.m.limitRejections.WithLabelValues(reason).Inc()
+	httpstream.Refuse(sc, api.Errorf(api.CodeProtocol, "bad stream head: %v", err))
 }
 
 // serveModuleStream proxies one agent request to GitLab's modules endpoint with the token of the
@@ -84,6 +102,9 @@ func (s *Server) serveAgentStream(ctx context.Context, c *agentConn, sc *quic.St
 func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.StreamConn, head *api.Request) {
 	check := func(f *api.Request) *api.Error {
 		if e := s.checkModuleRequest(f); e != nil {
+			if e.Code == api.CodeProtocol {
+				s.m.limitRejections.WithLabelValues("protocol_error").Inc()
+			}
 			return e
 		}
 		if wait, ok := s.budgets.allowModuleRequest(c.agentID, s.cfg.ModulesRatePerAgent, s.cfg.ModulesBurstPerAgent); !ok {
@@ -105,8 +126,15 @@ func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.S
 		s.cfg.Modules.ServeHTTP(w, r.WithContext(gitlab.WithAgentToken(r.Context(), c.token)))
 	}
 	if head == nil {
-		httpstream.Serve(ctx, sc, moduleHeadTimeout, check, handle)
-		return
+		// httpstream.Serve, with the refusal of a bad head counted.
+		_ = sc.SetReadDeadline(time.Now().Add(moduleHeadTimeout))
+		f, err := httpstream.ReadRequest(sc)
+		if err != nil {
+			s.refuseAgentStreamHead(sc, err)
+			return
+		}
+		_ = sc.SetReadDeadline(time.Time{})
+		head = f
 	}
 	httpstream.ServeHead(ctx, sc, head, check, handle)
 }
