@@ -232,6 +232,8 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 		s.refuse(qc, nil, api.Errorf(api.CodeProtocol, "no control stream within %s", s.cfg.HandshakeTimeout), log)
 		return nil
 	}
+	stopEarlyStreams := s.refuseEarlyStreams(ctx, qc)
+	defer stopEarlyStreams()
 	deadline, _ := ctx.Deadline()
 	_ = control.SetDeadline(deadline)
 	m, err := api.ReadExpect(control, api.TypeHello)
@@ -251,6 +253,8 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 	}
 	agentID, err := s.cfg.AgentAuth.Authenticate(WithAgentSource(ctx, qc.RemoteAddr()), hello.Token)
 	releaseSlot(err == nil)
+	// Before Welcome can reach the agent: a stream it opens from now on is served.
+	stopEarlyStreams()
 	// The handshake's context is done with: let go of it (and its place among the connection
 	// context's children) now rather than when the connection ends.
 	cancel()
@@ -314,6 +318,25 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 	// the handshake and the token check, and the runtime shrinks a parked goroutine's stack
 	// only at collections, rare in an idle kasd (--gogc=auto).
 	return func() { s.serveAgent(c) }
+}
+
+// refuseEarlyStreams closes qc as a protocol violation, counted as stream_before_welcome, if
+// its agent opens a stream besides the control stream before kasd stops it (the returned func,
+// idempotent, which waits for the goroutine it starts) or ctx ends. Nobody accepts such a stream
+// during the handshake, and quic-go keeps what arrives on it up to its receive window: one
+// connection whose token was not checked yet could make kasd hold --max-incoming-streams ×
+// 256 KiB for the handshake timeout. An agent opens none before Welcome.
+func (s *Server) refuseEarlyStreams(ctx context.Context, qc *quicgo.Conn) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if _, err := qc.AcceptStream(ctx); err != nil {
+			return
+		}
+		s.m.limitRejections.WithLabelValues("stream_before_welcome").Inc()
+		_ = qc.CloseWithError(quic.ConnCodeRefused, api.CloseReason(api.Errorf(api.CodeProtocol, "a stream besides the control stream before welcome")))
+	})
+	return func() { cancel(); wg.Wait() }
 }
 
 // serveAgent runs an accepted agent connection until it ends, then forgets it. An idle

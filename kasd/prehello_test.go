@@ -1,0 +1,89 @@
+package kasd_test
+
+import (
+	"context"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/kasd"
+	"github.com/qkas/qkas/quic"
+)
+
+// TestStreamsBeforeWelcomeRefused: a connection that has not been welcomed (no token checked
+// yet) and opens streams besides its control stream is closed as a protocol violation and
+// counted: kasd accepts no other stream before Welcome, and quic-go keeps what arrives on a
+// stream nobody accepted up to its 256 KiB window, so one unauthenticated connection made kasd
+// hold --max-incoming-streams × 256 KiB (25 MiB at the default 100) for the handshake timeout,
+// and --max-pending-handshakes of them 25 GB. A good agent still connects meanwhile.
+func TestStreamsBeforeWelcomeRefused(t *testing.T) {
+	const streams, perStream = 100, 256 << 10
+	e := newEnv(t, func(c *kasd.Config) { c.HandshakeTimeout = 20 * time.Second })
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
+	tlsConf, err := quic.ClientTLSConfig(e.caFile, "localhost", api.ALPNAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := quic.NewDialer(tlsConf, quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	qc, err := d.Dial(ctx, e.agentUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.CloseWithError(0, "")
+	control, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The control stream is opened (kasd accepts it) but the Hello is not sent yet.
+	if _, err := control.Write([]byte{byte(api.TypeHello)}); err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, perStream)
+	for i := range streams {
+		sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := qc.OpenStreamSync(sctx)
+		scancel()
+		if err != nil {
+			break // refused: kasd closed the connection
+		}
+		if _, err := st.Write(chunk); err != nil {
+			break
+		}
+		_ = i
+	}
+	// Let every byte sent reach kasd (and be acknowledged: the sender's copies freed).
+	time.Sleep(time.Second)
+	grown := int64(heap()) - int64(before)
+	t.Logf("heap grew by %.1f MiB with %d streams of %d KiB opened before Welcome", float64(grown)/(1<<20), streams, perStream>>10)
+	if grown > 4<<20 {
+		t.Errorf("an unauthenticated connection made the heap grow by %.1f MiB (bound 4 MiB)", float64(grown)/(1<<20))
+	}
+	select {
+	case <-qc.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Errorf("kasd kept the connection open")
+	}
+	if n := counter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "stream_before_welcome"}); n != 1 {
+		t.Errorf("kasd_limit_rejections_total{reason=stream_before_welcome} = %v, want 1", n)
+	}
+	// Another agent is not affected.
+	good, _, _, gd, err := sendHello(t, e.caFile, e.agentUDP, &api.Hello{Version: api.ProtocolVersion, Token: e.tokens["beta"], Replica: "r", Process: "p", Services: []string{"web"}})
+	if err != nil {
+		t.Fatalf("a good agent: %v", err)
+	}
+	_ = good.CloseWithError(0, "")
+	gd.Close()
+}
