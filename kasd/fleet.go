@@ -497,6 +497,11 @@ func (s *Server) servePeerConn(qc *quicgo.Conn) {
 	}
 	deadline := time.Now().Add(f.cfg.PeerQUIC.HandshakeTimeout + time.Second)
 	_ = ctrl.SetDeadline(deadline)
+	// A dialler that has not proved it is a peer opens no other stream (server.go).
+	hctx, hcancel := context.WithDeadline(qc.Context(), deadline)
+	defer hcancel()
+	stopEarlyStreams := s.refuseEarlyStreams(hctx, qc)
+	defer stopEarlyStreams()
 	exporter, err := peerExporter(qc)
 	var ph *api.PeerHello
 	reason := refusedProtocol
@@ -520,6 +525,7 @@ func (s *Server) servePeerConn(qc *quicgo.Conn) {
 		_ = qc.CloseWithError(quic.ConnCodeRefused, refusalCloseReason(e))
 		return
 	}
+	stopEarlyStreams() // before our answer can reach the peer: its forwards are served
 	if err := api.WriteFrame(ctrl, f.helloFor(exporter)); err != nil {
 		return
 	}

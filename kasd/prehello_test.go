@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	quicgo "github.com/quic-go/quic-go"
+
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/kasd"
 	"github.com/qkas/qkas/quic"
@@ -20,53 +22,11 @@ import (
 func TestStreamsBeforeWelcomeRefused(t *testing.T) {
 	const streams, perStream = 100, 256 << 10
 	e := newEnv(t, func(c *kasd.Config) { c.HandshakeTimeout = 20 * time.Second })
-	heap := func() uint64 {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
-	before := heap()
-	tlsConf, err := quic.ClientTLSConfig(e.caFile, "localhost", api.ALPNAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := quic.NewDialer(tlsConf, quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	qc, err := d.Dial(ctx, e.agentUDP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer qc.CloseWithError(0, "")
-	control, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The control stream is opened (kasd accepts it) but the Hello is not sent yet.
-	if _, err := control.Write([]byte{byte(api.TypeHello)}); err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, perStream)
-	for i := range streams {
-		sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := qc.OpenStreamSync(sctx)
-		scancel()
-		if err != nil {
-			break // refused: kasd closed the connection
-		}
-		if _, err := st.Write(chunk); err != nil {
-			break
-		}
-		_ = i
-	}
+	before := heapAlloc()
+	qc := floodBeforeHandshake(t, e.caFile, e.agentUDP, api.ALPNAgent, streams, perStream)
 	// Let every byte sent reach kasd (and be acknowledged: the sender's copies freed).
 	time.Sleep(time.Second)
-	grown := int64(heap()) - int64(before)
+	grown := int64(heapAlloc()) - int64(before)
 	t.Logf("heap grew by %.1f MiB with %d streams of %d KiB opened before Welcome", float64(grown)/(1<<20), streams, perStream>>10)
 	if grown > 4<<20 {
 		t.Errorf("an unauthenticated connection made the heap grow by %.1f MiB (bound 4 MiB)", float64(grown)/(1<<20))
@@ -86,4 +46,80 @@ func TestStreamsBeforeWelcomeRefused(t *testing.T) {
 	}
 	_ = good.CloseWithError(0, "")
 	gd.Close()
+}
+
+func heapAlloc() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// floodBeforeHandshake dials addr with alpn, opens a control stream with one byte of a hello on
+// it, then up to streams more streams with perStream bytes each, never finishing the hello. It
+// stops early once kasd refuses a stream or closes the connection. The connection and its
+// dialer are closed when the test ends.
+func floodBeforeHandshake(t *testing.T, caFile, addr, alpn string, streams, perStream int) *quicgo.Conn {
+	t.Helper()
+	tlsConf, err := quic.ClientTLSConfig(caFile, "localhost", alpn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := quic.NewDialer(tlsConf, quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	qc, err := d.Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = qc.CloseWithError(0, ""); d.Close() })
+	control, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The control stream is opened (kasd accepts it) but the hello is not sent yet.
+	if _, err := control.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, perStream)
+	for range streams {
+		sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := qc.OpenStreamSync(sctx)
+		scancel()
+		if err != nil {
+			break // kasd closed the connection
+		}
+		if _, err := st.Write(chunk); err != nil {
+			break
+		}
+	}
+	return qc
+}
+
+// TestPeerStreamsBeforeHelloRefused: the same on the peer port, from a dialler that has not
+// proved it is a peer: it was not bounded by any admission either, so any number of such
+// connections each held up to 32 MiB (the connection window) for the peer handshake timeout.
+func TestPeerStreamsBeforeHelloRefused(t *testing.T) {
+	const streams, perStream = 100, 256 << 10
+	f := newFleetEnv(t, 1)
+	nd := f.nodes[0]
+	before := heapAlloc()
+	qc := floodBeforeHandshake(t, f.caFile, nd.peerLn.Addr().String(), api.ALPNPeer, streams, perStream)
+	time.Sleep(time.Second)
+	grown := int64(heapAlloc()) - int64(before)
+	t.Logf("heap grew by %.1f MiB with %d streams of %d KiB opened before the peer hello", float64(grown)/(1<<20), streams, perStream>>10)
+	if grown > 4<<20 {
+		t.Errorf("a connection to the peer port that proved nothing made the heap grow by %.1f MiB (bound 4 MiB)", float64(grown)/(1<<20))
+	}
+	select {
+	case <-qc.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Errorf("kasd kept the connection open")
+	}
+	if n := counter(t, nd.promReg, "kasd_limit_rejections_total", map[string]string{"reason": "stream_before_welcome"}); n != 1 {
+		t.Errorf("kasd_limit_rejections_total{reason=stream_before_welcome} = %v, want 1", n)
+	}
 }

@@ -321,11 +321,12 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 }
 
 // refuseEarlyStreams closes qc as a protocol violation, counted as stream_before_welcome, if
-// its agent opens a stream besides the control stream before kasd stops it (the returned func,
-// idempotent, which waits for the goroutine it starts) or ctx ends. Nobody accepts such a stream
-// during the handshake, and quic-go keeps what arrives on it up to its receive window: one
-// connection whose token was not checked yet could make kasd hold --max-incoming-streams ×
-// 256 KiB for the handshake timeout. An agent opens none before Welcome.
+// its agent (or peer) opens a stream besides the control stream before kasd stops it (the
+// returned func, idempotent, which waits for the goroutine it starts) or ctx ends. Nobody
+// accepts such a stream during the handshake, and quic-go keeps what arrives on it up to its
+// receive window: one connection whose token (or peer proof) was not checked yet could make
+// kasd hold --max-incoming-streams × 256 KiB, up to the 32 MiB connection window, for the
+// handshake timeout. An agent opens none before Welcome, a peer none before kasd's PeerHello.
 func (s *Server) refuseEarlyStreams(ctx context.Context, qc *quicgo.Conn) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -334,7 +335,7 @@ func (s *Server) refuseEarlyStreams(ctx context.Context, qc *quicgo.Conn) (stop 
 			return
 		}
 		s.m.limitRejections.WithLabelValues("stream_before_welcome").Inc()
-		_ = qc.CloseWithError(quic.ConnCodeRefused, api.CloseReason(api.Errorf(api.CodeProtocol, "a stream besides the control stream before welcome")))
+		_ = qc.CloseWithError(quic.ConnCodeRefused, api.CloseReason(api.Errorf(api.CodeProtocol, "a stream besides the control stream before the handshake ended")))
 	})
 	return func() { cancel(); wg.Wait() }
 }
