@@ -314,12 +314,22 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 	}
 	mark := h.c.qc.ConnectionStats().LargestSentAppData
 	h.c.streamStarted() // a connection the agent leaves is closed once its streams are done
-	st, err := h.c.qc.OpenStreamSync(ctx)
+	// The agent's connection may grant no stream for a long time (its limit of concurrent
+	// streams taken by responses that go on): that wait is bounded as the wait for the head is,
+	// and the request, not sent, may go to another holder.
+	octx, cancel := context.WithTimeout(ctx, s.cfg.ResponseHeaderTimeout)
+	st, err := h.c.qc.OpenStreamSync(octx)
+	cancel()
 	if err != nil {
 		e.inflight.Add(-1)
 		h.c.streamDone()
 		if ctx.Err() != nil {
 			return nil, contextError(ctx.Err())
+		}
+		if octx.Err() != nil {
+			return nil, s.attemptError(notSent(&api.Error{Code: api.CodeDeadlineExceeded,
+				Message: fmt.Sprintf("agent %s granted no stream within %s", h.c.agentID, s.cfg.ResponseHeaderTimeout),
+				Err:     httpstream.ErrHeaderTimeout}), "agent "+h.c.agentID)
 		}
 		return nil, notSent(httpstream.StreamError(err))
 	}
