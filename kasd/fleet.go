@@ -492,6 +492,12 @@ func (s *Server) servePeerConn(qc *quicgo.Conn) {
 	ctrl, err := qc.AcceptStream(ctx)
 	cancel()
 	if err != nil {
+		if qc.Context().Err() == nil {
+			// Still there, and silent: refused as a missing hello is (a dialler that went away
+			// by itself refused nothing).
+			s.m.peerConns.WithLabelValues("refused").Inc()
+			f.refused("accept", refusedProtocol, "", qc.RemoteAddr().String(), errors.New("no control stream within the peer handshake timeout"))
+		}
 		_ = qc.CloseWithError(quic.ConnCodeRefused, "no peer handshake")
 		return
 	}

@@ -123,3 +123,40 @@ func TestPeerStreamsBeforeHelloRefused(t *testing.T) {
 		t.Errorf("kasd_limit_rejections_total{reason=stream_before_welcome} = %v, want 1", n)
 	}
 }
+
+// TestPeerPortSilentDiallerCounted: a dialler of the peer port that completes QUIC's handshake
+// and then opens no control stream is closed after the peer handshake timeout and counted in
+// kasd_peer_refusals_total{side="accept",reason="protocol"} ("no hello ... a timeout"), as one
+// that opens the stream and sends nothing is; it was closed but counted nowhere.
+func TestPeerPortSilentDiallerCounted(t *testing.T) {
+	f := newFleetEnv(t, 1)
+	nd := f.nodes[0]
+	tlsConf, err := quic.ClientTLSConfig(f.caFile, "localhost", api.ALPNPeer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := quic.NewDialer(tlsConf, quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	qc, err := d.Dial(ctx, nd.peerLn.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.CloseWithError(0, "")
+	select {
+	case <-qc.Context().Done():
+	case <-time.After(8 * time.Second):
+		t.Fatal("kasd kept a silent connection to its peer port open")
+	}
+	labels := map[string]string{"side": "accept", "reason": "protocol"}
+	if n := counter(t, nd.promReg, "kasd_peer_refusals_total", labels); n != 1 {
+		t.Errorf("kasd_peer_refusals_total%v = %v, want 1", labels, n)
+	}
+	if n := counter(t, nd.promReg, "kasd_peer_connections_total", map[string]string{"result": "refused"}); n != 1 {
+		t.Errorf("kasd_peer_connections_total{result=refused} = %v, want 1", n)
+	}
+}
