@@ -2,12 +2,15 @@ package kasd_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/quic"
 )
 
 // sendRawOnStream opens a stream, writes b and FIN, and returns what kasd answers on it.
@@ -64,4 +67,32 @@ func TestAgentStreamHeadRefusalsCounted(t *testing.T) {
 			t.Fatalf("features %#x: the connection ended after refused streams", features)
 		}
 	}
+}
+
+// TestControlStreamGarbageCounted: an agent that sends its connection-level messages on the
+// control stream (no api.FeatureControlOnStreams) and sends there a frame over the size limit
+// or a malformed one has its connection closed as a protocol violation (ConnCodeProtocol, the
+// reason in the close), counted in kasd_limit_rejections_total{reason="protocol_error"}. It
+// was closed with code 0 and no reason, and counted nowhere. Another agent is not affected.
+func TestControlStreamGarbageCounted(t *testing.T) {
+	e := newEnv(t)
+	for i, b := range [][]byte{
+		{byte(api.TypeGoAway), 0x01, 0x00, 0x01},          // a frame over its maximum
+		{byte(api.TypeGoAway), 0, 0, 3, 0xff, 0xff, 0xff}, // a malformed goaway
+	} {
+		before := metricValue(t, e.reg, "kasd_limit_rejections_total", "reason", "protocol_error")
+		qc, control, _ := e.rawAgent(&api.Hello{Version: api.ProtocolVersion, Token: e.tokens["alpha"], Replica: "r", Process: "p" + string(rune('0'+i)), Services: []string{"web"}})
+		if _, err := control.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		waitClosed(t, qc, "garbage on the control stream")
+		var ae *quicgo.ApplicationError
+		if err := context.Cause(qc.Context()); !errors.As(err, &ae) || ae.ErrorCode != quic.ConnCodeProtocol || !strings.HasPrefix(ae.ErrorMessage, "protocol_error: ") {
+			t.Errorf("%x: connection closed with %v; want ConnCodeProtocol and the reason", b, err)
+		}
+		if got := metricValue(t, e.reg, "kasd_limit_rejections_total", "reason", "protocol_error") - before; got != 1 {
+			t.Errorf("%x: kasd_limit_rejections_total{reason=protocol_error} grew by %v, want 1", b, got)
+		}
+	}
+	e.rawAgent(&api.Hello{Version: api.ProtocolVersion, Token: e.tokens["beta"], Replica: "r", Process: "p", Services: []string{"web"}})
 }

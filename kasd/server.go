@@ -397,10 +397,16 @@ func (s *Server) readControl(c *agentConn) {
 	for {
 		m, err := api.ReadFrame(c.control)
 		if err != nil {
-			if !errors.Is(err, api.ErrUnknownFrameType) {
-				return
+			if errors.Is(err, api.ErrUnknownFrameType) {
+				continue
 			}
-			continue
+			if e, ok := errors.AsType[*api.Error](err); ok && e.Code == api.CodeProtocol {
+				// A frame over its maximum or malformed: the stream cannot be resynchronised,
+				// and the agent is told why.
+				s.m.limitRejections.WithLabelValues("protocol_error").Inc()
+				_ = c.qc.CloseWithError(quic.ConnCodeProtocol, api.CloseReason(e))
+			}
+			return
 		}
 		s.controlMessage(c, m)
 	}
