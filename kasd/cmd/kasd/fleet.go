@@ -69,6 +69,27 @@ func (o *fleetOptions) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.rebalanceMinAge, "rebalance-min-age", 5*time.Second, "a connection younger than this is never asked to move")
 }
 
+// validate checks what the flags' types do not. --peer-advertise-address is published for the
+// other replicas to dial: without a usable port every request they forward here would fail
+// (502, logged only by them), while this kasd looks healthy.
+func (o *fleetOptions) validate() error {
+	if o.peerAdvertise == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(o.peerAdvertise)
+	if err != nil {
+		return fmt.Errorf("--peer-advertise-address %q: want host:port (an IPv6 address in brackets): %w", o.peerAdvertise, err)
+	}
+	if host == "" {
+		return fmt.Errorf("--peer-advertise-address %q: no host (other replicas dial it)", o.peerAdvertise)
+	}
+	// Looked up as the dial does: a number, or a service name.
+	if n, err := net.LookupPort("udp", port); err != nil || n < 1 {
+		return fmt.Errorf("--peer-advertise-address %q: port must be 1..65535 or a known service name", o.peerAdvertise)
+	}
+	return nil
+}
+
 // fleetParts are the running pieces of the fleet; close stops them in order.
 type fleetParts struct {
 	cfg      *kasd.FleetConfig

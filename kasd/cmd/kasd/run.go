@@ -176,6 +176,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			"agent-keep-alive-period", "agent-idle-timeout", "registry-ttl", "rebalance-min-age"),
 		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance"), // 0: none; --rebalance-tolerance 0: no margin
 		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),  // negative: the system default
+		o.fleet.validate(),
 	); err != nil {
 		return nil, err
 	}

@@ -197,3 +197,21 @@ func TestLimitFlagsRefuseWhatTheyWouldReplace(t *testing.T) {
 		t.Errorf("default --rebalance-tolerance passed as %v, want 0.1", fc.RebalanceTolerance)
 	}
 }
+
+// TestPeerAdvertiseAddressValidated: --peer-advertise-address is what every other replica dials
+// to forward to this one. A value without a port (--peer-advertise-address=10.0.0.5, or an IPv6
+// $(POD_IP):8152 without brackets) was published as it was: this kasd started and was ready, and
+// every request another replica forwarded to it failed with 502 "peer unreachable", logged only
+// by the others. It is refused at start, naming the flag.
+func TestPeerAdvertiseAddressValidated(t *testing.T) {
+	for _, bad := range []string{"10.0.0.5", "fd00::1:8152", ":8152", "10.0.0.5:0", "10.0.0.5:70000", "10.0.0.5:nosuchservice"} {
+		if _, err := parseFlags([]string{"--peer-advertise-address", bad}, io.Discard); err == nil || !strings.Contains(err.Error(), "--peer-advertise-address") {
+			t.Errorf("--peer-advertise-address %q: %v, want an error naming the flag", bad, err)
+		}
+	}
+	for _, good := range []string{"", "10.0.0.5:8152", "[fd00::1]:8152", "kasd-0.kasd:8152"} {
+		if _, err := parseFlags([]string{"--peer-advertise-address", good}, io.Discard); err != nil {
+			t.Errorf("--peer-advertise-address %q: %v", good, err)
+		}
+	}
+}
