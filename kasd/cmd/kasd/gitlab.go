@@ -56,13 +56,8 @@ func agentAuth(o *options, reg prometheus.Registerer) (kasd.AgentAuthenticator, 
 	if g.authSecretFile == "" {
 		return nil, nil, nil, errors.New("--gitlab-url needs --gitlab-auth-secret-file (GitLab's .gitlab_kas_secret)")
 	}
-	// The flags' zero means "none", where the library's zero means "default": map them.
-	if g.cacheTTL <= 0 || g.negativeCacheTTL <= 0 {
-		return nil, nil, nil, errors.New("--gitlab-cache-ttl and --gitlab-negative-cache-ttl must be positive")
-	}
-	if g.rateLimit <= 0 {
-		return nil, nil, nil, errors.New("--gitlab-rate-limit must be positive")
-	}
+	// --gitlab-cache-ttl, --gitlab-negative-cache-ttl and --gitlab-rate-limit are positive and
+	// finite (parseFlags): the library reads 0 as its default.
 	secret, err := auth.ReadSecretFile(g.authSecretFile)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("--gitlab-auth-secret-file: %w", err)

@@ -173,6 +173,10 @@ func TestLimitFlagsRefuseWhatTheyWouldReplace(t *testing.T) {
 		{"--rebalance-tolerance", "-1"},
 		{"--rebalance-tolerance", "NaN"},
 		{"--udp-receive-buffer", "0"},
+		// NaN passed the GitLab mode's "<= 0" check: x/time/rate then admits every request.
+		{"--gitlab-rate-limit", "NaN"},
+		{"--gitlab-rate-limit", "0"},
+		{"--gitlab-cache-ttl", "0s"},
 	} {
 		_, err := parseFlags(args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), args[0]) {
