@@ -7,15 +7,18 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
-	"runtime/debug"
 	"strings"
 
 	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/internal/buildinfo"
 )
 
 // version is set at build time: -ldflags "-X main.version=v1.2.3".
 var version = "dev"
+
+// revision is set at build time: -ldflags "-X main.revision=$(git rev-parse HEAD)" (the
+// Makefile); empty, the VCS revision Go stamped (if any) is used.
+var revision = ""
 
 const usage = `usage: kasctl <command> [flags] [args]
 
@@ -163,11 +166,8 @@ func runVersion(args []string, stdout, stderr io.Writer) error {
 	if _, err := parseArgs(fs, args, 0); err != nil {
 		return err
 	}
-	v := version
-	if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		v = bi.Main.Version
-	}
-	fmt.Fprintf(stdout, "kasctl %s %s %s/%s\n", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	// The same line as kasd --version and agentd --version (internal/buildinfo).
+	fmt.Fprintln(stdout, buildinfo.Get(version, revision).String("kasctl"))
 	return nil
 }
 

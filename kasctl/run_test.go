@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/internal/buildinfo"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -76,9 +77,13 @@ func TestUsage(t *testing.T) {
 	}
 }
 
+// TestVersion: kasctl --version prints what kasd --version and agentd --version print
+// (README, Configuration): the version, the VCS revision and the Go version. It printed no
+// revision, though the Makefile stamps main.revision into kasctl too.
 func TestVersion(t *testing.T) {
-	if out := mustRun(t, "version"); !strings.HasPrefix(out, "kasctl dev go1.") {
-		t.Fatalf("version: %q", out)
+	want := buildinfo.Get(version, revision).String("kasctl") + "\n"
+	if out := mustRun(t, "version"); out != want || !strings.Contains(out, " (revision ") || !strings.Contains(out, "go1.") {
+		t.Fatalf("version: %q, want %q", out, want)
 	}
 }
 
