@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	yamlv3 "go.yaml.in/yaml/v3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -554,8 +555,8 @@ func qkasSettings(p *problems, b *buildResult, w workload, c corev1.Container, f
 	if cfg := fromArgs.get("config"); cfg != "" {
 		content, ok := resolveFile(p, b, w, c, volumes, "config", cfg)
 		if ok && content != nil {
-			var m map[string]any
-			if err := yaml.Unmarshal(content, &m); err != nil {
+			var m map[string]any // YAML 1.2, as cliconfig reads it: "off" is a string
+			if err := yamlv3.Unmarshal(content, &m); err != nil {
 				p.add("%s: --config %s: %v", where, cfg, err)
 			}
 			for k, v := range m {
@@ -608,8 +609,8 @@ func configValues(v any) []string {
 	}
 }
 
-// configScalar formats a YAML scalar as cliconfig does: numbers decode as float64 and are
-// written without an exponent (fmt.Sprint would turn 7340032 into 7.340032e+06).
+// configScalar formats a decoded YAML scalar close to how it is written, which cliconfig passes
+// on: floats without an exponent (fmt.Sprint would turn 7340032.0 into 7.340032e+06).
 func configScalar(v any) string {
 	if f, ok := v.(float64); ok {
 		return strconv.FormatFloat(f, 'f', -1, 64)

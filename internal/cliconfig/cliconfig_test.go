@@ -113,3 +113,40 @@ func TestPositiveNotNegativeNotZero(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyScalarsAsWritten: a scalar reaches Flag.Set as it is written in the file, as it would
+// be on the command line. The file was read with YAML 1.1 rules, where off, on, yes, no, y and n
+// are booleans: kasd's documented "agent-listen-tcp: off" became "false", and kasd refused to
+// start with "listen tcp false: missing port in address" (agentd's "transport: off" or a
+// service named "no" would be the same). A bool flag still takes those words.
+func TestApplyScalarsAsWritten(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	tcp := fs.String("agent-listen-tcp", "", "")
+	name := fs.String("name", "", "")
+	sample := fs.Float64("sample", 1, "")
+	debug := fs.Bool("debug", false, "")
+	fleet := fs.Bool("fleet", true, "")
+	empty := fs.String("empty", "x", "")
+	var svcs StringList
+	fs.Var(&svcs, "service", "")
+	_ = fs.Parse(nil)
+	cfg := "agent-listen-tcp: off\nname: yes\nsample: .5\ndebug: on\nfleet: No\nempty:\nservice: {n: 'http://n', y: on}\n"
+	if err := ApplyBytes(fs, "c.yaml", []byte(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	if *tcp != "off" || *name != "yes" || *sample != 0.5 || !*debug || *fleet || *empty != "" {
+		t.Errorf("agent-listen-tcp=%q name=%q sample=%v debug=%v fleet=%v empty=%q", *tcp, *name, *sample, *debug, *fleet, *empty)
+	}
+	if want := (StringList{"n=http://n", "y=on"}); !reflect.DeepEqual(svcs, want) {
+		t.Errorf("service = %v", svcs)
+	}
+	for name, cfg := range map[string]string{
+		"duplicate key": "name: a\nname: b\n",
+		"not a map":     "just a string\n",
+		"self alias":    "service: &a [*a]\n",
+	} {
+		if err := ApplyBytes(fs, "c.yaml", []byte(cfg)); err == nil || !strings.Contains(err.Error(), "c.yaml") {
+			t.Errorf("%s: err = %v, want an error naming the file", name, err)
+		}
+	}
+}

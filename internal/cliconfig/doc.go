@@ -8,8 +8,10 @@
 // flags take a comma-separated list. A value the flag refuses is an error naming the variable;
 // variables that name no flag are ignored (Kubernetes service links such as KASD_PORT).
 //
-// The file is a flat YAML map whose keys are flag names. Scalars are passed to Flag.Set as strings;
-// a list calls Set once per element (for repeatable flags); a map calls Set once per entry with
+// The file is a flat YAML map whose keys are flag names. Scalars are passed to Flag.Set as they
+// are written, as on the command line (YAML 1.2: "off" is the string off; a bool flag also takes
+// YAML 1.1's yes, no, on, off, y and n); a key given twice is an error; a list calls Set once per
+// element (for repeatable flags); a map calls Set once per entry with
 // "KEY=VALUE" (for flags such as agentd's --service NAME=URL). Unknown keys are an error, so a typo
 // in a config file is reported instead of silently ignored.
 //
