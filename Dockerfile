@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # One image with kasd, agentd and kasctl: `make images` or
-#   docker build --build-arg VERSION=v0.1.0 -t registry.example.com/qkas:v0.1.0 .
+#   docker build --build-arg VERSION=v0.1.0 --build-arg REVISION=$(git rev-parse HEAD) -t registry.example.com/qkas:v0.1.0 .
 # The Kubernetes manifests pick the binary with the container's `command`
 # (/usr/local/bin/kasd or /usr/local/bin/agentd). There is no ENTRYPOINT, so the arguments of
 # `docker run` name the binary: `docker run --rm IMAGE kasctl secret`, `docker run IMAGE agentd -h`;
@@ -15,6 +15,9 @@ FROM --platform=$BUILDPLATFORM golang:1.26 AS build
 ARG TARGETOS
 ARG TARGETARCH
 ARG VERSION=dev
+# The commit, for --version and the *_build_info metrics (`make images` passes git rev-parse
+# HEAD): .git is not in the build context, so Go cannot stamp it.
+ARG REVISION=
 WORKDIR /src
 COPY go.mod go.sum ./
 # go.mod replaces quic-go with the patched copy in third_party/ (see third_party/README.md).
@@ -25,7 +28,7 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
     set -eu; \
     for cmd in ./kasd/cmd/kasd ./agentd/cmd/agentd ./kasctl; do \
       CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
-        go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/ "$cmd"; \
+        go build -trimpath -ldflags "-s -w -X main.version=${VERSION} -X main.revision=${REVISION}" -o /out/ "$cmd"; \
     done
 
 # Static binaries need no libc; distroless/static has CA certificates (agentd's system roots,

@@ -82,9 +82,9 @@ DOCKER     ?= docker
 images:
 	@$(DOCKER) info >/dev/null 2>&1 || { \
 	  echo "make images: no container engine ('$(DOCKER) info' failed). Build where one runs:"; \
-	  echo "  $(DOCKER) build --build-arg VERSION=$(VERSION) -t $(IMAGE_REPO):$(VERSION) ."; \
+	  echo "  $(DOCKER) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE_REPO):$(VERSION) ."; \
 	  exit 1; }
-	$(DOCKER) build --build-arg VERSION=$(VERSION) -t $(IMAGE_REPO):$(VERSION) .
+	$(DOCKER) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE_REPO):$(VERSION) .
 
 # A local fleet from one command: embedded etcd, two kasd, one agentd and a sample service;
 # requests through the local and the forwarded route. DEMO_KEEP=1 keeps it running.
