@@ -23,9 +23,12 @@ func LogFlushFlag(fs *flag.FlagSet, p *time.Duration) {
 // --log-flush-interval (0: unbuffered). The caller must Close the returned closer when it is
 // done logging: it writes out the last batch and stops the batching goroutine.
 func NewLogger(level, format string, flush time.Duration) (zerolog.Logger, io.Closer, error) {
-	lvl, err := zerolog.ParseLevel(level)
-	if err != nil {
-		return zerolog.Logger{}, nil, fmt.Errorf("--log-level: %w", err)
+	// Only the documented levels: zerolog also parses "" (NoLevel), fatal, panic and disabled,
+	// each of which would silence errors too, and a daemon that logs nothing is not what a typo
+	// or an empty KASD_LOG_LEVEL= should give.
+	lvl, ok := logLevels[level]
+	if !ok {
+		return zerolog.Logger{}, nil, fmt.Errorf("--log-level must be debug, info, warn or error, got %q", level)
 	}
 	console := false
 	switch format {
@@ -52,6 +55,11 @@ func NewLogger(level, format string, flush time.Duration) (zerolog.Logger, io.Cl
 		w = zerolog.ConsoleWriter{Out: out, TimeFormat: time.TimeOnly}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), closer, nil
+}
+
+// logLevels are --log-level's values.
+var logLevels = map[string]zerolog.Level{
+	"debug": zerolog.DebugLevel, "info": zerolog.InfoLevel, "warn": zerolog.WarnLevel, "error": zerolog.ErrorLevel,
 }
 
 type nopCloser struct{}
