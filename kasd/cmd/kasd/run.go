@@ -178,10 +178,24 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance"), // 0: none; --rebalance-tolerance 0: no margin
 		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),  // negative: the system default
 		o.fleet.validate(),
+		listenAddressesSet(fs, "agent-listen", "api-listen", "observability-listen", "peer-listen"),
 	); err != nil {
 		return nil, err
 	}
 	return o, nil
+}
+
+// listenAddressesSet refuses an empty listen address: net.Listen reads "" as a random port on
+// every interface, which no agent, client, probe or peer would find (agentd's "empty disables"
+// is not kasd's: every one of these listeners is needed). Port 0 still picks a free port.
+func listenAddressesSet(fs *flag.FlagSet, names ...string) error {
+	var errs []error
+	for _, name := range names {
+		if fs.Lookup(name).Value.String() == "" {
+			errs = append(errs, fmt.Errorf("--%s must not be empty (host:port, or :port for every interface)", name))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func run(ctx context.Context, args []string) error {

@@ -219,3 +219,18 @@ func TestPeerAdvertiseAddressValidated(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyListenAddressRefused: an empty --api-listen, --agent-listen, --observability-listen
+// or --peer-listen (KASD_API_LISTEN=, "observability-listen:" with nothing in --config, or
+// agentd's "empty disables" applied to kasd) made kasd listen on a random port of every
+// interface and report itself started. It is refused, naming the flag.
+func TestEmptyListenAddressRefused(t *testing.T) {
+	for _, name := range []string{"agent-listen", "api-listen", "observability-listen", "peer-listen"} {
+		if _, err := parseFlags([]string{"--" + name, ""}, io.Discard); err == nil || !strings.Contains(err.Error(), "--"+name) {
+			t.Errorf("--%s \"\": %v, want an error naming the flag", name, err)
+		}
+		if _, err := parseFlags([]string{"--" + name, "127.0.0.1:0"}, io.Discard); err != nil {
+			t.Errorf("--%s 127.0.0.1:0: %v", name, err)
+		}
+	}
+}
