@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/internal/tracing"
 	"github.com/qkas/qkas/quic"
 )
@@ -36,7 +37,8 @@ type Config struct {
 	Handlers map[string]ServiceHandler
 	// Connections is how many connections the agent keeps to kasd. Default 1.
 	Connections int
-	// Replica names this agent process (its pod name). Default: the host name.
+	// Replica names this agent process (its pod name), at most api.MaxReplicaLen bytes (kasd
+	// refuses a longer one). Default: the host name.
 	Replica string
 	// Version is reported to kasd. Default "dev".
 	Version string
@@ -147,6 +149,10 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("a TLS configuration is required"))
 	}
 	errs = append(errs, validateServices(c.Services, c.Handlers)...) // reload.go: reloads check the same
+	if len(c.Replica) > api.MaxReplicaLen {
+		// kasd refuses such a Hello (bad_request): the agent would retry for ever.
+		errs = append(errs, fmt.Errorf("replica (--replica) is %d bytes, kasd accepts at most %d", len(c.Replica), api.MaxReplicaLen))
+	}
 	if c.Connections < 1 || c.Connections > 16 {
 		errs = append(errs, fmt.Errorf("connections must be 1..16, got %d", c.Connections))
 	}

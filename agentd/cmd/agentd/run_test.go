@@ -161,3 +161,24 @@ func TestLimitFlagsRefuseWhatTheyWouldReplace(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLongReplicaRefused: a --replica longer than kasd accepts in a Hello (api.MaxReplicaLen)
+// stops agentd at start, naming the flag. It started, and every Hello was refused as
+// bad_request: the agent waited 30s doubling to 5 minutes between attempts, for ever, never
+// ready.
+func TestLongReplicaRefused(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("t"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--kas-address", "127.0.0.1:1", "--token-file", tok, "--kubernetes=false", "--service", "web=http://127.0.0.1:1",
+		"--gitlab-proxy-listen", "", "--observability-listen", "", "--log-level", "error", "--log-format", "json",
+		"--replica", strings.Repeat("r", api.MaxReplicaLen+1)}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err := run(ctx, args)
+	if err == nil || !strings.Contains(err.Error(), "--replica") {
+		t.Fatalf("run with a %d-byte --replica: %v, want an error naming --replica", api.MaxReplicaLen+1, err)
+	}
+}
