@@ -346,10 +346,31 @@ func TestObservabilityKustomization(t *testing.T) {
 }
 
 // selectsPort says whether monitor's matchLabels select an object of kind in b (a Service, or a
-// Deployment's pod template) that has a port named as the monitor's first endpoint's.
+// Deployment's pod template) in a namespace the monitor looks in, that has a port named as the
+// monitor's first endpoint's. prometheus-operator looks in the monitor's own namespace unless
+// its namespaceSelector says any or lists others: agentd runs in qkas-agent, the kit is applied
+// in qkas.
 func selectsPort(t *testing.T, monitor map[string]any, endpointsKey string, b *buildResult, kind string) bool {
 	t.Helper()
+	meta, _ := monitor["metadata"].(map[string]any)
+	monitorNS, _ := meta["namespace"].(string)
 	spec, _ := monitor["spec"].(map[string]any)
+	nsSel, _ := spec["namespaceSelector"].(map[string]any)
+	inNamespace := func(ns string) bool {
+		if anyNS, _ := nsSel["any"].(bool); anyNS {
+			return true
+		}
+		names, _ := nsSel["matchNames"].([]any)
+		if len(names) == 0 {
+			return ns == monitorNS
+		}
+		for _, n := range names {
+			if n == ns {
+				return true
+			}
+		}
+		return false
+	}
 	sel, _ := spec["selector"].(map[string]any)
 	match, _ := sel["matchLabels"].(map[string]any)
 	eps, _ := spec[endpointsKey].([]any)
@@ -358,7 +379,7 @@ func selectsPort(t *testing.T, monitor map[string]any, endpointsKey string, b *b
 	}
 	port, _ := eps[0].(map[string]any)["port"].(string)
 	for _, o := range b.objects {
-		if o.kind != kind {
+		if o.kind != kind || !inNamespace(o.namespace) {
 			continue
 		}
 		y, err := yaml.Marshal(o.obj)
