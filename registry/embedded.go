@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -49,6 +50,9 @@ type Embedded struct {
 	clientAddr, peerAddr string
 	joined               bool
 	etcd                 *embed.Etcd // nil when joined
+	// closing is set when Close begins: etcd's errors about its listeners closing are then
+	// logged at debug (newZapLoggerClosing).
+	closing *atomic.Bool
 
 	closeOnce sync.Once
 }
@@ -95,7 +99,8 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{purl}, []url.URL{purl}
 	ec.InitialCluster = ec.InitialClusterFromName(cfg.Name)
 	ec.Logger = "zap"
-	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newZapLogger(cfg.Log))
+	closing := new(atomic.Bool)
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newZapLoggerClosing(cfg.Log, closing))
 
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
@@ -112,7 +117,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		e.Close()
 		return nil, fmt.Errorf("registry: embedded etcd not ready after %v", embeddedStartTimeout)
 	}
-	return &Embedded{clientAddr: clientAddr, peerAddr: peerAddr, etcd: e}, nil
+	return &Embedded{clientAddr: clientAddr, peerAddr: peerAddr, etcd: e, closing: closing}, nil
 }
 
 // Endpoints returns the client URLs to give NewClient.
@@ -133,6 +138,7 @@ func (e *Embedded) Joined() bool { return e.joined }
 func (e *Embedded) Close() error {
 	e.closeOnce.Do(func() {
 		if e.etcd != nil {
+			e.closing.Store(true)
 			e.etcd.Close()
 		}
 	})
