@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -89,10 +90,17 @@ func TestJWKSFlagsRefused(t *testing.T) {
 	}{
 		"no issuer":  {[]string{"--api-jwks-url", "https://idp.example.com/keys"}, "Issuer is required"},
 		"plain http": {[]string{"--api-jwks-url", "http://idp.example.com/keys", "--api-jwks-issuer", "i"}, "must be https"},
+		// Without a key set they were ignored: the provider's tokens were refused (401) and
+		// nothing said why.
+		"issuer without keys":   {[]string{"--api-jwks-issuer", "https://idp.example.com"}, "need --api-jwks-url or --api-jwks-file"},
+		"audience without keys": {[]string{"--api-jwks-audience", "kas"}, "need --api-jwks-url or --api-jwks-file"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			args, _ := gitlabModeArgs(t, auth.NewSecret(), auth.NewSecret())
-			err := run(t.Context(), append(args, tc.args...))
+			// Bounded: a kasd that accepts the flags runs until its context ends.
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			err := run(ctx, append(args, tc.args...))
 			if err == nil || !strings.Contains(err.Error(), tc.msg) || !strings.Contains(err.Error(), "--api-jwks") {
 				t.Fatalf("run = %v, want %q", err, tc.msg)
 			}

@@ -179,10 +179,20 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),  // negative: the system default
 		o.fleet.validate(),
 		listenAddressesSet(fs, "agent-listen", "api-listen", "observability-listen", "peer-listen"),
+		o.jwksNeedsKeys(),
 	); err != nil {
 		return nil, err
 	}
 	return o, nil
+}
+
+// jwksNeedsKeys refuses --api-jwks-issuer or --api-jwks-audience without a key set to check
+// tokens with: they were ignored, and the provider's tokens refused (401) with nothing saying why.
+func (o *options) jwksNeedsKeys() error {
+	if (o.apiJWKSIssuer != "" || o.apiJWKSAudience != "") && o.apiJWKSFile == "" && o.apiJWKSURL == "" {
+		return errors.New("--api-jwks-issuer and --api-jwks-audience need --api-jwks-url or --api-jwks-file")
+	}
+	return nil
 }
 
 // listenAddressesSet refuses an empty listen address: net.Listen reads "" as a random port on
