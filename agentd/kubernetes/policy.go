@@ -189,7 +189,7 @@ func requestVerb(method, reqPath string, query url.Values) string {
 	}
 	switch m {
 	case "get", "head":
-		if watchPrefix || isWatch(query.Get("watch")) {
+		if watchPrefix || isWatch(query) {
 			return "watch"
 		}
 		if collection {
@@ -211,12 +211,15 @@ func requestVerb(method, reqPath string, query url.Values) string {
 	return m // options
 }
 
-// isWatch reads the watch parameter the way the API server does (apimachinery's bool
-// conversion): any value but "", "false" and "0" (case-insensitive) asks for a watch.
-func isWatch(v string) bool {
-	switch strings.ToLower(v) {
-	case "", "false", "0":
+// isWatch reads the watch parameter the way the API server does (apimachinery's
+// Convert_Slice_string_To_bool, by which both its RequestInfo and its list handler decode
+// ListOptions): absent, or a first value of "0" or "false" (any case), is no watch; any other
+// value asks for one, the empty value included ("?watch", "?watch="), which the API server
+// streams as a watch.
+func isWatch(query url.Values) bool {
+	vs := query["watch"]
+	if len(vs) == 0 {
 		return false
 	}
-	return true
+	return vs[0] != "0" && !strings.EqualFold(vs[0], "false")
 }

@@ -6,6 +6,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	metainternalversion "k8s.io/apimachinery/pkg/apis/meta/internalversion"
+	metainternalversionscheme "k8s.io/apimachinery/pkg/apis/meta/internalversion/scheme"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 func TestRequestVerb(t *testing.T) {
@@ -25,11 +29,14 @@ func TestRequestVerb(t *testing.T) {
 		{"GET", "/api/v1/namespaces/default/pods", "", "list"},
 		{"GET", "/api/v1/namespaces/default/pods", "watch=true", "watch"},
 		{"GET", "/api/v1/namespaces/default/pods", "watch=1", "watch"},
-		// The API server treats any value but "", false and 0 as a watch; so must the policy.
+		// The API server treats any value but false and 0 as a watch, the empty one included;
+		// so must the policy (TestRequestVerbWatchAsAPIServerDecodes).
 		{"GET", "/api/v1/namespaces/default/pods", "watch=yes", "watch"},
 		{"GET", "/api/v1/namespaces/default/pods", "watch=True", "watch"},
 		{"GET", "/api/v1/namespaces/default/pods", "watch=false", "list"},
 		{"GET", "/api/v1/namespaces/default/pods", "watch=0", "list"},
+		{"GET", "/api/v1/namespaces/default/pods", "watch", "watch"},
+		{"GET", "/api/v1/namespaces/default/pods", "watch=", "watch"},
 		{"GET", "/api/v1/watch/namespaces/default/pods", "", "watch"},
 		{"GET", "/api/v1/namespaces/default/pods/p1", "", "get"},
 		{"GET", "/api/v1/namespaces/default/pods/p1/log", "follow=true", "get"},
@@ -52,6 +59,32 @@ func TestRequestVerb(t *testing.T) {
 		q, _ := url.ParseQuery(tc.query)
 		if got := requestVerb(tc.method, tc.path, q); got != tc.want {
 			t.Errorf("requestVerb(%s %s?%s) = %q, want %q", tc.method, tc.path, tc.query, got, tc.want)
+		}
+	}
+}
+
+// A GET of a collection is a watch exactly when the API server decodes its query as one: its
+// RequestInfo (which RBAC authorizes) and its list handler read ListOptions with
+// metainternalversionscheme.ParameterCodec. "?watch" and "?watch=" are watches there; the policy
+// called them lists, and a policy allowing list but not watch let them stream.
+func TestRequestVerbWatchAsAPIServerDecodes(t *testing.T) {
+	for _, q := range []string{"", "watch", "watch=", "watch=true", "watch=1", "watch=yes", "watch=True", "watch=false", "watch=FALSE", "watch=0",
+		"watch=&watch=false", "watch=false&watch=1", "watch=%20", "labelSelector=a&watch"} {
+		v, err := url.ParseQuery(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// As the API server's RequestInfoFactory decodes it.
+		var opts metainternalversion.ListOptions
+		if err := metainternalversionscheme.ParameterCodec.DecodeParameters(v, metav1.SchemeGroupVersion, &opts); err != nil {
+			t.Fatalf("%q: %v", q, err)
+		}
+		want := "list"
+		if opts.Watch {
+			want = "watch"
+		}
+		if got := requestVerb("GET", "/api/v1/namespaces/team-a/pods", v); got != want {
+			t.Errorf("GET pods?%s: verb %q, but the API server decodes watch=%v (%s)", q, got, opts.Watch, want)
 		}
 	}
 }
