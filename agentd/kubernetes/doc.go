@@ -90,7 +90,8 @@
 //
 //   - agentd_kubernetes_requests_total{verb,code}: requests by Kubernetes verb (get, list, watch,
 //     create, update, patch, delete, deletecollection; lower-case method for non-resource paths;
-//     "other" for methods outside HTTP's usual set) and HTTP status (101 for upgrades).
+//     "other" for methods outside HTTP's usual set) and HTTP status (101 for upgrades); a
+//     response cut after its head (a watch its client left) counts with the status it was sent.
 //   - agentd_kubernetes_policy_denied_total{reason}: requests refused by the Policy; reason is
 //     "path", "verb" or "path_not_canonical".
 package kubernetes

@@ -218,16 +218,24 @@ func (s *Service) ServeService(w http.ResponseWriter, r *http.Request, req *api.
 	if req == nil {
 		req = &api.Request{}
 	}
+	// Counted in a defer: a response cut after its head (a watch whose client went away, an
+	// API server that ended it early) is aborted with panic(http.ErrAbortHandler), by forward
+	// and by ReverseProxy, and the stream is reset by whoever recovers it.
 	var status int
+	var rec *httpstream.StatusRecorder
+	defer func() {
+		if rec != nil {
+			status = rec.Status()
+		}
+		s.m.requests.WithLabelValues(verb, strconv.Itoa(status)).Inc()
+	}()
 	if httpstream.IsUpgrade(r) {
 		r = r.WithContext(context.WithValue(r.Context(), requestKey{}, req))
-		rec := &httpstream.StatusRecorder{ResponseWriter: w}
+		rec = &httpstream.StatusRecorder{ResponseWriter: w}
 		s.proxy.ServeHTTP(rec, r)
-		status = rec.Status()
 	} else {
-		status = s.forward(w, r, req)
+		s.forward(w, r, req, &status)
 	}
-	s.m.requests.WithLabelValues(verb, strconv.Itoa(status)).Inc()
 }
 
 // forward proxies a request that is not an upgrade and returns the status sent. It is the
@@ -237,8 +245,9 @@ func (s *Service) ServeService(w http.ResponseWriter, r *http.Request, req *api.
 // response copied with a pooled buffer. httputil.ReverseProxy, which it replaces here, cloned
 // the request and its headers and allocated a 32 KiB copy buffer per response: a third of the
 // service's cost per request (BenchmarkServeService). The headers are those rewrite leaves:
-// the agent's credentials come from the transport, impersonation from req only.
-func (s *Service) forward(w http.ResponseWriter, r *http.Request, req *api.Request) int {
+// the agent's credentials come from the transport, impersonation from req only. It sets
+// *status to the status sent as soon as it is known: a response cut after its head aborts.
+func (s *Service) forward(w http.ResponseWriter, r *http.Request, req *api.Request, status *int) {
 	h := r.Header
 	outgoingHeader(h, req)
 	// Built here and copied once by WithContext: not allocated twice.
@@ -260,9 +269,11 @@ func (s *Service) forward(w http.ResponseWriter, r *http.Request, req *api.Reque
 	out := o.WithContext(r.Context())
 	resp, err := s.transport.RoundTrip(out)
 	if err != nil {
-		return s.proxyError(w, r, req, err)
+		*status = s.proxyError(w, r, req, err)
+		return
 	}
 	defer resp.Body.Close()
+	*status = resp.StatusCode
 	rh := w.Header()
 	for k, vs := range resp.Header {
 		rh[k] = vs
@@ -290,17 +301,17 @@ func (s *Service) forward(w http.ResponseWriter, r *http.Request, req *api.Reque
 				Msg("kubernetes API server response cut")
 		}
 		if r.Context().Value(http.ServerContextKey) != nil {
-			// Served by net/http, not a stream (tests, embedders): abort the response as
-			// ReverseProxy does, so that it cannot pass for a complete one.
+			// Served by net/http or by agentd (httpstream.NewRequest sets the key too): abort
+			// the response as ReverseProxy does, so that it cannot pass for a complete one;
+			// whoever recovers it resets the stream or the connection. ServeService counts it.
 			panic(http.ErrAbortHandler)
 		}
 		httpstream.WriteError(w, api.Errorf(api.CodeAgentFailed, "the Kubernetes API server's response was cut")) // resets: head sent
-		return resp.StatusCode
+		return
 	}
 	for k, vs := range resp.Trailer {
 		rh[http.TrailerPrefix+k] = vs
 	}
-	return resp.StatusCode
 }
 
 // hopHeaders are the hop-by-hop response headers (RFC 9110 7.6.1) that an HTTP/1.1 API server

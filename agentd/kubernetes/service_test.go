@@ -3,6 +3,7 @@ package kubernetes_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -278,6 +279,32 @@ func TestWatchStreams(t *testing.T) {
 	if _, err := br.ReadString('\n'); !errors.Is(err, io.EOF) {
 		t.Fatalf("after the watch ended: %v", err)
 	}
+}
+
+// A watch whose client goes away is counted in agentd_kubernetes_requests_total, with the
+// status it was sent. forward aborts such a response (panic(http.ErrAbortHandler), on agentd's
+// streams as under net/http), and the count after it was skipped: watches ended by their
+// clients, the usual end of a watch, were never counted.
+func TestCanceledWatchIsCounted(t *testing.T) {
+	st := newStandin(t)
+	f := newFront(t, st.RESTConfig(), nil, &api.Request{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", f.URL+"/api/v1/namespaces/default/pods?watch=true", nil)
+	c := &http.Client{}
+	defer c.CloseIdleConnections()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	resp.Body.Close()
+	waitFor(t, func() bool {
+		return value(t, f.reg, "agentd_kubernetes_requests_total", map[string]string{"verb": "watch", "code": "200"}) == 1
+	}, "the canceled watch to be counted")
 }
 
 func TestPolicy(t *testing.T) {
