@@ -259,6 +259,10 @@ func (a *Agent) checkRequest(set *serviceSet, req *api.Request) *api.Error {
 		refusal = a.unknownService(req.Service) // service.go: lists what the agent offers
 	case !req.Deadline.IsZero() && !time.Now().Before(req.Deadline):
 		refusal = api.Errorf(api.CodeDeadlineExceeded, "deadline passed before the agent received the request")
+	default:
+		if c, ok := set.lookup(req.Service).handler.(RequestChecker); ok {
+			refusal = c.CheckRequest(req)
+		}
 	}
 	if refusal != nil {
 		a.m.rejections.WithLabelValues(refusal.Code.String()).Inc()

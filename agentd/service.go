@@ -24,6 +24,15 @@ type ServiceHandler interface {
 	ServeService(w http.ResponseWriter, r *http.Request, req *api.Request)
 }
 
+// RequestChecker is implemented by a ServiceHandler that refuses some requests from their head
+// alone (the kubernetes service's policy). The agent asks it before it accepts the stream: a
+// request with a body larger than kasd's replay buffer is accepted before the handler runs, and
+// after that an error frame is no longer a refusal but a protocol error (api/SPEC.md), which
+// kasd answers 502. A non-nil result is sent as the refusal; the handler never sees the request.
+type RequestChecker interface {
+	CheckRequest(req *api.Request) *api.Error
+}
+
 // service is one service the agent offers.
 type service struct {
 	name    string

@@ -406,6 +406,48 @@ func TestKubernetesStatusErrors(t *testing.T) {
 	}
 }
 
+// TestKubernetesPolicyDenialLargeBody: a request the agent's policy denies is answered 403
+// whatever its body. One whose body is larger than kasd's replay buffer, or chunked, is accepted
+// by agentd before the service runs, and the policy's error frame after accepted was a protocol
+// error: the client got 502 InternalError "forbidden error frame after the request was
+// accepted" (known length) or a connection reset (chunked).
+func TestKubernetesPolicyDenialLargeBody(t *testing.T) {
+	e, st := kubeErrEnv(t)
+	tok := e.token(func(c *auth.ClientClaims) { c.Agents = []string{"beta"} })
+	for _, tc := range []struct {
+		name string
+		size int
+		te   bool // chunked
+	}{{"small", 1000, false}, {"large", 200 << 10, false}, {"chunked", 200 << 10, true}} {
+		// Larger than the replay buffer (64 KiB), within what net/http drains after an early
+		// answer (256 KiB): a larger upload still running at full speed when kasd answers may be
+		// reset by net/http's close, a matter of kasd's HTTP server, not of the policy.
+		t.Run(tc.name, func(t *testing.T) {
+			var body io.Reader = strings.NewReader(strings.Repeat("x", tc.size))
+			if tc.te {
+				body = io.MultiReader(body) // unknown length: chunked
+			}
+			before := len(st.Requests())
+			req, _ := http.NewRequest("POST", e.url("/api/v1/agents/beta/proxy/kubernetes/api/v1/namespaces/locked/configmaps"), body)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := e.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := readAll(t, resp)
+			var status metav1.Status
+			if err := json.Unmarshal([]byte(got), &status); err != nil || resp.StatusCode != 403 || status.Reason != metav1.StatusReasonForbidden ||
+				resp.Header.Get("Qkas-Error") != "forbidden" || !strings.Contains(status.Message, "kubernetes policy does not allow create") {
+				t.Errorf("%d %s %s, want 403 Forbidden from the policy", resp.StatusCode, resp.Header.Get("Qkas-Error"), got)
+			}
+			if len(st.Requests()) != before {
+				t.Error("a denied request reached the API server")
+			}
+		})
+	}
+}
+
 // TestKubernetesPathErrors: the errors kasd answers from the path alone, before any target is
 // resolved — dot segments, a malformed proxy path, a Kubernetes path sent to kasd's root — are
 // Statuses (text on discovery paths) when the path names the kubernetes service or is a

@@ -30,7 +30,9 @@
 //     Impersonate-* headers before they reach the agent.
 //   - Policy: with a Policy, a request is served only if one of its rules allows the request's
 //     path and Kubernetes verb; otherwise it is answered 403 with api.CodeForbidden and a reason
-//     and never reaches the API server. Paths are matched on the decoded path, which is what the
+//     and never reaches the API server. agentd applies it to the stream's head before it accepts
+//     the stream (CheckRequest, agentd.RequestChecker), so that the denial is a refusal whatever
+//     the request's body: after accepted, an error frame is a protocol error (api/SPEC.md). Paths are matched on the decoded path, which is what the
 //     API server authorizes; a path with "." or ".." segments or empty segments is denied, so a
 //     prefix rule cannot be escaped. Without a Policy everything the agent's identity may do (by
 //     the cluster's RBAC) is allowed.

@@ -206,13 +206,40 @@ func outgoingHeader(h http.Header, req *api.Request) {
 
 type requestKey struct{}
 
-// ServeService proxies one request. req is the stream's accepted Request frame.
+// CheckRequest applies the Policy to a request head before agentd accepts the stream
+// (agentd.RequestChecker): a denied request is refused there, with a 403 that reaches the client
+// whatever its body. Once a request with a large body is accepted, an error frame is no longer
+// a refusal (api/SPEC.md), and kasd answered such a denial 502 agent_failed. A target that does
+// not parse is left to the agent's own refusal.
+func (s *Service) CheckRequest(f *api.Request) *api.Error {
+	if s.policy == nil {
+		return nil
+	}
+	u, err := url.ParseRequestURI(f.Target)
+	if err != nil {
+		return nil
+	}
+	return s.check(requestVerb(f.Method, u.Path, u.Query()), u.Path)
+}
+
+// check applies the Policy (if any) to a request for the decoded path reqPath with verb, and
+// counts a denial.
+func (s *Service) check(verb, reqPath string) *api.Error {
+	d := s.policy.decide(reqPath, verb)
+	if d == allowed {
+		return nil
+	}
+	s.m.denied.WithLabelValues(string(d)).Inc()
+	s.m.requests.WithLabelValues(verb, strconv.Itoa(api.CodeForbidden.HTTPStatus())).Inc()
+	return api.Errorf(api.CodeForbidden, "the agent's kubernetes policy does not allow %s %s (%s)", verb, reqPath, denialReason(d))
+}
+
+// ServeService proxies one request. req is the stream's accepted Request frame. Under agentd the
+// Policy was applied by CheckRequest already; it is applied again here for other callers.
 func (s *Service) ServeService(w http.ResponseWriter, r *http.Request, req *api.Request) {
 	verb := requestVerb(r.Method, r.URL.Path, r.URL.Query())
-	if d := s.policy.decide(r.URL.Path, verb); d != allowed {
-		s.m.denied.WithLabelValues(string(d)).Inc()
-		s.m.requests.WithLabelValues(verb, strconv.Itoa(api.CodeForbidden.HTTPStatus())).Inc()
-		httpstream.WriteError(w, api.Errorf(api.CodeForbidden, "the agent's kubernetes policy does not allow %s %s (%s)", verb, r.URL.Path, denialReason(d)))
+	if e := s.check(verb, r.URL.Path); e != nil {
+		httpstream.WriteError(w, e)
 		return
 	}
 	if req == nil {
@@ -238,15 +265,15 @@ func (s *Service) ServeService(w http.ResponseWriter, r *http.Request, req *api.
 	}
 }
 
-// forward proxies a request that is not an upgrade and returns the status sent. It is the
+// forward proxies a request that is not an upgrade and sets *status to the status sent. It is the
 // kubernetes service's hot path and does what urlService does for any other service: one
 // outgoing request built from the incoming one (whose head agentd owns: kasd already removed
 // hop-by-hop headers and set X-Forwarded-*), the round trip on the calling goroutine, the
 // response copied with a pooled buffer. httputil.ReverseProxy, which it replaces here, cloned
 // the request and its headers and allocated a 32 KiB copy buffer per response: a third of the
 // service's cost per request (BenchmarkServeService). The headers are those rewrite leaves:
-// the agent's credentials come from the transport, impersonation from req only. It sets
-// *status to the status sent as soon as it is known: a response cut after its head aborts.
+// the agent's credentials come from the transport, impersonation from req only. *status is set
+// as soon as the status is known: a response cut after its head aborts (panics).
 func (s *Service) forward(w http.ResponseWriter, r *http.Request, req *api.Request, status *int) {
 	h := r.Header
 	outgoingHeader(h, req)
