@@ -271,8 +271,10 @@ type clientBodyError struct{ err error }
 func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
 func (e *clientBodyError) Unwrap() error { return e.err }
 
-// RemoteError: the peer answered the request with an Error frame before any response: it did
-// not process the request. Retry decides what may be done with it.
+// RemoteError: the peer answered the request with an Error frame before any response: a
+// refusal, or after Accepted its final answer. Only the codes that say the request was not
+// processed (not_holder, shutting_down, agent_not_connected), never sent after Accepted, let
+// it go elsewhere; retry decides by the code.
 type RemoteError struct{ Err *api.Error }
 
 func (e *RemoteError) Error() string { return e.Err.Error() }
@@ -282,10 +284,11 @@ func (e *RemoteError) Unwrap() error { return e.Err }
 // head has arrived. frame.Flags need not carry FlagBody or FlagGated: RoundTrip sets them. The
 // caller's frame is not modified.
 //
-// Errors: *RemoteError for a refusal (an Error frame, or a reset with StreamCodeRefused), else
-// an *api.Error: deadline_exceeded (header timeout, request deadline), client_canceled (ctx
-// canceled), bad_request (the client's body could not be read), protocol_error (a malformed or
-// oversized head, too many 1xx responses), agent_failed (the stream or connection broke).
+// Errors: *RemoteError for the peer's Error frame (a refusal, or after Accepted its final
+// answer) or a reset with StreamCodeRefused, else an *api.Error: deadline_exceeded (header
+// timeout, request deadline), client_canceled (ctx canceled), bad_request (the client's body
+// could not be read), protocol_error (a malformed or oversized head, too many 1xx responses, a
+// "not processed" Error frame after Accepted), agent_failed (the stream or connection broke).
 //
 // The response body ends the exchange: read to EOF it closes the stream cleanly; closed early,
 // or on ctx's end, it resets it. A 101 response to an upgrade request has a body that is an
@@ -417,8 +420,12 @@ func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Res
 		case *api.Error:
 			if accepted {
 				// A refusal can no longer come (api/SPEC.md): taken as one, it would send a
-				// request the acceptor may have processed to another holder.
-				return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: fmt.Sprintf("%s error frame after the request was accepted", m.Code), Err: api.ErrUnexpectedFrame})
+				// request the acceptor may have processed to another holder. Any other error
+				// is the request's final answer (its service failed before a response head:
+				// unreachable, timed out), as it is before accepted.
+				if notProcessed(m.Code) {
+					return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: fmt.Sprintf("%s error frame after the request was accepted", m.Code), Err: api.ErrUnexpectedFrame})
+				}
 			}
 			x.finish(false)
 			return nil, &RemoteError{Err: m}
@@ -449,6 +456,16 @@ func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Res
 			return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: fmt.Sprintf("unexpected %s frame before the response", m.Type()), Err: api.ErrUnexpectedFrame})
 		}
 	}
+}
+
+// notProcessed reports whether an error frame with code c says that the request was not
+// processed (api/SPEC.md), which an acceptor that accepted it can no longer say.
+func notProcessed(c api.Code) bool {
+	switch c {
+	case api.CodeNotHolder, api.CodeShuttingDown, api.CodeAgentNotConnected:
+		return true
+	}
+	return false
 }
 
 // ErrTooManyInformational: the peer sent more than api.MaxInformational 1xx responses.

@@ -783,7 +783,36 @@ func TestHeadOverLimitsStreamedBodyNotReset(t *testing.T) {
 	}
 }
 
-// An error frame after accepted breaks the protocol (a refusal can no longer come): kasd does
+// A service the agent cannot reach is answered 502 service_unavailable whatever the request's
+// body. One larger than the replay buffer, or chunked, is accepted by agentd before the service
+// runs, and the agent's error frame after accepted was taken for a protocol error: 502
+// agent_failed "service_unavailable error frame after the request was accepted". It is the
+// request's final answer (api/SPEC.md), sent to no other holder.
+func TestServiceErrorAfterAcceptedIsTheAnswer(t *testing.T) {
+	e := newEnv(t)
+	down := httptest.NewServer(http.NotFoundHandler())
+	svcURL := down.URL
+	down.Close()
+	waitConnected(t, e.startAgent("alpha", "pod-1", map[string]string{"web": svcURL}), 1)
+	for _, tc := range []struct {
+		name    string
+		size    int
+		chunked bool
+	}{{"small", 1000, false}, {"large", 200 << 10, false}, {"chunked", 200 << 10, true}} {
+		var body io.Reader = strings.NewReader(strings.Repeat("x", tc.size))
+		if tc.chunked {
+			body = io.MultiReader(body)
+		}
+		resp := e.do("POST", "/api/v1/agents/alpha/proxy/web/upload", body)
+		got := readAll(t, resp)
+		if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(api.HeaderError) != "service_unavailable" {
+			t.Errorf("%s: %d %q %s; want 502 service_unavailable", tc.name, resp.StatusCode, resp.Header.Get(api.HeaderError), got)
+		}
+	}
+}
+
+// A not_holder error frame after accepted breaks the protocol (a refusal can no longer come;
+// other codes are the request's answer, TestServiceErrorAfterAcceptedIsTheAnswer): kasd does
 // not take it for a refusal, so a POST the agent may have processed is not sent to another
 // holder; the client gets a 502 naming the agent. A second accepted frame is refused the same
 // way.

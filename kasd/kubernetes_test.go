@@ -448,6 +448,30 @@ func TestKubernetesPolicyDenialLargeBody(t *testing.T) {
 	}
 }
 
+// TestKubernetesAPIServerDownLargeBody: a request whose body is larger than kasd's replay
+// buffer (so agentd accepts it before the service runs) and that the agent cannot deliver to the
+// API server gets the same answer as a small one, 502 service_unavailable with the agent's
+// cause. The agent's error frame after accepted was taken for a protocol error: 502 agent_failed
+// "service_unavailable error frame after the request was accepted".
+func TestKubernetesAPIServerDownLargeBody(t *testing.T) {
+	e, _ := kubeErrEnv(t)
+	tok := e.token(func(c *auth.ClientClaims) { c.Agents = []string{"gamma"} })
+	for _, size := range []int{1000, 200 << 10} {
+		req, _ := http.NewRequest("POST", e.url("/api/v1/agents/gamma/proxy/kubernetes/api/v1/namespaces/default/configmaps"), strings.NewReader(strings.Repeat("x", size)))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := readAll(t, resp)
+		var status metav1.Status
+		if err := json.Unmarshal([]byte(got), &status); err != nil || resp.StatusCode != 502 || resp.Header.Get("Qkas-Error") != "service_unavailable" ||
+			!strings.Contains(status.Message, "the Kubernetes API server could not be reached by the agent: connection refused") {
+			t.Errorf("%d-byte body: %d %s %s, want 502 service_unavailable", size, resp.StatusCode, resp.Header.Get("Qkas-Error"), got)
+		}
+	}
+}
+
 // TestKubernetesPathErrors: the errors kasd answers from the path alone, before any target is
 // resolved — dot segments, a malformed proxy path, a Kubernetes path sent to kasd's root — are
 // Statuses (text on discovery paths) when the path names the kubernetes service or is a
