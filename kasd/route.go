@@ -232,9 +232,9 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 	}
 	s.observeWait(waitFrom)
 	if lastErr != nil {
-		if errors.Is(lastErr, errNotSent) {
-			// Every attempt failed before the request reached an agent, and no other holder
-			// appeared: the agent is unreachable, and the request was not processed, so the
+		if errors.Is(lastErr, errNotSent) && api.CodeOf(lastErr) == api.CodeAgentFailed && !misconfigured(lastErr) {
+			// Every attempt failed before the request reached an agent (its connection or the
+			// link to its holder lost), and no other holder appeared: the agent is unreachable, and the request was not processed, so the
 			// client may send it again, whatever its method (503 with Retry-After, not the
 			// 502 of a request that may have been executed).
 			s.m.limitRejections.WithLabelValues("route_timeout").Inc()
@@ -246,6 +246,18 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 	}
 	s.m.limitRejections.WithLabelValues("route_timeout").Inc()
 	return routeResult{route: lastRoute}, &api.Error{Code: api.CodeAgentNotConnected, Message: "agent " + tgt.agentID + " is not connected", RetryAfter: time.Second}
+}
+
+// misconfigured reports whether err says a holder refused this kasd for what it is, not for a
+// moment (a peer that refused its handshake: another fleet, another peer secret, another
+// protocol version): a lasting fault of the deployment, 502, not an unreachable agent.
+func misconfigured(err error) bool {
+	for _, c := range [...]api.Code{api.CodeUnauthenticated, api.CodeForbidden, api.CodeUnsupportedVersion, api.CodeProtocol} {
+		if hasCode(err, c) {
+			return true
+		}
+	}
+	return false
 }
 
 func retryReason(err error) string {
