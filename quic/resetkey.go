@@ -1,7 +1,9 @@
 package quic
 
 import (
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +12,29 @@ import (
 
 	quicgo "github.com/quic-go/quic-go"
 )
+
+// resetKeyInfo labels the stateless reset key derived from a shared secret.
+const resetKeyInfo = "qkas stateless reset key v1"
+
+// DeriveStatelessResetKey derives a stateless reset key from secret, a secret that every
+// replica of a fleet shares (kasd's peer secret), with HKDF-SHA256 under a label of its own,
+// so the key reveals nothing of the secret. Replicas with the same key answer each other's
+// connections with a stateless reset (RFC 9000 §10.3: servers behind one load balancer share
+// the static key): when a kasd dies and the load balancer sends its agents' packets to
+// another replica, that replica resets them at once, where with a key of its own it dropped
+// them and the agent waited for its idle timeout.
+func DeriveStatelessResetKey(secret []byte) (*quicgo.StatelessResetKey, error) {
+	if len(secret) < 32 {
+		return nil, fmt.Errorf("stateless reset key: the secret has %d bytes, want at least 32", len(secret))
+	}
+	b, err := hkdf.Key(sha256.New, secret, nil, resetKeyInfo, len(quicgo.StatelessResetKey{}))
+	if err != nil {
+		return nil, fmt.Errorf("stateless reset key: %w", err)
+	}
+	var k quicgo.StatelessResetKey
+	copy(k[:], b)
+	return &k, nil
+}
 
 // LoadOrCreateStatelessResetKey returns the stateless reset key stored at path, creating it
 // (32 random bytes, mode 0600) if the file does not exist. The key must stay the same across

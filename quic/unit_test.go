@@ -242,3 +242,20 @@ func TestClientTLSConfig(t *testing.T) {
 		t.Errorf("ClientTLSConfig = %+v, %v", c, err)
 	}
 }
+
+func TestDeriveStatelessResetKey(t *testing.T) {
+	s1 := bytes.Repeat([]byte("a"), 32)
+	s2 := bytes.Repeat([]byte("b"), 32)
+	k1, err := DeriveStatelessResetKey(s1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1b, _ := DeriveStatelessResetKey(s1)
+	k2, _ := DeriveStatelessResetKey(s2)
+	if *k1 != *k1b || *k1 == *k2 || bytes.Equal(k1[:], s1) {
+		t.Errorf("derived keys: same secret equal %v, other secret differs %v, not the secret %v", *k1 == *k1b, *k1 != *k2, !bytes.Equal(k1[:], s1))
+	}
+	if _, err := DeriveStatelessResetKey(s1[:16]); err == nil {
+		t.Error("a 16-byte secret was accepted")
+	}
+}

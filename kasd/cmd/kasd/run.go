@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	quicgo "github.com/quic-go/quic-go"
+	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/qkas/qkas/api"
@@ -100,7 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.agentListenTCP, "agent-listen-tcp", "", "TCP address for agents whose UDP is blocked (QUIC carried over TLS/TCP, docs/transport.md); default: the host and port number of --agent-listen; \"off\" disables")
 	fs.StringVar(&o.apiListen, "api-listen", ":8151", "TCP address for the client HTTP API")
 	fs.StringVar(&o.observabilityListen, "observability-listen", ":8153", "TCP address for /metrics, /healthz and /readyz")
-	fs.StringVar(&o.dataDir, "data-dir", "./kasd-data", "directory for generated state: development CA and certificate, stateless reset key")
+	fs.StringVar(&o.dataDir, "data-dir", "./kasd-data", "directory for generated state: development CA and certificate, stateless reset key (derived from --peer-secret-file instead when one is given)")
 	fs.StringVar(&o.instanceID, "instance-id", "", "this kasd's instance id (default: host name plus a random suffix)")
 	fs.StringVar(&o.agentTokensFile, "agent-tokens-file", "", "YAML file 'agents: [{id, token_sha256}]' of accepted agent tokens (standalone mode)")
 	fs.StringVar(&o.apiJWTSecretFile, "api-jwt-secret-file", "", "base64 secret (>= 32 bytes decoded) that signs client JWTs (HS256, aud gitlab-kas)")
@@ -238,7 +240,7 @@ func run(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
-	resetKey, err := quic.LoadOrCreateStatelessResetKey(filepath.Join(o.dataDir, "stateless-reset.key"))
+	resetKey, err := statelessResetKey(o, log)
 	if err != nil {
 		return err
 	}
@@ -501,4 +503,20 @@ func checkSecretsDiffer(o *options, apiKey []byte) error {
 			"give the client API its own (kasctl secret -o FILE), or pass --allow-shared-secret to accept the risk")
 	}
 	return nil
+}
+
+// statelessResetKey is the key of kasd's agent listeners. In a fleet whose replicas share a
+// --peer-secret-file it is derived from that secret, so every replica resets the connections of
+// the others (an agent whose kasd died is reset by the replica its packets reach next, and
+// reconnects at once); otherwise it is generated once in --data-dir and kept across restarts.
+func statelessResetKey(o *options, log zerolog.Logger) (*quicgo.StatelessResetKey, error) {
+	if o.fleet.enabled && o.fleet.peerSecretFile != "" {
+		secret, err := auth.ReadSecretFile(o.fleet.peerSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("--peer-secret-file: %w", err)
+		}
+		log.Debug().Msg("stateless reset key derived from --peer-secret-file: shared by the fleet's replicas")
+		return quic.DeriveStatelessResetKey(secret)
+	}
+	return quic.LoadOrCreateStatelessResetKey(filepath.Join(o.dataDir, "stateless-reset.key"))
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/qkas/qkas/auth"
 	"github.com/qkas/qkas/kasd"
 )
@@ -232,5 +234,48 @@ func TestEmptyListenAddressRefused(t *testing.T) {
 		if _, err := parseFlags([]string{"--" + name, "127.0.0.1:0"}, io.Discard); err != nil {
 			t.Errorf("--%s 127.0.0.1:0: %v", name, err)
 		}
+	}
+}
+
+// The replicas of a fleet given one --peer-secret-file share their stateless reset key (each its
+// own --data-dir), so that the replica a dead kasd's agents reach next resets their connections
+// at once; without a shared secret (or without a fleet) each data dir keeps a key of its own,
+// the same across restarts.
+func TestStatelessResetKeySharedByFleet(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "peer.secret")
+	if err := os.WriteFile(secret, []byte(auth.NewSecret()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := func(args ...string) [32]byte {
+		t.Helper()
+		o, err := parseFlags(append([]string{"--data-dir", t.TempDir()}, args...), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := statelessResetKey(o, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *k
+	}
+	a, b := key("--peer-secret-file", secret), key("--peer-secret-file", secret)
+	if a != b {
+		t.Error("two replicas with the same --peer-secret-file have different stateless reset keys")
+	}
+	if c := key("--peer-secret-file", secret, "--fleet=false"); c == a {
+		t.Error("a standalone kasd took its reset key from a peer secret it does not use")
+	}
+	if key() == key() {
+		t.Error("two data dirs without a shared secret have the same reset key")
+	}
+	dir := t.TempDir()
+	o, err := parseFlags([]string{"--data-dir", dir}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, _ := statelessResetKey(o, zerolog.Nop())
+	k2, _ := statelessResetKey(o, zerolog.Nop())
+	if *k1 != *k2 {
+		t.Error("a data dir's reset key changed across restarts")
 	}
 }
