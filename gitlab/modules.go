@@ -263,6 +263,15 @@ func (c *Client) rewriteModule(pr *httputil.ProxyRequest) {
 	// GitLab authenticates kas requests by the JWT and the agent token only; an agent's
 	// request must not ride on a user's session.
 	h.Del("Cookie")
+	// GitLab does not honour Idempotency-Key, but Go's transport takes a body-less request
+	// that carries it as replayable and sends it again when a reused connection fails before
+	// any response byte: a POST would run twice. Only safe methods are ever repeated.
+	switch out.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+	default:
+		h.Del("Idempotency-Key")
+		h.Del("X-Idempotency-Key")
+	}
 	// Authorization and the agent token headers are replaced, never passed on: GitLab would
 	// act on a token the caller put there, whoever's it is.
 	setAgentToken(h, route.token)

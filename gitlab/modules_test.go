@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"runtime"
 	"strings"
 	"sync"
@@ -534,5 +535,58 @@ func TestModuleAbortedResponseCounted(t *testing.T) {
 	}
 	if n := e.eventuallyCounter(t, "kasd_gitlab_requests_total", map[string]string{"endpoint": "modules", "code": "200"}, 2); n != 2 {
 		t.Errorf("requests_total{modules,200} = %v, want 2", n)
+	}
+}
+
+// A caller's Idempotency-Key does not make a module POST replayable: GitLab does not honour the
+// header, and Go's transport resends a request that carries it (and no body) when a reused
+// connection fails before any response byte, so GitLab ran it twice.
+func TestModulePostNotReplayedForIdempotencyKey(t *testing.T) {
+	var mu sync.Mutex
+	count := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			io.WriteString(w, "ok") // keeps the connection for the POST
+			return
+		}
+		mu.Lock()
+		count[r.URL.Path]++
+		mu.Unlock()
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close() // the reused connection fails before any response byte
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c, err := gitlab.New(gitlab.Config{URL: srv.URL, AuthSecret: testSecret}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h := c.ModuleHandler()
+	do := func(method, path string, hdr ...string) int {
+		req := httptest.NewRequestWithContext(gitlab.WithAgentToken(t.Context(), "tok"), method, "/modules/foo/"+path, nil)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	for _, key := range []string{"Idempotency-Key", "X-Idempotency-Key"} {
+		if code := do(http.MethodGet, "warm"); code != 200 {
+			t.Fatalf("GET: %d", code)
+		}
+		do(http.MethodPost, key, key, "k")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(count) != 2 {
+		t.Fatalf("POSTs seen by path %v, want one path per key", count)
+	}
+	for k, n := range count {
+		if n != 1 {
+			t.Errorf("the POST with an %s reached GitLab %d times, want once", path.Base(k), n)
+		}
 	}
 }
