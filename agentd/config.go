@@ -135,7 +135,7 @@ func (c Config) WithDefaults() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if len(c.KasAddresses) == 0 {
-		errs = append(errs, errors.New("at least one kas address is required"))
+		errs = append(errs, errors.New("at least one kas address is required (--kas-address)"))
 	}
 	for _, addr := range c.KasAddresses {
 		if err := validateKasAddress(addr); err != nil {
@@ -143,7 +143,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.Token == "" {
-		errs = append(errs, errors.New("an agent token is required"))
+		errs = append(errs, errors.New("an agent token is required (--token-file)"))
 	}
 	if c.TLS == nil {
 		errs = append(errs, errors.New("a TLS configuration is required"))

@@ -211,7 +211,7 @@ func WatchConfig(ctx context.Context, path string, signals <-chan os.Signal, rel
 func validateServices(services map[string]*url.URL, handlers map[string]ServiceHandler) []error {
 	var errs []error
 	if n := len(services) + len(handlers); n == 0 {
-		errs = append(errs, errors.New("at least one service is required"))
+		errs = append(errs, errors.New("at least one service is required (--service)"))
 	} else if n > api.MaxServices {
 		// kasd refuses such a Hello (bad_request): the agent would retry for ever.
 		errs = append(errs, fmt.Errorf("%d services, kasd accepts at most %d (URL services and in-process handlers together)", n, api.MaxServices))

@@ -6,8 +6,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/qkas/qkas/internal/buildinfo"
@@ -30,7 +32,15 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "agentd:", err)
+		printError(os.Stderr, err)
 		os.Exit(1)
+	}
+}
+
+// printError writes err to w one problem per line, each prefixed "agentd:" once (a
+// configuration with several problems is one joined error; the library prefixes its own).
+func printError(w io.Writer, err error) {
+	for line := range strings.SplitSeq(strings.TrimPrefix(err.Error(), "agentd: "), "\n") {
+		fmt.Fprintln(w, "agentd:", line)
 	}
 }

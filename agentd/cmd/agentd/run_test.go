@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -180,5 +181,15 @@ func TestLongReplicaRefused(t *testing.T) {
 	err := run(ctx, args)
 	if err == nil || !strings.Contains(err.Error(), "--replica") {
 		t.Fatalf("run with a %d-byte --replica: %v, want an error naming --replica", api.MaxReplicaLen+1, err)
+	}
+}
+
+// A configuration with several problems is printed one per line, each prefixed "agentd:" once.
+func TestPrintErrorOnePrefixPerLine(t *testing.T) {
+	var b strings.Builder
+	printError(&b, fmt.Errorf("agentd: %w", errors.Join(errors.New("at least one kas address is required (--kas-address)"), errors.New("at least one service is required (--service)"))))
+	want := "agentd: at least one kas address is required (--kas-address)\nagentd: at least one service is required (--service)\n"
+	if b.String() != want {
+		t.Errorf("printed %q, want %q", b.String(), want)
 	}
 }
