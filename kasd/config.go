@@ -62,6 +62,12 @@ type Config struct {
 	MaxConnectionsPerAgent int
 	// MaxInflightPerAgent limits concurrent proxied requests to one agent. Default 10000.
 	MaxInflightPerAgent int
+	// MaxInflightRequests limits the proxied requests this kasd's API serves at once, those
+	// waiting for their agent to connect included (each holds a goroutine and its buffers; over
+	// HTTP/2 a client may open hundreds per connection). The excess is answered 503 overloaded
+	// at once. Requests forwarded in from peers are not counted: their origin admitted them.
+	// Default 20000.
+	MaxInflightRequests int
 	// MaxStreamsFromAgent limits the streams one agent may have open towards kasd (GitLab
 	// module requests) across all its connections; a stream beyond it is reset at once with
 	// quic.StreamCodeRefused, before its head is read (modules.go). Each connection is also
@@ -134,6 +140,9 @@ func (c Config) WithDefaults() Config {
 	if c.MaxInflightPerAgent == 0 {
 		c.MaxInflightPerAgent = 10000
 	}
+	if c.MaxInflightRequests == 0 {
+		c.MaxInflightRequests = 20000
+	}
 	if c.MaxStreamsFromAgent == 0 {
 		c.MaxStreamsFromAgent = 64
 	}
@@ -182,6 +191,7 @@ func (c Config) Validate() error {
 	for name, n := range map[string]int{
 		"max agent connections": c.MaxAgentConnections, "max connections per agent": c.MaxConnectionsPerAgent,
 		"max inflight per agent": c.MaxInflightPerAgent, "max pending handshakes": c.MaxPendingHandshakes,
+		"max inflight requests":  c.MaxInflightRequests,
 		"max streams from agent": c.MaxStreamsFromAgent, "modules burst per agent": c.ModulesBurstPerAgent,
 	} {
 		if n < 1 {

@@ -371,3 +371,63 @@ func TestRefusedHelloFreesHandshakeSlot(t *testing.T) {
 		t.Fatalf("max_pending_handshakes rejections = %v, want 0", n)
 	}
 }
+
+// MaxInflightRequests bounds the API clients' proxied requests this kasd serves at once,
+// including those waiting for an agent that is not connected (nothing else bounds those but the
+// connections and, over HTTP/2, their streams): the excess is 503 overloaded at once, counted,
+// and a place that frees serves the next request.
+func TestMaxInflightRequests(t *testing.T) {
+	e := newEnv(t, func(c *kasd.Config) { c.MaxInflightRequests = 3; c.RouteTimeout = 30 * time.Second })
+	release := make(chan struct{})
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			<-release
+		}
+		io.WriteString(w, "ok")
+	}))
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "pod", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	var wg sync.WaitGroup
+	results := make(chan int, 2)
+	for range 2 { // held by the service
+		wg.Go(func() {
+			resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/hold", nil)
+			readAll(t, resp)
+			results <- resp.StatusCode
+		})
+	}
+	waiting, stopWaiting := context.WithCancel(context.Background())
+	wg.Go(func() { // waiting for an agent that never connects, until the test ends it
+		req, _ := http.NewRequestWithContext(waiting, "GET", e.url("/api/v1/agents/beta/proxy/web/x"), nil)
+		req.Header.Set("Authorization", "Bearer "+e.token())
+		if resp, err := e.client.Do(req); err == nil {
+			resp.Body.Close()
+			t.Errorf("the request waiting for beta was answered: %d", resp.StatusCode)
+		}
+	})
+	waitFor(t, "three requests in flight", func() bool {
+		return metricValue(t, e.reg, "kasd_inflight_requests", "", "") >= 3
+	})
+	resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/x", nil)
+	body := readAll(t, resp)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "overloaded") || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a fourth request: %d %s (Retry-After %q), want 503 overloaded", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	if n := counter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "max_inflight_requests"}); n != 1 {
+		t.Errorf("max_inflight_requests counted %v times, want 1", n)
+	}
+	close(release)
+	for range 2 {
+		if code := <-results; code != 200 {
+			t.Errorf("a held request: %d", code)
+		}
+	}
+	if resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/x", nil); resp.StatusCode != 200 {
+		t.Errorf("after two places freed: %d %s", resp.StatusCode, readAll(t, resp))
+	} else {
+		readAll(t, resp)
+	}
+	stopWaiting()
+	wg.Wait()
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -37,6 +38,16 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	start := time.Now()
 	tgt := s.startRequest(w, r, agentID, service, rest, start)
 	defer s.logAccess(r, tgt)
+	n := s.apiInflight.Add(1)
+	defer s.apiInflight.Add(-1)
+	if n > int64(s.cfg.MaxInflightRequests) {
+		s.m.limitRejections.WithLabelValues("max_inflight_requests").Inc()
+		tgt.acc.fail(api.CodeOverloaded)
+		s.m.apiErrors.WithLabelValues(api.CodeOverloaded.String()).Inc()
+		s.writeProxyError(w, r, tgt, &api.Error{Code: api.CodeOverloaded, RetryAfter: time.Second,
+			Message: fmt.Sprintf("kasd is serving its maximum of %d requests (--max-inflight-requests)", s.cfg.MaxInflightRequests)})
+		return
+	}
 	claims, err := s.authenticate(r)
 	if err != nil {
 		tgt.acc.fail(api.CodeOf(err))

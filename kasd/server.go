@@ -33,7 +33,10 @@ type Server struct {
 	reqSeq  atomic.Uint64
 
 	inflight atomic.Int64 // proxied requests in progress (local, forwarded out and in), for Shutdown
-	draining atomic.Bool  // set by BeginDrain: refuse new agents, fail /readyz
+	// apiInflight counts the proxied requests of this kasd's own API clients, for
+	// Config.MaxInflightRequests.
+	apiInflight atomic.Int64
+	draining    atomic.Bool // set by BeginDrain: refuse new agents, fail /readyz
 
 	quit     chan struct{}   // closed by Close: stops sampleSilence and retireSuspects
 	suspects chan *agentConn // connections for retireSuspects (restarted.go)

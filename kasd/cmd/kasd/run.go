@@ -67,6 +67,7 @@ type options struct {
 	maxAgentConns       int
 	maxConnsPerAgent    int
 	maxInflightPerAgent int
+	maxInflightRequests int
 	maxIncomingStreams  int64
 	budget              budgetOptions // --max-agent-streams-per-agent, --agent-*-window, --agent-auth-failure-*, ...
 	shutdownGrace       time.Duration
@@ -130,6 +131,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.maxAgentConns, "max-agent-connections", 100000, "maximum agent connections to this kasd")
 	fs.IntVar(&o.maxConnsPerAgent, "max-connections-per-agent", 64, "maximum connections (replicas) per agent id")
 	fs.IntVar(&o.maxInflightPerAgent, "max-inflight-per-agent", 10000, "maximum concurrent proxied requests per agent")
+	fs.IntVar(&o.maxInflightRequests, "max-inflight-requests", 20000, "maximum concurrent proxied requests of this kasd's API clients, those waiting for their agent included (the excess: 503 overloaded)")
 	fs.Int64Var(&o.maxIncomingStreams, "max-incoming-streams", 100, "maximum concurrent streams an agent may open on one connection (GitLab module requests; past it the agent waits for one to end)")
 	o.budget.register(fs)
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
@@ -168,7 +170,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	// replaced in silence.
 	if err := errors.Join(
 		cliconfig.Positive(fs, "route-timeout", "response-header-timeout", "handshake-timeout", "shutdown-grace",
-			"max-pending-handshakes", "max-agent-connections", "max-connections-per-agent", "max-inflight-per-agent",
+			"max-pending-handshakes", "max-agent-connections", "max-connections-per-agent", "max-inflight-per-agent", "max-inflight-requests",
 			"max-incoming-streams", "max-agent-streams-per-agent", "modules-rate-per-agent",
 			"agent-connection-window", "agent-stream-window",
 			"agent-auth-failure-burst", "agent-auth-failure-rate", "agent-auth-max-sources",
@@ -364,6 +366,7 @@ func run(ctx context.Context, args []string) error {
 		MaxAgentConnections:    o.maxAgentConns,
 		MaxConnectionsPerAgent: o.maxConnsPerAgent,
 		MaxInflightPerAgent:    o.maxInflightPerAgent,
+		MaxInflightRequests:    o.maxInflightRequests,
 		MaxStreamsFromAgent:    o.budget.streamsPerAgent,
 		ModulesRatePerAgent:    o.budget.modulesRate,
 		AgentKeepAlivePeriod:   o.scale.keepAlive,
