@@ -222,7 +222,12 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 				leaving = c
 				continue
 			}
-			wg.Go(func() { c.drain() })
+			if m := c.goAwayMsg; m == nil || m.Prefer == "" {
+				// kasd drains: it bounds its requests on c by its own grace and closes c.
+				wg.Go(func() { c.drainForKasd(ctx) })
+			} else {
+				wg.Go(func() { c.drain() })
+			}
 			continue
 		}
 		c.drain()

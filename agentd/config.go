@@ -55,8 +55,10 @@ type Config struct {
 	// request is logged.
 	AccessLog AccessLogConfig
 	// DrainTimeout bounds how long in-flight requests (kasd's, and the GitLab module requests
-	// this agent sent) may continue on a connection being drained: after kasd sent GoAway,
-	// after a services reload or a move, or after Run's context ended. Default 30s.
+	// this agent sent) may continue on a connection being drained: after a services reload or a
+	// move (kasd's GoAway with Prefer), or after Run's context ended. After the GoAway of a
+	// draining kasd, kasd's grace bounds them (it closes the connection at its end), and
+	// DrainTimeout applies only from when Run's context ends. Default 30s.
 	DrainTimeout time.Duration
 	// Transport chooses QUIC, TCP, or QUIC falling back to TCP and back (transport.go). Zero
 	// value: auto, fallback after 3s, probe every 5m, no proxy.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	quicgo "github.com/quic-go/quic-go"
@@ -202,8 +203,9 @@ func (c *agentConn) wait(ctx context.Context, reload <-chan struct{}) string {
 const drainCloseWait = time.Second
 
 // drain lets the GitLab requests in flight on c finish, then stops accepting streams, lets
-// kasd's in-flight requests (upgraded ones included) finish, all within DrainTimeout, closes
-// the connection and waits for the connection's goroutines.
+// kasd's in-flight requests (upgraded ones included) finish, all within DrainTimeout (a
+// draining kasd's GoAway: drainForKasd), closes the connection and waits for the connection's
+// goroutines.
 //
 // The GitLab requests come first because kasd closes a connection the agent said it leaves
 // once kasd's own requests on it are done: only the agent knows when it has read a module
@@ -212,6 +214,33 @@ const drainCloseWait = time.Second
 func (c *agentConn) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.a.cfg.DrainTimeout)
 	defer cancel()
+	c.drainWithin(ctx)
+}
+
+// drainForKasd drains a connection whose kasd sent GoAway because it drains (no Prefer): kasd
+// serves its in-flight requests to their end within its own grace (its --shutdown-grace and
+// the context of its Shutdown), then closes the connection itself. So the requests here run
+// until they are done or kasd closes the connection, not for DrainTimeout: a stream longer
+// than that (a slow download on a loaded machine, a watch) would be cut under a kasd still
+// waiting for it, and its client would get a 200 with a truncated body. DrainTimeout bounds
+// the wait only once this agent stops too (run ended: SIGTERM): from then on, as for any
+// other drain.
+func (c *agentConn) drainForKasd(run context.Context) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var timer atomic.Pointer[time.Timer]
+	stopAfter := context.AfterFunc(run, func() { timer.Store(time.AfterFunc(c.a.cfg.DrainTimeout, cancel)) })
+	defer func() {
+		stopAfter()
+		if t := timer.Load(); t != nil {
+			t.Stop()
+		}
+	}()
+	c.drainWithin(ctx)
+}
+
+// drainWithin is drain bounded by ctx.
+func (c *agentConn) drainWithin(ctx context.Context) {
 	select {
 	case <-c.closeOutbound():
 	case <-ctx.Done():

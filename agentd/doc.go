@@ -13,7 +13,10 @@
 //     GoAway is drained by its slot — make before break: the replacement connection is dialled
 //     at once while the old one stops taking streams (later ones are reset as refused, which
 //     kasd retries elsewhere) and its requests in flight, upgraded ones included, finish within
-//     Config.DrainTimeout; then it is closed and its goroutines waited for.
+//     Config.DrainTimeout; then it is closed and its goroutines waited for. After the GoAway
+//     of a draining kasd (no Prefer) kasd's own grace bounds them instead: kasd waits for them
+//     and closes the connection at the end of its --shutdown-grace, so the agent lets them run
+//     until then, and applies DrainTimeout only from when Run's context ends (drainForKasd).
 //   - In auto transport mode, Run owns one more goroutine while it runs: the QUIC probe
 //     (transport.go), which while the agent is on TCP tries a QUIC handshake every probe
 //     interval and, when one completes, makes each TCP connection re-dial make before break.

@@ -45,6 +45,8 @@ type fleetEnv struct {
 	client  *http.Client
 	tracers map[string]*tracing.Tracer // by node id, for nodes started after it is set (tracing_test.go)
 	config  func(*kasd.Config)         // if set, adjusts the config of nodes started after it is set
+	// agentConfig, if set, adjusts the config of agents started after it is set.
+	agentConfig func(*agentd.Config)
 }
 
 type node struct {
@@ -187,13 +189,17 @@ func (f *fleetEnv) startAgent(id, replica string, svcURL string, nodes []*node, 
 	for _, nd := range nodes {
 		addrs = append(addrs, nd.agentLn.Addr().String())
 	}
-	a, err := agentd.New(agentd.Config{
+	cfg := agentd.Config{
 		KasAddresses: addrs, Token: f.tokens[id], TLS: tlsConf, Replica: replica,
 		Services: map[string]*url.URL{"web": u}, Connections: conns,
 		QUIC:         quic.Config{KeepAlivePeriod: 200 * time.Millisecond, MaxIdleTimeout: time.Second},
 		Backoff:      quic.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond},
 		DrainTimeout: 5 * time.Second,
-	})
+	}
+	if f.agentConfig != nil {
+		f.agentConfig(&cfg)
+	}
+	a, err := agentd.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -620,42 +626,70 @@ func TestFleetDrainUnderLoad(t *testing.T) {
 }
 
 // TestFleetDrainWaitsForOriginsToCloseLinks: kas-0, the agent's only holder, drains while
-// responses streamed from the agent are forwarded to clients of kas-1. The end of a response
-// kas-0 sent may still be in flight when its last request ends there, so kas-0 does not close
-// the peer connection itself: kas-1 closes its link once every response on it has arrived
-// (kasd_peer_links_drained_total), before kas-0's drain returns, and no link is lost.
+// responses streamed from the agent are forwarded to clients of kas-1, and served to clients of
+// kas-0 itself. The end of a response kas-0 sent may still be in flight when its last request
+// ends there, so kas-0 does not close the peer connection itself: kas-1 closes its link once
+// every response on it has arrived (kasd_peer_links_drained_total), before kas-0's drain
+// returns, and no link is lost.
+//
+// The responses outlast the agent's DrainTimeout (as a long download does on a loaded machine):
+// the service sends half, waits until the agent got kas-0's GoAway and its drain timeout has
+// passed twice over, then sends the rest. A draining kasd bounds its requests by its own grace
+// and closes the connection itself, so the agent lets them run to their end; it used to close
+// the connection after its DrainTimeout, and every client got a 200 with a truncated body.
 func TestFleetDrainWaitsForOriginsToCloseLinks(t *testing.T) {
 	f := newFleetEnv(t, 2)
 	chunk := bytes.Repeat([]byte("0123456789abcdef"), 1024) // 16 KiB
-	const chunks = 48
+	const chunks, clients = 48, 8
+	const agentDrain = 300 * time.Millisecond
+	agentReg := prometheus.NewRegistry()
+	started := make(chan struct{}, clients)
+	resume := make(chan struct{})
 	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/stream" {
 			fmt.Fprint(w, "ok")
 			return
 		}
-		for range chunks {
+		started <- struct{}{}
+		for i := range chunks {
+			if i == chunks/2 {
+				<-resume
+			}
 			_, _ = w.Write(chunk)
 			w.(http.Flusher).Flush()
 			time.Sleep(10 * time.Millisecond)
 		}
 	}))
 	t.Cleanup(svc.Close)
+	f.agentConfig = func(c *agentd.Config) { c.DrainTimeout, c.Registerer = agentDrain, agentReg }
 	a := f.startAgent("alpha", "pod", svc.URL, f.nodes[0:1], 1)
+	f.agentConfig = nil
 	waitConnected(t, a, 1)
 	f.waitHolders("alpha", "kas-0")
 	f.warmLinks(f.nodes[1], "alpha", 2)
 
 	want := bytes.Repeat(chunk, chunks)
 	var wg sync.WaitGroup
-	errs := make(chan string, 8)
-	for range 8 {
+	errs := make(chan string, clients)
+	for i := range clients {
+		nd := f.nodes[1-i%2] // half forwarded from kas-1, half local to kas-0
 		wg.Go(func() {
-			if code, got := f.get(f.nodes[1], "alpha", "/stream"); code != http.StatusOK || got != string(want) {
-				errs <- fmt.Sprintf("%d, %d of %d bytes", code, len(got), len(want))
+			if code, got := f.get(nd, "alpha", "/stream"); code != http.StatusOK || got != string(want) {
+				errs <- fmt.Sprintf("client of %s: %d, %d of %d bytes", nd.id, code, len(got), len(want))
 			}
 		})
 	}
-	time.Sleep(150 * time.Millisecond) // the responses are under way
+	for range clients { // every response is under way before the drain
+		<-started
+	}
+	wg.Go(func() {
+		defer close(resume)
+		deadline := time.Now().Add(30 * time.Second)
+		for metricValue(t, agentReg, "agentd_goaways_total", "", "") < 1 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(2 * (agentDrain + time.Second)) // past the agent's DrainTimeout (and its GoAway linger)
+	})
 	f.drain(f.nodes[0])
 	// The origin closed its link before the holder's drain returned.
 	if n := metricValue(t, f.nodes[1].promReg, "kasd_peer_links_drained_total", "", ""); n != 1 {

@@ -79,8 +79,9 @@
 //   - the tunnel: the QUIC connection between agentd and kasd sends keep-alive PINGs
 //     (quic.Config.KeepAlivePeriod, default 2s) and is declared dead after MaxIdleTimeout
 //     (default 6s) without any packet; an idle but healthy stream is therefore never cut.
-//     When agentd or kasd drains a connection, in-flight requests, watches included, get
-//     agentd's DrainTimeout (default 30s) to finish before the connection is closed.
+//     When agentd drains a connection, in-flight requests, watches included, get agentd's
+//     DrainTimeout (default 30s) to finish before the connection is closed; when kasd drains,
+//     they get kasd's --shutdown-grace (default 30s), at whose end kasd closes it.
 //   - the client: Qkas-Timeout bounds only the wait for the response head (kasd resets the
 //     stream if no head came in time, which ends the request's context here); a watch whose
 //     head came runs on. Only an explicit Qkas-Deadline reaches agentd as the stream's

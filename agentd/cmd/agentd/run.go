@@ -80,7 +80,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.replica, "replica", os.Getenv("POD_NAME"), "name of this agent replica (default: $POD_NAME, else the host name)")
 	fs.IntVar(&o.connections, "kas-connections", 2, "connections to keep to kasd, preferring distinct kasd instances so that one dying leaves the agent reachable")
 	fs.IntVar(&o.maxIdlePerService, "max-idle-conns-per-service", 256, "idle connections kept to each service; size it for the concurrency served")
-	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "how long in-flight requests may finish on a connection being replaced or at shutdown")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "how long in-flight requests may finish on a connection being replaced or at shutdown (after a draining kasd's GoAway, kasd's --shutdown-grace bounds them)")
 	o.scale.register(fs)
 	fs.BoolVar(&o.accessLog, "access-log", true, "log one info line per request (request id, service, method, path, status, code, bytes, duration, impersonated user)")
 	fs.Float64Var(&o.accessLogSample, "access-log-sample", 1, "fraction (0..1) of successful requests the access log records, chosen by a hash of the request id as kasd does; errors and impersonated (Kubernetes audit) requests are always logged")
