@@ -41,6 +41,7 @@ type agentConn struct {
 	hmu      sync.Mutex     // guards hclosed, oclosed and outbound
 	hclosed  bool           // set by drain: streams that arrive later are refused
 	handlers sync.WaitGroup // running serveStream calls
+	served   bool           // a serveStream call started on c (under hmu)
 	// outbound counts the GitLab requests on streams this agent opened on c whose response
 	// has not been read to its end (or closed); oclosed, set by drain, sends later ones to
 	// another connection, and outboundDone is closed once it is set and outbound is 0.
@@ -144,6 +145,7 @@ func (c *agentConn) acceptStreams() {
 			continue
 		}
 		c.handlers.Add(1)
+		c.served = true
 		c.hmu.Unlock()
 		go func() {
 			defer c.handlers.Done()
@@ -199,7 +201,14 @@ func (c *agentConn) wait(ctx context.Context, reload <-chan struct{}) string {
 }
 
 // drainCloseWait bounds how long a drained connection whose requests are done waits for kasd
-// to close it (kasd has then read every response) before closing it itself.
+// to close it when no response can be lost (kasd opened no stream on it), or when kasd was not
+// told that the agent leaves (the GoAway could not be sent). Otherwise kasd closes the
+// connection when it has read every response on it, and the agent waits for that within the
+// drain's bound: the end of a response may wait unread in kasd's receive buffer for as long as
+// its client takes to read what came before (a slow client, a loaded machine), and closing
+// would discard it. A 1 s bound for that cut a 4 MiB response to a slow client
+// (TestFleetDrainWaitsForSlowClientOfPeer). A kasd older than agentLeft does not close: the
+// drain then lasts its bound.
 const drainCloseWait = time.Second
 
 // drain lets the GitLab requests in flight on c finish, then stops accepting streams, lets
@@ -246,9 +255,10 @@ func (c *agentConn) drainWithin(ctx context.Context) {
 	case <-ctx.Done():
 	case <-c.qc.Context().Done():
 	}
-	c.announceLeaving()
+	told := c.announceLeaving()
 	c.hmu.Lock()
 	c.hclosed = true
+	served := c.served
 	c.hmu.Unlock()
 	handlersDone := make(chan struct{})
 	go func() { // owned by drain, which waits for it below
@@ -258,16 +268,20 @@ func (c *agentConn) drainWithin(ctx context.Context) {
 	select {
 	case <-handlersDone:
 		// Every handler returned, but the end of a response may still sit in the send
-		// buffer, which closing now would discard. kasd closes the connection once it has
-		// read every response on it (it knows the connection is leaving); wait for that, a
-		// moment at most (an older kasd does not close).
-		t := time.NewTimer(drainCloseWait)
+		// buffer, or unread in kasd's receive buffer, which closing now would discard. kasd
+		// closes the connection once it has read every response on it (it knows the
+		// connection is leaving); wait for that, within the drain's bound.
+		var timeout <-chan time.Time
+		if !told || !served {
+			t := time.NewTimer(drainCloseWait)
+			defer t.Stop()
+			timeout = t.C
+		}
 		select {
 		case <-c.qc.Context().Done():
 		case <-ctx.Done():
-		case <-t.C:
+		case <-timeout:
 		}
-		t.Stop()
 	case <-ctx.Done():
 	}
 	c.stop()

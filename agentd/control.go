@@ -41,13 +41,13 @@ const goAwayLinger = 250 * time.Millisecond
 // announceLeaving tells kasd that this connection is going away, so that kasd stops routing new
 // requests to it, and keeps accepting streams a moment longer for the requests already on their
 // way. Without it, closing a connection kasd still routes to (a duplicate instance, a rolling
-// restart of the agent) could fail a request.
-func (c *agentConn) announceLeaving() {
+// restart of the agent) could fail a request. It reports whether kasd was told.
+func (c *agentConn) announceLeaving() bool {
 	if c.qc.Context().Err() != nil {
-		return
+		return false
 	}
 	if err := c.sendControl(&api.GoAway{Reason: "agent leaving this connection"}, time.Second); err != nil {
-		return
+		return false
 	}
 	t := time.NewTimer(goAwayLinger)
 	defer t.Stop()
@@ -55,4 +55,5 @@ func (c *agentConn) announceLeaving() {
 	case <-t.C:
 	case <-c.qc.Context().Done():
 	}
+	return true
 }

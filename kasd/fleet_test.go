@@ -5,14 +5,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -699,6 +702,73 @@ func TestFleetDrainWaitsForOriginsToCloseLinks(t *testing.T) {
 	close(errs)
 	for e := range errs {
 		t.Errorf("streamed response through the drain: %s", e)
+	}
+	if n := metricValue(t, f.nodes[1].promReg, "kasd_peer_link_losses_total", "", ""); n != 0 {
+		t.Errorf("kas-1 lost %v peer links; the draining peer should leave the close to it", n)
+	}
+}
+
+// TestFleetDrainWaitsForSlowClientOfPeer: kas-0, the agent's only holder, drains while a client
+// of kas-1 reads a forwarded response slowly (its socket buffer small), and pauses once kas-0
+// has sent it all. kas-0's side of the request has then ended, and the end of the response
+// waits, unread, in kas-1's receive buffer; closing the peer connection would discard it.
+// kas-0 waits, within its grace, for kas-1 to close the link once the client has read it all:
+// it used to close it 2 s after its last request ended, and the client's response was cut.
+func TestFleetDrainWaitsForSlowClientOfPeer(t *testing.T) {
+	f := newFleetEnv(t, 2)
+	body := bytes.Repeat([]byte("0123456789abcdef"), 256<<10) // 4 MiB
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/big" {
+			fmt.Fprint(w, "ok")
+			return
+		}
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(svc.Close)
+	a := f.startAgent("alpha", "pod", svc.URL, f.nodes[0:1], 1)
+	waitConnected(t, a, 1)
+	f.waitHolders("alpha", "kas-0")
+	f.warmLinks(f.nodes[1], "alpha", 2)
+
+	d := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+		return errors.Join(err, serr)
+	}}
+	tr := &http.Transport{DialContext: d.DialContext}
+	t.Cleanup(tr.CloseIdleConnections)
+	req, _ := http.NewRequest("GET", f.nodes[1].api.URL+"/api/v1/agents/alpha/proxy/web/big", nil)
+	req.Header.Set("Authorization", "Bearer "+f.token())
+	resp, err := (&http.Client{Transport: tr, Timeout: time.Minute}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, 1024)
+	if _, err := io.ReadFull(resp.Body, first); err != nil {
+		t.Fatal(err)
+	}
+	drained := make(chan struct{})
+	go func() { defer close(drained); f.drain(f.nodes[0]) }()
+	// Read slowly until kas-0 has sent the whole response (its request ended there), then
+	// pause longer than the 2 s that kas-0 used to give kas-1 to close the link.
+	got := len(first)
+	buf := make([]byte, 16<<10)
+	for metricValue(t, f.nodes[0].promReg, "kasd_inflight_requests", "", "") > 0 {
+		n, err := resp.Body.Read(buf)
+		got += n
+		if err != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second)
+	rest, err := io.ReadAll(resp.Body)
+	<-drained
+	if got += len(rest); err != nil || got != len(body) {
+		t.Errorf("slow client of kas-1: %d of %d bytes, error %v", got, len(body), err)
 	}
 	if n := metricValue(t, f.nodes[1].promReg, "kasd_peer_link_losses_total", "", ""); n != 0 {
 		t.Errorf("kas-1 lost %v peer links; the draining peer should leave the close to it", n)
