@@ -167,7 +167,8 @@ func hasDotSegment(escaped string) bool {
 	return false
 }
 
-// hasDotElement reports whether s, split at slashes and backslashes, has a "." or ".." part.
+// hasDotElement reports whether s, split at slashes and backslashes, has a "." or ".." part,
+// with or without a ";parameter" after it.
 func hasDotElement(s string) bool {
 	for s != "" {
 		part := s
@@ -175,6 +176,12 @@ func hasDotElement(s string) bool {
 			part, s = s[:i], s[i+1:]
 		} else {
 			s = ""
+		}
+		if i := strings.IndexByte(part, ';'); i >= 0 {
+			// "..;x" is ".." with a path parameter to servlet containers (Tomcat, Jetty,
+			// Spring), which strip it before resolving the path: a way out of the service's
+			// base path on a Java backend.
+			part = part[:i]
 		}
 		if part == "." || part == ".." {
 			return true

@@ -33,3 +33,17 @@ func TestProxyPathError(t *testing.T) {
 		}
 	}
 }
+
+// "..;x" (and ".;x") are dot segments to servlet containers, which strip a segment's path
+// parameter before resolving the path: refused like ".." itself. A parameter on another
+// segment is not.
+func TestDotSegmentWithPathParameter(t *testing.T) {
+	for p, want := range map[string]bool{
+		"/proxy/web/..;/admin": true, "/a/.;x/b": true, "/a/%2e%2e;x": true, "/a/%2e%2e%3bx": true,
+		"/a;b/c": false, "/a/b;..": false, "/..x;/y": false, "/a/b": false,
+	} {
+		if got := hasDotSegment(p); got != want {
+			t.Errorf("hasDotSegment(%q) = %v, want %v", p, got, want)
+		}
+	}
+}
