@@ -92,6 +92,11 @@ type ScaleStep struct {
 	RestartSettled   bool               `json:"restart_settled"` // the whole fleet came back in time
 	AttemptsPerAgent float64            `json:"attempts_per_agent"`
 	AttemptResults   map[string]float64 `json:"attempt_results,omitempty"`
+	// CPU used from the kill until the reconnects settled (or the wait ended), in % of one
+	// core: the restarted kasd's, and the fleet simulators' summed. The one near the CPUs it
+	// may use (100 % per CPU of its list) set the settle time's pace.
+	RestartKasdCPUPct  float64 `json:"restart_kasd_cpu_pct"`
+	RestartFleetCPUPct float64 `json:"restart_fleetsim_cpu_pct"`
 	LoadAvg          string             `json:"loadavg"` // /proc/loadavg when the step ended
 	Err              string             `json:"error,omitempty"`
 }
@@ -175,9 +180,9 @@ func (e *env) runScaleOpts(ctx context.Context, o scaleOpts) (ScaleSteps, error)
 			e.logf("scale %d agents: %v", n, err)
 			p.Err = err.Error()
 		} else {
-			e.logf("scale %d agents (%d fleetsim processes, connected %v): held %d, RSS %.1f KiB/agent (%.1f at the idle window's end), idle CPU %.2f%% core (%.2f datagrams/agent/period), drops %d, p50 %.0f (1 agent %.0f) µs, restart settled %.1f s (%d held), %.2f attempts/agent (load %s)",
+			e.logf("scale %d agents (%d fleetsim processes, connected %v): held %d, RSS %.1f KiB/agent (%.1f at the idle window's end), idle CPU %.2f%% core (%.2f datagrams/agent/period), drops %d, p50 %.0f (1 agent %.0f) µs, restart settled %.1f s (%d held), %.2f attempts/agent, CPU during it kasd %.0f%% fleet %.0f%% (load %s)",
 				n, p.FleetProcs, p.FleetConnected, p.Connected, p.KasdRSSKiBPerAgent, p.KasdRSSEndKiBPerAgent, p.KasdCPUPct, p.IdleDatagramsPerAgentPeriod, p.UDPDrops, p.RouteP50us, p.RouteP50OneAgent,
-				p.RestartSettleS, p.RestartConnected, p.AttemptsPerAgent, p.LoadAvg)
+				p.RestartSettleS, p.RestartConnected, p.AttemptsPerAgent, p.RestartKasdCPUPct, p.RestartFleetCPUPct, p.LoadAvg)
 		}
 		steps = append(steps, p)
 	}
@@ -409,7 +414,7 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int, cp
 
 	// Crash and restart on the same data dir: agents notice through silence and a stateless
 	// reset (docs/scale.md), then reconnect through admission.
-	if k, err = e.restartKasd(ctx, k, &p); err != nil {
+	if k, err = e.restartKasd(ctx, k, &p, fleet.procs); err != nil {
 		return p, err
 	}
 	// A simulator process that died during the restart would show as agents not coming back.
@@ -449,6 +454,50 @@ type simFleet struct {
 	status []string // each process's --status-file
 }
 
+// restartPoll is how often restartKasd reads the restarted kasd's agent count: the settle
+// time's resolution.
+const restartPoll = time.Second
+
+// fleetGOGC is the simulator processes' GOGC. Each holds thousands of agents in one heap
+// that every handshake's garbage makes the collector mark again: at Go's default 100 the
+// collector was ~22 % of the fleet's CPU in a 50,000-agent restart, with the fleet's core the
+// restart's limit (real agents collect on CPUs of their own). fleetMemoryShare of the
+// machine's memory, divided among the processes, is their GOMEMLIMIT, so the higher GOGC
+// cannot take the machine's memory from kasd.
+const (
+	fleetGOGC        = 400
+	fleetMemoryShare = 0.5
+)
+
+// fleetGCEnv is the env(1) prefix that gives one of procs simulator processes fleetGOGC and
+// its share of the memory limit (no limit when /proc/meminfo cannot be read).
+func fleetGCEnv(procs int) []string {
+	env := []string{"GOGC=" + strconv.Itoa(fleetGOGC)}
+	if total := memTotalBytes(); total > 0 && procs > 0 {
+		env = append(env, "GOMEMLIMIT="+strconv.FormatInt(int64(float64(total)*fleetMemoryShare)/int64(procs), 10))
+	}
+	return env
+}
+
+// memTotalBytes is MemTotal of /proc/meminfo (0 if unreadable).
+func memTotalBytes() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 2 && f[1] == "kB" {
+				if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+					return kb << 10
+				}
+			}
+		}
+	}
+	return 0
+}
+
 // fleetNice is the scheduling niceness of the fleet processes (kasd runs at 0): 10 gives kasd
 // about ten times their share of a contended core.
 const fleetNice = 10
@@ -465,7 +514,9 @@ func startFleet(dir, netns string, argv []string, agents []fleetsim.Agent, perPr
 			f.stop(5 * time.Second)
 		}
 	}()
-	for i, share := range fleetsim.Split(agents, perProc) {
+	shares := fleetsim.Split(agents, perProc)
+	gcEnv := fleetGCEnv(len(shares))
+	for i, share := range shares {
 		name := fmt.Sprintf("fleetsim-%d", i)
 		var b bytes.Buffer
 		if err := fleetsim.WriteTokens(&b, share); err != nil {
@@ -483,6 +534,9 @@ func startFleet(dir, netns string, argv []string, agents []fleetsim.Agent, perPr
 			// In production the agents run on other machines; here they share kasd's cores,
 			// and a fleet busy with its own handshakes must not starve kasd's socket reader.
 			args = append([]string{nice, "-n", strconv.Itoa(fleetNice)}, args...)
+		}
+		if env, err := exec.LookPath("env"); err == nil {
+			args = append(append([]string{env}, gcEnv...), args...)
 		}
 		pr, err := startProc(dir, name, netns, args...)
 		if err != nil {
@@ -567,8 +621,9 @@ func (f *simFleet) connected(ctx context.Context) (out []int, staleS float64, er
 // restartKasd kills k (SIGKILL), starts it again with the same arguments and data dir, and
 // waits for the fleet to come back (p.Agents of it, plus the routing agent). It returns the
 // new kasd.
-func (e *env) restartKasd(ctx context.Context, k *kasdProc, p *ScaleStep) (*kasdProc, error) {
+func (e *env) restartKasd(ctx context.Context, k *kasdProc, p *ScaleStep, fleet []*proc) (*kasdProc, error) {
 	argv := k.cmd.Args
+	f0 := cpuOf(fleet...)
 	k.kill()
 	killed := time.Now()
 	np, err := startProc(filepath.Dir(k.logPath), k.name+"-restarted", "", argv...)
@@ -594,12 +649,19 @@ func (e *env) restartKasd(ctx context.Context, k *kasdProc, p *ScaleStep) (*kasd
 		if last >= want || time.Now().After(deadline) {
 			break
 		}
-		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+		// Once a second: each poll is a whole /metrics scrape, whose socket collector reads
+		// /proc/net/udp (a walk over every UDP socket of the host, the fleet's 50,000
+		// included); polled 5 times a second it was 12.7 % of the restarted kasd's CPU.
+		if err := sleepCtx(ctx, restartPoll); err != nil {
 			return nk, err
 		}
 	}
 	p.RestartSettleS = changed.Sub(killed).Seconds()
 	p.RestartConnected = last - 1
+	if waited := time.Since(killed).Seconds(); waited > 0 {
+		p.RestartKasdCPUPct = cpuOf(np).Seconds() / waited * 100
+		p.RestartFleetCPUPct = (cpuOf(fleet...) - f0).Seconds() / waited * 100
+	}
 	results, err := metricByLabel(nk, "kasd_agent_connections_total", "result")
 	if err != nil {
 		return nk, err

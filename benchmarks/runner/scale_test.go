@@ -127,7 +127,7 @@ func procsMentioning(s string) []string {
 func TestStartFleetSplit(t *testing.T) {
 	dir := t.TempDir()
 	script := filepath.Join(dir, "fake-fleetsim")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$@\" > \"$0.$$.args\"\nexec sleep 60\n"), 0o755); err != nil {
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$GOGC $GOMEMLIMIT\" > \"$0.$$.env\"\necho \"$@\" > \"$0.$$.args\"\nexec sleep 60\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	var agents []fleetsim.Agent
@@ -172,6 +172,14 @@ func TestStartFleetSplit(t *testing.T) {
 			t.Fatalf("%s: no arguments recorded: %v", pr.name, err)
 		}
 		args := strings.Fields(string(b))
+		if _, err := exec.LookPath("env"); err == nil {
+			// Each process collects less often, within its share of half the memory.
+			e, _ := os.ReadFile(fmt.Sprintf("%s.%d.env", script, pr.pid()))
+			want := fmt.Sprintf("%d %d\n", fleetGOGC, int64(float64(memTotalBytes())*fleetMemoryShare)/3)
+			if memTotalBytes() <= 0 || string(e) != want {
+				t.Errorf("%s: GOGC and GOMEMLIMIT %q, want %q", pr.name, e, want)
+			}
+		}
 		if _, err := exec.LookPath("nice"); err == nil {
 			if n := niceOf(t, pr.pid()); n != fleetNice {
 				t.Errorf("%s runs at nice %d, want %d (below kasd)", pr.name, n, fleetNice)
