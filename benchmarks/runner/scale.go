@@ -97,8 +97,8 @@ type ScaleStep struct {
 	// may use (100 % per CPU of its list) set the settle time's pace.
 	RestartKasdCPUPct  float64 `json:"restart_kasd_cpu_pct"`
 	RestartFleetCPUPct float64 `json:"restart_fleetsim_cpu_pct"`
-	LoadAvg          string             `json:"loadavg"` // /proc/loadavg when the step ended
-	Err              string             `json:"error,omitempty"`
+	LoadAvg            string  `json:"loadavg"` // /proc/loadavg when the step ended
+	Err                string  `json:"error,omitempty"`
 }
 
 // Fixed ports inside the fresh kas namespace.
