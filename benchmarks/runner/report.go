@@ -222,6 +222,10 @@ func headline(r *Results) []HeadlineRow {
 				Qkas: fmt.Sprintf("%.1f s, %.2f attempts/agent", p.RestartSettleS, p.AttemptsPerAgent), Baseline: "–", Ratio: "–", Target: "≤ 60 s, ≤ 2"})
 			rows = append(rows, HeadlineRow{Scenario: "scale", Metric: fmt.Sprintf("p50 to one agent, %d others connected", p.Agents),
 				Qkas: us(p.RouteP50us), Baseline: us(p.RouteP50OneAgent) + " alone", Ratio: ratio(p.RouteP50us, p.RouteP50OneAgent)})
+			if p.RouteP50FleetStopped > 0 {
+				rows = append(rows, HeadlineRow{Scenario: "scale", Metric: fmt.Sprintf("p50 to one agent, %d others connected, their simulator processes stopped", p.Agents),
+					Qkas: us(p.RouteP50FleetStopped), Baseline: us(p.RouteP50OneAgent) + " alone", Ratio: ratio(p.RouteP50FleetStopped, p.RouteP50OneAgent), Target: "±10 %"})
+			}
 		}
 	}
 	rows = append(rows, kubernetesHeadline(r)...) // kubernetes.go
@@ -463,15 +467,15 @@ func details(r *Results) string {
 		if len(s) > 0 && s[0].KasdCPUs != "" {
 			w("kasd ran alone on CPU %s; the fleet, the routing agentd, its service and the runner on CPU %s (`--scale-kasd-cpus`): kasd's CPU is a share of one core it had to itself.\n\n", s[0].KasdCPUs, s[0].OtherCPUs)
 		}
-		w("| agents | held by kasd | connect | kasd RSS before → after | RSS per agent | kasd idle CPU | datagrams to kasd per agent and period | fleetsim CPU | drops idle / start / restart | p50 (1 agent) | p99 (1 agent) | restart settled | held after | attempts per agent | CPU during the restart, kasd / fleetsim | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w("| agents | held by kasd | connect | kasd RSS before → after | RSS per agent | kasd idle CPU | datagrams to kasd per agent and period | fleetsim CPU | drops idle / start / restart | p50 (1 agent; fleet stopped) | p99 (1 agent; fleet stopped) | restart settled | held after | attempts per agent | CPU during the restart, kasd / fleetsim | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range s {
 			if p.Err != "" {
 				w("| %d | failed: %s |||||||||||||||\n", p.Agents, p.Err)
 				continue
 			}
-			w("| %d | %d | %.1f s | %.0f → %.0f MiB | %.1f (%.1f) KiB | %.2f%% core | %.2f | %.1f%% | %d / %d / %d | %.0f (%.0f) µs | %.0f (%.0f) µs | %.1f s | %s | %.2f | %.0f%% / %.0f%% | %s |\n", p.Agents, p.Connected, p.ConnectS,
+			w("| %d | %d | %.1f s | %.0f → %.0f MiB | %.1f (%.1f) KiB | %.2f%% core | %.2f | %.1f%% | %d / %d / %d | %.0f (%.0f; %.0f) µs | %.0f (%.0f; %.0f) µs | %.1f s | %s | %.2f | %.0f%% / %.0f%% | %s |\n", p.Agents, p.Connected, p.ConnectS,
 				p.KasdRSSBeforeMiB, p.KasdRSSMiB, p.KasdRSSKiBPerAgent, p.KasdRSSEndKiBPerAgent, p.KasdCPUPct, p.IdleDatagramsPerAgentPeriod, p.FleetCPUPct, p.UDPDrops, p.ConnectDrops, p.RestartDrops,
-				p.RouteP50us, p.RouteP50OneAgent, p.RouteP99us, p.RouteP99OneAgent, p.RestartSettleS, settled(p), p.AttemptsPerAgent, p.RestartKasdCPUPct, p.RestartFleetCPUPct, p.LoadAvg)
+				p.RouteP50us, p.RouteP50OneAgent, p.RouteP50FleetStopped, p.RouteP99us, p.RouteP99OneAgent, p.RouteP99FleetStopped, p.RestartSettleS, settled(p), p.AttemptsPerAgent, p.RestartKasdCPUPct, p.RestartFleetCPUPct, p.LoadAvg)
 		}
 		w("\n![%s](%s)\n", scalePlot, scalePlot)
 	}

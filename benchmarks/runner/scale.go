@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -81,6 +82,12 @@ type ScaleStep struct {
 	RouteP99us       float64 `json:"route_p99_us"`
 	RouteP50OneAgent float64 `json:"route_p50_1agent_us"`
 	RouteP99OneAgent float64 `json:"route_p99_1agent_us"`
+	// The same with the fleet connected and its simulator processes stopped (SIGSTOP) for the
+	// measurement: kasd still holds every connection, but the fleet's processes no longer
+	// take the CPU the client, the routing agentd and its service share with them (agents of
+	// a real fleet run elsewhere). The gap between this and RouteP50us is the harness's.
+	RouteP50FleetStopped float64 `json:"route_p50_fleet_stopped_us"`
+	RouteP99FleetStopped float64 `json:"route_p99_fleet_stopped_us"`
 	// After kill -9 of kasd and its restart on the same data dir (same stateless-reset key):
 	// seconds from the kill until kasd held the whole fleet again (or, if it never did, until
 	// the last change), how many it held then, and the agent connection attempts the new kasd
@@ -180,8 +187,8 @@ func (e *env) runScaleOpts(ctx context.Context, o scaleOpts) (ScaleSteps, error)
 			e.logf("scale %d agents: %v", n, err)
 			p.Err = err.Error()
 		} else {
-			e.logf("scale %d agents (%d fleetsim processes, connected %v): held %d, RSS %.1f KiB/agent (%.1f at the idle window's end), idle CPU %.2f%% core (%.2f datagrams/agent/period), drops %d, p50 %.0f (1 agent %.0f) µs, restart settled %.1f s (%d held), %.2f attempts/agent, CPU during it kasd %.0f%% fleet %.0f%% (load %s)",
-				n, p.FleetProcs, p.FleetConnected, p.Connected, p.KasdRSSKiBPerAgent, p.KasdRSSEndKiBPerAgent, p.KasdCPUPct, p.IdleDatagramsPerAgentPeriod, p.UDPDrops, p.RouteP50us, p.RouteP50OneAgent,
+			e.logf("scale %d agents (%d fleetsim processes, connected %v): held %d, RSS %.1f KiB/agent (%.1f at the idle window's end), idle CPU %.2f%% core (%.2f datagrams/agent/period), drops %d, p50 %.0f (1 agent %.0f, fleet stopped %.0f) µs, restart settled %.1f s (%d held), %.2f attempts/agent, CPU during it kasd %.0f%% fleet %.0f%% (load %s)",
+				n, p.FleetProcs, p.FleetConnected, p.Connected, p.KasdRSSKiBPerAgent, p.KasdRSSEndKiBPerAgent, p.KasdCPUPct, p.IdleDatagramsPerAgentPeriod, p.UDPDrops, p.RouteP50us, p.RouteP50OneAgent, p.RouteP50FleetStopped,
 				p.RestartSettleS, p.RestartConnected, p.AttemptsPerAgent, p.RestartKasdCPUPct, p.RestartFleetCPUPct, p.LoadAvg)
 		}
 		steps = append(steps, p)
@@ -411,6 +418,18 @@ func (e *env) scaleStep(ctx context.Context, fleetBin string, n, perProc int, cp
 		return p, err
 	}
 	p.RouteP50us, p.RouteP99us = loaded.P50us, loaded.P99us
+	if err := fleet.signal(syscall.SIGSTOP); err != nil {
+		fleet.signal(syscall.SIGCONT)
+		return p, err
+	}
+	stopped, err := measure()
+	if cerr := fleet.signal(syscall.SIGCONT); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return p, err
+	}
+	p.RouteP50FleetStopped, p.RouteP99FleetStopped = stopped.P50us, stopped.P99us
 
 	// Crash and restart on the same data dir: agents notice through silence and a stateless
 	// reset (docs/scale.md), then reconnect through admission.
@@ -562,6 +581,18 @@ func (f *simFleet) stop(grace time.Duration) {
 
 // failed is an error naming the first process that has exited, with its log's tail; nil while
 // all run. A fleet process only exits when stopped: any exit before is a failure of the step.
+// signal sends sig to every simulator process (the first error is returned, every process is
+// signalled).
+func (f *simFleet) signal(sig syscall.Signal) error {
+	var first error
+	for _, pr := range f.procs {
+		if err := pr.cmd.Process.Signal(sig); err != nil && first == nil {
+			first = fmt.Errorf("scale: %v to %s: %w", sig, pr.name, err)
+		}
+	}
+	return first
+}
+
 func (f *simFleet) failed() error {
 	for _, pr := range f.procs {
 		if pr.exited() {
