@@ -102,6 +102,10 @@ type ScaleStep struct {
 	// CPU used from the kill until the reconnects settled (or the wait ended), in % of one
 	// core: the restarted kasd's, and the fleet simulators' summed. The one near the CPUs it
 	// may use (100 % per CPU of its list) set the settle time's pace.
+	// RestartReadyS: seconds from the kill until the new kasd was ready. RestartTimeline is
+	// its agent count at each poll, one a second from then: the shape of the reconnects (when they started, their pace, the tail).
+	RestartReadyS      float64 `json:"restart_ready_s"`
+	RestartTimeline    []int   `json:"restart_timeline,omitempty"`
 	RestartKasdCPUPct  float64 `json:"restart_kasd_cpu_pct"`
 	RestartFleetCPUPct float64 `json:"restart_fleetsim_cpu_pct"`
 	LoadAvg            string  `json:"loadavg"` // /proc/loadavg when the step ended
@@ -665,6 +669,7 @@ func (e *env) restartKasd(ctx context.Context, k *kasdProc, p *ScaleStep, fleet 
 	if err := nk.waitReady(ctx, 30*time.Second); err != nil {
 		return nk, err
 	}
+	p.RestartReadyS = time.Since(killed).Seconds()
 	want := p.Agents + 1
 	timeout := 2*time.Minute + time.Duration(p.Agents)*time.Second/100
 	last, changed := -1, time.Now()
@@ -677,6 +682,7 @@ func (e *env) restartKasd(ctx context.Context, k *kasdProc, p *ScaleStep, fleet 
 		if c := int(v); c != last {
 			last, changed = c, time.Now()
 		}
+		p.RestartTimeline = append(p.RestartTimeline, last)
 		if last >= want || time.Now().After(deadline) {
 			break
 		}

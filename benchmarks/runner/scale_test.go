@@ -91,7 +91,8 @@ func TestScaleFleetSplit(t *testing.T) {
 		t.Errorf("attempts after the restart: %.2f per agent, %v", p.AttemptsPerAgent, p.AttemptResults)
 	}
 	if p.KasdRSSMiB <= p.KasdRSSBeforeMiB || p.RouteP50us <= 0 || p.RouteP50OneAgent <= 0 || p.RestartSettleS <= 0 ||
-		p.FleetRSSMiB <= 0 || p.FleetCPUPct <= 0 || p.RouteP50FleetStopped <= 0 || p.RestartKasdCPUPct <= 0 || p.RestartFleetCPUPct <= 0 {
+		p.FleetRSSMiB <= 0 || p.FleetCPUPct <= 0 || p.RouteP50FleetStopped <= 0 || p.RestartKasdCPUPct <= 0 || p.RestartFleetCPUPct <= 0 ||
+		p.RestartReadyS <= 0 || len(p.RestartTimeline) == 0 || p.RestartTimeline[len(p.RestartTimeline)-1] != agents+1 {
 		t.Errorf("figures missing: %+v", p)
 	}
 	// Every idle agent pings once per keep-alive period (quic-go's path MTU probes add up to a
