@@ -54,7 +54,8 @@
 // A Listener and a Dialer size their UDP socket's buffers when they open it
 // (Config.SocketReceiveBuffer, SocketSendBuffer; 7 MiB): SO_RCVBUFFORCE/SO_SNDBUFFORCE where
 // permitted, else up to the kernel's maximum. SocketBuffers reports what was obtained,
-// ReceiveDrops the datagrams the kernel dropped (/proc/net/udp), and SocketCollector exports
+// ReceiveDrops the datagrams the kernel dropped (SO_MEMINFO, or /proc/net/udp on kernels
+// before 4.16), and SocketCollector exports
 // both. See socket.go and docs/scale.md.
 //
 // # Limits

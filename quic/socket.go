@@ -144,7 +144,7 @@ func (l *Listener) SocketBuffers() (SocketBuffers, error) { return socketBuffers
 func (d *Dialer) SocketBuffers() (SocketBuffers, error) { return socketBuffersOf(d.pc) }
 
 // ReceiveDrops reports how many datagrams the kernel dropped for the Listener's socket since
-// it was opened (a full receive buffer, mostly): the drops column of /proc/net/udp{,6}.
+// it was opened (a full receive buffer, mostly): see SocketDrops.
 func (l *Listener) ReceiveDrops() (uint64, error) { return socketDropsOf(l.pc) }
 
 // ReceiveDrops reports how many datagrams the kernel dropped for the Dialer's socket.
@@ -187,7 +187,8 @@ type Socket interface {
 }
 
 // SocketCollector exports the buffer sizes and kernel drop counts of named sockets, read when
-// scraped (getsockopt and one read of /proc/net/udp{,6} per socket):
+// scraped (getsockopt calls; a read of /proc/net/udp{,6} per socket on kernels without
+// SO_MEMINFO's drop count):
 //
 //	<namespace>_udp_receive_buffer_bytes{socket}  usable receive buffer the kernel granted
 //	<namespace>_udp_send_buffer_bytes{socket}     usable send buffer the kernel granted
@@ -210,7 +211,7 @@ func NewSocketCollector(namespace string, sockets map[string]Socket) *SocketColl
 		sendDesc: prometheus.NewDesc(namespace+"_udp_send_buffer_bytes",
 			"Usable UDP send buffer the kernel granted the socket.", []string{"socket"}, nil),
 		dropsDesc: prometheus.NewDesc(namespace+"_udp_receive_drops_total",
-			"Datagrams the kernel dropped for the socket, mostly because its receive buffer was full (/proc/net/udp drops).", []string{"socket"}, nil),
+			"Datagrams the kernel dropped for the socket, mostly because its receive buffer was full (sk_drops: SO_MEMINFO, or /proc/net/udp).", []string{"socket"}, nil),
 		groDesc: prometheus.NewDesc(namespace+"_udp_gro",
 			"1 if the socket receives coalesced datagrams (UDP_GRO: a run of datagrams from one peer in one read), 0 if off or refused by the kernel.", []string{"socket"}, nil),
 	}
