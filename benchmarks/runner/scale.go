@@ -99,13 +99,14 @@ type ScaleStep struct {
 	RestartSettled   bool               `json:"restart_settled"` // the whole fleet came back in time
 	AttemptsPerAgent float64            `json:"attempts_per_agent"`
 	AttemptResults   map[string]float64 `json:"attempt_results,omitempty"`
+	// RestartReadyS: seconds from the kill until the new kasd was ready. RestartTimeline is
+	// its agent count at each poll, one a second from then: the shape of the reconnects (when
+	// they started, their pace, the tail).
+	RestartReadyS   float64 `json:"restart_ready_s"`
+	RestartTimeline []int   `json:"restart_timeline,omitempty"`
 	// CPU used from the kill until the reconnects settled (or the wait ended), in % of one
 	// core: the restarted kasd's, and the fleet simulators' summed. The one near the CPUs it
 	// may use (100 % per CPU of its list) set the settle time's pace.
-	// RestartReadyS: seconds from the kill until the new kasd was ready. RestartTimeline is
-	// its agent count at each poll, one a second from then: the shape of the reconnects (when they started, their pace, the tail).
-	RestartReadyS      float64 `json:"restart_ready_s"`
-	RestartTimeline    []int   `json:"restart_timeline,omitempty"`
 	RestartKasdCPUPct  float64 `json:"restart_kasd_cpu_pct"`
 	RestartFleetCPUPct float64 `json:"restart_fleetsim_cpu_pct"`
 	LoadAvg            string  `json:"loadavg"` // /proc/loadavg when the step ended
@@ -484,7 +485,8 @@ const restartPoll = time.Second
 // fleetGOGC is the simulator processes' GOGC. Each holds thousands of agents in one heap
 // that every handshake's garbage makes the collector mark again: at Go's default 100 the
 // collector was ~22 % of the fleet's CPU in a 50,000-agent restart, with the fleet's core the
-// restart's limit (real agents collect on CPUs of their own). fleetMemoryShare of the
+// restart's limit (real agents collect on CPUs of their own; at 400 the settle time moved
+// within the runs' spread, docs/scale.md). fleetMemoryShare of the
 // machine's memory, divided among the processes, is their GOMEMLIMIT, so the higher GOGC
 // cannot take the machine's memory from kasd.
 const (
@@ -504,21 +506,12 @@ func fleetGCEnv(procs int) []string {
 
 // memTotalBytes is MemTotal of /proc/meminfo (0 if unreadable).
 func memTotalBytes() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
+	kb, unit, _ := strings.Cut(procField("/proc/meminfo", "MemTotal"), " ")
+	n, err := strconv.ParseInt(kb, 10, 64)
+	if err != nil || unit != "kB" {
 		return 0
 	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-			f := strings.Fields(rest)
-			if len(f) == 2 && f[1] == "kB" {
-				if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
-					return kb << 10
-				}
-			}
-		}
-	}
-	return 0
+	return n << 10
 }
 
 // fleetNice is the scheduling niceness of the fleet processes (kasd runs at 0): 10 gives kasd
