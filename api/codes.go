@@ -36,6 +36,9 @@ const (
 	// a client (nobody reads it); it is how metrics and logs tell a client cancel from an
 	// agent failure. 499, as nginx logs it.
 	CodeClientCanceled Code = 19 // "client_canceled" 499
+	// CodeClientTimeout: the client stopped sending the request body it announced, or stopped
+	// reading its response, for longer than kasd waits (--client-stall-timeout). 408.
+	CodeClientTimeout Code = 20 // "client_timeout" 408
 )
 
 // codeInfo is THE code -> name/HTTP status table of the project. Nothing else
@@ -65,6 +68,7 @@ var codeInfo = [...]struct {
 	CodeTooLarge:           {"too_large", http.StatusRequestEntityTooLarge, false},
 	CodeMethodNotAllowed:   {"method_not_allowed", http.StatusMethodNotAllowed, false},
 	CodeClientCanceled:     {"client_canceled", 499, false},
+	CodeClientTimeout:      {"client_timeout", http.StatusRequestTimeout, false},
 }
 
 func (c Code) known() bool { return int(c) < len(codeInfo) }

@@ -40,6 +40,7 @@ func TestCodeTable(t *testing.T) {
 		{CodeTooLarge, "too_large", 413, false},
 		{CodeMethodNotAllowed, "method_not_allowed", 405, false},
 		{CodeClientCanceled, "client_canceled", 499, false},
+		{CodeClientTimeout, "client_timeout", 408, false},
 	}
 	if len(want) != len(codeInfo) {
 		t.Fatalf("test covers %d codes, table has %d", len(want), len(codeInfo))

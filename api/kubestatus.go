@@ -61,7 +61,7 @@ func KubeReason(c Code) string {
 		return "RequestEntityTooLarge"
 	case CodeOverloaded:
 		return "TooManyRequests" // a named limit of qkas; the status stays 503 with Retry-After
-	case CodeDeadlineExceeded:
+	case CodeDeadlineExceeded, CodeClientTimeout:
 		return "Timeout"
 	case CodeAgentNotConnected, CodeServiceUnavailable, CodeAgentFailed, CodeShuttingDown,
 		CodeAuthUnavailable, CodeNotHolder:

@@ -47,6 +47,12 @@ type Config struct {
 	// response header arrives; the body may then stream for as long as it needs (watches, logs).
 	// Default 60s.
 	ResponseHeaderTimeout time.Duration
+	// ClientStallTimeout bounds how long a client may keep its request waiting on it: one read
+	// of the request body it announced, or one write of the response to it, that has not
+	// returned for this long ends the request with client_timeout (408 before the response
+	// started; stall.go). Waiting for the agent never counts, nor the silence of an upgraded
+	// connection. Default DefaultClientStallTimeout (60s); negative: no limit.
+	ClientStallTimeout time.Duration
 	// MaxRequestTimeout caps the per-request timeout a client may ask for with the
 	// Qkas-Timeout header. Default 1h.
 	MaxRequestTimeout time.Duration
@@ -124,6 +130,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.ResponseHeaderTimeout == 0 {
 		c.ResponseHeaderTimeout = 60 * time.Second
+	}
+	if c.ClientStallTimeout == 0 {
+		c.ClientStallTimeout = DefaultClientStallTimeout
 	}
 	if c.MaxRequestTimeout == 0 {
 		c.MaxRequestTimeout = time.Hour

@@ -25,6 +25,11 @@ type target struct {
 	prefix    string     // the service's root as the client sees it (rewrite.go)
 	acc       access     // the access-log record (accesslog.go)
 	dl        *deadlines // Qkas-Timeout / Qkas-Deadline, nil without them (deadline.go)
+
+	stall      *clientStall // --client-stall-timeout (stall.go); nil: not watched
+	stallState clientStall  // what stall points to (one allocation per request, not three)
+	stallR     stallReader
+	stallW     stallWriter
 }
 
 // dropHeaders are client headers that never reach the service: the caller's credentials are for
@@ -103,7 +108,8 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	// The client's traceparent (if any) is the parent; the head carries this span's on.
 	span := s.cfg.Tracer.StartHead("kasd.proxy", tracing.KindServer, &f.Header) // nil Tracer: no cost
 	tgt.countBody(r)
-	body := httpstream.NewBody(r.Body, 0)
+	tgt.stall = tgt.stallState.start(w, s, tgt)
+	body := httpstream.NewBody(tgt.stall.reader(&tgt.stallR, r.Body), 0)
 	if f.ContentLength == 0 {
 		body = nil
 	} else {
@@ -116,6 +122,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	endUpload := s.trackUpload(w, body) // server.go: the body ends with the request, and at Close
 	lingerUpload := false
 	defer func() { endUpload(lingerUpload) }()
+	defer tgt.stall.stop() // before endUpload: its linger must not be cut by the limit
 	if body != nil && len(r.Trailer) > 0 {
 		// Declared trailers (gRPC-style clients) travel at the end of a framed body.
 		body.Trailer = r.Trailer
@@ -224,12 +231,17 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, tgt *target,
 		err = re.Err // the typed answer of the agent or the peer
 	}
 	e := asAPIError(err, api.CodeAgentFailed)
-	if remote && (e.Code == api.CodeClientCanceled || e.Code.HTTPStatus() < 400) {
-		// client_canceled is kasd's own record of its client going away, never an answer: from
+	if remote && (e.Code == api.CodeClientCanceled || e.Code == api.CodeClientTimeout || e.Code.HTTPStatus() < 400) {
+		// client_canceled and client_timeout are kasd's own records of its client, never an answer: from
 		// an agent (agentd's request context ended under it) it is a failure of the agent's.
 		e = &api.Error{Code: api.CodeAgentFailed, Message: "the agent gave up the request (" + e.Code.String() + "): " + e.Message, Err: err}
 	}
-	if r.Context().Err() != nil && !errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+	switch {
+	case tgt.stall.firedRead():
+		// Checked first: over HTTP/1.1 the read the limit ended also ended the request's context.
+		e = &api.Error{Code: api.CodeClientTimeout, Message: fmt.Sprintf("the client sent no byte of its request body for %v (--client-stall-timeout)", s.cfg.ClientStallTimeout), Err: err}
+		w.Header().Set("Connection", "close")
+	case r.Context().Err() != nil && !errors.Is(r.Context().Err(), context.DeadlineExceeded):
 		e = &api.Error{Code: api.CodeClientCanceled, Message: "the client went away", Err: err}
 	}
 	s.m.apiErrors.WithLabelValues(e.Code.String()).Inc()
@@ -265,9 +277,16 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
 	}
 	w.WriteHeader(resp.StatusCode)
-	n, err := httpstream.CopyBody(w, resp.Body, httpstream.Streaming(resp))
+	n, err := httpstream.CopyBody(tgt.stall.writer(&tgt.stallW, w), resp.Body, httpstream.Streaming(resp))
 	tgt.acc.out = n
 	switch {
+	case err != nil && tgt.stall.stalled():
+		// The client stopped reading its response (a write to it ended by the limit: the
+		// connection is done), or stopped sending the body the response runs beside: the
+		// response is cut, never ended as if complete.
+		s.m.apiErrors.WithLabelValues(api.CodeClientTimeout.String()).Inc()
+		tgt.acc.code = api.CodeClientTimeout
+		return api.CodeClientTimeout.HTTPStatus(), tgt.stall.firedRead()
 	case err == nil:
 		trailers := false
 		for k, vs := range resp.Trailer {
@@ -345,8 +364,12 @@ func (s *Server) upgrade(w http.ResponseWriter, tgt *target, resp *http.Response
 			return api.CodeClientCanceled.HTTPStatus(), false
 		}
 	}
-	sent, recv := httpstream.Splice(&clientConn{Conn: conn, r: brw.Reader}, back)
+	sent, recv := httpstream.Splice(&clientConn{Conn: tgt.stall.connWriter(conn), r: brw.Reader}, back)
 	tgt.acc.in.n, tgt.acc.out = sent, recv
+	if tgt.stall.stalled() { // the client stopped reading: the session was cut
+		s.m.apiErrors.WithLabelValues(api.CodeClientTimeout.String()).Inc()
+		tgt.acc.code = api.CodeClientTimeout
+	}
 	s.log.Debug().Str("request_id", tgt.requestID).Int64("sent", sent).Int64("received", recv).Msg("upgraded stream ended")
 	return http.StatusSwitchingProtocols, false
 }

@@ -62,6 +62,7 @@ type options struct {
 	tlsResumption       bool // --tls-session-resumption
 	routeTimeout        time.Duration
 	responseHdrTimeout  time.Duration
+	clientStallTimeout  time.Duration
 	handshakeTimeout    time.Duration
 	maxPendingHandshake int
 	maxAgentConns       int
@@ -126,6 +127,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Var(&o.tlsHosts, "tls-hosts", "extra host names or IPs for the development certificate (repeatable, comma-separated)")
 	fs.DurationVar(&o.routeTimeout, "route-timeout", 5*time.Second, "how long a request waits for its agent to connect before 503")
 	fs.DurationVar(&o.responseHdrTimeout, "response-header-timeout", 60*time.Second, "how long to wait for a response header from the agent before 504")
+	fs.DurationVar(&o.clientStallTimeout, "client-stall-timeout", kasd.DefaultClientStallTimeout, "how long a client may leave one read of the request body it announced, or one write of its response, waiting before its request ends with 408 client_timeout (waiting for the agent never counts); 0: no limit")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "how long an agent may take to send Hello")
 	fs.IntVar(&o.maxPendingHandshake, "max-pending-handshakes", 1000, "maximum agent connections not yet authenticated, and separately of TLS handshakes in progress; the excess is refused at once: before TLS with CONNECTION_REFUSED, after it with overloaded and a retry-after hint")
 	fs.IntVar(&o.maxAgentConns, "max-agent-connections", 100000, "maximum agent connections to this kasd")
@@ -179,8 +181,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			"observability-read-header-timeout", "observability-idle-timeout", "observability-max-header-bytes", "observability-max-connections",
 			"agent-keep-alive-period", "agent-idle-timeout", "registry-ttl", "rebalance-min-age",
 			"gitlab-cache-ttl", "gitlab-negative-cache-ttl", "gitlab-rate-limit"),
-		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance"), // 0: none; --rebalance-tolerance 0: no margin
-		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),  // negative: the system default
+		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance", "client-stall-timeout"), // 0: none; --rebalance-tolerance 0: no margin
+		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),                          // negative: the system default
 		o.fleet.validate(),
 		listenAddressesSet(fs, "agent-listen", "api-listen", "observability-listen", "peer-listen"),
 		o.jwksNeedsKeys(),
@@ -362,6 +364,7 @@ func run(ctx context.Context, args []string) error {
 		HandshakeTimeout:       o.handshakeTimeout,
 		RouteTimeout:           o.routeTimeout,
 		ResponseHeaderTimeout:  o.responseHdrTimeout,
+		ClientStallTimeout:     stallLimit(o.clientStallTimeout),
 		MaxPendingHandshakes:   o.maxPendingHandshake,
 		MaxAgentConnections:    o.maxAgentConns,
 		MaxConnectionsPerAgent: o.maxConnsPerAgent,
@@ -522,4 +525,13 @@ func statelessResetKey(o *options, log zerolog.Logger) (*quicgo.StatelessResetKe
 		return quic.DeriveStatelessResetKey(secret)
 	}
 	return quic.LoadOrCreateStatelessResetKey(filepath.Join(o.dataDir, "stateless-reset.key"))
+}
+
+// stallLimit is --client-stall-timeout for kasd.Config, where 0 takes the default: the flag's 0
+// (no limit) is a negative limit there.
+func stallLimit(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
