@@ -305,3 +305,97 @@ func TestClientStallHTTP2(t *testing.T) {
 	}
 	waitCounter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "client_stall"}, 2)
 }
+
+// Under load, the limit takes exactly the clients that stalled: 200 concurrent uploads and
+// downloads (every body checked) share kasd with two clients that stop sending their uploads
+// and two that never read their downloads. Every one of the 200 succeeds, the two stalled
+// uploads get 408, and exactly four stalls are counted.
+func TestClientStallUnderLoad(t *testing.T) {
+	const limit = time.Second // roomy: a loaded machine (-race, 2 cores) must not cut a moving client
+	e := newEnv(t, withStall(limit))
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/echo":
+			h := sha256.New()
+			n, err := io.Copy(h, r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), 400)
+				return
+			}
+			fmt.Fprintf(w, "n=%d sum=%s", n, hex.EncodeToString(h.Sum(nil)))
+		case "/blob":
+			var n int
+			fmt.Sscan(r.URL.Query().Get("n"), &n)
+			w.Write(pat(n))
+		}
+	}))
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "r1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+
+	uploads := make(chan int, 2)
+	for range 2 {
+		c := e.dialAPI(t)
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		fmt.Fprintf(c, "POST /api/v1/agents/alpha/proxy/web/echo HTTP/1.1\r\nHost: kas\r\nAuthorization: Bearer %s\r\nContent-Length: 1000000\r\n\r\nsome bytes, then nothing", e.token())
+		go func() {
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				uploads <- 0
+				return
+			}
+			uploads <- resp.StatusCode
+		}()
+	}
+	for range 2 {
+		c := e.dialAPI(t)
+		fmt.Fprintf(c, "GET /api/v1/agents/alpha/proxy/web/blob?n=%d HTTP/1.1\r\nHost: kas\r\nAuthorization: Bearer %s\r\n\r\n", 64<<20, e.token())
+	}
+
+	client := loadClient(t)
+	do := func(method, path string, body []byte) (string, error) {
+		req, _ := http.NewRequest(method, e.url(path), bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+e.token())
+		resp, err := client.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			return "", fmt.Errorf("%d %s", resp.StatusCode, b)
+		}
+		return string(b), err
+	}
+	errs := parallel(200, func(i int) error {
+		n := (16 << 10) + i*1000
+		if i%2 == 0 {
+			body := pat(n)
+			got, err := do("POST", "/api/v1/agents/alpha/proxy/web/echo", body)
+			if want := fmt.Sprintf("n=%d sum=%s", n, sumOf(body)); err != nil || got != want {
+				return fmt.Errorf("upload %d: %q %v", i, got, err)
+			}
+			return nil
+		}
+		got, err := do("GET", fmt.Sprintf("/api/v1/agents/alpha/proxy/web/blob?n=%d", 2*n), nil)
+		if err != nil || got != string(pat(2*n)) {
+			return fmt.Errorf("download %d: %d bytes, %v", i, len(got), err)
+		}
+		return nil
+	})
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	for range 2 {
+		if code := <-uploads; code != http.StatusRequestTimeout {
+			t.Errorf("a stalled upload: status %d, want 408", code)
+		}
+	}
+	waitCounter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "client_stall"}, 4)
+	time.Sleep(2 * limit)
+	if n := metricValue(t, e.reg, "kasd_limit_rejections_total", "reason", "client_stall"); n != 4 {
+		t.Errorf("client_stall counted %v times, want 4 (the stalled clients only)", n)
+	}
+}
