@@ -40,6 +40,17 @@ func (e *env) dialAPI(t *testing.T) net.Conn {
 	return c
 }
 
+// echoSum answers "n=<bytes> sum=<sha256>" of the request body (400 if it broke).
+func echoSum(w http.ResponseWriter, r *http.Request) {
+	h := sha256.New()
+	n, err := io.Copy(h, r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), 400)
+		return
+	}
+	fmt.Fprintf(w, "n=%d sum=%s", n, hex.EncodeToString(h.Sum(nil)))
+}
+
 // A client that announces an upload, sends its first bytes and then nothing, while staying
 // connected, gets 408 client_timeout once one read of its body has waited the limit; the
 // agent's stream is reset (its read of the body fails: never a body that looks complete), and
@@ -127,13 +138,7 @@ func TestClientStallSparesSlowButMoving(t *testing.T) {
 	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/upload":
-			h := sha256.New()
-			n, err := io.Copy(h, r.Body)
-			if err != nil {
-				http.Error(w, err.Error(), 400)
-				return
-			}
-			fmt.Fprintf(w, "n=%d sum=%s", n, hex.EncodeToString(h.Sum(nil)))
+			echoSum(w, r)
 		case "/slow":
 			time.Sleep(2 * testStall) // before the head
 			w.WriteHeader(200)
@@ -316,13 +321,7 @@ func TestClientStallUnderLoad(t *testing.T) {
 	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/echo":
-			h := sha256.New()
-			n, err := io.Copy(h, r.Body)
-			if err != nil {
-				http.Error(w, err.Error(), 400)
-				return
-			}
-			fmt.Fprintf(w, "n=%d sum=%s", n, hex.EncodeToString(h.Sum(nil)))
+			echoSum(w, r)
 		case "/blob":
 			var n int
 			fmt.Sscan(r.URL.Query().Get("n"), &n)
