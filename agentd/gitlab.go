@@ -124,9 +124,16 @@ func (a *Agent) GitLabHandler() http.Handler {
 		}()
 		if err != nil {
 			api.WriteHTTPError(rec, err)
-		} else {
-			proxy.ServeHTTP(rec, r)
+			return
 		}
+		if r.ContentLength != 0 {
+			// GitLab (or kasd) may answer before the upload ends: an early 401 or 413, or
+			// 408 when the caller stopped sending (kasd's --module-stall-timeout). Without
+			// this, net/http's HTTP/1.1 server would wait, writing the response head, for the
+			// read in progress on the body, and the caller would get no answer.
+			_ = http.NewResponseController(w).EnableFullDuplex()
+		}
+		proxy.ServeHTTP(rec, r)
 	})
 }
 

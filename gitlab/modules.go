@@ -303,7 +303,12 @@ func (c *Client) moduleError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	var ae *api.Error
 	if errors.As(err, &ae) {
-		api.WriteHTTPError(w, err)
+		// Such as client_timeout: the agent stopped sending the body (kasd's
+		// --module-stall-timeout). GitLab did not fail; the status says what the agent got.
+		if route, ok := ctx.Value(moduleRouteKey{}).(*moduleRoute); ok {
+			route.status = ae.Code.HTTPStatus()
+		}
+		api.WriteHTTPError(w, ae)
 		return
 	}
 	api.WriteHTTPError(w, unavailable("module request failed", err))

@@ -53,6 +53,13 @@ type Config struct {
 	// started; stall.go). Waiting for the agent never counts, nor the silence of an upgraded
 	// connection. Default DefaultClientStallTimeout (60s); negative: no limit.
 	ClientStallTimeout time.Duration
+	// ModuleStallTimeout is ClientStallTimeout for an agent's GitLab module requests: one read
+	// of the request body the agent announced, or one write of GitLab's response to it, that
+	// has not returned for this long ends the request with client_timeout (408 before the
+	// response started, else the stream is reset), so a stalled agent does not hold a GitLab
+	// connection. Waiting for GitLab never counts. Default DefaultClientStallTimeout (60s);
+	// negative: no limit.
+	ModuleStallTimeout time.Duration
 	// MaxRequestTimeout caps the per-request timeout a client may ask for with the
 	// Qkas-Timeout header. Default 1h.
 	MaxRequestTimeout time.Duration
@@ -133,6 +140,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.ClientStallTimeout == 0 {
 		c.ClientStallTimeout = DefaultClientStallTimeout
+	}
+	if c.ModuleStallTimeout == 0 {
+		c.ModuleStallTimeout = DefaultClientStallTimeout
 	}
 	if c.MaxRequestTimeout == 0 {
 		c.MaxRequestTimeout = time.Hour

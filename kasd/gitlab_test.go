@@ -36,7 +36,7 @@ type glEnv struct {
 	glReg *prometheus.Registry
 }
 
-func newGitLabEnv(t *testing.T) *glEnv {
+func newGitLabEnv(t *testing.T, opts ...envOption) *glEnv {
 	t.Helper()
 	// Cleanups run last-in first-out: agents, then kasd, then the client, then GitLab.
 	gl := gitlabtest.New(t, glSecret)
@@ -46,10 +46,10 @@ func newGitLabEnv(t *testing.T) *glEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { client.Close() })
-	e := newEnv(t, func(c *kasd.Config) {
+	e := newEnv(t, append([]envOption{func(c *kasd.Config) {
 		c.AgentAuth = kasd.GitLabAuth{Client: client}
 		c.Modules = client.ModuleHandler()
-	})
+	}}, opts...)...)
 	return &glEnv{env: e, gl: gl, glReg: reg}
 }
 

@@ -3,6 +3,7 @@ package kasd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -123,7 +124,13 @@ func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.S
 		}
 		s.inflight.Add(1)
 		defer s.inflight.Add(-1)
-		s.cfg.Modules.ServeHTTP(w, r.WithContext(gitlab.WithAgentToken(r.Context(), c.token)))
+		mw := &moduleWatch{agentID: c.agentID, module: f.Service, requestID: f.RequestID}
+		st := mw.stall.startConn(s.cfg.ModuleStallTimeout, sc, s, mw)
+		defer st.stop()
+		if body := st.reader(&mw.r, r.Body); body != r.Body {
+			r.Body = &moduleBody{stallReader: &mw.r, limit: s.cfg.ModuleStallTimeout}
+		}
+		s.cfg.Modules.ServeHTTP(st.writer(&mw.w, w), r.WithContext(gitlab.WithAgentToken(r.Context(), c.token)))
 	}
 	if head == nil {
 		// httpstream.Serve, with the refusal of a bad head counted.
@@ -233,4 +240,43 @@ func (b *agentBudgets) forgetIfIdleLocked(agentID string, e *agentBudget, now ti
 	if e.streams == 0 && (e.limiter == nil || e.limiter.TokensAt(now) >= float64(e.limiter.Burst())) {
 		delete(b.agents, agentID)
 	}
+}
+
+// moduleWatch is the --module-stall-timeout watch of one GitLab module request (stall.go): the
+// agent plays the client's part, and its stream's deadlines end a read or write that waited the
+// limit.
+type moduleWatch struct {
+	agentID, module, requestID string
+
+	stall clientStall
+	r     stallReader
+	w     stallWriter
+}
+
+// reportStall counts and logs a module request whose agent the limit gave up on.
+func (m *moduleWatch) reportStall(s *Server, read bool) {
+	s.m.limitRejections.WithLabelValues("module_stall").Inc()
+	what := "stopped reading GitLab's response"
+	if read {
+		what = "stopped sending its request body"
+	}
+	s.log.Info().Str("agent_id", m.agentID).Str("module", m.module).Str("request_id", m.requestID).
+		Dur("module_stall_timeout", s.cfg.ModuleStallTimeout).Msg("GitLab module request ended: the agent " + what)
+}
+
+// moduleBody is the body of a module request as GitLab's client reads it: a read the limit
+// ended fails with client_timeout, which the modules handler answers as such (408), not as
+// GitLab failing.
+type moduleBody struct {
+	*stallReader
+	limit time.Duration
+}
+
+func (b *moduleBody) Read(p []byte) (int, error) {
+	n, err := b.stallReader.Read(p)
+	if err != nil && b.c.firedRead() {
+		err = &api.Error{Code: api.CodeClientTimeout, Err: err,
+			Message: fmt.Sprintf("the agent sent no byte of its request body for %v (--module-stall-timeout)", b.limit)}
+	}
+	return n, err
 }

@@ -35,8 +35,8 @@ type clientStall struct {
 	limit time.Duration
 	w     http.ResponseWriter // the client's; its deadlines through http.ResponseController
 	base  time.Time           // the clock's origin: since values are time.Since(base), never 0 once set
-	srv   *Server             // counts and logs the stall (clientStalled)
-	tgt   *target
+	srv   *Server             // counts and logs the stall, through on
+	on    stallReporter       // the request watched
 
 	armed   atomic.Bool  // the timer was made
 	reading atomic.Int64 // when the read in progress began (ns since base); 0: none
@@ -61,8 +61,23 @@ func (c *clientStall) start(w http.ResponseWriter, s *Server, tgt *target) *clie
 	if s.cfg.ClientStallTimeout <= 0 {
 		return nil
 	}
-	c.limit, c.w, c.base, c.srv, c.tgt = s.cfg.ClientStallTimeout, w, time.Now().Add(-time.Nanosecond), s, tgt
+	c.limit, c.w, c.base, c.srv, c.on = s.cfg.ClientStallTimeout, w, time.Now().Add(-time.Nanosecond), s, tgt
 	return c
+}
+
+// startConn makes c watch the reads and writes of conn, which its deadlines end, for s's
+// request on, under limit; nil (nothing watched) when limit is not positive.
+func (c *clientStall) startConn(limit time.Duration, conn net.Conn, s *Server, on stallReporter) *clientStall {
+	if limit <= 0 {
+		return nil
+	}
+	c.limit, c.conn, c.base, c.srv, c.on = limit, conn, time.Now().Add(-time.Nanosecond), s, on
+	return c
+}
+
+// stallReporter is the request a clientStall watches: it counts and logs the stall.
+type stallReporter interface {
+	reportStall(s *Server, read bool)
 }
 
 func (c *clientStall) now() int64 { return int64(time.Since(c.base)) }
@@ -137,7 +152,7 @@ func (c *clientStall) check() {
 		default:
 			_ = http.NewResponseController(c.w).SetWriteDeadline(past)
 		}
-		c.srv.clientStalled(c.tgt, stalled == stallRead)
+		c.on.reportStall(c.srv, stalled == stallRead)
 		return
 	}
 	c.timer.Reset(next)
@@ -257,9 +272,9 @@ func (s *stallConn) CloseWrite() error {
 	return s.Conn.Close()
 }
 
-// clientStalled counts and logs a request whose client the limit gave up on (clientStall.check,
+// reportStall counts and logs a request whose client the limit gave up on (clientStall.check,
 // on the timer's goroutine).
-func (s *Server) clientStalled(tgt *target, read bool) {
+func (tgt *target) reportStall(s *Server, read bool) {
 	s.m.limitRejections.WithLabelValues("client_stall").Inc()
 	what := "stopped reading its response"
 	if read {

@@ -29,10 +29,17 @@ func withStall(d time.Duration) envOption { return func(c *kasd.Config) { c.Clie
 // allows (a client that stops reading fills it at once).
 func (e *env) dialAPI(t *testing.T) net.Conn {
 	t.Helper()
+	return dialSmallBuf(t, e.api.URL)
+}
+
+// dialSmallBuf opens a raw TCP connection to the server at url, its receive buffer as small as
+// the kernel allows.
+func dialSmallBuf(t *testing.T, url string) net.Conn {
+	t.Helper()
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
 	}}
-	c, err := d.Dial("tcp", strings.TrimPrefix(e.api.URL, "http://"))
+	c, err := d.Dial("tcp", strings.TrimPrefix(url, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}

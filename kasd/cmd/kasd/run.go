@@ -63,6 +63,7 @@ type options struct {
 	routeTimeout        time.Duration
 	responseHdrTimeout  time.Duration
 	clientStallTimeout  time.Duration
+	moduleStallTimeout  time.Duration
 	handshakeTimeout    time.Duration
 	maxPendingHandshake int
 	maxAgentConns       int
@@ -128,6 +129,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.routeTimeout, "route-timeout", 5*time.Second, "how long a request waits for its agent to connect before 503")
 	fs.DurationVar(&o.responseHdrTimeout, "response-header-timeout", 60*time.Second, "how long to wait for a response header from the agent before 504")
 	fs.DurationVar(&o.clientStallTimeout, "client-stall-timeout", kasd.DefaultClientStallTimeout, "how long a client may leave one read of the request body it announced, or one write of its response, waiting before its request ends with 408 client_timeout (waiting for the agent never counts); 0: no limit")
+	fs.DurationVar(&o.moduleStallTimeout, "module-stall-timeout", kasd.DefaultClientStallTimeout, "how long an agent may leave one read of the body of its GitLab module request, or one write of GitLab's response to it, waiting before the request ends with 408 client_timeout (waiting for GitLab never counts); 0: no limit")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "how long an agent may take to send Hello")
 	fs.IntVar(&o.maxPendingHandshake, "max-pending-handshakes", 1000, "maximum agent connections not yet authenticated, and separately of TLS handshakes in progress; the excess is refused at once: before TLS with CONNECTION_REFUSED, after it with overloaded and a retry-after hint")
 	fs.IntVar(&o.maxAgentConns, "max-agent-connections", 100000, "maximum agent connections to this kasd")
@@ -181,8 +183,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			"observability-read-header-timeout", "observability-idle-timeout", "observability-max-header-bytes", "observability-max-connections",
 			"agent-keep-alive-period", "agent-idle-timeout", "registry-ttl", "rebalance-min-age",
 			"gitlab-cache-ttl", "gitlab-negative-cache-ttl", "gitlab-rate-limit"),
-		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance", "client-stall-timeout"), // 0: none; --rebalance-tolerance 0: no margin
-		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),                          // negative: the system default
+		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance", "client-stall-timeout", "module-stall-timeout"), // 0: none; --rebalance-tolerance 0: no margin
+		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),                                                  // negative: the system default
 		o.fleet.validate(),
 		listenAddressesSet(fs, "agent-listen", "api-listen", "observability-listen", "peer-listen"),
 		o.jwksNeedsKeys(),
@@ -365,6 +367,7 @@ func run(ctx context.Context, args []string) error {
 		RouteTimeout:           o.routeTimeout,
 		ResponseHeaderTimeout:  o.responseHdrTimeout,
 		ClientStallTimeout:     stallLimit(o.clientStallTimeout),
+		ModuleStallTimeout:     stallLimit(o.moduleStallTimeout),
 		MaxPendingHandshakes:   o.maxPendingHandshake,
 		MaxAgentConnections:    o.maxAgentConns,
 		MaxConnectionsPerAgent: o.maxConnsPerAgent,
@@ -527,7 +530,7 @@ func statelessResetKey(o *options, log zerolog.Logger) (*quicgo.StatelessResetKe
 	return quic.LoadOrCreateStatelessResetKey(filepath.Join(o.dataDir, "stateless-reset.key"))
 }
 
-// stallLimit is --client-stall-timeout for kasd.Config, where 0 takes the default: the flag's 0
+// stallLimit is --client-stall-timeout (or --module-stall-timeout) for kasd.Config, where 0 takes the default: the flag's 0
 // (no limit) is a negative limit there.
 func stallLimit(d time.Duration) time.Duration {
 	if d == 0 {
