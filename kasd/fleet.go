@@ -425,7 +425,11 @@ func (f *fleet) holders(agentID string, skip func(id string) bool, rr uint64) []
 	return append(healthy, unhealthy...)
 }
 
-// unhealthy reports a peer whose link failed less than PeerRetryDelay ago or is draining.
+// unhealthy reports a peer whose link failed less than PeerRetryDelay ago, or whose link is open
+// and draining. A draining link that has closed since (this kasd closed it once its requests
+// were done, or the peer exited) says nothing after PeerRetryDelay: the registry lists the
+// instance again only once it restarted under the same id and address, and conn dials it
+// afresh.
 func (f *fleet) unhealthy(inst registry.Instance) bool {
 	f.mu.Lock()
 	l := f.links[inst.ID]
@@ -433,7 +437,15 @@ func (f *fleet) unhealthy(inst registry.Instance) bool {
 	if l == nil || l.addr != inst.PeerAddr {
 		return false
 	}
-	return l.down(f.cfg.PeerRetryDelay) || l.draining.Load()
+	if l.down(f.cfg.PeerRetryDelay) {
+		return true
+	}
+	select {
+	case <-l.ready:
+	default:
+		return false // still dialling
+	}
+	return l.draining.Load() && l.qc != nil && l.qc.Context().Err() == nil
 }
 
 // forward sends the request to inst over the peer connection: a Forward frame, then exactly

@@ -105,16 +105,23 @@ func newFleetEnv(t *testing.T, n int) *fleetEnv {
 }
 
 func (f *fleetEnv) startNode(id string) *node {
+	return f.startNodeAt(id, "127.0.0.1:0", "127.0.0.1:0", nil)
+}
+
+// startNodeAt is startNode on given agent and peer addresses ("127.0.0.1:0" for new ones), so
+// that a node can come back where its agents and peers look for it, with tune (if not nil)
+// applied to its fleet configuration.
+func (f *fleetEnv) startNodeAt(id, agentAddr, peerAddr string, tune func(*kasd.FleetConfig)) *node {
 	t := f.t
 	cert, _, err := quic.DevCertificate(f.dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nd := &node{id: id, promReg: prometheus.NewRegistry()}
-	if nd.agentLn, err = quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{}); err != nil {
+	if nd.agentLn, err = quic.Listen(agentAddr, quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{}); err != nil {
 		t.Fatal(err)
 	}
-	if nd.peerLn, err = quic.Listen("127.0.0.1:0", quic.ServerTLSConfig(cert, api.ALPNPeer), quic.Config{}); err != nil {
+	if nd.peerLn, err = quic.Listen(peerAddr, quic.ServerTLSConfig(cert, api.ALPNPeer), quic.Config{}); err != nil {
 		t.Fatal(err)
 	}
 	if nd.etcd, err = registry.NewClient(registry.ClientConfig{Endpoints: f.etcd.Endpoints()}); err != nil {
@@ -137,6 +144,9 @@ func (f *fleetEnv) startNode(id string) *node {
 		Log:          &log,
 		Registerer:   nd.promReg,
 		Tracer:       f.tracers[id],
+	}
+	if tune != nil {
+		tune(cfg.Fleet)
 	}
 	if f.config != nil {
 		f.config(&cfg)

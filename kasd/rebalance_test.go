@@ -4,22 +4,15 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net/http/httptest"
 	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
-
 	"github.com/qkas/qkas/agentd"
-	"github.com/qkas/qkas/api"
-	"github.com/qkas/qkas/auth"
 	"github.com/qkas/qkas/kasd"
 	"github.com/qkas/qkas/quic"
-	"github.com/qkas/qkas/registry"
 )
 
 // rebalanceFleet tunes fleetEnv's nodes for a rebalancing test: a tick every 100 ms and
@@ -27,53 +20,6 @@ import (
 func rebalanceFleet(fc *kasd.FleetConfig) {
 	fc.RebalanceInterval = 100 * time.Millisecond
 	fc.RebalanceMinAge = 500 * time.Millisecond
-}
-
-// startNodeAt is fleetEnv.startNode on given agent and peer addresses ("127.0.0.1:0" for new
-// ones), so that a node can come back where its agents look for it, with tune applied to its
-// fleet configuration.
-func (f *fleetEnv) startNodeAt(id, agentAddr, peerAddr string, tune func(*kasd.FleetConfig)) *node {
-	t := f.t
-	cert, _, err := quic.DevCertificate(f.dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nd := &node{id: id, promReg: prometheus.NewRegistry()}
-	if nd.agentLn, err = quic.Listen(agentAddr, quic.ServerTLSConfig(cert, api.ALPNAgent), quic.Config{}); err != nil {
-		t.Fatal(err)
-	}
-	if nd.peerLn, err = quic.Listen(peerAddr, quic.ServerTLSConfig(cert, api.ALPNPeer), quic.Config{}); err != nil {
-		t.Fatal(err)
-	}
-	if nd.etcd, err = registry.NewClient(registry.ClientConfig{Endpoints: f.etcd.Endpoints()}); err != nil {
-		t.Fatal(err)
-	}
-	log := zerolog.Nop()
-	if testing.Verbose() {
-		log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Str("node", id).Logger()
-	}
-	nd.reg, err = registry.New(nd.etcd, registry.Config{TTL: f.ttl}, registry.Instance{ID: id, PeerAddr: nd.peerLn.Addr().String()}, log, nd.promReg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc := &kasd.FleetConfig{Registry: nd.reg, PeerSecret: f.peerKey}
-	tune(fc)
-	nd.srv, err = kasd.New(kasd.Config{
-		InstanceID:   id,
-		AgentAuth:    kasd.TokenFileAuth{Store: f.store},
-		ClientAuth:   &auth.Verifier{Key: f.secret, AllowAnyAgent: true},
-		RouteTimeout: 3 * time.Second,
-		Fleet:        fc,
-		Log:          &log,
-		Registerer:   nd.promReg,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nd.wg.Go(func() { _ = nd.srv.ServeAgents(context.Background(), nd.agentLn) })
-	nd.wg.Go(func() { _ = nd.srv.ServePeers(context.Background(), nd.peerLn) })
-	nd.api = httptest.NewServer(nd.srv.Handler())
-	return nd
 }
 
 // startSpreadAgent runs one agentd replica of id with two connections over every node's

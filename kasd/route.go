@@ -302,7 +302,7 @@ func (s *Server) holders(agentID, service string, tried map[string]int) ([]holde
 	}
 	if s.fleet != nil {
 		skip := func(id string) bool { return tried[id] >= maxPeerAttempts }
-		for _, inst := range s.fleet.holders(agentID, skip, s.reqSeq.Load()) {
+		for _, inst := range s.fleet.holders(agentID, skip, s.peerSeq.Add(1)) {
 			out = append(out, peerHolder{s: s, inst: inst, agentID: agentID})
 		}
 	}

@@ -30,7 +30,8 @@ type Server struct {
 	table   *agentTable
 	fleet   *fleet // nil for a single kasd
 	connSeq atomic.Uint64
-	reqSeq  atomic.Uint64
+	reqSeq  atomic.Uint64 // request ids this kasd makes (a client may bring its own)
+	peerSeq atomic.Uint64 // round robin over the peers holding an agent, one step per lookup
 
 	inflight atomic.Int64 // proxied requests in progress (local, forwarded out and in), for Shutdown
 	// apiInflight counts the proxied requests of this kasd's own API clients, for
