@@ -430,13 +430,19 @@ func run(ctx context.Context, args []string) error {
 	if jwks != nil {
 		g.Go(func() error { return jwks.Run(gctx) })
 	}
-	g.Go(func() error { return srv.ServeAgents(gctx, agentLn) })
+	// The accept loops outlive the signal: while it drains, kasd answers a new agent or peer
+	// connection at once (refused as shutting_down, so an agent dials another kasd), where a
+	// listener nobody accepted from would complete QUIC handshakes and leave them unanswered
+	// for the agent's whole handshake timeout. They stop once the server is closed.
+	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
+	g.Go(func() error { return srv.ServeAgents(serveCtx, agentLn) })
 	if agentTCPLn != nil {
 		log.Info().Str("agent_listen_tcp", agentTCPLn.Addr().String()).Msg("accepting agents over TCP too")
-		g.Go(func() error { return srv.ServeAgentsTCP(gctx, agentTCPLn) })
+		g.Go(func() error { return srv.ServeAgentsTCP(serveCtx, agentTCPLn) })
 	}
 	if fleet != nil {
-		g.Go(func() error { return srv.ServePeers(gctx, fleet.peerLn) })
+		g.Go(func() error { return srv.ServePeers(serveCtx, fleet.peerLn) })
 	}
 	g.Go(func() error { return apiSrv.Serve(apiLn) })
 	g.Go(func() error { return obsSrv.Serve(obsLn) })
@@ -463,11 +469,12 @@ func run(ctx context.Context, args []string) error {
 			_ = apiSrv.Shutdown(sctx)
 		}()
 		err := srv.Shutdown(sctx)
-		<-apiDone
+		stopServing()
 		_ = agentLn.Close()
 		if agentTCPLn != nil {
 			_ = agentTCPLn.Close()
 		}
+		<-apiDone
 		if fleet != nil {
 			// Delete this instance's keys and revoke its lease, so peers stop routing here now
 			// rather than when the lease expires.
