@@ -54,9 +54,13 @@ const (
 	// ConnectVersionRefused: kasd does not speak this agent's qkas protocol version, or the
 	// reverse.
 	ConnectVersionRefused ConnectCode = "version_refused"
-	// ConnectOverloaded: kasd shed the connection (admission control, draining); retried after
-	// kasd's hint.
+	// ConnectOverloaded: kasd shed the connection (admission control); retried after kasd's
+	// hint.
 	ConnectOverloaded ConnectCode = "kasd_overloaded"
+	// ConnectDraining: kasd is draining (a rollout, a shutdown) and takes no new agent; the
+	// agent dials another address after its ordinary backoff. Expected during every rollout:
+	// not a sign of overload.
+	ConnectDraining ConnectCode = "kasd_draining"
 	// ConnectRefused: kasd refused the Hello for another reason (its message says which).
 	ConnectRefused ConnectCode = "kasd_refused"
 	// ConnectLost: the connection ended during the handshake (stateless reset, closed by kasd).
@@ -106,8 +110,10 @@ func classifyConnect(err error) connectFailure {
 			return connectFailure{ConnectTokenRefused, "kasd refused the agent token (" + ae.Message + "): check --token-file and kasd's tokens file; retrying slowly"}
 		case api.CodeUnsupportedVersion:
 			return connectFailure{ConnectVersionRefused, "kasd and this agent speak different qkas protocol versions (" + ae.Message + "): upgrade the older one; retrying slowly"}
-		case api.CodeOverloaded, api.CodeShuttingDown:
+		case api.CodeOverloaded:
 			return connectFailure{ConnectOverloaded, "kasd shed the connection (" + ae.Message + "); retrying after its hint"}
+		case api.CodeShuttingDown:
+			return connectFailure{ConnectDraining, "kasd is draining (" + ae.Message + "): a rollout or shutdown; trying another address"}
 		default:
 			return connectFailure{ConnectRefused, "kasd refused the connection: " + ae.Code.String() + ": " + ae.Message}
 		}

@@ -135,6 +135,8 @@ func TestClassifyConnect(t *testing.T) {
 		{"kasd's welcome version", &helloError{api.CheckVersion(api.ProtocolVersion + 1)}, ConnectVersionRefused, nil, true},
 		{"overloaded", refusalFromClose(&quicgo.ApplicationError{Remote: true, ErrorCode: quicgo.ApplicationErrorCode(quic.ConnCodeRefused),
 			ErrorMessage: api.CloseReason(&api.Error{Code: api.CodeOverloaded, Message: "busy", RetryAfter: time.Second})}), ConnectOverloaded, []string{"busy"}, false},
+		{"draining", refusalFromClose(&quicgo.ApplicationError{Remote: true, ErrorCode: quicgo.ApplicationErrorCode(quic.ConnCodeRefused),
+			ErrorMessage: api.CloseReason(api.Errorf(api.CodeShuttingDown, "kasd is draining; connect to another instance"))}), ConnectDraining, []string{"draining", "another address"}, false},
 		{"hello refused as bad request", &helloError{&api.Error{Code: api.CodeBadRequest, Message: "invalid service name"}}, ConnectRefused, []string{"invalid service name"}, true},
 		{"other refusal", &api.Error{Code: api.CodeAuthUnavailable, Message: "gitlab down"}, ConnectRefused, []string{"auth_unavailable"}, false},
 		{"QUIC version", &quicgo.VersionNegotiationError{}, ConnectQUICVersion, nil, false},
