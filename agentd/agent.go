@@ -223,7 +223,11 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 				continue
 			}
 			if m := c.goAwayMsg; m == nil || m.Prefer == "" {
-				// kasd drains: it bounds its requests on c by its own grace and closes c.
+				// kasd drains: it bounds its requests on c by its own grace and closes c. It
+				// refuses new connections until it has gone, so the redial goes elsewhere
+				// while there is an elsewhere (it may come back under the same instance:
+				// then it is accepted, see moveAvoids).
+				a.beginMove(slot, slotMove{avoid: c.welcome.InstanceID, draining: true})
 				wg.Go(func() { c.drainForKasd(ctx) })
 			} else {
 				wg.Go(func() { c.drain() })
@@ -342,7 +346,8 @@ func (t target) String() string {
 // several) and returns the next one, round-robin, skipping addresses (and the kasd instances
 // last seen behind them) that other slots are connected to while there is an alternative. A
 // slot moving for balance (kasd's GoAway with Prefer) takes the address last seen answering as
-// the preferred instance, else any other than the one it leaves.
+// the preferred instance, else any other than the one it leaves; a slot whose kasd drains, any
+// other than the draining one.
 func (a *Agent) nextTarget(ctx context.Context, slot int) (target, int, error) {
 	var all []target
 	var errs []error
@@ -393,8 +398,13 @@ func (a *Agent) nextTarget(ctx context.Context, slot int) (target, int, error) {
 }
 
 // slotMove is what a slot moving for balance avoids (the instance that asked it to move) and
-// prefers (the instance kasd named as the least loaded).
-type slotMove struct{ avoid, prefer string }
+// prefers (the instance kasd named as the least loaded). A slot whose kasd drains (GoAway
+// without Prefer) avoids that instance too, with draining set: it dials it only when nothing
+// else is left, and a connection it accepts (a new process under the same instance id) is kept.
+type slotMove struct {
+	avoid, prefer string
+	draining      bool
+}
 
 // placementState returns, under one lock, the addresses and instances other slots hold, the
 // instance last seen at each address, and slot's move, if any.
@@ -445,7 +455,7 @@ func (a *Agent) moveAvoids(slot int, instance string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	m, ok := a.moves[slot]
-	return ok && m.avoid == instance
+	return ok && !m.draining && m.avoid == instance
 }
 
 func (a *Agent) heldByOtherSlot(slot int, instance string) bool {

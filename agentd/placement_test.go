@@ -62,6 +62,16 @@ func TestMoveTarget(t *testing.T) {
 	if tgt, _, err := b.nextTarget(context.Background(), 0); err != nil || tgt.String() != addrs[0] {
 		t.Fatalf("the only address: %v %v", tgt, err)
 	}
+	// A draining kasd is dialled only when nothing else is left, and a connection it (or a new
+	// process under its instance id) accepts is kept.
+	a.beginMove(0, slotMove{avoid: "k2", draining: true})
+	seen = map[string]bool{}
+	for range 12 {
+		seen[next()] = true
+	}
+	if seen[addrs[1]] || !seen[addrs[0]] || !seen[addrs[2]] || a.moveAvoids(0, "k2") {
+		t.Fatalf("draining k2: dialled %v, moveAvoids %v", seen, a.moveAvoids(0, "k2"))
+	}
 	// The move over, the round robin is back.
 	a.endMove(0)
 	seen = map[string]bool{}

@@ -73,6 +73,8 @@ type testKasd struct {
 	agentAddr string
 	token     string
 	tls       *tls.Config // trusts kasd's dev CA, server name localhost
+	srv       *kasd.Server
+	caFile    string // kasd's dev CA
 }
 
 // startTestKasd starts a kasd, stopped when the test ends (after the agents started later).
@@ -132,7 +134,7 @@ func startTestKasdWith(t *testing.T, configure func(*kasd.Config)) *testKasd {
 		srv.Close()
 		serveWG.Wait()
 	})
-	return &testKasd{env: e, agentAddr: ln.Addr().String(), token: tok, tls: tlsConf}
+	return &testKasd{env: e, agentAddr: ln.Addr().String(), token: tok, tls: tlsConf, srv: srv, caFile: caFile}
 }
 
 // get requests path of service through kasd and returns the status and body.

@@ -82,7 +82,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	}
 	m.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kasd_forwarded_requests_total",
-		Help: "Requests this kasd forwarded to a peer, by peer instance (the first 64 seen; later ones count as other) and result (ok, or the error code).",
+		Help: "Requests this kasd forwarded to a peer, one per attempt (a request retried on another holder counts at each peer it went to; kasd_retries_total counts the retries), by peer instance (the first 64 seen; later ones count as other) and result (ok, or the error code).",
 	}, []string{"peer", "result"})
 	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kasd_retries_total",
