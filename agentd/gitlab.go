@@ -33,8 +33,10 @@ const (
 	// agent has none (starting up, reconnecting) before it fails with agent_not_connected.
 	DefaultGitLabConnectWait = 5 * time.Second
 	// DefaultGitLabResponseHeaderTimeout bounds the wait for kasd's answer (Result frame and
-	// GitLab's response header). It also bounds a kasd that never accepts the stream (one
-	// without GitLab configured). Bodies then stream for as long as the request's context allows.
+	// GitLab's response header), counted from the request body's last byte sent (an upload
+	// that takes longer goes on while kasd takes its bytes). It also bounds a kasd that never
+	// accepts the stream (one without GitLab configured). Bodies then stream for as long as
+	// the request's context allows.
 	DefaultGitLabResponseHeaderTimeout = 60 * time.Second
 
 	// gitlabConnectPoll is how often a waiting request looks for a live connection again.

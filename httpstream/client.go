@@ -30,7 +30,9 @@ const smallBody = 16 << 10
 type Options struct {
 	// Prefix is written before the Request frame (a Forward frame on peer streams).
 	Prefix []byte
-	// ResponseHeaderTimeout bounds the wait for the response head; 0 means none.
+	// ResponseHeaderTimeout bounds the wait for the response head, counted from the last
+	// request body byte sent: waiting for the client's body bytes does not count, waiting for
+	// the peer to take them does (headerClock); 0 means none.
 	ResponseHeaderTimeout time.Duration
 	// Go starts the request-body writer goroutine; it returns false if the owner is closing.
 	// Default: the go statement (the goroutine ends when the stream or the body ends).
@@ -302,8 +304,8 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, bod
 	opts = &x.opts
 	x.stopCancel = context.AfterFunc(ctx, x.abort)
 	if opts.ResponseHeaderTimeout > 0 {
-		x.headerTimer = time.AfterFunc(opts.ResponseHeaderTimeout, x.headerTimeout)
-		defer x.headerTimer.Stop()
+		x.head.start(opts.ResponseHeaderTimeout, x.headerTimeout)
+		defer x.head.stop()
 	}
 	f := *frame
 	f.Flags &^= api.FlagBody | api.FlagGated
@@ -332,7 +334,10 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, bod
 		// Read the whole (small) body now and send it with the head and FIN in one write.
 		start := len(buf)
 		buf = append(buf, make([]byte, f.ContentLength)...)
-		if _, err := io.ReadFull(cur, buf[start:]); err != nil {
+		x.head.pause() // the client's time (bodyWriter.run)
+		_, err = io.ReadFull(cur, buf[start:])
+		x.head.resume()
+		if err != nil {
 			*bp = buf
 			putBuf(bp)
 			x.finish(false)
@@ -391,9 +396,7 @@ func RoundTrip(ctx context.Context, sc *quic.StreamConn, frame *api.Request, bod
 		}
 		return nil, err
 	}
-	if x.headerTimer != nil {
-		x.headerTimer.Stop()
-	}
+	x.head.stop()
 	return resp, nil
 }
 
@@ -568,7 +571,11 @@ func (w *bodyWriter) run() {
 		if w.stopped.Load() {
 			return
 		}
+		// Waiting for the client's next bytes is the client's time (its stall timeout), not
+		// the peer's: the header clock stops meanwhile and restarts with what is to be sent.
+		w.x.head.pause()
 		n, err := w.cur.Read(p)
+		w.x.head.resume()
 		if n > 0 {
 			if _, werr := dst.Write(p[:n]); werr != nil {
 				// Reset only what we send: the peer may have stopped reading because it
@@ -607,15 +614,66 @@ type exchange struct {
 	ctx  context.Context
 	opts Options
 
-	timedOut    atomic.Bool
-	headerTimer *time.Timer
-	stopCancel  func() bool
-	finished    atomic.Bool
-	sent, recv  atomic.Int64
+	timedOut   atomic.Bool
+	head       headerClock
+	stopCancel func() bool
+	finished   atomic.Bool
+	sent, recv atomic.Int64
 
 	resp http.Response
 	body responseBody
 	br   bodyReader
+}
+
+// headerClock is Options.ResponseHeaderTimeout: it runs while the exchange waits on the peer —
+// for the response head, for a stream write the peer's flow control holds, for Accepted at
+// the gate — and is paused while the body writer waits for the client's next bytes, so an
+// upload that takes longer than the timeout while the peer keeps reading it is not cut, and a
+// peer that stops reading it is still bounded. It counts from the last byte sent, as
+// net/http's Transport counts its ResponseHeaderTimeout from the end of the request's body.
+// The zero value is off.
+type headerClock struct {
+	mu   sync.Mutex
+	t    *time.Timer // nil: off
+	d    time.Duration
+	done bool // the head came, or the exchange failed: the clock stays stopped
+}
+
+func (c *headerClock) start(d time.Duration, fire func()) {
+	c.d = d
+	c.t = time.AfterFunc(d, fire)
+}
+
+func (c *headerClock) pause() {
+	if c.t == nil {
+		return
+	}
+	c.mu.Lock()
+	if !c.done {
+		c.t.Stop()
+	}
+	c.mu.Unlock()
+}
+
+func (c *headerClock) resume() {
+	if c.t == nil {
+		return
+	}
+	c.mu.Lock()
+	if !c.done {
+		c.t.Reset(c.d)
+	}
+	c.mu.Unlock()
+}
+
+func (c *headerClock) stop() {
+	if c.t == nil {
+		return
+	}
+	c.mu.Lock()
+	c.done = true
+	c.t.Stop()
+	c.mu.Unlock()
 }
 
 // abort resets the stream when the request's context ends.

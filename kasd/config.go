@@ -44,7 +44,9 @@ type Config struct {
 	// RouteTimeout is how long a request waits for its agent to connect. Default 5s.
 	RouteTimeout time.Duration
 	// ResponseHeaderTimeout bounds the time from sending a request to the agent until its
-	// response header arrives; the body may then stream for as long as it needs (watches, logs).
+	// response header arrives, counted from the request body's last byte sent: waiting for the
+	// client's next body bytes does not count (ClientStallTimeout bounds that), waiting for the
+	// agent to take them does. The body may then stream for as long as it needs (watches, logs).
 	// Default 60s.
 	ResponseHeaderTimeout time.Duration
 	// ClientStallTimeout bounds how long a client may keep its request waiting on it: one read
