@@ -49,9 +49,29 @@ type cacheEntry struct {
 	expires time.Time
 }
 
+// MaxAgentTokenBytes is the longest agent token kasd sends to GitLab. GitLab's agent tokens
+// (glagent-…) are a few dozen bytes.
+const MaxAgentTokenBytes = 1024
+
+// checkAgentToken refuses, as unauthenticated, a token GitLab cannot have issued: longer than
+// MaxAgentTokenBytes, or with a byte outside printable ASCII (a space, a control byte: not a
+// header value, or not one token).
+func checkAgentToken(tok string) error {
+	if len(tok) > MaxAgentTokenBytes {
+		return api.Errorf(api.CodeUnauthenticated, "agent token longer than %d bytes", MaxAgentTokenBytes)
+	}
+	for i := 0; i < len(tok); i++ {
+		if tok[i] <= ' ' || tok[i] > '~' {
+			return api.Errorf(api.CodeUnauthenticated, "agent token has a byte outside printable ASCII at offset %d", i)
+		}
+	}
+	return nil
+}
+
 // AgentInfo authenticates an agent token with GitLab and returns the agent's info.
 //
-// Errors are *api.Error: CodeUnauthenticated (GitLab answered 401), CodeForbidden (403),
+// Errors are *api.Error: CodeUnauthenticated (GitLab answered 401, or the token cannot be one
+// of GitLab's: checkAgentToken, never sent), CodeForbidden (403),
 // CodeAuthUnavailable (GitLab down, 5xx, unexpected answer, timeout: retryable, never cached),
 // CodeOverloaded (client-side rate limit), CodeDeadlineExceeded (ctx expired first).
 // Answers are cached by sha256(token) (admitted: PositiveCacheTTL, 401/403: NegativeCacheTTL);
@@ -60,6 +80,13 @@ type cacheEntry struct {
 func (c *Client) AgentInfo(ctx context.Context, agentToken string) (*AgentInfo, error) {
 	if agentToken == "" {
 		return nil, api.Errorf(api.CodeUnauthenticated, "missing agent token")
+	}
+	if err := checkAgentToken(agentToken); err != nil {
+		// Refused here, as GitLab would refuse it: a token that cannot be sent as a header
+		// value would otherwise spend the rate limit and fail as auth_unavailable, which a
+		// source's failure budget (kasd.SourceLimitedAuth) does not count.
+		c.metrics.malformedTokens.Inc()
+		return nil, err
 	}
 	key := tokenKey(sha256.Sum256([]byte(agentToken)))
 	if info, err, ok := c.cacheGet(key); ok {

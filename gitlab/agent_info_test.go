@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/gitlab"
 	"github.com/qkas/qkas/gitlab/gitlabtest"
@@ -377,4 +379,53 @@ func TestCloseWaitsForLookups(t *testing.T) {
 	}
 	_, err = e.client.AgentInfo(t.Context(), "slow")
 	wantCode(t, err, api.CodeShuttingDown)
+}
+
+// A token GitLab cannot have issued is refused as unauthenticated without a request to GitLab
+// (and without spending the rate limit), and counted.
+func TestMalformedAgentTokenNotSent(t *testing.T) {
+	gl := gitlabtest.New(t, testSecret)
+	reg := prometheus.NewRegistry()
+	c, err := gitlab.New(gitlab.Config{URL: gl.URL, AuthSecret: testSecret, Version: "test"}, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for _, tok := range []string{"made-up\ntoken", "with space", "tab\there", "nul\x00", "del\x7f", "tøken", strings.Repeat("g", gitlab.MaxAgentTokenBytes+1)} {
+		_, err := c.AgentInfo(context.Background(), tok)
+		if api.CodeOf(err) != api.CodeUnauthenticated {
+			t.Errorf("%.20q: %v, want unauthenticated", tok, err)
+		}
+	}
+	if n := gl.AgentInfoCalls(); n != 0 {
+		t.Errorf("GitLab saw %d agent_info calls, want 0", n)
+	}
+	if n := gatheredValue(t, reg, "kasd_gitlab_agent_tokens_malformed_total"); n != 7 {
+		t.Errorf("kasd_gitlab_agent_tokens_malformed_total = %v, want 7", n)
+	}
+	// The longest and every printable byte still go to GitLab.
+	ok := strings.Repeat("g", gitlab.MaxAgentTokenBytes-95)
+	for b := byte('!'); b <= '~'; b++ {
+		ok += string(b)
+	}
+	gl.AddAgent(ok, gitlab.AgentInfo{AgentID: 3})
+	if info, err := c.AgentInfo(context.Background(), ok); err != nil || info.AgentID != 3 {
+		t.Errorf("a printable token of %d bytes: %v %v", len(ok), info, err)
+	}
+}
+
+// gatheredValue is the value of the unlabelled counter name in reg.
+func gatheredValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("%s not gathered", name)
+	return 0
 }

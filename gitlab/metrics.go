@@ -24,12 +24,13 @@ const (
 )
 
 type metrics struct {
-	requests       *prometheus.CounterVec   // endpoint, code
-	duration       *prometheus.HistogramVec // endpoint
-	cache          *prometheus.CounterVec   // result
-	cacheEvictions *prometheus.CounterVec   // reason
-	moduleRequests *prometheus.CounterVec   // module, code
-	rateLimited    prometheus.Counter
+	requests        *prometheus.CounterVec   // endpoint, code
+	duration        *prometheus.HistogramVec // endpoint
+	cache           *prometheus.CounterVec   // result
+	cacheEvictions  *prometheus.CounterVec   // reason
+	moduleRequests  *prometheus.CounterVec   // module, code
+	rateLimited     prometheus.Counter
+	malformedTokens prometheus.Counter
 
 	mu      sync.Mutex // guards the field below
 	modules map[string]struct{}
@@ -62,12 +63,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "kasd_gitlab_rate_limited_total",
 			Help: "Requests to GitLab refused by kasd's client-side rate limit.",
 		}),
+		malformedTokens: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kasd_gitlab_agent_tokens_malformed_total",
+			Help: "Agent tokens refused as unauthenticated without asking GitLab: longer than 1024 bytes, or with a byte outside printable ASCII.",
+		}),
 		modules: make(map[string]struct{}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.cache, m.cacheEvictions, m.moduleRequests, m.rateLimited} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.cache, m.cacheEvictions, m.moduleRequests, m.rateLimited, m.malformedTokens} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
