@@ -90,7 +90,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		// the others' tickets. A ticket outlives a refused or failed attempt.
 		tlsConf.ClientSessionCache = quic.NewClientSessionCache(sessionCacheSize)
 	}
-	dialer, err := quic.NewDialer(tlsConf, a.cfg.QUIC)
+	// A socket per connection: behind a load balancer (one kasd address), the agent's
+	// connections are separate flows placed on separate kasd replicas, and a redial after a
+	// drain or a crash is placed anew (quic.Config.SocketPerConnection).
+	qcfg := a.cfg.QUIC
+	qcfg.SocketPerConnection = true
+	dialer, err := quic.NewDialer(tlsConf, qcfg)
 	if err != nil {
 		return fmt.Errorf("agentd: %w", err)
 	}
@@ -183,10 +188,10 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 		attempt, refusedToken = 0, 0
 		a.countAttempt(nil)
 		a.learnInstance(tgt, c.welcome.InstanceID)
-		if (a.heldByOtherSlot(slot, c.welcome.InstanceID) || a.moveAvoids(slot, c.welcome.InstanceID)) && dupes < ntargets {
+		if (a.heldByOtherSlot(slot, c.welcome.InstanceID) || a.moveAvoids(slot, c.welcome.InstanceID)) && dupes < max(ntargets, minPlacementTries) {
 			// Another slot already holds this kasd instance, or it is the one this slot is
-			// moving away from: try the next address, a bounded number of times, before
-			// settling for it.
+			// moving away from: try the next address (or, behind one load-balanced address,
+			// a new flow from a new socket), a bounded number of times, before settling for it.
 			dupes++
 			c.log.Info().Msg("kasd instance already held by another connection, or being left; trying another address")
 			c.drain()
@@ -242,6 +247,11 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 		}
 	}
 }
+
+// minPlacementTries is how many times a slot that reached an instance another slot holds dials
+// again, at least (else once per resolved address): behind one address, a load balancer that
+// places flows at random puts two connections on one of two replicas half of the time.
+const minPlacementTries = 3
 
 // countAttempt counts a connect attempt (a slot's dial or a re-announce's) that ended with err
 // (nil: connected) in agentd_connect_attempts_total{result}.

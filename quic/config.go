@@ -105,6 +105,14 @@ type Config struct {
 	// split again before quic-go sees it (internal/rawio). Whether the kernel accepted is
 	// reported by GRO.
 	NoUDPGRO bool
+	// SocketPerConnection, Dialer only: each connection is dialled from a UDP socket of its own
+	// (a new source port), closed when the connection ends, instead of the Dialer's one shared
+	// socket. A load balancer places UDP flows by source address and port, so behind one
+	// address the connections of one agent then land on different servers instead of all on
+	// one, and a redial is a new flow, placed anew (the server that asked it to go, draining,
+	// is no longer a candidate), where the shared socket's flow stays pinned to it. Costs a
+	// socket per connection. Default false.
+	SocketPerConnection bool
 	// RootCAs, Dialer only: if not nil, each dial verifies the server with the pool it returns
 	// at that moment instead of the tls.Config's RootCAs, so that a CA bundle reloaded without
 	// a restart (internal/certreload) applies to new connections. Default nil.

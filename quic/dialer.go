@@ -14,16 +14,33 @@ import (
 )
 
 // Dialer dials QUIC connections from ONE UDP socket (one quicgo.Transport) shared by all of
-// them, so that one process can hold thousands of connections without thousands of sockets.
+// them, so that one process can hold thousands of connections without thousands of sockets; or,
+// with Config.SocketPerConnection, each from a socket of its own, closed with its connection.
 // The zero value is not usable; use NewDialer. Safe for concurrent use.
 type Dialer struct {
-	tlsConf *tls.Config // cloned, TLS 1.3 minimum; never modified
-	cfg     Config      // defaults applied
-	pc      net.PacketConn
+	tlsConf *tls.Config  // cloned, TLS 1.3 minimum; never modified
+	cfg     Config       // defaults applied
+	pc      *net.UDPConn // the shared socket; nil with SocketPerConnection
 	tr      *quicgo.Transport
+
+	// With SocketPerConnection: what the first socket was granted, for SocketBuffers and GRO
+	// before (and between) connections.
+	buffers SocketBuffers
+	gro     bool
+
+	mu          sync.Mutex // guards the fields below
+	own         map[*ownSocket]struct{}
+	closedDrops uint64 // datagrams dropped for per-connection sockets since closed
+	closed      bool
 
 	closeOnce sync.Once
 	closeErr  error // set by closeOnce
+}
+
+// ownSocket is one connection's socket (Config.SocketPerConnection).
+type ownSocket struct {
+	pc *net.UDPConn
+	tr *quicgo.Transport
 }
 
 // NewDialer opens the Dialer's UDP socket (all interfaces, IPv4 and IPv6, random port).
@@ -36,28 +53,85 @@ func NewDialer(tlsConf *tls.Config, cfg Config) (*Dialer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{})
-	if err != nil {
-		return nil, fmt.Errorf("quic: dialer socket: %w", err)
-	}
-	sizeSocket(pc, cfg)
 	if cfg.StatelessResetKey == nil {
-		// A key for this socket's lifetime: a peer that still sends on a connection this side
+		// A key for this Dialer's lifetime: a peer that still sends on a connection this side
 		// has closed (it was paused past the idle timeout, say) gets a stateless reset at its
 		// next packet and learns at once that the connection is gone.
 		var k quicgo.StatelessResetKey
 		if _, err := rand.Read(k[:]); err != nil {
-			pc.Close()
 			return nil, fmt.Errorf("quic: stateless reset key: %w", err)
 		}
 		cfg.StatelessResetKey = &k
 	}
-	return &Dialer{
-		tlsConf: tlsConf,
-		cfg:     cfg.WithDefaults(),
-		pc:      pc,
-		tr:      &quicgo.Transport{Conn: newLossyUDPConn(pc, cfg.NoUDPGRO), StatelessResetKey: cfg.StatelessResetKey},
-	}, nil
+	d := &Dialer{tlsConf: tlsConf, cfg: cfg.WithDefaults(), own: map[*ownSocket]struct{}{}}
+	pc, tr, err := d.openSocket()
+	if err != nil {
+		return nil, fmt.Errorf("quic: dialer socket: %w", err)
+	}
+	if !cfg.SocketPerConnection {
+		d.pc, d.tr = pc, tr
+		return d, nil
+	}
+	// Sockets come with connections; this first one only tells what the kernel grants.
+	d.buffers, _ = socketBuffersOf(pc)
+	d.gro = groOf(tr.Conn)
+	_ = pc.Close()
+	return d, nil
+}
+
+// openSocket opens and sizes a UDP socket, with the transport that will serve it.
+func (d *Dialer) openSocket() (*net.UDPConn, *quicgo.Transport, error) {
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{})
+	if err != nil {
+		return nil, nil, err
+	}
+	sizeSocket(pc, d.cfg)
+	return pc, &quicgo.Transport{Conn: newLossyUDPConn(pc, d.cfg.NoUDPGRO), StatelessResetKey: d.cfg.StatelessResetKey}, nil
+}
+
+// dial dials addr on the shared transport, or on a socket of its own that the connection's end
+// closes.
+func (d *Dialer) dial(ctx context.Context, addr *net.UDPAddr, tlsConf *tls.Config) (*quicgo.Conn, error) {
+	if d.tr != nil {
+		return d.tr.Dial(ctx, addr, tlsConf, d.cfg.QUICConfig())
+	}
+	pc, tr, err := d.openSocket()
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	s := &ownSocket{pc: pc, tr: tr}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		_ = pc.Close()
+		return nil, net.ErrClosed
+	}
+	d.own[s] = struct{}{}
+	d.mu.Unlock()
+	conn, err := tr.Dial(ctx, addr, tlsConf, d.cfg.QUICConfig())
+	if err != nil {
+		d.release(s)
+		return nil, err
+	}
+	// As quic-go does for its one-shot Dial: the transport goes with the connection.
+	context.AfterFunc(conn.Context(), func() { d.release(s) })
+	return conn, nil
+}
+
+// release closes a per-connection socket once (its connection's end, a failed dial, or Close),
+// keeping its drop count.
+func (d *Dialer) release(s *ownSocket) {
+	d.mu.Lock()
+	if _, ok := d.own[s]; !ok {
+		d.mu.Unlock()
+		return
+	}
+	delete(d.own, s)
+	drops, _ := socketDropsOf(s.pc)
+	d.closedDrops += drops
+	d.mu.Unlock()
+	_ = s.tr.Close()
+	_ = s.pc.Close()
 }
 
 // Dial resolves addr ("host:port", UDP) and dials it, bounded by ctx and
@@ -72,7 +146,7 @@ func (d *Dialer) Dial(ctx context.Context, addr string) (*quicgo.Conn, error) {
 		return nil, err
 	}
 	tlsConf = withRootCAs(tlsConf, d.cfg)
-	conn, err := d.tr.Dial(ctx, udpAddr, tlsConf, d.cfg.QUICConfig())
+	conn, err := d.dial(ctx, udpAddr, tlsConf)
 	if err != nil {
 		return nil, fmt.Errorf("quic: dial %s: %w", addr, err)
 	}
@@ -94,7 +168,7 @@ func (d *Dialer) DialUDP(ctx context.Context, addr *net.UDPAddr, serverName stri
 		tlsConf.ServerName = serverName
 	}
 	tlsConf = withRootCAs(tlsConf, d.cfg)
-	conn, err := d.tr.Dial(ctx, addr, tlsConf, d.cfg.QUICConfig())
+	conn, err := d.dial(ctx, addr, tlsConf)
 	if err != nil {
 		return nil, fmt.Errorf("quic: dial %s (%s): %w", addr, serverName, err)
 	}
@@ -128,17 +202,26 @@ func ResolveAll(ctx context.Context, addr string) (host string, addrs []*net.UDP
 	return host, addrs, nil
 }
 
-// LocalAddr is the address of the Dialer's shared socket.
-func (d *Dialer) LocalAddr() net.Addr { return d.pc.LocalAddr() }
-
-// Close closes the shared transport and socket. Like Listener.Close, it destroys every
+// Close closes the Dialer's sockets and transports. Like Listener.Close, it destroys every
 // connection still open on this Dialer without notifying the peers, and returns when their
 // goroutines are gone. Idempotent: later calls return the first call's result.
 func (d *Dialer) Close() error {
 	d.closeOnce.Do(func() {
-		errTr := d.tr.Close()
-		errPc := d.pc.Close()
-		d.closeErr = errors.Join(ignoreClosed(errTr), ignoreClosed(errPc))
+		d.mu.Lock()
+		d.closed = true
+		own := make([]*ownSocket, 0, len(d.own))
+		for s := range d.own {
+			own = append(own, s)
+		}
+		d.mu.Unlock()
+		for _, s := range own {
+			d.release(s)
+		}
+		if d.tr != nil {
+			errTr := d.tr.Close()
+			errPc := d.pc.Close()
+			d.closeErr = errors.Join(ignoreClosed(errTr), ignoreClosed(errPc))
+		}
 	})
 	return d.closeErr
 }

@@ -1,5 +1,6 @@
 // Package quic is qkas's transport over quic-go: one place for QUIC and TLS defaults, a
-// Listener and a Dialer that each own exactly one UDP socket, the development CA, the
+// Listener and a Dialer that each own one UDP socket (a Dialer with
+// Config.SocketPerConnection, one per connection), the development CA, the
 // stateless reset key, reconnect backoff, and a net.Conn view of a bidirectional stream.
 //
 // Import quic-go alongside this package as quicgo:
@@ -24,7 +25,10 @@
 //     shut down politely, call CloseWithError([ConnCodeShutdown]) on each connection first.
 //   - A [Dialer] owns one net.PacketConn and one quicgo.Transport shared by every connection it
 //     dials. [Dialer.Close] has the same semantics as [Listener.Close]: it abruptly destroys
-//     every connection still open on it and returns when their goroutines are gone.
+//     every connection still open on it and returns when their goroutines are gone. With
+//     [Config.SocketPerConnection] it owns a socket and a transport per connection instead,
+//     closed (by a function registered with context.AfterFunc on conn.Context(), as for [Dial])
+//     when the connection ends, or a dial fails, or by Close.
 //   - [Dial] (one-shot) owns its own socket; quic-go closes its transport when the connection
 //     ends, and a function registered with context.AfterFunc on conn.Context() closes the
 //     socket. That function runs once, briefly, after the connection ends; the caller owns the

@@ -446,6 +446,68 @@ func TestDialerSharesSocket(t *testing.T) {
 	}
 }
 
+// With SocketPerConnection, each dial has a socket of its own (a source port of its own), closed
+// when its connection ends; Close closes those still open; the Dialer reports the sockets'
+// granted buffers before any connection.
+func TestDialerSocketPerConnection(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	ln := listen(t, serverTLS, Config{})
+	serve(t, ln, echo)
+	d := newDialer(t, clientTLS, Config{SocketPerConnection: true})
+	if b, err := d.SocketBuffers(); err != nil || b.Receive <= 0 || b.Send <= 0 {
+		t.Errorf("SocketBuffers before any connection: %+v %v", b, err)
+	}
+	open := func() int {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return len(d.own)
+	}
+	c1 := dial(t, d, ln.Addr().String())
+	c2 := dial(t, d, ln.Addr().String())
+	if c1.LocalAddr().String() == c2.LocalAddr().String() {
+		t.Errorf("both connections from %v: one socket", c1.LocalAddr())
+	}
+	roundTrip(t, c1, []byte("one"))
+	roundTrip(t, c2, []byte("two"))
+	if n := open(); n != 2 {
+		t.Fatalf("%d sockets open, want 2", n)
+	}
+	if _, err := d.ReceiveDrops(); err != nil {
+		t.Errorf("ReceiveDrops: %v", err)
+	}
+	c1.CloseWithError(ConnCodeNoError, "")
+	deadline := time.Now().Add(5 * time.Second)
+	for open() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sockets open after one connection closed, want 1", open())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A failed dial leaves no socket behind.
+	dead, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := d.DialUDP(ctx, dead.LocalAddr().(*net.UDPAddr), "localhost"); err == nil {
+		t.Fatal("dial to a silent port succeeded")
+	}
+	dead.Close()
+	if n := open(); n != 1 {
+		t.Errorf("%d sockets open after a failed dial, want 1", n)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := open(); n != 0 {
+		t.Errorf("%d sockets open after Close", n)
+	}
+	if _, err := d.DialUDP(context.Background(), ln.Addr().(*net.UDPAddr), "localhost"); err == nil {
+		t.Error("dial after Close succeeded")
+	}
+}
+
 // TestDialOneShot: the one-shot Dial releases its socket when the connection ends (goleak in
 // TestMain catches a transport left running).
 func TestDialOneShot(t *testing.T) {

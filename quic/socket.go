@@ -141,20 +141,46 @@ func sizeSocket(pc net.PacketConn, cfg Config) {
 func (l *Listener) SocketBuffers() (SocketBuffers, error) { return socketBuffersOf(l.pc) }
 
 // SocketBuffers reports the buffer sizes of the Dialer's shared UDP socket.
-func (d *Dialer) SocketBuffers() (SocketBuffers, error) { return socketBuffersOf(d.pc) }
+func (d *Dialer) SocketBuffers() (SocketBuffers, error) {
+	if d.pc == nil { // SocketPerConnection: each is sized alike
+		return d.buffers, nil
+	}
+	return socketBuffersOf(d.pc)
+}
 
 // ReceiveDrops reports how many datagrams the kernel dropped for the Listener's socket since
 // it was opened (a full receive buffer, mostly): see SocketDrops.
 func (l *Listener) ReceiveDrops() (uint64, error) { return socketDropsOf(l.pc) }
 
 // ReceiveDrops reports how many datagrams the kernel dropped for the Dialer's socket.
-func (d *Dialer) ReceiveDrops() (uint64, error) { return socketDropsOf(d.pc) }
+func (d *Dialer) ReceiveDrops() (uint64, error) {
+	if d.pc != nil {
+		return socketDropsOf(d.pc)
+	}
+	// SocketPerConnection: the sum over the open sockets and those closed since.
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := d.closedDrops
+	for s := range d.own {
+		drops, err := socketDropsOf(s.pc)
+		if err != nil {
+			return 0, err
+		}
+		n += drops
+	}
+	return n, nil
+}
 
 // GRO reports whether the Listener's socket receives coalesced datagrams (Config.NoUDPGRO).
 func (l *Listener) GRO() bool { return groOf(l.tr.Conn) }
 
 // GRO reports whether the Dialer's shared socket receives coalesced datagrams.
-func (d *Dialer) GRO() bool { return groOf(d.tr.Conn) }
+func (d *Dialer) GRO() bool {
+	if d.tr == nil {
+		return d.gro
+	}
+	return groOf(d.tr.Conn)
+}
 
 func groOf(pc net.PacketConn) bool {
 	c, ok := pc.(*lossyUDPConn)
