@@ -92,7 +92,8 @@ images:
 # A local fleet from one command: embedded etcd, two kasd, one agentd and a sample service;
 # requests through the local and the forwarded route. DEMO_KEEP=1 keeps it running.
 demo: build
-	$(GO) run ./e2e/demo -bin $(BIN)
+	@$(GO) build -o $(BIN)/qkas-demo ./e2e/demo
+	$(BIN)/qkas-demo -bin $(BIN)
 
 # Benchmarks (see benchmarks/README.md): real kasd/agentd processes against their baselines; results in
 # benchmarks/results/<timestamp>/ (git-ignored: a run changes no tracked file), REPORT.md first.

@@ -15,7 +15,7 @@
 #
 # The agent exposes kasd's own observability endpoint as its service "metrics", so the demo needs
 # nothing but the three binaries and curl. Safe defaults: every port is bound to 127.0.0.1 (the
-# peer port too: nothing of this kasd is reachable from another machine), and every generated
+# peer port too: no listener of this kasd is reachable from another machine), and every generated
 # secret lives in $STATE, never in the working directory (which may be a git checkout). The
 # processes are stopped on exit, whatever happens.
 set -euo pipefail

@@ -354,6 +354,24 @@ func checkPod(p *problems, b *buildResult, w workload, bins map[string]map[strin
 		}
 	}
 	nonRoot := spec.SecurityContext != nil && spec.SecurityContext.RunAsNonRoot != nil && *spec.SecurityContext.RunAsNonRoot
+	// Secret, ConfigMap and projected files are owned by root, group fsGroup: a non-root pod
+	// reads a file that is not world-readable only through fsGroup.
+	if nonRoot && (spec.SecurityContext.FSGroup == nil) {
+		for _, v := range spec.Volumes {
+			var mode *int32
+			switch {
+			case v.Secret != nil:
+				mode = v.Secret.DefaultMode
+			case v.ConfigMap != nil:
+				mode = v.ConfigMap.DefaultMode
+			case v.Projected != nil:
+				mode = v.Projected.DefaultMode
+			}
+			if mode != nil && *mode&0o004 == 0 {
+				p.add("%s: volume %s has defaultMode %#o, not world-readable, and the non-root pod sets no fsGroup: its files are root's only", w, v.Name, *mode)
+			}
+		}
+	}
 	for _, c := range spec.Containers {
 		where := fmt.Sprintf("%s container %s", w, c.Name)
 		sc := c.SecurityContext

@@ -400,3 +400,21 @@ func parseUsage(out string) map[string]flagInfo {
 	}
 	return flags
 }
+
+// docs/kubernetes.md has the admin create every namespace the manifests put objects in: apply -k
+// fails on a cluster without it.
+func TestDocsCreateNamespaces(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "kubernetes.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for obj := range external {
+		ns, ok := strings.CutPrefix(obj, "Namespace/")
+		if !ok {
+			continue
+		}
+		if !regexp.MustCompile(`kubectl (--context \S+ )?create namespace ` + regexp.QuoteMeta(ns) + `\b`).Match(doc) {
+			t.Errorf("docs/kubernetes.md never says kubectl create namespace %s", ns)
+		}
+	}
+}

@@ -218,7 +218,7 @@ func run(ctx context.Context) error {
 		fmt.Printf("  curl -H \"Authorization: Bearer $QKAS_JWT\" http://%s/api/v1/agents\n", kases[1].api)
 		fmt.Printf("  curl -H \"Authorization: Bearer $QKAS_JWT\" %s\n", routes[2].url)
 		fmt.Printf("  curl http://%s/metrics | grep kasd_requests_total\n", kases[1].obs)
-		fmt.Printf("\nLogs and state are in %s. Ctrl-C stops everything.\n", dir)
+		fmt.Printf("\nLogs and state are in %s (kept after Ctrl-C, for the logs: remove it when done).\nCtrl-C stops everything.\n", dir)
 		<-ctx.Done()
 	}
 	fmt.Println("\nshutting down")
