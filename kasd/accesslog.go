@@ -90,12 +90,17 @@ func (c *countingBody) Read(p []byte) (int, error) {
 
 func (c *countingBody) Close() error { return c.rc.Close() }
 
-// countBody makes r's body count into tgt's record (no allocation: the counter is in tgt).
-func (tgt *target) countBody(r *http.Request) {
-	if r.Body != nil && r.Body != http.NoBody {
-		tgt.acc.in.rc = r.Body
-		r.Body = &tgt.acc.in
+// countedBody returns r's body, counting into tgt's record (no allocation: the counter is in
+// tgt). r.Body itself stays net/http's: after the handler, net/http looks at it to tell whether
+// a body it closed unread needs its lingering close (closeWriteAndWait); with a wrapper there it
+// closed at once, with the client's unread upload in the socket, and the reset reached the
+// client before the answer it had been sent.
+func (tgt *target) countedBody(r *http.Request) io.ReadCloser {
+	if r.Body == nil || r.Body == http.NoBody {
+		return r.Body
 	}
+	tgt.acc.in.rc = r.Body
+	return &tgt.acc.in
 }
 
 // startRequest makes the request's target: its id (the client's X-Request-Id if well-formed,

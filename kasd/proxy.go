@@ -107,9 +107,8 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	}
 	// The client's traceparent (if any) is the parent; the head carries this span's on.
 	span := s.cfg.Tracer.StartHead("kasd.proxy", tracing.KindServer, &f.Header) // nil Tracer: no cost
-	tgt.countBody(r)
 	tgt.stall = tgt.stallState.start(w, s, tgt)
-	body := httpstream.NewBody(tgt.stall.reader(&tgt.stallR, r.Body), 0)
+	body := httpstream.NewBody(tgt.stall.reader(&tgt.stallR, tgt.countedBody(r)), 0)
 	if f.ContentLength == 0 {
 		body = nil
 	} else {
@@ -119,7 +118,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		// is full duplex already: the call's error says so.)
 		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
-	endUpload := s.trackUpload(w, body) // server.go: the body ends with the request, and at Close
+	endUpload := s.trackUpload(w, body, r.ProtoMajor == 1) // server.go: the body ends with the request, and at Close
 	lingerUpload := false
 	defer func() { endUpload(lingerUpload) }()
 	defer tgt.stall.stop() // before endUpload: its linger must not be cut by the limit
@@ -134,13 +133,16 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	routeSpan := s.cfg.Tracer.StartHead("kasd.route", tracing.KindClient, &f.Header)
 	res, err := s.route(ctx, tgt, f, body)
 	dl.headDone()
-	if err != nil && body != nil && !body.AtEOF() {
-		// kasd answers an error (a deadline, a failed agent) while the client still sends: the
-		// connection ends after this response, and net/http reads and drops the rest of the
-		// upload for a moment first (trackUpload's linger), so that the close does not reset
-		// the connection before the client read the answer. (Not reused: a connection reused
-		// after such a body would read the next request while that read was still going, a
-		// panic, golang/go#68560.)
+	if body != nil && !body.AtEOF() && r.ProtoMajor == 1 {
+		// An answer while the client still sends — kasd's error (a deadline, a failed agent)
+		// or the service's early one (a 403, a 413 before it read the upload): the connection
+		// ends after this response, and net/http reads and drops the rest of the upload for a
+		// moment first (trackUpload's linger), so that the close does not reset the connection
+		// before the client read the answer (curl stops at the reset of its upload: "Send
+		// failure"). (Not reused: a connection reused after such a body would read the next
+		// request while that read was still going, a panic, golang/go#68560.) A full-duplex
+		// service that goes on reading the upload loses nothing: the linger applies only to
+		// what is unread when the handler ends. HTTP/2 ends only the stream (trackUpload).
 		w.Header().Set("Connection", "close")
 		lingerUpload = true
 	}
@@ -160,6 +162,14 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		status = s.proxyError(w, r, tgt, err)
 	} else {
 		status, abort = s.writeResponse(w, r, tgt, res.resp)
+		if !abort && r.ProtoMajor == 2 && body != nil && !body.AtEOF() {
+			// An answer while the client still sends, over HTTP/2: the body goes out now,
+			// before the handler ends. Left to net/http's end of the handler, it was lost now
+			// and then behind the stream's reset (curl --http2, a 20 MB upload answered 403
+			// at once: "transfer closed with 5 bytes remaining" in 1–2 of 20, 0 of 120 with
+			// the flush).
+			_ = http.NewResponseController(w).Flush()
+		}
 	}
 	s.m.observe(res.route, status, time.Since(start))
 	tgt.acc.route, tgt.acc.status = res.route, status
@@ -271,6 +281,11 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 	s.responseHygiene(h, r, tgt)
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return s.upgrade(w, tgt, resp)
+	}
+	if _, ok := h["Content-Type"]; !ok {
+		// The service sent none, and the client gets none: net/http would add one it guessed
+		// from the body's first bytes, which the nosniff kasd sends says not to do.
+		h["Content-Type"] = nil
 	}
 	if resp.ContentLength >= 0 {
 		// For HEAD, the length the GET would have (RFC 9110 §9.3.2), as the service said it.

@@ -633,7 +633,7 @@ const closeUploadWait = time.Second
 // Setting the read deadline is a last resort: on HTTP/1.1 the failed read also ends the
 // request's context (net/http takes it for the client going away), so it only ever happens
 // once the handler has answered, or at Close.
-func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body) (end func(linger bool)) {
+func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body, http1 bool) (end func(linger bool)) {
 	if body == nil {
 		return func(bool) {}
 	}
@@ -666,7 +666,7 @@ func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body) (end 
 			return
 		}
 		body.StopWait(time.Second)
-		if !body.AtEOF() {
+		if !body.AtEOF() && http1 {
 			// The rest of the body is not read: with full duplex, net/http would read it after
 			// the handler returns and, at its end, start a background read that its read of the
 			// next request then collides with (a panic, golang/go#68560). The read deadline
