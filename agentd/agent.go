@@ -174,6 +174,10 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 				return
 			}
 			a.countAttempt(err)
+			// The instance a draining kasd left is avoided only while another answers: once an
+			// attempt elsewhere failed, the round robin takes it again (a new process there
+			// after the rollout, or the only kasd left).
+			a.endDrainingMove(slot)
 			if permanent(err) {
 				refusedToken++
 			}
@@ -458,6 +462,15 @@ func (a *Agent) endMove(slot int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.moves, slot)
+}
+
+// endDrainingMove ends slot's move if it is only avoiding a draining kasd.
+func (a *Agent) endDrainingMove(slot int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if m, ok := a.moves[slot]; ok && m.draining {
+		delete(a.moves, slot)
+	}
 }
 
 // moveAvoids reports whether slot is moving away from instance.

@@ -234,11 +234,21 @@ func TestAgentOverTCP(t *testing.T) {
 	}
 }
 
-// inNetns runs f on a thread switched into the network namespace at path and switches back.
-// Sockets made in f belong to the namespace for their whole life.
 // dialUDPInNetns opens a connected UDP socket in the network namespace at path, from a thread
 // of its own (retired afterwards: it stays in the namespace).
 func dialUDPInNetns(path string, raddr *net.UDPAddr) (*net.UDPConn, error) {
+	return udpInNetns(path, func() (*net.UDPConn, error) { return net.DialUDP("udp", nil, raddr) })
+}
+
+// netnsSockets opens UDP sockets in the network namespace at its path (quic.Config.Sockets).
+type netnsSockets string
+
+func (p netnsSockets) ListenUDP() (*net.UDPConn, error) {
+	return udpInNetns(string(p), func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{}) })
+}
+
+// udpInNetns runs open on a thread of its own in the network namespace at path.
+func udpInNetns(path string, open func() (*net.UDPConn, error)) (*net.UDPConn, error) {
 	type result struct {
 		c   *net.UDPConn
 		err error
@@ -256,13 +266,15 @@ func dialUDPInNetns(path string, raddr *net.UDPAddr) (*net.UDPConn, error) {
 			ch <- result{nil, err}
 			return
 		}
-		c, err := net.DialUDP("udp", nil, raddr)
+		c, err := open()
 		ch <- result{c, err}
 	}()
 	r := <-ch
 	return r.c, r.err
 }
 
+// inNetns runs f on a thread switched into the network namespace at path and switches back.
+// Sockets made in f belong to the namespace for their whole life.
 func inNetns(t *testing.T, path string, f func()) {
 	t.Helper()
 	runtime.LockOSThread()
@@ -311,6 +323,7 @@ func (e *env) startAgentInNetns(nsPath, id string, services map[string]string, m
 	}
 	mod(&cfg)
 	cfg.Transport.DialUDPProbe = func(raddr *net.UDPAddr) (*net.UDPConn, error) { return dialUDPInNetns(nsPath, raddr) }
+	cfg.QUIC.Sockets = netnsSockets(nsPath) // each connection's socket, opened when it is dialled
 	a, err := agentd.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	quicgo "github.com/quic-go/quic-go"
@@ -113,6 +114,11 @@ type Config struct {
 	// is no longer a candidate), where the shared socket's flow stays pinned to it. Costs a
 	// socket per connection. Default false.
 	SocketPerConnection bool
+	// Sockets, Dialer only: if not nil, opens the Dialer's UDP sockets instead of
+	// net.ListenUDP on all interfaces: for a process whose dialing goroutines are not in the
+	// network namespace the sockets must be in (a test that runs agents in a namespace of
+	// their own from one thread). Default nil. (An interface, so that Config stays comparable.)
+	Sockets interface{ ListenUDP() (*net.UDPConn, error) }
 	// RootCAs, Dialer only: if not nil, each dial verifies the server with the pool it returns
 	// at that moment instead of the tls.Config's RootCAs, so that a CA bundle reloaded without
 	// a restart (internal/certreload) applies to new connections. Default nil.

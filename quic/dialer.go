@@ -28,6 +28,8 @@ type Dialer struct {
 	buffers SocketBuffers
 	gro     bool
 
+	releasing sync.WaitGroup // releases of per-connection sockets in progress: Close waits
+
 	mu          sync.Mutex // guards the fields below
 	own         map[*ownSocket]struct{}
 	closedDrops uint64 // datagrams dropped for per-connection sockets since closed
@@ -81,7 +83,13 @@ func NewDialer(tlsConf *tls.Config, cfg Config) (*Dialer, error) {
 
 // openSocket opens and sizes a UDP socket, with the transport that will serve it.
 func (d *Dialer) openSocket() (*net.UDPConn, *quicgo.Transport, error) {
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{})
+	var pc *net.UDPConn
+	var err error
+	if d.cfg.Sockets != nil {
+		pc, err = d.cfg.Sockets.ListenUDP()
+	} else {
+		pc, err = net.ListenUDP("udp", &net.UDPAddr{})
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -129,7 +137,9 @@ func (d *Dialer) release(s *ownSocket) {
 	delete(d.own, s)
 	drops, _ := socketDropsOf(s.pc)
 	d.closedDrops += drops
+	d.releasing.Add(1)
 	d.mu.Unlock()
+	defer d.releasing.Done()
 	_ = s.tr.Close()
 	_ = s.pc.Close()
 }
@@ -217,6 +227,7 @@ func (d *Dialer) Close() error {
 		for _, s := range own {
 			d.release(s)
 		}
+		d.releasing.Wait() // those a connection's end began before Close took the set
 		if d.tr != nil {
 			errTr := d.tr.Close()
 			errPc := d.pc.Close()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -136,6 +137,9 @@ func TestClose(t *testing.T) {
 		}
 		<-release
 	})
+	// Before serve's cleanup, which waits for the handler: a failed check must not hang it.
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 	conn := dial(t, newDialer(t, clientTLS, Config{}), ln.Addr().String())
 	s, err := conn.OpenStreamSync(context.Background())
 	if err != nil {
@@ -181,7 +185,6 @@ func TestClose(t *testing.T) {
 	if err := <-writeErr; !errors.As(err, &serr) || serr.ErrorCode != StreamCodeNoError || !serr.Remote {
 		t.Errorf("server Write = %v, want remote StreamError with code 0", err)
 	}
-	close(release)
 }
 
 func TestALPNMismatch(t *testing.T) {
