@@ -178,6 +178,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 			// attempt elsewhere failed, the round robin takes it again (a new process there
 			// after the rollout, or the only kasd left).
 			a.endDrainingMove(slot)
+			a.dropPreference(slot) // a preferred kasd that refused (draining, overloaded) is not dialled first again
 			if permanent(err) {
 				refusedToken++
 			}
@@ -192,7 +193,16 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 		attempt, refusedToken = 0, 0
 		a.countAttempt(nil)
 		a.learnInstance(tgt, c.welcome.InstanceID)
-		if (a.heldByOtherSlot(slot, c.welcome.InstanceID) || a.moveAvoids(slot, c.welcome.InstanceID)) && dupes < max(ntargets, minPlacementTries) {
+		tries := max(ntargets, minPlacementTries)
+		held, avoided := a.heldByOtherSlot(slot, c.welcome.InstanceID), a.moveAvoids(slot, c.welcome.InstanceID)
+		heldTries := tries
+		if leaving != nil {
+			// Moving for balance: settling for a held instance (and draining the connection
+			// it leaves) would put two of the agent's connections on one kasd, where the
+			// instance it leaves, settled for after tries, keeps them on distinct ones.
+			heldTries = 3 * tries
+		}
+		if held && dupes < heldTries || avoided && dupes < tries {
 			// Another slot already holds this kasd instance, or it is the one this slot is
 			// moving away from: try the next address (or, behind one load-balanced address,
 			// a new flow from a new socket), a bounded number of times, before settling for it.
@@ -470,6 +480,16 @@ func (a *Agent) endDrainingMove(slot int) {
 	defer a.mu.Unlock()
 	if m, ok := a.moves[slot]; ok && m.draining {
 		delete(a.moves, slot)
+	}
+}
+
+// dropPreference forgets the instance slot's move prefers, keeping what it avoids.
+func (a *Agent) dropPreference(slot int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if m, ok := a.moves[slot]; ok && m.prefer != "" {
+		m.prefer = ""
+		a.moves[slot] = m
 	}
 }
 

@@ -44,9 +44,19 @@ func TestMoveTarget(t *testing.T) {
 	if !a.moveAvoids(0, "k1") || a.moveAvoids(0, "k3") || a.moveAvoids(1, "k1") {
 		t.Fatal("moveAvoids")
 	}
+	// The preferred instance refused (it drains, say): after a failed attempt the slot dials
+	// anything but the instance it leaves, not the preferred one first again.
+	a.dropPreference(0)
+	seen := map[string]bool{}
+	for range 12 {
+		seen[next()] = true
+	}
+	if seen[addrs[0]] || !seen[addrs[1]] || !seen[addrs[2]] || !a.moveAvoids(0, "k1") {
+		t.Fatalf("preference dropped: dialled %v, still avoiding k1 %v", seen, a.moveAvoids(0, "k1"))
+	}
 	// The preferred instance is not behind any known address: any address but k1's.
 	a.beginMove(0, slotMove{avoid: "k1", prefer: "k9"})
-	seen := map[string]bool{}
+	seen = map[string]bool{}
 	for range 12 {
 		seen[next()] = true
 	}
