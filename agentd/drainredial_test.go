@@ -2,6 +2,7 @@ package agentd
 
 import (
 	"context"
+	"crypto/tls"
 	"net/url"
 	"os"
 	"testing"
@@ -19,21 +20,7 @@ import (
 // dialling it costs a refused attempt and a backoff (or, once its listener is closed, a
 // handshake timeout) on every rollout.
 func TestDrainGoAwayRedialsElsewhere(t *testing.T) {
-	k1 := startTestKasdWith(t, func(c *kasd.Config) { c.InstanceID = "k1" })
-	store, err := auth.ParseTokens([]byte("agents:\n- id: alpha\n  token_sha256: " + auth.TokenSHA256(k1.token) + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	k2 := startTestKasdWith(t, func(c *kasd.Config) {
-		c.InstanceID = "k2"
-		c.AgentAuth = kasd.TokenFileAuth{Store: store}
-	})
-	tlsConf := k1.tls.Clone() // trusts both kasd's dev CAs
-	tlsConf.RootCAs = tlsConf.RootCAs.Clone()
-	pem, err := os.ReadFile(k2.caFile)
-	if err != nil || !tlsConf.RootCAs.AppendCertsFromPEM(pem) {
-		t.Fatal("k2's CA", err)
-	}
+	k1, k2, tlsConf := startTwoKasd(t)
 	reg := prometheus.NewRegistry()
 	a, err := New(Config{
 		KasAddresses: []string{k1.agentAddr, k2.agentAddr}, Token: k1.token, TLS: tlsConf,
@@ -70,6 +57,28 @@ func TestDrainGoAwayRedialsElsewhere(t *testing.T) {
 			}
 		}
 	}
+}
+
+// startTwoKasd starts kasd instances "k1" and "k2" that both know agent alpha by k1's token,
+// and returns a client TLS config that trusts both their dev CAs (server name localhost).
+func startTwoKasd(t *testing.T) (k1, k2 *testKasd, tlsConf *tls.Config) {
+	t.Helper()
+	k1 = startTestKasdWith(t, func(c *kasd.Config) { c.InstanceID = "k1" })
+	store, err := auth.ParseTokens([]byte("agents:\n- id: alpha\n  token_sha256: " + auth.TokenSHA256(k1.token) + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2 = startTestKasdWith(t, func(c *kasd.Config) {
+		c.InstanceID = "k2"
+		c.AgentAuth = kasd.TokenFileAuth{Store: store}
+	})
+	tlsConf = k1.tls.Clone()
+	tlsConf.RootCAs = tlsConf.RootCAs.Clone()
+	pem, err := os.ReadFile(k2.caFile)
+	if err != nil || !tlsConf.RootCAs.AppendCertsFromPEM(pem) {
+		t.Fatal("k2's CA", err)
+	}
+	return k1, k2, tlsConf
 }
 
 // waitInstances waits until a is connected to exactly the kasd instances want.

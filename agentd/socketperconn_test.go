@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/url"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -12,8 +11,6 @@ import (
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/qkas/qkas/api"
-	"github.com/qkas/qkas/auth"
-	"github.com/qkas/qkas/kasd"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -113,22 +110,8 @@ func (b *udpBalancer) flowCount() int {
 // of its own, a flow of its own. With one socket for both, both were one flow, always on one
 // kasd, so one kasd dying took the agent offline whatever --kas-connections said.
 func TestConnectionsSpreadBehindLoadBalancer(t *testing.T) {
-	k1 := startTestKasdWith(t, func(c *kasd.Config) { c.InstanceID = "k1" })
-	store, err := auth.ParseTokens([]byte("agents:\n- id: alpha\n  token_sha256: " + auth.TokenSHA256(k1.token) + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	k2 := startTestKasdWith(t, func(c *kasd.Config) {
-		c.InstanceID = "k2"
-		c.AgentAuth = kasd.TokenFileAuth{Store: store}
-	})
+	k1, k2, tlsConf := startTwoKasd(t)
 	lb := startUDPBalancer(t, k1.agentAddr, k2.agentAddr)
-	tlsConf := k1.tls.Clone() // server name localhost; trusts both kasd's dev CAs
-	tlsConf.RootCAs = tlsConf.RootCAs.Clone()
-	pem, err := os.ReadFile(k2.caFile)
-	if err != nil || !tlsConf.RootCAs.AppendCertsFromPEM(pem) {
-		t.Fatal("k2's CA", err)
-	}
 	a, err := New(Config{
 		KasAddresses: []string{lb.addr()}, Token: k1.token, TLS: tlsConf, Connections: 2,
 		Services:     map[string]*url.URL{"web": {Scheme: "http", Host: "127.0.0.1:1"}},
