@@ -35,7 +35,8 @@ import (
 //
 // Only this kasd's own count is exact (its table, less the connections already asked to move);
 // the others come from the registry, a watch behind. A peer whose link is down or that
-// announced a drain is never a target. A draining kasd does not rebalance (it sends every
+// announced a drain (GoAway on the link, or the draining mark of its registry entry, which
+// peers without a link see) is never a target. A draining kasd does not rebalance (it sends every
 // agent a GoAway without a preference). An agent whose replacement connection comes back to
 // this kasd (it knows no other address) is left alone for stayFor.
 
@@ -137,7 +138,7 @@ func (s *Server) rebalanceOnce(rb *rebalancer, now time.Time) *agentConn {
 	target, least := "", math.MaxInt
 	for _, inst := range f.reg.Instances() {
 		c, ok := load.Connections[inst.ID]
-		if inst.ID == self || !ok || f.unhealthy(inst) {
+		if inst.ID == self || !ok || inst.Draining || f.unhealthy(inst) {
 			continue
 		}
 		if c < least || (c == least && inst.ID < target) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/qkas/qkas/agentd"
 	"github.com/qkas/qkas/kasd"
 	"github.com/qkas/qkas/quic"
+	"github.com/qkas/qkas/registry"
 )
 
 // rebalanceFleet tunes fleetEnv's nodes for a rebalancing test: a tick every 100 ms and
@@ -237,5 +239,40 @@ func TestRebalanceLeavesAloneAnAgentThatCannotMove(t *testing.T) {
 	}
 	if c := f.nodeConnections(); c[0] != 2 || a.Connected() != 2 {
 		t.Errorf("connections per kasd %v, agent %d", c, a.Connected())
+	}
+}
+
+// A kasd that began to drain is no target for a move, also for a peer that has no link to it
+// (and so never heard its GoAway): the registry's draining mark says so. kas-0 holds every
+// connection and kas-1, which drains, none; without the mark kas-0 asks connections to move
+// to kas-1, which refuses them.
+func TestRebalanceSkipsPeerDrainingWithoutLink(t *testing.T) {
+	f := newFleetEnv(t, 0)
+	for i := range 2 {
+		f.nodes = append(f.nodes, f.startNodeAt(fmt.Sprintf("kas-%d", i), "127.0.0.1:0", "127.0.0.1:0", rebalanceFleet))
+	}
+	busy, drained := f.nodes[0], f.nodes[1]
+	drained.srv.BeginDrain()
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.ContainsFunc(busy.reg.Instances(), func(in registry.Instance) bool { return in.ID == drained.id && in.Draining }) {
+		if time.Now().After(deadline) {
+			t.Fatalf("kas-0 does not see kas-1 draining: %+v", busy.reg.Instances())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	svc := newChecksumService(t)
+	for r := range 4 {
+		f.startSpreadAgent("alpha", fmt.Sprintf("pod-%d", r), svc.URL, []string{busy.agentLn.Addr().String()})
+	}
+	for time.Now().Before(deadline) && f.nodeConnections()[0] != 8 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if c := f.nodeConnections(); c[0] != 8 {
+		t.Fatalf("connections per kasd %v, want 8 on kas-0", c)
+	}
+	// RebalanceMinAge is 500 ms and a tick 100 ms: moves would start within a second.
+	time.Sleep(2 * time.Second)
+	if n := counter(t, busy.promReg, "kasd_rebalance_moves_total", nil); n != 0 {
+		t.Errorf("kas-0 asked %v connections to move to a draining kasd", n)
 	}
 }

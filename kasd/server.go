@@ -527,6 +527,11 @@ func (s *Server) BeginDrain() {
 		ctrls = append(ctrls, pc)
 	}
 	s.mu.Unlock()
+	if s.fleet != nil {
+		// Peers without a link to this kasd hear of the drain from the registry: they stop
+		// naming it as a place to move agents to (rebalance.go).
+		s.fleet.reg.SetDraining()
+	}
 	for _, pc := range ctrls {
 		pc.sendGoAway()
 	}

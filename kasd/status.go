@@ -75,9 +75,9 @@ type PeerStatus struct {
 	APIAddr  string `json:"api_addr,omitempty"`
 	PeerAddr string `json:"peer_addr,omitempty"`
 	// State is what this kasd knows of the peer: "serving" (listed in the registry under a live
-	// lease, link up or not dialled yet), "draining" (it sent GoAway on the link, which this
-	// kasd closes once its requests on it are done; it stays draining while this kasd redials
-	// it, until a link it accepts carries no GoAway), or
+	// lease, link up or not dialled yet), "draining" (its registry entry is marked draining, or
+	// it sent GoAway on the link, which this kasd closes once its requests on it are done; it
+	// stays draining while this kasd redials it, until a link it accepts carries no GoAway), or
 	// "unreachable" (the link failed or could not be dialled less than the peer retry delay
 	// ago; requests go to other holders meanwhile).
 	State string `json:"state"`
@@ -380,6 +380,9 @@ func (f *fleet) peerStatuses(now time.Time) []PeerStatus {
 			continue
 		}
 		p := PeerStatus{ID: inst.ID, Version: inst.Version, APIAddr: inst.APIAddr, PeerAddr: inst.PeerAddr, State: "serving"}
+		if inst.Draining {
+			p.State = "draining" // its registry entry says so, link or not
+		}
 		f.mu.Lock()
 		l := f.links[inst.ID]
 		f.mu.Unlock()

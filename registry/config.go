@@ -116,6 +116,11 @@ type Instance struct {
 	// published so that a kasd given another secret for the same fleet id can refuse to join
 	// before serving anything. Empty: not published (older versions, tests).
 	FleetCheck string `json:"fleet_check,omitempty"`
+	// Draining is set once the instance began to drain (Registry.SetDraining): it is still
+	// live and serves what it holds, but is no place to send agents to. Peers read it from
+	// the registry, so those without a link to the instance (which would have heard its
+	// GoAway) know too.
+	Draining bool `json:"draining,omitempty"`
 }
 
 func (i Instance) validate() error {

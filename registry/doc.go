@@ -7,8 +7,11 @@
 // Everything lives under the fleet's root, <prefix>fleets/<fleet-id>/ (Config.Prefix,
 // default "/qkas/", and Config.FleetID), and is attached to the publishing instance's lease:
 //
-//	<root>instances/<instance-id>         {"id":…,"peer_addr":…,"api_addr":…,"version":…,"fleet_check":…}
+//	<root>instances/<instance-id>         {"id":…,"peer_addr":…,"api_addr":…,"version":…,"fleet_check":…,"draining":true}
 //	<root>agents/<agent-id>/<instance-id> {"connections":N,"replicas":[{"name":…,"process":…,"since":…}]}
+//
+// "draining" is present once the instance began to drain (SetDraining): it still holds and
+// serves its agents but is no place to move agents to.
 //
 // A registry reads and watches its own fleet's root only: two fleets sharing one etcd (the
 // embedded one on 127.0.0.1:2379 is shared by every kasd on a machine) never see each

@@ -24,8 +24,8 @@ var ErrClosed = errors.New("registry: closed")
 type Registry struct {
 	client    *clientv3.Client
 	cfg       Config
-	self      Instance
-	selfJSON  []byte
+	self      Instance // ID and addresses never change; Draining is read under mu (SetDraining)
+	selfJSON  []byte   // guarded by mu: the instance key's value, re-encoded by SetDraining
 	log       zerolog.Logger
 	m         *metrics
 	opTimeout time.Duration
@@ -112,7 +112,28 @@ func New(client *clientv3.Client, cfg Config, self Instance, log zerolog.Logger,
 }
 
 // Self returns the instance this registry publishes.
-func (r *Registry) Self() Instance { return r.self }
+func (r *Registry) Self() Instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.self
+}
+
+// SetDraining marks this instance draining in its instance key (Instance.Draining), written
+// with the next publish, so that peers stop choosing it as a place for agents. Idempotent;
+// there is no way back (a drain ends with the process).
+func (r *Registry) SetDraining() {
+	r.mu.Lock()
+	if r.self.Draining {
+		r.mu.Unlock()
+		return
+	}
+	r.self.Draining = true
+	if b, err := json.Marshal(r.self); err == nil {
+		r.selfJSON = b
+	}
+	r.mu.Unlock()
+	r.wakePublisher()
+}
 
 // FleetID returns the fleet whose keys this registry publishes and watches (Config.FleetID
 // after defaults).

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -154,11 +155,11 @@ func (r *Registry) revokeStale() {
 
 // publisher is the session goroutine's record of what it has written under one lease.
 type publisher struct {
-	r            *Registry
-	lease        clientv3.LeaseID
-	instanceDone bool
-	published    map[string]Holding // agent ID -> what was written under lease
-	full         bool               // every desired agent was compared once (the first pass)
+	r         *Registry
+	lease     clientv3.LeaseID
+	instance  []byte             // the instance key's value written under lease, nil before the first
+	published map[string]Holding // agent ID -> what was written under lease
+	full      bool               // every desired agent was compared once (the first pass)
 }
 
 // reconcile writes the difference between the desired state and what is published, in
@@ -193,12 +194,13 @@ func (p *publisher) reconcile() error {
 		h, ok := r.agents[a]
 		desired[i] = want{h, ok}
 	}
+	self := r.selfJSON
 	r.mu.Unlock()
 
 	var changes []change
-	if !p.instanceDone {
+	if !bytes.Equal(p.instance, self) {
 		k := r.cfg.instanceKey(r.self.ID)
-		changes = append(changes, change{key: k, op: clientv3.OpPut(k, string(r.selfJSON), clientv3.WithLease(p.lease))})
+		changes = append(changes, change{key: k, instance: self, op: clientv3.OpPut(k, string(self), clientv3.WithLease(p.lease))})
 	}
 	for i, a := range agents {
 		d := desired[i]
@@ -239,10 +241,11 @@ func (p *publisher) reconcile() error {
 
 // change is one operation of a publish: a put or delete of the instance key or an agent key.
 type change struct {
-	key   string
-	agent string  // "" for the instance key
-	h     Holding // zero Connections: delete
-	op    clientv3.Op
+	key      string
+	agent    string  // "" for the instance key
+	h        Holding // zero Connections: delete
+	instance []byte  // the instance key's value (agent "")
+	op       clientv3.Op
 }
 
 // commit writes changes in one transaction, bounded by the op timeout, and records them as
@@ -265,7 +268,7 @@ func (p *publisher) commit(changes []change) error {
 	for _, c := range changes {
 		switch {
 		case c.agent == "":
-			p.instanceDone = true
+			p.instance = c.instance
 		case c.h.Connections == 0:
 			delete(p.published, c.agent)
 		default:
