@@ -41,7 +41,9 @@ type Config struct {
 
 	// HandshakeTimeout bounds an agent's Hello after its QUIC handshake. Default 10s.
 	HandshakeTimeout time.Duration
-	// RouteTimeout is how long a request waits for its agent to connect. Default 5s.
+	// RouteTimeout bounds how long a request waits for its agent to connect, counted from the
+	// request's arrival: attempts on holders that failed before the request reached the agent
+	// (a dead connection found dead) count. Default 5s.
 	RouteTimeout time.Duration
 	// ResponseHeaderTimeout bounds the time from sending a request to the agent until its
 	// response header arrives, counted from the request body's last byte sent: waiting for the

@@ -119,3 +119,60 @@ func TestStalePacketsDoNotMakeARequestLookTaken(t *testing.T) {
 		t.Error("no request went to the dead connection first (kasd_retries_total 0): the test proves nothing")
 	}
 }
+
+// TestRouteTimeoutCountsFromArrival: a request sent into an agent's only connection, which has
+// gone dark, waits for the connection to be found dead (seconds) and then for another holder
+// only as long as is left of --route-timeout counted from its arrival: the 503 follows the
+// close at once, not a whole route timeout later (it came ~9.5s after an agentd kill -9 with
+// the daemons' 5s).
+func TestRouteTimeoutCountsFromArrival(t *testing.T) {
+	const routeTimeout = 2 * time.Second
+	e := newEnv(t, func(c *kasd.Config) {
+		c.RouteTimeout = routeTimeout
+		c.ResponseHeaderTimeout = 30 * time.Second
+	})
+	svc := echoService(t, "web")
+	relay := newUDPRelay(t, e.agentUDP)
+	dark := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}, func(c *agentd.Config) {
+		c.KasAddresses = []string{relay.pc.LocalAddr().String()}
+	})
+	waitConnected(t, dark, 1)
+	relay.blackhole.Store(true)
+
+	closedAt := make(chan time.Time, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"}) > 0 {
+				closedAt <- time.Now()
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/x", nil, "Qkas-Timeout", "30s")
+	body := readAll(t, resp)
+	answered := time.Now()
+	if resp.StatusCode != 503 || !strings.Contains(body, "agent_not_connected") {
+		t.Fatalf("request to a dark connection: %d %s; want 503 agent_not_connected", resp.StatusCode, body)
+	}
+	var closed time.Time
+	select {
+	case closed = <-closedAt:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the dark connection was not closed as silent")
+	}
+	t.Logf("answered %v after the request, %v after the dark connection was closed", answered.Sub(start), answered.Sub(closed))
+	if closed.Sub(start) < routeTimeout {
+		t.Fatalf("the connection was found dead %v after the request, within the route timeout (%v): the test needs a longer detection", closed.Sub(start), routeTimeout)
+	}
+	if late := answered.Sub(closed); late > routeTimeout/2 {
+		t.Errorf("503 came %v after the connection was found dead, %v after the request; the route timeout (%v) was over when it was found dead", late, answered.Sub(start), routeTimeout)
+	}
+}

@@ -122,11 +122,12 @@ type routeResult struct {
 }
 
 // route sends f to the agent: to the first holder, then, as the retry policy allows, to the
-// next ones. With no holder (left), it waits up to RouteTimeout for one to appear, woken by
-// the agent table or the registry watch, never by polling.
+// next ones. With no holder (left), it waits for one to appear, woken by the agent table or
+// the registry watch, never by polling, until RouteTimeout after the request arrived: time
+// spent on attempts that failed (a dead connection found dead seconds later) counts.
 func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *httpstream.Body) (routeResult, error) {
 	var (
-		deadline    time.Time
+		deadline    = time.Now().Add(s.cfg.RouteTimeout)
 		waitFrom    time.Time
 		tried       map[string]int       // failed attempts by holder key
 		retryAt     map[string]time.Time // peers whose link was lost: tried again from then
@@ -198,8 +199,10 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 			continue
 		}
 		// Nobody (left to try) holds the agent: wait for the table or the registry to change.
-		if deadline.IsZero() {
-			deadline = time.Now().Add(s.cfg.RouteTimeout)
+		if !time.Now().Before(deadline) {
+			break
+		}
+		if waitFrom.IsZero() {
 			waitFrom = time.Now()
 		}
 		wake := deadline

@@ -126,7 +126,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.tlsKeyFile, "tls-key-file", "", "TLS key for --tls-cert-file")
 	fs.BoolVar(&o.tlsResumption, "tls-session-resumption", true, "let agents resume their TLS sessions (a reconnect skips the certificate and its signature, still with a fresh key exchange): tickets are encrypted under a key derived from the TLS key, so they survive a restart and every kasd with the same key accepts them; false sends no tickets")
 	fs.Var(&o.tlsHosts, "tls-hosts", "extra host names or IPs for the development certificate (repeatable, comma-separated)")
-	fs.DurationVar(&o.routeTimeout, "route-timeout", 5*time.Second, "how long a request waits for its agent to connect before 503")
+	fs.DurationVar(&o.routeTimeout, "route-timeout", 5*time.Second, "how long a request waits for its agent to connect before 503, counted from its arrival")
 	fs.DurationVar(&o.responseHdrTimeout, "response-header-timeout", 60*time.Second, "how long to wait for a response header from the agent, after the request body's last byte, before 504")
 	fs.DurationVar(&o.clientStallTimeout, "client-stall-timeout", kasd.DefaultClientStallTimeout, "how long a client may leave one read of the request body it announced, or one write of its response, waiting before its request ends with 408 client_timeout (waiting for the agent never counts); 0: no limit")
 	fs.DurationVar(&o.moduleStallTimeout, "module-stall-timeout", kasd.DefaultClientStallTimeout, "how long an agent may leave one read of the body of its GitLab module request, or one write of GitLab's response to it, waiting before the request ends with 408 client_timeout (waiting for GitLab never counts); 0: no limit")
