@@ -102,6 +102,13 @@ type Config struct {
 	// (liveness.go). Default quic.DefaultKeepAlivePeriod (2s); the kasd command's
 	// --agent-keep-alive-period sets both (25s).
 	AgentKeepAlivePeriod time.Duration
+	// AgentBusySilence is how long an agent connection with requests in flight may receive
+	// nothing before it is presumed dead: it is probed then, and closed if the probe is not
+	// answered within half as long again (at most a second); its unacknowledged requests go to
+	// another holder (route.go). A live agent acknowledges within milliseconds; the time is a
+	// margin for an agent process that is not scheduled. Default 3s (package tests on
+	// overloaded hosts); the kasd command's --agent-busy-silence sets 1s, for failover within 2s.
+	AgentBusySilence time.Duration
 	// ShutdownGrace bounds how long Shutdown waits for in-flight requests. Default 30s.
 	ShutdownGrace time.Duration
 
@@ -138,6 +145,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.RouteTimeout == 0 {
 		c.RouteTimeout = 5 * time.Second
+	}
+	if c.AgentBusySilence == 0 {
+		c.AgentBusySilence = defaultBusySilence
 	}
 	if c.ResponseHeaderTimeout == 0 {
 		c.ResponseHeaderTimeout = 60 * time.Second

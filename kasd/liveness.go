@@ -16,15 +16,29 @@ import (
 // packet and probes that went unanswered for half a period, at least probeAfter (idleGraceFor). A connection that a request is using is judged much faster: a live
 // agent acknowledges what it receives within its 1 ms max_ack_delay, so one that has carried a
 // request (or the probe sent when the request was first seen) and received nothing for
-// busySilence+probeAfter (4s) is closed, and the request fails over to another holder as
-// unacknowledged (route.go).
+// Config.AgentBusySilence and half as long again (busyGraceFor) is closed, and the request fails
+// over to another holder as unacknowledged (route.go).
 
-// busySilence is how long a connection with requests in flight may receive nothing before it is
-// probed; probeAfter later without an answer it is closed as dead. A live agent answers within
-// milliseconds; the margin is for a host so overloaded that the agent is not scheduled for
-// seconds (the -race fault tests on 2 shared cores), and it equals the idle threshold at package
-// quic's 2s keep-alive, so nothing is judged faster than before at that default.
-const busySilence = 3 * time.Second
+// defaultBusySilence is Config.AgentBusySilence's default: how long a connection with requests
+// in flight may receive nothing before it is probed. A live agent answers within milliseconds;
+// this margin is for a host so overloaded that the agent is not scheduled for seconds (the
+// -race fault tests on 2 shared cores), and it equals the idle threshold at package quic's 2s
+// keep-alive. The kasd command sets 1s (--agent-busy-silence): failover within 2s.
+const defaultBusySilence = 3 * time.Second
+
+// busyGraceFor is how long a busy connection, silent for busySilence, may leave its probe
+// unanswered before it is closed: half the silence, at most probeAfter (1s).
+func busyGraceFor(busySilence time.Duration) time.Duration {
+	return min(probeAfter, busySilence/2)
+}
+
+// silenceTickFor is how often the sampler looks at the connections that need it: every 500 ms,
+// or a quarter of the busy silence when that is shorter, so that a dead busy connection is
+// closed within busySilence·1.75 of its requests (2s at 1s: the first look that sees the
+// requests probes at once, the verdict waits for the silence and the grace, then for a tick).
+func silenceTickFor(busySilence time.Duration) time.Duration {
+	return max(min(silenceSample, busySilence/4), 10*time.Millisecond)
+}
 
 // liveness is the per-connection state of the silence sampler. silentAfter is set when the
 // connection is accepted and never changes; busySince is read and written only by
@@ -32,6 +46,7 @@ const busySilence = 3 * time.Second
 type liveness struct {
 	silentAfter time.Duration // idle silence before a probe: silentAfterFor(keep-alive period)
 	idleGrace   time.Duration // how long an idle connection may leave probes unanswered: idleGraceFor(period)
+	busySilence time.Duration // Config.AgentBusySilence
 	busySince   time.Time     // when the sampler first saw requests in flight; zero when idle
 	sampledAt   time.Time     // when the connection's packet count was last read
 	probedAt    time.Time     // when the sampler last asked for a probe (silenceProbe)
@@ -77,6 +92,14 @@ func (c *agentConn) silenceLimit() time.Duration {
 	return silentAfter
 }
 
+// busySilence returns the connection's busy silence (the default when unset).
+func (c *agentConn) busySilence() time.Duration {
+	if c.live.busySilence > 0 {
+		return c.live.busySilence
+	}
+	return defaultBusySilence
+}
+
 // silenceVerdict is what the sampler does with a connection.
 type silenceVerdict int
 
@@ -115,7 +138,7 @@ func (c *agentConn) judgeSilence(now time.Time, fresh bool) (v silenceVerdict, q
 		return silenceProbe, 0
 	default:
 		quiet = min(quiet, now.Sub(c.live.busySince))
-		limit, grace = min(limit, busySilence), probeAfter
+		limit, grace = min(limit, c.busySilence()), busyGraceFor(c.busySilence())
 	}
 	switch {
 	case quiet > limit+grace:

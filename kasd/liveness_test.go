@@ -17,9 +17,37 @@ import (
 // using and that has gone dark is probed and closed within a few seconds, and its requests go to
 // the agent's other connection: none fails, none waits for the 45s idle timeout.
 func TestBusyDeadConnectionFailsOverFast(t *testing.T) {
+	// Probe after 3s of silence, closed a second later, plus the 500ms sampling on each side.
+	took := busyDeadFailover(t, 0)
+	if took > 8*time.Second {
+		t.Errorf("requests to the dark connection took %v to fail over, want a few seconds (idle timeout 45s)", took)
+	}
+}
+
+// TestBusySilenceSetsFailover: with Config.AgentBusySilence at 1s (the kasd command's
+// --agent-busy-silence default) the dark connection's requests fail over within 2s of their
+// start (1s of silence, half a second of grace, 250 ms ticks); at the 3s default the silence
+// alone is longer than that.
+func TestBusySilenceSetsFailover(t *testing.T) {
+	took := busyDeadFailover(t, time.Second)
+	if took >= defaultBusySilenceForTest {
+		t.Errorf("requests to the dark connection took %v to fail over with a busy silence of 1s; the default's silence alone is %v", took, defaultBusySilenceForTest)
+	}
+}
+
+// defaultBusySilenceForTest is kasd's default Config.AgentBusySilence.
+const defaultBusySilenceForTest = 3 * time.Second
+
+// busyDeadFailover runs 40 requests at an agent whose first connection has just gone dark
+// (keep-alives every 15s: its idle silence is far away) while its second is live, checks that
+// none failed and the dark connection was closed as silent, and returns how long the slowest
+// took.
+func busyDeadFailover(t *testing.T, busySilence time.Duration) time.Duration {
+	t.Helper()
 	const keepAlive = 15 * time.Second
 	e := newEnv(t, func(c *kasd.Config) {
 		c.AgentKeepAlivePeriod = keepAlive
+		c.AgentBusySilence = busySilence
 		c.ResponseHeaderTimeout = 30 * time.Second
 	})
 	scaleQUIC := func(c *agentd.Config) {
@@ -60,11 +88,8 @@ func TestBusyDeadConnectionFailsOverFast(t *testing.T) {
 	if n := counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"}); n != 1 {
 		t.Errorf("silent_closed = %v, want the dark connection closed", n)
 	}
-	// Probe after 3s of silence, closed a second later, plus the 500ms sampling on each side.
-	if took > 8*time.Second {
-		t.Errorf("requests to the dark connection took %v to fail over, want a few seconds (idle timeout %v)", took, 3*keepAlive)
-	}
 	t.Logf("requests on the dark connection failed over after at most %v", took)
+	return took
 }
 
 // TestStalePacketsDoNotMakeARequestLookTaken: an agent dies with packets of its own still on

@@ -277,7 +277,7 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 		version:          hello.AgentVersion,
 		services:         sortedCopy(hello.Services),
 		since:            time.Now(),
-		live:             liveness{silentAfter: silentAfterFor(s.cfg.AgentKeepAlivePeriod), idleGrace: idleGraceFor(s.cfg.AgentKeepAlivePeriod)},
+		live:             liveness{silentAfter: silentAfterFor(s.cfg.AgentKeepAlivePeriod), idleGrace: idleGraceFor(s.cfg.AgentKeepAlivePeriod), busySilence: s.cfg.AgentBusySilence},
 		qc:               qc,
 		control:          control,
 	}

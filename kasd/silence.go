@@ -167,15 +167,16 @@ func unixNano(t time.Time) int64 {
 // silenceSample is how often sampleSilence looks at the connections that need it.
 const silenceSample = 500 * time.Millisecond
 
-// sampleSilence notes, every 500 ms, which agent connections received packets, so that routing
-// can prefer connections that are not silent (agentConn.silent). An idle connection silent for
-// a keep-alive period and a margin (silentAfterFor), or a busy one silent for 3s, is probed;
-// one still silent probeAfter later is presumed dead (a killed or paused agent, a dark path)
-// and closed, well before the idle timeout, so that requests on it fail over instead of
-// waiting (liveness.go). One goroutine for all connections, owned by the Server: Close stops
-// it.
+// sampleSilence notes, every 500 ms (silenceTickFor), which agent connections received
+// packets, so that routing can prefer connections that are not silent (agentConn.silent). An
+// idle connection silent for a keep-alive period and a margin (silentAfterFor), or a busy one
+// silent for Config.AgentBusySilence, is probed; one still silent a grace later is presumed dead
+// (a killed or paused agent, a dark path) and closed, well before the idle timeout, so that
+// requests on it fail over instead of waiting (liveness.go). One goroutine for all
+// connections, owned by the Server: Close stops it.
 func (s *Server) sampleSilence() {
-	t := time.NewTicker(silenceSample)
+	tick := silenceTickFor(s.cfg.AgentBusySilence)
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	prev := time.Now()
 	p := newSilenceSampler(s.table, s.lookAtSilence)
@@ -191,7 +192,7 @@ func (s *Server) sampleSilence() {
 			if fresh && s.fleet != nil {
 				// fleet.go: the peers closed them meanwhile; the pause began at most a
 				// tick after the last one.
-				s.fleet.dropLinksAfterPause(prev.Add(silenceSample), gap)
+				s.fleet.dropLinksAfterPause(prev.Add(tick), gap)
 			}
 			prev = now
 			p.tick(now, fresh)
@@ -200,7 +201,7 @@ func (s *Server) sampleSilence() {
 }
 
 // lookAtSilence judges c (liveness.go) and acts on the verdict: idle connections against a
-// keep-alive period and a margin, busy ones against 3s.
+// keep-alive period and a margin, busy ones against Config.AgentBusySilence.
 func (s *Server) lookAtSilence(c *agentConn, now time.Time, fresh bool) {
 	switch verdict, quiet := c.judgeSilence(now, fresh); verdict {
 	case silenceDead:

@@ -181,7 +181,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			"api-jwt-max-validity", "api-jwks-refresh",
 			"api-read-header-timeout", "api-idle-timeout", "api-max-header-bytes", "api-max-connections",
 			"observability-read-header-timeout", "observability-idle-timeout", "observability-max-header-bytes", "observability-max-connections",
-			"agent-keep-alive-period", "agent-idle-timeout", "registry-ttl", "rebalance-min-age",
+			"agent-keep-alive-period", "agent-idle-timeout", "agent-busy-silence", "registry-ttl", "rebalance-min-age",
 			"gitlab-cache-ttl", "gitlab-negative-cache-ttl", "gitlab-rate-limit"),
 		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance", "client-stall-timeout", "module-stall-timeout"), // 0: none; --rebalance-tolerance 0: no margin
 		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),                                                  // negative: the system default
@@ -376,6 +376,7 @@ func run(ctx context.Context, args []string) error {
 		MaxStreamsFromAgent:    o.budget.streamsPerAgent,
 		ModulesRatePerAgent:    o.budget.modulesRate,
 		AgentKeepAlivePeriod:   o.scale.keepAlive,
+		AgentBusySilence:       o.scale.busySilence,
 		ShutdownGrace:          o.shutdownGrace,
 		AccessLog:              kasd.AccessLogConfig{Off: !o.accessLog, Sample: o.accessLogSample, ErrorsOnly: o.accessLogSample == 0},
 		WebApps:                o.webApps,

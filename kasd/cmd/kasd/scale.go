@@ -20,6 +20,7 @@ import (
 // scaleOptions are the flags that size kasd for large fleets (docs/scale.md).
 type scaleOptions struct {
 	keepAlive     time.Duration // --agent-keep-alive-period
+	busySilence   time.Duration // --agent-busy-silence
 	idleTimeout   time.Duration // --agent-idle-timeout
 	receiveBuffer int           // --udp-receive-buffer
 	sendBuffer    int           // --udp-send-buffer
@@ -28,7 +29,9 @@ type scaleOptions struct {
 
 func (s *scaleOptions) register(fs *flag.FlagSet) {
 	fs.DurationVar(&s.keepAlive, "agent-keep-alive-period", quic.DefaultAgentKeepAlivePeriod,
-		"keep-alive period expected from agents (agentd's --keep-alive-period must not be longer): agents send the keep-alive PINGs, kasd only acknowledges them, so each idle agent costs kasd one PING in and one ACK out per period (50,000 agents at 25s: 4,000 datagrams/s); an idle connection silent for a period plus 2s is probed, then closed; one a request is using is probed after 3s of silence and closed a second later (docs/scale.md)")
+		"keep-alive period expected from agents (agentd's --keep-alive-period must not be longer): agents send the keep-alive PINGs, kasd only acknowledges them, so each idle agent costs kasd one PING in and one ACK out per period (50,000 agents at 25s: 4,000 datagrams/s); an idle connection silent for a period plus 2s is probed, then closed; one a request is using is judged by --agent-busy-silence (docs/scale.md)")
+	fs.DurationVar(&s.busySilence, "agent-busy-silence", time.Second,
+		"how long an agent connection with requests in flight may receive nothing (a live agent acknowledges within milliseconds) before it is probed; unanswered for half as long again (at most 1s), it is closed and its unacknowledged requests go to the agent's other connections: a dead agent connection's requests fail over within 1.75 times this plus a tick (2s at 1s); raise it where agent processes can be starved of CPU for that long")
 	fs.DurationVar(&s.idleTimeout, "agent-idle-timeout", quic.DefaultAgentMaxIdleTimeout,
 		"QUIC idle timeout of agent connections (the smaller of kasd's and the agent's applies); must exceed --agent-keep-alive-period")
 	fs.IntVar(&s.receiveBuffer, "udp-receive-buffer", quic.DefaultSocketBuffer,
