@@ -160,6 +160,11 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 			s.countDeadline(tgt.dl) // Qkas-Timeout counts itself when it fires
 		}
 		status = s.proxyError(w, r, tgt, err)
+		// A client that went away gets nothing; but it may only have half-closed its
+		// connection (net/http ends the request's context at the read side's EOF), and a
+		// handler that returns without a word makes net/http send "200 OK" with an empty
+		// body: abort instead, so the connection closes with no response.
+		abort = tgt.acc.code == api.CodeClientCanceled
 	} else {
 		status, abort = s.writeResponse(w, r, tgt, res.resp)
 		if !abort && r.ProtoMajor == 2 && body != nil && !body.AtEOF() {
@@ -267,7 +272,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, tgt *target,
 // writeResponse passes the agent's response to the client: its head (without Qkas-Error, which
 // only kasd sets), then its body, flushed per write only when it is a stream (SSE, unknown
 // length; its head is flushed before a first byte that is late, see httpstream.CopyBody).
-// abort is true when the body broke after the head was written.
+// abort is true when the body broke after the head was written, or the client went away.
 func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *target, resp *http.Response) (status int, abort bool) {
 	defer resp.Body.Close()
 	h := w.Header()
@@ -315,9 +320,11 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		}
 		return resp.StatusCode, false
 	case errors.Is(err, httpstream.ErrClientWrite) || r.Context().Err() != nil:
+		// Cut: a client that only half-closed its connection must not see the body end as
+		// if complete (a chunked body's last chunk).
 		s.m.apiErrors.WithLabelValues(api.CodeClientCanceled.String()).Inc()
 		tgt.acc.code = api.CodeClientCanceled
-		return api.CodeClientCanceled.HTTPStatus(), false
+		return api.CodeClientCanceled.HTTPStatus(), true
 	default:
 		code := api.CodeOf(err)
 		if code == api.CodeInternal || code == api.CodeProtocol {
