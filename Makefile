@@ -16,7 +16,7 @@ FUZZTIME  ?= 20000x
 # Minimizing a new corpus entry can stall a short run; failures are still minimized.
 FUZZMINIMIZETIME ?= 5s
 # Packages with fuzz targets, for `make fuzz`.
-FUZZ_PKGS := ./api ./auth ./internal/rawio ./gitlab ./httpstream ./kasd ./agentd ./agentd/kubernetes ./registry ./internal/cliconfig ./quic ./internal/upstream ./benchmarks/fleetsim
+FUZZ_PKGS := ./api ./auth ./internal/rawio ./internal/httpserve ./gitlab ./httpstream ./kasd ./agentd ./agentd/kubernetes ./registry ./internal/cliconfig ./quic ./internal/upstream ./benchmarks/fleetsim
 
 .PHONY: test-quic-patch all build test test-short vet staticcheck vulncheck fuzz demo bench bench-quick bench-scale images clean chaos
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/internal/httpserve"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -114,6 +115,7 @@ func (a *Agent) GitLabHandler() http.Handler {
 	labels := &moduleLabels{seen: map[string]bool{}}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &httpstream.StatusRecorder{ResponseWriter: w}
+		httpserve.KeepRawPath(r) // the caller's escapes (%2F) reach GitLab as sent
 		module, _, err := splitGitLabPath(r.URL.EscapedPath())
 		// Counted in a defer: ReverseProxy aborts with http.ErrAbortHandler when the client
 		// goes away mid-body, and such requests must be counted too (as 499).

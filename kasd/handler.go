@@ -13,6 +13,7 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/internal/httpserve"
 )
 
 // HeaderTimeout lets a client bound one proxied request: a Go duration ("30s") or seconds ("30").
@@ -43,7 +44,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		// connection when the drain ends (a request written just then is lost).
 		w.Header().Set("Connection", "close")
 	}
-	p := r.URL.EscapedPath()
+	p := httpserve.EscapedPath(r) // as the client escaped it: %2F stays (r.URL.EscapedPath() may lose it)
 	switch {
 	case p == agentsPath || p == agentsPath+"/":
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {

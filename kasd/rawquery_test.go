@@ -46,3 +46,40 @@ func TestRawQueryBytesReachService(t *testing.T) {
 		}
 	}
 }
+
+// An escaped slash in a proxied path stays escaped on its way to the service, also when the
+// path holds bytes net/http's URL would have escaped ('|', '{', raw UTF-8): url.URL drops its
+// RawPath then, and kasd, reading r.URL.EscapedPath(), sent "group/project" for
+// "group%2Fproject" — two path segments for one (found by a differential review).
+func TestEscapedSlashReachesService(t *testing.T) {
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.RequestURI)
+	}))
+	defer svc.Close()
+	e := newEnv(t)
+	a := e.startAgent("alpha", "r1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	host := strings.TrimPrefix(e.api.URL, "http://")
+	for _, tc := range []struct{ path, want string }{
+		{"/group%2Fproject/files", "/group%2Fproject/files"},
+		{"/group%2Fproject/files/a|b", "/group%2Fproject/files/a%7Cb"},
+		{"/a%2Fb/{x}?q=%2F", "/a%2Fb/%7Bx%7D?q=%2F"},
+		{"/caf\xc3\xa9%2f", "/caf%C3%A9%2f"},
+	} {
+		c, err := net.Dial("tcp", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		io.WriteString(c, "GET /api/v1/agents/alpha/proxy/web"+tc.path+" HTTP/1.1\r\nHost: kas\r\nConnection: close\r\nAuthorization: Bearer "+e.token()+"\r\n\r\n")
+		raw, err := io.ReadAll(c)
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		head, body, _ := strings.Cut(string(raw), "\r\n\r\n")
+		if !strings.HasPrefix(head, "HTTP/1.1 200 ") || body != tc.want {
+			t.Errorf("path %q: %q, service saw %q; want 200 %q", tc.path, strings.SplitN(head, "\r\n", 2)[0], body, tc.want)
+		}
+	}
+}
