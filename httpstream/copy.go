@@ -20,6 +20,12 @@ func Streaming(resp *http.Response) bool {
 // ErrClientWrite marks a failure to write to the client: the client went away.
 var ErrClientWrite = errors.New("writing to the client failed")
 
+// headHolder is a writer that keeps the head back until more body bytes come (this package's
+// ResponseWriter, up to 16 KiB), so that a small body leaves with it in one write.
+type headHolder interface {
+	HeadPending() bool
+}
+
 // ReadyReader is a body that can tell, without waiting, whether its next Read returns at once:
 // bytes of the body, its end or its error are already there. The bodies of internal/upstream's
 // responses and of RoundTrip's implement it.
@@ -49,6 +55,12 @@ func CopyBody(w http.ResponseWriter, body io.Reader, flush bool) (int64, error) 
 			}
 		}
 	}
+	// A writer that holds the head back for more body (agentd's, toward kasd) must not hold it
+	// while the service is slow to send the rest of a body of known length: kasd's header
+	// timeout (Qkas-Timeout, --response-header-timeout) runs until the head arrives, and the
+	// service did answer. So the head goes before a read that would wait.
+	hh, _ := w.(headHolder)
+	rr, _ := body.(ReadyReader)
 	var total int64
 	for {
 		buf := cb.buf()
@@ -58,7 +70,10 @@ func CopyBody(w http.ResponseWriter, body io.Reader, flush bool) (int64, error) 
 				return total, errors.Join(ErrClientWrite, werr)
 			}
 			total += int64(n)
-			if flush {
+			if flush || (hh != nil && rr != nil && err == nil && hh.HeadPending() && !rr.ReadReady()) {
+				if rc == nil {
+					rc = http.NewResponseController(w)
+				}
 				if ferr := rc.Flush(); ferr != nil {
 					return total, errors.Join(ErrClientWrite, ferr)
 				}

@@ -361,6 +361,11 @@ func (w *ResponseWriter) writeNow(p []byte) { _, _ = w.writeRaw(p) }
 // Flush sends the head and everything written so far.
 func (w *ResponseWriter) Flush() { _ = w.FlushError() }
 
+// HeadPending reports whether the head was written (WriteHeader, or a first Write) but not
+// sent yet: it waits for more body bytes, to leave with them (CopyBody sends it before a read
+// that would wait).
+func (w *ResponseWriter) HeadPending() bool { return w.status != 0 && !w.sent && w.upgrade == nil }
+
 // FlushError is Flush that reports a failed write (http.ResponseController uses it).
 func (w *ResponseWriter) FlushError() error {
 	if w.upgrade != nil {

@@ -307,3 +307,42 @@ func TestUpstreamBodyReadReady(t *testing.T) {
 		}
 	}
 }
+
+// A body of known length read whole is ready (its end is there, no wait): net/http's body
+// reader returns io.EOF with the last bytes, so httpstream.CopyBody ends a small response with
+// its head and body in one write with FIN, and sends the head early only when the rest of the
+// body is still to come (not ready).
+func TestUpstreamKnownLengthBodyReadyAtItsEnd(t *testing.T) {
+	release := make(chan struct{})
+	up, srv, _ := upstreamFor(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		io.WriteString(w, "01234")
+		if r.URL.Path == "/late" {
+			w.(http.Flusher).Flush()
+			<-release
+		}
+		io.WriteString(w, "56789")
+	}), Options{})
+	for _, path := range []string{"/together", "/late"} {
+		req, _ := http.NewRequest("GET", srv.URL+path, nil)
+		resp, err := up.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rr := resp.Body.(interface{ ReadReady() bool })
+		buf := make([]byte, 64)
+		n, _ := io.ReadAtLeast(resp.Body, buf, 5)
+		if path == "/late" {
+			if n != 5 || rr.ReadReady() {
+				t.Errorf("%s: read %d bytes, ReadReady %v; want 5 and not ready (the rest is to come)", path, n, rr.ReadReady())
+			}
+			close(release)
+			m, _ := io.ReadAtLeast(resp.Body, buf[n:], 5)
+			n += m
+		}
+		if n != 10 || !rr.ReadReady() {
+			t.Errorf("%s: read %d bytes, ReadReady %v; want 10 and ready (the end is there)", path, n, rr.ReadReady())
+		}
+		resp.Body.Close()
+	}
+}
