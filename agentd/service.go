@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -79,7 +81,12 @@ func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api
 	if _, ok := r.Header["User-Agent"]; !ok {
 		r.Header["User-Agent"] = noUserAgent // don't let the transport add Go's default
 	}
-	out := req.WithContext(r.Context())
+	out := req.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
+			httpstream.WriteInterim(w, code, http.Header(hdr))
+			return nil
+		},
+	}))
 	resp, err := s.transport.RoundTrip(out)
 	if err != nil {
 		s.m.serviceErrors.WithLabelValues(s.name).Inc()

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"os"
 	"strconv"
 	"sync"
@@ -449,6 +451,12 @@ func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Res
 					return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: fmt.Sprintf("more than %d informational responses", api.MaxInformational), Err: ErrTooManyInformational})
 				}
 				accepted = true // a response implies accepted
+				if trace := httptrace.ContextClientTrace(x.ctx); trace != nil && trace.Got1xxResponse != nil {
+					// The caller passes it on (kasd: to its client; 103 Early Hints).
+					h := make(http.Header, len(m.Header))
+					AddKVs(h, m.Header, false)
+					_ = trace.Got1xxResponse(m.Status, textproto.MIMEHeader(h))
+				}
 				continue
 			}
 			if writer != nil {

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/qkas/qkas/api"
 )
 
 // Streaming reports whether a response must reach the client as it is produced: Server-Sent
@@ -86,5 +88,29 @@ func CopyBody(w http.ResponseWriter, body io.Reader, flush bool) (int64, error) 
 		if err != nil {
 			return total, err
 		}
+	}
+}
+
+// WriteInterim passes a service's interim response (103 Early Hints, 102) on with its own
+// header fields: w's header map holds them only for the WriteHeader that sends it. 100 Continue
+// is not passed on (kasd answers it to its client itself), nor 101 or a final status, nor are
+// hop-by-hop fields.
+func WriteInterim(w http.ResponseWriter, code int, hdr http.Header) {
+	if code <= http.StatusSwitchingProtocols || code >= 200 {
+		return
+	}
+	h := w.Header()
+	saved := h.Clone()
+	clear(h)
+	for k, vs := range hdr {
+		h[k] = vs
+	}
+	for _, k := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Te", "Trailer", api.HeaderError} {
+		delete(h, k)
+	}
+	w.WriteHeader(code)
+	clear(h)
+	for k, vs := range saved {
+		h[k] = vs
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -88,6 +90,12 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	}
 	defer dl.stop()
 	tgt.dl, f.Deadline = dl, dl.agentDeadline()
+	// A service's interim responses (103 Early Hints) reach the client as they come, on this
+	// goroutine (route and the stream's RoundTrip run on it); at most api.MaxInformational.
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		httpstream.WriteInterim(w, code, http.Header(h))
+		return nil
+	}})
 	s.setHead(f, r, rest)
 	s.requestHygiene(f, r, tgt)
 	if len(f.Header) > api.MaxHeaderFields {

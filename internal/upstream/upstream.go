@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"net/url"
 	"sync"
 	"syscall"
@@ -405,7 +407,11 @@ func (u *Client) headLimit() int64 {
 
 // readFinal reads responses until a final one (or 101), skipping at most five 1xx.
 func readFinal(br *bufio.Reader, req *http.Request) (*http.Response, error) {
-	for range 6 {
+	var got1xx func(int, textproto.MIMEHeader) error
+	if trace := httptrace.ContextClientTrace(req.Context()); trace != nil {
+		got1xx = trace.Got1xxResponse
+	}
+	for range MaxInformational + 1 {
 		resp, err := http.ReadResponse(br, req)
 		if err != nil {
 			return nil, err
@@ -413,9 +419,20 @@ func readFinal(br *bufio.Reader, req *http.Request) (*http.Response, error) {
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			return resp, nil
 		}
+		if got1xx != nil {
+			// As net/http's Transport: the caller passes interim responses on (103 Early Hints).
+			if err := got1xx(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+				return nil, err
+			}
+		}
 	}
-	return nil, errors.New("too many 1xx responses")
+	return nil, fmt.Errorf("more than %d 1xx responses", MaxInformational)
 }
+
+// MaxInformational bounds the interim (1xx) responses read before the final one, as
+// api.MaxInformational bounds them on a stream; each is handed to the request context's
+// httptrace.ClientTrace.Got1xxResponse, when one is set.
+const MaxInformational = 8
 
 // recentlyUsed: an idle connection whose last response ended less than this ago is reused
 // without the liveness peek (a system call per request) for a request without a body: if the
