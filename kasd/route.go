@@ -235,20 +235,39 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 	}
 	s.observeWait(waitFrom)
 	if lastErr != nil {
-		if errors.Is(lastErr, errNotSent) && api.CodeOf(lastErr) == api.CodeAgentFailed && !misconfigured(lastErr) {
+		if unprocessed(lastErr) && !misconfigured(lastErr) {
 			// Every attempt failed before the request reached an agent (its connection or the
-			// link to its holder lost), and no other holder appeared: the agent is unreachable, and the request was not processed, so the
+			// link to its holder lost, or refused by the holder), and no other holder appeared: the agent is unreachable, and the request was not processed, so the
 			// client may send it again, whatever its method (503 with Retry-After, not the
 			// 502 of a request that may have been executed).
 			s.m.limitRejections.WithLabelValues("route_timeout").Inc()
+			cause := lastErr
+			if re, ok := errors.AsType[*httpstream.RemoteError](lastErr); ok {
+				cause = re.Err // kept as the cause, no longer a holder's answer to pass on (proxyError)
+			}
 			return routeResult{route: lastRoute}, &api.Error{Code: api.CodeAgentNotConnected,
 				Message:    "agent " + tgt.agentID + " is not reachable (the request was not sent): " + errString(lastErr),
-				RetryAfter: time.Second, Err: lastErr}
+				RetryAfter: time.Second, Err: cause}
 		}
 		return routeResult{route: lastRoute}, lastErr
 	}
 	s.m.limitRejections.WithLabelValues("route_timeout").Inc()
 	return routeResult{route: lastRoute}, &api.Error{Code: api.CodeAgentNotConnected, Message: "agent " + tgt.agentID + " is not connected", RetryAfter: time.Second}
+}
+
+// unprocessed reports whether err, the last attempt's, says the request never reached an
+// agent: its connection or the link to its holder was lost before it was taken (errNotSent), or
+// the holder refused it, not holding the agent (any more), draining, or without a connection
+// to it. Those codes are the holders' word to kasd, never an answer for the client: with no
+// holder left, the client is told the agent is not connected.
+func unprocessed(err error) bool {
+	if errors.Is(err, errNotSent) && api.CodeOf(err) == api.CodeAgentFailed {
+		return true
+	}
+	if _, refused := errors.AsType[*httpstream.RemoteError](err); !refused {
+		return false
+	}
+	return hasCode(err, api.CodeNotHolder) || hasCode(err, api.CodeShuttingDown) || hasCode(err, api.CodeAgentNotConnected)
 }
 
 // misconfigured reports whether err says a holder refused this kasd for what it is, not for a
