@@ -47,6 +47,11 @@ type agentConn struct {
 	// suspect writes it, before queueing the connection, and retireSuspects reads it.
 	suspect   atomic.Bool
 	suspectOf suspicion
+	// quietBusy is set by the silence sampler while the connection has requests in flight and
+	// has received nothing for a quarter of its busy silence (a live agent acknowledges within
+	// milliseconds): new requests go to the agent's other holders first, instead of joining
+	// those that wait for the connection to be found dead (liveness.go).
+	quietBusy atomic.Bool
 	// aliveBeside is the newer process of the replica that this connection's process was found
 	// alive beside (restarted.go): that process is then no reason to suspect this process's
 	// connections again (foundAliveBeside).

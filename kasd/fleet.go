@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -640,6 +641,13 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	if conns = live; len(conns) == 0 {
 		refuse(api.Errorf(api.CodeAgentNotConnected, "agent %s's connections to %s are silent", fw.AgentID, s.cfg.InstanceID))
 		return
+	}
+	if conns[0].quietBusy.Load() {
+		// Its requests have had no answer for a moment: another connection first, if one is
+		// not (it is still tried when it is the only one: it may only be slow).
+		if i := slices.IndexFunc(conns, func(c *agentConn) bool { return !c.quietBusy.Load() }); i > 0 {
+			conns[0], conns[i] = conns[i], conns[0]
+		}
 	}
 	e := conns[0].entry
 	if !s.table.startRequest(e, s.cfg.MaxInflightPerAgent) {

@@ -139,6 +139,10 @@ func (c *agentConn) judgeSilence(now time.Time, fresh bool) (v silenceVerdict, q
 	default:
 		quiet = min(quiet, now.Sub(c.live.busySince))
 		limit, grace = min(limit, c.busySilence()), busyGraceFor(c.busySilence())
+		c.quietBusy.Store(quiet >= c.busySilence()/4)
+	}
+	if !busy || quiet == 0 {
+		c.quietBusy.Store(false)
 	}
 	switch {
 	case quiet > limit+grace:

@@ -27,7 +27,9 @@ func TestBusyDeadConnectionFailsOverFast(t *testing.T) {
 // TestBusySilenceSetsFailover: with Config.AgentBusySilence at 1s (the kasd command's
 // --agent-busy-silence default) the dark connection's requests fail over within 2s of their
 // start (1s of silence, half a second of grace, 250 ms ticks); at the 3s default the silence
-// alone is longer than that.
+// alone is longer than that. Requests that arrive once the dark connection has been quiet for a
+// quarter of that go to the live connection first: they are answered before the dark one is
+// even closed.
 func TestBusySilenceSetsFailover(t *testing.T) {
 	took := busyDeadFailover(t, time.Second)
 	if took >= defaultBusySilenceForTest {
@@ -79,6 +81,28 @@ func busyDeadFailover(t *testing.T, busySilence time.Duration) time.Duration {
 				failed.Add(1)
 			}
 		})
+	}
+	if busySilence > 0 {
+		// Past a quarter of the busy silence and a tick: the dark connection is quiet while busy.
+		time.Sleep(busySilence/4 + busySilence/2)
+		var late sync.WaitGroup
+		var slow atomic.Int64
+		for range 20 {
+			late.Go(func() {
+				resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/x", nil, "Qkas-Timeout", "15s")
+				readAll(t, resp)
+				if resp.StatusCode != 200 {
+					failed.Add(1)
+				}
+				if counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"}) > 0 {
+					slow.Add(1) // answered only once the dark connection was closed
+				}
+			})
+		}
+		late.Wait()
+		if n := slow.Load(); n > 0 {
+			t.Errorf("%d of 20 requests sent after the dark connection was quiet with requests for %v waited for it to be closed", n, busySilence*3/4)
+		}
 	}
 	wg.Wait()
 	took := time.Since(start)

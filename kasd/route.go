@@ -314,7 +314,7 @@ func (s *Server) holders(agentID, service string, tried map[string]int) ([]holde
 	for _, c := range conns {
 		switch {
 		case tried[c.id] > 0:
-		case c.silent(now) || c.suspect.Load():
+		case c.silent(now) || c.suspect.Load() || c.quietBusy.Load():
 			// Nothing received for a while (a paused or dead replica, a dark path): after
 			// every other holder, peers included.
 			silent = append(silent, localHolder{s: s, c: c})
