@@ -29,18 +29,7 @@ func TestRawQueryBytesReachService(t *testing.T) {
 		{"x=a#b", "x=a%23b a#b"},
 		{"x=%C3%A9&y=\x7e", "x=%C3%A9&y=~ \xc3\xa9"}, // already valid: unchanged
 	} {
-		c, err := net.Dial("tcp", host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		io.WriteString(c, "GET /api/v1/agents/alpha/proxy/web/q?"+tc.query+" HTTP/1.1\r\nHost: kas\r\nConnection: close\r\nAuthorization: Bearer "+e.token()+"\r\n\r\n")
-		raw, err := io.ReadAll(c)
-		c.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		head, body, _ := strings.Cut(string(raw), "\r\n\r\n")
+		head, body := rawGet(t, host, "/api/v1/agents/alpha/proxy/web/q?"+tc.query, e.token())
 		if !strings.HasPrefix(head, "HTTP/1.1 200 ") || body != tc.want {
 			t.Errorf("query %q: %q, body %q; want 200 %q", tc.query, strings.SplitN(head, "\r\n", 2)[0], body, tc.want)
 		}
@@ -66,20 +55,28 @@ func TestEscapedSlashReachesService(t *testing.T) {
 		{"/a%2Fb/{x}?q=%2F", "/a%2Fb/%7Bx%7D?q=%2F"},
 		{"/caf\xc3\xa9%2f", "/caf%C3%A9%2f"},
 	} {
-		c, err := net.Dial("tcp", host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		io.WriteString(c, "GET /api/v1/agents/alpha/proxy/web"+tc.path+" HTTP/1.1\r\nHost: kas\r\nConnection: close\r\nAuthorization: Bearer "+e.token()+"\r\n\r\n")
-		raw, err := io.ReadAll(c)
-		c.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		head, body, _ := strings.Cut(string(raw), "\r\n\r\n")
+		head, body := rawGet(t, host, "/api/v1/agents/alpha/proxy/web"+tc.path, e.token())
 		if !strings.HasPrefix(head, "HTTP/1.1 200 ") || body != tc.want {
 			t.Errorf("path %q: %q, service saw %q; want 200 %q", tc.path, strings.SplitN(head, "\r\n", 2)[0], body, tc.want)
 		}
 	}
+}
+
+// rawGet sends a GET for target as written, bytes net/http's client would escape included, on
+// a connection of its own, and returns the response's head and body.
+func rawGet(t *testing.T, host, target, token string) (head, body string) {
+	t.Helper()
+	c, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	io.WriteString(c, "GET "+target+" HTTP/1.1\r\nHost: kas\r\nConnection: close\r\nAuthorization: Bearer "+token+"\r\n\r\n")
+	raw, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, body, _ = strings.Cut(string(raw), "\r\n\r\n")
+	return head, body
 }
