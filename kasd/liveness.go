@@ -119,7 +119,11 @@ const (
 // (every 500 ms at the 2s default keep-alive, every 4.5s at 25s): reading the packet counts of
 // 50,000 connections twice a second would cost several percent of a core.
 func (c *agentConn) judgeSilence(now time.Time, fresh bool) (v silenceVerdict, quiet time.Duration) {
-	busy := c.entry != nil && c.entry.inflight.Load() > 0
+	// Busy is this connection's own request streams: an agent's other connection, idle while
+	// this one carries requests, hears nothing for a keep-alive period and is judged as idle
+	// (judged by the agent's count, it was marked quiet with the dead one beside it, so that new
+	// requests went to either, and probed every busy silence).
+	busy := c.streams.Load() > 0
 	limit := c.silenceLimit()
 	if !busy && !fresh && !c.live.watch && c.live.busySince.IsZero() && now.Sub(c.live.sampledAt) < limit/6-silenceSample/2 {
 		return silenceOK, 0

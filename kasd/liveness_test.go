@@ -83,8 +83,13 @@ func busyDeadFailover(t *testing.T, busySilence time.Duration) time.Duration {
 		})
 	}
 	if busySilence > 0 {
-		// Past a quarter of the busy silence and a tick: the dark connection is quiet while busy.
-		time.Sleep(busySilence/4 + busySilence/2)
+		// The dark connection is marked quiet while busy a quarter of the busy silence after its
+		// requests were first seen (a tick or two on an idle host; later on a loaded one: the
+		// requests sent before the mark may go either way, so the claim starts at the mark).
+		waitCounter(t, e.reg, "kasd_agent_connections_quiet_busy_total", nil, 1)
+		if n := counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"}); n != 0 {
+			t.Fatalf("the dark connection was closed before it was marked quiet")
+		}
 		var late sync.WaitGroup
 		var slow atomic.Int64
 		for range 20 {
@@ -101,13 +106,18 @@ func busyDeadFailover(t *testing.T, busySilence time.Duration) time.Duration {
 		}
 		late.Wait()
 		if n := slow.Load(); n > 0 {
-			t.Errorf("%d of 20 requests sent after the dark connection was quiet with requests for %v waited for it to be closed", n, busySilence*3/4)
+			t.Errorf("%d of 20 requests sent after the dark connection was marked quiet while busy waited for it to be closed", n)
 		}
 	}
 	wg.Wait()
 	took := time.Since(start)
 	if n := failed.Load(); n > 0 {
 		t.Errorf("%d of 40 requests failed", n)
+	}
+	if n := counter(t, e.reg, "kasd_agent_connections_quiet_busy_total", nil); busySilence > 0 && n != 1 {
+		// The live connection, idle between its requests while the dark one holds the agent's
+		// others, is no busy connection gone quiet.
+		t.Errorf("connections marked quiet while busy: %v, want the dark one only", n)
 	}
 	if n := counter(t, e.reg, "kasd_agent_connections_total", map[string]string{"result": "silent_closed"}); n != 1 {
 		t.Errorf("silent_closed = %v, want the dark connection closed", n)

@@ -14,6 +14,7 @@ type metrics struct {
 	agentConnections *prometheus.CounterVec
 	tlsResumptions   prometheus.Counter
 	silenceProbes    prometheus.Counter
+	quietBusy        prometheus.Counter
 	limitRejections  *prometheus.CounterVec
 	apiErrors        *prometheus.CounterVec
 	requests         *prometheus.CounterVec
@@ -107,10 +108,13 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m.silenceProbes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kasd_agent_silence_probes_total", Help: "Probes sent on agent connections that had received nothing for their silence threshold (a live agent acknowledges within 1 ms; one that stays silent is closed as silent_closed).",
 	})
+	m.quietBusy = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kasd_agent_connections_quiet_busy_total", Help: "Times an agent connection with requests in flight had received nothing for a quarter of --agent-busy-silence: new requests try the agent's other holders first until it is heard from again (or closed as silent_closed).",
+	})
 	m.uploadsCut = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kasd_close_uploads_cut_total", Help: "Request bodies whose client had still not sent them when kasd closed (after the drain and closeUploadWait): the read waiting for the client was interrupted, so that closing does not wait for it.",
 	})
-	reg.MustRegister(m.peerLinkLosses, m.peerLinksDrained, m.silenceProbes, m.uploadsCut)
+	reg.MustRegister(m.peerLinkLosses, m.peerLinksDrained, m.silenceProbes, m.quietBusy, m.uploadsCut)
 	peerLinks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_peer_links", Help: "Live connections this kasd dialled to peers.",
 	}, func() float64 { return float64(s.livePeerLinks()) })

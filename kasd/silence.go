@@ -203,7 +203,12 @@ func (s *Server) sampleSilence() {
 // lookAtSilence judges c (liveness.go) and acts on the verdict: idle connections against a
 // keep-alive period and a margin, busy ones against Config.AgentBusySilence.
 func (s *Server) lookAtSilence(c *agentConn, now time.Time, fresh bool) {
-	switch verdict, quiet := c.judgeSilence(now, fresh); verdict {
+	wasQuiet := c.quietBusy.Load()
+	verdict, quiet := c.judgeSilence(now, fresh)
+	if !wasQuiet && c.quietBusy.Load() {
+		s.m.quietBusy.Inc()
+	}
+	switch verdict {
 	case silenceDead:
 		s.m.agentConnections.WithLabelValues("silent_closed").Inc()
 		s.log.Warn().Str("agent_id", c.agentID).Str("connection_id", c.id).Dur("silent", quiet).Msg("agent connection silent: presumed dead, closing")
