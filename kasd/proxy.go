@@ -126,7 +126,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		// is full duplex already: the call's error says so.)
 		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
-	endUpload := s.trackUpload(w, body, r.ProtoMajor == 1) // server.go: the body ends with the request, and at Close
+	endUpload := s.trackUpload(w, r, body) // server.go: the body ends with the request, and at Close
 	lingerUpload := false
 	defer func() { endUpload(lingerUpload) }()
 	defer tgt.stall.stop() // before endUpload: its linger must not be cut by the limit

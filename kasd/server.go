@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/textproto"
 	"regexp"
 	"strings"
 	"sync"
@@ -638,7 +640,11 @@ const closeUploadWait = time.Second
 // Setting the read deadline is a last resort: on HTTP/1.1 the failed read also ends the
 // request's context (net/http takes it for the client going away), so it only ever happens
 // once the handler has answered, or at Close.
-func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body, http1 bool) (end func(linger bool)) {
+//
+// The linger reads and drops the rest of r.Body itself where net/http would not
+// (expectsContinue).
+func (s *Server) trackUpload(w http.ResponseWriter, r *http.Request, body *httpstream.Body) (end func(linger bool)) {
+	http1 := r.ProtoMajor == 1
 	if body == nil {
 		return func(bool) {}
 	}
@@ -666,8 +672,17 @@ func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body, http1
 		// clients as "connection reset by peer").
 		if linger && !body.AtEOF() {
 			ending.Store(true)
-			_ = rc.SetReadDeadline(time.Now().Add(rstAvoidance))
+			until := time.Now().Add(rstAvoidance)
+			_ = rc.SetReadDeadline(until)
 			body.StopWait(rstAvoidance + 100*time.Millisecond)
+			if expectsContinue(r) {
+				// net/http lingers after the handler only for a body it reads itself: an
+				// Expect: 100-continue body is wrapped, and its connection is closed at once,
+				// with the client's upload unread (curl sends Expect above 1 MiB). The answer
+				// goes now, and the rest of the upload is read and dropped here instead.
+				_ = rc.Flush()
+				lingerRead(r.Body, until)
+			}
 			return
 		}
 		body.StopWait(time.Second)
@@ -680,6 +695,25 @@ func (s *Server) trackUpload(w http.ResponseWriter, body *httpstream.Body, http1
 		}
 	}
 }
+
+// expectsContinue reports whether net/http wrapped r's body for Expect: 100-continue.
+func expectsContinue(r *http.Request) bool {
+	return r.ProtoAtLeast(1, 1) && r.ProtoMajor == 1 && r.ContentLength != 0 &&
+		strings.EqualFold(textproto.TrimString(r.Header.Get("Expect")), "100-continue")
+}
+
+// lingerRead reads and drops what the client still sends of raw until it ends, stops, or until
+// (the read deadline already set), at most lingerReadLimit bytes: closing the connection with
+// unread bytes resets it, and the client may not have read the answer yet.
+func lingerRead(raw io.Reader, until time.Time) {
+	if raw == nil || time.Until(until) <= 0 {
+		return
+	}
+	_, _ = io.CopyN(io.Discard, raw, lingerReadLimit)
+}
+
+// lingerReadLimit bounds what lingerRead drops (at loopback speed 500 ms would be gigabytes).
+const lingerReadLimit = 64 << 20
 
 // rstAvoidance is how long the client's unread upload is still read, and dropped, after its
 // handler answered (as net/http's closeWriteAndWait waits before closing).

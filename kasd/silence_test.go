@@ -15,7 +15,7 @@ type fakeLook struct {
 }
 
 func (f *fakeLook) look(c *agentConn, now time.Time, fresh bool) {
-	busy := c.entry != nil && c.entry.inflight.Load() > 0
+	busy := c.streams.Load() > 0 // the connection's own requests (judgeSilence)
 	if !busy && !fresh && !c.live.watch && c.live.busySince.IsZero() && now.Sub(c.live.sampledAt) < c.silenceLimit()/6-silenceSample/2 {
 		return // judgeSilence's early return: not a look
 	}
@@ -92,12 +92,14 @@ func TestSilenceSamplerLooksOnlyWhereNeeded(t *testing.T) {
 	if !table.startRequest(busy.entry, 10) {
 		t.Fatal("startRequest refused")
 	}
+	busy.streamStarted()
 	f.looks[busy] = 0
 	run(10)
 	if got := f.looks[busy]; got != 10 {
 		t.Fatalf("a connection with a request in flight was looked at %d times in 10 ticks, want 10", got)
 	}
 	busy.entry.inflight.Add(-1)
+	busy.streams.Add(-1)
 	f.looks[busy] = 0
 	run(1)
 	if got := f.looks[busy]; got != 1 {
