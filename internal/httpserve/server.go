@@ -72,8 +72,9 @@ func (s *Server) Serve(ln net.Listener) error {
 // bytes wait in the socket while a loaded machine has not yet run the server's goroutine) is cut,
 // and a client cannot tell whether it was executed. Here the listeners close first (new
 // connections are refused, which a client may safely retry elsewhere); then, until none is
-// left or ctx ends, an HTTP/1.1 connection is closed only while it is idle (or new), nothing has
-// arrived on it since its last response, and a non-blocking peek finds its socket empty. A connection
+// left or ctx ends, an HTTP/1.1 connection is closed only while it is idle (or new, and accepted
+// at least newConnGrace ago), nothing has arrived on it since its last response, and a
+// non-blocking peek finds its socket empty. A connection
 // serving a request is closed once the response is written and it is quiet (kasd's API also
 // answers with Connection: close while draining). HTTP/2 connections and whatever is left when
 // ctx ends are http.Server.Shutdown's (GOAWAY, then close).
@@ -109,8 +110,18 @@ func (s *Server) closeQuiet() int {
 	}
 	s.mu.Unlock()
 	left := 0
+	now := s.now().UnixNano()
 	for _, c := range open {
 		st := http.ConnState(c.state.Load())
+		if st == http.StateNew && now-c.accepted < int64(newConnGrace) {
+			// A client connects to send a request: one accepted a moment before the listeners
+			// closed is given newConnGrace for it (its first response says Connection: close).
+			// Closing it at once, empty, cut the requests its client was writing (with a
+			// draining kasd answering Connection: close, every request of a busy client comes on
+			// a new connection: dozens of POSTs cut at each rolling restart).
+			left++
+			continue
+		}
 		if (st == http.StateIdle || st == http.StateNew) && !c.readSinceIdle.Load() && socketEmpty(c.Conn) {
 			_ = c.Close()
 			continue
@@ -119,6 +130,10 @@ func (s *Server) closeQuiet() int {
 	}
 	return left
 }
+
+// newConnGrace is how long Shutdown waits for the first request of a connection accepted just
+// before the listeners closed.
+const newConnGrace = time.Second
 
 // socketEmpty reports whether nothing is waiting to be read on nc (a non-blocking peek); a
 // connection it cannot peek at counts as empty.
@@ -218,7 +233,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 	}
 	l.open.Inc()
-	c := &conn{Conn: rawio.Conn(nc), srv: l.srv} // raw reads and writes: internal/rawio
+	c := &conn{Conn: rawio.Conn(nc), srv: l.srv, accepted: l.srv.now().UnixNano()} // raw reads and writes: internal/rawio
 	c.release = func() {
 		<-l.sem
 		l.open.Dec()
@@ -252,6 +267,7 @@ type conn struct {
 	protoChecked  atomic.Bool  // h2 was set (or not) after the handshake
 	readSinceIdle atomic.Bool  // bytes arrived since the connection went idle
 	idleSince     atomic.Int64 // unix nanoseconds
+	accepted      int64        // unix nanoseconds, set before the connection is served
 	closeOnce     sync.Once
 	release       func()
 }

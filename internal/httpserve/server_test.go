@@ -387,3 +387,76 @@ func TestShutdownServesRequestWaitingOnIdleConnection(t *testing.T) {
 		t.Fatal("Shutdown did not return")
 	}
 }
+
+// A connection accepted just before Shutdown, whose client has not written its request yet, is
+// given newConnGrace for it: it was closed at once (empty), and its client's request, written a
+// moment later, was cut (POSTs lost at every kasd rolling restart, a draining kasd's
+// Connection: close sending every request of a busy client on a new connection). A new
+// connection that sends nothing is still closed after the grace.
+func TestShutdownServesFirstRequestOfNewConnection(t *testing.T) {
+	m, err := NewMetrics(prometheus.NewRegistry(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New("api", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Limits{}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.Serve(ln); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	defer wg.Wait()
+	defer s.Close()
+
+	late, err := net.Dial("tcp", ln.Addr().String()) // its request comes after Shutdown began
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	silent, err := net.Dial("tcp", ln.Addr().String()) // never sends anything
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	waitFor(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.conns) == 2
+	})
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(context.Background()) }()
+	time.Sleep(200 * time.Millisecond)
+	if _, err := io.WriteString(late, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"); err != nil {
+		t.Fatal(err)
+	}
+	_ = late.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(late), nil)
+	if err != nil {
+		t.Fatalf("the first request of a connection accepted before Shutdown was cut: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "ok" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	waitClosed(t, silent, bufio.NewReader(silent), 5*time.Second)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		if took := time.Since(start); took < newConnGrace-100*time.Millisecond {
+			t.Errorf("Shutdown returned after %v, before the silent connection's grace", took)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+}
