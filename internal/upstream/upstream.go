@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -412,11 +413,18 @@ func readFinal(br *bufio.Reader, req *http.Request) (*http.Response, error) {
 		got1xx = trace.Got1xxResponse
 	}
 	for range MaxInformational + 1 {
+		conn := peekConnection(br)
 		resp, err := http.ReadResponse(br, req)
 		if err != nil {
 			return nil, err
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			if resp.Close && conn != nil && resp.Header["Connection"] == nil {
+				// net/http deletes a Connection field that says close, and with it the names of
+				// the other hop-by-hop fields it lists: put it back, so that the hop that
+				// passes the response on drops them (api/SPEC.md).
+				resp.Header["Connection"] = conn
+			}
 			return resp, nil
 		}
 		if got1xx != nil {
@@ -427,6 +435,34 @@ func readFinal(br *bufio.Reader, req *http.Request) (*http.Response, error) {
 		}
 	}
 	return nil, fmt.Errorf("more than %d 1xx responses", MaxInformational)
+}
+
+// peekConnection returns the values of the Connection fields of the response head buffered in
+// br (waiting for its first bytes), nil for none. It sees only the part of the head that is
+// buffered: a head over br's size (32 KiB) or split across reads may hide its Connection field,
+// and that head's listed fields then pass if the field also said close.
+func peekConnection(br *bufio.Reader) []string {
+	if _, err := br.Peek(1); err != nil {
+		return nil // ReadResponse reports it
+	}
+	head, _ := br.Peek(br.Buffered())
+	var out []string
+	for len(head) > 0 {
+		line := head
+		if i := bytes.IndexByte(head, '\n'); i >= 0 {
+			line, head = head[:i], head[i+1:]
+		} else {
+			head = nil
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			break // the head's end
+		}
+		if len(line) > 11 && line[0]|0x20 == 'c' && line[10] == ':' && bytes.EqualFold(line[:10], []byte("connection")) {
+			out = append(out, string(bytes.TrimSpace(line[11:])))
+		}
+	}
+	return out
 }
 
 // MaxInformational bounds the interim (1xx) responses read before the final one, as
