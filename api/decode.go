@@ -286,6 +286,10 @@ var tokenChar = func() (t [256]bool) {
 	return t
 }()
 
+// ValidField reports whether a header field may travel in a head: the decoder refuses a head
+// with a field whose name is not an HTTP token or whose value holds CR, LF or NUL.
+func ValidField(name, value string) bool { return isToken(name) && validValue(value) }
+
 // validValue reports whether s may be sent as an HTTP field value: no CR, LF or NUL.
 func validValue(s string) bool {
 	for i := 0; i < len(s); i++ {

@@ -185,7 +185,7 @@ func (f *framedWriter) Write(p []byte) (int, error) {
 
 // writeTrailers ends the framed body.
 func (f *framedWriter) writeTrailers(h http.Header) error {
-	b, err := api.EncodeFrame(f.buf[:0], &api.Trailers{Header: HeaderKVs(nil, h, false)})
+	b, err := api.EncodeFrame(f.buf[:0], &api.Trailers{Header: dropInvalid(HeaderKVs(nil, h, false))})
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package httpstream
 import (
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strings"
 
 	"github.com/qkas/qkas/api"
@@ -46,6 +47,14 @@ func HeaderKVs(kvs []api.KV, h http.Header, upgrade bool, drop ...string) []api.
 		}
 	}
 	return kvs
+}
+
+// dropInvalid removes from kvs the fields a peer's decoder would refuse (api.ValidField): a
+// service's response may carry a field net/http's parser takes and HTTP does not allow
+// ("Bad Name: 2"), which made the whole response a 502 agent_failed. net/http's server drops
+// such a field when it writes a response; so does this.
+func dropInvalid(kvs []api.KV) []api.KV {
+	return slices.DeleteFunc(kvs, func(kv api.KV) bool { return !api.ValidField(kv.Key, kv.Value) })
 }
 
 func contains(list []string, s string) bool {

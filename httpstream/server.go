@@ -239,7 +239,7 @@ func (w *ResponseWriter) head(status int, cl int64) []byte { return w.appendHead
 // error's, and nothing more is written. An interim (1xx) head over the limits is dropped.
 func (w *ResponseWriter) appendHead(dst []byte, status int, cl int64) []byte {
 	m := &api.Response{Status: status, ContentLength: cl}
-	m.Header = HeaderKVs(make([]api.KV, 0, len(w.header)+1), w.header, status == http.StatusSwitchingProtocols, "Content-Length")
+	m.Header = dropInvalid(HeaderKVs(make([]api.KV, 0, len(w.header)+1), w.header, status == http.StatusSwitchingProtocols, "Content-Length"))
 	if w.framed != nil && status >= 200 {
 		m.Flags |= api.FlagFramed
 	}

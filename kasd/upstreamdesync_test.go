@@ -10,12 +10,10 @@ import (
 	"testing"
 )
 
-// Through a real agentd, a service that sends a body where its framing says there is none (a
-// HEAD answer with a body, a common bug) does not have that body taken for the answer to the
-// next client's request: agentd put the connection back in its pool with the bytes unread, and
-// the next GET got them as its response ("smuggled"), every later answer on that connection
-// shifted by one.
-func TestServiceExtraBytesNotNextClientsResponse(t *testing.T) {
+// rawHTTPService serves HTTP/1.1 on loopback, answering each request with the raw bytes answer
+// returns (a service that breaks the rules net/http's server keeps), and returns its URL.
+func rawHTTPService(t *testing.T, answer func(req *http.Request) string) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -23,7 +21,7 @@ func TestServiceExtraBytesNotNextClientsResponse(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var conns []net.Conn
-	defer func() {
+	t.Cleanup(func() {
 		ln.Close()
 		mu.Lock()
 		for _, c := range conns {
@@ -31,7 +29,7 @@ func TestServiceExtraBytesNotNextClientsResponse(t *testing.T) {
 		}
 		mu.Unlock()
 		wg.Wait()
-	}()
+	})
 	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
@@ -49,19 +47,30 @@ func TestServiceExtraBytesNotNextClientsResponse(t *testing.T) {
 					if err != nil {
 						return
 					}
-					answer := "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"
-					if req.Method == http.MethodHead {
-						answer = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
-					}
-					if _, err := io.WriteString(c, answer); err != nil {
+					if _, err := io.WriteString(c, answer(req)); err != nil {
 						return
 					}
 				}
 			})
 		}
 	})
+	return "http://" + ln.Addr().String()
+}
+
+// Through a real agentd, a service that sends a body where its framing says there is none (a
+// HEAD answer with a body, a common bug) does not have that body taken for the answer to the
+// next client's request: agentd put the connection back in its pool with the bytes unread, and
+// the next GET got them as its response ("smuggled"), every later answer on that connection
+// shifted by one.
+func TestServiceExtraBytesNotNextClientsResponse(t *testing.T) {
+	svc := rawHTTPService(t, func(req *http.Request) string {
+		if req.Method == http.MethodHead {
+			return "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"
+	})
 	e := newEnv(t)
-	a := e.startAgent("alpha", "r1", map[string]string{"web": "http://" + ln.Addr().String()})
+	a := e.startAgent("alpha", "r1", map[string]string{"web": svc})
 	waitConnected(t, a, 1)
 
 	for i := range 5 {
@@ -80,5 +89,28 @@ func TestServiceExtraBytesNotNextClientsResponse(t *testing.T) {
 		if got := readAll(t, resp); resp.StatusCode != http.StatusOK || !strings.Contains(got, "fresh") {
 			t.Fatalf("GET %d after a HEAD: %d %q, want 200 \"fresh\"", i, resp.StatusCode, got)
 		}
+	}
+}
+
+// A service's response head that net/http's parser takes but HTTP does not allow on the wire
+// reaches the client as HTTP allows it, not as a 502 blamed on the agent: a field name with a
+// space ("Bad Name", which the stream protocol's decoder refuses) is dropped, and the fields a
+// Connection field lists are dropped with it also when it says close (net/http deletes such a
+// Connection field, and X-Foo reached the client). Both found by an independent differential
+// review.
+func TestServiceHeadFieldsCleaned(t *testing.T) {
+	svc := rawHTTPService(t, func(req *http.Request) string {
+		return "HTTP/1.1 200 OK\r\nBad Name: 2\r\nConnection: X-Foo, close\r\nX-Foo: secret\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok"
+	})
+	e := newEnv(t)
+	a := e.startAgent("alpha", "r1", map[string]string{"web": svc})
+	waitConnected(t, a, 1)
+	resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/", nil)
+	body := readAll(t, resp)
+	if resp.StatusCode != http.StatusOK || body != "ok" {
+		t.Fatalf("%d %q, want 200 \"ok\"", resp.StatusCode, body)
+	}
+	if resp.Header.Get("X-Kept") != "yes" || resp.Header.Get("X-Foo") != "" || len(resp.Header["Bad Name"]) != 0 {
+		t.Fatalf("header %v: want X-Kept, and neither X-Foo nor Bad Name", resp.Header)
 	}
 }
