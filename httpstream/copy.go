@@ -60,7 +60,12 @@ func CopyBody(w http.ResponseWriter, body io.Reader, flush bool) (int64, error) 
 	// A writer that holds the head back for more body (agentd's, toward kasd) must not hold it
 	// while the service is slow to send the rest of a body of known length: kasd's header
 	// timeout (Qkas-Timeout, --response-header-timeout) runs until the head arrives, and the
-	// service did answer. So the head goes before a read that would wait.
+	// service did answer. So the head goes before a read that would wait. Any other writer
+	// (net/http's, toward kasd's client, which buffers 4 KiB) is flushed before a read that
+	// would wait: neither the head nor the bytes already read sit in kasd while it waits for
+	// the agent (a known-length body sent slowly reached the client 4 KiB at a time, its head
+	// with the first 4 KiB). A body that is all there (the usual small response, its end
+	// included) still leaves in one write at the handler's end.
 	hh, _ := w.(headHolder)
 	rr, _ := body.(ReadyReader)
 	var total int64
@@ -72,7 +77,7 @@ func CopyBody(w http.ResponseWriter, body io.Reader, flush bool) (int64, error) 
 				return total, errors.Join(ErrClientWrite, werr)
 			}
 			total += int64(n)
-			if flush || (hh != nil && rr != nil && err == nil && hh.HeadPending() && !rr.ReadReady()) {
+			if flush || (rr != nil && err == nil && (hh == nil || hh.HeadPending()) && !rr.ReadReady()) {
 				if rc == nil {
 					rc = http.NewResponseController(w)
 				}

@@ -31,3 +31,45 @@ func TestSlowKnownLengthBodyHeadIsNotHeld(t *testing.T) {
 		t.Fatalf("%d %.200q; want 200 and the whole body: the service answered at once", resp.StatusCode, body)
 	}
 }
+
+// The bytes of a known-length body that kasd has read reach its client before kasd waits for
+// more, the head with them: net/http's writer buffered them (4 KiB) until the buffer filled or
+// the body ended, so a service sending a sized body slowly (a progress log, a slow export) was
+// seen by the client in 4 KiB steps, and its head only with the first (a test service sending
+// 9 bytes every 50 ms kept its client waiting 20 s for the head).
+func TestSlowKnownLengthBodyBytesAreNotHeld(t *testing.T) {
+	release := make(chan struct{})
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1000")
+		io.WriteString(w, strings.Repeat("a", 10))
+		w.(http.Flusher).Flush()
+		<-release
+		io.WriteString(w, strings.Repeat("b", 990))
+	}))
+	defer svc.Close()
+	defer close(release)
+	e := newEnv(t)
+	waitConnected(t, e.startAgent("alpha", "r1", map[string]string{"web": svc.URL}), 1)
+	req, _ := http.NewRequest("GET", e.url("/api/v1/agents/alpha/proxy/web/slow"), nil)
+	req.Header.Set("Authorization", "Bearer "+e.token())
+	got := make(chan string, 1)
+	go func() {
+		resp, err := e.client.Do(req)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b := make([]byte, 10)
+		n, _ := io.ReadFull(resp.Body, b)
+		got <- string(b[:n])
+	}()
+	select {
+	case b := <-got:
+		if b != strings.Repeat("a", 10) {
+			t.Fatalf("first bytes %q", b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the body's first 10 bytes, sent at once, had not reached the client 5 s later")
+	}
+}
