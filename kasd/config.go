@@ -111,6 +111,11 @@ type Config struct {
 	AgentBusySilence time.Duration
 	// ShutdownGrace bounds how long Shutdown waits for in-flight requests. Default 30s.
 	ShutdownGrace time.Duration
+	// ShutdownWaitsFor, if set, holds Shutdown's close (within the grace) while it reports
+	// true. kasd's main passes "the client API server has not closed every client connection
+	// yet": a request that arrives on a keep-alive connection after those in flight ended
+	// must still find a Server to route it, not one closed under it (503 shutting_down).
+	ShutdownWaitsFor func() bool
 
 	// AccessLog configures the info line logged per proxied request (accesslog.go). Zero
 	// value: every request is logged.

@@ -38,6 +38,9 @@ func isKubernetes(service string) bool { return service == kubernetesService }
 // log with the request id.
 func (s *Server) writeProxyError(w http.ResponseWriter, r *http.Request, tgt *target, err error) {
 	err = s.publicError(tgt, err)
+	if s.draining.Load() {
+		w.Header().Set("Connection", "close") // as writeResponse: the drain began meanwhile
+	}
 	switch {
 	case !isKubernetes(tgt.service):
 		api.WriteHTTPError(w, err)

@@ -304,6 +304,14 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		// For HEAD, the length the GET would have (RFC 9110 §9.3.2), as the service said it.
 		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
 	}
+	if s.draining.Load() {
+		// As serveAPI does for requests that arrive while draining: a request that arrived
+		// before the drain but is answered after it began must not leave its connection
+		// looking reusable either. The client's next request on it raced the drain's close (a
+		// POST written as the connection closed is lost: 26-138 per kasd SIGTERM with
+		// --drain-delay 0 in an independent rolling-restart run).
+		h.Set("Connection", "close")
+	}
 	w.WriteHeader(resp.StatusCode)
 	n, err := httpstream.CopyBody(tgt.stall.writer(&tgt.stallW, w), resp.Body, httpstream.Streaming(resp))
 	tgt.acc.out = n
@@ -341,6 +349,13 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		isDeadline, endClean := s.endAtDeadline(w, tgt, resp) // deadline.go: Qkas-Deadline
 		if isDeadline {
 			code = api.CodeDeadlineExceeded
+		} else if resp.ContentLength < 0 && s.isClosed() {
+			// A stream (a watch, SSE, logs -f) still running when kasd closed at the end of
+			// its --shutdown-grace ends as the API server ends its watches when it stops:
+			// cleanly, with the reason in the trailer, so that the client reconnects (to
+			// another replica) knowing why. It was cut mid-chunk, a 200 with "unexpected EOF".
+			w.Header().Set(http.TrailerPrefix+api.HeaderError, api.CodeShuttingDown.String())
+			code, endClean = api.CodeShuttingDown, true
 		}
 		if endClean {
 			keepTrailers(w, n) // endAtDeadline set Qkas-Error

@@ -581,7 +581,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// of the grace.
 		return (conns > 0 && now.Before(agentsLeave)) ||
 			(ctrls > 0 && now.Before(peersLeave)) ||
-			peers > 0
+			peers > 0 ||
+			(s.cfg.ShutdownWaitsFor != nil && s.cfg.ShutdownWaitsFor())
 	}
 	var err error
 	for pending() && err == nil {
@@ -589,6 +590,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			if n := s.inflight.Load(); n > 0 {
 				err = fmt.Errorf("kasd: %d requests still in flight at the end of the grace period", n)
+			} else if s.cfg.ShutdownWaitsFor != nil && s.cfg.ShutdownWaitsFor() {
+				err = errors.New("kasd: client connections still open at the end of the grace period")
 			} else {
 				err = errors.New("kasd: peers had not closed their links at the end of the grace period")
 			}
@@ -596,6 +599,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	return errors.Join(err, s.Close())
+}
+
+// isClosed reports whether Close has begun.
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 // Close closes every agent connection at once and waits for the server's goroutines. Request

@@ -356,6 +356,7 @@ func run(ctx context.Context, args []string) error {
 	if fleet != nil {
 		fleetCfg = fleet.cfg
 	}
+	apiDone := make(chan struct{}) // closed once the API server's Shutdown returned
 	srv, err := kasd.New(kasd.Config{
 		InstanceID:             instanceID,
 		Version:                version,
@@ -378,11 +379,21 @@ func run(ctx context.Context, args []string) error {
 		AgentKeepAlivePeriod:   o.scale.keepAlive,
 		AgentBusySilence:       o.scale.busySilence,
 		ShutdownGrace:          o.shutdownGrace,
-		AccessLog:              kasd.AccessLogConfig{Off: !o.accessLog, Sample: o.accessLogSample, ErrorsOnly: o.accessLogSample == 0},
-		WebApps:                o.webApps,
-		Log:                    &log,
-		Registerer:             reg,
-		Tracer:                 tracer,
+		// The Server closes only once the API server closed its client connections (within
+		// the grace): no request reaches it closed.
+		ShutdownWaitsFor: func() bool {
+			select {
+			case <-apiDone:
+				return false
+			default:
+				return true
+			}
+		},
+		AccessLog:  kasd.AccessLogConfig{Off: !o.accessLog, Sample: o.accessLogSample, ErrorsOnly: o.accessLogSample == 0},
+		WebApps:    o.webApps,
+		Log:        &log,
+		Registerer: reg,
+		Tracer:     tracer,
 	})
 	if err != nil {
 		if fleet != nil {
@@ -464,7 +475,6 @@ func run(ctx context.Context, args []string) error {
 		defer cancel()
 		// Drain: /readyz fails at once (Shutdown sets draining); agents get GoAway; the API
 		// server stops taking requests while those in flight finish, both within the grace.
-		apiDone := make(chan struct{})
 		go func() { // owned here: waited for below
 			defer close(apiDone)
 			_ = apiSrv.Shutdown(sctx)
