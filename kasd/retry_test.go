@@ -329,17 +329,7 @@ func TestClientCancelIsCounted(t *testing.T) {
 		if r.URL.Path == "/events" {
 			w.Header().Set("Content-Type", "text/event-stream")
 		}
-		for i := 0; ; i++ {
-			if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
-				return
-			}
-			w.(http.Flusher).Flush()
-			select {
-			case <-r.Context().Done():
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
+		streamEvents(w, r, 20*time.Millisecond)
 	}))
 	t.Cleanup(svc.Close)
 	agentReg := prometheus.NewRegistry()

@@ -29,17 +29,7 @@ func TestStreamEndsCleanlyAtShutdownGrace(t *testing.T) {
 		} else {
 			w.Header().Set("Content-Type", "text/event-stream")
 		}
-		for i := 0; ; i++ {
-			if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
-				return
-			}
-			w.(http.Flusher).Flush()
-			select {
-			case <-r.Context().Done():
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
+		streamEvents(w, r, 50*time.Millisecond)
 	}))
 	t.Cleanup(svc.Close)
 	waitConnected(t, e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}), 1)
@@ -160,5 +150,21 @@ func TestShutdownWaitsForClientConnections(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return once released")
+	}
+}
+
+// streamEvents writes "data: N\n\n" events to w, flushed, every interval until the request
+// ends or a write fails: a service streaming server-sent events.
+func streamEvents(w http.ResponseWriter, r *http.Request, interval time.Duration) {
+	for i := 0; ; i++ {
+		if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
+			return
+		}
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(interval):
+		}
 	}
 }

@@ -308,26 +308,7 @@ func (l slowListener) Accept() (net.Conn, error) {
 // the request, then closes the connection, closes quiet idle connections at once, refuses new
 // connections, and Serve returns nil.
 func TestShutdownServesRequestWaitingOnIdleConnection(t *testing.T) {
-	m, err := NewMetrics(prometheus.NewRegistry(), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New("api", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Limits{}, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := s.Serve(slowListener{Listener: ln, delay: 300 * time.Millisecond}); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	defer wg.Wait()
-	defer s.Close()
+	s, ln := serveOK(t, func(ln net.Listener) net.Listener { return slowListener{Listener: ln, delay: 300 * time.Millisecond} })
 
 	busy, err := net.Dial("tcp", ln.Addr().String()) // its next request will be waiting
 	if err != nil {
@@ -394,26 +375,7 @@ func TestShutdownServesRequestWaitingOnIdleConnection(t *testing.T) {
 // Connection: close sending every request of a busy client on a new connection). A new
 // connection that sends nothing is still closed after the grace.
 func TestShutdownServesFirstRequestOfNewConnection(t *testing.T) {
-	m, err := NewMetrics(prometheus.NewRegistry(), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New("api", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Limits{}, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := s.Serve(ln); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	defer wg.Wait()
-	defer s.Close()
+	s, ln := serveOK(t, nil)
 
 	late, err := net.Dial("tcp", ln.Addr().String()) // its request comes after Shutdown began
 	if err != nil {
@@ -459,4 +421,37 @@ func TestShutdownServesFirstRequestOfNewConnection(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return")
 	}
+}
+
+// serveOK serves "ok" to every request on a loopback listener (wrapped by wrap, if set) until
+// the test ends, then closes the server and waits for Serve.
+func serveOK(t *testing.T, wrap func(net.Listener) net.Listener) (*Server, net.Listener) {
+	t.Helper()
+	m, err := NewMetrics(prometheus.NewRegistry(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New("api", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Limits{}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := ln
+	if wrap != nil {
+		served = wrap(ln)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.Serve(served); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	t.Cleanup(func() {
+		s.Close()
+		wg.Wait()
+	})
+	return s, ln
 }
