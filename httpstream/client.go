@@ -738,6 +738,9 @@ func StreamError(err error) *api.Error {
 		return &api.Error{Code: api.CodeAgentFailed, Message: "the peer closed the stream early", Err: err}
 	}
 	var se *quicgo.StreamError
+	if errors.As(err, &se) && se.Remote && se.ErrorCode == quic.StreamCodeServiceFailed {
+		return &api.Error{Code: api.CodeServiceUnavailable, Message: "the service's response broke after its head", Err: err}
+	}
 	if errors.As(err, &se) {
 		return &api.Error{Code: api.CodeAgentFailed, Message: "the peer reset the stream", Err: err}
 	}

@@ -606,7 +606,14 @@ func WriteError(w http.ResponseWriter, err error) {
 			return
 		}
 		if sw.sent {
-			sw.Abort() // too late for an answer: the response must not look complete
+			// Too late for an answer: the response must not look complete. A service's
+			// failure says so (StreamCodeServiceFailed), so that the peer does not blame the
+			// agent.
+			code := quic.StreamCodeInternal
+			if api.CodeOf(err) == api.CodeServiceUnavailable {
+				code = quic.StreamCodeServiceFailed
+			}
+			sw.sc.Abort(code)
 			return
 		}
 	}

@@ -8,10 +8,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/qkas/qkas/api"
 )
 
 // rawHTTPService serves HTTP/1.1 on loopback, answering each request with the raw bytes answer
-// returns (a service that breaks the rules net/http's server keeps), and returns its URL.
+// returns (a service that breaks the rules net/http's server keeps), and returns its URL. An
+// answer ending in "\x00close" closes the connection after the bytes before it.
 func rawHTTPService(t *testing.T, answer func(req *http.Request) string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -47,7 +50,8 @@ func rawHTTPService(t *testing.T, answer func(req *http.Request) string) string 
 					if err != nil {
 						return
 					}
-					if _, err := io.WriteString(c, answer(req)); err != nil {
+					a, closeAfter := strings.CutSuffix(answer(req), "\x00close")
+					if _, err := io.WriteString(c, a); err != nil || closeAfter {
 						return
 					}
 				}
@@ -112,5 +116,38 @@ func TestServiceHeadFieldsCleaned(t *testing.T) {
 	}
 	if resp.Header.Get("X-Kept") != "yes" || resp.Header.Get("X-Foo") != "" || len(resp.Header["Bad Name"]) != 0 {
 		t.Fatalf("header %v: want X-Kept, and neither X-Foo nor Bad Name", resp.Header)
+	}
+}
+
+// A service whose response breaks after its head (a body short of its Content-Length, then
+// the connection closed) is the service's failure: the client's response is cut, and kasd
+// counts service_unavailable, not agent_failed ("the peer reset the stream", which blamed the
+// agent; found by an independent differential review). If the break comes before kasd sent the
+// head on, the client gets 502 service_unavailable.
+func TestServiceBodyBreakIsNotAgentFailure(t *testing.T) {
+	svc := rawHTTPService(t, func(req *http.Request) string {
+		return "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello\x00close"
+	})
+	e := newEnv(t)
+	a := e.startAgent("alpha", "r1", map[string]string{"web": svc})
+	waitConnected(t, a, 1)
+	req, _ := http.NewRequest("GET", e.url("/api/v1/agents/alpha/proxy/web/"), nil)
+	req.Header.Set("Authorization", "Bearer "+e.token())
+	if resp, err := e.client.Do(req); err == nil {
+		body, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == http.StatusBadGateway:
+			// The break came before kasd had sent the head on: the client is told why.
+			if got := resp.Header.Get(api.HeaderError); got != "service_unavailable" {
+				t.Fatalf("502 %s %q %q, want service_unavailable", api.HeaderError, got, body)
+			}
+		case rerr == nil:
+			t.Fatalf("%d %q: a response the service cut reached the client as complete", resp.StatusCode, body)
+		}
+	}
+	waitCounter(t, e.reg, "kasd_api_errors_total", map[string]string{"code": "service_unavailable"}, 1)
+	if n := counter(t, e.reg, "kasd_api_errors_total", map[string]string{"code": "agent_failed"}); n != 0 {
+		t.Errorf("kasd_api_errors_total{code=agent_failed} = %v for the service's failure", n)
 	}
 }

@@ -230,6 +230,10 @@ const (
 	StreamCodeCanceled quicgo.StreamErrorCode = 0x10 // request canceled by the client
 	StreamCodeRefused  quicgo.StreamErrorCode = 0x11 // refused before processing
 	StreamCodeInternal quicgo.StreamErrorCode = 0x12
+	// StreamCodeServiceFailed: the service's response broke after its head had left (its body
+	// ended short of its length, bad chunking, its connection reset): the service's failure,
+	// not the agent's or the tunnel's.
+	StreamCodeServiceFailed quicgo.StreamErrorCode = 0x13
 )
 
 // Connection close codes, sent with CONNECTION_CLOSE. They end the whole connection.
