@@ -61,9 +61,10 @@ type Body struct {
 	rc    io.ReadCloser
 	limit int
 
-	// Trailer, if set, is read once the body has ended and sent as the trailers of a framed
-	// body (api.FlagFramed): net/http fills a server request's Trailer at the body's EOF.
-	Trailer http.Header
+	// Trailer, if set, is called once the body has ended, and what it returns is sent as the
+	// trailers of a framed body (api.FlagFramed): net/http fills a server request's Trailer at
+	// the body's EOF (and creates the map then for trailers the head did not declare).
+	Trailer func() http.Header
 	// Interrupt, if set, makes a read of rc in progress return soon, with an error (kasd sets
 	// the client connection's read deadline). Stop calls it with the body's lock held, only
 	// while a read is in progress: it must not block. Set it before the body is used.
@@ -597,7 +598,11 @@ func (w *bodyWriter) run() {
 		}
 		if err == io.EOF {
 			if fw != nil {
-				if err := fw.writeTrailers(w.cur.b.Trailer); err != nil {
+				var tr http.Header
+				if w.cur.b.Trailer != nil {
+					tr = w.cur.b.Trailer()
+				}
+				if err := fw.writeTrailers(tr); err != nil {
 					sc.CancelWrite(quic.StreamCodeCanceled)
 					return
 				}

@@ -130,9 +130,12 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	lingerUpload := false
 	defer func() { endUpload(lingerUpload) }()
 	defer tgt.stall.stop() // before endUpload: its linger must not be cut by the limit
-	if body != nil && len(r.Trailer) > 0 {
-		// Declared trailers (gRPC-style clients) travel at the end of a framed body.
-		body.Trailer = r.Trailer
+	if body != nil && (len(r.Trailer) > 0 || r.ProtoMajor == 1 && r.ContentLength < 0) {
+		// Trailers travel at the end of a framed body: declared ones (gRPC-style clients), and
+		// any a chunked HTTP/1.1 body ends with, which HTTP allows undeclared (they were
+		// dropped). net/http fills r.Trailer at the body's end, creating it for undeclared
+		// ones; the body's reader (httpstream) asks for it then.
+		body.Trailer = func() http.Header { return r.Trailer }
 		f.Flags |= api.FlagFramed
 	}
 	s.inflight.Add(1)

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -522,6 +523,42 @@ func TestRequestTrailers(t *testing.T) {
 		body := readAll(t, resp)
 		if want := fmt.Sprintf("%d sum-%d", size, size); resp.StatusCode != 200 || body != want {
 			t.Errorf("size %d: %d %q, want %q", size, resp.StatusCode, body, want)
+		}
+	}
+}
+
+// Trailers a chunked HTTP/1.1 body ends with reach the service also when its head did not
+// declare them, which HTTP allows (curl, proxies and hand-written clients send them so): only
+// declared ones travelled (the body was framed only for those), the others were dropped
+// (independent differential review). A chunked body without trailers still arrives whole.
+func TestUndeclaredRequestTrailers(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s|%s|%s", b, r.Trailer.Get("X-Undeclared"), r.Trailer.Get("X-Second"))
+	}))
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	for _, tc := range []struct{ trailers, want string }{
+		{"X-Undeclared: 42\r\nX-Second: two\r\n", "hello world|42|two"},
+		{"", "hello world||"},
+	} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.api.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "POST /api/v1/agents/alpha/proxy/web/up HTTP/1.1\r\nHost: kasd\r\nAuthorization: Bearer %s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n%s\r\n", e.token(), tc.trailers)
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			c.Close()
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		c.Close()
+		if resp.StatusCode != 200 || string(body) != tc.want {
+			t.Errorf("trailers %q: %d %q, want %q", tc.trailers, resp.StatusCode, body, tc.want)
 		}
 	}
 }
