@@ -67,14 +67,15 @@ func contains(list []string, s string) bool {
 }
 
 // AddKVs adds kvs to h. Keys are canonicalised; hop-by-hop fields a peer should not have sent
-// are dropped again here, so nothing below this layer ever sees them.
+// are dropped again here, so nothing below this layer ever sees them, except Trailer, which a
+// framed response's head carries on to the client (ResponseWriter.appendHead).
 func AddKVs(h http.Header, kvs []api.KV, upgrade bool) {
 	// The values of new keys are cut from one slice (capacity-limited, so that an append
 	// copies), as net/textproto does: one allocation instead of one per field.
 	var slab []string
 	for _, kv := range kvs {
 		k := http.CanonicalHeaderKey(kv.Key)
-		if hopHeaders[k] && !(upgrade && k == "Upgrade") {
+		if hopHeaders[k] && !(upgrade && k == "Upgrade") && k != "Trailer" {
 			continue
 		}
 		if vs, ok := h[k]; ok {

@@ -242,6 +242,14 @@ func (w *ResponseWriter) appendHead(dst []byte, status int, cl int64) []byte {
 	m.Header = dropInvalid(HeaderKVs(make([]api.KV, 0, len(w.header)+1), w.header, status == http.StatusSwitchingProtocols, "Content-Length"))
 	if w.framed != nil && status >= 200 {
 		m.Flags |= api.FlagFramed
+		// The names of the trailers the body will end with go on to the client (as
+		// httputil.ReverseProxy announces them again): HeaderKVs drops Trailer as a field that
+		// describes this hop's message.
+		for _, v := range w.header["Trailer"] {
+			if api.ValidField("Trailer", v) {
+				m.Header = append(m.Header, api.KV{Key: "Trailer", Value: v})
+			}
+		}
 	}
 	b, err := api.EncodeFrame(dst, m)
 	if err == nil && len(m.Header) > api.MaxHeaderFields {

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -29,6 +30,32 @@ func TestServiceDeclaredTrailersEmptyBody(t *testing.T) {
 	}
 	if resp.Trailer.Get("X-Status") != "7" {
 		t.Errorf("trailers %v (Content-Length %d), want X-Status: 7", resp.Trailer, resp.ContentLength)
+	}
+}
+
+// A service's declaration of the trailers its body ends with (Trailer: X-Sum, X-Count) reaches
+// the client with them, as through httputil.ReverseProxy: it was dropped as hop-by-hop
+// (independent differential review).
+func TestServiceTrailerDeclarationReachesClient(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Sum, X-Count")
+		_, _ = io.WriteString(w, "body")
+		w.Header().Set("X-Sum", "abc")
+		w.Header().Set("X-Count", "4")
+	}))
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/", nil)
+	body := readAll(t, resp)
+	if resp.StatusCode != 200 || body != "body" || resp.Trailer.Get("X-Sum") != "abc" || resp.Trailer.Get("X-Count") != "4" {
+		t.Fatalf("%d %q trailers %v", resp.StatusCode, body, resp.Trailer)
+	}
+	// net/http's client takes the declaration into resp.Trailer's keys before the body.
+	raw, _ := rawGet(t, strings.TrimPrefix(e.api.URL, "http://"), "/api/v1/agents/alpha/proxy/web/", e.token())
+	if !strings.Contains(raw, "\r\nTrailer: ") || !strings.Contains(raw, "X-Sum") || !strings.Contains(raw, "X-Count") {
+		t.Errorf("response head without the service's Trailer declaration:\n%s", raw)
 	}
 }
 
