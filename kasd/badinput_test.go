@@ -636,6 +636,46 @@ func TestAgentClientCanceledFrameIsAgentFailure(t *testing.T) {
 	}
 }
 
+// An agent speaks for itself only with the codes agentd answers with: an error frame with
+// another code (unauthenticated, telling the client its JWT expired; a code no version knows)
+// is the agent's failure, 502 agent_failed, not kasd's own answer, and adds no metric label of
+// its own; a Retry-After it asks for is capped. Each was passed on (an independent security
+// review: 3,001 label values from one agent, a 401 with a phishing message, Retry-After: 3600).
+func TestAgentErrorFrameCannotSpeakForKasd(t *testing.T) {
+	e := newEnv(t)
+	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		switch f.Target {
+		case "/unauthenticated":
+			httpstream.Refuse(sc, &api.Error{Code: api.CodeUnauthenticated, Message: "Your JWT expired, log in at http://evil.example"})
+		case "/unknown":
+			httpstream.Refuse(sc, &api.Error{Code: 3999, Message: "made up"})
+		case "/overloaded":
+			httpstream.Refuse(sc, &api.Error{Code: api.CodeOverloaded, Message: "busy", RetryAfter: time.Hour})
+		}
+	})
+	for _, tc := range []struct {
+		path, code string
+		status     int
+		retryAfter string
+	}{
+		{"/unauthenticated", "agent_failed", http.StatusBadGateway, ""},
+		{"/unknown", "agent_failed", http.StatusBadGateway, ""},
+		{"/overloaded", "overloaded", http.StatusServiceUnavailable, "30"},
+	} {
+		resp := e.do("GET", "/api/v1/agents/alpha/proxy/web"+tc.path, nil)
+		body := readAll(t, resp)
+		if resp.StatusCode != tc.status || resp.Header.Get(api.HeaderError) != tc.code || resp.Header.Get("Retry-After") != tc.retryAfter {
+			t.Errorf("%s: %d %s=%q Retry-After %q %q; want %d %q Retry-After %q", tc.path, resp.StatusCode, api.HeaderError,
+				resp.Header.Get(api.HeaderError), resp.Header.Get("Retry-After"), body, tc.status, tc.code, tc.retryAfter)
+		}
+	}
+	for _, code := range []string{"code_3999", "unauthenticated"} {
+		if n := counter(t, e.reg, "kasd_api_errors_total", map[string]string{"code": code}); n != 0 {
+			t.Errorf("kasd_api_errors_total{code=%q} = %v from an agent's error frame", code, n)
+		}
+	}
+}
+
 // A Content-Length in an agent's header list is not passed on: the length is the response
 // frame's content_length. Here the list says 5 and the body (unknown length, ended by FIN) is
 // 10 bytes: the client gets all 10, not a response net/http cuts at 5 and counts as canceled.

@@ -257,10 +257,8 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, tgt *target,
 		err = re.Err // the typed answer of the agent or the peer
 	}
 	e := asAPIError(err, api.CodeAgentFailed)
-	if remote && (e.Code == api.CodeClientCanceled || e.Code == api.CodeClientTimeout || e.Code.HTTPStatus() < 400) {
-		// client_canceled and client_timeout are kasd's own records of its client, never an answer: from
-		// an agent (agentd's request context ended under it) it is a failure of the agent's.
-		e = &api.Error{Code: api.CodeAgentFailed, Message: "the agent gave up the request (" + e.Code.String() + "): " + e.Message, Err: err}
+	if remote {
+		e = remoteAnswer(e, err)
 	}
 	switch {
 	case tgt.stall.firedRead():
@@ -278,6 +276,37 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, tgt *target,
 	}
 	s.writeProxyError(w, r, tgt, e)
 	return e.Code.HTTPStatus()
+}
+
+// remoteAnswers are the codes an agent or a peer kasd may answer a request with, as agentd
+// and kasd send them; the remote's message and Retry-After go to the client with them. Any
+// other code from a remote is its failure (agent_failed): an agent must not speak for kasd (a
+// 401 unauthenticated telling the client its JWT expired, a 503 overloaded asking it to wait
+// an hour), nor add a metric label per code it invents (an independent security review: 3,001
+// label values from one agent).
+var remoteAnswers = map[api.Code]bool{
+	api.CodeAgentNotConnected: true, api.CodeServiceUnknown: true, api.CodeServiceUnavailable: true,
+	api.CodeOverloaded: true, api.CodeDeadlineExceeded: true, api.CodeShuttingDown: true,
+	api.CodeNotHolder: true, api.CodeBadRequest: true, api.CodeAgentFailed: true,
+	api.CodeTooLarge: true, api.CodeForbidden: true, // the kubernetes service's policy
+}
+
+// maxRemoteRetryAfter bounds the Retry-After a remote's answer passes on to the client.
+const maxRemoteRetryAfter = 30 * time.Second
+
+// remoteAnswer is what the client is told of e, the typed answer of an agent or a peer (err).
+// client_canceled and client_timeout are kasd's own records of its client, never an answer:
+// from an agent (agentd's request context ended under it) they are a failure of the agent's.
+func remoteAnswer(e *api.Error, err error) *api.Error {
+	if !remoteAnswers[e.Code] {
+		return &api.Error{Code: api.CodeAgentFailed, Message: "the agent gave up the request (" + e.Code.String() + "): " + e.Message, Err: err}
+	}
+	if e.RetryAfter > maxRemoteRetryAfter {
+		c := *e
+		c.RetryAfter = maxRemoteRetryAfter
+		return &c
+	}
+	return e
 }
 
 // writeResponse passes the agent's response to the client: its head (without Qkas-Error, which

@@ -470,7 +470,12 @@ func resultLabel(err error) string {
 	if err == nil {
 		return "ok"
 	}
-	return api.CodeOf(err).String()
+	c := api.CodeOf(err)
+	var re *httpstream.RemoteError
+	if errors.As(err, &re) && !remoteAnswers[c] {
+		c = api.CodeAgentFailed // a code a remote may not answer with is its failure (proxy.go)
+	}
+	return c.String()
 }
 
 func (s *Server) observeWait(from time.Time) {
