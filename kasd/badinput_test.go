@@ -43,6 +43,28 @@ func (e *env) startFakeAgent(id string, services []string, handle func(sc *quic.
 	return e.startFakeReplica(id, "fake-"+id, services, handle)
 }
 
+// readRequestBody reads what a fake agent gets of f's body on sc: raw bytes ended by FIN, or
+// (api.FlagFramed: declared trailers, or a chunked HTTP/1.1 body) the payloads of its data
+// frames up to its trailers frame.
+func readRequestBody(sc *quic.StreamConn, f *api.Request) ([]byte, error) {
+	if !f.Has(api.FlagFramed) {
+		return io.ReadAll(sc)
+	}
+	var b []byte
+	for {
+		m, err := api.ReadFrame(sc)
+		if err != nil {
+			return b, err
+		}
+		switch m := m.(type) {
+		case *api.Data:
+			b = append(b, m.Payload...)
+		case *api.Trailers:
+			return b, nil
+		}
+	}
+}
+
 // startFakeReplica is startFakeAgent for one of several replicas of the agent.
 func (e *env) startFakeReplica(id, replica string, services []string, handle func(sc *quic.StreamConn, f *api.Request)) *fakeAgent {
 	t := e.t

@@ -88,7 +88,7 @@ func TestRetryDoesNotWaitForStalledUpload(t *testing.T) {
 			sc.Abort(quic.StreamCodeInternal)
 			return
 		}
-		b, err := io.ReadAll(sc)
+		b, err := readRequestBody(sc, f)
 		if err != nil {
 			sc.Abort(quic.StreamCodeInternal)
 			return
