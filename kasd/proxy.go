@@ -135,7 +135,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		// any a chunked HTTP/1.1 body ends with, which HTTP allows undeclared (they were
 		// dropped). net/http fills r.Trailer at the body's end, creating it for undeclared
 		// ones; the body's reader (httpstream) asks for it then.
-		body.Trailer = func() http.Header { return r.Trailer }
+		body.Trailer = func() http.Header { return requestTrailer(r.Trailer) } // trailers.go
 		f.Flags |= api.FlagFramed
 	}
 	s.inflight.Add(1)
@@ -358,7 +358,7 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 	case err == nil:
 		trailers := false
 		for k, vs := range resp.Trailer {
-			if k != api.HeaderError {
+			if trailerAllowed(k) { // trailers.go
 				h[http.TrailerPrefix+k] = vs
 				trailers = true
 			}

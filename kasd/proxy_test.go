@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -560,6 +561,51 @@ func TestUndeclaredRequestTrailers(t *testing.T) {
 		if resp.StatusCode != 200 || string(body) != tc.want {
 			t.Errorf("trailers %q: %d %q, want %q", tc.trailers, resp.StatusCode, body, tc.want)
 		}
+	}
+}
+
+// A trailer cannot carry what kasd keeps out of a header, either way: a client's request
+// trailers reach the service without credentials, impersonation, routing or framing fields
+// (net/http collects every trailer a client sends; an independent security review got
+// Authorization, Impersonate-User and Host to the service as trailers), and an agent's response
+// trailers reach the client without Set-Cookie (or Qkas-Error, which only kasd sets).
+func TestTrailersCarryNoHeaderOnlyFields(t *testing.T) {
+	e := newEnv(t)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		keys := make([]string, 0, len(r.Trailer))
+		for k := range r.Trailer {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		_, _ = io.WriteString(w, strings.Join(keys, ","))
+		w.(http.Flusher).Flush() // chunked: net/http then sends the trailers set below
+		for _, k := range []string{"X-Sum", "Set-Cookie", "Qkas-Error"} { // (Go's client refuses a response with a Content-Length trailer)
+			w.Header().Set(http.TrailerPrefix+k, "7")
+		}
+	}))
+	t.Cleanup(svc.Close)
+	a := e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	c, err := net.Dial("tcp", strings.TrimPrefix(e.api.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /api/v1/agents/alpha/proxy/web/up HTTP/1.1\r\nHost: kasd\r\nAuthorization: Bearer %s\r\nTrailer: X-Checksum\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"5\r\nhello\r\n0\r\nX-Checksum: 1\r\nAuthorization: Bearer stolen\r\nImpersonate-User: system:admin\r\nImpersonate-Group: system:masters\r\n"+
+		"Host: evil\r\nX-Forwarded-For: 6.6.6.6\r\nQkas-Timeout: 1s\r\nContent-Length: 5\r\n\r\n", e.token())
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || err != nil || string(body) != "X-Checksum" {
+		t.Errorf("the service got the request trailers %q (%d, %v), want X-Checksum only", body, resp.StatusCode, err)
+	}
+	if got := resp.Trailer; len(got) != 1 || got.Get("X-Sum") != "7" {
+		t.Errorf("the client got the response trailers %v, want X-Sum only", got)
 	}
 }
 

@@ -287,8 +287,9 @@ func (s *Service) forward(w http.ResponseWriter, r *http.Request, req *api.Reque
 		Header:        h,
 		Body:          r.Body,
 		ContentLength: r.ContentLength,
-		Trailer:       r.Trailer,
-		Host:          "", // the API server's own host, as httputil.ProxyRequest.SetURL does
+		// No request trailers: the API server takes none, and outgoingHeader's rules
+		// (credentials, impersonation) could not apply to fields that come after the body.
+		Host: "", // the API server's own host, as httputil.ProxyRequest.SetURL does
 	}
 	if r.ContentLength == 0 {
 		o.Body = nil
