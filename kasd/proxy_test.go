@@ -579,7 +579,7 @@ func TestTrailersCarryNoHeaderOnlyFields(t *testing.T) {
 		}
 		slices.Sort(keys)
 		_, _ = io.WriteString(w, strings.Join(keys, ","))
-		w.(http.Flusher).Flush() // chunked: net/http then sends the trailers set below
+		w.(http.Flusher).Flush()                                          // chunked: net/http then sends the trailers set below
 		for _, k := range []string{"X-Sum", "Set-Cookie", "Qkas-Error"} { // (Go's client refuses a response with a Content-Length trailer)
 			w.Header().Set(http.TrailerPrefix+k, "7")
 		}
