@@ -922,3 +922,41 @@ func TestErrorAfterAcceptedIsNotRetried(t *testing.T) {
 		})
 	}
 }
+
+// An agent's 101 must switch to the protocol the client asked for, as agentd checks its
+// service's (and httputil.ReverseProxy does): a switch to another (or none) is the agent's
+// failure, 502, and the client's connection is not handed to the agent's bytes (an independent
+// security review: a WebSocket upgrade answered with h2c took the client's next pipelined
+// request, its JWT with it, into the agent's tunnel). The protocol asked for still switches.
+func TestAgentUpgradeToAnotherProtocolRefused(t *testing.T) {
+	e := newEnv(t)
+	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		proto := strings.TrimPrefix(f.Target, "/")
+		var hdr []api.KV
+		if proto != "none" {
+			hdr = []api.KV{{Key: "Upgrade", Value: proto}}
+		}
+		_, _ = sc.Write(api.AppendFrame(nil, &api.Response{Status: 101, ContentLength: -1, Header: hdr}))
+		_, _ = io.Copy(sc, sc) // echo until the client's side ends
+		_ = sc.CloseWrite()
+	})
+	for _, tc := range []struct {
+		answer string
+		status int
+	}{{"h2c", http.StatusBadGateway}, {"none", http.StatusBadGateway}, {"WebSocket", http.StatusSwitchingProtocols}} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.api.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /api/v1/agents/alpha/proxy/web/%s HTTP/1.1\r\nHost: kasd\r\nAuthorization: Bearer %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", tc.answer, e.token())
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		c.Close()
+		if err != nil {
+			t.Fatalf("answer %s: %v", tc.answer, err)
+		}
+		if resp.StatusCode != tc.status || tc.status == http.StatusBadGateway && resp.Header.Get(api.HeaderError) != "agent_failed" {
+			t.Errorf("agent switching to %q: %d %s=%q, want %d", tc.answer, resp.StatusCode, api.HeaderError, resp.Header.Get(api.HeaderError), tc.status)
+		}
+	}
+}

@@ -315,6 +315,15 @@ func remoteAnswer(e *api.Error, err error) *api.Error {
 // abort is true when the body broke after the head was written, or the client went away.
 func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *target, resp *http.Response) (status int, abort bool) {
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// As agentd checks its service's 101 (and httputil.ReverseProxy): a switch to another
+		// protocol than the client asked for is no answer to it. Passed on, the client's next
+		// pipelined request (its JWT with it) went into the agent's raw bytes (an independent
+		// security review, with an agent answering a WebSocket upgrade with h2c).
+		if asked, got := r.Header.Get("Upgrade"), resp.Header.Get("Upgrade"); asked == "" || !strings.EqualFold(asked, got) {
+			return s.proxyError(w, r, tgt, api.Errorf(api.CodeAgentFailed, "the agent switched protocols to %q; the client asked for %q", got, asked)), false
+		}
+	}
 	h := w.Header()
 	for k, vs := range resp.Header {
 		// Qkas-Error only kasd sets; Content-Length comes from the frame's content_length
