@@ -261,15 +261,16 @@ func (l *limitListener) Close() error {
 // that end it.
 type conn struct {
 	net.Conn
-	srv           *Server
-	state         atomic.Int32 // http.ConnState, set by Server.connState
-	h2            atomic.Bool  // HTTP/2 over TLS: Shutdown leaves it to http.Server
-	protoChecked  atomic.Bool  // h2 was set (or not) after the handshake
-	readSinceIdle atomic.Bool  // bytes arrived since the connection went idle
-	idleSince     atomic.Int64 // unix nanoseconds
-	accepted      int64        // unix nanoseconds, set before the connection is served
-	closeOnce     sync.Once
-	release       func()
+	srv            *Server
+	state          atomic.Int32 // http.ConnState, set by Server.connState
+	h2             atomic.Bool  // HTTP/2 over TLS: Shutdown leaves it to http.Server
+	protoChecked   atomic.Bool  // h2 was set (or not) after the handshake
+	readSinceIdle  atomic.Bool  // bytes arrived since the connection went idle
+	headerTimedOut atomic.Bool  // ReasonReadHeaderTimeout was counted
+	idleSince      atomic.Int64 // unix nanoseconds
+	accepted       int64        // unix nanoseconds, set before the connection is served
+	closeOnce      sync.Once
+	release        func()
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -283,11 +284,11 @@ func (c *conn) Read(p []byte) (int, error) {
 			// The server's only read deadlines outside a request are ReadHeaderTimeout (a new
 			// connection, or an idle one whose next request has begun) and IdleTimeout (counted
 			// by connState when the connection closes).
-			switch http.ConnState(c.state.Load()) {
-			case http.StateNew:
-				c.srv.metrics.hit(c.srv.name, ReasonReadHeaderTimeout)
-			case http.StateIdle:
-				if c.readSinceIdle.Load() {
+			// Once per connection: net/http may read again after the deadline has passed (a
+			// connection with part of a head was counted twice), and it closes the connection.
+			switch st := http.ConnState(c.state.Load()); {
+			case st == http.StateNew || st == http.StateIdle && c.readSinceIdle.Load():
+				if !c.headerTimedOut.Swap(true) {
 					c.srv.metrics.hit(c.srv.name, ReasonReadHeaderTimeout)
 				}
 			}

@@ -132,9 +132,28 @@ func TestReadHeaderTimeoutCounts(t *testing.T) {
 	br2 := bufio.NewReader(c2)
 	get(t, c2, br2)
 	_, _ = io.WriteString(c2, "GET / HTTP/1.1\r\nHo")
+	// And a slowloris: a header line every 50 ms. net/http reads again past the deadline, and
+	// such a connection was counted twice (found by an independent security review).
+	c3, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	_, _ = io.WriteString(c3, "GET / HTTP/1.1\r\n")
+	for range 10 {
+		if _, err := io.WriteString(c3, "X-A: b\r\n"); err != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	waitClosed(t, c1, bufio.NewReader(c1), 5*time.Second)
 	waitClosed(t, c2, br2, 5*time.Second)
-	waitFor(t, func() bool { return hits(m, ReasonReadHeaderTimeout) == 2 })
+	waitClosed(t, c3, bufio.NewReader(c3), 5*time.Second)
+	waitFor(t, func() bool { return hits(m, ReasonReadHeaderTimeout) >= 3 })
+	time.Sleep(300 * time.Millisecond)
+	if n := hits(m, ReasonReadHeaderTimeout); n != 3 {
+		t.Fatalf("read_header_timeout counted %v times for 3 connections", n)
+	}
 	if n := hits(m, ReasonIdleTimeout); n != 0 {
 		t.Fatalf("idle_timeout counted %v times", n)
 	}
