@@ -94,6 +94,9 @@ func (a *Agent) GitLabHandler() http.Handler {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = "kasd"
 			pr.Out.Host = ""
+			// ReverseProxy cleaned the query before Rewrite (it drops a parameter with ';' or
+			// a bad escape, and re-encodes and sorts the rest): GitLab gets it as sent.
+			pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 			h := pr.Out.Header
 			stripCredentials(h)
 			h.Del("Cookie")
@@ -105,6 +108,15 @@ func (a *Agent) GitLabHandler() http.Handler {
 		Transport:     rt,
 		FlushInterval: -1,
 		BufferPool:    bufferPool{},
+		ModifyResponse: func(resp *http.Response) error {
+			// The stream's response carries its length in its frame, not as a field:
+			// without this, every answer of known length reached the caller chunked, and a
+			// HEAD's without any.
+			if resp.ContentLength >= 0 && resp.Header.Get("Content-Length") == "" {
+				resp.Header.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil && api.CodeOf(err) == api.CodeInternal {
 				err = &api.Error{Code: api.CodeAgentFailed, Message: "request canceled", Err: err}
