@@ -150,6 +150,9 @@ func (a *Agent) GitLabHandler() http.Handler {
 			_ = http.NewResponseController(w).EnableFullDuplex()
 		}
 		proxy.ServeHTTP(rec, r)
+		// An early answer (GitLab's 401 or 413 before it read the upload) to a caller that
+		// sent Expect: 100-continue (curl above 1 MiB) must not reset its connection.
+		httpserve.LingerExpectContinue(w, r, time.Now().Add(httpserve.RSTAvoidance))
 	})
 }
 

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/textproto"
 	"regexp"
 	"strings"
 	"sync"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/internal/httpserve"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -652,7 +651,7 @@ const closeUploadWait = time.Second
 // once the handler has answered, or at Close.
 //
 // The linger reads and drops the rest of r.Body itself where net/http would not
-// (expectsContinue).
+// (httpserve.LingerExpectContinue).
 func (s *Server) trackUpload(w http.ResponseWriter, r *http.Request, body *httpstream.Body) (end func(linger bool)) {
 	http1 := r.ProtoMajor == 1
 	if body == nil {
@@ -675,24 +674,20 @@ func (s *Server) trackUpload(w http.ResponseWriter, r *http.Request, body *https
 		// Before the handler returns, and until a read in progress has returned: Interrupt acts
 		// on the client's connection, which net/http reads again once the handler is done.
 		// With linger (kasd answered an error with Connection: close while the client still
-		// sends), the read deadline is rstAvoidance away instead of now: a read that fails
+		// sends), the read deadline is httpserve.RSTAvoidance away instead of now: a read that fails
 		// leaves its error in net/http's chunked reader, which then could not read (and drop)
 		// the rest before it closes, and closing with unread bytes resets the connection,
 		// often before the client read the answer (a 504 for Qkas-Deadline mid-upload reached
 		// clients as "connection reset by peer").
 		if linger && !body.AtEOF() {
 			ending.Store(true)
-			until := time.Now().Add(rstAvoidance)
+			until := time.Now().Add(httpserve.RSTAvoidance)
 			_ = rc.SetReadDeadline(until)
-			body.StopWait(rstAvoidance + 100*time.Millisecond)
-			if expectsContinue(r) {
-				// net/http lingers after the handler only for a body it reads itself: an
-				// Expect: 100-continue body is wrapped, and its connection is closed at once,
-				// with the client's upload unread (curl sends Expect above 1 MiB). The answer
-				// goes now, and the rest of the upload is read and dropped here instead.
-				_ = rc.Flush()
-				lingerRead(r.Body, until)
-			}
+			body.StopWait(httpserve.RSTAvoidance + 100*time.Millisecond)
+			// net/http lingers after the handler only for a body it reads itself, not for
+			// an Expect: 100-continue body (curl sends the expectation above 1 MiB): that one
+			// is read and dropped here.
+			httpserve.LingerExpectContinue(w, r, until)
 			return
 		}
 		body.StopWait(time.Second)
@@ -705,29 +700,6 @@ func (s *Server) trackUpload(w http.ResponseWriter, r *http.Request, body *https
 		}
 	}
 }
-
-// expectsContinue reports whether net/http wrapped r's body for Expect: 100-continue.
-func expectsContinue(r *http.Request) bool {
-	return r.ProtoAtLeast(1, 1) && r.ProtoMajor == 1 && r.ContentLength != 0 &&
-		strings.EqualFold(textproto.TrimString(r.Header.Get("Expect")), "100-continue")
-}
-
-// lingerRead reads and drops what the client still sends of raw until it ends, stops, or until
-// (the read deadline already set), at most lingerReadLimit bytes: closing the connection with
-// unread bytes resets it, and the client may not have read the answer yet.
-func lingerRead(raw io.Reader, until time.Time) {
-	if raw == nil || time.Until(until) <= 0 {
-		return
-	}
-	_, _ = io.CopyN(io.Discard, raw, lingerReadLimit)
-}
-
-// lingerReadLimit bounds what lingerRead drops (at loopback speed 500 ms would be gigabytes).
-const lingerReadLimit = 64 << 20
-
-// rstAvoidance is how long the client's unread upload is still read, and dropped, after its
-// handler answered (as net/http's closeWriteAndWait waits before closing).
-const rstAvoidance = 500 * time.Millisecond
 
 // stopUploads ends, for Close, the request bodies of the requests still in progress, so that
 // Close never waits for a client: their handlers get closeUploadWait to answer and end them,
