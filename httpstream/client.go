@@ -711,6 +711,8 @@ func (x *exchange) fail(err error) error {
 		return &api.Error{Code: api.CodeClientCanceled, Message: "request canceled", Err: x.ctx.Err()}
 	case errors.As(err, &se) && se.Remote && se.ErrorCode == quic.StreamCodeRefused:
 		return &RemoteError{Err: &api.Error{Code: api.CodeShuttingDown, Message: "the peer refused the stream", Err: err}}
+	case errors.As(err, &se) && se.Remote && se.ErrorCode == quic.StreamCodeOverloaded:
+		return &RemoteError{Err: &api.Error{Code: api.CodeOverloaded, Message: "the peer refused the stream: too many streams open at once", RetryAfter: time.Second, Err: err}}
 	}
 	return StreamError(err)
 }

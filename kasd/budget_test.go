@@ -80,7 +80,7 @@ func TestAgentStreamBudget(t *testing.T) {
 				}
 				var se *quicgo.StreamError
 				switch {
-				case errors.As(err, &se) && se.ErrorCode == quic.StreamCodeRefused:
+				case errors.As(err, &se) && se.ErrorCode == quic.StreamCodeOverloaded:
 					refused.Add(1)
 				case err != nil && isTimeout(err):
 					// Blocked on flow control: kasd holds the stream without reading it.

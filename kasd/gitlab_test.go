@@ -695,3 +695,40 @@ func TestGitLabEarlyAnswerToExpectContinueUpload(t *testing.T) {
 		}
 	}
 }
+
+// A caller of agentd's GitLab proxy whose agent has --max-agent-streams-per-agent streams open
+// at kasd gets 503 overloaded with Retry-After, not shutting_down (kasd reset the stream as
+// refused, which agentd reads as a draining peer; independent review of the GitLab direction).
+func TestGitLabStreamBudgetIsOverloaded(t *testing.T) {
+	e := newGitLabEnv(t, func(c *kasd.Config) { c.MaxStreamsFromAgent = 2 })
+	e.gl.AddAgent("tok-b", gitlab.AgentInfo{AgentID: 304})
+	a := e.startGitLabAgent("tok-b", "pod-1", quic.Backoff{})
+	waitConnected(t, a.Agent, 1)
+	release := make(chan struct{})
+	held := make(chan struct{}, 8)
+	e.gl.SetModuleHandler("hold", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		held <- struct{}{}
+		<-release
+	}))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer close(release)
+	for range 2 {
+		wg.Go(func() {
+			if resp, err := noFollow.Get(a.proxy.URL + "/modules/hold/x"); err == nil {
+				readAll(t, resp)
+			}
+		})
+	}
+	<-held
+	<-held
+	resp, err := noFollow.Get(a.proxy.URL + "/modules/hold/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(api.HeaderError) != "overloaded" || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a third stream over a budget of 2: %d %s=%q Retry-After %q %q; want 503 overloaded with Retry-After",
+			resp.StatusCode, api.HeaderError, resp.Header.Get(api.HeaderError), resp.Header.Get("Retry-After"), body)
+	}
+}

@@ -27,8 +27,9 @@ const moduleHeadTimeout = 30 * time.Second
 // and, with api.FeatureControlOnStreams, the agent's connection-level messages.
 //
 // Budgets (docs/security.md): a stream beyond Config.MaxStreamsFromAgent open streams of
-// this agent, across its connections, is reset with quic.StreamCodeRefused as soon as it is
-// accepted (no goroutine, no head read), counted as max_agent_streams_per_agent; a request
+// this agent, across its connections, is reset with quic.StreamCodeOverloaded as soon as it is
+// accepted (no goroutine, no head read), counted as max_agent_streams_per_agent (agentd answers
+// its caller 503 overloaded; it was StreamCodeRefused, which said shutting_down); a request
 // beyond Config.ModulesRatePerAgent is answered overloaded, counted as modules_rate_per_agent.
 //
 // A stream's request context derives from ctx: it ends when the stream ends (the agent reset
@@ -45,7 +46,7 @@ func (s *Server) serveAgentStreams(ctx context.Context, c *agentConn) {
 		sc := quic.NewStreamConn(c.qc, st)
 		if !s.budgets.acquireStream(c.agentID, s.cfg.MaxStreamsFromAgent) {
 			s.m.limitRejections.WithLabelValues("max_agent_streams_per_agent").Inc()
-			sc.Abort(quic.StreamCodeRefused)
+			sc.Abort(quic.StreamCodeOverloaded)
 			continue
 		}
 		streams.Go(func() {

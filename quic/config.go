@@ -234,6 +234,9 @@ const (
 	// ended short of its length, bad chunking, its connection reset): the service's failure,
 	// not the agent's or the tunnel's.
 	StreamCodeServiceFailed quicgo.StreamErrorCode = 0x13
+	// StreamCodeOverloaded: refused, not processed, because a limit was reached (kasd: an
+	// agent's open streams, --max-agent-streams-per-agent): retry later.
+	StreamCodeOverloaded quicgo.StreamErrorCode = 0x14
 )
 
 // Connection close codes, sent with CONNECTION_CLOSE. They end the whole connection.
