@@ -261,8 +261,16 @@ func (c *Client) rewriteModule(pr *httputil.ProxyRequest) {
 		h.Del(k)
 	}
 	// GitLab authenticates kas requests by the JWT and the agent token only; an agent's
-	// request must not ride on a user's session.
+	// request must not ride on a user's session, nor on any other credential GitLab reads: a
+	// personal, job or other internal API's token (an independent review got Private-Token
+	// and Job-Token through). Rack reads '_' in a field name as '-': a name that is one of
+	// these or of the headers kasd sets, spelt with underscores, is dropped too.
 	h.Del("Cookie")
+	for k := range h {
+		if gitlabCredential(k) {
+			delete(h, k)
+		}
+	}
 	// GitLab does not honour Idempotency-Key, but Go's transport takes a body-less request
 	// that carries it as replayable and sends it again when a reused connection fails before
 	// any response byte: a POST would run twice. Only safe methods are ever repeated.
@@ -279,6 +287,27 @@ func (c *Client) rewriteModule(pr *httputil.ProxyRequest) {
 		// Cannot happen short of crypto/rand failing. Send no JWT: GitLab answers 401.
 		h.Del(JWTHeader)
 	}
+}
+
+// gitlabCredentials are request headers GitLab authenticates by, besides those kasd sets
+// (JWTHeader, the agent token headers, Authorization), canonical.
+var gitlabCredentials = map[string]bool{
+	"Private-Token": true, "Job-Token": true, "Deploy-Token": true,
+	"Gitlab-Workhorse-Api-Request": true, "Gitlab-Shell-Api-Request": true,
+	"Gitlab-Kas-Api-Request": true, "Gitlab-Agentk-Api-Request": true, "Gitlab-Agent-Api-Request": true,
+	"Authorization": true,
+}
+
+// gitlabCredential reports whether a caller's field named k (canonical) would reach GitLab as
+// a credential, with '_' read as '-' (Rack's header names).
+func gitlabCredential(k string) bool {
+	if gitlabCredentials[k] {
+		return true
+	}
+	if !strings.Contains(k, "_") {
+		return false
+	}
+	return gitlabCredentials[http.CanonicalHeaderKey(strings.ReplaceAll(k, "_", "-"))]
 }
 
 func (c *Client) modifyModuleResponse(resp *http.Response) error {

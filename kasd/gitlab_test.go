@@ -732,3 +732,38 @@ func TestGitLabStreamBudgetIsOverloaded(t *testing.T) {
 			resp.StatusCode, api.HeaderError, resp.Header.Get(api.HeaderError), resp.Header.Get("Retry-After"), body)
 	}
 }
+
+// No credential of the caller's reaches GitLab beside the agent's token and kasd's JWT: a
+// personal or job token, another internal API's header, or kasd's own headers spelt with
+// underscores (Rack reads '_' as '-') are dropped (an independent review of the GitLab
+// direction got Private-Token, Job-Token and Gitlab_agentk_api_request through).
+func TestGitLabModuleCallerCredentialsDropped(t *testing.T) {
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-c", gitlab.AgentInfo{AgentID: 305})
+	a := e.startGitLabAgent("tok-c", "pod-1", quic.Backoff{})
+	waitConnected(t, a.Agent, 1)
+	req, _ := http.NewRequest("GET", a.proxy.URL+"/modules/echo/c", nil)
+	forged := map[string]string{
+		"Private-Token": "glpat-user", "Job-Token": "job", "Gitlab-Workhorse-Api-Request": "w",
+		"Gitlab_kas_api_request": "forged", "Gitlab_agentk_api_request": "other-agent", "X-Kept": "yes",
+	}
+	for k, v := range forged {
+		req.Header[k] = []string{v}
+	}
+	resp, err := noFollow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != http.StatusOK {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	rec := e.moduleRequests()[0]
+	for k := range forged {
+		if got := rec.Header[k]; k != "X-Kept" && len(got) != 0 {
+			t.Errorf("GitLab got the caller's %s: %q", k, got)
+		}
+	}
+	if rec.Header.Get("X-Kept") != "yes" || rec.Header.Get("Authorization") != "Bearer tok-c" || rec.Rejected != "" {
+		t.Errorf("GitLab got headers %v (rejected %q)", rec.Header, rec.Rejected)
+	}
+}
