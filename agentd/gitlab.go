@@ -178,6 +178,11 @@ func (t *GitLabRoundTripper) roundTrip(req *http.Request) (*http.Response, error
 		// caller's fault, said here, as api.EncodeFrame says it of a head over the size limit.
 		return nil, api.Errorf(api.CodeTooLarge, "%d request header fields; at most %d reach GitLab", len(frame.Header), api.MaxHeaderFields)
 	}
+	if n := frame.PayloadLen(); n > api.MaxHeadSize {
+		// Said before a stream is opened: a stream opened and reset for it was counted by
+		// kasd as the agent's protocol error.
+		return nil, api.Errorf(api.CodeTooLarge, "the request head (path, query and header fields) is %d bytes encoded; at most %d reach GitLab", n, api.MaxHeadSize)
+	}
 	body := httpstream.NewBody(req.Body, 0)
 	headerTimeout := t.ResponseHeaderTimeout
 	if headerTimeout == 0 {

@@ -623,6 +623,22 @@ func TestGitLabRequestTooManyHeaderFields(t *testing.T) {
 	if n := len(e.moduleRequests()); n != 0 {
 		t.Errorf("GitLab received %d module requests", n)
 	}
+	// A head over the size limit is said by agentd before it opens a stream: kasd counted
+	// the stream it reset as the agent's protocol error (independent review).
+	req, _ = http.NewRequest("GET", a.proxy.URL+"/modules/echo/x", nil)
+	req.Header.Set("X-Big", strings.Repeat("v", api.MaxHeadSize))
+	resp, err = noFollow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = readAll(t, resp)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get(api.HeaderError) != "too_large" {
+		t.Errorf("%d %q %s, want 413 too_large", resp.StatusCode, resp.Header.Get(api.HeaderError), body)
+	}
+	time.Sleep(300 * time.Millisecond) // kasd counts a reset stream when it reads it
+	if n := counter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "protocol_error"}); n != 0 {
+		t.Errorf("kasd counted %v protocol errors for heads agentd refused", n)
+	}
 }
 
 // agentd's GitLab proxy passes the caller's query byte for byte and GitLab's Content-Length
