@@ -108,6 +108,7 @@ func (a *Agent) GitLabHandler() http.Handler {
 		Transport:     rt,
 		FlushInterval: -1,
 		BufferPool:    bufferPool{},
+		ErrorLog:      httpserve.ErrorLog(a.log),
 		ModifyResponse: func(resp *http.Response) error {
 			// The stream's response carries its length in its frame, not as a field:
 			// without this, every answer of known length reached the caller chunked, and a

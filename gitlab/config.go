@@ -3,6 +3,7 @@ package gitlab
 import (
 	"errors"
 	"fmt"
+	"log"
 	"net/url"
 	"time"
 )
@@ -64,6 +65,9 @@ type Config struct {
 	// MaxCacheEntries bounds the agent_info cache (tokens are peer-controlled). When full,
 	// expired entries are dropped first, then arbitrary ones. Default 10000.
 	MaxCacheEntries int
+	// ErrorLog, if set, takes the modules proxy's own error lines (httputil.ReverseProxy's:
+	// a body copy that failed), which otherwise go to stderr as plain text.
+	ErrorLog *log.Logger
 	// Now is the clock for cache expiry. Default time.Now. The JWT always uses the wall clock,
 	// since GitLab checks it against its own.
 	Now func() time.Time

@@ -241,6 +241,7 @@ func (c *Client) newModuleProxy() *httputil.ReverseProxy {
 		FlushInterval:  -1,
 		ModifyResponse: c.modifyModuleResponse,
 		ErrorHandler:   c.moduleError,
+		ErrorLog:       c.cfg.ErrorLog,
 	}
 }
 

@@ -3,7 +3,6 @@ package kubernetes
 import (
 	"context"
 	"errors"
-	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -20,6 +19,7 @@ import (
 	"github.com/qkas/qkas/agentd"
 	"github.com/qkas/qkas/api"
 	"github.com/qkas/qkas/httpstream"
+	"github.com/qkas/qkas/internal/httpserve"
 )
 
 // Metadata keys of api.Request that this service reads (set by kasd from the client JWT).
@@ -115,7 +115,7 @@ func New(cfg Config) (*Service, error) {
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, base) },
 		Transport: roundTripperFunc(s.upgrade.RoundTrip),
-		ErrorLog:  log.New(logWriter{s.log}, "", 0),
+		ErrorLog:  httpserve.ErrorLog(s.log),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			req, _ := r.Context().Value(requestKey{}).(*api.Request)
 			s.proxyError(w, r, req, err)
@@ -396,9 +396,3 @@ func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { r
 
 // logWriter sends ReverseProxy's log lines (such as copy errors of upgraded connections) to
 // zerolog at debug level.
-type logWriter struct{ log zerolog.Logger }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.log.Debug().Msg(strings.TrimSpace(string(p)))
-	return len(p), nil
-}

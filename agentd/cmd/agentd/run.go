@@ -284,6 +284,7 @@ func run(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("--gitlab-proxy-*: %w", err)
 		}
+		srv.ErrorLog = httpserve.ErrorLog(log)
 		g.Go(func() error {
 			if err := srv.Serve(gitlabLn); err != nil {
 				return fmt.Errorf("--gitlab-proxy-listen: %w", err)

@@ -8,9 +8,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 
 	"github.com/qkas/qkas/auth"
 	"github.com/qkas/qkas/gitlab"
+	"github.com/qkas/qkas/internal/httpserve"
 	"github.com/qkas/qkas/kasd"
 )
 
@@ -36,7 +38,7 @@ func (g *gitlabOptions) register(fs *flag.FlagSet) {
 // agentAuth chooses how agents authenticate: through GitLab (--gitlab-url) or a tokens file
 // (--agent-tokens-file), never both. In GitLab mode it also returns the modules handler and the
 // client to close at exit (nil otherwise); the client's metrics go to reg.
-func agentAuth(o *options, reg prometheus.Registerer) (kasd.AgentAuthenticator, http.Handler, *gitlab.Client, error) {
+func agentAuth(o *options, reg prometheus.Registerer, log zerolog.Logger) (kasd.AgentAuthenticator, http.Handler, *gitlab.Client, error) {
 	g := &o.gitlab
 	switch {
 	case g.url != "" && o.agentTokensFile != "":
@@ -71,6 +73,7 @@ func agentAuth(o *options, reg prometheus.Registerer) (kasd.AgentAuthenticator, 
 		Burst:            max(1, int(2*g.rateLimit)),
 		PositiveCacheTTL: g.cacheTTL,
 		NegativeCacheTTL: g.negativeCacheTTL,
+		ErrorLog:         httpserve.ErrorLog(log),
 	}, reg)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("--gitlab-*: %w", err)

@@ -279,7 +279,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	agentAuthenticator, modules, gitlabClient, err := agentAuth(o, reg)
+	agentAuthenticator, modules, gitlabClient, err := agentAuth(o, reg, log)
 	if err != nil {
 		return err
 	}
@@ -414,6 +414,7 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("--api-*: %w", err)
 	}
 	apiSrv.TLSConfig = certs.apiTLS(o)
+	apiSrv.ErrorLog = httpserve.ErrorLog(log) // TLS handshake errors and the like: JSON, debug
 	obsSrv, err := httpserve.New("observability", srv.ObservabilityHandler(reg), o.obsHTTP, httpMetrics)
 	if err != nil {
 		return fmt.Errorf("--observability-*: %w", err)
