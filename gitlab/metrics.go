@@ -17,10 +17,14 @@ const (
 	cacheMiss        = "miss"
 	cacheNegativeHit = "negative_hit"
 
-	codeError        = "error" // no HTTP answer from GitLab
-	moduleLabelOther = "other" // beyond maxModuleLabels distinct modules
-	evictionExpired  = "expired"
-	evictionFull     = "full"
+	codeError       = "error"        // no HTTP answer from GitLab
+	codeRateLimited = "rate_limited" // refused by kasd's own rate limit: never sent
+	// labelInvalidModule is the module label of a request whose path named no valid module
+	// (it cannot be a module name: those are [a-z0-9_-]).
+	labelInvalidModule = "(invalid)"
+	moduleLabelOther   = "other" // beyond maxModuleLabels distinct modules
+	evictionExpired    = "expired"
+	evictionFull       = "full"
 )
 
 type metrics struct {
@@ -57,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 		moduleRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kasd_gitlab_module_requests_total",
-			Help: "Module requests proxied to GitLab by module and HTTP status (\"error\" when there was no answer).",
+			Help: "Module requests by module and HTTP status: GitLab's, kasd's own 400 for a bad path (module \"(invalid)\" when the path named no valid module), \"rate_limited\" when kasd's rate limit refused it, \"error\" when GitLab did not answer.",
 		}, []string{"module", "code"}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kasd_gitlab_rate_limited_total",

@@ -172,22 +172,24 @@ func (c *Client) serveModule(w http.ResponseWriter, r *http.Request) {
 	}
 	module, rest, err := splitModulePath(r.URL.EscapedPath())
 	if err != nil {
-		api.WriteHTTPError(w, err)
-		return
-	}
-	cleaned, err := CleanModulePath(rest)
-	if err != nil {
-		api.WriteHTTPError(w, err)
-		return
-	}
-	target, err := c.moduleURL(module, cleaned)
-	if err != nil {
+		// Counted too (an agent sending bad paths is seen): under a label no module can have.
+		c.metrics.moduleRequests.WithLabelValues(labelInvalidModule, strconv.Itoa(api.CodeOf(err).HTTPStatus())).Inc()
 		api.WriteHTTPError(w, err)
 		return
 	}
 	label := c.metrics.moduleLabel(module)
+	cleaned, err := CleanModulePath(rest)
+	var target *url.URL
+	if err == nil {
+		target, err = c.moduleURL(module, cleaned)
+	}
+	if err != nil {
+		c.metrics.moduleRequests.WithLabelValues(label, strconv.Itoa(api.CodeOf(err).HTTPStatus())).Inc()
+		api.WriteHTTPError(w, err)
+		return
+	}
 	if err := c.waitRateLimit(r.Context()); err != nil {
-		code := codeError
+		code := codeRateLimited // kasd's own refusal: not GitLab failing to answer ("error")
 		if api.CodeOf(err) == api.CodeClientCanceled {
 			code = strconv.Itoa(api.CodeClientCanceled.HTTPStatus())
 		}

@@ -258,6 +258,13 @@ func TestModuleTraversalRejected(t *testing.T) {
 	if reqs := e.gl.Requests(); len(reqs) != 0 {
 		t.Errorf("%d rejected requests reached GitLab: first %s", len(reqs), reqs[0].EscapedPath)
 	}
+	// Each is counted (they changed no metric: an agent sending bad paths went unseen), those
+	// that named no valid module under a label no module can have.
+	invalid := e.eventuallyCounter(t, "kasd_gitlab_module_requests_total", map[string]string{"module": "(invalid)", "code": "400"}, 1)
+	foo := e.eventuallyCounter(t, "kasd_gitlab_module_requests_total", map[string]string{"module": "foo", "code": "400"}, 1)
+	if invalid+foo != float64(len(targets)) || invalid == 0 || foo == 0 {
+		t.Errorf("counted %v under (invalid) and %v under foo, want %d in all", invalid, foo, len(targets))
+	}
 }
 
 func TestModuleAcceptedPaths(t *testing.T) {
@@ -588,5 +595,34 @@ func TestModulePostNotReplayedForIdempotencyKey(t *testing.T) {
 		if n != 1 {
 			t.Errorf("the POST with an %s reached GitLab %d times, want once", path.Base(k), n)
 		}
+	}
+}
+
+// A module request kasd's own rate limit refused is counted as rate_limited, not as "error"
+// (GitLab not answering), and never reaches GitLab.
+func TestModuleRateLimitedIsCountedAsSuch(t *testing.T) {
+	e := newEnv(t, func(c *gitlab.Config) {
+		c.RateLimit, c.Burst, c.RateLimitMaxWait = 0.001, 1, 10*time.Millisecond
+	})
+	e.gl.AddAgent("tok", agent1)
+	h := e.client.ModuleHandler()
+	codes := make([]int, 2)
+	for i := range codes {
+		req := httptest.NewRequestWithContext(gitlab.WithAgentToken(t.Context(), "tok"), http.MethodGet, "/modules/agent_configuration/x", nil)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		codes[i] = rec.Code
+	}
+	if codes[0] != http.StatusOK || codes[1] != http.StatusServiceUnavailable {
+		t.Fatalf("statuses %v, want 200 then 503", codes)
+	}
+	if n := e.counter(t, "kasd_gitlab_module_requests_total", map[string]string{"module": "agent_configuration", "code": "rate_limited"}); n != 1 {
+		t.Errorf("rate_limited = %v, want 1", n)
+	}
+	if n := e.counter(t, "kasd_gitlab_module_requests_total", map[string]string{"module": "agent_configuration", "code": "error"}); n != 0 {
+		t.Errorf("error = %v, want 0", n)
+	}
+	if n := len(e.gl.Requests()); n != 1 {
+		t.Errorf("GitLab got %d requests, want 1", n)
 	}
 }
