@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,17 +13,12 @@ import (
 	"time"
 
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/internal/freeport"
 )
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+// freeAddr is a loopback TCP address for a listen flag (internal/freeport: below the
+// ephemeral range, which other tests' connections draw from).
+func freeAddr(t *testing.T) string { return freeport.TCP(t) }
 
 // startAgentd runs agentd in-process (its kasd never answers) with extra flags and returns its
 // observability address; it is stopped when the test ends.

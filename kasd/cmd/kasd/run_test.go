@@ -15,18 +15,13 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qkas/qkas/auth"
+	"github.com/qkas/qkas/internal/freeport"
 	"github.com/qkas/qkas/kasd"
 )
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+// freeAddr is a loopback TCP address for a listen flag (internal/freeport: below the
+// ephemeral range, which other tests' connections draw from).
+func freeAddr(t *testing.T) string { return freeport.TCP(t) }
 
 // freeUDPAddr returns a loopback UDP address free a moment ago.
 func freeUDPAddr(t *testing.T) string {
