@@ -51,6 +51,10 @@ type Config struct {
 	// RequestHeaderTimeout bounds reading a stream's Request frame and HTTP request header.
 	// Default 30s.
 	RequestHeaderTimeout time.Duration
+	// GitLabResponseHeaderTimeout bounds GitLabHandler's wait for kasd's answer to a module
+	// request (kasd's Result and GitLab's response head), counted from the request body's last
+	// byte. Default DefaultGitLabResponseHeaderTimeout (60s).
+	GitLabResponseHeaderTimeout time.Duration
 	// AccessLog configures the info line logged per request (accesslog.go). Zero value: every
 	// request is logged.
 	AccessLog AccessLogConfig
@@ -113,6 +117,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.ServiceDialTimeout == 0 {
 		c.ServiceDialTimeout = 5 * time.Second
+	}
+	if c.GitLabResponseHeaderTimeout == 0 {
+		c.GitLabResponseHeaderTimeout = DefaultGitLabResponseHeaderTimeout
 	}
 	if c.RequestHeaderTimeout == 0 {
 		c.RequestHeaderTimeout = 30 * time.Second

@@ -74,9 +74,10 @@ type GitLabRoundTripper struct {
 	next atomic.Uint64 // round-robin position
 }
 
-// GitLabTransport returns a GitLabRoundTripper for a with default settings.
+// GitLabTransport returns a GitLabRoundTripper for a, with the response header timeout of a's
+// Config (GitLabResponseHeaderTimeout).
 func (a *Agent) GitLabTransport() http.RoundTripper {
-	return &GitLabRoundTripper{Agent: a}
+	return &GitLabRoundTripper{Agent: a, ResponseHeaderTimeout: a.cfg.GitLabResponseHeaderTimeout}
 }
 
 // GitLabHandler serves /modules/{module}/{path}?{query} for in-cluster components by proxying

@@ -64,13 +64,17 @@ type glAgent struct {
 }
 
 // startGitLabAgent starts an agent whose token is tok. backoff zero: the env's quick backoff.
-func (e *glEnv) startGitLabAgent(tok, replica string, backoff quic.Backoff) *glAgent {
+// opts change the agent's Config after the env's settings.
+func (e *glEnv) startGitLabAgent(tok, replica string, backoff quic.Backoff, opts ...func(*agentd.Config)) *glAgent {
 	e.t.Helper()
 	reg := prometheus.NewRegistry()
 	a := e.startAgent(tok, replica, map[string]string{"web": echoService(e.t, replica).URL}, func(c *agentd.Config) {
 		c.Registerer = reg
 		if backoff.Initial != 0 {
 			c.Backoff = backoff
+		}
+		for _, o := range opts {
+			o(c)
 		}
 	})
 	proxy := httptest.NewServer(a.GitLabHandler())

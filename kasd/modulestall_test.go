@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qkas/qkas/agentd"
 	"github.com/qkas/qkas/gitlab"
 	"github.com/qkas/qkas/kasd"
 	"github.com/qkas/qkas/quic"
@@ -128,4 +129,39 @@ func TestModuleStallDownload(t *testing.T) {
 		t.Fatal("GitLab's handler is still blocked on an agent that stopped reading")
 	}
 	waitCounter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "module_stall"}, 1)
+}
+
+// GitLab that does not answer a module request gets the caller 504 deadline_exceeded after the
+// agent's GitLabResponseHeaderTimeout (agentd's --gitlab-response-header-timeout), not after
+// the 60 s default.
+func TestModuleResponseHeaderTimeoutConfigured(t *testing.T) {
+	const limit = 500 * time.Millisecond
+	e := newGitLabEnv(t)
+	e.gl.AddAgent("tok-rh", gitlab.AgentInfo{AgentID: 402})
+	a := e.startGitLabAgent("tok-rh", "pod-1", quic.Backoff{}, func(c *agentd.Config) {
+		c.GitLabResponseHeaderTimeout = limit
+	})
+	waitConnected(t, a.Agent, 1)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	e.gl.SetModuleHandler("slow", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	client := &http.Client{Timeout: 20 * time.Second}
+	start := time.Now()
+	resp, err := client.Get(a.proxy.URL + "/modules/slow/x")
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	body := readAll(t, resp)
+	d := time.Since(start)
+	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "deadline_exceeded") {
+		t.Fatalf("got %d %q, want 504 deadline_exceeded", resp.StatusCode, body)
+	}
+	if d < limit || d > 10*time.Second {
+		t.Errorf("answered after %v, want the configured %v", d, limit)
+	}
 }

@@ -52,7 +52,8 @@ type options struct {
 	otelEndpoint        string // --otel-endpoint, see tracing.go
 	kubernetes          kubernetesOptions
 	gitlabProxyListen   string
-	gitlabProxyHTTP     httpserve.Limits     // --gitlab-proxy-read-header-timeout, ...
+	gitlabProxyHTTP     httpserve.Limits // --gitlab-proxy-read-header-timeout, ...
+	gitlabHeaderTimeout time.Duration
 	obsHTTP             httpserve.Limits     // --observability-read-header-timeout, ...
 	debug               httpserve.DebugFlags // --pprof, --pprof-listen
 	scale               scaleOptions         // --keep-alive-period, --idle-timeout, --udp-*-buffer, see scale.go
@@ -90,6 +91,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.otelEndpoint, "otel-endpoint", "", tracing.EndpointUsage)
 	o.kubernetes.register(fs)
 	fs.StringVar(&o.gitlabProxyListen, "gitlab-proxy-listen", "127.0.0.1:8155", "TCP address where in-cluster components reach GitLab through kasd at /modules/{module}/{path}; empty disables")
+	fs.DurationVar(&o.gitlabHeaderTimeout, "gitlab-response-header-timeout", agentd.DefaultGitLabResponseHeaderTimeout, "how long a module request waits for GitLab's answer through kasd, counted from its body's last byte; then 504 deadline_exceeded")
 	o.gitlabProxyHTTP.RegisterFlags(fs, "gitlab-proxy", "GitLab proxy", httpserve.Limits{
 		ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 1 << 20,
 	})
@@ -116,7 +118,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if err := errors.Join(
 		cliconfig.Positive(fs, "max-idle-conns-per-service", "drain-timeout", "keep-alive-period", "idle-timeout",
 			"quic-fallback-after", "quic-probe-interval",
-			"gitlab-proxy-read-header-timeout", "gitlab-proxy-idle-timeout", "gitlab-proxy-max-header-bytes", "gitlab-proxy-max-connections",
+			"gitlab-response-header-timeout", "gitlab-proxy-read-header-timeout", "gitlab-proxy-idle-timeout", "gitlab-proxy-max-header-bytes", "gitlab-proxy-max-connections",
 			"observability-read-header-timeout", "observability-idle-timeout", "observability-max-header-bytes", "observability-max-connections"),
 		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"), // negative: the system default
 	); err != nil {
@@ -218,22 +220,23 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("--service: %d services with the built-in ones (--kubernetes), kasd accepts at most %d", n, api.MaxServices)
 	}
 	agent, err := agentd.New(agentd.Config{
-		KasAddresses:           o.kasAddresses,
-		Token:                  strings.TrimSpace(string(tok)),
-		TLS:                    tlsConf,
-		Services:               services,
-		Handlers:               handlers,
-		Connections:            o.connections,
-		Replica:                o.replica,
-		Version:                version,
-		MaxIdleConnsPerService: o.maxIdlePerService,
-		DrainTimeout:           o.drainTimeout,
-		AccessLog:              agentd.AccessLogConfig{Off: !o.accessLog, Sample: o.accessLogSample, ErrorsOnly: o.accessLogSample == 0},
-		QUIC:                   quicConf,
-		Transport:              transportConf,
-		Log:                    &log,
-		Registerer:             reg,
-		Tracer:                 tracer,
+		KasAddresses:                o.kasAddresses,
+		Token:                       strings.TrimSpace(string(tok)),
+		TLS:                         tlsConf,
+		Services:                    services,
+		Handlers:                    handlers,
+		Connections:                 o.connections,
+		Replica:                     o.replica,
+		Version:                     version,
+		MaxIdleConnsPerService:      o.maxIdlePerService,
+		DrainTimeout:                o.drainTimeout,
+		GitLabResponseHeaderTimeout: o.gitlabHeaderTimeout,
+		AccessLog:                   agentd.AccessLogConfig{Off: !o.accessLog, Sample: o.accessLogSample, ErrorsOnly: o.accessLogSample == 0},
+		QUIC:                        quicConf,
+		Transport:                   transportConf,
+		Log:                         &log,
+		Registerer:                  reg,
+		Tracer:                      tracer,
 	})
 	if err != nil {
 		return err

@@ -102,11 +102,11 @@ func TestPprofWhenAsked(t *testing.T) {
 }
 
 func TestHTTPLimitFlags(t *testing.T) {
-	o, err := parseFlags([]string{"--gitlab-proxy-idle-timeout", "7s", "--observability-max-connections", "3"}, io.Discard)
+	o, err := parseFlags([]string{"--gitlab-proxy-idle-timeout", "7s", "--observability-max-connections", "3", "--gitlab-response-header-timeout", "90s"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.gitlabProxyHTTP.IdleTimeout != 7*time.Second || o.obsHTTP.MaxConnections != 3 {
+	if o.gitlabProxyHTTP.IdleTimeout != 7*time.Second || o.obsHTTP.MaxConnections != 3 || o.gitlabHeaderTimeout != 90*time.Second {
 		t.Fatalf("gitlab proxy %+v, observability %+v", o.gitlabProxyHTTP, o.obsHTTP)
 	}
 }
@@ -144,6 +144,7 @@ func TestLimitFlagsRefuseWhatTheyWouldReplace(t *testing.T) {
 		{"--keep-alive-period", "0s"},
 		{"--quic-fallback-after", "0s"},
 		{"--gitlab-proxy-max-connections", "0"},
+		{"--gitlab-response-header-timeout", "0s"},
 		{"--observability-max-header-bytes", "-1"},
 		{"--udp-send-buffer", "0"},
 	} {
