@@ -8,6 +8,9 @@ const (
 	ReasonIdleTimeout       = "idle_timeout"
 	ReasonMaxHeaderBytes    = "max_header_bytes"
 	ReasonMaxConnections    = "max_connections"
+	// ReasonAmbiguousFraming: a request with a Transfer-Encoding on a connection that carried a
+	// Content-Length field was answered with Connection: close (framing.go).
+	ReasonAmbiguousFraming = "ambiguous_framing"
 )
 
 // Metrics counts limit hits and open connections for every server of one process.
@@ -23,7 +26,7 @@ func NewMetrics(reg prometheus.Registerer, namespace string) (*Metrics, error) {
 	m := &Metrics{
 		hits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "http_limit_hits_total",
-			Help: "HTTP server limits hit: reason is read_header_timeout, idle_timeout, max_header_bytes or max_connections.",
+			Help: "HTTP server limits hit: reason is read_header_timeout, idle_timeout, max_header_bytes, max_connections, or ambiguous_framing (a connection closed after a request with both Content-Length and Transfer-Encoding).",
 		}, []string{"server", "reason"}),
 		conns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "http_connections",

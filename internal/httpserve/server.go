@@ -42,7 +42,8 @@ func New(name string, h http.Handler, l Limits, m *Metrics) (*Server, error) {
 	l = l.WithDefaults()
 	s := &Server{name: name, limits: l, metrics: m, now: time.Now, conns: map[*conn]struct{}{}}
 	s.Server = &http.Server{
-		Handler:           h,
+		Handler:           closeAmbiguous(h),
+		ConnContext:       connContext,
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
 		IdleTimeout:       l.IdleTimeout,
 		MaxHeaderBytes:    l.MaxHeaderBytes,
@@ -177,11 +178,8 @@ func (s *Server) Listener(ln net.Listener) net.Listener {
 // server closes for IdleTimeout (HTTP/1.1 and HTTP/2 alike: both move Idle → Closed).
 func (s *Server) connState(nc net.Conn, st http.ConnState) {
 	orig := nc
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	c, ok := nc.(*conn)
-	if !ok {
+	c := unwrap(nc)
+	if c == nil {
 		return
 	}
 	prev := http.ConnState(c.state.Swap(int32(st)))
@@ -271,12 +269,23 @@ type conn struct {
 	accepted       int64        // unix nanoseconds, set before the connection is served
 	closeOnce      sync.Once
 	release        func()
+	framing        framingScan // framing.go
+}
+
+// unwrap returns the wrapper of a served connection (under TLS or not), or nil.
+func unwrap(nc net.Conn) *conn {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	c, _ := nc.(*conn)
+	return c
 }
 
 func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.readSinceIdle.Store(true)
+		c.framing.observe(p[:n])
 	}
 	if err != nil {
 		var ne net.Error
