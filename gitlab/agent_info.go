@@ -68,6 +68,9 @@ func checkAgentToken(tok string) error {
 	return nil
 }
 
+// PositiveCacheTTL is how long an admitted agent token is cached (Config.PositiveCacheTTL).
+func (c *Client) PositiveCacheTTL() time.Duration { return c.cfg.PositiveCacheTTL }
+
 // AgentInfo authenticates an agent token with GitLab and returns the agent's info.
 //
 // Errors are *api.Error: CodeUnauthenticated (GitLab answered 401, or the token cannot be one

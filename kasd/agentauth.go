@@ -60,12 +60,20 @@ func (s *Server) revokeAgents() {
 		if s.revocable.stillValid(c.token, c.agentID) {
 			continue
 		}
-		s.table.remove(c) // no new request is routed to it
-		s.m.agentConnections.WithLabelValues("revoked").Inc()
-		log := connLogger(s.log.With().Str("remote", c.qc.RemoteAddr().String()).Logger(), c)
-		log.Warn().Msg("agent disconnected: its token is no longer valid for it (agent tokens file reloaded)")
-		_ = c.qc.CloseWithError(quic.ConnCodeRefused, api.CloseReason(api.Errorf(api.CodeUnauthenticated, "agent token revoked")))
+		s.revoke(c, "its token is no longer valid for it (agent tokens file reloaded)")
 	}
+}
+
+// revoke closes c, whose token is no longer valid for its agent, at once, once.
+func (s *Server) revoke(c *agentConn, why string) {
+	if c.revoked.Swap(true) {
+		return
+	}
+	s.table.remove(c) // no new request is routed to it
+	s.m.agentConnections.WithLabelValues("revoked").Inc()
+	log := connLogger(s.log.With().Str("remote", c.qc.RemoteAddr().String()).Logger(), c)
+	log.Warn().Msg("agent disconnected: " + why)
+	_ = c.qc.CloseWithError(quic.ConnCodeRefused, api.CloseReason(api.Errorf(api.CodeUnauthenticated, "agent token revoked")))
 }
 
 type agentSourceKey struct{}
@@ -204,6 +212,23 @@ func NewSourceLimitedAuth(next AgentAuthenticator, lim SourceLimits, reg prometh
 }
 
 // Authenticate implements AgentAuthenticator.
+// reverifyAfter implements reverifiedAuth when the wrapped authenticator does; 0 otherwise.
+func (a *SourceLimitedAuth) reverifyAfter() time.Duration {
+	if r, ok := a.next.(reverifiedAuth); ok {
+		return r.reverifyAfter()
+	}
+	return 0
+}
+
+// reverify implements reverifiedAuth: the wrapped authenticator's, outside the source budget
+// (a check of a connection in use is not a new connection from its source).
+func (a *SourceLimitedAuth) reverify(ctx context.Context, token string) (string, error) {
+	if r, ok := a.next.(reverifiedAuth); ok {
+		return r.reverify(ctx, token)
+	}
+	return a.next.Authenticate(ctx, token)
+}
+
 func (a *SourceLimitedAuth) Authenticate(ctx context.Context, token string) (string, error) {
 	src, ok := agentSource(ctx)
 	if !ok {

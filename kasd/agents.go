@@ -52,6 +52,10 @@ type agentConn struct {
 	// milliseconds): new requests go to the agent's other holders first, instead of joining
 	// those that wait for the connection to be found dead (liveness.go).
 	quietBusy atomic.Bool
+	// revoked is set once the connection's token was found revoked (revoke, agentauth.go).
+	revoked atomic.Bool
+	// reverify is the check of an admission that expires (reverify.go).
+	reverify reverifyState
 	// aliveBeside is the newer process of the replica that this connection's process was found
 	// alive beside (restarted.go): that process is then no reason to suspect this process's
 	// connections again (foundAliveBeside).

@@ -633,13 +633,22 @@ func (s *Server) serveForward(sc *quic.StreamConn, origin string) {
 	// holder, and the refusal says the request was not processed.
 	live := conns[:0]
 	now := time.Now()
+	revoked := false
 	for _, c := range conns {
-		if !c.silent(now) && !c.suspect.Load() {
+		switch {
+		case c.silent(now) || c.suspect.Load():
+		case !s.stillAdmitted(sc.Context(), c): // reverify.go
+			revoked = true
+		default:
 			live = append(live, c)
 		}
 	}
 	if conns = live; len(conns) == 0 {
-		refuse(api.Errorf(api.CodeAgentNotConnected, "agent %s's connections to %s are silent", fw.AgentID, s.cfg.InstanceID))
+		why := "are silent"
+		if revoked {
+			why = "authenticated with a token that was revoked"
+		}
+		refuse(api.Errorf(api.CodeAgentNotConnected, "agent %s's connections to %s %s", fw.AgentID, s.cfg.InstanceID, why))
 		return
 	}
 	if conns[0].quietBusy.Load() {

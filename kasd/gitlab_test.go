@@ -40,17 +40,28 @@ type glEnv struct {
 
 func newGitLabEnv(t *testing.T, opts ...envOption) *glEnv {
 	t.Helper()
+	return newGitLabEnvClient(t, nil, opts...)
+}
+
+// newGitLabEnvClient is newGitLabEnv with the GitLab client's Config changed by client (nil: as
+// it is).
+func newGitLabEnvClient(t *testing.T, client func(*gitlab.Config), opts ...envOption) *glEnv {
+	t.Helper()
 	// Cleanups run last-in first-out: agents, then kasd, then the client, then GitLab.
 	gl := gitlabtest.New(t, glSecret)
 	reg := prometheus.NewRegistry()
-	client, err := gitlab.New(gitlab.Config{URL: gl.URL, AuthSecret: glSecret, Version: "test"}, reg)
+	cfg := gitlab.Config{URL: gl.URL, AuthSecret: glSecret, Version: "test"}
+	if client != nil {
+		client(&cfg)
+	}
+	c, err := gitlab.New(cfg, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { client.Close() })
-	e := newEnv(t, append([]envOption{func(c *kasd.Config) {
-		c.AgentAuth = kasd.GitLabAuth{Client: client}
-		c.Modules = client.ModuleHandler()
+	t.Cleanup(func() { c.Close() })
+	e := newEnv(t, append([]envOption{func(kc *kasd.Config) {
+		kc.AgentAuth = kasd.GitLabAuth{Client: c}
+		kc.Modules = c.ModuleHandler()
 	}}, opts...)...)
 	return &glEnv{env: e, gl: gl, glReg: reg}
 }

@@ -2,6 +2,7 @@ package kasd
 
 import (
 	"context"
+	"time"
 
 	"github.com/qkas/qkas/gitlab"
 )
@@ -23,4 +24,13 @@ func (a GitLabAuth) Authenticate(ctx context.Context, token string) (string, err
 		return "", err
 	}
 	return info.ID(), nil
+}
+
+// reverifyAfter implements reverifiedAuth: an admission lasts as long as GitLab's answer is
+// cached (reverify.go).
+func (a GitLabAuth) reverifyAfter() time.Duration { return a.Client.PositiveCacheTTL() }
+
+// reverify implements reverifiedAuth.
+func (a GitLabAuth) reverify(ctx context.Context, token string) (string, error) {
+	return a.Authenticate(ctx, token)
 }

@@ -15,6 +15,7 @@ type metrics struct {
 	tlsResumptions   prometheus.Counter
 	silenceProbes    prometheus.Counter
 	quietBusy        prometheus.Counter
+	reverifications  *prometheus.CounterVec
 	limitRejections  *prometheus.CounterVec
 	apiErrors        *prometheus.CounterVec
 	requests         *prometheus.CounterVec
@@ -114,7 +115,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m.uploadsCut = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kasd_close_uploads_cut_total", Help: "Request bodies whose client had still not sent them when kasd closed (after the drain and closeUploadWait): the read waiting for the client was interrupted, so that closing does not wait for it.",
 	})
-	reg.MustRegister(m.peerLinkLosses, m.peerLinksDrained, m.silenceProbes, m.quietBusy, m.uploadsCut)
+	m.reverifications = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kasd_agent_reverifications_total", Help: "Checks of an agent connection's token when its admission expired (GitLab mode, --gitlab-cache-ttl), made before the first request it would carry: result is ok, revoked (its connections closed) or unavailable (GitLab did not answer: the admission stands, asked again in 30s).",
+	}, []string{"result"})
+	reg.MustRegister(m.peerLinkLosses, m.peerLinksDrained, m.silenceProbes, m.quietBusy, m.uploadsCut, m.reverifications)
 	peerLinks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kasd_peer_links", Help: "Live connections this kasd dialled to peers.",
 	}, func() float64 { return float64(s.livePeerLinks()) })

@@ -342,6 +342,9 @@ func (h localHolder) key() string   { return h.c.id }
 
 func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.Body) (*http.Response, error) {
 	s, e := h.s, h.c.entry
+	if !s.stillAdmitted(ctx, h.c) { // reverify.go
+		return nil, revokedError(h.c)
+	}
 	if !s.table.startRequest(e, s.cfg.MaxInflightPerAgent) {
 		s.m.limitRejections.WithLabelValues("max_inflight_per_agent").Inc()
 		return nil, &api.Error{Code: api.CodeOverloaded, Message: "too many requests in flight to agent " + h.c.agentID, RetryAfter: time.Second}

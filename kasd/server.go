@@ -53,6 +53,9 @@ type Server struct {
 	// stopRevoke stops its change notifications (Close). Both nil otherwise.
 	revocable  revocableAuth
 	stopRevoke func()
+	// reverifier is Config.AgentAuth when its admissions expire (GitLab mode): connections in
+	// use are checked again (reverify.go). nil otherwise.
+	reverifier reverifiedAuth
 
 	status statusState // StatusFor's peer probes (status.go); has its own lock
 
@@ -109,6 +112,9 @@ func New(cfg Config) (*Server, error) {
 			rb := &rebalancer{moving: map[*agentConn]time.Time{}, stays: map[string]time.Time{}, moves: moves}
 			s.wg.Go(func() { s.rebalanceLoop(rb) }) // rebalance.go; ends with Close
 		}
+	}
+	if ra, ok := cfg.AgentAuth.(reverifiedAuth); ok && ra.reverifyAfter() > 0 {
+		s.reverifier = ra
 	}
 	if ra, ok := cfg.AgentAuth.(revocableAuth); ok {
 		s.revocable = ra
@@ -281,6 +287,9 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 		live:             liveness{silentAfter: silentAfterFor(s.cfg.AgentKeepAlivePeriod), idleGrace: idleGraceFor(s.cfg.AgentKeepAlivePeriod), busySilence: s.cfg.AgentBusySilence},
 		qc:               qc,
 		control:          control,
+	}
+	if s.reverifier != nil {
+		c.reverify.due.Store(c.since.Add(s.reverifier.reverifyAfter()).UnixNano())
 	}
 	log = connLogger(log, c)
 	older, limit, err := s.table.add(c)
