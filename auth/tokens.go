@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -139,7 +140,27 @@ func parseTokenTable(data []byte) (*tokenTable, error) {
 		}
 		agents = f.Agents
 	}
+	if len(agents) == 0 && !hasAgentsKey(data) {
+		// An empty file (or one cut before its first line, or only comments) admits no
+		// agent: read on a reload, it disconnected every agent. A file that means it says so.
+		return nil, ErrNoAgentsKey
+	}
 	return buildTokenTable(agents)
+}
+
+// ErrNoAgentsKey is ParseTokens's error for a file without the agents key: an empty file, or
+// one of comments only. Read on a reload, such a file (one cut before its first line, say)
+// would disconnect every agent; a file that means to admit no agent says `agents: []`.
+var ErrNoAgentsKey = errors.New("agent tokens file has no agents: key (an empty file is refused; write `agents: []` to admit no agent)")
+
+// hasAgentsKey reports whether data, a valid tokens file, has the agents key.
+func hasAgentsKey(data []byte) bool {
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		return false
+	}
+	_, ok := m["agents"]
+	return ok
 }
 
 // buildTokenTable checks the entries and indexes them, in one pass.

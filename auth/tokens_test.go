@@ -25,7 +25,9 @@ func TestParseTokens(t *testing.T) {
 	}{
 		{name: "good", yaml: "agents:\n- id: a\n  token_sha256: " + hashA + "\n- id: b.x_y-1\n  token_sha256: " + hashB + "\n", wantLen: 2},
 		{name: "uppercase hash normalised", yaml: "agents:\n- id: a\n  token_sha256: " + strings.ToUpper(hashA) + "\n", wantLen: 1},
-		{name: "empty file", yaml: "", wantLen: 0},
+		{name: "empty file", yaml: "", wantErr: "no agents: key"},
+		{name: "only comments", yaml: "# agents\n\n", wantErr: "no agents: key"},
+		{name: "no agents", yaml: "agents: []\n", wantLen: 0},
 		{name: "null agents", yaml: "agents:\n", wantLen: 0},
 		{name: "flow style", yaml: `{"agents": [{"id": "a", "token_sha256": "` + hashA + `"}]}`, wantLen: 1},
 		{name: "duplicate id", yaml: "agents:\n- id: a\n  token_sha256: " + hashA + "\n- id: a\n  token_sha256: " + hashB + "\n", wantErr: `agents[1]: duplicate id "a" (also agents[0])`},
@@ -210,7 +212,7 @@ func TestTokenStoreScale(t *testing.T) {
 	}
 }
 
-// TestTokenStoreReloadKeepsOldOnError: a bad or missing file leaves the store as it was, and
+// TestTokenStoreReloadKeepsOldOnError: a bad, empty or missing file leaves the store as it was, and
 // the failure is counted.
 func TestTokenStoreReloadKeepsOldOnError(t *testing.T) {
 	tok := NewAgentToken()
@@ -223,7 +225,8 @@ func TestTokenStoreReloadKeepsOldOnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, bad := range []string{"agents:\n- id: a\n  token_sha256: nothex\n", "agents: [", ""} {
+	// "\n" is an empty file (a file cut before its first line): it disconnected every agent.
+	for i, bad := range []string{"agents:\n- id: a\n  token_sha256: nothex\n", "agents: [", "\n", "# emptied\n", ""} {
 		if bad == "" {
 			if err := os.Remove(path); err != nil {
 				t.Fatal(err)

@@ -90,7 +90,7 @@ func readTokensFile(path, id string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := auth.ParseTokens(data)
+	store, err := parseTokensFile(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -100,6 +100,17 @@ func readTokensFile(path, id string) ([]byte, error) {
 		}
 	}
 	return data, nil
+}
+
+// parseTokensFile parses a tokens file kasctl adds to: one that does not exist yet, is empty
+// or holds only comments has no entries (kasd refuses such a file; kasctl writes the agents
+// key into it).
+func parseTokensFile(data []byte) (*auth.TokenStore, error) {
+	s, err := auth.ParseTokens(data)
+	if errors.Is(err, auth.ErrNoAgentsKey) {
+		return auth.ParseTokens([]byte("agents: []\n"))
+	}
+	return s, err
 }
 
 var (
@@ -114,7 +125,7 @@ var (
 // rewrites the file in the canonical layout instead. The file is replaced
 // atomically.
 func appendTokenEntry(path string, old []byte, e auth.TokenEntry) error {
-	oldStore, err := auth.ParseTokens(old)
+	oldStore, err := parseTokensFile(old)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
