@@ -102,7 +102,8 @@ type KeyPair struct {
 	mu  sync.Mutex // serialises Reload
 }
 
-// NewKeyPair loads the pair once; an error here is an error at start.
+// NewKeyPair loads the pair once; an error here (unreadable, key not matching, expired, or not
+// valid for more than 5 minutes yet) is an error at start.
 func NewKeyPair(cfg KeyPairConfig) (*KeyPair, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("certreload: KeyPairConfig.Name is required")
@@ -119,6 +120,11 @@ func NewKeyPair(cfg KeyPairConfig) (*KeyPair, error) {
 	}
 	k := &KeyPair{cfg: cfg}
 	c, err := k.load()
+	if err == nil {
+		// As on Reload: a daemon started on an expired certificate was ready, and every
+		// peer's handshake failed while it logged nothing.
+		err = k.checkValidity(c)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -142,6 +148,22 @@ func (k *KeyPair) load() (*tls.Certificate, error) {
 		return nil, fmt.Errorf("%s certificate: no certificate", k.cfg.Name)
 	}
 	return &c, nil
+}
+
+// notBeforeSkew is how far in the future a certificate's NotBefore may be (clocks of the issuer
+// and this host apart) before the certificate is refused as not yet valid.
+const notBeforeSkew = 5 * time.Minute
+
+// checkValidity refuses a certificate that has expired or is not valid yet.
+func (k *KeyPair) checkValidity(c *tls.Certificate) error {
+	now := k.cfg.Now()
+	if !now.Before(c.Leaf.NotAfter) {
+		return fmt.Errorf("%s certificate: expired at %s", k.cfg.Name, c.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if c.Leaf.NotBefore.After(now.Add(notBeforeSkew)) {
+		return fmt.Errorf("%s certificate: not valid before %s", k.cfg.Name, c.Leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // Current returns the pair in use.
@@ -169,8 +191,8 @@ func (k *KeyPair) Reload() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	c, err := k.load()
-	if err == nil && !k.cfg.Now().Before(c.Leaf.NotAfter) {
-		err = fmt.Errorf("%s certificate: expired at %s", k.cfg.Name, c.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	if err == nil {
+		err = k.checkValidity(c)
 	}
 	old := k.cur.Load()
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,9 +49,15 @@ func (c *ca) pem() []byte {
 // issue returns PEM certificate and key for 127.0.0.1, valid until notAfter.
 func (c *ca) issue(t *testing.T, serial int64, notAfter time.Time) (certPEM, keyPEM []byte) {
 	t.Helper()
+	return c.issueFrom(t, serial, time.Now().Add(-2*time.Hour), notAfter)
+}
+
+// issueFrom is issue with a NotBefore.
+func (c *ca) issueFrom(t *testing.T, serial int64, notBefore, notAfter time.Time) (certPEM, keyPEM []byte) {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "kasd"},
-		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: notAfter,
+		NotBefore: notBefore, NotAfter: notAfter,
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
 	if err != nil {
@@ -137,6 +144,36 @@ func TestKeyPairReload(t *testing.T) {
 	exp := series(t, reg, "test_tls_cert_expiry_timestamp_seconds", "agent")
 	if exp != float64(notAfter2.Unix()) {
 		t.Errorf("expiry %v, want %v", exp, notAfter2.Unix())
+	}
+}
+
+// A certificate that has expired, or is not valid yet, is refused at start as it is on a
+// reload: a daemon started on one was ready, and every handshake failed with nothing logged. A
+// NotBefore a minute ahead (clocks apart) is taken.
+func TestNewKeyPairRefusesOutsideValidity(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	a := newCA(t, "a")
+	now := time.Now()
+	for _, tc := range []struct {
+		name                string
+		notBefore, notAfter time.Time
+		wantErr             string
+	}{
+		{"expired", now.Add(-2 * time.Hour), now.Add(-time.Minute), "expired at"},
+		{"not yet valid", now.Add(time.Hour), now.Add(2 * time.Hour), "not valid before"},
+		{"a minute ahead", now.Add(time.Minute), now.Add(2 * time.Hour), ""},
+	} {
+		c, k := a.issueFrom(t, 1, tc.notBefore, tc.notAfter)
+		write(t, certFile, c)
+		write(t, keyFile, k)
+		_, err := certreload.NewKeyPair(certreload.KeyPairConfig{Name: "agent", CertFile: certFile, KeyFile: keyFile})
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.wantErr)
+		}
 	}
 }
 
