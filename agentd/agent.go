@@ -155,12 +155,24 @@ func (a *Agent) Instances() []string {
 // instances that other slots do not hold, so that one kasd dying leaves the agent reachable.
 func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *sync.WaitGroup) {
 	attempt, dupes, refusedToken := 0, 0, 0
-	// leaving is a connection kasd asked to move for balance (GoAway with Prefer): it keeps
-	// serving until this slot's next connection is up (make before break), then drains.
+	// leaving is a connection kasd asked to move for balance (GoAway with Prefer), or whose kasd
+	// drains (GoAway without Prefer: leavingDraining): it keeps serving until this slot's next
+	// connection is up (make before break), then drains. A draining kasd keeps routing its
+	// clients' requests to it for --drain-delay, and closes it at the end of its grace: where
+	// no other kasd takes the agent (a single kasd restarting), leaving at once failed every
+	// request of the drain delay with agent_not_connected.
 	var leaving *agentConn
+	var leavingDraining bool
+	drainLeaving := func(l *agentConn, draining bool) {
+		if draining {
+			l.drainForKasd(ctx)
+		} else {
+			l.drain()
+		}
+	}
 	defer func() {
 		if leaving != nil {
-			leaving.drain()
+			drainLeaving(leaving, leavingDraining)
 		}
 	}()
 	for ctx.Err() == nil {
@@ -215,10 +227,14 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 		a.endMove(slot)
 		a.setSlot(slot, c)
 		if leaving != nil {
-			l := leaving
-			leaving = nil
-			l.log.Info().Str("kas_instance_now", c.welcome.InstanceID).Msg("moved for balance: draining the old connection")
-			wg.Go(func() { l.drain() })
+			l, draining := leaving, leavingDraining
+			leaving, leavingDraining = nil, false
+			msg := "moved for balance: draining the old connection"
+			if draining {
+				msg = "moved away from a draining kasd: draining the old connection"
+			}
+			l.log.Info().Str("kas_instance_now", c.welcome.InstanceID).Msg(msg)
+			wg.Go(func() { drainLeaving(l, draining) })
 		}
 		reason := c.wait(ctx, c.announced.replaced)
 		for reason == "reload" { // the services changed: re-announce them (reload.go)
@@ -245,9 +261,14 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 				// kasd drains: it bounds its requests on c by its own grace and closes c. It
 				// refuses new connections until it has gone, so the redial goes elsewhere
 				// while there is an elsewhere (it may come back under the same instance:
-				// then it is accepted, see moveAvoids).
+				// then it is accepted, see moveAvoids). c keeps serving until the redial
+				// succeeds or kasd closes it (make before break).
 				a.beginMove(slot, slotMove{avoid: c.welcome.InstanceID, draining: true})
-				wg.Go(func() { c.drainForKasd(ctx) })
+				if leaving == nil {
+					leaving, leavingDraining = c, true
+				} else {
+					wg.Go(func() { c.drainForKasd(ctx) })
+				}
 			} else {
 				wg.Go(func() { c.drain() })
 			}

@@ -6,6 +6,7 @@ import (
 	"net/http/httptrace"
 	"strings"
 	"testing"
+	"time"
 )
 
 // While draining, the client API still answers, but closes each keep-alive connection after its
@@ -44,5 +45,29 @@ func TestDrainClosesKeepAliveConnections(t *testing.T) {
 	}
 	if c, reused := get(); !c || reused {
 		t.Fatalf("draining, next request: Connection close %v, reused %v; want a new connection, closed again", c, reused)
+	}
+}
+
+// A kasd that drains with no other kasd to take its agents (a single kasd restarting) keeps
+// routing its clients' requests to them for its drain delay: the agent keeps serving on the
+// connection that got GoAway until its redial succeeds or kasd closes it (make before break).
+// It used to leave at once, and every request of the drain delay got 503 agent_not_connected.
+func TestDrainWithNoOtherKasdKeepsServing(t *testing.T) {
+	e := newEnv(t)
+	a := e.startAgent("alpha", "r1", map[string]string{"web": echoService(t, "r1").URL})
+	waitConnected(t, a, 1)
+	e.srv.BeginDrain()
+	deadline := time.Now().Add(time.Second)
+	n := 0
+	for time.Now().Before(deadline) {
+		resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/x", nil)
+		if body := readAll(t, resp); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d during the drain: %d %s", n, resp.StatusCode, body)
+		}
+		n++
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n < 10 {
+		t.Fatalf("only %d requests in the drain delay", n)
 	}
 }
