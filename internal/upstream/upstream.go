@@ -14,6 +14,7 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -35,6 +36,9 @@ type Client struct {
 	mu     sync.Mutex // guards the fields below
 	idle   []*upConn  // most recently used last
 	closed bool       // set by Close: no connection goes back to idle
+	// reaper closes the pooled connections idle for idleTimeout (reap); set while the pool
+	// has any. Without it a burst's connections stayed open until the next request.
+	reaper *time.Timer
 }
 
 // upConn is one connection to the service.
@@ -153,7 +157,11 @@ func (u *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	// Transport: GET, HEAD, OPTIONS, TRACE, or an Idempotency-Key).
 	retry := (req.Body == nil || req.Body == http.NoBody) && replayable(req)
 	for attempt := 0; ; attempt++ {
-		c, reused, err := u.get(ctx, !retry)
+		// A retry takes a pooled connection only after the liveness peek: the next one in the
+		// pool may have been closed by the service as well (its idle timeout counts from when
+		// it wrote a response, which a slow client drained seconds later), and unpeeked it
+		// failed the request too.
+		c, reused, err := u.get(ctx, !retry || attempt > 0)
 		if err != nil {
 			return nil, err
 		}
@@ -163,7 +171,7 @@ func (u *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		_ = c.nc.Close()
 		var nothing *nothingReadError
-		if reused && attempt == 0 && errors.As(err, &nothing) && retry && ctx.Err() == nil {
+		if reused && attempt < maxReuseRetries && errors.As(err, &nothing) && retry && ctx.Err() == nil {
 			continue // the service closed the idle connection as we reused it
 		}
 		if ctx.Err() != nil {
@@ -172,6 +180,10 @@ func (u *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, &publicError{err}
 	}
 }
+
+// maxReuseRetries bounds how often a replayable request is sent again after a reused connection
+// failed before any response byte (each retry on a peeked or new connection).
+const maxReuseRetries = 3
 
 // replayable reports whether req may be sent twice: its method is idempotent by definition, or
 // the client made it so with an Idempotency-Key (net/http's rule).
@@ -473,7 +485,7 @@ const MaxInformational = 8
 // recentlyUsed: an idle connection whose last response ended less than this ago is reused
 // without the liveness peek (a system call per request) for a request without a body: if the
 // service closed it in that time, the request fails before any response byte and is retried
-// once on a new connection (RoundTrip). A request with a body, which is not retried, is always
+// on a connection that passes the peek, or a new one (RoundTrip). A request with a body, which is not retried, is always
 // sent on a connection that passed the peek.
 const recentlyUsed = time.Second
 
@@ -549,6 +561,9 @@ func (u *Client) put(c *upConn) {
 	if !u.closed && len(u.idle) < u.maxIdle {
 		u.idle = append(u.idle, c)
 		c = nil
+		if u.reaper == nil && u.idleTimeout > 0 {
+			u.reaper = time.AfterFunc(u.idleTimeout, u.reap)
+		}
 	}
 	u.mu.Unlock()
 	if c != nil {
@@ -561,8 +576,34 @@ func (u *Client) CloseIdleConnections() {
 	u.mu.Lock()
 	idle := u.idle
 	u.idle = nil
+	if u.reaper != nil {
+		u.reaper.Stop()
+		u.reaper = nil
+	}
 	u.mu.Unlock()
 	for _, c := range idle {
+		_ = c.nc.Close()
+	}
+}
+
+// reap closes the pooled connections idle for idleTimeout (the oldest first: the pool is in
+// order of last use) and runs again when the next one is due, while any is left.
+func (u *Client) reap() {
+	now := time.Now()
+	u.mu.Lock()
+	n := 0
+	for n < len(u.idle) && now.Sub(u.idle[n].lastUsed) >= u.idleTimeout {
+		n++
+	}
+	expired := slices.Clone(u.idle[:n])
+	u.idle = slices.Delete(u.idle, 0, n)
+	if len(u.idle) > 0 && u.reaper != nil {
+		u.reaper.Reset(u.idle[0].lastUsed.Add(u.idleTimeout).Sub(now))
+	} else {
+		u.reaper = nil
+	}
+	u.mu.Unlock()
+	for _, c := range expired {
 		_ = c.nc.Close()
 	}
 }
