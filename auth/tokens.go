@@ -163,6 +163,11 @@ func hasAgentsKey(data []byte) bool {
 	return ok
 }
 
+// MaxTokensPerAgent is how many entries of a tokens file may name one agent: two, so that a
+// token can be rotated without disconnecting the agent (the new token is added, agentd moves
+// to it, the old one is removed: docs/security.md).
+const MaxTokensPerAgent = 2
+
 // buildTokenTable checks the entries and indexes them, in one pass.
 func buildTokenTable(agents []TokenEntry) (*tokenTable, error) {
 	tab := &tokenTable{
@@ -170,12 +175,19 @@ func buildTokenTable(agents []TokenEntry) (*tokenTable, error) {
 		byHash:  make(map[[sha256.Size]byte]int32, len(agents)),
 	}
 	byID := make(map[string]int32, len(agents))
+	var second map[string]bool // ids listed twice: a token rotation
 	for i, a := range agents {
 		if err := ValidateAgentID(a.ID); err != nil {
 			return nil, fmt.Errorf("agent tokens file: agents[%d]: %w", i, err)
 		}
 		if j, dup := byID[a.ID]; dup {
-			return nil, fmt.Errorf("agent tokens file: agents[%d]: duplicate id %q (also agents[%d])", i, a.ID, j)
+			if second[a.ID] {
+				return nil, fmt.Errorf("agent tokens file: agents[%d]: id %q listed a third time (also agents[%d]); an agent has at most %d tokens, the old and the new one of a rotation", i, a.ID, j, MaxTokensPerAgent)
+			}
+			if second == nil {
+				second = map[string]bool{}
+			}
+			second[a.ID] = true
 		}
 		var h [sha256.Size]byte
 		if len(a.TokenSHA256) != hex.EncodedLen(sha256.Size) {
@@ -192,7 +204,9 @@ func buildTokenTable(agents []TokenEntry) (*tokenTable, error) {
 			return nil, fmt.Errorf("agent tokens file: agents[%d] (id %q): same token_sha256 as agents[%d] (id %q); every agent needs its own token",
 				i, a.ID, j, agents[j].ID)
 		}
-		byID[a.ID] = int32(i)
+		if _, seen := byID[a.ID]; !seen {
+			byID[a.ID] = int32(i)
+		}
 		tab.byHash[h] = int32(i)
 		tab.entries = append(tab.entries, storeEntry{id: a.ID, hash: h})
 	}

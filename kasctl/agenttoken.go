@@ -23,10 +23,14 @@ func runAgentToken(_ context.Context, args []string, stdout, stderr io.Writer) e
 (--token-file); kasd keeps only its SHA-256 in --agent-tokens-file. The token
 is shown once: it cannot be recovered from the file.`, stderr)
 	tokenOut := fset.String("token-out", "", "write the token to `FILE` (mode 0600, must not exist) instead of printing it")
-	tokensFile := fset.String("tokens-file", "", "append the entry to kasd's agent tokens `FILE` (created if missing; an existing id is refused)")
+	tokensFile := fset.String("tokens-file", "", "append the entry to kasd's agent tokens `FILE` (created if missing; an existing id is refused unless --rotate)")
+	rotate := fset.Bool("rotate", false, "with --tokens-file: add a second token for an agent that has one, to rotate it without disconnecting the agent (give agentd the new token, then remove the old entry)")
 	pos, err := parseArgs(fset, args, 1)
 	if err != nil {
 		return err
+	}
+	if *rotate && *tokensFile == "" {
+		return errors.New("--rotate needs --tokens-file")
 	}
 	name := pos[0]
 	if err := auth.ValidateAgentID(name); err != nil {
@@ -37,7 +41,7 @@ is shown once: it cannot be recovered from the file.`, stderr)
 	// command leaves no token file behind and no entry without a token.
 	var existing []byte
 	if *tokensFile != "" {
-		existing, err = readTokensFile(*tokensFile, name)
+		existing, err = readTokensFile(*tokensFile, name, *rotate)
 		if err != nil {
 			return err
 		}
@@ -82,7 +86,7 @@ func entryYAML(e auth.TokenEntry, indent string) string {
 // readTokensFile returns the content of the agent tokens file at path (nil
 // if it does not exist yet), after checking that it parses and has no agent
 // called id.
-func readTokensFile(path, id string) ([]byte, error) {
+func readTokensFile(path, id string, rotate bool) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -94,10 +98,19 @@ func readTokensFile(path, id string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	n := 0
 	for _, e := range store.Entries() {
 		if e.ID == id {
-			return nil, fmt.Errorf("%s already has an agent %q; remove its entry first to replace its token", path, id)
+			n++
 		}
+	}
+	switch {
+	case n > 0 && !rotate:
+		return nil, fmt.Errorf("%s already has an agent %q; to rotate its token, add a second one with --rotate (or remove its entry first)", path, id)
+	case rotate && n == 0:
+		return nil, fmt.Errorf("%s has no agent %q to rotate the token of", path, id)
+	case n >= auth.MaxTokensPerAgent:
+		return nil, fmt.Errorf("%s already has %d tokens for agent %q; remove the old entry (the rotation before) first", path, n, id)
 	}
 	return data, nil
 }

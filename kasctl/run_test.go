@@ -188,6 +188,10 @@ func TestAgentTokenFiles(t *testing.T) {
 	if _, err := os.Stat(tokenA2); !os.IsNotExist(err) {
 		t.Fatalf("token file written for a refused agent: %v", err)
 	}
+	// --rotate needs an agent to rotate.
+	if _, stderr, code := kasctl(t, "agent-token", "--tokens-file", tokens, "--rotate", "nobody"); code != 1 || !strings.Contains(stderr, `no agent "nobody"`) {
+		t.Fatalf("rotate of an unknown agent: exit %d, stderr %s", code, stderr)
+	}
 	// An existing token file is never replaced, and nothing is appended.
 	_, stderr, code = kasctl(t, "agent-token", "--tokens-file", tokens, "--token-out", tokenA, "c")
 	if code != 1 || !strings.Contains(stderr, "already exists") {
@@ -195,6 +199,25 @@ func TestAgentTokenFiles(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(tokens); !bytes.Equal(after, before) {
 		t.Fatalf("tokens file changed by refused commands:\n%s", after)
+	}
+
+	// A rotation: a second token for a, both valid; a third is refused.
+	if _, stderr, code := kasctl(t, "agent-token", "--tokens-file", tokens, "--token-out", tokenA2, "--rotate", "a"); code != 0 {
+		t.Fatalf("rotate: exit %d, stderr %s", code, stderr)
+	}
+	data, _ := os.ReadFile(tokens)
+	rotated, err := auth.ParseTokens(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{tokenA, tokenA2} {
+		tok, _ := os.ReadFile(f)
+		if id, ok := rotated.Lookup(string(tok)); !ok || id != "a" {
+			t.Errorf("after the rotation, the token in %s: %q, %v; want a", f, id, ok)
+		}
+	}
+	if _, stderr, code := kasctl(t, "agent-token", "--tokens-file", tokens, "--rotate", "a"); code != 1 || !strings.Contains(stderr, `already has 2 tokens for agent "a"`) {
+		t.Fatalf("third token: exit %d, stderr %s", code, stderr)
 	}
 }
 
