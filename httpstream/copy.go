@@ -68,6 +68,16 @@ func CopyBody(w http.ResponseWriter, body io.Reader, flush bool) (int64, error) 
 	// included) still leaves in one write at the handler's end.
 	hh, _ := w.(headHolder)
 	rr, _ := body.(ReadyReader)
+	if !flush && rr != nil && !rr.ReadReady() {
+		// The same before the first read: a service that sent its head and is slow to send
+		// the first byte of a body of known length (an export, a file being made) did answer.
+		// Its head held back, the client got 504 at the header timeout where, direct, it
+		// had its head at once.
+		rc = http.NewResponseController(w)
+		if err := rc.Flush(); err != nil {
+			return 0, errors.Join(ErrClientWrite, err)
+		}
+	}
 	var total int64
 	for {
 		buf := cb.buf()

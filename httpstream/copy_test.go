@@ -107,7 +107,8 @@ func (b *readyBody) Read(p []byte) (int, error) {
 
 // TestCopyBodyFlushesHeadOfLateStream: a stream's head is flushed before a first Read that
 // would wait (a watch's first event may come minutes after its head), and only then: a body
-// that came with its head leaves with it, one write; a response of known length never flushes.
+// that came with its head leaves with it, one write. The same for a response of known length (a
+// service slow to send its first byte did answer).
 func TestCopyBodyFlushesHeadOfLateStream(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -117,7 +118,8 @@ func TestCopyBodyFlushesHeadOfLateStream(t *testing.T) {
 	}{
 		{"stream, body late", false, true, true},
 		{"stream, body there", true, true, false},
-		{"known length, body late", false, false, false},
+		{"known length, body late", false, false, true},
+		{"known length, body there", true, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := httptest.NewRecorder()
