@@ -74,6 +74,12 @@ func (s *Server) requestDeadlines(r *http.Request) (context.Context, *deadlines,
 		return ctx, nil, nil
 	}
 	dl := &deadlines{head: head, total: total}
+	if d := max(head, total); d > s.cfg.ResponseHeaderTimeout {
+		// The client allows the head longer than --response-header-timeout (a slow query
+		// Prometheus answers in 2 minutes): its own bound replaces kasd's for this request,
+		// which otherwise answered 504 at 60s whatever the client asked.
+		ctx = context.WithValue(ctx, headerTimeoutKey{}, d)
+	}
 	dl.ctx = ctx
 	if total > 0 {
 		dl.ctx, dl.stopTotal = context.WithTimeout(ctx, total)
@@ -91,6 +97,18 @@ func (s *Server) requestDeadlines(r *http.Request) (context.Context, *deadlines,
 		}
 	})
 	return &headContext{Context: inner, dl: dl}, dl, nil
+}
+
+type headerTimeoutKey struct{}
+
+// headerTimeout is the bound on the wait for a response head (and for a stream to be granted)
+// for the request of ctx: --response-header-timeout, or the client's longer Qkas-Timeout or
+// Qkas-Deadline (requestDeadlines).
+func (s *Server) headerTimeout(ctx context.Context) time.Duration {
+	if d, ok := ctx.Value(headerTimeoutKey{}).(time.Duration); ok {
+		return d
+	}
+	return s.cfg.ResponseHeaderTimeout
 }
 
 // agentDeadline is the deadline sent to the agent: only a total one.

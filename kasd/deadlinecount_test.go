@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"testing"
 	"time"
+
+	"github.com/qkas/qkas/kasd"
 )
 
 // A Qkas-Deadline that passes before the response head is answered 504 deadline_exceeded but
@@ -110,5 +112,33 @@ func TestKnownLengthSlowFirstByteHeadFirst(t *testing.T) {
 	}
 	if n != 2 {
 		t.Errorf("qkas_deadline counted %v times, want 2", n)
+	}
+}
+
+// A client's Qkas-Timeout or Qkas-Deadline longer than --response-header-timeout is the bound on
+// the wait for its head: a service that answers after kasd's bound but within the client's (a
+// slow Prometheus query) reaches the client. kasd answered 504 at its own bound whatever the
+// client asked (independent streaming review). Without either header, kasd's bound holds.
+func TestClientTimeoutLongerThanHeaderTimeout(t *testing.T) {
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(time.Second)
+		io.WriteString(w, "late")
+	}))
+	t.Cleanup(svc.Close)
+	e := newEnv(t, func(c *kasd.Config) { c.ResponseHeaderTimeout = 300 * time.Millisecond })
+	a := e.startAgent("alpha", "r1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+	for _, c := range []struct {
+		hdr    []string
+		status int
+	}{
+		{nil, http.StatusGatewayTimeout},
+		{[]string{"Qkas-Timeout", "5s"}, http.StatusOK},
+		{[]string{"Qkas-Deadline", "5s"}, http.StatusOK},
+	} {
+		resp := e.do("GET", "/api/v1/agents/alpha/proxy/web/q", nil, c.hdr...)
+		if body := readAll(t, resp); resp.StatusCode != c.status {
+			t.Errorf("%v: %d %q, want %d", c.hdr, resp.StatusCode, body, c.status)
+		}
 	}
 }

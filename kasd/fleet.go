@@ -476,7 +476,7 @@ func (f *fleet) forward(ctx context.Context, inst registry.Instance, agentID str
 	sc := quic.NewStreamConn(qc, st)
 	resp, err := httpstream.RoundTrip(ctx, sc, req, body, &httpstream.Options{
 		Prefix:                prefix,
-		ResponseHeaderTimeout: s.cfg.ResponseHeaderTimeout,
+		ResponseHeaderTimeout: s.headerTimeout(ctx), // deadline.go
 		Go:                    s.goOwned,
 		Done: func(clean bool, sent, recv int64) {
 			s.m.streamDone(sent, recv)

@@ -354,7 +354,8 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 	// The agent's connection may grant no stream for a long time (its limit of concurrent
 	// streams taken by responses that go on): that wait is bounded as the wait for the head is,
 	// and the request, not sent, may go to another holder.
-	octx, cancel := context.WithTimeout(ctx, s.cfg.ResponseHeaderTimeout)
+	headerTimeout := s.headerTimeout(ctx) // deadline.go
+	octx, cancel := context.WithTimeout(ctx, headerTimeout)
 	st, err := h.c.qc.OpenStreamSync(octx)
 	cancel()
 	if err != nil {
@@ -365,7 +366,7 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 		}
 		if octx.Err() != nil {
 			return nil, s.attemptError(notSent(&api.Error{Code: api.CodeDeadlineExceeded,
-				Message: fmt.Sprintf("agent %s granted no stream within %s", h.c.agentID, s.cfg.ResponseHeaderTimeout),
+				Message: fmt.Sprintf("agent %s granted no stream within %s", h.c.agentID, headerTimeout),
 				Err:     httpstream.ErrHeaderTimeout}), "agent "+h.c.agentID)
 		}
 		return nil, notSent(httpstream.StreamError(err))
@@ -373,7 +374,7 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 	s.m.openStreams.Inc()
 	sc := quic.NewStreamConn(h.c.qc, st)
 	resp, err := httpstream.RoundTrip(ctx, sc, f, body, &httpstream.Options{
-		ResponseHeaderTimeout: s.cfg.ResponseHeaderTimeout,
+		ResponseHeaderTimeout: headerTimeout,
 		Go:                    s.goOwned,
 		Done: func(clean bool, sent, recv int64) {
 			e.inflight.Add(-1)
