@@ -32,7 +32,39 @@ type target struct {
 	stallState clientStall  // what stall points to (one allocation per request, not three)
 	stallR     stallReader
 	stallW     stallWriter
+	headW      headWriter // writeResponse's
 }
+
+// headWriter writes the response head (status) with the first write or flush of the body, not
+// before: a body that fails before its first byte reached the client (the agent's stream reset,
+// already there when its head arrived) is answered with a typed error, not a head that then
+// never reaches the client (it saw the connection close, "EOF", while kasd logged a 502).
+type headWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (w *headWriter) writeHead() {
+	if !w.wrote {
+		w.wrote = true
+		w.ResponseWriter.WriteHeader(w.status)
+	}
+}
+
+func (w *headWriter) Write(p []byte) (int, error) {
+	w.writeHead()
+	return w.ResponseWriter.Write(p)
+}
+
+// FlushError is what http.ResponseController.Flush calls.
+func (w *headWriter) FlushError() error {
+	w.writeHead()
+	return http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the writer's other methods.
+func (w *headWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // dropHeaders are client headers that never reach the service: the caller's credentials are for
 // kasd, Qkas-Timeout and Qkas-Deadline are kasd's, kasd answers Expect: 100-continue itself,
@@ -353,9 +385,26 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		// --drain-delay 0 in an independent rolling-restart run).
 		h.Set("Connection", "close")
 	}
-	w.WriteHeader(resp.StatusCode)
-	n, err := httpstream.CopyBody(tgt.stall.writer(&tgt.stallW, w), resp.Body, httpstream.Streaming(resp))
+	hw := &tgt.headW
+	*hw = headWriter{ResponseWriter: w, status: resp.StatusCode}
+	n, err := httpstream.CopyBody(tgt.stall.writer(&tgt.stallW, hw), resp.Body, httpstream.Streaming(resp))
 	tgt.acc.out = n
+	if err != nil && !hw.wrote && !tgt.stall.stalled() && !errors.Is(err, httpstream.ErrClientWrite) && r.Context().Err() == nil {
+		// Nothing of the response has left: the client gets the failure as an answer.
+		clear(h) // the agent's fields are not the error's
+		ids := []string{tgt.requestID}
+		h[HeaderXRequestID], h[HeaderRequestID] = ids, ids
+		code := api.CodeOf(err)
+		if code == api.CodeInternal || code == api.CodeProtocol {
+			code = api.CodeAgentFailed
+		}
+		if tgt.dl.totalPassed() {
+			s.countDeadline(tgt.dl)
+			code = api.CodeDeadlineExceeded
+		}
+		return s.proxyError(w, r, tgt, &api.Error{Code: code, Message: "the response failed before its first byte: " + errString(err), Err: err}), false
+	}
+	hw.writeHead()
 	switch {
 	case err != nil && tgt.stall.stalled():
 		// The client stopped reading its response (a write to it ended by the limit: the

@@ -1,0 +1,65 @@
+package kasd_test
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/quic"
+)
+
+// An agent's response whose body of known length ends before its first byte (the stream's end
+// already there with its head) is answered with a typed 502, not a head that never reaches the
+// client: kasd wrote the head, the copy failed, and the handler's abort closed the connection
+// with the head unsent — the client saw "EOF" while kasd logged 502 (independent fault review:
+// POSTs into a killed agentd). When the end comes later, the head has left and the body is cut.
+// Under load: no request may end without an answer.
+func TestBodyFailsBeforeFirstByteGetsTypedAnswer(t *testing.T) {
+	e := newEnv(t)
+	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		io.Copy(io.Discard, sc)
+		sc.Write(api.AppendFrame(nil, &api.Response{Status: 200, ContentLength: 1000}))
+		sc.Close() // FIN: the body of 1000 bytes ends at 0
+	})
+	client := loadClient(t)
+	type outcome struct {
+		status int
+		body   string
+		err    error
+	}
+	res := parallel(100, func(int) outcome {
+		req, _ := http.NewRequest("POST", e.url("/api/v1/agents/alpha/proxy/web/x"), strings.NewReader("body"))
+		req.Header.Set("Authorization", "Bearer "+e.token())
+		resp, err := client.Do(req)
+		if err != nil {
+			return outcome{err: err}
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return outcome{status: resp.StatusCode, body: string(b), err: err}
+	})
+	typed := 0
+	for i, o := range res {
+		switch {
+		case o.status == 0:
+			t.Errorf("request %d: no answer: %v", i, o.err)
+		case o.status == http.StatusBadGateway:
+			if !strings.Contains(o.body, "agent_failed") {
+				t.Errorf("request %d: 502 %q, want agent_failed", i, o.body)
+			}
+			typed++
+		case o.status == http.StatusOK:
+			if o.err == nil {
+				t.Errorf("request %d: 200 with %d bytes and no error: a cut body looked complete", i, len(o.body))
+			}
+		default:
+			t.Errorf("request %d: %d %q", i, o.status, o.body)
+		}
+	}
+	t.Logf("%d of %d answered 502 before any byte of the response left", typed, len(res))
+	if typed == 0 {
+		t.Error("no response failed before its head left: the case under test did not happen")
+	}
+}
