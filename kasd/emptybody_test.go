@@ -63,3 +63,29 @@ func TestBodyFailsBeforeFirstByteGetsTypedAnswer(t *testing.T) {
 		t.Error("no response failed before its head left: the case under test did not happen")
 	}
 }
+
+// Requests refused before routing are counted in kasd_requests_total (route "none") and its
+// duration, as every other request: a 401, a 403 and a bad Qkas-Timeout were only in
+// kasd_api_errors_total, and an error-ratio alert on kasd_requests_total never saw them
+// (operator review).
+func TestRefusedRequestsCounted(t *testing.T) {
+	e := newEnv(t)
+	do := func(hdr ...string) {
+		req, _ := http.NewRequest("GET", e.url("/api/v1/agents/alpha/proxy/web/x"), nil)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+	}
+	do()                                                          // no JWT: 401
+	do("Authorization", "Bearer "+e.token(), "Qkas-Timeout", "x") // 400
+	for code, want := range map[string]float64{"401": 1, "400": 1} {
+		if n := counter(t, e.reg, "kasd_requests_total", map[string]string{"route": "none", "code": code}); n != want {
+			t.Errorf("kasd_requests_total{route=none,code=%s} = %v, want %v", code, n, want)
+		}
+	}
+}

@@ -33,6 +33,7 @@ type target struct {
 	stallR     stallReader
 	stallW     stallWriter
 	headW      headWriter // writeResponse's
+	observed   bool       // counted in kasd_requests_total by the routed path
 }
 
 // headWriter writes the response head (status) with the first write or flush of the body, not
@@ -77,6 +78,13 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 	start := time.Now()
 	tgt := s.startRequest(w, r, agentID, service, rest, start)
 	defer s.logAccess(r, tgt)
+	defer func() {
+		if !tgt.observed && tgt.acc.status != 0 {
+			// Refused before routing (unauthenticated, forbidden, overloaded, a bad header,
+			// too large): counted too, as route "none" (README: every request however it ends).
+			s.m.observe("none", tgt.acc.status, time.Since(start))
+		}
+	}()
 	n := s.apiInflight.Add(1)
 	defer s.apiInflight.Add(-1)
 	if n > int64(s.cfg.MaxInflightRequests) {
@@ -220,6 +228,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		}
 	}
 	s.m.observe(res.route, status, time.Since(start))
+	tgt.observed = true
 	tgt.acc.route, tgt.acc.status = res.route, status
 	if span.Recording() {
 		o := tracing.Outcome{Agent: agentID, Service: service, Route: res.route, RequestID: tgt.requestID, Status: status}
