@@ -136,7 +136,9 @@ func parseServices(list []string) (map[string]*url.URL, error) {
 		}
 		u, err := url.Parse(raw)
 		if err != nil {
-			return nil, fmt.Errorf("--service %s: %w", name, err)
+			// "127.0.0.1:9090" without a scheme gets Go's "first path segment in URL cannot
+			// contain colon": say what is wanted instead.
+			return nil, fmt.Errorf("--service %s: %q is not a URL: want http(s)://host[:port][/path]", name, raw)
 		}
 		if _, dup := out[name]; dup {
 			return nil, fmt.Errorf("--service %s given twice", name)

@@ -188,3 +188,12 @@ func TestPrintErrorOnePrefixPerLine(t *testing.T) {
 		t.Errorf("printed %q, want %q", b.String(), want)
 	}
 }
+
+// A --service URL without a scheme is refused saying what is wanted, not with Go's URL parser's
+// "first path segment in URL cannot contain colon" (operator review).
+func TestServiceURLWithoutSchemeExplained(t *testing.T) {
+	_, err := parseServices([]string{"m=127.0.0.1:9090"})
+	if err == nil || !strings.Contains(err.Error(), "want http(s)://host[:port][/path]") {
+		t.Fatalf("got %v", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/qkas/qkas/internal/buildinfo"
@@ -30,7 +31,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "kasd:", err)
+		// The kasd package's errors say "kasd: " already: one prefix, not "kasd: kasd: ".
+		fmt.Fprintln(os.Stderr, "kasd:", strings.TrimPrefix(err.Error(), "kasd: "))
 		os.Exit(1)
 	}
 }
