@@ -64,7 +64,7 @@ func TestCopyBufferGrowsForBulk(t *testing.T) {
 
 			src = &sizeRecorder{n: total, chunk: tc.chunk}
 			var out bytes.Buffer
-			if n, err := copyStream(&out, src); err != nil || n != total || out.Len() != total {
+			if n, err := copyStream(&out, src, nil); err != nil || n != total || out.Len() != total {
 				t.Fatalf("copyStream = %d, %v, wrote %d, want %d", n, err, out.Len(), total)
 			}
 			check("copyStream", src.sizes)
@@ -75,7 +75,7 @@ func TestCopyBufferGrowsForBulk(t *testing.T) {
 // TestCopyStreamShortWrite: a writer that takes less than it was given ends the copy with an
 // error, never a silently shortened stream.
 func TestCopyStreamShortWrite(t *testing.T) {
-	_, err := copyStream(shortWriter{}, bytes.NewReader(make([]byte, 100)))
+	_, err := copyStream(shortWriter{}, bytes.NewReader(make([]byte, 100)), nil)
 	var we *writeError
 	if !errors.As(err, &we) || !errors.Is(err, io.ErrShortWrite) {
 		t.Fatalf("err = %v, want io.ErrShortWrite as a *writeError", err)

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	quicgo "github.com/quic-go/quic-go"
 
@@ -25,19 +27,69 @@ func Splice(a, b io.ReadWriteCloser) (ab, ba int64) { return SpliceWith(a, b, ni
 // reset (whose code is always passed on); nil means StreamCodeCanceled. A forwarding kasd uses
 // it to say "refused" when the agent connection died without taking the request.
 func SpliceWith(a, b io.ReadWriteCloser, codeFor func(error) quicgo.StreamErrorCode) (ab, ba int64) {
-	var wg sync.WaitGroup
-	wg.Go(func() { ab = pipe(b, a, codeFor) })
-	ba = pipe(a, b, codeFor)
-	wg.Wait()
-	_ = a.Close()
-	_ = b.Close()
+	ab, ba, _ = splice(a, b, codeFor, 0)
 	return ab, ba
+}
+
+// SpliceHalfClosed is Splice where, once one direction has ended, the other must carry a byte
+// every idle or both are cut (as HAProxy's timeout client-fin and server-fin): a client that
+// went away without a word (its FIN read as a half-close) and a service that never closes its
+// side held the tunnel, and its in-flight slot, for as long as the service lived. cut reports
+// whether the bound ended it. idle 0: no bound.
+func SpliceHalfClosed(a, b io.ReadWriteCloser, idle time.Duration) (ab, ba int64, cut bool) {
+	return splice(a, b, nil, idle)
+}
+
+func splice(a, b io.ReadWriteCloser, codeFor func(error) quicgo.StreamErrorCode, idle time.Duration) (ab, ba int64, cut bool) {
+	if idle <= 0 {
+		var wg sync.WaitGroup
+		wg.Go(func() { ab = pipe(b, a, codeFor, nil) })
+		ba = pipe(a, b, codeFor, nil)
+		wg.Wait()
+		_ = a.Close()
+		_ = b.Close()
+		return ab, ba, false
+	}
+	var lastAB, lastBA atomic.Int64 // unix nanoseconds of each direction's last byte
+	doneAB, doneBA := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { ab = pipe(b, a, codeFor, &lastAB); close(doneAB) })
+	wg.Go(func() { ba = pipe(a, b, codeFor, &lastBA); close(doneBA) })
+	var left <-chan struct{}
+	var last *atomic.Int64
+	select {
+	case <-doneAB:
+		left, last = doneBA, &lastBA
+	case <-doneBA:
+		left, last = doneAB, &lastAB
+	}
+	// One direction has ended: the other is watched from now.
+	last.Store(time.Now().UnixNano())
+	t := time.NewTimer(idle)
+	defer t.Stop()
+	for {
+		select {
+		case <-left:
+			wg.Wait()
+			_ = a.Close()
+			_ = b.Close()
+			return ab, ba, cut
+		case <-t.C:
+			if quiet := time.Since(time.Unix(0, last.Load())); quiet < idle {
+				t.Reset(idle - quiet)
+				continue
+			}
+			cut = true
+			abort(a, quic.StreamCodeCanceled) // ends the direction still running
+			abort(b, quic.StreamCodeCanceled)
+		}
+	}
 }
 
 type closeWriter interface{ CloseWrite() error }
 
-func pipe(dst, src io.ReadWriteCloser, codeFor func(error) quicgo.StreamErrorCode) int64 {
-	n, err := copyStream(dst, src)
+func pipe(dst, src io.ReadWriteCloser, codeFor func(error) quicgo.StreamErrorCode, last *atomic.Int64) int64 {
+	n, err := copyStream(dst, src, last)
 	var we *writeError
 	if se := (*quicgo.StreamError)(nil); errors.As(err, &we) && errors.As(we.err, &se) && se.Remote {
 		// dst's reader stopped reading (STOP_SENDING; quic-go has reset dst's send side with its
@@ -105,7 +157,7 @@ func (e *writeError) Unwrap() error { return e.err }
 
 // copyStream copies src to dst until EOF (a nil error) or a failure, with a pooled buffer
 // that grows for bulk transfers (copyBuf). A failure to write is a *writeError.
-func copyStream(dst io.Writer, src io.Reader) (int64, error) {
+func copyStream(dst io.Writer, src io.Reader, last *atomic.Int64) (int64, error) {
 	cb := newCopyBuf()
 	defer cb.release()
 	var total int64
@@ -113,6 +165,9 @@ func copyStream(dst io.Writer, src io.Reader) (int64, error) {
 		buf := cb.buf()
 		n, err := src.Read(buf)
 		if n > 0 {
+			if last != nil {
+				last.Store(time.Now().UnixNano())
+			}
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {

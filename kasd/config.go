@@ -64,6 +64,13 @@ type Config struct {
 	// connection. Waiting for GitLab never counts. Default DefaultClientStallTimeout (60s);
 	// negative: no limit.
 	ModuleStallTimeout time.Duration
+	// UpgradeHalfCloseTimeout bounds an upgraded connection (WebSocket, SPDY, a raw upgrade) once
+	// one direction has ended: the other must carry a byte this often or both are cut (HAProxy's
+	// timeout client-fin/server-fin). A client that went away without a word (its FIN read as a
+	// half-close) and a service that never closes its side held the tunnel, and its in-flight
+	// slot, for as long as the service lived. Default DefaultUpgradeHalfCloseTimeout (60s);
+	// negative: no limit.
+	UpgradeHalfCloseTimeout time.Duration
 	// MaxRequestTimeout caps the per-request timeout a client may ask for with the
 	// Qkas-Timeout header. Default 1h.
 	MaxRequestTimeout time.Duration
@@ -156,6 +163,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.ResponseHeaderTimeout == 0 {
 		c.ResponseHeaderTimeout = 60 * time.Second
+	}
+	if c.UpgradeHalfCloseTimeout == 0 {
+		c.UpgradeHalfCloseTimeout = DefaultUpgradeHalfCloseTimeout
 	}
 	if c.ClientStallTimeout == 0 {
 		c.ClientStallTimeout = DefaultClientStallTimeout

@@ -508,8 +508,12 @@ func (s *Server) upgrade(w http.ResponseWriter, tgt *target, resp *http.Response
 			return api.CodeClientCanceled.HTTPStatus(), false
 		}
 	}
-	sent, recv := httpstream.Splice(&clientConn{Conn: tgt.stall.connWriter(conn), r: brw.Reader}, back)
+	sent, recv, cut := httpstream.SpliceHalfClosed(&clientConn{Conn: tgt.stall.connWriter(conn), r: brw.Reader}, back, max(0, s.cfg.UpgradeHalfCloseTimeout))
 	tgt.acc.in.n, tgt.acc.out = sent, recv
+	if cut {
+		s.m.limitRejections.WithLabelValues("upgrade_half_close").Inc()
+		s.log.Debug().Str("request_id", tgt.requestID).Dur("limit", s.cfg.UpgradeHalfCloseTimeout).Msg("upgraded connection cut: one side had ended and the other was silent")
+	}
 	if tgt.stall.stalled() { // the client stopped reading: the session was cut
 		s.m.apiErrors.WithLabelValues(api.CodeClientTimeout.String()).Inc()
 		tgt.acc.code = api.CodeClientTimeout

@@ -13,6 +13,10 @@ import (
 // nginx's client_body_timeout and send_timeout.
 const DefaultClientStallTimeout = 60 * time.Second
 
+// DefaultUpgradeHalfCloseTimeout is Config.UpgradeHalfCloseTimeout's default
+// (--upgrade-half-close-timeout).
+const DefaultUpgradeHalfCloseTimeout = 60 * time.Second
+
 // clientStall bounds how long a client may keep one of its requests waiting on it
 // (Config.ClientStallTimeout): for bytes of the request body it announced, while kasd reads
 // them, or to take bytes of the response, while kasd's write to it is blocked. Time spent

@@ -18,6 +18,7 @@ import (
 
 	"github.com/qkas/qkas/agentd"
 	agentk8s "github.com/qkas/qkas/agentd/kubernetes"
+	"github.com/qkas/qkas/kasd"
 )
 
 // upgradeService switches to "test/1" and then, concurrently, reads the client's bytes to EOF
@@ -249,5 +250,68 @@ func TestKubernetesUpgradeServiceHalfClosesFirst(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Errorf("the API server never got the client's bytes")
+	}
+}
+
+// Once the client has half-closed an upgraded connection, the service must keep it moving:
+// silent for --upgrade-half-close-timeout, the tunnel is cut, and the service's connection and
+// the request's slot are let go. A client gone without a word (its FIN) and a service that never
+// closed its side held both for as long as the service lived (independent streaming review: 30
+// such sockets took every slot of --max-inflight-per-agent, and every request to the agent got
+// 503 overloaded). A service that keeps sending after the client's FIN is not cut.
+func TestUpgradeHalfClosedSilentIsCut(t *testing.T) {
+	const limit = 300 * time.Millisecond
+	serviceGone := make(chan error, 4)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test/1\r\n\r\n")
+		brw.Flush()
+		io.Copy(io.Discard, brw) // to the client's FIN
+		if r.URL.Path == "/talk" {
+			for i := range 10 { // 1 s of bytes, every 100 ms: longer than the limit in all
+				fmt.Fprintf(c, "%d\n", i)
+				time.Sleep(100 * time.Millisecond)
+			}
+			return
+		}
+		// Silent, its side never closed, until the agent lets the connection go: then a
+		// write fails (an empty one would not reach the socket; a byte after the cut may
+		// still be taken by the kernel, the next meets the reset).
+		time.Sleep(5 * limit)
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, err := c.Write([]byte{0}); err != nil {
+				serviceGone <- err
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		serviceGone <- nil
+	}))
+	t.Cleanup(svc.Close)
+	e := newEnv(t, func(c *kasd.Config) { c.UpgradeHalfCloseTimeout = limit })
+	a := e.startAgent("alpha", "r1", map[string]string{"web": svc.URL})
+	waitConnected(t, a, 1)
+
+	start := time.Now()
+	out, err := upgradeThrough(t, e.api.URL, "/api/v1/agents/alpha/proxy/web/silent", e.token(), []byte("hi"), true)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("silent: the tunnel lasted %v (%d bytes, %v)", d, len(out), err)
+	}
+	if err := <-serviceGone; err == nil {
+		t.Fatal("the service's connection was never closed")
+	}
+	waitCounter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "upgrade_half_close"}, 1)
+
+	out, err = upgradeThrough(t, e.api.URL, "/api/v1/agents/alpha/proxy/web/talk", e.token(), []byte("hi"), true)
+	if want := "0\n1\n2\n3\n4\n5\n6\n7\n8\n9\n"; err != nil || string(out) != want {
+		t.Errorf("talking: %q (%v), want %q", out, err, want)
+	}
+	if n := counter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "upgrade_half_close"}); n != 1 {
+		t.Errorf("upgrade_half_close counted %v times, want 1", n)
 	}
 }

@@ -64,6 +64,7 @@ type options struct {
 	responseHdrTimeout  time.Duration
 	clientStallTimeout  time.Duration
 	moduleStallTimeout  time.Duration
+	upgradeHalfClose    time.Duration
 	handshakeTimeout    time.Duration
 	maxPendingHandshake int
 	maxAgentConns       int
@@ -129,6 +130,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.routeTimeout, "route-timeout", 5*time.Second, "how long a request waits for its agent to connect before 503, counted from its arrival")
 	fs.DurationVar(&o.responseHdrTimeout, "response-header-timeout", 60*time.Second, "how long to wait for a response header from the agent, after the request body's last byte, before 504")
 	fs.DurationVar(&o.clientStallTimeout, "client-stall-timeout", kasd.DefaultClientStallTimeout, "how long a client may leave one read of the request body it announced, or one write of its response, waiting before its request ends with 408 client_timeout (waiting for the agent never counts); 0: no limit")
+	fs.DurationVar(&o.upgradeHalfClose, "upgrade-half-close-timeout", kasd.DefaultUpgradeHalfCloseTimeout, "once one side of an upgraded connection (WebSocket, SPDY) has closed, how long the other may stay silent before both are cut (kasd_limit_rejections_total{reason=\"upgrade_half_close\"}); 0: no limit")
 	fs.DurationVar(&o.moduleStallTimeout, "module-stall-timeout", kasd.DefaultClientStallTimeout, "how long an agent may leave one read of the body of its GitLab module request, or one write of GitLab's response to it, waiting before the request ends with 408 client_timeout (waiting for GitLab never counts); 0: no limit")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "how long an agent may take to send Hello")
 	fs.IntVar(&o.maxPendingHandshake, "max-pending-handshakes", 1000, "maximum agent connections not yet authenticated, and separately of TLS handshakes in progress; the excess is refused at once: before TLS with CONNECTION_REFUSED, after it with overloaded and a retry-after hint")
@@ -183,8 +185,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			"observability-read-header-timeout", "observability-idle-timeout", "observability-max-header-bytes", "observability-max-connections",
 			"agent-keep-alive-period", "agent-idle-timeout", "agent-busy-silence", "registry-ttl", "rebalance-min-age",
 			"gitlab-cache-ttl", "gitlab-negative-cache-ttl", "gitlab-rate-limit"),
-		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance", "client-stall-timeout", "module-stall-timeout"), // 0: none; --rebalance-tolerance 0: no margin
-		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),                                                  // negative: the system default
+		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance", "client-stall-timeout", "module-stall-timeout", "upgrade-half-close-timeout"), // 0: none; --rebalance-tolerance 0: no margin
+		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),                                                                                // negative: the system default
 		o.fleet.validate(),
 		listenAddressesSet(fs, "agent-listen", "api-listen", "observability-listen", "peer-listen"),
 		o.jwksNeedsKeys(),
@@ -358,27 +360,28 @@ func run(ctx context.Context, args []string) error {
 	}
 	apiDone := make(chan struct{}) // closed once the API server's Shutdown returned
 	srv, err := kasd.New(kasd.Config{
-		InstanceID:             instanceID,
-		Version:                version,
-		AgentAuth:              agentAuthenticator,
-		Modules:                modules,
-		Fleet:                  fleetCfg,
-		ClientAuth:             clientVerifier(o, jwtKey, jwks),
-		HandshakeTimeout:       o.handshakeTimeout,
-		RouteTimeout:           o.routeTimeout,
-		ResponseHeaderTimeout:  o.responseHdrTimeout,
-		ClientStallTimeout:     stallLimit(o.clientStallTimeout),
-		ModuleStallTimeout:     stallLimit(o.moduleStallTimeout),
-		MaxPendingHandshakes:   o.maxPendingHandshake,
-		MaxAgentConnections:    o.maxAgentConns,
-		MaxConnectionsPerAgent: o.maxConnsPerAgent,
-		MaxInflightPerAgent:    o.maxInflightPerAgent,
-		MaxInflightRequests:    o.maxInflightRequests,
-		MaxStreamsFromAgent:    o.budget.streamsPerAgent,
-		ModulesRatePerAgent:    o.budget.modulesRate,
-		AgentKeepAlivePeriod:   o.scale.keepAlive,
-		AgentBusySilence:       o.scale.busySilence,
-		ShutdownGrace:          o.shutdownGrace,
+		InstanceID:              instanceID,
+		Version:                 version,
+		AgentAuth:               agentAuthenticator,
+		Modules:                 modules,
+		Fleet:                   fleetCfg,
+		ClientAuth:              clientVerifier(o, jwtKey, jwks),
+		HandshakeTimeout:        o.handshakeTimeout,
+		RouteTimeout:            o.routeTimeout,
+		ResponseHeaderTimeout:   o.responseHdrTimeout,
+		ClientStallTimeout:      stallLimit(o.clientStallTimeout),
+		ModuleStallTimeout:      stallLimit(o.moduleStallTimeout),
+		UpgradeHalfCloseTimeout: stallLimit(o.upgradeHalfClose),
+		MaxPendingHandshakes:    o.maxPendingHandshake,
+		MaxAgentConnections:     o.maxAgentConns,
+		MaxConnectionsPerAgent:  o.maxConnsPerAgent,
+		MaxInflightPerAgent:     o.maxInflightPerAgent,
+		MaxInflightRequests:     o.maxInflightRequests,
+		MaxStreamsFromAgent:     o.budget.streamsPerAgent,
+		ModulesRatePerAgent:     o.budget.modulesRate,
+		AgentKeepAlivePeriod:    o.scale.keepAlive,
+		AgentBusySilence:        o.scale.busySilence,
+		ShutdownGrace:           o.shutdownGrace,
 		// The Server closes only once the API server closed its client connections (within
 		// the grace): no request reaches it closed.
 		ShutdownWaitsFor: func() bool {
