@@ -162,17 +162,15 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 	// no other kasd takes the agent (a single kasd restarting), leaving at once failed every
 	// request of the drain delay with agent_not_connected.
 	var leaving *agentConn
-	var leavingDraining bool
-	drainLeaving := func(l *agentConn, draining bool) {
-		if draining {
-			l.drainForKasd(ctx)
-		} else {
-			l.drain()
-		}
-	}
+	var leavingDraining bool // for the log line
+	// A connection left for balance or a draining kasd serves its requests to their end:
+	// nothing forces it to close before (kasd bounds its own drain by its grace; a move has
+	// the new connection up), and a watch, an event stream or a slow download on it was cut at
+	// DrainTimeout. DrainTimeout bounds it once this agent stops (drainForKasd).
+	drainLeaving := func(l *agentConn) { l.drainForKasd(ctx) }
 	defer func() {
 		if leaving != nil {
-			drainLeaving(leaving, leavingDraining)
+			drainLeaving(leaving)
 		}
 	}()
 	for ctx.Err() == nil {
@@ -234,7 +232,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 				msg = "moved away from a draining kasd: draining the old connection"
 			}
 			l.log.Info().Str("kas_instance_now", c.welcome.InstanceID).Msg(msg)
-			wg.Go(func() { drainLeaving(l, draining) })
+			wg.Go(func() { drainLeaving(l) })
 		}
 		reason := c.wait(ctx, c.announced.replaced)
 		for reason == "reload" { // the services changed: re-announce them (reload.go)
@@ -270,7 +268,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, dialer *quic.Dialer, wg *
 					wg.Go(func() { c.drainForKasd(ctx) })
 				}
 			} else {
-				wg.Go(func() { c.drain() })
+				wg.Go(func() { c.drainForKasd(ctx) }) // a second move while one is under way
 			}
 			continue
 		}

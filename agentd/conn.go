@@ -226,9 +226,11 @@ func (c *agentConn) drain() {
 	c.drainWithin(ctx)
 }
 
-// drainForKasd drains a connection whose kasd sent GoAway because it drains (no Prefer): kasd
-// serves its in-flight requests to their end within its own grace (its --shutdown-grace and
-// the context of its Shutdown), then closes the connection itself. So the requests here run
+// drainForKasd drains a connection whose kasd sent GoAway because it drains (no Prefer), or
+// asked it to move for balance (once the replacement is up): a draining kasd serves its
+// in-flight requests to their end within its own grace (its --shutdown-grace and the context
+// of its Shutdown), then closes the connection itself; after a move, kasd closes it once its
+// requests on it are done (the agent said it leaves), and nothing needs it gone before. So the requests here run
 // until they are done or kasd closes the connection, not for DrainTimeout: a stream longer
 // than that (a slow download on a loaded machine, a watch) would be cut under a kasd still
 // waiting for it, and its client would get a 200 with a truncated body. DrainTimeout bounds
