@@ -45,6 +45,7 @@ type fleetOptions struct {
 	rebalanceInterval  time.Duration
 	rebalanceTolerance float64
 	rebalanceMinAge    time.Duration
+	peerIdleTimeout    time.Duration
 }
 
 func (o *fleetOptions) register(fs *flag.FlagSet) {
@@ -66,6 +67,7 @@ func (o *fleetOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.embeddedPeerListen, "embedded-etcd-peer-listen", registry.DefaultEmbeddedPeerAddr, "peer address of the embedded etcd")
 	fs.DurationVar(&o.rebalanceInterval, "rebalance-interval", time.Second, "how often this kasd compares its agent connections with the fleet's average and, holding too many, asks one agent connection to move to the least loaded kasd (jittered ±50%; 0 or negative: never rebalance)")
 	fs.Float64Var(&o.rebalanceTolerance, "rebalance-tolerance", 0.1, "margin around the fleet's average connections per kasd, as a fraction of it, within which no connection is moved (0: no margin, connections move until every kasd is within one connection of another)")
+	fs.DurationVar(&o.peerIdleTimeout, "peer-idle-timeout", time.Second, "a peer link that has received nothing for this long is dead (keep-alives every quarter of it) and its requests fail over; raise it where kasd may be starved of CPU for longer (a shared, overloaded host), at the cost of noticing a dead peer later")
 	fs.DurationVar(&o.rebalanceMinAge, "rebalance-min-age", 5*time.Second, "a connection younger than this is never asked to move")
 }
 
@@ -120,7 +122,7 @@ func startFleet(o *options, f *fleetOptions, instanceID string, certs *kasdCerts
 		return nil, fmt.Errorf("--fleet-id: %w", err)
 	}
 	var peerTLS *tls.Config
-	peerQUIC := quic.Config{NoUDPGRO: !o.scale.gro}
+	peerQUIC := quic.Config{NoUDPGRO: !o.scale.gro, MaxIdleTimeout: f.peerIdleTimeout, KeepAlivePeriod: f.peerIdleTimeout / 4}
 	if f.peerCAFile != "" {
 		if peerTLS, err = quic.ClientTLSConfig(f.peerCAFile, ""); err != nil {
 			return nil, fmt.Errorf("--peer-ca-file: %w", err)

@@ -183,7 +183,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			"api-jwt-max-validity", "api-jwks-refresh",
 			"api-read-header-timeout", "api-idle-timeout", "api-max-header-bytes", "api-max-connections",
 			"observability-read-header-timeout", "observability-idle-timeout", "observability-max-header-bytes", "observability-max-connections",
-			"agent-keep-alive-period", "agent-idle-timeout", "agent-busy-silence", "registry-ttl", "rebalance-min-age",
+			"agent-keep-alive-period", "agent-idle-timeout", "agent-busy-silence", "registry-ttl", "rebalance-min-age", "peer-idle-timeout",
 			"gitlab-cache-ttl", "gitlab-negative-cache-ttl", "gitlab-rate-limit"),
 		cliconfig.NotNegative(fs, "drain-delay", "rebalance-tolerance", "client-stall-timeout", "module-stall-timeout", "upgrade-half-close-timeout"), // 0: none; --rebalance-tolerance 0: no margin
 		cliconfig.NotZero(fs, "udp-receive-buffer", "udp-send-buffer"),                                                                                // negative: the system default

@@ -174,15 +174,19 @@ func TestLimitFlagsRefuseWhatTheyWouldReplace(t *testing.T) {
 		{"--gitlab-rate-limit", "NaN"},
 		{"--gitlab-rate-limit", "0"},
 		{"--gitlab-cache-ttl", "0s"},
+		{"--peer-idle-timeout", "0s"},
 	} {
 		_, err := parseFlags(args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), args[0]) {
 			t.Errorf("%v: %v, want an error naming %s", args, err, args[0])
 		}
 	}
-	o, err := parseFlags([]string{"--drain-delay", "0s", "--rebalance-tolerance", "0", "--udp-receive-buffer", "-1"}, io.Discard)
+	o, err := parseFlags([]string{"--drain-delay", "0s", "--rebalance-tolerance", "0", "--udp-receive-buffer", "-1", "--peer-idle-timeout", "3s"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.fleet.peerIdleTimeout != 3*time.Second {
+		t.Errorf("--peer-idle-timeout 3s parsed as %v", o.fleet.peerIdleTimeout)
 	}
 	var fc kasd.FleetConfig
 	o.fleet.rebalance(&fc)
