@@ -23,6 +23,29 @@ func TestBodyFailsBeforeFirstByteGetsTypedAnswer(t *testing.T) {
 		sc.Write(api.AppendFrame(nil, &api.Response{Status: 200, ContentLength: 1000}))
 		sc.Close() // FIN: the body of 1000 bytes ends at 0
 	})
+	checkAnswered(t, e, true)
+}
+
+// A body that breaks in the same packet as its first bytes (head, 1,000 of its 8,000 bytes and
+// its end in one stream write: no read waits, so nothing is flushed before the failure): the
+// client gets the head and a body cut short, not a connection closed with no status, which the
+// handler's abort made of what sat in net/http's buffers (independent fault review: curl's
+// "Empty reply from server" in 11 of 15 tries).
+func TestBodyBreaksWithItsFirstBytesKeepsHead(t *testing.T) {
+	e := newEnv(t)
+	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
+		io.Copy(io.Discard, sc)
+		b := api.AppendFrame(nil, &api.Response{Status: 200, ContentLength: 8000})
+		sc.Write(append(b, make([]byte, 1000)...))
+		sc.Close()
+	})
+	checkAnswered(t, e, false)
+}
+
+// checkAnswered sends 100 POSTs at once to agent alpha: every one must get an answer, a typed
+// 502 agent_failed or a 200 whose body is cut; with typed, at least one of them a 502.
+func checkAnswered(t *testing.T, e *env, typedWanted bool) {
+	t.Helper()
 	client := loadClient(t)
 	type outcome struct {
 		status int
@@ -59,7 +82,7 @@ func TestBodyFailsBeforeFirstByteGetsTypedAnswer(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d answered 502 before any byte of the response left", typed, len(res))
-	if typed == 0 {
+	if typedWanted && typed == 0 {
 		t.Error("no response failed before its head left: the case under test did not happen")
 	}
 }

@@ -465,6 +465,11 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		s.m.apiErrors.WithLabelValues(code.String()).Inc()
 		tgt.acc.code = code
 		s.log.Debug().Str("agent_id", tgt.agentID).Str("request_id", tgt.requestID).Err(err).Msg("response body cut")
+		// What was written may still sit in net/http's buffers (a body that broke in the
+		// same packet as its first bytes: no read waited, nothing was flushed), and the abort
+		// would discard it with the head: the client saw the connection close with no status
+		// at all. Flushed, it sees the head and a body cut short, as from the service itself.
+		_ = http.NewResponseController(w).Flush()
 		return code.HTTPStatus(), true
 	}
 }

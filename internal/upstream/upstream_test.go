@@ -105,10 +105,20 @@ func TestUpstreamRetrySkipsStalePooledConnections(t *testing.T) {
 	up, srv, _ := upstreamFor(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
 	}), Options{})
-	// Three connections in the pool at once.
+	fillPool(t, up, srv.URL, 3)
+	srv.CloseClientConnections() // the service drops its idle keep-alive connections
+	time.Sleep(50 * time.Millisecond)
+	if _, body, err := get(t, up, srv.URL, "/"); err != nil || body != "ok" {
+		t.Fatalf("after the service closed every idle connection: %q %v", body, err)
+	}
+}
+
+// fillPool leaves n connections in up's pool: n GETs in flight at once, then read to their end.
+func fillPool(t *testing.T, up *Client, srvURL string, n int) {
+	t.Helper()
 	var resps []*http.Response
-	for range 3 {
-		req, _ := http.NewRequest("GET", srv.URL+"/", nil)
+	for range n {
+		req, _ := http.NewRequest("GET", srvURL+"/", nil)
 		resp, err := up.RoundTrip(req)
 		if err != nil {
 			t.Fatal(err)
@@ -118,11 +128,6 @@ func TestUpstreamRetrySkipsStalePooledConnections(t *testing.T) {
 	for _, resp := range resps {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-	}
-	srv.CloseClientConnections() // the service drops its idle keep-alive connections
-	time.Sleep(50 * time.Millisecond)
-	if _, body, err := get(t, up, srv.URL, "/"); err != nil || body != "ok" {
-		t.Fatalf("after the service closed every idle connection: %q %v", body, err)
 	}
 }
 
@@ -144,19 +149,7 @@ func TestUpstreamClosesIdleConnectionsOnTime(t *testing.T) {
 	u, _ := url.Parse(srv.URL)
 	up := New(u, Options{IdleTimeout: 100 * time.Millisecond})
 	t.Cleanup(up.CloseIdleConnections)
-	var resps []*http.Response
-	for range 3 {
-		req, _ := http.NewRequest("GET", srv.URL+"/", nil)
-		resp, err := up.RoundTrip(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resps = append(resps, resp)
-	}
-	for _, resp := range resps {
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}
+	fillPool(t, up, srv.URL, 3)
 	deadline := time.Now().Add(5 * time.Second)
 	for closed.Load() < 3 {
 		if time.Now().After(deadline) {

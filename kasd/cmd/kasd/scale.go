@@ -83,7 +83,7 @@ func watchTokens(ctx context.Context, g *errgroup.Group, authn kasd.AgentAuthent
 	}
 	store := tfa.Store
 	for _, c := range []prometheus.Collector{
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kasd_agent_tokens", Help: "Agents in the agent tokens file in use."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kasd_agent_tokens", Help: "Tokens (entries) in the agent tokens file in use: an agent whose token is being rotated has two."},
 			func() float64 { return float64(store.Len()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "kasd_agent_tokens_reloads_total", Help: "Reloads of the agent tokens file, by result (error: the previous file stays in use).", ConstLabels: prometheus.Labels{"result": "ok"}},
 			func() float64 { ok, _ := store.ReloadCounts(); return float64(ok) }),
@@ -97,10 +97,10 @@ func watchTokens(ctx context.Context, g *errgroup.Group, authn kasd.AgentAuthent
 	report := func(trigger string) func(error) {
 		return func(err error) {
 			if err != nil {
-				log.Error().Err(err).Str("trigger", trigger).Int("agents", store.Len()).Msg("agent tokens file not reloaded: keeping the previous one")
+				log.Error().Err(err).Str("trigger", trigger).Int("tokens", store.Len()).Msg("agent tokens file not reloaded: keeping the previous one")
 				return
 			}
-			log.Info().Str("trigger", trigger).Int("agents", store.Len()).Msg("agent tokens file reloaded")
+			log.Info().Str("trigger", trigger).Int("tokens", store.Len()).Msg("agent tokens file reloaded")
 		}
 	}
 	hup := make(chan os.Signal, 1)
