@@ -81,6 +81,17 @@ func (c *Client) PositiveCacheTTL() time.Duration { return c.cfg.PositiveCacheTT
 // concurrent lookups of one token share one request to GitLab. A cached admission keeps being
 // served while GitLab is down, until it expires.
 func (c *Client) AgentInfo(ctx context.Context, agentToken string) (*AgentInfo, error) {
+	return c.agentInfo(ctx, agentToken, false)
+}
+
+// AgentInfoFresh is AgentInfo asking GitLab whatever the cache holds (and caching its answer as
+// AgentInfo does): for checking again a token admitted a cache TTL ago, whose cached admission
+// may be as old as that (kasd's check of the connections in use).
+func (c *Client) AgentInfoFresh(ctx context.Context, agentToken string) (*AgentInfo, error) {
+	return c.agentInfo(ctx, agentToken, true)
+}
+
+func (c *Client) agentInfo(ctx context.Context, agentToken string, fresh bool) (*AgentInfo, error) {
 	if agentToken == "" {
 		return nil, api.Errorf(api.CodeUnauthenticated, "missing agent token")
 	}
@@ -92,8 +103,10 @@ func (c *Client) AgentInfo(ctx context.Context, agentToken string) (*AgentInfo, 
 		return nil, err
 	}
 	key := tokenKey(sha256.Sum256([]byte(agentToken)))
-	if info, err, ok := c.cacheGet(key); ok {
-		return info, err
+	if !fresh {
+		if info, err, ok := c.cacheGet(key); ok {
+			return info, err
+		}
 	}
 	c.metrics.cache.WithLabelValues(cacheMiss).Inc()
 
@@ -113,7 +126,7 @@ func (c *Client) AgentInfo(ctx context.Context, agentToken string) (*AgentInfo, 
 		defer c.lookups.Done()
 		v, err, _ := c.flights.Do(string(key[:]), func() (any, error) {
 			// A flight that finished between our cache miss and Do has filled the cache.
-			if e, ok := c.cacheLookup(key); ok {
+			if e, ok := c.cacheLookup(key); ok && !fresh {
 				return e.info, e.err
 			}
 			fctx, cancel := context.WithTimeout(flightCtx, c.cfg.Timeout)

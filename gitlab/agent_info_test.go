@@ -118,6 +118,28 @@ func TestAgentInfoRevokedIsNegativelyCached(t *testing.T) {
 	}
 }
 
+// AgentInfoFresh asks GitLab whatever the cache holds, and its answer replaces the cached one:
+// a token revoked after its admission was cached is seen at once (kasd's check of connections
+// in use), and a plain AgentInfo then gets the revocation too.
+func TestAgentInfoFreshSkipsCache(t *testing.T) {
+	e := newEnv(t, nil)
+	e.gl.AddAgent("tok-1", agent1)
+	if _, err := e.client.AgentInfo(t.Context(), "tok-1"); err != nil {
+		t.Fatal(err)
+	}
+	e.gl.RevokeAgent("tok-1")
+	if _, err := e.client.AgentInfo(t.Context(), "tok-1"); err != nil {
+		t.Fatalf("cached admission: %v", err)
+	}
+	_, err := e.client.AgentInfoFresh(t.Context(), "tok-1")
+	wantCode(t, err, api.CodeUnauthenticated)
+	_, err = e.client.AgentInfo(t.Context(), "tok-1")
+	wantCode(t, err, api.CodeUnauthenticated)
+	if n := e.gl.AgentInfoCalls(); n != 2 {
+		t.Errorf("AgentInfoCalls = %d, want 2", n)
+	}
+}
+
 func TestAgentInfoForbidden(t *testing.T) {
 	e := newEnv(t, nil)
 	e.gl.AddAgent("tok-1", agent1)

@@ -32,5 +32,9 @@ func (a GitLabAuth) reverifyAfter() time.Duration { return a.Client.PositiveCach
 
 // reverify implements reverifiedAuth.
 func (a GitLabAuth) reverify(ctx context.Context, token string) (string, error) {
-	return a.Authenticate(ctx, token)
+	info, err := a.Client.AgentInfoFresh(ctx, token) // not the cached admission, up to a TTL old
+	if err != nil {
+		return "", err
+	}
+	return info.ID(), nil
 }

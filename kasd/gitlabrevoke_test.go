@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,4 +122,45 @@ func TestGitLabRevokedTokenStopsForwardedRequests(t *testing.T) {
 		}
 	}
 	waitCounter(t, f.nodes[0].promReg, "kasd_agent_connections_total", map[string]string{"result": "revoked"}, 1)
+}
+
+// GitLab slow to answer a check does not hold the requests of the connection: they wait for the
+// check at most a second, then go on (the check goes on, shared: one question to GitLab).
+func TestGitLabReverifySlowDoesNotHoldRequests(t *testing.T) {
+	const ttl = 300 * time.Millisecond
+	e := newGitLabEnvClient(t, func(c *gitlab.Config) { c.PositiveCacheTTL = ttl; c.Timeout = 20 * time.Second })
+	e.gl.AddAgent("tok-slow", gitlab.AgentInfo{AgentID: 604})
+	a := e.startGitLabAgent("tok-slow", "pod-1", quic.Backoff{})
+	waitConnected(t, a.Agent, 1)
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	var asked atomic.Int64
+	e.gl.SetAgentInfoHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		http.Error(w, "slow", http.StatusServiceUnavailable)
+	}))
+	time.Sleep(2 * ttl)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			resp := e.do("GET", "/api/v1/agents/604/proxy/web/x", nil)
+			if body := readAll(t, resp); resp.StatusCode != http.StatusOK {
+				t.Errorf("while GitLab is slow: %d %q", resp.StatusCode, body)
+			}
+		})
+	}
+	wg.Wait()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("requests held %v by a check GitLab is slow to answer", d)
+	}
+	if n := asked.Load(); n != 1 {
+		t.Errorf("GitLab asked %d times for one connection's check, want 1", n)
+	}
+	once.Do(func() { close(release) })
 }

@@ -23,8 +23,8 @@ import (
 // nothing, and it is checked before the first request it would carry.
 
 // reverifiedAuth is an AgentAuthenticator whose admission of a token lasts reverifyAfter
-// (GitLabAuth). reverify checks a token again, without the per-source failure budget of a
-// new connection (SourceLimitedAuth).
+// (GitLabAuth). reverify checks a token again, asking its source whatever it cached, without the
+// per-source failure budget of a new connection (SourceLimitedAuth).
 type reverifiedAuth interface {
 	reverifyAfter() time.Duration
 	reverify(ctx context.Context, token string) (agentID string, err error)
@@ -33,44 +33,80 @@ type reverifiedAuth interface {
 const (
 	// reverifyRetry is how soon a connection is checked again when GitLab did not answer.
 	reverifyRetry = 30 * time.Second
-	// reverifyTimeout bounds the wait of a request for its connection's check (the GitLab
-	// client's own timeout bounds the question itself).
+	// reverifyTimeout bounds one check (the GitLab client's own timeout bounds the question).
 	reverifyTimeout = 10 * time.Second
+	// reverifyWait is how long a request waits for its connection's check before it goes on
+	// regardless: GitLab slow or down must not hold requests (the check goes on, and a token
+	// found revoked then closes the connection, its requests with it).
+	reverifyWait = time.Second
 )
 
 // reverifyState is a connection's side of the check.
 type reverifyState struct {
-	mu sync.Mutex // held during a check: one check per connection at a time
-	// due is when the connection's token is to be checked again (unix nanoseconds); 0 when
-	// its authenticator's admissions do not expire. Written under mu.
+	// due is when the connection's token is to be checked again (unix nanoseconds); 0 when its
+	// authenticator's admissions do not expire.
 	due atomic.Int64
+	mu  sync.Mutex    // guards running
+	run chan struct{} // the check under way, closed when it ends; nil if none
 }
 
 // stillAdmitted reports whether c may carry a request: false once its token was found revoked
-// (c is closed then). It asks the authenticator only when c's check is due.
+// (c is closed then). When c's check is due, one check runs (on a goroutine of the Server, not
+// bound to any request), and the request waits for it up to reverifyWait or its own end.
 func (s *Server) stillAdmitted(ctx context.Context, c *agentConn) bool {
 	if s.reverifier == nil {
 		return true
 	}
 	if time.Now().UnixNano() < c.reverify.due.Load() {
-		return true // not due: no lock on the request path
+		return !c.revoked.Load() // not due: no lock on the request path
 	}
 	c.reverify.mu.Lock()
-	defer c.reverify.mu.Unlock()
-	if time.Now().UnixNano() < c.reverify.due.Load() {
-		return true // checked by a request that held the lock before
+	run := c.reverify.run
+	if run == nil && time.Now().UnixNano() >= c.reverify.due.Load() && !c.revoked.Load() {
+		run = make(chan struct{})
+		c.reverify.run = run
+		if !s.goOwned(func() { s.reverify(c, run) }) {
+			c.reverify.run = nil
+			close(run) // closing: no check
+		}
 	}
-	if c.revoked.Load() {
-		return false
+	c.reverify.mu.Unlock()
+	if run != nil {
+		t := time.NewTimer(reverifyWait)
+		select {
+		case <-run:
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
 	}
-	rctx, cancel := context.WithTimeout(ctx, reverifyTimeout)
-	id, err := s.reverifier.reverify(rctx, c.token)
+	return !c.revoked.Load()
+}
+
+// reverify checks c's token and closes run when done.
+func (s *Server) reverify(c *agentConn, run chan struct{}) {
+	defer func() {
+		c.reverify.mu.Lock()
+		c.reverify.run = nil
+		c.reverify.mu.Unlock()
+		close(run)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), reverifyTimeout)
+	asked := make(chan struct{})
+	go func() { // ends with the question: Close does not wait for GitLab
+		select {
+		case <-s.quit:
+			cancel()
+		case <-asked:
+		}
+	}()
+	id, err := s.reverifier.reverify(ctx, c.token)
+	close(asked)
 	cancel()
 	switch {
 	case err == nil && id == c.agentID:
 		c.reverify.due.Store(time.Now().Add(s.reverifier.reverifyAfter()).UnixNano())
 		s.m.reverifications.WithLabelValues("ok").Inc()
-		return true
 	case err == nil || hasCode(err, api.CodeUnauthenticated) || hasCode(err, api.CodeForbidden):
 		s.m.reverifications.WithLabelValues("revoked").Inc()
 		why := "GitLab no longer admits its token"
@@ -78,13 +114,9 @@ func (s *Server) stillAdmitted(ctx context.Context, c *agentConn) bool {
 			why = "its token now names agent " + id
 		}
 		s.revokeToken(c.token, why)
-		return false
-	case ctx.Err() != nil:
-		return true // the request ended: the check is left to the next one
 	default:
 		s.m.reverifications.WithLabelValues("unavailable").Inc()
 		c.reverify.due.Store(time.Now().Add(reverifyRetry).UnixNano())
-		return true
 	}
 }
 

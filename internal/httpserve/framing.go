@@ -16,6 +16,11 @@ import (
 // Content-Length field line (framingScan); a request with a Transfer-Encoding on a connection
 // that has carried one is answered with Connection: close (closeAmbiguous).
 //
+// Under TLS the wrapper sees only encrypted bytes (net/http needs the *tls.Conn itself, so the
+// plaintext cannot be watched below it): there every HTTP/1.x request with a Transfer-Encoding
+// is answered with Connection: close, which costs a client that sends chunked uploads a
+// reconnect per upload and nothing else (HTTP/2 has no Transfer-Encoding).
+//
 // The scan is sticky and per connection, not per request: a client that sent a Content-Length
 // on an earlier request (or whose body held such a line) and a chunked request later has its
 // connection closed after the chunked one, which costs it a reconnect and nothing else. The
@@ -116,11 +121,14 @@ func connContext(ctx context.Context, nc net.Conn) context.Context {
 func closeAmbiguous(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(r.TransferEncoding) > 0 {
-			if c, ok := r.Context().Value(connKey{}).(*conn); ok && c.framing.sawContentLength() {
-				if c.srv.metrics != nil {
+			if c, ok := r.Context().Value(connKey{}).(*conn); ok {
+				switch {
+				case c.tls && r.ProtoMajor == 1:
+					w.Header().Set("Connection", "close") // not counted: every such request
+				case c.framing.sawContentLength():
 					c.srv.metrics.hit(c.srv.name, ReasonAmbiguousFraming)
+					w.Header().Set("Connection", "close")
 				}
-				w.Header().Set("Connection", "close")
 			}
 		}
 		h.ServeHTTP(w, r)

@@ -3,9 +3,11 @@ package httpserve
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -158,4 +160,59 @@ func FuzzFramingScan(f *testing.F) {
 			t.Fatal("a field at the start of a line was missed")
 		}
 	})
+}
+
+// Under TLS the connection's bytes are encrypted where the scan would see them: every HTTP/1.1
+// request with a Transfer-Encoding is answered with Connection: close, so the request hidden in
+// its body is never served (the scan found nothing there, and the connection stayed open).
+func TestAmbiguousFramingUnderTLS(t *testing.T) {
+	var mu sync.Mutex
+	var paths []string
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		mu.Unlock()
+		_, _ = io.WriteString(w, "ok")
+	})
+	s, err := New("api", h, Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := httptest.NewUnstartedServer(nil)
+	cert.StartTLS() // only for its certificate
+	s.TLSConfig = &tls.Config{Certificates: cert.TLS.Certificates}
+	cert.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = s.Serve(ln) })
+	t.Cleanup(func() { _ = s.Close(); wg.Wait() })
+
+	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if !resp.Close {
+		t.Error("the chunked request's answer did not close the connection")
+	}
+	if _, err := http.ReadResponse(br, nil); err == nil {
+		t.Error("a second response came: the request in the body was served")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(paths) != 1 || paths[0] != "/first" {
+		t.Errorf("served %v, want only /first", paths)
+	}
 }

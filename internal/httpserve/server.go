@@ -57,6 +57,7 @@ func New(name string, h http.Handler, l Limits, m *Metrics) (*Server, error) {
 func (s *Server) Serve(ln net.Listener) error {
 	ln = s.Listener(ln)
 	if s.TLSConfig != nil {
+		ln.(*limitListener).tls = true
 		ln = tls.NewListener(ln, s.TLSConfig)
 	}
 	err := s.Server.Serve(ln)
@@ -212,6 +213,7 @@ type limitListener struct {
 	closeOnce sync.Once
 	closeErr  error // of the first Close
 	open      prometheus.Gauge
+	tls       bool // wrapped in TLS by Serve (set before it accepts)
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -231,7 +233,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 	}
 	l.open.Inc()
-	c := &conn{Conn: rawio.Conn(nc), srv: l.srv, accepted: l.srv.now().UnixNano()} // raw reads and writes: internal/rawio
+	c := &conn{Conn: rawio.Conn(nc), srv: l.srv, accepted: l.srv.now().UnixNano(), tls: l.tls} // raw reads and writes: internal/rawio
 	c.release = func() {
 		<-l.sem
 		l.open.Dec()
@@ -270,6 +272,7 @@ type conn struct {
 	closeOnce      sync.Once
 	release        func()
 	framing        framingScan // framing.go
+	tls            bool        // served under TLS: its bytes here are encrypted (framing.go)
 }
 
 // unwrap returns the wrapper of a served connection (under TLS or not), or nil.
@@ -285,7 +288,9 @@ func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.readSinceIdle.Store(true)
-		c.framing.observe(p[:n])
+		if !c.tls {
+			c.framing.observe(p[:n])
+		}
 	}
 	if err != nil {
 		var ne net.Error
