@@ -273,12 +273,16 @@ func (c *agentConn) drainWithin(ctx context.Context) {
 		// buffer, or unread in kasd's receive buffer, which closing now would discard. kasd
 		// closes the connection once it has read every response on it (it knows the
 		// connection is leaving); wait for that, within the drain's bound.
-		var timeout <-chan time.Time
-		if !told || !served {
-			t := time.NewTimer(drainCloseWait)
-			defer t.Stop()
-			timeout = t.C
+		wait := drainCloseWait
+		if told && served {
+			// kasd closes it once it has read every response; one that does not (an older
+			// kasd, a stream it lost count of) is not waited for past DrainTimeout, however
+			// long the requests themselves ran (drainForKasd has no other bound).
+			wait = c.a.cfg.DrainTimeout
 		}
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout := t.C
 		select {
 		case <-c.qc.Context().Done():
 		case <-ctx.Done():

@@ -400,9 +400,13 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 	tgt.acc.out = n
 	if err != nil && !hw.wrote && !tgt.stall.stalled() && !errors.Is(err, httpstream.ErrClientWrite) && r.Context().Err() == nil {
 		// Nothing of the response has left: the client gets the failure as an answer.
-		clear(h) // the agent's fields are not the error's
+		conn := h["Connection"] // a close asked for this request (a drain, an upload left unread, two framings)
+		clear(h)                // the agent's fields are not the error's
 		ids := []string{tgt.requestID}
 		h[HeaderXRequestID], h[HeaderRequestID] = ids, ids
+		if conn != nil {
+			h["Connection"] = conn
+		}
 		code := api.CodeOf(err)
 		if code == api.CodeInternal || code == api.CodeProtocol {
 			code = api.CodeAgentFailed
@@ -469,7 +473,8 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		// same packet as its first bytes: no read waited, nothing was flushed), and the abort
 		// would discard it with the head: the client saw the connection close with no status
 		// at all. Flushed, it sees the head and a body cut short, as from the service itself.
-		_ = http.NewResponseController(w).Flush()
+		// Through the stall writer: a client that stopped reading cannot hold this flush.
+		_ = http.NewResponseController(tgt.stall.writer(&tgt.stallW, hw)).Flush()
 		return code.HTTPStatus(), true
 	}
 }

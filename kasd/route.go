@@ -354,8 +354,9 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 	// The agent's connection may grant no stream for a long time (its limit of concurrent
 	// streams taken by responses that go on): that wait is bounded as the wait for the head is,
 	// and the request, not sent, may go to another holder.
-	headerTimeout := s.headerTimeout(ctx) // deadline.go
-	octx, cancel := context.WithTimeout(ctx, headerTimeout)
+	// The wait for a stream is kasd's bound, whatever the client allows its head: a saturated
+	// connection should pass the request to another holder, not keep it for an hour.
+	octx, cancel := context.WithTimeout(ctx, s.cfg.ResponseHeaderTimeout)
 	st, err := h.c.qc.OpenStreamSync(octx)
 	cancel()
 	if err != nil {
@@ -366,7 +367,7 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 		}
 		if octx.Err() != nil {
 			return nil, s.attemptError(notSent(&api.Error{Code: api.CodeDeadlineExceeded,
-				Message: fmt.Sprintf("agent %s granted no stream within %s", h.c.agentID, headerTimeout),
+				Message: fmt.Sprintf("agent %s granted no stream within %s", h.c.agentID, s.cfg.ResponseHeaderTimeout),
 				Err:     httpstream.ErrHeaderTimeout}), "agent "+h.c.agentID)
 		}
 		return nil, notSent(httpstream.StreamError(err))
@@ -374,7 +375,7 @@ func (h localHolder) send(ctx context.Context, f *api.Request, body *httpstream.
 	s.m.openStreams.Inc()
 	sc := quic.NewStreamConn(h.c.qc, st)
 	resp, err := httpstream.RoundTrip(ctx, sc, f, body, &httpstream.Options{
-		ResponseHeaderTimeout: headerTimeout,
+		ResponseHeaderTimeout: s.headerTimeout(ctx), // deadline.go: the client's, if longer
 		Go:                    s.goOwned,
 		Done: func(clean bool, sent, recv int64) {
 			e.inflight.Add(-1)

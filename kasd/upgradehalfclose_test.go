@@ -260,7 +260,7 @@ func TestKubernetesUpgradeServiceHalfClosesFirst(t *testing.T) {
 // such sockets took every slot of --max-inflight-per-agent, and every request to the agent got
 // 503 overloaded). A service that keeps sending after the client's FIN is not cut.
 func TestUpgradeHalfClosedSilentIsCut(t *testing.T) {
-	const limit = 300 * time.Millisecond
+	const limit = time.Second
 	serviceGone := make(chan error, 4)
 	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, brw, err := http.NewResponseController(w).Hijack()
@@ -272,7 +272,7 @@ func TestUpgradeHalfClosedSilentIsCut(t *testing.T) {
 		brw.Flush()
 		io.Copy(io.Discard, brw) // to the client's FIN
 		if r.URL.Path == "/talk" {
-			for i := range 10 { // 1 s of bytes, every 100 ms: longer than the limit in all
+			for i := range 25 { // 2.5 s of bytes, every 100 ms: longer than the limit in all
 				fmt.Fprintf(c, "%d\n", i)
 				time.Sleep(100 * time.Millisecond)
 			}
@@ -281,7 +281,7 @@ func TestUpgradeHalfClosedSilentIsCut(t *testing.T) {
 		// Silent, its side never closed, until the agent lets the connection go: then a
 		// write fails (an empty one would not reach the socket; a byte after the cut may
 		// still be taken by the kernel, the next meets the reset).
-		time.Sleep(5 * limit)
+		time.Sleep(3 * limit)
 		deadline := time.Now().Add(20 * time.Second)
 		for time.Now().Before(deadline) {
 			if _, err := c.Write([]byte{0}); err != nil {
@@ -308,8 +308,12 @@ func TestUpgradeHalfClosedSilentIsCut(t *testing.T) {
 	waitCounter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "upgrade_half_close"}, 1)
 
 	out, err = upgradeThrough(t, e.api.URL, "/api/v1/agents/alpha/proxy/web/talk", e.token(), []byte("hi"), true)
-	if want := "0\n1\n2\n3\n4\n5\n6\n7\n8\n9\n"; err != nil || string(out) != want {
-		t.Errorf("talking: %q (%v), want %q", out, err, want)
+	var want strings.Builder
+	for i := range 25 {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	if err != nil || string(out) != want.String() {
+		t.Errorf("talking: %q (%v), want %q", out, err, want.String())
 	}
 	if n := counter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "upgrade_half_close"}); n != 1 {
 		t.Errorf("upgrade_half_close counted %v times, want 1", n)

@@ -653,7 +653,11 @@ func (b *upBody) Close() error {
 // ReadReady reports whether the service's bytes are already buffered, so that a Read does not
 // wait for the service (httpstream.ReadyReader: a stream's head is sent before a Read that
 // would wait). Bytes of a chunked body's framing count too: the service is sending.
-func (b *upBody) ReadReady() bool { return b.done || b.c.br.Buffered() > 0 }
+func (b *upBody) ReadReady() bool {
+	// A body that is empty by its framing (HEAD, 204, 304, Content-Length: 0) ends at once:
+	// its head must not be flushed alone, then its end in a second write (CopyBody).
+	return b.done || b.rc == http.NoBody || b.c.br.Buffered() > 0
+}
 
 func (b *upBody) finish(eof bool) {
 	if b.done {

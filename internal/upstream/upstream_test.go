@@ -376,6 +376,30 @@ func TestUpstreamBodyReadReady(t *testing.T) {
 	}
 }
 
+// A body empty by its framing (204, HEAD, Content-Length: 0) is ready at once: its head and its
+// end leave agentd in one write, not the head alone first (httpstream.CopyBody flushes a head
+// before a read that would wait).
+func TestUpstreamEmptyBodyReady(t *testing.T) {
+	up, srv, _ := upstreamFor(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/204" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.Header().Set("Content-Length", "0")
+	}), Options{})
+	for _, m := range []struct{ method, path string }{{"GET", "/204"}, {"GET", "/empty"}, {"HEAD", "/empty"}} {
+		req, _ := http.NewRequest(m.method, srv.URL+m.path, nil)
+		resp, err := up.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !resp.Body.(interface{ ReadReady() bool }).ReadReady() {
+			t.Errorf("%s %s: an empty body is not ready", m.method, m.path)
+		}
+		resp.Body.Close()
+	}
+}
+
 // A body of known length read whole is ready (its end is there, no wait): net/http's body
 // reader returns io.EOF with the last bytes, so httpstream.CopyBody ends a small response with
 // its head and body in one write with FIN, and sends the head early only when the rest of the

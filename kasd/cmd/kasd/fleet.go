@@ -132,7 +132,9 @@ func startFleet(o *options, f *fleetOptions, instanceID string, certs *kasdCerts
 			return nil, err
 		}
 	}
-	p.peerLn, err = quic.Listen(f.peerListen, certs.serverTLS(api.ALPNPeer), quic.Config{NoUDPGRO: !o.scale.gro})
+	// Both ends of a link: QUIC takes the smaller idle timeout of the two.
+	p.peerLn, err = quic.Listen(f.peerListen, certs.serverTLS(api.ALPNPeer), quic.Config{NoUDPGRO: !o.scale.gro,
+		MaxIdleTimeout: f.peerIdleTimeout, KeepAlivePeriod: f.peerIdleTimeout / 4})
 	if err != nil {
 		return nil, fmt.Errorf("--peer-listen: %w", err)
 	}
