@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"regexp"
@@ -64,10 +62,10 @@ func commandTable() []command {
 
 // commandFlags runs "kasctl name -h" and reads the flags its usage prints.
 func commandFlags(name string) []cmdFlag {
-	var stderr bytes.Buffer
-	_ = run(context.Background(), []string{name, "-h"}, io.Discard, &stderr)
+	var help bytes.Buffer
+	_ = run(context.Background(), []string{name, "-h"}, &help, io.Discard)
 	var flags []cmdFlag
-	lines := strings.Split(stderr.String(), "\n")
+	lines := strings.Split(help.String(), "\n")
 	for i, line := range lines {
 		m := defaultsFlag.FindStringSubmatch(line)
 		if m == nil {
@@ -259,12 +257,8 @@ func withEnv(args []string, lookup func(string) (string, bool)) ([]string, error
 			continue
 		}
 		arg := "--" + f.name + "=" + v
-		var stderr bytes.Buffer
-		if err := run(context.Background(), []string{cmd.name, arg, "-h"}, io.Discard, &stderr); !errors.Is(err, flag.ErrHelp) {
-			msg := "refused"
-			if err != nil {
-				msg = err.Error()
-			}
+		if err := run(context.Background(), []string{cmd.name, arg, "-h"}, io.Discard, io.Discard); err != nil {
+			msg := err.Error()
 			return nil, fmt.Errorf("environment variable %s=%q (--%s): %s", env, v, f.name, msg)
 		}
 		fromEnv = append(fromEnv, arg)

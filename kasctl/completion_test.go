@@ -177,8 +177,13 @@ func TestVersionFlag(t *testing.T) {
 }
 
 func TestHelpMentionsMainCommands(t *testing.T) {
-	_, errOut, code := kasctlMain(t, nil, "help")
-	if code != 2 || !strings.Contains(errOut, "usage: kasctl") || !strings.Contains(errOut, "completion SHELL") || !strings.Contains(errOut, "KASCTL_<FLAG>") {
-		t.Fatalf("exit %d:\n%s", code, errOut)
+	out, _, code := kasctlMain(t, nil, "help")
+	if code != 0 || !strings.Contains(out, "usage: kasctl") || !strings.Contains(out, "completion SHELL") || !strings.Contains(out, "KASCTL_<FLAG>") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	// Without a command it is a mistake: the same usage on stderr, exit status 2.
+	_, errOut, code := kasctlMain(t, nil)
+	if code != 2 || !strings.Contains(errOut, "completion SHELL") {
+		t.Fatalf("no command: exit %d:\n%s", code, errOut)
 	}
 }

@@ -38,8 +38,11 @@ func runMain(ctx context.Context, args []string, lookup func(string) (string, bo
 		return err
 	}
 	err = run(ctx, args, stdout, stderr)
-	if len(args) == 0 || len(args) == 1 && (args[0] == "help" || args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+	switch {
+	case len(args) == 0:
 		fmt.Fprint(stderr, mainUsage) // after run's usage: what main adds
+	case len(args) == 1 && (args[0] == "help" || args[0] == "-h" || args[0] == "-help" || args[0] == "--help"):
+		fmt.Fprint(stdout, mainUsage) // help asked for: on stdout, as run's
 	}
 	return err
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/qkas/qkas/auth"
 	"github.com/qkas/qkas/internal/buildinfo"
+	"github.com/qkas/qkas/internal/cliconfig"
 )
 
 // version is set at build time: -ldflags "-X main.version=v1.2.3".
@@ -41,9 +43,23 @@ type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
 
-// run runs kasctl with args (without the program name). Results go to
-// stdout, usage and warnings to stderr.
+// helpAsked is a usage asked for (-h, --help, help): run prints it on stdout and exits 0.
+type helpAsked struct{ text []byte }
+
+func (*helpAsked) Error() string { return "help asked for" }
+
+// run runs kasctl with args (without the program name). Results, and help asked for, go to
+// stdout; usage after a mistake, and warnings, to stderr.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	err := runCommand(ctx, args, stdout, stderr)
+	var h *helpAsked
+	if errors.As(err, &h) {
+		_, err = stdout.Write(h.text)
+	}
+	return err
+}
+
+func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return &usageError{"no command"}
@@ -65,8 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "version":
 		return runVersion(args, stdout, stderr)
 	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stderr, usage)
-		return flag.ErrHelp
+		return &helpAsked{[]byte(usage)}
 	}
 	msg := fmt.Sprintf("unknown command %q", cmd)
 	fmt.Fprintf(stderr, "kasctl: %s\n\n%s", msg, usage)
@@ -80,7 +95,7 @@ func exitCode(err error, stderr io.Writer) int {
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, flag.ErrHelp), errors.As(err, &ue):
+	case errors.As(err, &ue):
 		return 2
 	}
 	fmt.Fprintf(stderr, "kasctl: %v\n", err)
@@ -92,10 +107,10 @@ func newFlagSet(name, synopsis, about string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("kasctl "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: kasctl %s %s\n\n%s\n", name, synopsis, about)
+		fmt.Fprintf(fs.Output(), "usage: kasctl %s %s\n\n%s\n", name, synopsis, about)
 		if hasFlags(fs) {
-			fmt.Fprintln(stderr, "\nflags:")
-			fs.PrintDefaults()
+			fmt.Fprintln(fs.Output(), "\nflags:")
+			cliconfig.PrintDefaults(fs)
 		}
 	}
 	return fs
@@ -110,13 +125,11 @@ func hasFlags(fs *flag.FlagSet) (any bool) {
 // arguments (kasctl agent-token NAME --token-out F), and checks there are
 // exactly want positionals.
 func parseArgs(fs *flag.FlagSet, args []string, want int) ([]string, error) {
+	cliconfig.ExplainDurations(fs)
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, &usageError{err.Error()} // flag already printed it and the usage
+		if err := parse(fs, args); err != nil {
+			return nil, err
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -139,6 +152,24 @@ func parseArgs(fs *flag.FlagSet, args []string, want int) ([]string, error) {
 		return nil, &usageError{msg}
 	}
 	return pos, nil
+}
+
+// parse is fs.Parse(args) with -h's usage held back for stdout (helpAsked); after a mistake the
+// message and the usage go to fs's output (stderr), exit status 2.
+func parse(fs *flag.FlagSet, args []string) error {
+	stderr := fs.Output()
+	var buf bytes.Buffer
+	fs.SetOutput(&buf)
+	err := fs.Parse(args)
+	fs.SetOutput(stderr)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		return &helpAsked{buf.Bytes()}
+	}
+	stderr.Write(buf.Bytes()) //nolint:errcheck // nowhere else to report it
+	return &usageError{err.Error()}
 }
 
 func runSecret(_ context.Context, args []string, stdout, stderr io.Writer) error {

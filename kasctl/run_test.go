@@ -45,10 +45,7 @@ func TestUsage(t *testing.T) {
 		wantStderr string
 	}{
 		{nil, 2, "usage: kasctl <command>"},
-		{[]string{"-h"}, 2, "usage: kasctl <command>"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
-		{[]string{"jwt", "-h"}, 2, "usage: kasctl jwt"},
-		{[]string{"agent-token", "-h"}, 2, "--tokens-file FILE"},
 		{[]string{"agent-token"}, 2, "want 1 argument(s), got 0"},
 		{[]string{"agent-token", "a", "b"}, 2, `unexpected argument "b"`},
 		{[]string{"agent-token", "--bogus", "a"}, 2, "flag provided but not defined: -bogus"},
@@ -63,6 +60,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"jwt", "--secret-file", "/nonexistent/secret", "--agents", "a"}, 1, "secret file /nonexistent/secret: file does not exist"},
 		{[]string{"secret", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"version", "--x"}, 2, "flag provided but not defined"},
+		{[]string{"jwt", "--secret-file", "x", "--agents", "a", "--ttl", "5"}, 2, `invalid value "5" for flag -ttl: want a duration with a unit`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -72,6 +70,30 @@ func TestUsage(t *testing.T) {
 			}
 			if stdout != "" {
 				t.Fatalf("stdout = %q, want nothing", stdout)
+			}
+		})
+	}
+}
+
+// TestHelpOnStdout: help asked for is kasctl's output: stdout, exit status 0 (it went to stderr
+// with exit status 2, as a mistake does, so "kasctl jwt -h | less" showed nothing).
+func TestHelpOnStdout(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-h"}, "usage: kasctl <command>"},
+		{[]string{"--help"}, "usage: kasctl <command>"},
+		{[]string{"help"}, "usage: kasctl <command>"},
+		{[]string{"jwt", "-h"}, "usage: kasctl jwt"},
+		{[]string{"agent-token", "--help"}, "--tokens-file FILE"},
+		{[]string{"jwt", "--ttl", "1h", "-h"}, "-ttl duration"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			stdout, stderr, code := kasctl(t, tt.args...)
+			if code != 0 || !strings.Contains(stdout, tt.want) || stderr != "" {
+				t.Fatalf("exit %d, stdout:\n%s\nstderr:\n%s\nwant exit 0 and %q on stdout", code, stdout, stderr, tt.want)
 			}
 		})
 	}

@@ -17,6 +17,10 @@
 //
 // A flag given on the command line or in the environment under an alias (agentd's --service and
 // --services, kasctl's -o and --out: flags bound to the same variable) counts as given: neither
-// the environment nor the file adds to it. Libraries never read the environment: the mains pass
+// the environment nor the file adds to it.
+//
+// ExplainDurations makes a duration flag's refusal say that a unit is wanted (the flag package
+// says "parse error"), wherever the value came from; ShowUsage sends help asked for (-h) to
+// stdout and a usage after a mistake to stderr. Libraries never read the environment: the mains pass
 // os.LookupEnv.
 package cliconfig

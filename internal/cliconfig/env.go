@@ -59,7 +59,7 @@ func SetUsage(fs *flag.FlagSet, prefix, example string) {
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprintf(w, "usage: %s [flags]\n\n%s\nflags:\n", fs.Name(), EnvHelp(prefix, example))
-		fs.PrintDefaults()
+		PrintDefaults(fs)
 	}
 }
 
@@ -94,6 +94,9 @@ func (g givenFlags) has(f *flag.Flag) bool {
 // pointers to the variable (StringVar's *stringValue is the *string converted), and so are
 // this module's (StringList).
 func valuePointer(v flag.Value) (uintptr, bool) {
+	if u, ok := v.(interface{ Unwrap() flag.Value }); ok {
+		v = u.Unwrap()
+	}
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return 0, false

@@ -135,3 +135,48 @@ func TestSetUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestExplainDurations: a duration without a unit is explained wherever it is given (the flag
+// package said "parse error"), the usage still names the flag's type, and an alias of a
+// duration flag given on the command line still counts as given.
+func TestExplainDurations(t *testing.T) {
+	newFS := func() (*flag.FlagSet, *time.Duration) {
+		fs := flag.NewFlagSet("x", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		d := new(time.Duration)
+		fs.DurationVar(d, "wait", time.Second, "how long")
+		fs.DurationVar(d, "w", time.Second, "short for --wait")
+		fs.Int("n", 1, "a number")
+		ExplainDurations(fs)
+		return fs, d
+	}
+	const want = "want a duration with a unit"
+	fs, _ := newFS()
+	if err := fs.Parse([]string{"--wait", "5"}); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("command line: %v", err)
+	}
+	fs, _ = newFS()
+	if err := ApplyEnv(fs, "X", func(string) (string, bool) { return "5", true }); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "X_WAIT") {
+		t.Fatalf("environment: %v", err)
+	}
+	fs, _ = newFS()
+	if err := ApplyBytes(fs, "f.yaml", []byte("wait: 5\n")); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("config file: %v", err)
+	}
+	fs, d := newFS()
+	if err := fs.Parse([]string{"-w", "3s"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplyEnv(fs, "X", func(string) (string, bool) { return "9s", true }); err != nil || *d != 3*time.Second {
+		t.Fatalf("alias given on the command line: %v, %v (the environment must not override it)", err, *d)
+	}
+	var b strings.Builder
+	fs.SetOutput(&b)
+	PrintDefaults(fs)
+	if !strings.Contains(b.String(), "-wait duration") || strings.Contains(b.String(), "value") {
+		t.Fatalf("usage:\n%s", b.String())
+	}
+	if err := fs.Parse([]string{"--wait", "5"}); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("after PrintDefaults: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -97,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	})
 	o.obsHTTP.RegisterFlags(fs, "observability", "observability port", httpserve.Limits{MaxConnections: 64})
 	o.debug.RegisterFlags(fs, "127.0.0.1:6061")
+	cliconfig.ExplainDurations(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -152,7 +154,9 @@ func parseServices(list []string) (map[string]*url.URL, error) {
 }
 
 func run(ctx context.Context, args []string) error {
-	o, err := parseFlags(args, os.Stderr)
+	var usage bytes.Buffer
+	o, err := parseFlags(args, &usage)
+	cliconfig.ShowUsage(usage.Bytes(), err, os.Stdout, os.Stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil

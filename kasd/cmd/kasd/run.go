@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -158,6 +159,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o.fleet.register(fs)
 	o.scale.register(fs)
 	o.gitlab.register(fs)
+	cliconfig.ExplainDurations(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -219,7 +221,9 @@ func listenAddressesSet(fs *flag.FlagSet, names ...string) error {
 }
 
 func run(ctx context.Context, args []string) error {
-	o, err := parseFlags(args, os.Stderr)
+	var usage bytes.Buffer
+	o, err := parseFlags(args, &usage)
+	cliconfig.ShowUsage(usage.Bytes(), err, os.Stdout, os.Stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
