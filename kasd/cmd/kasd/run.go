@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -192,6 +193,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		o.fleet.validate(),
 		listenAddressesSet(fs, "agent-listen", "api-listen", "observability-listen", "peer-listen"),
 		o.jwksNeedsKeys(),
+		o.tlsHostsValid(),
 	); err != nil {
 		return nil, err
 	}
@@ -205,6 +207,43 @@ func (o *options) jwksNeedsKeys() error {
 		return errors.New("--api-jwks-issuer and --api-jwks-audience need --api-jwks-url or --api-jwks-file")
 	}
 	return nil
+}
+
+// tlsHostsValid refuses a --tls-hosts entry that cannot be a certificate's name (a URL, a
+// host:port, a name with spaces: the certificate was issued with it and no agent could verify
+// it), and --tls-hosts with a certificate of the operator's, which it does not change.
+func (o *options) tlsHostsValid() error {
+	if len(o.tlsHosts) > 0 && o.tlsCertFile != "" {
+		return errors.New("--tls-hosts names the development certificate's hosts; with --tls-cert-file it has no effect (put the names in that certificate)")
+	}
+	var errs []error
+	for _, h := range o.tlsHosts {
+		if net.ParseIP(h) == nil && !validDNSName(h) {
+			errs = append(errs, fmt.Errorf("--tls-hosts %q: want a host name or an IP address (no scheme, no port)", h))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validDNSName reports whether h is a DNS name a certificate can carry: dot-separated labels of
+// letters, digits and hyphens (not at a label's ends), at most 63 bytes each and 253 in all,
+// optionally under a leading "*." wildcard.
+func validDNSName(h string) bool {
+	h = strings.TrimPrefix(strings.TrimSuffix(h, "."), "*.")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range []byte(label) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // listenAddressesSet refuses an empty listen address: net.Listen reads "" as a random port on

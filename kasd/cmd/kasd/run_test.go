@@ -236,6 +236,25 @@ func TestEmptyListenAddressRefused(t *testing.T) {
 	}
 }
 
+// TestTLSHostsValidated: --tls-hosts entries that no certificate name can be (a URL, a
+// host:port) were written into the development certificate as they were, and agents dialling
+// the host could not verify it; with --tls-cert-file the flag was ignored in silence.
+func TestTLSHostsValidated(t *testing.T) {
+	for _, bad := range []string{"https://kas.example.com", "kas.example.com:8150", "kas example", "-kas.example.com", "kas..example.com"} {
+		if _, err := parseFlags([]string{"--tls-hosts", bad}, io.Discard); err == nil || !strings.Contains(err.Error(), "--tls-hosts") {
+			t.Errorf("--tls-hosts %q: %v, want an error naming the flag", bad, err)
+		}
+	}
+	for _, good := range []string{"kas.example.com", "kas", "*.kas.example.com", "10.0.0.7", "fd00::7", "kas-1.internal.", "KAS.example.com"} {
+		if _, err := parseFlags([]string{"--tls-hosts", good}, io.Discard); err != nil {
+			t.Errorf("--tls-hosts %q: %v", good, err)
+		}
+	}
+	if _, err := parseFlags([]string{"--tls-hosts", "kas.example.com", "--tls-cert-file", "c.pem", "--tls-key-file", "k.pem"}, io.Discard); err == nil || !strings.Contains(err.Error(), "no effect") {
+		t.Errorf("--tls-hosts with --tls-cert-file: %v", err)
+	}
+}
+
 // The replicas of a fleet given one --peer-secret-file share their stateless reset key (each its
 // own --data-dir), so that the replica a dead kasd's agents reach next resets their connections
 // at once; without a shared secret (or without a fleet) each data dir keeps a key of its own,
