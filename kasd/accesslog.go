@@ -59,6 +59,7 @@ type access struct {
 	peer   string // the peer the last attempt was forwarded to, if any
 	code   api.Code
 	status int
+	cut    string // the limit that cut an upgraded connection (upgrade_half_close), if any
 	in     countingBody // the client's request body
 	out    int64        // response body bytes written to the client
 }
@@ -153,7 +154,7 @@ func sampled(id string, rate float64) bool { return api.Sampled(id, rate) }
 // logAccess writes the entry kasd's access-log line for a finished request.
 func (s *Server) logAccess(r *http.Request, tgt *target) {
 	a := &tgt.acc
-	failed := a.status >= 400 || (a.code != api.CodeOK)
+	failed := a.status >= 400 || a.code != api.CodeOK || a.cut != ""
 	if !s.accessLogged(tgt.requestID, failed) {
 		return
 	}
@@ -169,6 +170,9 @@ func (s *Server) logAccess(r *http.Request, tgt *target) {
 		Int("status", a.status)
 	if a.code != api.CodeOK {
 		ev = ev.Str("code", a.code.String())
+	}
+	if a.cut != "" {
+		ev = ev.Str("cut", a.cut)
 	}
 	ev.Int64("bytes_in", a.in.n).
 		Int64("bytes_out", a.out).

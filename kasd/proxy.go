@@ -521,6 +521,7 @@ func (s *Server) upgrade(w http.ResponseWriter, tgt *target, resp *http.Response
 	sent, recv, cut := httpstream.SpliceHalfClosed(&clientConn{Conn: tgt.stall.connWriter(conn), r: brw.Reader}, back, max(0, s.cfg.UpgradeHalfCloseTimeout))
 	tgt.acc.in.n, tgt.acc.out = sent, recv
 	if cut {
+		tgt.acc.cut = "upgrade_half_close"
 		s.m.limitRejections.WithLabelValues("upgrade_half_close").Inc()
 		s.log.Debug().Str("request_id", tgt.requestID).Dur("limit", s.cfg.UpgradeHalfCloseTimeout).Msg("upgraded connection cut: one side had ended and the other was silent")
 	}

@@ -293,7 +293,8 @@ func TestUpgradeHalfClosedSilentIsCut(t *testing.T) {
 		serviceGone <- nil
 	}))
 	t.Cleanup(svc.Close)
-	e := newEnv(t, func(c *kasd.Config) { c.UpgradeHalfCloseTimeout = limit })
+	var logs logSink
+	e := newEnv(t, func(c *kasd.Config) { c.UpgradeHalfCloseTimeout = limit; c.Log = logs.logger() })
 	a := e.startAgent("alpha", "r1", map[string]string{"web": svc.URL})
 	waitConnected(t, a, 1)
 
@@ -306,6 +307,23 @@ func TestUpgradeHalfClosedSilentIsCut(t *testing.T) {
 		t.Fatal("the service's connection was never closed")
 	}
 	waitCounter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "upgrade_half_close"}, 1)
+	// The access line says why the session ended (it said 101 and nothing else).
+	cuts := func() (n int) {
+		for _, lines := range logs.access(t) {
+			for _, l := range lines {
+				if l["cut"] == "upgrade_half_close" && strings.HasSuffix(l["path"].(string), "/silent") {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	for deadline := time.Now().Add(5 * time.Second); cuts() == 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond) // the line follows the count
+	}
+	if n := cuts(); n != 1 {
+		t.Errorf("%d access lines say upgrade_half_close, want 1", n)
+	}
 
 	out, err = upgradeThrough(t, e.api.URL, "/api/v1/agents/alpha/proxy/web/talk", e.token(), []byte("hi"), true)
 	var want strings.Builder
