@@ -59,6 +59,8 @@ func (a *Agent) logAccess(res httpstream.Served, bytesIn, bytesOut int64, start 
 		status = code.HTTPStatus()
 	case res.HeadError != nil:
 		code = api.CodeServiceUnavailable // status is its 502 already
+	case res.TrailerError != nil:
+		code = api.CodeServiceUnavailable // the head said 200; the response was cut at its end
 	}
 	imp, impersonated := f.MetaValue("impersonate-user")
 	failed := status >= 400 || code != api.CodeOK

@@ -370,5 +370,9 @@ func (a *Agent) serveStream(ctx context.Context, sc *quic.StreamConn) {
 			a.m.limits.WithLabelValues("response_head_too_large").Inc()
 			a.m.serviceErrors.WithLabelValues(res.Head.Service).Inc()
 		}
+		if res.TrailerError != nil {
+			a.m.limits.WithLabelValues("response_trailers_too_large").Inc()
+			a.m.serviceErrors.WithLabelValues(res.Head.Service).Inc()
+		}
 	}
 }

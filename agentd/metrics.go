@@ -1,11 +1,13 @@
 package agentd
 
 import (
+	"errors"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/qkas/qkas/internal/upstream"
 	"github.com/qkas/qkas/quic"
 )
 
@@ -66,7 +68,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "agentd_config_reloads_total", Help: "Reloads of the agent's services (SIGHUP or a config file change) by result: ok, unchanged, or error (the old services stay).",
 	}, []string{"result"})
 	m.limits = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentd_limit_rejections_total", Help: "Limits of the stream protocol a service's answer hit, by reason (response_head_too_large: a response head over 64 KiB or 512 fields; the client got a 502 service_unavailable).",
+		Name: "agentd_limit_rejections_total", Help: "Limits a service's answer hit, by reason: response_head_too_large (a head over 64 KiB or 512 fields, or over what agentd reads; the client got a 502 service_unavailable), too_many_informational (more than 8 interim responses; 502), response_trailers_too_large (trailers over 32 KiB, 64 KiB encoded or 512 fields; the response is cut).",
 	}, []string{"reason"})
 	reg.MustRegister(m.connectFailures, m.configReloads, m.limits)
 	reg.MustRegister(m.connections, m.connectAttempts, m.tlsResumptions, m.goAways, m.openStreams, m.rejections,
@@ -81,4 +83,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 func (m *metrics) observe(service string, status int, d time.Duration) {
 	m.requests.WithLabelValues(service, strconv.Itoa(status)).Inc()
 	m.duration.WithLabelValues(service).Observe(d.Seconds())
+}
+
+// countLimit counts err in agentd_limit_rejections_total when it says a service's answer hit a
+// limit (internal/upstream's typed errors).
+func (m *metrics) countLimit(err error) {
+	switch {
+	case errors.Is(err, upstream.ErrResponseHeadTooLarge):
+		m.limits.WithLabelValues("response_head_too_large").Inc()
+	case errors.Is(err, upstream.ErrTooManyInformational):
+		m.limits.WithLabelValues("too_many_informational").Inc()
+	case errors.Is(err, upstream.ErrResponseTrailersTooLarge):
+		m.limits.WithLabelValues("response_trailers_too_large").Inc()
+	}
 }

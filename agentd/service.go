@@ -90,6 +90,7 @@ func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api
 	resp, err := s.transport.RoundTrip(out)
 	if err != nil {
 		s.m.serviceErrors.WithLabelValues(s.name).Inc()
+		s.m.countLimit(err)
 		httpstream.WriteError(w, serviceError(s.name, r.Context(), err))
 		return
 	}
@@ -131,6 +132,7 @@ func (s *urlService) ServeService(w http.ResponseWriter, r *http.Request, _ *api
 		// service's failure, even before the request's context has learnt it.
 		if r.Context().Err() == nil && !errors.Is(err, httpstream.ErrClientWrite) {
 			s.m.serviceErrors.WithLabelValues(s.name).Inc()
+			s.m.countLimit(err)
 		}
 		httpstream.WriteError(w, serviceError(s.name, r.Context(), err)) // resets: head sent
 		return

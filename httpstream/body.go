@@ -185,7 +185,12 @@ func (f *framedWriter) Write(p []byte) (int, error) {
 
 // writeTrailers ends the framed body.
 func (f *framedWriter) writeTrailers(h http.Header) error {
-	b, err := api.EncodeFrame(f.buf[:0], &api.Trailers{Header: dropInvalid(HeaderKVs(nil, h, false))})
+	kvs := dropInvalid(HeaderKVs(nil, h, false))
+	if len(kvs) > api.MaxHeaderFields {
+		// EncodeFrame checks the size only; the receiver also refuses more fields than this.
+		return &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("%d trailer fields, max %d", len(kvs), api.MaxHeaderFields), Err: api.ErrHeadTooLarge}
+	}
+	b, err := api.EncodeFrame(f.buf[:0], &api.Trailers{Header: kvs})
 	if err != nil {
 		return err
 	}

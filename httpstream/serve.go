@@ -24,6 +24,9 @@ type Served struct {
 	// api.MaxHeaderFields) and the peer got a service_unavailable error frame instead; Status
 	// is then that error's.
 	HeadError error
+	// TrailerError: the handler's trailers were over the limits, and the stream was reset as
+	// a service's failure after the body.
+	TrailerError error
 }
 
 // Serve runs the acceptor side of one request stream: it reads the head within headTimeout,
@@ -72,7 +75,7 @@ func ServeHead(ctx context.Context, sc *quic.StreamConn, f *api.Request, check f
 	}
 	w.Finish()
 	// After Finish, which may send the head (and find it over the limits).
-	out.Status, out.HeadError = w.Status(), w.HeadError()
+	out.Status, out.HeadError, out.TrailerError = w.Status(), w.HeadError(), w.TrailerError()
 	return out
 }
 

@@ -167,6 +167,9 @@ type ResponseWriter struct {
 	// headErr: the response head was over the limits and an error frame went in its place
 	// (appendHead); the response ends there.
 	headErr error
+	// trailerErr: the trailers were over the limits; the stream was reset as a service's
+	// failure after the body (the peer must not take the body for complete without them).
+	trailerErr error
 	// ended: an error frame ended the response (WriteError before the head, or headErr):
 	// nothing more is written, and Finish ends the stream with FIN.
 	ended   bool
@@ -428,6 +431,14 @@ func (w *ResponseWriter) Finish() {
 			}
 		}
 		if err := w.framed.writeTrailers(trailers); err != nil {
+			if errors.Is(err, api.ErrFrameTooLarge) || errors.Is(err, api.ErrHeadTooLarge) {
+				// Trailers over the limits are the service's answer, not the agent's fault:
+				// the peer learns so from the reset's code (kasd: service_unavailable).
+				w.trailerErr = err
+				w.releaseBuf()
+				w.sc.Abort(quic.StreamCodeServiceFailed)
+				return
+			}
 			w.err = err
 		}
 	}
@@ -454,6 +465,9 @@ func (w *ResponseWriter) endAfterError() {
 // HeadError returns why the response head was replaced by an error frame (over the limits),
 // or nil.
 func (w *ResponseWriter) HeadError() error { return w.headErr }
+
+// TrailerError returns why the response was reset at its trailers (over the limits), or nil.
+func (w *ResponseWriter) TrailerError() error { return w.trailerErr }
 
 // hasTrailerPrefix reports whether h has a key with http.TrailerPrefix.
 func hasTrailerPrefix(h http.Header) bool {

@@ -732,6 +732,10 @@ func TestClientTooManyHeaderFields(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get(api.HeaderError) != "too_large" {
 		t.Fatalf("status %d (Qkas-Error %q): %s; want 413 too_large", resp.StatusCode, resp.Header.Get(api.HeaderError), body)
 	}
+	// A limit hit is counted as one (it was only an API error).
+	if n := counter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "request_head_too_large"}); n != 1 {
+		t.Errorf("kasd_limit_rejections_total{reason=request_head_too_large} = %v, want 1", n)
+	}
 }
 
 // A client request head that no stream can carry (over api.MaxHeadSize encoded, under the API's
@@ -759,6 +763,7 @@ func TestClientHeadOverMaxHeadSize(t *testing.T) {
 		{"kasd_api_errors_total", map[string]string{"code": "too_large"}, 1},
 		{"kasd_retries_total", nil, 0},
 		{"kasd_limit_rejections_total", map[string]string{"reason": "response_head_too_large"}, 0},
+		{"kasd_limit_rejections_total", map[string]string{"reason": "request_head_too_large"}, 1},
 	} {
 		if n := counter(t, e.reg, c.name, c.labels); n != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, n, c.want)

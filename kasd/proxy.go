@@ -142,6 +142,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		// The agent would refuse the head (a 502 blamed on it): the client's fault, said here.
 		tgt.acc.fail(api.CodeTooLarge)
 		s.m.apiErrors.WithLabelValues(api.CodeTooLarge.String()).Inc()
+		s.m.limitRejections.WithLabelValues("request_head_too_large").Inc()
 		s.writeProxyError(w, r, tgt, api.Errorf(api.CodeTooLarge, "%d request header fields; at most %d reach an agent", len(f.Header), api.MaxHeaderFields))
 		return
 	}
@@ -150,6 +151,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, agentID, ser
 		// not as a request no holder took until the route timeout.
 		tgt.acc.fail(api.CodeTooLarge)
 		s.m.apiErrors.WithLabelValues(api.CodeTooLarge.String()).Inc()
+		s.m.limitRejections.WithLabelValues("request_head_too_large").Inc()
 		s.writeProxyError(w, r, tgt, api.Errorf(api.CodeTooLarge, "the request head (path, query and header fields) is %d bytes encoded; at most %d reach an agent", n-headReserve, api.MaxHeadSize-headReserve))
 		return
 	}

@@ -146,6 +146,22 @@ func New(u *url.URL, o Options) *Client {
 // ErrResponseHeadTooLarge: the service's response head exceeds the limit.
 var ErrResponseHeadTooLarge = errors.New("response head too large")
 
+// ErrTooManyInformational: the service sent more interim (1xx) responses than MaxInformational
+// before its final one.
+var ErrTooManyInformational = fmt.Errorf("more than %d interim (1xx) responses", MaxInformational)
+
+// ErrResponseTrailersTooLarge: the trailer section of the service's chunked response does not
+// fit the connection's read buffer (MaxTrailerBytes); net/http, which parses it, reads no
+// further ("suspiciously long trailer after chunked body").
+var ErrResponseTrailersTooLarge = fmt.Errorf("response trailers over %d bytes", MaxTrailerBytes)
+
+// MaxTrailerBytes bounds a chunked response's trailer section: the size of the connection's
+// read buffer, which net/http's chunked reader looks ahead in for the trailers' end.
+const MaxTrailerBytes = readBufferSize
+
+// readBufferSize is the size of a connection's read buffer.
+const readBufferSize = 32 << 10
+
 // RoundTrip sends req and returns the response; its body must be read to EOF or closed. A 101
 // response's body is an io.ReadWriteCloser over the connection. ctx ending aborts the exchange.
 func (u *Client) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -222,6 +238,10 @@ func PublicCause(err error) string {
 	switch {
 	case errors.Is(err, ErrResponseHeadTooLarge):
 		return "response head too large"
+	case errors.Is(err, ErrTooManyInformational):
+		return ErrTooManyInformational.Error()
+	case errors.Is(err, ErrResponseTrailersTooLarge):
+		return ErrResponseTrailersTooLarge.Error()
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection refused"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
@@ -418,7 +438,7 @@ func (u *Client) headLimit() int64 {
 	return 1 << 20
 }
 
-// readFinal reads responses until a final one (or 101), skipping at most five 1xx.
+// readFinal reads responses until a final one (or 101), skipping at most MaxInformational 1xx.
 func readFinal(br *bufio.Reader, req *http.Request) (*http.Response, error) {
 	var got1xx func(int, textproto.MIMEHeader) error
 	if trace := httptrace.ContextClientTrace(req.Context()); trace != nil {
@@ -446,7 +466,7 @@ func readFinal(br *bufio.Reader, req *http.Request) (*http.Response, error) {
 			}
 		}
 	}
-	return nil, fmt.Errorf("more than %d 1xx responses", MaxInformational)
+	return nil, ErrTooManyInformational
 }
 
 // peekConnection returns the values of the Connection fields of the response head buffered in
@@ -523,7 +543,7 @@ func (u *Client) get(ctx context.Context, withBody bool) (*upConn, bool, error) 
 		nc = tc
 	}
 	lr := &limitReader{r: nc, left: noLimit}
-	return &upConn{nc: nc, lr: lr, br: bufio.NewReaderSize(lr, 32<<10), bw: bufio.NewWriterSize(nc, 32<<10)}, false, nil
+	return &upConn{nc: nc, lr: lr, br: bufio.NewReaderSize(lr, readBufferSize), bw: bufio.NewWriterSize(nc, 32<<10)}, false, nil
 }
 
 // alive reports whether an idle connection can be reused: nothing buffered, and a non-blocking
@@ -641,9 +661,16 @@ func (b *upBody) Read(p []byte) (int, error) {
 		b.finish(true)
 	} else if err != nil {
 		b.finish(false)
+		if err.Error() == errLongTrailer {
+			err = fmt.Errorf("%w (%v)", ErrResponseTrailersTooLarge, err)
+		}
 	}
 	return n, err
 }
+
+// errLongTrailer is net/http's error for a trailer section longer than the read buffer (it
+// exports no variable for it).
+const errLongTrailer = "http: suspiciously long trailer after chunked body"
 
 func (b *upBody) Close() error {
 	b.finish(false)
