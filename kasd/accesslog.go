@@ -59,7 +59,7 @@ type access struct {
 	peer   string // the peer the last attempt was forwarded to, if any
 	code   api.Code
 	status int
-	cut    string // the limit that cut an upgraded connection (upgrade_half_close), if any
+	cut    string       // the limit that cut an upgraded connection (upgrade_half_close), if any
 	in     countingBody // the client's request body
 	out    int64        // response body bytes written to the client
 }

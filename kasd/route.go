@@ -420,6 +420,9 @@ func unacknowledged(err error) error {
 		return err
 	}
 	e := httpstream.StreamError(err)
+	if e.Code == api.CodeBadRequest {
+		return err // the client's body failed (bad chunking, a trailer over net/http's 4 KiB): its fault, said as it is
+	}
 	return &api.Error{Code: e.Code, Message: e.Message + " (the peer acknowledged nothing sent after the request)", Err: fmt.Errorf("%w: %w", errNotSent, err)}
 }
 

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,5 +150,44 @@ func TestServiceTrailerLimits(t *testing.T) {
 				t.Errorf("kasd_api_errors_total{code=agent_failed} = %v: the agent blamed for its service's trailers", n)
 			}
 		})
+	}
+}
+
+// A client's chunked request trailer over what net/http reads (its 4 KiB buffer) is the
+// client's fault: 400 bad_request saying so, not a message about the agent acknowledging
+// nothing (the limits audit), and not retried on another holder.
+func TestClientRequestTrailerOverReadBuffer(t *testing.T) {
+	e := newEnv(t)
+	var served atomic.Int64
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		io.Copy(io.Discard, r.Body)
+	}))
+	t.Cleanup(svc.Close)
+	waitConnected(t, e.startAgent("alpha", "pod-1", map[string]string{"web": svc.URL}), 1)
+	for _, size := range []int{3000, 5000} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.api.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "POST /api/v1/agents/alpha/proxy/web/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n5\r\nhello\r\n0\r\nX-T: %s\r\n\r\n", e.token(), strings.Repeat("t", size))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(t, resp)
+		c.Close()
+		if size == 3000 {
+			if resp.StatusCode != 200 {
+				t.Fatalf("a %d-byte trailer: %d %s", size, resp.StatusCode, body)
+			}
+			continue
+		}
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(api.HeaderError) != "bad_request" || strings.Contains(body, "acknowledged") || !strings.Contains(body, "trailer") {
+			t.Fatalf("a %d-byte trailer: %d %s %s, want 400 bad_request about the trailer", size, resp.StatusCode, resp.Header.Get(api.HeaderError), body)
+		}
+	}
+	if n := counter(t, e.reg, "kasd_retries_total", nil); n != 0 {
+		t.Errorf("kasd_retries_total = %v: a client's broken body was retried", n)
 	}
 }
