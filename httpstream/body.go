@@ -13,13 +13,16 @@ import (
 // errBodyTooLong: the peer sent more body bytes than the head's content length.
 var errBodyTooLong = &api.Error{Code: api.CodeProtocol, Message: "body longer than its content length"}
 
+// errBodyTooShort: a framed body ended (its trailers) before the head's content length.
+var errBodyTooShort = &api.Error{Code: api.CodeProtocol, Message: "body shorter than its content length"}
+
 // bodyReader reads a message body from a stream: raw bytes up to the content length (or FIN),
 // or, for FlagFramed, data frames ended by a trailers frame. A body shorter than its content
 // length, cut by a reset, or longer than declared is an error, never a clean EOF: a truncated
 // body must never look complete.
 type bodyReader struct {
 	r         io.Reader
-	remaining int64 // raw bodies: bytes still due, -1 = up to FIN
+	remaining int64 // bytes still due by the content length, -1 = not declared (raw bodies: up to FIN)
 	framed    bool
 	frameLeft int         // framed bodies: bytes left in the current data frame
 	trailer   http.Header // framed bodies: filled from the trailers frame; may be nil
@@ -132,8 +135,19 @@ func (b *bodyReader) readFramed(p []byte) (int, error) {
 		}
 		switch t {
 		case api.TypeData:
+			if b.remaining >= 0 {
+				// A framed body with a declared length (a sender may declare both): its data
+				// must add up to it, as a raw body's bytes must.
+				if int64(n) > b.remaining {
+					return 0, errBodyTooLong
+				}
+				b.remaining -= int64(n)
+			}
 			b.frameLeft = n
 		case api.TypeTrailers:
+			if b.remaining > 0 {
+				return 0, errBodyTooShort
+			}
 			buf := make([]byte, api.FrameHeaderSize+n)
 			buf[0], buf[1], buf[2], buf[3] = byte(t), byte(n>>16), byte(n>>8), byte(n)
 			if _, err := io.ReadFull(b.r, buf[api.FrameHeaderSize:]); err != nil {

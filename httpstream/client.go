@@ -440,6 +440,7 @@ func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Res
 				return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: "a second accepted frame, or one after an interim response", Err: api.ErrUnexpectedFrame})
 			}
 			accepted = true
+			x.answered.Store(true)
 			if writer != nil {
 				writer.open()
 			}
@@ -452,6 +453,7 @@ func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Res
 					return nil, x.fail(&api.Error{Code: api.CodeProtocol, Message: fmt.Sprintf("more than %d informational responses", api.MaxInformational), Err: ErrTooManyInformational})
 				}
 				accepted = true // a response implies accepted
+				x.answered.Store(true)
 				if trace := httptrace.ContextClientTrace(x.ctx); trace != nil && trace.Got1xxResponse != nil {
 					// The caller passes it on (kasd: to its client; 103 Early Hints).
 					h := make(http.Header, len(m.Header))
@@ -460,6 +462,7 @@ func (x *exchange) readResponse(req *api.Request, writer *bodyWriter) (*http.Res
 				}
 				continue
 			}
+			x.answered.Store(true)
 			if writer != nil {
 				writer.open() // an answer came: whatever the gate held may go now
 			}
@@ -501,6 +504,8 @@ func (x *exchange) response(req *api.Request, m *api.Response) *http.Response {
 	}
 	if m.Has(api.FlagFramed) {
 		resp.Trailer = http.Header{}
+	} else {
+		delete(resp.Header, "Trailer") // announces trailers only in a framed response's head
 	}
 	x.body.x = x
 	x.body.r = &x.br
@@ -627,7 +632,11 @@ type exchange struct {
 	ctx  context.Context
 	opts Options
 
-	timedOut   atomic.Bool
+	timedOut atomic.Bool
+	// answered: accepted, an interim response or the response head came. The request is being
+	// processed: a refusal can no longer come (api/SPEC.md), and a reset that says so is the
+	// peer's protocol error, not a request another holder may take.
+	answered   atomic.Bool
 	head       headerClock
 	stopCancel func() bool
 	finished   atomic.Bool
@@ -709,6 +718,8 @@ func (x *exchange) fail(err error) error {
 		return api.Errorf(api.CodeDeadlineExceeded, "request deadline exceeded")
 	case x.ctx.Err() != nil:
 		return &api.Error{Code: api.CodeClientCanceled, Message: "request canceled", Err: x.ctx.Err()}
+	case errors.As(err, &se) && se.Remote && (se.ErrorCode == quic.StreamCodeRefused || se.ErrorCode == quic.StreamCodeOverloaded) && x.answered.Load():
+		return &api.Error{Code: api.CodeProtocol, Message: "the peer refused the stream after it had accepted or answered the request", Err: err}
 	case errors.As(err, &se) && se.Remote && se.ErrorCode == quic.StreamCodeRefused:
 		return &RemoteError{Err: &api.Error{Code: api.CodeShuttingDown, Message: "the peer refused the stream", Err: err}}
 	case errors.As(err, &se) && se.Remote && se.ErrorCode == quic.StreamCodeOverloaded:

@@ -73,10 +73,14 @@ func AddKVs(h http.Header, kvs []api.KV, upgrade bool) {
 	// The values of new keys are cut from one slice (capacity-limited, so that an append
 	// copies), as net/textproto does: one allocation instead of one per field.
 	var slab []string
+	named := connectionNamed(kvs)
 	for _, kv := range kvs {
 		k := http.CanonicalHeaderKey(kv.Key)
 		if hopHeaders[k] && !(upgrade && k == "Upgrade") && k != "Trailer" {
 			continue
+		}
+		if named != nil && contains(named, k) && !(upgrade && k == "Upgrade") {
+			continue // a field the Connection field names is hop-by-hop too (RFC 9110 §7.6.1)
 		}
 		if vs, ok := h[k]; ok {
 			h[k] = append(vs, kv.Value)
@@ -88,6 +92,24 @@ func AddKVs(h http.Header, kvs []api.KV, upgrade bool) {
 		slab[0] = kv.Value
 		h[k], slab = slab[:1:1], slab[1:]
 	}
+}
+
+// connectionNamed returns the canonical names of the fields that kvs's Connection fields name
+// (nil when there are none: the common case costs one pass and no allocation). A peer should
+// not have sent them (api/SPEC.md), and a receiver drops them.
+func connectionNamed(kvs []api.KV) []string {
+	var named []string
+	for _, kv := range kvs {
+		if len(kv.Key) != len("Connection") || !strings.EqualFold(kv.Key, "Connection") {
+			continue
+		}
+		for _, t := range strings.Split(kv.Value, ",") {
+			if t = textproto.TrimString(t); t != "" {
+				named = append(named, http.CanonicalHeaderKey(t))
+			}
+		}
+	}
+	return named
 }
 
 // IsUpgrade reports whether r asks for a protocol upgrade (WebSocket, SPDY): a Connection

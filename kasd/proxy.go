@@ -301,7 +301,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, tgt *target,
 	}
 	e := asAPIError(err, api.CodeAgentFailed)
 	if remote {
-		e = remoteAnswer(e, err)
+		e = remoteAnswer(e, err, tgt.agentID)
 	}
 	switch {
 	case tgt.stall.firedRead():
@@ -340,9 +340,9 @@ const maxRemoteRetryAfter = 30 * time.Second
 // remoteAnswer is what the client is told of e, the typed answer of an agent or a peer (err).
 // client_canceled and client_timeout are kasd's own records of its client, never an answer:
 // from an agent (agentd's request context ended under it) they are a failure of the agent's.
-func remoteAnswer(e *api.Error, err error) *api.Error {
+func remoteAnswer(e *api.Error, err error, agentID string) *api.Error {
 	if !remoteAnswers[e.Code] {
-		return &api.Error{Code: api.CodeAgentFailed, Message: "the agent gave up the request (" + e.Code.String() + "): " + e.Message, Err: err}
+		return &api.Error{Code: api.CodeAgentFailed, Message: "agent " + agentID + " gave up the request (" + e.Code.String() + "): " + e.Message, Err: err}
 	}
 	if e.RetryAfter > maxRemoteRetryAfter {
 		c := *e
@@ -416,8 +416,10 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		if tgt.dl.totalPassed() {
 			s.countDeadline(tgt.dl)
 			code = api.CodeDeadlineExceeded
+		} else {
+			s.countPeerLimit(err)
 		}
-		return s.proxyError(w, r, tgt, &api.Error{Code: code, Message: "the response failed before its first byte: " + errString(err), Err: err}), false
+		return s.proxyError(w, r, tgt, &api.Error{Code: code, Message: "agent " + tgt.agentID + ": the response failed before its first byte: " + errString(err), Err: err}), false
 	}
 	hw.writeHead()
 	switch {
@@ -469,6 +471,7 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 			return code.HTTPStatus(), false
 		}
 		s.m.apiErrors.WithLabelValues(code.String()).Inc()
+		s.countPeerLimit(err)
 		tgt.acc.code = code
 		s.log.Debug().Str("agent_id", tgt.agentID).Str("request_id", tgt.requestID).Err(err).Msg("response body cut")
 		// What was written may still sit in net/http's buffers (a body that broke in the

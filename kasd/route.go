@@ -135,6 +135,7 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 		lastRoute   = "none"
 		attempts    int
 		retriedOnce bool
+		again       string // the holder whose failure the one retry is for
 	)
 	for attempts < maxRouteAttempts {
 		// Take the change channels before looking, so that no change between the look and
@@ -147,6 +148,10 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 		hs, err := s.holders(tgt.agentID, tgt.service, tried)
 		if err != nil {
 			return routeResult{route: lastRoute}, err
+		}
+		if len(hs) == 0 && again != "" {
+			hs = s.holderAgain(tgt, tried, again)
+			again = ""
 		}
 		if len(hs) > 0 {
 			s.observeWait(waitFrom)
@@ -191,7 +196,7 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 				if retriedOnce {
 					return routeResult{route: lastRoute}, err
 				}
-				retriedOnce = true
+				retriedOnce, again = true, h.key()
 			default:
 				return routeResult{route: lastRoute}, err
 			}
@@ -331,6 +336,24 @@ func (s *Server) holders(agentID, service string, tried map[string]int) ([]holde
 	return append(out, silent...), nil
 }
 
+// holderAgain returns the holder keyed again, if it still holds the agent, for the one retry of
+// an idempotent request when no other holder is there: its stream failed, not necessarily its
+// connection (an agent that ended a stream before its head), and waiting for another holder
+// held the client until --route-timeout for a 502 it could have had at once. A holder that is
+// gone (its connection closed) is not there: the wait for another goes on.
+func (s *Server) holderAgain(tgt *target, tried map[string]int, again string) []holder {
+	n := tried[again]
+	delete(tried, again)
+	hs, _ := s.holders(tgt.agentID, tgt.service, tried)
+	tried[again] = n
+	for _, h := range hs {
+		if h.key() == again {
+			return []holder{h}
+		}
+	}
+	return nil
+}
+
 // localHolder is one of this kasd's connections to the agent.
 type localHolder struct {
 	s *Server
@@ -452,15 +475,10 @@ func (s *Server) attemptError(err error, who string) error {
 	if err == nil {
 		return nil
 	}
-	switch {
-	case errors.Is(err, httpstream.ErrHeaderTimeout):
+	if errors.Is(err, httpstream.ErrHeaderTimeout) {
 		s.m.limitRejections.WithLabelValues("response_header_timeout").Inc()
-	case errors.Is(err, api.ErrFrameTooLarge), errors.Is(err, api.ErrHeadTooLarge):
-		s.m.limitRejections.WithLabelValues("response_head_too_large").Inc()
-	case errors.Is(err, httpstream.ErrTooManyInformational):
-		s.m.limitRejections.WithLabelValues("too_many_informational").Inc()
-	case api.CodeOf(err) == api.CodeProtocol:
-		s.m.limitRejections.WithLabelValues("protocol_error").Inc()
+	} else {
+		s.countPeerLimit(err)
 	}
 	var re *httpstream.RemoteError
 	if errors.As(err, &re) || errors.Is(err, errNotSent) {
@@ -471,7 +489,25 @@ func (s *Server) attemptError(err error, who string) error {
 		// The client should see whom to blame; a protocol violation is the agent's failure.
 		return &api.Error{Code: api.CodeAgentFailed, Message: who + ": " + e.Message, Err: err}
 	}
+	if errors.As(err, &e) && errors.Is(err, httpstream.ErrHeaderTimeout) {
+		return &api.Error{Code: e.Code, Message: who + ": " + e.Message, Err: err} // whose head was late
+	}
 	return err
+}
+
+// countPeerLimit counts, in kasd_limit_rejections_total, a limit of the stream protocol that
+// what an agent or a peer sent hit (err from its response head, or from its body: trailers
+// over the limits, a data frame over MaxDataSize, body bytes past the content length), and any
+// other protocol error as protocol_error.
+func (s *Server) countPeerLimit(err error) {
+	switch {
+	case errors.Is(err, api.ErrFrameTooLarge), errors.Is(err, api.ErrHeadTooLarge):
+		s.m.limitRejections.WithLabelValues("response_head_too_large").Inc()
+	case errors.Is(err, httpstream.ErrTooManyInformational):
+		s.m.limitRejections.WithLabelValues("too_many_informational").Inc()
+	case api.CodeOf(err) == api.CodeProtocol:
+		s.m.limitRejections.WithLabelValues("protocol_error").Inc()
+	}
 }
 
 func resultLabel(err error) string {
