@@ -3,6 +3,7 @@ package kasd
 import (
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/qkas/qkas/api"
@@ -60,6 +61,7 @@ type access struct {
 	code   api.Code
 	status int
 	cut    string       // the limit that cut an upgraded connection (upgrade_half_close), if any
+	cause  string       // why the request failed, when it did (logged cut to maxCauseLog bytes)
 	in     countingBody // the client's request body
 	out    int64        // response body bytes written to the client
 }
@@ -71,6 +73,31 @@ func (a *access) setCaller(c *auth.ClientClaims) {
 		a.imp = c.Impersonate.User
 	}
 }
+
+// setCause records why the request failed, cut to maxCauseLog bytes (an agent's message may be
+// up to a frame long).
+func (a *access) setCause(msg string) {
+	if len(msg) > maxCauseLog {
+		msg = msg[:maxCauseLog] + "…"
+	}
+	a.cause = msg
+}
+
+// fullCause is e's message and, beneath it, the error it wraps, addresses included: for the
+// log, never for the client.
+func fullCause(e *api.Error) string {
+	if e.Err == nil {
+		return e.Message
+	}
+	inner := e.Err.Error()
+	if strings.Contains(e.Message, inner) {
+		return e.Message
+	}
+	return e.Message + " (" + inner + ")"
+}
+
+// maxCauseLog bounds the error text of an access line.
+const maxCauseLog = 512
 
 // fail records an error answered by kasd.
 func (a *access) fail(code api.Code) {
@@ -173,6 +200,9 @@ func (s *Server) logAccess(r *http.Request, tgt *target) {
 	}
 	if a.cut != "" {
 		ev = ev.Str("cut", a.cut)
+	}
+	if a.cause != "" {
+		ev = ev.Str("error", a.cause)
 	}
 	ev.Int64("bytes_in", a.in.n).
 		Int64("bytes_out", a.out).

@@ -39,6 +39,13 @@ func (l *logSink) Write(p []byte) (int, error) {
 	return l.buf.Write(p)
 }
 
+// String is what was logged.
+func (l *logSink) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
 // access returns the access-log lines by request id.
 func (l *logSink) access(t *testing.T) map[string][]map[string]any {
 	l.mu.Lock()

@@ -157,7 +157,8 @@ func TestAgentBodyLimitRefusalsCounted(t *testing.T) {
 // Typed errors caused by the agent name it, as 502s for frame errors did ("agent alpha: ...");
 // these did not.
 func TestAgentErrorsNameTheAgent(t *testing.T) {
-	e := newEnv(t)
+	var logs logSink
+	e := newEnv(t, func(c *kasd.Config) { c.Log = logs.logger() })
 	e.startFakeAgent("alpha", []string{"web"}, func(sc *quic.StreamConn, f *api.Request) {
 		switch f.Target {
 		case "/longbody":
@@ -173,6 +174,28 @@ func TestAgentErrorsNameTheAgent(t *testing.T) {
 		body := readAllAny(resp)
 		if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "agent alpha") {
 			t.Errorf("%s: %d %s; want a 502 whose message names agent alpha", p, resp.StatusCode, body)
+		}
+	}
+	// The cause is in the access line at the default level (it was logged at debug only).
+	want := map[string]string{"/longbody": "body longer than its content length", "/unauth": "forged"}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		found := 0
+		for _, lines := range logs.access(t) {
+			for _, l := range lines {
+				path, _ := l["path"].(string)
+				cause, _ := l["error"].(string)
+				for p, w := range want {
+					if strings.HasSuffix(path, p) && strings.Contains(cause, w) {
+						found++
+					}
+				}
+			}
+		}
+		if found == len(want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("access lines without their causes:\n%s", logs.String())
 		}
 	}
 }

@@ -313,6 +313,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, tgt *target,
 	}
 	s.m.apiErrors.WithLabelValues(e.Code.String()).Inc()
 	tgt.acc.code = e.Code
+	tgt.acc.setCause(fullCause(e))
 	s.log.Debug().Str("agent_id", tgt.agentID).Str("request_id", tgt.requestID).Str("code", e.Code.String()).Str("error", e.Message).Msg("proxy error")
 	if e.Code == api.CodeClientCanceled {
 		return e.Code.HTTPStatus()
@@ -473,6 +474,7 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		s.m.apiErrors.WithLabelValues(code.String()).Inc()
 		s.countPeerLimit(err)
 		tgt.acc.code = code
+		tgt.acc.setCause("response body cut: " + errString(err))
 		s.log.Debug().Str("agent_id", tgt.agentID).Str("request_id", tgt.requestID).Err(err).Msg("response body cut")
 		// What was written may still sit in net/http's buffers (a body that broke in the
 		// same packet as its first bytes: no read waited, nothing was flushed), and the abort
