@@ -286,12 +286,15 @@ func (c *Client) fetchAgentInfo(ctx context.Context, agentToken string) (*AgentI
 		return nil, unavailable("reading answer", err)
 	}
 	if len(body) > maxAgentInfoBytes {
-		return nil, unavailable("answer too large", nil)
+		c.metrics.badAnswers.WithLabelValues(endpointAgentInfo, "too_large").Inc()
+		return nil, unavailable(fmt.Sprintf("answer over %d bytes", maxAgentInfoBytes), nil)
 	}
 	if err := json.Unmarshal(body, &info); err != nil {
+		c.metrics.badAnswers.WithLabelValues(endpointAgentInfo, "malformed").Inc()
 		return nil, unavailable("decoding answer", err)
 	}
 	if info.AgentID <= 0 {
+		c.metrics.badAnswers.WithLabelValues(endpointAgentInfo, "no_agent_id").Inc()
 		return nil, unavailable("answer has no agent_id", nil)
 	}
 	return &info, nil

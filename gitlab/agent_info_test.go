@@ -451,3 +451,26 @@ func gatheredValue(t *testing.T, reg *prometheus.Registry, name string) float64 
 	t.Fatalf("%s not gathered", name)
 	return 0
 }
+
+// GitLab's agent_info answers kasd cannot use are refused as auth_unavailable and counted by
+// reason (the limits audit: an answer over 1 MiB was counted only as GitLab's 200).
+func TestAgentInfoAnswersRefusedCounted(t *testing.T) {
+	for reason, answer := range map[string]string{
+		"too_large":   `{"agent_id": 1, "pad": "` + strings.Repeat("x", 1<<20) + `"}`,
+		"malformed":   `{"agent_id": `,
+		"no_agent_id": `{"agent_name": "a"}`,
+	} {
+		t.Run(reason, func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.gl.AddAgent("tok", agent1)
+			e.gl.SetAgentInfoHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Write([]byte(answer))
+			}))
+			_, err := e.client.AgentInfo(t.Context(), "tok")
+			wantCode(t, err, api.CodeAuthUnavailable)
+			if n := e.counter(t, "kasd_gitlab_answers_refused_total", map[string]string{"endpoint": "agent_info", "reason": reason}); n != 1 {
+				t.Errorf("kasd_gitlab_answers_refused_total{reason=%s} = %v, want 1", reason, n)
+			}
+		})
+	}
+}

@@ -35,6 +35,7 @@ type metrics struct {
 	moduleRequests  *prometheus.CounterVec   // module, code
 	rateLimited     prometheus.Counter
 	malformedTokens prometheus.Counter
+	badAnswers      *prometheus.CounterVec // endpoint, reason
 
 	mu      sync.Mutex // guards the field below
 	modules map[string]struct{}
@@ -71,12 +72,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "kasd_gitlab_agent_tokens_malformed_total",
 			Help: "Agent tokens refused as unauthenticated without asking GitLab: longer than 1024 bytes, or with a byte outside printable ASCII.",
 		}),
+		badAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kasd_gitlab_answers_refused_total",
+			Help: "GitLab answers (200) kasd could not use, by endpoint and reason: too_large (an agent_info answer over 1 MiB), malformed (not JSON), no_agent_id; the agent's admission is refused as auth_unavailable and retried.",
+		}, []string{"endpoint", "reason"}),
 		modules: make(map[string]struct{}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.cache, m.cacheEvictions, m.moduleRequests, m.rateLimited, m.malformedTokens} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.cache, m.cacheEvictions, m.moduleRequests, m.rateLimited, m.malformedTokens, m.badAnswers} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

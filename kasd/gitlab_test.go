@@ -613,6 +613,8 @@ func TestGitLabResponseHeadTooLarge(t *testing.T) {
 			t.Fatalf("request %d: %d %q %s, want 502 service_unavailable (response head too large)", i, resp.StatusCode, resp.Header.Get(api.HeaderError), body)
 		}
 	}
+	// Counted as a limit GitLab's answer hit (it was counted nowhere; limits audit).
+	waitCounter(t, e.reg, "kasd_limit_rejections_total", map[string]string{"reason": "module_response_head_too_large"}, 20)
 }
 
 // A caller's request with more header fields than a request head may carry is 413

@@ -144,7 +144,15 @@ func (s *Server) serveModuleStream(ctx context.Context, c *agentConn, sc *quic.S
 		_ = sc.SetReadDeadline(time.Time{})
 		head = f
 	}
-	httpstream.ServeHead(ctx, sc, head, check, handle)
+	res := httpstream.ServeHead(ctx, sc, head, check, handle)
+	// GitLab's answer over the limits of a stream: the agent got service_unavailable (a head)
+	// or a reset after the body (trailers); counted here, as agentd counts its services'.
+	if res.HeadError != nil {
+		s.m.limitRejections.WithLabelValues("module_response_head_too_large").Inc()
+	}
+	if res.TrailerError != nil {
+		s.m.limitRejections.WithLabelValues("module_response_trailers_too_large").Inc()
+	}
 }
 
 // checkModuleRequest vets the head of a stream an agent opened.
