@@ -120,6 +120,11 @@ func connContext(ctx context.Context, nc net.Conn) context.Context {
 // held a Content-Length field, with Connection: close (see above).
 func closeAmbiguous(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil && r.ProtoMajor == 1 {
+			if c, ok := r.Context().Value(connKey{}).(*conn); ok {
+				c.served.Store(true) // this request's head was within the limit (tooLargeUnderTLS)
+			}
+		}
 		if len(r.TransferEncoding) > 0 {
 			if c, ok := r.Context().Value(connKey{}).(*conn); ok {
 				switch {

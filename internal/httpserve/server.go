@@ -195,7 +195,12 @@ func (s *Server) connState(nc net.Conn, st http.ConnState) {
 	case http.StateIdle:
 		c.readSinceIdle.Store(false)
 		c.idleSince.Store(s.now().UnixNano())
+		c.readSinceServed.Store(0)
+		c.served.Store(false)
 	case http.StateClosed:
+		if c.tooLargeUnderTLS(prev) {
+			s.metrics.hit(s.name, ReasonMaxHeaderBytes)
+		}
 		// A client closing an idle connection, or Shutdown closing it, does so before the
 		// timeout: only a connection idle for the whole IdleTimeout was closed for it.
 		if prev == http.StateIdle && s.now().UnixNano()-c.idleSince.Load() >= int64(s.limits.IdleTimeout) {
@@ -273,6 +278,11 @@ type conn struct {
 	release        func()
 	framing        framingScan // framing.go
 	tls            bool        // served under TLS: its bytes here are encrypted (framing.go)
+	// Under TLS the 431 net/http writes is encrypted here, so it is told by what led to it:
+	// the bytes read since the connection's last request reached the handler (or it went
+	// idle), and whether the current one did (tooLargeUnderTLS).
+	readSinceServed atomic.Int64
+	served          atomic.Bool
 }
 
 // unwrap returns the wrapper of a served connection (under TLS or not), or nil.
@@ -284,8 +294,24 @@ func unwrap(nc net.Conn) *conn {
 	return c
 }
 
+// tooLargeUnderTLS reports whether an HTTP/1.x connection under TLS, closing from prev, was
+// closed by net/http for a request head over MaxHeaderBytes: no handler ran for its request
+// (net/http marks a connection active once it read any of it) and at least half the limit was
+// read since it went idle. Half: net/http's one-byte read behind a running handler makes
+// tls.Conn take a whole record (up to 16 KiB) of the next request before the connection is
+// idle, and those bytes are not counted. A head refused for another reason (400) is refused
+// within its first lines. HTTP/2 connections are not judged (their state stays active across
+// requests); a limit under 32 KiB can go uncounted (a whole head in that first record).
+func (c *conn) tooLargeUnderTLS(prev http.ConnState) bool {
+	return c.tls && !c.h2.Load() && prev == http.StateActive && !c.served.Load() &&
+		c.readSinceServed.Load() >= int64(c.srv.limits.MaxHeaderBytes)/2
+}
+
 func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	if n > 0 && c.tls {
+		c.readSinceServed.Add(int64(n))
+	}
 	if n > 0 {
 		c.readSinceIdle.Store(true)
 		if !c.tls {
