@@ -186,6 +186,9 @@ func TestAgentHelloFieldsBounded(t *testing.T) {
 		{"process of 15 KiB", func(h *api.Hello) { h.Process = strings.Repeat("p", 15<<10) }, "hello_process"},
 		{"agent version too long", func(h *api.Hello) { h.AgentVersion = strings.Repeat("v", api.MaxAgentVersionLen+1) }, "hello_agent_version"},
 		{"agent version not printable", func(h *api.Hello) { h.AgentVersion = "v1\x1b[2J" }, "hello_agent_version"},
+		// Shown to operators as the version is (they were accepted: malicious-agent review).
+		{"replica not printable", func(h *api.Hello) { h.Replica = "pod-1\r\nfake line" }, "hello_replica"},
+		{"process not printable", func(h *api.Hello) { h.Process = "p\x00" }, "hello_process"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hello := &api.Hello{Version: api.ProtocolVersion, Token: e.tokens["alpha"], AgentVersion: "v1",

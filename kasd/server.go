@@ -458,13 +458,15 @@ func (s *Server) checkHello(h *api.Hello) error {
 	// The replica and process of every connection are published in the agent's registry key,
 	// the version in agent listings: a few KiB each would make that key larger than etcd
 	// accepts (the registry bounds it too, registry.maxAgentValueSize).
-	if len(h.Replica) > api.MaxReplicaLen {
+	// All three are shown to operators (status page, agent listings, logs) as the agent sent
+	// them: printable only, as the version.
+	if len(h.Replica) > api.MaxReplicaLen || !printable(h.Replica) {
 		s.m.limitRejections.WithLabelValues("hello_replica").Inc()
-		return api.Errorf(api.CodeBadRequest, "replica name longer than %d bytes", api.MaxReplicaLen)
+		return api.Errorf(api.CodeBadRequest, "replica name longer than %d bytes or not printable", api.MaxReplicaLen)
 	}
-	if len(h.Process) > api.MaxProcessLen {
+	if len(h.Process) > api.MaxProcessLen || !printable(h.Process) {
 		s.m.limitRejections.WithLabelValues("hello_process").Inc()
-		return api.Errorf(api.CodeBadRequest, "process id longer than %d bytes", api.MaxProcessLen)
+		return api.Errorf(api.CodeBadRequest, "process id longer than %d bytes or not printable", api.MaxProcessLen)
 	}
 	if len(h.AgentVersion) > api.MaxAgentVersionLen || !printable(h.AgentVersion) {
 		s.m.limitRejections.WithLabelValues("hello_agent_version").Inc()
