@@ -1,6 +1,7 @@
 package httpstream
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,9 @@ import (
 
 // errBodyTooLong: the peer sent more body bytes than the head's content length.
 var errBodyTooLong = &api.Error{Code: api.CodeProtocol, Message: "body longer than its content length"}
+
+// errFrameOversize: a frame in a body (not its trailers) declares more than its type's limit.
+var errFrameOversize = errors.New("body frame over its limit")
 
 // errBodyTooShort: a framed body ended (its trailers) before the head's content length.
 var errBodyTooShort = &api.Error{Code: api.CodeProtocol, Message: "body shorter than its content length"}
@@ -129,6 +133,11 @@ func (b *bodyReader) readFramed(p []byte) (int, error) {
 		t, n, err := api.ReadFrameHeader(b.r)
 		if err == io.EOF {
 			return 0, io.ErrUnexpectedEOF // a framed body ends with its trailers, not FIN
+		}
+		if err != nil && t != api.TypeTrailers && errors.Is(err, api.ErrFrameTooLarge) {
+			// Only a head or trailers over MaxHeadSize is a head limit (counted as
+			// response_head_too_large); a data frame over MaxDataSize is a protocol error.
+			return 0, &api.Error{Code: api.CodeProtocol, Message: err.Error(), Err: errFrameOversize}
 		}
 		if err != nil {
 			return 0, err

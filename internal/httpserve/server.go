@@ -197,6 +197,7 @@ func (s *Server) connState(nc net.Conn, st http.ConnState) {
 		c.idleSince.Store(s.now().UnixNano())
 		c.readSinceServed.Store(0)
 		c.served.Store(false)
+		c.wrote431.Store(false)
 	case http.StateClosed:
 		if c.tooLargeUnderTLS(prev) {
 			s.metrics.hit(s.name, ReasonMaxHeaderBytes)
@@ -283,6 +284,7 @@ type conn struct {
 	// idle), and whether the current one did (tooLargeUnderTLS).
 	readSinceServed atomic.Int64
 	served          atomic.Bool
+	wrote431        atomic.Bool // a record the size of tooLarge's was written, no handler running
 }
 
 // unwrap returns the wrapper of a served connection (under TLS or not), or nil.
@@ -296,15 +298,25 @@ func unwrap(nc net.Conn) *conn {
 
 // tooLargeUnderTLS reports whether an HTTP/1.x connection under TLS, closing from prev, was
 // closed by net/http for a request head over MaxHeaderBytes: no handler ran for its request
-// (net/http marks a connection active once it read any of it) and at least half the limit was
-// read since it went idle. Half: net/http's one-byte read behind a running handler makes
+// (net/http marks a connection active once it read any of it), it wrote one record of the
+// 431's size (tlsRecordOf431), its head did not time out (counted as such), and at least half
+// the limit was read since it went idle. Half: net/http's one-byte read behind a running handler makes
 // tls.Conn take a whole record (up to 16 KiB) of the next request before the connection is
 // idle, and those bytes are not counted. A head refused for another reason (400) is refused
 // within its first lines. HTTP/2 connections are not judged (their state stays active across
 // requests); a limit under 32 KiB can go uncounted (a whole head in that first record).
 func (c *conn) tooLargeUnderTLS(prev http.ConnState) bool {
-	return c.tls && !c.h2.Load() && prev == http.StateActive && !c.served.Load() &&
-		c.readSinceServed.Load() >= int64(c.srv.limits.MaxHeaderBytes)/2
+	return c.tls && !c.h2.Load() && prev == http.StateActive && !c.served.Load() && c.wrote431.Load() &&
+		!c.headerTimedOut.Load() && c.readSinceServed.Load() >= int64(c.srv.limits.MaxHeaderBytes)/2
+}
+
+// tlsRecordOf431 reports whether p is one TLS application-data record carrying tooLarge: its
+// length is tooLarge's plus the record's overhead (TLS 1.3: header, content type and AEAD tag;
+// TLS 1.2: header, AES-GCM's explicit nonce and tag, or ChaCha20-Poly1305's tag). Another
+// answer without a handler (a 400 for a head without Host) has another length.
+func tlsRecordOf431(p []byte) bool {
+	const n = len(tooLarge)
+	return len(p) > 0 && p[0] == 23 && (len(p) == n+22 || len(p) == n+29 || len(p) == n+21)
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -344,6 +356,9 @@ const tooLarge = "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: 
 func (c *conn) Write(p []byte) (int, error) {
 	if len(p) == len(tooLarge) && string(p) == tooLarge {
 		c.srv.metrics.hit(c.srv.name, ReasonMaxHeaderBytes)
+	}
+	if c.tls && len(p) < len(tooLarge)+32 && !c.served.Load() && tlsRecordOf431(p) {
+		c.wrote431.Store(true)
 	}
 	return c.Conn.Write(p)
 }

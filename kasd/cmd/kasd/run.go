@@ -227,9 +227,10 @@ func (o *options) tlsHostsValid() error {
 
 // validDNSName reports whether h is a DNS name a certificate can carry: dot-separated labels of
 // letters, digits and hyphens (not at a label's ends), at most 63 bytes each and 253 in all,
-// optionally under a leading "*." wildcard.
+// optionally under a leading "*." wildcard; no trailing dot (a certificate name with one matches
+// no host name an agent dials).
 func validDNSName(h string) bool {
-	h = strings.TrimPrefix(strings.TrimSuffix(h, "."), "*.")
+	h = strings.TrimPrefix(h, "*.") // a trailing dot leaves an empty label: Go's x509 would not match it
 	if h == "" || len(h) > 253 {
 		return false
 	}
