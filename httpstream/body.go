@@ -208,16 +208,30 @@ func (f *framedWriter) Write(p []byte) (int, error) {
 
 // writeTrailers ends the framed body.
 func (f *framedWriter) writeTrailers(h http.Header) error {
-	kvs := dropInvalid(HeaderKVs(nil, h, false))
-	if len(kvs) > api.MaxHeaderFields {
-		// EncodeFrame checks the size only; the receiver also refuses more fields than this.
-		return &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("%d trailer fields, max %d", len(kvs), api.MaxHeaderFields), Err: api.ErrHeadTooLarge}
-	}
-	b, err := api.EncodeFrame(f.buf[:0], &api.Trailers{Header: kvs})
+	b, err := encodeTrailers(f.buf[:0], h)
 	if err != nil {
 		return err
 	}
 	_, err = f.w.Write(b)
+	return err
+}
+
+// encodeTrailers appends the trailers frame for h to dst, or says why the peer would refuse it:
+// over MaxHeadSize (EncodeFrame checks it) or MaxHeaderFields.
+func encodeTrailers(dst []byte, h http.Header) ([]byte, error) {
+	kvs := dropInvalid(HeaderKVs(nil, h, false))
+	if len(kvs) > api.MaxHeaderFields {
+		return dst, &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("%d trailer fields, max %d", len(kvs), api.MaxHeaderFields), Err: api.ErrHeadTooLarge}
+	}
+	return api.EncodeFrame(dst, &api.Trailers{Header: kvs})
+}
+
+// checkTrailers is encodeTrailers' verdict, for trailers about to be written.
+func checkTrailers(h http.Header) error {
+	if len(h) == 0 {
+		return nil
+	}
+	_, err := encodeTrailers(nil, h)
 	return err
 }
 

@@ -418,18 +418,31 @@ func (w *ResponseWriter) Finish() {
 		w.sc.Abort(quic.StreamCodeInternal)
 		return
 	}
+	var trailers http.Header
+	if w.framed != nil {
+		trailers = http.Header{}
+		for k, vs := range w.header {
+			if k2, ok := trailerKey(w.header, k); ok {
+				trailers[k2] = vs
+			}
+		}
+		if !w.sent {
+			// Nothing has left yet: trailers over the limits get the peer a typed error in
+			// place of the head, not a reset after a body it would have to discard.
+			if err := checkTrailers(trailers); err != nil {
+				w.trailerErr = err
+				WriteError(w, &api.Error{Code: api.CodeServiceUnavailable, Message: "response trailers too large: " + err.Error(), Err: err})
+				w.endAfterError()
+				return
+			}
+		}
+	}
 	_ = w.sendHead()
 	if w.ended {
 		w.endAfterError()
 		return
 	}
 	if w.framed != nil {
-		trailers := http.Header{}
-		for k, vs := range w.header {
-			if k2, ok := trailerKey(w.header, k); ok {
-				trailers[k2] = vs
-			}
-		}
 		if err := w.framed.writeTrailers(trailers); err != nil {
 			if errors.Is(err, api.ErrFrameTooLarge) || errors.Is(err, api.ErrHeadTooLarge) {
 				// Trailers over the limits are the service's answer, not the agent's fault:
