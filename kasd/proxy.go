@@ -307,7 +307,12 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, tgt *target,
 	case tgt.stall.firedRead():
 		// Checked first: over HTTP/1.1 the read the limit ended also ended the request's context.
 		e = &api.Error{Code: api.CodeClientTimeout, Message: fmt.Sprintf("the client sent no byte of its request body for %v (--client-stall-timeout)", s.cfg.ClientStallTimeout), Err: err}
-		w.Header().Set("Connection", "close")
+		if r.ProtoMajor == 1 {
+			// The rest of the body is still on its way: the connection is done. Over HTTP/2
+			// only the stream ends (the header would make net/http send GOAWAY: every
+			// other stream of the connection would have to go elsewhere).
+			w.Header().Set("Connection", "close")
+		}
 	case r.Context().Err() != nil && !errors.Is(r.Context().Err(), context.DeadlineExceeded):
 		e = &api.Error{Code: api.CodeClientCanceled, Message: "the client went away", Err: err}
 	}
@@ -385,8 +390,10 @@ func (s *Server) writeResponse(w http.ResponseWriter, r *http.Request, tgt *targ
 		// from the body's first bytes, which the nosniff kasd sends says not to do.
 		h["Content-Type"] = nil
 	}
-	if resp.ContentLength >= 0 {
+	if resp.ContentLength >= 0 && resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified {
 		// For HEAD, the length the GET would have (RFC 9110 §9.3.2), as the service said it.
+		// None for 204 (RFC 9110 §8.6) and 304 (the frame cannot tell the 200's length from
+		// none): net/http drops it over HTTP/1.1, not over HTTP/2.
 		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
 	}
 	if s.draining.Load() {
