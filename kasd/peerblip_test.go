@@ -91,13 +91,22 @@ func TestPeerLinkBlipRequestsRetryAfterRedialDelay(t *testing.T) {
 	n0, relay := f.startNodeViaRelay("kas-0")
 	f.config = func(c *kasd.Config) { c.RouteTimeout = 5 * time.Second }
 	f.nodes = append(f.nodes, n0, f.startNode("kas-1"))
-	svc := blipService(t, "alpha")
+	// The service notes each request it served: one it served whose answer was lost in the dark
+	// (it passed the relay just before the blackhole) may fail with 502 agent_failed.
+	var seen sync.Map
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.URL.Query().Get("i"), true)
+		time.Sleep(10 * time.Millisecond)
+		fmt.Fprintf(w, "alpha %s 0", r.Method)
+	}))
+	t.Cleanup(svc.Close)
 	a := f.startAgent("alpha", "pod-a", svc.URL, f.nodes[0:1], 1)
 	waitConnected(t, a, 1)
 	f.waitHolders("alpha", "kas-0")
 	f.warmLinks(f.nodes[1], "alpha", 3)
 
 	type result struct {
+		id         string
 		start, end time.Time
 		code       int
 		body       string
@@ -106,6 +115,7 @@ func TestPeerLinkBlipRequestsRetryAfterRedialDelay(t *testing.T) {
 	var results []result
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var next atomic.Int64
 	wg.Go(func() {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
@@ -115,11 +125,12 @@ func TestPeerLinkBlipRequestsRetryAfterRedialDelay(t *testing.T) {
 				return
 			case <-tick.C:
 			}
+			id := fmt.Sprint(next.Add(1))
 			wg.Go(func() {
 				start := time.Now()
-				code, body := f.get(f.nodes[1], "alpha", "/")
+				code, body := f.get(f.nodes[1], "alpha", "/?i="+id)
 				mu.Lock()
-				results = append(results, result{start, time.Now(), code, body})
+				results = append(results, result{id, start, time.Now(), code, body})
 				mu.Unlock()
 			})
 		}
@@ -136,9 +147,12 @@ func TestPeerLinkBlipRequestsRetryAfterRedialDelay(t *testing.T) {
 	var badAfterHeal, badDuring, ok int
 	for _, r := range results {
 		good := r.code == 200 && strings.HasPrefix(r.body, "alpha GET")
+		_, served := seen.Load(r.id)
 		switch {
 		case good:
 			ok++
+		case served && r.code == http.StatusBadGateway && strings.Contains(r.body, "agent_failed"):
+			t.Logf("served, answer lost in the dark: started %v after the dark began: %d %.150s", r.start.Sub(darkAt).Round(time.Millisecond), r.code, r.body)
 		case r.start.After(healed):
 			badAfterHeal++
 			if badAfterHeal <= 5 {

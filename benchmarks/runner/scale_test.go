@@ -182,8 +182,9 @@ func TestStartFleetSplit(t *testing.T) {
 			}
 		}
 		if _, err := exec.LookPath("nice"); err == nil {
-			if n := niceOf(t, pr.pid()); n != fleetNice {
-				t.Errorf("%s runs at nice %d, want %d (below kasd)", pr.name, n, fleetNice)
+			// nice is relative to the caller's (a test run under nice itself).
+			if n, want := niceOf(t, pr.pid()), min(niceOf(t, os.Getpid())+fleetNice, 19); n != want {
+				t.Errorf("%s runs at nice %d, want %d (below kasd)", pr.name, n, want)
 			}
 		}
 		if cpus != "" {
