@@ -137,7 +137,11 @@ func (b *bodyReader) readFramed(p []byte) (int, error) {
 		if err != nil && t != api.TypeTrailers && errors.Is(err, api.ErrFrameTooLarge) {
 			// Only a head or trailers over MaxHeadSize is a head limit (counted as
 			// response_head_too_large); a data frame over MaxDataSize is a protocol error.
-			return 0, &api.Error{Code: api.CodeProtocol, Message: err.Error(), Err: errFrameOversize}
+			msg := err.Error()
+			if e, ok := errors.AsType[*api.Error](err); ok {
+				msg = e.Message // its code is said once, by the new error
+			}
+			return 0, &api.Error{Code: api.CodeProtocol, Message: msg, Err: errFrameOversize}
 		}
 		if err != nil {
 			return 0, err
