@@ -58,7 +58,8 @@ var errReset = errors.New("stream reset")
 
 // FuzzBodyReader: any bytes, read as a raw body of any declared length or as a framed body,
 // never panic, and read to a clean EOF exactly when the body is complete: all of the declared
-// length and nothing more, or data frames ended by one valid trailers frame and FIN. A body cut
+// length and nothing more, or data frames ended by one valid trailers frame and FIN (adding up
+// to the declared length, if one was). A body cut
 // by FIN or by a reset is an error, never a clean EOF.
 func FuzzBodyReader(f *testing.F) {
 	f.Add([]byte("hello"), int64(5), false, false, false)
@@ -73,6 +74,8 @@ func FuzzBodyReader(f *testing.F) {
 	f.Add(full, int64(-1), true, false, true)
 	f.Add(append(full, 0), int64(-1), true, false, false)
 	f.Add(api.AppendFrame(nil, &api.Response{Status: 200}), int64(-1), true, false, false)
+	f.Add(full, int64(len("payload")), true, false, false) // framed, its length declared
+	f.Add(full, int64(len("payload")+1), true, false, false)
 	f.Fuzz(func(t *testing.T, data []byte, cl int64, framed, oneByte, reset bool) {
 		if cl < -1 {
 			cl = -1 // the parser refuses anything below -1
@@ -110,6 +113,9 @@ func FuzzBodyReader(f *testing.F) {
 			complete = false
 		case framed:
 			want, complete = completeFramed(data)
+			if cl >= 0 && int64(len(want)) != cl {
+				complete = false // a framed body with a declared length must add up to it
+			}
 		case cl < 0:
 			want, complete = data, true
 		default:
