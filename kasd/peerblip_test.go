@@ -2,7 +2,6 @@ package kasd_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,16 +21,6 @@ import (
 	"github.com/qkas/qkas/quic"
 	"github.com/qkas/qkas/registry"
 )
-
-func blipService(t *testing.T, name string) *httptest.Server {
-	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(10 * time.Millisecond)
-		b, _ := io.ReadAll(r.Body)
-		fmt.Fprintf(w, "%s %s %d %x", name, r.Method, len(b), sha256.Sum256(b))
-	}))
-	t.Cleanup(svc.Close)
-	return svc
-}
 
 // startNodeViaRelay is startNode with the peer address published in the registry replaced by a
 // relay in front of the node's peer listener.
