@@ -5,11 +5,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/qkas/qkas/quic"
@@ -22,6 +24,8 @@ import (
 //
 //	raw-quic      the raw quic-go server (rawquic.go) on the UDP socket handed over as fd 3
 //	reverseproxy  one httputil.ReverseProxy hop to --target on the TCP listener of fd 3
+//	tcp-relay     a byte relay to --target (host:port) on the TCP listener of fd 3: one
+//	              upstream connection per client connection, io.Copy both ways, no parsing
 //
 // The runner creates the sockets and hands them over, so a child needs no readiness probe:
 // whatever arrives before it runs waits in the socket.
@@ -31,6 +35,7 @@ const ChildArg = "__qkasbench-child"
 const (
 	childRawQUIC      = "raw-quic"
 	childReverseProxy = "reverseproxy"
+	childTCPRelay     = "tcp-relay"
 )
 
 // ChildMain runs one child role (args: role, then its flags) until ctx ends, then stops it and
@@ -43,7 +48,7 @@ func ChildMain(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet(role, flag.ContinueOnError)
 	certFile := fs.String("cert", "", "raw-quic: TLS certificate file")
 	keyFile := fs.String("key", "", "raw-quic: TLS key file")
-	target := fs.String("target", "", "reverseproxy: URL of the service")
+	target := fs.String("target", "", "reverseproxy: URL of the service; tcp-relay: its host:port")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -92,6 +97,15 @@ func ChildMain(ctx context.Context, args []string) error {
 		srv.close()
 		tr.CloseIdleConnections()
 		return nil
+	case childTCPRelay:
+		if _, _, err := net.SplitHostPort(*target); err != nil {
+			return fmt.Errorf("tcp-relay: bad --target %q: %w", *target, err)
+		}
+		ln, err := net.FileListener(sock)
+		if err != nil {
+			return err
+		}
+		return relayTCP(ctx, ln, *target)
 	}
 	return fmt.Errorf("child: unknown role %q", role)
 }
@@ -154,9 +168,20 @@ func (r *rawQUICChild) close() {
 	r.proc.stop(3 * time.Second)
 }
 
+// startTCPRelayChild starts a TCP byte relay in ns in front of target (host:port) and returns
+// its process and listen address.
+func (e *env) startTCPRelayChild(ns *netns, target string) (*proc, string, error) {
+	return e.startListenerChild(childTCPRelay, ns, target)
+}
+
 // startReverseProxyChild starts one httputil.ReverseProxy hop in ns in front of target
 // (host:port) and returns its process and listen address.
 func (e *env) startReverseProxyChild(ns *netns, target string) (*proc, string, error) {
+	return e.startListenerChild(childReverseProxy, ns, "http://"+target)
+}
+
+// startListenerChild starts a child role serving a TCP listener it is handed, with --target.
+func (e *env) startListenerChild(role string, ns *netns, target string) (*proc, string, error) {
 	ln, err := ns.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, "", err
@@ -167,6 +192,75 @@ func (e *env) startReverseProxyChild(ns *netns, target string) (*proc, string, e
 		return nil, "", err
 	}
 	defer f.Close()
-	p, err := e.startChild(childReverseProxy, ns, f, "--target", "http://"+target)
+	p, err := e.startChild(role, ns, f, "--target", target)
 	return p, ln.Addr().String(), err
+}
+
+// relayTCP accepts connections on ln until ctx ends and relays each one's bytes to a new
+// connection to target and back, as a TCP proxy without a multiplexer does: the cheapest
+// proxy process there is, no HTTP parsing, Go's io.Copy (splice(2) between TCP sockets on
+// Linux). It returns when every relay has ended.
+func relayTCP(ctx context.Context, ln net.Listener, target string) error {
+	var wg sync.WaitGroup
+	conns := make(map[net.Conn]struct{})
+	var mu sync.Mutex
+	track := func(c net.Conn, add bool) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if add {
+			if ctx.Err() != nil {
+				return false
+			}
+			conns[c] = struct{}{}
+		} else {
+			delete(conns, c)
+		}
+		return true
+	}
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for c := range conns {
+			c.Close()
+		}
+	})
+	defer stop()
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Add(1)
+		go func() { // owned by relayTCP: it waits for wg
+			defer wg.Done()
+			defer c.Close()
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			if !track(c, true) {
+				return
+			}
+			defer track(c, false)
+			if !track(up, true) {
+				return
+			}
+			defer track(up, false)
+			done := make(chan struct{})
+			go func() { // owned by this relay: it waits for done
+				defer close(done)
+				_, _ = io.Copy(up, c)
+				_ = up.(*net.TCPConn).CloseWrite()
+			}()
+			_, _ = io.Copy(c, up)
+			_ = c.(*net.TCPConn).CloseWrite()
+			<-done
+		}()
+	}
 }

@@ -25,7 +25,7 @@ type LatencyRun struct {
 	AddedP50us float64 `json:"added_p50_us,omitempty"`
 	AddedP99us float64 `json:"added_p99_us,omitempty"`
 	// TunnelCPUus: CPU of the route's own processes per request, µs: kasd and agentd (and kasd
-	// B, forwarded); the proxy process (reverseproxy); the server end's process (raw-quic: its
+	// B, forwarded); the proxy process (reverseproxy, tcp-relay); the server end's process (raw-quic: its
 	// client end runs in the load generator and is not counted).
 	TunnelCPUus float64 `json:"tunnel_cpu_us_per_request"`
 	// ProcessCPUus splits TunnelCPUus by process name (kasd-a, kasd-b, agentd-bench, …): which
@@ -37,6 +37,7 @@ type LatencyRun struct {
 const (
 	routeRawQUIC      = "raw-quic"     // one quic-go stream per request: the transport's floor
 	routeReverseProxy = "reverseproxy" // one plain httputil.ReverseProxy hop
+	routeTCPRelay     = "tcp-relay"    // a byte relay process: any proxy process's floor here
 )
 
 // LatencyResults is scenario 1.
@@ -62,7 +63,7 @@ type Profile struct {
 	Err     string `json:"error,omitempty"`
 }
 
-// latencyRoutes is direct, the references (raw-quic, reverseproxy; each in its own process)
+// latencyRoutes is direct, the references (raw-quic, reverseproxy, tcp-relay; each in its own process)
 // and qkas's routes. A reference that cannot start is left out and named in missing; stop
 // stops the references.
 func (e *env) latencyRoutes(ctx context.Context, st *localStack) (rs []route, missing []string, stop func()) {
@@ -81,21 +82,26 @@ func (e *env) latencyRoutes(ctx context.Context, st *localStack) (rs []route, mi
 		stops = append(stops, raw.close)
 		rs = append(rs, route{name: routeRawQUIC, procs: []*proc{raw.proc}, small: raw.get(int64(e.sizes.BodyBytes)), ns: st.ns})
 	}
-	rp, addr, err := e.startReverseProxyChild(st.ns, st.svc.addr())
-	if err == nil {
-		stops = append(stops, func() { rp.stop(3 * time.Second) })
-		r := route{name: routeReverseProxy, base: "http://" + addr, procs: []*proc{rp}, ns: st.ns}
-		c := r.client(1)
-		err = waitRoute(ctx, r, c)
-		c.CloseIdleConnections()
+	for _, ref := range []struct {
+		name  string
+		start func(*netns, string) (*proc, string, error)
+	}{{routeReverseProxy, e.startReverseProxyChild}, {routeTCPRelay, e.startTCPRelayChild}} {
+		p, addr, err := ref.start(st.ns, st.svc.addr())
 		if err == nil {
-			rs = append(rs, r)
-		} else {
-			err = fmt.Errorf("%w; log:\n%s", err, rp.logTail())
+			stops = append(stops, func() { p.stop(3 * time.Second) })
+			r := route{name: ref.name, base: "http://" + addr, procs: []*proc{p}, ns: st.ns}
+			c := r.client(1)
+			err = waitRoute(ctx, r, c)
+			c.CloseIdleConnections()
+			if err == nil {
+				rs = append(rs, r)
+			} else {
+				err = fmt.Errorf("%w; log:\n%s", err, p.logTail())
+			}
 		}
-	}
-	if err != nil {
-		missing = append(missing, routeReverseProxy+": not measured ("+err.Error()+")")
+		if err != nil {
+			missing = append(missing, ref.name+": not measured ("+err.Error()+")")
+		}
 	}
 	rs = append(rs, all[1:]...)
 	// direct's CPU is the idle cost of every other route's processes during its rounds.

@@ -52,10 +52,11 @@ func ratios(a, b []float64) string {
 
 // headlineRoutes are the latency rows' routes, references first; routeLabel names them.
 var (
-	headlineRoutes = []string{routeRawQUIC, routeReverseProxy, "local", "forwarded"}
+	headlineRoutes = []string{routeRawQUIC, routeReverseProxy, routeTCPRelay, "local", "forwarded"}
 	routeLabel     = map[string]string{
 		routeRawQUIC:      "raw quic-go stream per request",
 		routeReverseProxy: "one httputil.ReverseProxy hop",
+		routeTCPRelay:     "one TCP byte relay (no parsing)",
 		"local":           "local route",
 		"forwarded":       "forwarded route",
 	}
@@ -135,6 +136,8 @@ func headline(r *Results) []HeadlineRow {
 					row.Metric = fmt.Sprintf("CPU per request, c=%d, raw quic-go server process (reference; client end not counted)", c)
 				case route == routeReverseProxy:
 					row.Metric = fmt.Sprintf("CPU per request, c=%d, one httputil.ReverseProxy process (reference)", c)
+				case route == routeTCPRelay:
+					row.Metric = fmt.Sprintf("CPU per request, c=%d, one TCP byte relay process, no parsing (reference: the least a proxy process costs here)", c)
 				case rp != nil:
 					row.Baseline = fmt.Sprintf("%.1f µs one ReverseProxy hop", rp.TunnelCPUus)
 					row.Ratio = ratio(q.TunnelCPUus, rp.TunnelCPUus)
@@ -403,7 +406,7 @@ func details(r *Results) string {
 		}
 	}
 	if l := r.Latency; l != nil {
-		w("\n## 1. Latency (1 KiB GET)\n\n%d alternating rounds per concurrency. Routes: direct (client → service), raw-quic (one quic-go stream per request to a server process that answers %d bytes: the transport's floor), reverseproxy (one plain httputil.ReverseProxy hop in its own process, in front of the same service), local (client → kasd → agentd → service) and forwarded (client → kasd B → kasd A → agentd → service). Added = route − direct. CPU/req = utime+stime of the route's own processes during its rounds / requests: kasd and agentd (and kasd B) for qkas, the proxy for reverseproxy, the server process for raw-quic (its client end runs in the load generator and is not counted); for direct, every one of those processes (their idle cost). Network namespace: %s.\n\n", l.Rounds, l.BodyBytes, l.Namespace)
+		w("\n## 1. Latency (1 KiB GET)\n\n%d alternating rounds per concurrency. Routes: direct (client → service), raw-quic (one quic-go stream per request to a server process that answers %d bytes: the transport's floor), reverseproxy (one plain httputil.ReverseProxy hop in its own process, in front of the same service), tcp-relay (a process relaying each connection's bytes to the service, io.Copy both ways, no parsing: what any proxy process costs on this machine), local (client → kasd → agentd → service) and forwarded (client → kasd B → kasd A → agentd → service). Added = route − direct. CPU/req = utime+stime of the route's own processes during its rounds / requests: kasd and agentd (and kasd B) for qkas, the proxy for reverseproxy and tcp-relay, the server process for raw-quic (its client end runs in the load generator and is not counted); for direct, every one of those processes (their idle cost). Network namespace: %s.\n\n", l.Rounds, l.BodyBytes, l.Namespace)
 		w("| c | route | requests | failed | p50 | p90 | p99 | p99.9 | req/s | added p50 | added p99 | CPU/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, x := range l.Runs {
 			w("| %d | %s | %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %s | %s | %.1f µs |\n", x.Concurrency, x.Route, x.Requests, x.Failed, x.P50us, x.P90us, x.P99us, x.P999us, x.RPS,
@@ -411,7 +414,7 @@ func details(r *Results) string {
 		}
 		w("\nLatencies in µs.\n")
 		if len(l.Datagrams) > 0 {
-			w("\n### UDP datagrams per request\n\nSequential (c=1) 1 KiB GETs per route, then as long with no request; `Udp: InDatagrams` of /proc/<kasd pid>/net/snmp (every UDP socket of the scenario's network namespace, both directions; each datagram of a GSO batch counted) over each interval. Per request = (during requests − idle) / requests, the median of the rounds (each round's in brackets). The TCP-only routes (direct, reverseproxy) show the background traffic: ≈ 0 in a namespace of its own.\n\n")
+			w("\n### UDP datagrams per request\n\nSequential (c=1) 1 KiB GETs per route, then as long with no request; `Udp: InDatagrams` of /proc/<kasd pid>/net/snmp (every UDP socket of the scenario's network namespace, both directions; each datagram of a GSO batch counted) over each interval. Per request = (during requests − idle) / requests, the median of the rounds (each round's in brackets). The TCP-only routes (direct, reverseproxy, tcp-relay) show the background traffic: ≈ 0 in a namespace of its own.\n\n")
 			w("| route | requests | datagrams | idle datagrams | seconds | per request |\n|---|---|---|---|---|---|\n")
 			for _, d := range l.Datagrams {
 				rounds := make([]string, len(d.RoundsPerRequest))

@@ -62,7 +62,7 @@ func TestRunTiny(t *testing.T) {
 		}
 	}
 	// The references run as re-executed children of the runner (here: of this test binary).
-	for _, want := range []string{"direct", routeRawQUIC, routeReverseProxy, "local"} {
+	for _, want := range []string{"direct", routeRawQUIC, routeReverseProxy, routeTCPRelay, "local"} {
 		if !routes[want] {
 			t.Errorf("latency: no %s route (have %v; missing %v)", want, routes, res.Latency.Missing)
 		}
