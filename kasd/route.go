@@ -484,6 +484,12 @@ func (s *Server) attemptError(err error, who string) error {
 	if errors.As(err, &re) || errors.Is(err, errNotSent) {
 		return err
 	}
+	if s.isClosed() && closedForShutdown(err) {
+		// Not the agent's failure: this kasd closed the connection at the end of its
+		// --shutdown-grace while the request waited for its answer (a stream already answering
+		// ends with the shutting_down trailer: proxy.go).
+		return &api.Error{Code: api.CodeShuttingDown, Message: "kasd shut down before " + who + " answered (the request was still in flight when its --shutdown-grace ended; it reached the agent and may have been executed)", Err: err}
+	}
 	var e *api.Error
 	if errors.As(err, &e) && (e.Code == api.CodeProtocol || e.Code == api.CodeAgentFailed) {
 		// The client should see whom to blame; a protocol violation is the agent's failure.
@@ -493,6 +499,13 @@ func (s *Server) attemptError(err error, who string) error {
 		return &api.Error{Code: e.Code, Message: who + ": " + e.Message, Err: err} // whose head was late
 	}
 	return err
+}
+
+// closedForShutdown reports whether err is this kasd's own close of the connection it
+// happened on, as Close closes agent connections and peer links (quic.ConnCodeShutdown, local).
+func closedForShutdown(err error) bool {
+	var ae *quicgo.ApplicationError
+	return errors.As(err, &ae) && !ae.Remote && ae.ErrorCode == quic.ConnCodeShutdown
 }
 
 // countPeerLimit counts, in kasd_limit_rejections_total, a limit of the stream protocol that
