@@ -3,6 +3,7 @@ package runner
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -58,5 +59,41 @@ func TestWriteReports(t *testing.T) {
 		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() == 0 {
 			t.Errorf("summary plot %s: %v", f, err)
 		}
+	}
+}
+
+// The qkas rows of the headline carry the floor measured in the same run (the TCP relay and raw
+// quic-go) when both references ran, and nothing about it when one did not.
+func TestHeadlineFloor(t *testing.T) {
+	run := func(route string, c int, added, cpu float64) LatencyRun {
+		r := LatencyRun{Route: route, Concurrency: c, AddedP50us: added, TunnelCPUus: cpu}
+		r.P50us = 40 + added
+		return r
+	}
+	res := &Results{Sizes: Sizes{LatencyConcurrency: []int{1, 64}}, Latency: &LatencyResults{Runs: []LatencyRun{
+		run("direct", 1, 0, 0), run(routeRawQUIC, 1, 88, 110), run(routeReverseProxy, 1, 215, 223), run(routeTCPRelay, 1, 126, 77), run("local", 1, 336, 280),
+		run("direct", 64, 0, 0), run(routeRawQUIC, 64, 0, 26), run(routeReverseProxy, 64, 0, 152), run(routeTCPRelay, 64, 0, 47.5), run("local", 64, 0, 175.5),
+	}}}
+	find := func(rows []HeadlineRow, prefix string) string {
+		for _, r := range rows {
+			if strings.HasPrefix(r.Metric, prefix) {
+				return r.Metric
+			}
+		}
+		t.Fatalf("no headline row %q in %+v", prefix, rows)
+		return ""
+	}
+	rows := headline(res)
+	if got, want := find(rows, "p50, 1 KiB GET, c=1, local route"), "p50, 1 KiB GET, c=1, local route (added 336 µs; floor: a TCP byte relay adds 126 µs, raw quic-go 88 µs)"; got != want {
+		t.Errorf("latency row %q, want %q", got, want)
+	}
+	if got, want := find(rows, "tunnel CPU per request, c=64, local route"), "tunnel CPU per request, c=64, local route (floor: a TCP byte relay costs 48 µs, raw quic-go's server end 26 µs)"; got != want {
+		t.Errorf("CPU row %q, want %q", got, want)
+	}
+	// Without the relay (it could not start), no floor is claimed.
+	res.Latency.Runs = slices.DeleteFunc(res.Latency.Runs, func(r LatencyRun) bool { return r.Route == routeTCPRelay })
+	rows = headline(res)
+	if got := find(rows, "p50, 1 KiB GET, c=1, local route"); strings.Contains(got, "floor") {
+		t.Errorf("latency row without the relay claims a floor: %q", got)
 	}
 }
