@@ -399,12 +399,12 @@ func peerExporter(qc *quicgo.Conn) ([]byte, error) {
 
 // holders returns the instances other than this one that hold agentID, minus those in skip.
 // The list is rotated by rr so that load spreads over holders.
-func (f *fleet) holders(agentID string, skip func(id string) bool, rr uint64) []registry.Instance {
+func (f *fleet) holders(agentID string, skip func(h registry.Holder) bool, rr uint64) []registry.Holder {
 	hs := f.reg.Holders(agentID)
-	out := make([]registry.Instance, 0, len(hs))
+	out := make([]registry.Holder, 0, len(hs))
 	for _, h := range hs {
-		if h.Instance.ID != f.s.cfg.InstanceID && !skip(h.Instance.ID) {
-			out = append(out, h.Instance)
+		if h.Instance.ID != f.s.cfg.InstanceID && !skip(h) {
+			out = append(out, h)
 		}
 	}
 	if len(out) > 1 {
@@ -415,12 +415,12 @@ func (f *fleet) holders(agentID string, skip func(id string) bool, rr uint64) []
 	// them until their lease expires or their keys are deleted, but a request should not wait
 	// on them while another holder is healthy.
 	healthy := out[:0:0]
-	var unhealthy []registry.Instance
-	for _, inst := range out {
-		if f.unhealthy(inst) {
-			unhealthy = append(unhealthy, inst)
+	var unhealthy []registry.Holder
+	for _, h := range out {
+		if f.unhealthy(h.Instance) {
+			unhealthy = append(unhealthy, h)
 		} else {
-			healthy = append(healthy, inst)
+			healthy = append(healthy, h)
 		}
 	}
 	return append(healthy, unhealthy...)

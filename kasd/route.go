@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	quicgo "github.com/quic-go/quic-go"
@@ -129,8 +130,9 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 	var (
 		deadline    = time.Now().Add(s.cfg.RouteTimeout)
 		waitFrom    time.Time
-		tried       map[string]int       // failed attempts by holder key
-		retryAt     map[string]time.Time // peers whose link was lost: tried again from then
+		tried       map[string]int             // failed attempts by holder key
+		refusedAs   map[string]registry.Holder // peers that refused, as the registry listed them then
+		retryAt     map[string]time.Time       // peers whose link was lost: tried again from then
 		lastErr     error
 		lastRoute   = "none"
 		attempts    int
@@ -145,7 +147,7 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 		if s.fleet != nil {
 			fleetChanged = s.fleet.reg.Changed()
 		}
-		hs, err := s.holders(tgt.agentID, tgt.service, tried)
+		hs, err := s.holders(tgt.agentID, tgt.service, tried, refusedAs)
 		if err != nil {
 			return routeResult{route: lastRoute}, err
 		}
@@ -177,7 +179,14 @@ func (s *Server) route(ctx context.Context, tgt *target, f *api.Request, body *h
 			// agent may take it); one that failed or could not be reached is not.
 			if _, refused := errors.AsType[*httpstream.RemoteError](err); refused {
 				tried[h.key()]++
+				if p, ok := h.(peerHolder); ok {
+					if refusedAs == nil {
+						refusedAs = map[string]registry.Holder{}
+					}
+					refusedAs[h.key()] = p.seen
+				}
 			} else {
+				delete(refusedAs, h.key()) // it may have taken the request: never re-admitted
 				tried[h.key()] = maxPeerAttempts
 				if _, peer := h.(peerHolder); peer && errors.Is(err, errNotSent) && s.fleet != nil {
 					// The link to the peer was lost or could not be dialled, and the request
@@ -308,8 +317,13 @@ func contextError(err error) *api.Error {
 //
 // A local connection that failed is not tried again; a peer is tried twice, because its
 // failure may have been one of its connections to the agent (a draining one, say), and its
-// next attempt picks another.
-func (s *Server) holders(agentID, service string, tried map[string]int) ([]holder, error) {
+// next attempt picks another. A peer that was skipped for its refusals (refusedAs: the request
+// was not processed) is asked again once the registry lists it holding the agent anew
+// (heldAnew): a killed agent's connections at a peer are closed (refused: not holder, or
+// silent), and its restarted process connects there, within the route timeout of requests that
+// had given up on that peer (chaos agent-kill: requests through the kasd the new process did
+// not connect to waited out --route-timeout for a 503 while the agent was back at both peers).
+func (s *Server) holders(agentID, service string, tried map[string]int, refusedAs map[string]registry.Holder) ([]holder, error) {
 	conns, err := s.table.pickAll(agentID, service)
 	if err != nil {
 		return nil, err
@@ -328,9 +342,20 @@ func (s *Server) holders(agentID, service string, tried map[string]int) ([]holde
 		}
 	}
 	if s.fleet != nil {
-		skip := func(id string) bool { return tried[id] >= maxPeerAttempts }
-		for _, inst := range s.fleet.holders(agentID, skip, s.peerSeq.Add(1)) {
-			out = append(out, peerHolder{s: s, inst: inst, agentID: agentID})
+		skip := func(h registry.Holder) bool {
+			id := h.Instance.ID
+			if tried[id] < maxPeerAttempts {
+				return false
+			}
+			if was, ok := refusedAs[id]; ok && heldAnew(was, h) {
+				delete(tried, id)
+				delete(refusedAs, id)
+				return false
+			}
+			return true
+		}
+		for _, h := range s.fleet.holders(agentID, skip, s.peerSeq.Add(1)) {
+			out = append(out, peerHolder{s: s, inst: h.Instance, seen: h, agentID: agentID})
 		}
 	}
 	return append(out, silent...), nil
@@ -344,7 +369,7 @@ func (s *Server) holders(agentID, service string, tried map[string]int) ([]holde
 func (s *Server) holderAgain(tgt *target, tried map[string]int, again string) []holder {
 	n := tried[again]
 	delete(tried, again)
-	hs, _ := s.holders(tgt.agentID, tgt.service, tried)
+	hs, _ := s.holders(tgt.agentID, tgt.service, tried, nil)
 	tried[again] = n
 	for _, h := range hs {
 		if h.key() == again {
@@ -453,7 +478,25 @@ func unacknowledged(err error) error {
 type peerHolder struct {
 	s       *Server
 	inst    registry.Instance
+	seen    registry.Holder // its holding of the agent as the registry listed it when picked
 	agentID string
+}
+
+// heldAnew reports whether the registry lists a peer's holding of an agent (now) with something
+// it did not list when the peer refused (was): a process it did not hold then (a restarted
+// agentd), or one connected to it anew (a later Since), or, where holders publish no processes,
+// more connections. Fewer connections of the same processes (the dead ones closed one by one)
+// is no news: asking again would only spend attempts on refusals.
+func heldAnew(was, now registry.Holder) bool {
+	if len(now.Replicas) == 0 && len(was.Replicas) == 0 {
+		return now.Connections > was.Connections
+	}
+	for _, r := range now.Replicas {
+		if !slices.Contains(was.Replicas, r) {
+			return true
+		}
+	}
+	return false
 }
 
 func (h peerHolder) route() string { return "forwarded" }

@@ -18,6 +18,9 @@ type Holder struct {
 	Instance Instance
 	// Connections is how many connections the instance holds for the agent.
 	Connections int
+	// Replicas are the agentd processes it holds them of, as it published them (shared with the
+	// view: read only). A new process of a replica, or a connection made anew, changes them.
+	Replicas []Replica
 }
 
 // view is the in-memory copy of the prefix. Guarded by Registry.viewMu.
@@ -150,7 +153,7 @@ func (v *view) holders(agentID, exclude string) []Holder {
 		if !ok {
 			in = Instance{ID: h.instance}
 		}
-		out = append(out, Holder{Instance: in, Connections: h.conns})
+		out = append(out, Holder{Instance: in, Connections: h.conns, Replicas: h.replicas})
 	}
 	return out
 }
