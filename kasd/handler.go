@@ -266,7 +266,7 @@ func parseTimeout(v string) (time.Duration, error) {
 }
 
 func (s *Server) newRequestID() string {
-	return s.cfg.InstanceID + "-" + strconv.FormatUint(s.reqSeq.Add(1), 36)
+	return s.idPrefix + strconv.FormatUint(s.reqSeq.Add(1), 36)
 }
 
 // requestMeta turns the verified JWT into request metadata for the holder and the agent: the

@@ -1,10 +1,14 @@
 package kasd
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/qkas/qkas/api"
+	"github.com/qkas/qkas/auth"
 )
 
 // A path of the proxy's shape with a name that is not one is a 400 that says which name and
@@ -45,5 +49,33 @@ func TestDotSegmentWithPathParameter(t *testing.T) {
 		if got := hasDotSegment(p); got != want {
 			t.Errorf("hasDotSegment(%q) = %v, want %v", p, got, want)
 		}
+	}
+}
+
+// A restarted kasd keeps its instance id (a StatefulSet pod's name) but repeats none of the
+// request or connection ids of the process before it: they carry a tag of the process. They
+// were <instance>-<n>, from 1 at every start, so a log search for one id found requests and
+// connections of every process the pod had run.
+func TestIDsDifferAcrossProcesses(t *testing.T) {
+	start := func() *Server {
+		store, err := auth.ParseTokens([]byte("agents: []\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := New(Config{InstanceID: "kas-0", Registerer: prometheus.NewRegistry(), AgentAuth: TokenFileAuth{Store: store},
+			ClientAuth: &auth.Verifier{Key: bytes.Repeat([]byte("k"), 32), AllowAnyAgent: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, b := start(), start()
+	ra, rb := a.newRequestID(), b.newRequestID()
+	if ra == rb || !strings.HasPrefix(ra, "kas-0-") || !validRequestID(ra) || !validRequestID(rb) {
+		t.Errorf("first request ids of two processes of kas-0: %q and %q, want distinct valid ids starting kas-0-", ra, rb)
+	}
+	if tag := processTag(); len(tag) != 6 || strings.Trim(tag, "abcdefghijklmnopqrstuvwxyz234567") != "" {
+		t.Errorf("process tag %q, want 6 characters of [a-z2-7]", tag)
 	}
 }

@@ -2,10 +2,12 @@ package kasd
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,14 +27,19 @@ import (
 // Server is one kasd instance. Create it with New; hand it agent listeners with ServeAgents and
 // mount Handler on an HTTP server for clients.
 type Server struct {
-	cfg     Config
-	log     zerolog.Logger
-	m       *metrics
-	table   *agentTable
-	fleet   *fleet // nil for a single kasd
-	connSeq atomic.Uint64
-	reqSeq  atomic.Uint64 // request ids this kasd makes (a client may bring its own)
-	peerSeq atomic.Uint64 // round robin over the peers holding an agent, one step per lookup
+	cfg   Config
+	log   zerolog.Logger
+	m     *metrics
+	table *agentTable
+	fleet *fleet // nil for a single kasd
+	// idPrefix starts the ids this process makes (agent connections, requests): the instance
+	// id and a random tag of the process, so that a restarted kasd, which keeps its instance id
+	// (a StatefulSet pod's name), does not repeat the ids of the process before it, and a log
+	// search for an id finds one connection or one request.
+	idPrefix string
+	connSeq  atomic.Uint64
+	reqSeq   atomic.Uint64 // request ids this kasd makes (a client may bring its own)
+	peerSeq  atomic.Uint64 // round robin over the peers holding an agent, one step per lookup
 
 	inflight atomic.Int64 // proxied requests in progress (local, forwarded out and in), for Shutdown
 	// apiInflight counts the proxied requests of this kasd's own API clients, for
@@ -80,6 +87,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:       cfg,
+		idPrefix:  cfg.InstanceID + "-" + processTag() + "-",
 		log:       cfg.Log.With().Str("instance", cfg.InstanceID).Logger(),
 		table:     newAgentTable(cfg.MaxAgentConnections, cfg.MaxConnectionsPerAgent),
 		conns:     map[*quicgo.Conn]struct{}{},
@@ -276,7 +284,7 @@ func (s *Server) serveAgentConn(qc *quicgo.Conn) (then func()) {
 	features := hello.Features & supportedFeatures
 	c := &agentConn{
 		controlOnStreams: features&api.FeatureControlOnStreams != 0,
-		id:               fmt.Sprintf("%s-%d", s.cfg.InstanceID, s.connSeq.Add(1)),
+		id:               s.idPrefix + strconv.FormatUint(s.connSeq.Add(1), 10),
 		agentID:          agentID,
 		token:            hello.Token,
 		replica:          hello.Replica,
@@ -610,6 +618,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	return errors.Join(err, s.Close())
 }
+
+// processTag is 6 random characters [a-z2-7] (30 bits) naming this process in its ids.
+func processTag() string { return strings.ToLower(rand.Text()[:6]) }
 
 // isClosed reports whether Close has begun.
 func (s *Server) isClosed() bool {
