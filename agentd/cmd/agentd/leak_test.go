@@ -1,0 +1,18 @@
+package main
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// Every goroutine run starts ends when it returns.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// klog (imported by client-go) starts its flush daemon in init.
+		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
+		// httptest servers' and idle clients' connection goroutines may still be unwinding.
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
