@@ -483,13 +483,13 @@ type peerHolder struct {
 }
 
 // heldAnew reports whether the registry lists a peer's holding of an agent (now) with something
-// it did not list when the peer refused (was): a process it did not hold then (a restarted
-// agentd), or one connected to it anew (a later Since), or, where holders publish no processes,
-// more connections. Fewer connections of the same processes (the dead ones closed one by one)
-// is no news: asking again would only spend attempts on refusals.
+// it did not list when the peer refused (was): more connections, or a process it did not hold
+// then (a restarted agentd, or one connected to it anew: a later Since), which also catches a
+// dead connection closed as a new one opened. Fewer connections of the same processes (the dead
+// ones closed one by one) is no news: asking again would only spend attempts on refusals.
 func heldAnew(was, now registry.Holder) bool {
-	if len(now.Replicas) == 0 && len(was.Replicas) == 0 {
-		return now.Connections > was.Connections
+	if now.Connections > was.Connections {
+		return true // also where the processes published are cut short (registry's maxAgentValueSize)
 	}
 	for _, r := range now.Replicas {
 		if !slices.Contains(was.Replicas, r) {
@@ -530,8 +530,10 @@ func (s *Server) attemptError(err error, who string) error {
 	if s.isClosed() && closedForShutdown(err) {
 		// Not the agent's failure: this kasd closed the connection at the end of its
 		// --shutdown-grace while the request waited for its answer (a stream already answering
-		// ends with the shutting_down trailer: proxy.go).
-		return &api.Error{Code: api.CodeShuttingDown, Message: "kasd shut down before " + who + " answered (the request was still in flight when its --shutdown-grace ended; it reached the agent and may have been executed)", Err: err}
+		// ends with the shutting_down trailer: proxy.go). The code stays agent_failed, which is
+		// not retryable: shutting_down is, and its Retry-After would have clients (client-go
+		// among them) send again a request that reached the agent and may have been executed.
+		return &api.Error{Code: api.CodeAgentFailed, Message: "kasd shut down before " + who + " answered (the request was still in flight when its --shutdown-grace ended; it reached the agent and may have been executed)", Err: err}
 	}
 	var e *api.Error
 	if errors.As(err, &e) && (e.Code == api.CodeProtocol || e.Code == api.CodeAgentFailed) {

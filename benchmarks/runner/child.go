@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/qkas/qkas/quic"
@@ -227,19 +228,32 @@ func relayTCP(ctx context.Context, ln net.Listener, target string) error {
 	})
 	defer stop()
 	defer wg.Wait()
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) {
+				// Out of file descriptors or a connection gone before it was taken: wait and
+				// go on, as http.Server does, rather than end the route.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+				}
+				continue
+			}
+			ln.Close()
 			return err
 		}
+		backoff = 0
 		wg.Add(1)
 		go func() { // owned by relayTCP: it waits for wg
 			defer wg.Done()
 			defer c.Close()
-			up, err := net.Dial("tcp", target)
+			up, err := (&net.Dialer{}).DialContext(ctx, "tcp", target)
 			if err != nil {
 				return
 			}

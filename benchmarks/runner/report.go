@@ -273,7 +273,9 @@ const (
 
 // WriteReports (re)writes REPORT.md, DETAILS.md and the plots drawn from figures alone (latency
 // quantiles per route) in dir, from dir/results.json. It runs after each run, and on its own
-// (qkasbench --report DIR) to redraw a past run with today's report code.
+// (qkasbench --report DIR) to redraw a past run with today's report code: the headline rows
+// are made again from the run's figures, so the two pages may word them otherwise than the
+// headline stored in results.json, which is left as the run wrote it.
 func WriteReports(dir string) error {
 	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
 	if err != nil {

@@ -30,6 +30,9 @@ const (
 	servicePort   = "8080"
 )
 
+// agentdObservabilityAddr is where each agentd, in its own namespace, serves /readyz and metrics.
+const agentdObservabilityAddr = "127.0.0.1:8154"
+
 // fleet is the processes and what is needed to reach them.
 type fleet struct {
 	cfg  Config
@@ -274,7 +277,7 @@ func (f *fleet) startAgents() error {
 		f.svcWG.Go(func() { _ = a.svc.Serve(ln) })
 		argv := []string{f.bin.agentd, "--kas-address", strings.Join(kas, ","), "--kas-connections", "2",
 			"--token-file", filepath.Join(f.work, "secrets", a.id+".token"), "--ca-file", f.caBundle,
-			"--service", "echo=http://127.0.0.1:" + servicePort, "--observability-listen", "127.0.0.1:8154",
+			"--service", "echo=http://127.0.0.1:" + servicePort, "--observability-listen", agentdObservabilityAddr,
 			"--gitlab-proxy-listen=", "--kubernetes=false", "--replica", a.id, "--drain-timeout", agentDrain.String(),
 			"--log-format", "json", "--log-level", "info"}
 		if a.proc, err = startProc(a.id, a.ns.name, filepath.Join(f.logs, a.id+".log"), argv); err != nil {

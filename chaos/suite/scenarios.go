@@ -362,13 +362,15 @@ func (s *suite) agentKill(ctx context.Context) *result {
 		return nil
 	})
 	to := func(x sample) bool { return x.agent == idx }
-	// A request that kasd answered 503 agent_not_connected (it sent it nowhere) and that ended
-	// before the restarted agentd had any connection waited out --route-timeout for an agent
-	// that was not there: the fault took longer than the route timeout (on a loaded host the
-	// restart alone can take most of a second), not a request kasd could have served. Any 503
-	// that ended once the agent was back is counted: another holder was there to take it.
+	// A request sent after the kill's mark that kasd answered 503 agent_not_connected (it sent
+	// it nowhere) after waiting out --route-timeout, and that ended before the restarted agentd
+	// had any connection, waited for an agent that was not there: the fault took longer than
+	// the route timeout (on a loaded host the restart alone can take most of a second), not a
+	// request kasd could have served. A 503 sooner than the route timeout, or one that ended
+	// once the agent was back (another holder was there to take it), is counted.
 	unreachable := func(x sample) bool {
-		return to(x) && back > 0 && x.end <= back && x.outcome == "503 "+api.CodeAgentNotConnected.String()
+		return to(x) && back > 0 && x.start >= fault && x.end <= back && x.latency() >= routeTimeout-100*time.Millisecond &&
+			x.outcome == "503 "+api.CodeAgentNotConnected.String()
 	}
 	counted := func(x sample) bool { return failed(x) && !unreachable(x) }
 	res := summarize(r, fault, counted)
@@ -396,7 +398,7 @@ func (f *fleet) waitAgentConnected(ctx context.Context, a *agentNode, timeout ti
 	c := &http.Client{Transport: &http.Transport{DialContext: a.ns.Dial, DisableKeepAlives: true}, Timeout: time.Second}
 	deadline := time.Now().Add(timeout)
 	for {
-		if resp, err := c.Get("http://127.0.0.1:8154/readyz"); err == nil {
+		if resp, err := c.Get("http://" + agentdObservabilityAddr + "/readyz"); err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
