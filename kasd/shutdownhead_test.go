@@ -64,3 +64,44 @@ func TestHeadPendingAtShutdownGraceSaysKasdShutDown(t *testing.T) {
 		}
 	}
 }
+
+// The same at an entry kasd whose request was forwarded: its own link to the holding peer,
+// closed at the end of its grace, is not the peer's failure either.
+func TestForwardedHeadPendingAtShutdownGraceSaysKasdShutDown(t *testing.T) {
+	f := newFleetEnv(t, 0)
+	f.config = func(c *kasd.Config) { c.ShutdownGrace = time.Second }
+	k0, k1 := f.startNode("kas-0"), f.startNode("kas-1")
+	f.nodes = append(f.nodes, k0, k1)
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 1)
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+	}))
+	t.Cleanup(func() { close(release); svc.Close() })
+	f.startAgent("alpha", "pod", svc.URL, []*node{k1}, 1)
+	f.waitHolders("alpha", "kas-1")
+	f.warmLinks(k0, "alpha", 3)
+	type answer struct {
+		code int
+		body string
+	}
+	done := make(chan answer, 1)
+	go func() {
+		code, body := f.do(k0, "POST", "alpha", "/slow", strings.NewReader("x"))
+		done <- answer{code, body}
+	}()
+	<-arrived
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = k0.srv.Shutdown(ctx)
+	a := <-done
+	if a.code != http.StatusBadGateway || !strings.Contains(a.body, `"message":"kasd shut down before peer kas-1 answered`) {
+		t.Errorf("got %d %s, want 502 saying kasd shut down before peer kas-1 answered", a.code, a.body)
+	}
+}
