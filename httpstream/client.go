@@ -24,6 +24,12 @@ import (
 // can be sent to the next holder.
 const DefaultReplayLimit = 64 << 10
 
+// writeStep is the most of a request body the body writer hands the stream in one write: the
+// header clock restarts after each (headerClock.progress), so a peer must take writeStep bytes
+// within ResponseHeaderTimeout (kasd's --response-header-timeout, 60 s by default) to keep an
+// upload going.
+const writeStep = 64 << 10
+
 // smallBody is the largest body of known length that RoundTrip reads at once and sends with the
 // head in one stream write (and FIN), without a writer goroutine.
 const smallBody = 16 << 10
@@ -591,14 +597,23 @@ func (w *bodyWriter) run() {
 		n, err := w.cur.Read(p)
 		w.x.head.resume()
 		if n > 0 {
-			if _, werr := dst.Write(p[:n]); werr != nil {
-				// Reset only what we send: the peer may have stopped reading because it
-				// answered already, and that answer must still be read.
-				sc.CancelWrite(quic.StreamCodeCanceled)
-				return
+			// In steps, each restarting the header clock once the peer has taken it: a read
+			// of the client's buffered body can be 256 KiB, and a peer that takes it slowly
+			// but steadily (its link congested or lossy, its agent's service reading at its
+			// pace) must not be cut while the bytes move, only one that stops taking them.
+			for q := p[:n]; len(q) > 0; {
+				k := min(len(q), writeStep)
+				if _, werr := dst.Write(q[:k]); werr != nil {
+					// Reset only what we send: the peer may have stopped reading because it
+					// answered already, and that answer must still be read.
+					sc.CancelWrite(quic.StreamCodeCanceled)
+					return
+				}
+				q = q[k:]
+				w.x.sent.Add(int64(k))
+				w.x.head.progress()
 			}
 			sent += n
-			w.x.sent.Add(int64(n))
 			cb.used(n)
 		}
 		if err == io.EOF {
@@ -649,10 +664,15 @@ type exchange struct {
 
 // headerClock is Options.ResponseHeaderTimeout: it runs while the exchange waits on the peer —
 // for the response head, for a stream write the peer's flow control holds, for Accepted at
-// the gate — and is paused while the body writer waits for the client's next bytes, so an
-// upload that takes longer than the timeout while the peer keeps reading it is not cut, and a
-// peer that stops reading it is still bounded. It counts from the last byte sent, as
-// net/http's Transport counts its ResponseHeaderTimeout from the end of the request's body.
+// the gate — is paused while the body writer waits for the client's next bytes, and restarts
+// each time the peer has taken a step of the body (writeStep), so an upload that takes longer
+// than the timeout while the client or the peer is slow but moving is not cut, and a peer that
+// stops reading it is still bounded. (Until 2026-12-04 a client's buffered body went to the
+// stream in writes of up to 256 KiB, each timed whole: under chaos loss, 3 % into every
+// namespace, forwards of 150-190 KB POSTs over a congested peer link got 504 with their bodies
+// still moving, the agent's service having read 67-93 % of them.) It counts from the last
+// byte sent, as net/http's Transport counts its ResponseHeaderTimeout from the end of the
+// request's body.
 // The zero value is off.
 type headerClock struct {
 	mu   sync.Mutex
@@ -683,6 +703,19 @@ func (c *headerClock) resume() {
 	}
 	c.mu.Lock()
 	if !c.done {
+		c.t.Reset(c.d)
+	}
+	c.mu.Unlock()
+}
+
+// progress restarts a running clock: the peer took a step of the body. A paused clock stays
+// paused, a stopped or fired one stopped.
+func (c *headerClock) progress() {
+	if c.t == nil {
+		return
+	}
+	c.mu.Lock()
+	if !c.done && c.t.Stop() {
 		c.t.Reset(c.d)
 	}
 	c.mu.Unlock()
