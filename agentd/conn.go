@@ -223,7 +223,7 @@ const drainCloseWait = time.Second
 func (c *agentConn) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.a.cfg.DrainTimeout)
 	defer cancel()
-	c.drainWithin(ctx)
+	c.drainWithin(ctx, false)
 }
 
 // drainForKasd drains a connection whose kasd sent GoAway because it drains (no Prefer), or
@@ -247,11 +247,13 @@ func (c *agentConn) drainForKasd(run context.Context) {
 			t.Stop()
 		}
 	}()
-	c.drainWithin(ctx)
+	c.drainWithin(ctx, true)
 }
 
-// drainWithin is drain bounded by ctx.
-func (c *agentConn) drainWithin(ctx context.Context) {
+// drainWithin is drain bounded by ctx. forKasd (drainForKasd) waits for kasd's close after the
+// handlers returned as it waits for the handlers: until ctx ends, which is DrainTimeout after
+// this agent stops.
+func (c *agentConn) drainWithin(ctx context.Context, forKasd bool) {
 	select {
 	case <-c.closeOutbound():
 	case <-ctx.Done():
@@ -277,12 +279,26 @@ func (c *agentConn) drainWithin(ctx context.Context) {
 		if told && served {
 			// kasd closes it once it has read every response; one that does not (an older
 			// kasd, a stream it lost count of) is not waited for past DrainTimeout, however
-			// long the requests themselves ran (drainForKasd has no other bound).
+			// long the requests themselves ran, when this agent drains (drain). drainForKasd
+			// waits for it as long as for its handlers (below).
 			wait = c.a.cfg.DrainTimeout
 		}
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		timeout := t.C
+		var timeout <-chan time.Time
+		if !(forKasd && told && served) {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		// After a move or a draining kasd's GoAway (drainForKasd) the responses kasd is still
+		// reading are as much its requests as those whose handlers run: a response the
+		// handler wrote at once may wait unread in kasd's receive buffer (up to its stream
+		// window) for as long as kasd's client (or the peer it relays to) takes. They are
+		// waited for the same way, until kasd closes or DrainTimeout after this agent stops
+		// (ctx). A fixed DrainTimeout from the handlers' end cut them: chaos kasd-join on a
+		// loaded host, 2 GETs of 160-190 KB cut at 35-47 KB ("agent closing") while kasd
+		// relayed them to a peer that had just restarted
+		// (TestMoveKeepsResponseKasdIsStillReading). A kasd that never closes (older than
+		// agentLeft) keeps the connection, refused for new streams, until then.
 		select {
 		case <-c.qc.Context().Done():
 		case <-ctx.Done():
